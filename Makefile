@@ -1,0 +1,38 @@
+# Two entry points (see README.md): `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export SIMDEX_DATA ?= $(abspath ../shared/data)
+
+.PHONY: run test bench bench-startup clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[progress]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[bench,test]'
+	touch $@
+
+run: $(VENV)/.installed-run
+	$(BIN)/simdex demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m simdex.bench ann
+
+bench-startup: $(VENV)/.installed-bench
+	$(BIN)/python -m simdex.bench startup
+
+clean:
+	rm -rf $(VENV) bench-results build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

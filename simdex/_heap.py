@@ -1,0 +1,85 @@
+"""Fixed-size max-heaps over parallel (distance, id) arrays, for k-selection inside numba kernels.
+
+The root (position 0) is the worst of the k kept items, so a new item is kept only if it beats ``dist[0]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ._numba import kernel
+
+
+@kernel
+def heap_replace_top(dist, ids, d, i):
+    """Replace the root with (d, i) and sift down. Caller ensures d < dist[0]."""
+    k = dist.shape[0]
+    pos = 0
+    while True:
+        left = 2 * pos + 1
+        if left >= k:
+            break
+        right = left + 1
+        child = left
+        if right < k and dist[right] > dist[left]:
+            child = right
+        if dist[child] <= d:
+            break
+        dist[pos] = dist[child]
+        ids[pos] = ids[child]
+        pos = child
+    dist[pos] = d
+    ids[pos] = i
+
+
+@kernel
+def heap_sort_ascending(dist, ids):
+    """Turn a full max-heap into ascending order in place (heapsort)."""
+    n = dist.shape[0]
+    for end in range(n - 1, 0, -1):
+        d, i = dist[end], ids[end]
+        dist[end], ids[end] = dist[0], ids[0]
+        # sift d down in the heap of size `end`
+        pos = 0
+        while True:
+            left = 2 * pos + 1
+            if left >= end:
+                break
+            child = left
+            if left + 1 < end and dist[left + 1] > dist[left]:
+                child = left + 1
+            if dist[child] <= d:
+                break
+            dist[pos] = dist[child]
+            ids[pos] = ids[child]
+            pos = child
+        dist[pos] = d
+        ids[pos] = i
+
+
+@kernel
+def merge_block_topk(block, col_offset, heap_d, heap_i):
+    """Push every entry of ``block`` (nq, nb) into row r's k-heap, with ids ``col_offset + column``.
+
+    Serial on purpose: it runs between BLAS calls, whose worker threads keep spinning on the other cores, so
+    parallel threads here would fight them. Selection is cheap next to the BLAS product that made the block.
+    """
+    nq, nb = block.shape
+    for r in range(nq):
+        hd = heap_d[r]
+        hi = heap_i[r]
+        worst = hd[0]
+        for c in range(nb):
+            d = block[r, c]
+            if d < worst:
+                heap_replace_top(hd, hi, d, col_offset + c)
+                worst = hd[0]
+
+
+@kernel
+def sort_heaps(heap_d, heap_i):
+    for r in range(heap_d.shape[0]):
+        heap_sort_ascending(heap_d[r], heap_i[r])
+
+
+def new_heaps(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((nq, k), np.inf, np.float32), np.full((nq, k), -1, np.int64)

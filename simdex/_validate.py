@@ -1,0 +1,119 @@
+"""The one input validator every index uses.
+
+Each function either returns a clean, contiguous array of the expected dtype or raises an error that names the
+argument and the problem. None of them mutate their input.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .errors import DimensionMismatchError, DuplicateIdError, InvalidInputError, InvalidTypeError
+
+METRICS = ("l2", "ip", "cosine")
+
+
+def check_metric(metric: Any) -> str:
+    if not isinstance(metric, str) or metric.lower() not in METRICS:
+        raise InvalidInputError(f"metric must be one of {METRICS}; got {metric!r}")
+    return metric.lower()
+
+
+def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise InvalidTypeError(f"{name} must be an integer; got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise InvalidInputError(f"{name} must be >= {minimum}; got {value}")
+    return value
+
+
+def check_threads(threads: Any) -> int | None:
+    if threads is None:
+        return None
+    return check_positive_int(threads, "threads")
+
+
+def _as_numeric_array(x: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise InvalidInputError(f"{name} could not be read as an array: {exc}") from None
+    if arr.dtype == object:
+        raise InvalidTypeError(f"{name} must be numeric; got an array of Python objects (ragged lists or mixed types?)")
+    if arr.dtype.kind not in "iuf":
+        raise InvalidTypeError(f"{name} must be a real numeric array (int or float); got dtype {arr.dtype}")
+    return arr
+
+
+def check_vectors(x: Any, dim: int, name: str = "vectors", *, normalize: bool = False,
+                  allow_empty: bool = False) -> np.ndarray:
+    """Validate a batch of vectors and return it as a C-contiguous float32 array of shape (n, dim).
+
+    Raises on: non-numeric dtype, rank other than 2, wrong number of columns, NaN or inf (also after the cast to
+    float32, so float64 values beyond float32's range are caught), and zero vectors when ``normalize`` is set
+    (cosine metric). With ``normalize`` the returned rows have unit L2 norm; the input is never modified.
+    """
+    arr = _as_numeric_array(x, name)
+    if arr.ndim != 2:
+        hint = " (use x.reshape(1, -1) for a single vector)" if arr.ndim == 1 else ""
+        raise InvalidInputError(f"{name} must be a 2-D array of shape (n, {dim}); got {arr.ndim}-D shape "
+                                f"{arr.shape}{hint}")
+    if arr.shape[1] != dim:
+        raise DimensionMismatchError(f"{name} have dimension {arr.shape[1]}, but the index has dim={dim}")
+    if arr.shape[0] == 0 and not allow_empty:
+        raise InvalidInputError(f"{name} is empty (0 rows)")
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise InvalidInputError(f"{name} contain NaN or infinite values (first at row {row}); "
+                                f"{int((~finite).sum())} bad row(s) in total")
+    if normalize and out.shape[0]:
+        norms = np.sqrt(np.einsum("ij,ij->i", out, out, dtype=np.float64))
+        zero = norms == 0
+        if zero.any():
+            raise InvalidInputError(f"{name} contain zero vectors, which have no cosine direction (first at row "
+                                    f"{int(np.flatnonzero(zero)[0])})")
+        out = (out / norms[:, None]).astype(np.float32)
+        if out is arr:
+            out = out.copy()
+    elif out is arr:
+        out = out.copy()  # the index keeps its own copy; the caller may reuse the buffer
+    return out
+
+
+def check_ids(ids: Any, n: int | None = None, name: str = "ids", *, unique: bool = True) -> np.ndarray:
+    """Validate ids and return them as a 1-D int64 array. Ids are non-negative integers (-1 means "no result")."""
+    arr = _as_numeric_array(ids, name)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise InvalidInputError(f"{name} must be a 1-D array of integers; got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if arr.size and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+            raise InvalidTypeError(f"{name} must be integers; got non-integral floats")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise InvalidInputError(f"{name} must fit in int64")
+    out = arr.astype(np.int64)
+    if n is not None and out.shape[0] != n:
+        raise InvalidInputError(f"{name} has {out.shape[0]} entries but there are {n} vectors")
+    if out.size and out.min() < 0:
+        raise InvalidInputError(f"{name} must be >= 0 (-1 is reserved for 'no result'); got {int(out.min())}")
+    if unique and out.size > 1:
+        s = np.sort(out)
+        dup = s[1:] == s[:-1]
+        if dup.any():
+            raise DuplicateIdError(f"{name} contain duplicates, e.g. {int(s[1:][dup][0])}")
+    return out
+
+
+def check_k(k: Any, available: int) -> int:
+    k = check_positive_int(k, "k")
+    if k > available:
+        raise InvalidInputError(f"k={k} is larger than the number of vectors in the index ({available})")
+    return k

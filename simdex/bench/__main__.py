@@ -1,0 +1,60 @@
+"""``python -m simdex.bench``: side-by-side benchmarks of simdex and its peers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .. import datasets
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m simdex.bench",
+                                               description="Benchmarks of simdex against its peers.")
+    sub = parser.add_subparsers(dest="bench")
+    ann = sub.add_parser("ann", help="HNSW recall/QPS/build/memory vs FAISS, hnswlib, USearch")
+    ann.add_argument("--dataset", action="append", choices=sorted(datasets.DATASETS),
+                     help="data set (repeatable; default: all three)")
+    ann.add_argument("--libs", default="simdex,faiss,hnswlib,usearch", help="comma-separated libraries")
+    ann.add_argument("--M", type=int, default=16)
+    ann.add_argument("--ef-construction", type=int, default=200)
+    ann.add_argument("--ef", default=None, help="comma-separated ef values to sweep")
+    ann.add_argument("--k", type=int, default=10)
+    ann.add_argument("--threads", type=int, default=None, help="threads for build and batch search (default: all)")
+    ann.add_argument("--n-base", type=int, default=None, help="use only the first N base vectors")
+    ann.add_argument("--n-queries", type=int, default=None, help="use only the first N queries")
+    ann.add_argument("--repeats", type=int, default=3, help="timed runs per point; the best counts")
+    ann.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
+    sub.add_parser("startup", help="import time and first-call JIT compile time (cold and warm cache)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.bench in (None, "ann"):
+        if args.bench is None:
+            args = build_parser().parse_args(["ann"])
+        from . import ann
+        efs = tuple(int(e) for e in args.ef.split(",")) if args.ef else ann.DEFAULT_EFS
+        for name in args.dataset or list(datasets.DATASETS):
+            report = ann.run(name, args.libs.split(","), M=args.M, ef_construction=args.ef_construction, efs=efs,
+                             k=args.k, threads=args.threads, n_base=args.n_base, n_queries=args.n_queries,
+                             repeats=args.repeats)
+            report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+            print(ann.format_report(report))
+            json_path, png_path = ann.save(report, Path(args.out))
+            print(f"wrote {json_path} and {png_path}")
+        return 0
+    if args.bench == "startup":
+        from .startup import format_startup, measure
+        result = measure()
+        print(format_startup(result))
+        print(json.dumps(result))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Exception hierarchy.
+
+Every error simdex raises on bad input derives from :class:`SimdexError` and from the built-in exception a Python
+user would expect (``ValueError``, ``KeyError``, ``TypeError``, ``OSError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class SimdexError(Exception):
+    """Base class of all simdex errors."""
+
+
+class InvalidInputError(SimdexError, ValueError):
+    """An argument has the wrong value, shape or contents (NaN, inf, negative id, ...)."""
+
+
+class InvalidTypeError(SimdexError, TypeError):
+    """An argument has the wrong type or dtype (strings, objects, complex numbers, ...)."""
+
+
+class DimensionMismatchError(InvalidInputError):
+    """Vectors do not have the dimension the index was created with."""
+
+
+class DuplicateIdError(InvalidInputError):
+    """An id is given twice in one call, or is already in the index."""
+
+
+class UnknownIdError(SimdexError, KeyError):
+    """An id is not in the index."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class CorruptFileError(SimdexError, OSError):
+    """A saved file is truncated, damaged or not a simdex file."""

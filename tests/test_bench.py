@@ -1,0 +1,70 @@
+"""The benchmark harness runs end to end on a small slice, with real peers, and reports what it promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from simdex.bench import ann
+from simdex.bench.peers import ADAPTERS
+
+
+def test_ann_harness_small(tmp_path):
+    report = ann.run("fashion-mnist-784", ["simdex", "faiss", "usearch"], M=8, ef_construction=40,
+                     efs=(10, 20, 40, 80), n_base=3000, n_queries=100, repeats=1, threads=2, log=lambda *_: None)
+    libs = [r["library"] for r in report["results"]]
+    assert libs == ["simdex", "faiss", "usearch"]
+    for r in report["results"]:
+        assert r["build_seconds"] > 0 and r["size_bytes"] > 3000 * 784 * 4
+        recalls = [p["recall"] for p in r["points"]]
+        assert recalls[-1] >= 0.9, f"{r['library']} never reached recall 0.9 on an easy slice"
+        assert all(p["qps_1thread"] > 0 and p["qps_all"] > 0 for p in r["points"])
+    ratio = report["ratios"]["qps@0.95_1thread"]
+    assert ratio["best_peer"] in ("faiss", "usearch") and ratio["ratio"] > 0
+    assert report["ratios"]["build_time"]["ratio"] > 0
+    text = ann.format_report(report)
+    assert "simdex" in text and "ratio qps@0.95_1thread" in text
+    json_path, png_path = ann.save(report, tmp_path)
+    assert json.loads(json_path.read_text())["dataset"] == "fashion-mnist-784"
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_adapters_agree_on_easy_queries(fashion_small):
+    """Every adapter finds a base vector itself when queried with it (cosine and l2)."""
+    for metric in ("l2", "cosine"):
+        for name in ("simdex", "faiss", "usearch"):
+            a = ADAPTERS[name](metric, 8, 40)
+            a.build(fashion_small.base[:1000] + 1.0, 1)
+            ids = a.search(fashion_small.base[:20] + 1.0, 1, 32, 1)
+            assert (np.asarray(ids)[:, 0] == np.arange(20)).mean() >= 0.9, (name, metric)
+
+
+def test_bench_cli_help_and_unknown_library():
+    out = subprocess.run([sys.executable, "-m", "simdex.bench", "ann", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--dataset" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "simdex.bench", "ann", "--libs", "simdex,nope", "--n-base", "100"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "unknown library 'nope'" in out.stderr
+
+
+def test_startup_measurement():
+    from simdex.bench.startup import format_startup, measure
+    result = measure()
+    assert set(result) == {"cold", "warm"}
+    assert result["warm"]["first_add_s"] < result["cold"]["first_add_s"], "the numba cache must make a difference"
+    assert "cold" in format_startup(result)
+
+
+def test_cli_info(tmp_path):
+    from simdex import HNSWIndex
+    index = HNSWIndex(4, "l2")
+    index.add(np.random.default_rng(0).random((50, 4)))
+    path = tmp_path / "i.sdx"
+    index.save(path)
+    out = subprocess.run([sys.executable, "-m", "simdex.cli", "info", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["kind"] == "HNSWIndex" and info["meta"]["count"] == 50
