@@ -19,7 +19,7 @@ from .. import datasets
 from .._numba import cpu_count
 from .peers import ADAPTERS, available
 
-DEFAULT_EFS = (10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 128, 160, 200, 256)
+DEFAULT_EFS = (10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 128, 160, 200, 256, 320, 400, 512, 640, 800)
 TARGETS = (0.95, 0.99)
 
 
