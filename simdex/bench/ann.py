@@ -19,7 +19,8 @@ from .. import datasets
 from .._numba import cpu_count
 from .peers import ADAPTERS, available
 
-DEFAULT_EFS = (10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 128, 160, 200, 256, 320, 400, 512, 640, 800)
+DEFAULT_EFS = (10, 12, 14, 16, 18, 20, 24, 28, 32, 36, 40, 44, 48, 56, 64, 72, 80, 96, 112, 128, 144, 160, 176, 200,
+               224, 256, 288, 320, 360, 400, 450, 512, 640, 800)
 TARGETS = (0.95, 0.99)
 
 
@@ -41,9 +42,25 @@ class LibResult:
     points: list[Point] = field(default_factory=list)
 
     def qps_at(self, target: float, threads: str = "1thread") -> float | None:
-        """Highest measured QPS among sweep points whose recall reaches ``target`` (None if none does)."""
-        values = [getattr(p, f"qps_{threads}") for p in self.points if p.recall >= target]
-        return max(values) if values else None
+        """QPS at exactly ``target`` recall, read off the measured recall/QPS curve (None if never reached).
+
+        Between the last sweep point below the target and the first one at or above it, log QPS is interpolated
+        linearly in recall, so that where a library's ef grid happens to land does not decide a ratio. The
+        result is never below the best QPS actually measured at or above the target.
+        """
+        pts = sorted((p.recall, getattr(p, f"qps_{threads}")) for p in self.points)
+        above = [(r, q) for r, q in pts if r >= target]
+        if not above:
+            return None
+        best_above = max(q for _, q in above)
+        below = [(r, q) for r, q in pts if r < target]
+        if not below:
+            return best_above
+        r_lo, q_lo = below[-1]
+        r_hi, q_hi = above[0]
+        frac = (target - r_lo) / (r_hi - r_lo)
+        interpolated = float(np.exp(np.log(q_lo) + frac * (np.log(q_hi) - np.log(q_lo))))
+        return max(interpolated, best_above)
 
 
 def _rss() -> int:
