@@ -1,11 +1,22 @@
 """simdex: similarity search for dense vectors, sparse and text vectors, multi-vector documents and sets."""
 
 from .dense import FlatIndex, HNSWIndex
-from .errors import (CorruptFileError, DimensionMismatchError, DuplicateIdError, InvalidInputError,
-                     InvalidTypeError, SimdexError, UnknownIdError)
+from .errors import (CollectionExistsError, CollectionNotFoundError, CorruptDatabaseError, CorruptFileError,
+                     DatabaseLockedError, DimensionMismatchError, DuplicateIdError, InvalidInputError,
+                     InvalidTypeError, ReadOnlyError, SimdexError, UnknownIdError)
 from .index import Index, load
+from .store import Collection, Database, FilterError, connect
 
 __version__ = "0.1.0"
 
-__all__ = ["FlatIndex", "HNSWIndex", "Index", "load", "SimdexError", "InvalidInputError", "InvalidTypeError",
-           "DimensionMismatchError", "DuplicateIdError", "UnknownIdError", "CorruptFileError", "__version__"]
+__all__ = ["FlatIndex", "HNSWIndex", "Index", "load", "connect", "Database", "Collection", "Client",
+           "SimdexError", "InvalidInputError", "InvalidTypeError", "DimensionMismatchError", "DuplicateIdError",
+           "UnknownIdError", "CorruptFileError", "CorruptDatabaseError", "CollectionExistsError",
+           "CollectionNotFoundError", "DatabaseLockedError", "ReadOnlyError", "FilterError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "Client":  # the HTTP client is light, but keep `import simdex` free of networking imports
+        from .server.client import Client
+        return Client
+    raise AttributeError(f"module 'simdex' has no attribute {name!r}")

@@ -1,43 +1,356 @@
-"""The ``simdex`` command line."""
+"""The ``simdex`` command line: ``serve``, ``import``, ``export``, ``info``, ``search``, ``bench``, ``demo``."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+import os
+import socket
 import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from . import __version__
+from .errors import SimdexError
+
+IMPORT_FORMATS = ("npy", "parquet", "jsonl")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"simdex: error: {message}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+# ---- serve -------------------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .server.app import create_app
+    except ImportError as exc:
+        raise _fail(f"the server needs its extra: pip install 'simdex[server]' ({exc})") from None
+    from .store import connect
+    api_key = args.api_key or os.environ.get("SIMDEX_API_KEY")
+    if not _is_loopback(args.host) and not api_key:
+        raise _fail(f"binding to {args.host} exposes the database to the network: give --api-key (or set "
+                    f"SIMDEX_API_KEY), or bind to 127.0.0.1")
+    db = connect(args.path, sync=args.sync)
+    if args.demo:
+        demo_collection(db)
+    app = create_app(db, api_key=api_key, max_body_bytes=args.max_body_mb << 20, max_batch=args.max_batch)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"simdex {__version__}: database {Path(args.path).resolve()} "
+          f"({', '.join(db.list_collections()) or 'no collections yet'})")
+    print(f"web console: http://{shown}:{args.port}/    API docs: http://{shown}:{args.port}/docs", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        db.close()
+    return 0
+
+
+def demo_collection(db, name: str = "wordnet") -> None:
+    """Create the demo collection from real data: the WordNet gloss embeddings in ../shared/data."""
+    if name in db.list_collections():
+        return
+    import gzip
+
+    from . import datasets
+    from ._progress import progress_bar
+    folder = datasets.data_dir() / "wordnet-minilm"
+    vectors = np.load(folder / "vectors.npy").astype(np.float32)
+    collection = db.create_collection(name, vectors.shape[1], "cosine")
+    ids, metas, docs = [], [], []
+    with gzip.open(folder / "glosses.jsonl.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            ids.append(r["id"])
+            metas.append({"pos": r["id"].split(":")[1], "words": r["words"], "n_words": len(r["words"])})
+            docs.append(r["text"])
+    bar = progress_bar(len(ids), f"demo collection {name!r}", True, unit="rec")
+    for s in range(0, len(ids), 5000):
+        collection.upsert(ids[s:s + 5000], vectors[s:s + 5000], metas[s:s + 5000], docs[s:s + 5000])
+        bar.update(min(5000, len(ids) - s))
+    bar.close()
+    print(f"created demo collection {name!r}: {len(ids):,} WordNet glosses (all-MiniLM-L6-v2 embeddings); "
+          f"metadata fields pos, words, n_words")
+
+
+# ---- import / export ---------------------------------------------------------------------------------------------
+def _read_records(path: Path, fmt: str, args: argparse.Namespace) -> Iterator[tuple[str, Any, dict, str | None]]:
+    if fmt == "npy":
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+        if vectors.ndim != 2:
+            raise _fail(f"{path}: expected a 2-D array of vectors, got shape {vectors.shape}")
+        for i in range(vectors.shape[0]):
+            yield f"{args.id_prefix}{i}", vectors[i], {}, None
+    elif fmt == "jsonl":
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                    if not isinstance(r, dict):
+                        raise ValueError("not a JSON object")
+                    id_ = r[args.id_field]
+                    vector = r[args.vector_field]
+                except (ValueError, KeyError) as exc:
+                    raise _fail(f"{path}:{lineno}: bad record ({exc!r}); each line must be a JSON object with "
+                                f"{args.id_field!r} and {args.vector_field!r}") from None
+                meta = r.get("metadata")
+                if meta is None:
+                    meta = {k: v for k, v in r.items() if k not in (args.id_field, args.vector_field,
+                                                                    args.document_field)}
+                yield str(id_), vector, meta, r.get(args.document_field)
+    else:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise _fail("reading Parquet needs pyarrow: pip install pyarrow") from None
+        table = pq.ParquetFile(path)
+        for batch in table.iter_batches(batch_size=4096):
+            cols = batch.to_pydict()
+            for field in (args.id_field, args.vector_field):
+                if field not in cols:
+                    raise _fail(f"{path}: no column {field!r} (columns: {', '.join(cols)})")
+            others = [c for c in cols if c not in (args.id_field, args.vector_field, args.document_field)]
+            for j in range(batch.num_rows):
+                yield (str(cols[args.id_field][j]), cols[args.vector_field][j], {c: cols[c][j] for c in others},
+                       cols[args.document_field][j] if args.document_field in cols else None)
+
+
+def _count_records(path: Path, fmt: str) -> int | None:
+    if fmt == "npy":
+        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+    if fmt == "parquet":
+        try:
+            import pyarrow.parquet as pq
+            return pq.ParquetFile(path).metadata.num_rows
+        except ImportError:
+            return None
+    return None
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from ._progress import progress_bar
+    from .store import connect
+    path = Path(args.file)
+    if not path.exists():
+        raise _fail(f"no such file: {path}")
+    fmt = args.format or {".npy": "npy", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}.get(
+        path.suffix.lower())
+    if fmt not in IMPORT_FORMATS:
+        raise _fail(f"cannot tell the format of {path}; give --format ({', '.join(IMPORT_FORMATS)})")
+    total = _count_records(path, fmt)
+    with connect(args.path) as db:
+        collection = None if args.collection not in db.list_collections() else db.get_collection(args.collection)
+        bar = progress_bar(total or 0, f"import {path.name}", True, unit="rec")
+        done = 0
+        batch: list[tuple] = []
+
+        def flush() -> None:
+            nonlocal collection, done
+            if not batch:
+                return
+            vectors = np.asarray([b[1] for b in batch], dtype=np.float64)
+            if collection is None:
+                collection = db.create_collection(args.collection, vectors.shape[1], args.metric, args.index)
+            collection.upsert([b[0] for b in batch], vectors, [b[2] for b in batch], [b[3] for b in batch])
+            done += len(batch)
+            bar.update(len(batch))
+            batch.clear()
+
+        try:
+            for record in _read_records(path, fmt, args):
+                batch.append(record)
+                if len(batch) >= args.batch_size:
+                    flush()
+            flush()
+        except SimdexError as exc:
+            raise _fail(f"import stopped after {done} records (those are stored): {exc}") from None
+        finally:
+            bar.close()
+        db.optimize()
+        print(f"imported {done:,} records into {args.collection!r} ({collection.count():,} in total)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ._progress import progress_bar
+    from .store import connect
+    out = Path(args.out)
+    fmt = args.format or {".npy": "npy", ".parquet": "parquet", ".jsonl": "jsonl"}.get(out.suffix.lower())
+    if fmt not in IMPORT_FORMATS:
+        raise _fail(f"cannot tell the format of {out}; give --format ({', '.join(IMPORT_FORMATS)})")
+    with connect(args.path, read_only=args.read_only) as db:
+        collection = db.get_collection(args.collection)
+        total = collection.count()
+        bar = progress_bar(total, f"export {args.collection}", True, unit="rec")
+        page, offset, vectors, rows = 4096, 0, [], []
+        sink = open(out, "w", encoding="utf-8") if fmt == "jsonl" else None
+        try:
+            while True:
+                records = collection.get(limit=page, offset=offset, include=["metadatas", "documents", "embeddings"])
+                if not records:
+                    break
+                for r in records:
+                    if sink is not None:
+                        sink.write(json.dumps({"id": r["id"], "vector": r["embedding"], "metadata": r["metadata"],
+                                               "document": r["document"]}) + "\n")
+                    else:
+                        vectors.append(r["embedding"])
+                        rows.append(r)
+                offset += len(records)
+                bar.update(len(records))
+        finally:
+            bar.close()
+            if sink is not None:
+                sink.close()
+        if fmt == "npy":
+            np.save(out, np.asarray(vectors, np.float32).reshape(-1, collection.dim))
+        elif fmt == "parquet":
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise _fail("writing Parquet needs pyarrow: pip install pyarrow") from None
+            table = pa.table({"id": [r["id"] for r in rows], "vector": vectors,
+                              "metadata": [json.dumps(r["metadata"]) for r in rows],
+                              "document": [r["document"] for r in rows]})
+            pq.write_table(table, out)
+        print(f"exported {offset:,} records of {args.collection!r} to {out}")
+    return 0
+
+
+# ---- info / search -----------------------------------------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.is_dir():
+        from .store import connect
+        with connect(path, read_only=True) as db:
+            print(json.dumps(db.stats(), indent=1))
+        return 0
+    from .fileformat import load_arrays
+    kind, meta, arrays = load_arrays(path, mmap=True)
+    print(json.dumps({"kind": kind, "meta": meta,
+                      "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in arrays.items()}},
+                     indent=1))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .store import connect
+    where = json.loads(args.where) if args.where else None
+    with connect(args.path, read_only=True) as db:
+        collection = db.get_collection(args.collection)
+        if args.id is not None:
+            found = collection.get([args.id], include=["embeddings"])
+            if not found:
+                raise _fail(f"no record with id {args.id!r} in {args.collection!r}")
+            vector = found[0]["embedding"]
+        elif args.vector is not None:
+            vector = json.loads(args.vector)
+        else:
+            raise _fail("give --id or --vector")
+        for rank, hit in enumerate(collection.search(vector, args.k, where=where), 1):
+            doc = (hit.get("document") or "")[:100]
+            print(f"{rank:3d}. {hit['distance']:.4f}  {hit['id']}  {json.dumps(hit.get('metadata'))[:80]}  {doc}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+    demo_main(args.dataset, args.ef, args.threads)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simdex", description="simdex similarity search")
     parser.add_argument("--version", action="version", version=f"simdex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="index a real data set, run its queries, print recall and latency")
-    demo.add_argument("--dataset", default="wordnet-minilm-384")
-    demo.add_argument("--ef", type=int, default=64)
-    demo.add_argument("--threads", type=int, default=None)
-    info = sub.add_parser("info", help="describe a saved index file (header only; checks checksums)")
-    info.add_argument("path")
+
+    p = sub.add_parser("serve", help="run the HTTP server and web console over a database folder")
+    p.add_argument("--path", required=True, help="database folder (created if missing)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="required when --host is not a loopback address")
+    p.add_argument("--sync", default="always", choices=["always", "batch", "off"])
+    p.add_argument("--max-body-mb", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=10_000)
+    p.add_argument("--log-level", default="warning")
+    p.add_argument("--demo", action="store_true", help="create the WordNet demo collection if it is missing")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("import", help="import records from .npy, Parquet or JSONL into a collection")
+    p.add_argument("--path", required=True, help="database folder")
+    p.add_argument("collection")
+    p.add_argument("file")
+    p.add_argument("--format", choices=IMPORT_FORMATS)
+    p.add_argument("--metric", default="cosine", help="for a new collection")
+    p.add_argument("--index", default="hnsw", help="for a new collection")
+    p.add_argument("--id-field", default="id")
+    p.add_argument("--vector-field", default="vector")
+    p.add_argument("--document-field", default="document")
+    p.add_argument("--id-prefix", default="", help=".npy rows get ids PREFIX + row number")
+    p.add_argument("--batch-size", type=int, default=2000)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="export a collection to .npy, Parquet or JSONL")
+    p.add_argument("--path", required=True)
+    p.add_argument("collection")
+    p.add_argument("out")
+    p.add_argument("--format", choices=IMPORT_FORMATS)
+    p.add_argument("--read-only", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="describe a database folder or a saved index file")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("search", help="search a collection by record id or vector")
+    p.add_argument("--path", required=True)
+    p.add_argument("collection")
+    p.add_argument("--id")
+    p.add_argument("--vector", help="JSON array")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--where", help="JSON filter")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("demo", help="index a real data set, run its queries, print recall and latency")
+    p.add_argument("--dataset", default="wordnet-minilm-384")
+    p.add_argument("--ef", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+
     from .bench.__main__ import build_parser as bench_parser
     bench_parser(sub.add_parser("bench", help="benchmarks against peer libraries (see python -m simdex.bench)"))
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "demo":
-        from .demo import main as demo_main
-        demo_main(args.dataset, args.ef, args.threads)
-        return 0
-    if args.command == "info":
-        from .fileformat import load_arrays
-        kind, meta, arrays = load_arrays(args.path, mmap=True)
-        print(json.dumps({"kind": kind, "meta": meta,
-                          "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in arrays.items()}},
-                         indent=1))
-        return 0
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "bench":
         from .bench.__main__ import main as bench_main
-        argv = sys.argv[1:] if argv is None else argv
         return bench_main(argv[argv.index("bench") + 1:])
-    return 2
+    try:
+        return args.func(args)
+    except SimdexError as exc:
+        raise _fail(str(exc)) from None
 
 
 if __name__ == "__main__":

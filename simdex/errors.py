@@ -15,7 +15,7 @@ class InvalidInputError(SimdexError, ValueError):
     """An argument has the wrong value, shape or contents (NaN, inf, negative id, ...)."""
 
 
-class InvalidTypeError(SimdexError, TypeError):
+class InvalidTypeError(InvalidInputError, TypeError):
     """An argument has the wrong type or dtype (strings, objects, complex numbers, ...)."""
 
 
@@ -27,6 +27,10 @@ class DuplicateIdError(InvalidInputError):
     """An id is given twice in one call, or is already in the index."""
 
 
+class FilterError(InvalidInputError):
+    """A ``where`` filter is malformed; the message starts with the path of the bad part."""
+
+
 class UnknownIdError(SimdexError, KeyError):
     """An id is not in the index."""
 
@@ -36,3 +40,26 @@ class UnknownIdError(SimdexError, KeyError):
 
 class CorruptFileError(SimdexError, OSError):
     """A saved file is truncated, damaged or not a simdex file."""
+
+
+class CollectionNotFoundError(SimdexError, KeyError):
+    """No collection of that name exists."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class CollectionExistsError(SimdexError, ValueError):
+    """A collection of that name already exists."""
+
+
+class DatabaseLockedError(SimdexError, OSError):
+    """Another process has the database open for writing."""
+
+
+class ReadOnlyError(SimdexError, PermissionError):
+    """The database was opened read-only."""
+
+
+class CorruptDatabaseError(CorruptFileError):
+    """Stored data of a database is damaged beyond automatic repair."""

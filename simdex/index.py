@@ -115,12 +115,22 @@ class Index(abc.ABC):
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Index:
         """Rebuild an index from :meth:`_state`'s output. Must validate what it reads."""
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index to ``path`` (atomically: a crash leaves the old file or the new one)."""
+    # arrays that later calls change in place (not just replace); a snapshot copies them
+    _volatile_arrays: ClassVar[tuple[str, ...]] = ()
+
+    def snapshot(self) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+        """A consistent picture of the index for :func:`write_snapshot`, cheap to take under a lock: arrays that
+        are changed in place later are copied, the others are shared (they are only ever replaced)."""
         meta, arrays = self._state()
         meta = {"dim": self.dim, "metric": self.metric, **meta}
-        arrays = {"slot_ids": self._idmap.slot_ids, **arrays}
-        fileformat.save_arrays(path, self.kind, meta, arrays)
+        arrays = {"slot_ids": self._idmap.slot_ids.copy(), **arrays}
+        for name in self._volatile_arrays:
+            arrays[name] = arrays[name].copy()
+        return self.kind, meta, arrays
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to ``path`` (atomically: a crash leaves the old file or the new one)."""
+        write_snapshot(path, self.snapshot())
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Index:
@@ -153,6 +163,12 @@ class Index(abc.ABC):
     @abc.abstractmethod
     def _num_slots(self) -> int:
         """Rows in use in the vector storage (live and removed-but-not-compacted)."""
+
+
+def write_snapshot(path: str | os.PathLike, snapshot: tuple[str, dict[str, Any], dict[str, np.ndarray]]) -> None:
+    """Write an :meth:`Index.snapshot` to ``path`` in the index file format."""
+    kind, meta, arrays = snapshot
+    fileformat.save_arrays(path, kind, meta, arrays)
 
 
 def load(path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Index:

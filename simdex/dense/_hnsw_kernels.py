@@ -210,12 +210,12 @@ def _heap_push_max(heap_d, heap_i, n, d, node):
 
 
 @kernel
-def _consider(d, node, ef, use_filter, allowed, cand_d, cand_i, n_cand, res_d, res_i, n_res):
+def _consider(d, node, ef, use_filter, allowed, invert, cand_d, cand_i, n_cand, res_d, res_i, n_res):
     """Offer one evaluated neighbour to the candidate and result heaps."""
     if n_res < ef or d < res_d[0]:
         cand_d, cand_i = _heap_push_min(cand_d, cand_i, n_cand, d, node)
         n_cand += 1
-        if not use_filter or allowed[node]:
+        if not use_filter or (allowed[node] != 0) != invert:
             if n_res < ef:
                 _heap_push_max(res_d, res_i, n_res, d, node)
                 n_res += 1
@@ -226,13 +226,14 @@ def _consider(d, node, ef, use_filter, allowed, cand_d, cand_i, n_cand, res_d, r
 
 @kernel
 def search_layer_heap(vectors, metric, links0, links_up, up_offset, layer, q, ep, ep_d, ef, use_filter, allowed,
-                      visited, tag, fresh, cand_d, cand_i, res_d, res_i):
+                      invert, visited, tag, fresh, cand_d, cand_i, res_d, res_i):
     """Best-first search of one layer with the paper's two heaps; best when ef is large (construction).
 
     Candidates form a min-heap (grown on demand), results a max-heap of size ef. With ``use_filter`` every node
     is traversed but only ``allowed`` ones enter the results, and the search goes on until ef of them are found,
     so its effort grows as the allowed fraction shrinks (the caller switches to exact search when that fraction
-    is small). Returns (number of results, cand_d, cand_i): the candidate arrays may have been reallocated.
+    is small). With ``invert`` the array lists excluded nodes instead (tombstones), so that deletions alone cost
+    no per-query mask. Returns (number of results, cand_d, cand_i): the candidate arrays may have been reallocated.
     Results are left as a heap; sort them with ``heap_sort_ascending(res_d[:n], res_i[:n])``.
     """
     links = links0 if layer == 0 else links_up
@@ -241,7 +242,7 @@ def search_layer_heap(vectors, metric, links0, links_up, up_offset, layer, q, ep
     cand_d[0] = ep_d
     cand_i[0] = ep
     visited[ep] = tag
-    if not use_filter or allowed[ep]:
+    if not use_filter or (allowed[ep] != 0) != invert:
         res_d[0] = ep_d
         res_i[0] = ep
         n_res = 1
@@ -266,19 +267,19 @@ def search_layer_heap(vectors, metric, links0, links_up, up_offset, layer, q, ep
         while j + 4 <= n_fresh:
             n0, n1, n2, n3 = fresh[j], fresh[j + 1], fresh[j + 2], fresh[j + 3]
             d0, d1, d2, d3 = distance4(metric, q, vectors[n0], vectors[n1], vectors[n2], vectors[n3])
-            cand_d, cand_i, n_cand, n_res = _consider(d0, n0, ef, use_filter, allowed, cand_d, cand_i, n_cand,
+            cand_d, cand_i, n_cand, n_res = _consider(d0, n0, ef, use_filter, allowed, invert, cand_d, cand_i, n_cand,
                                                       res_d, res_i, n_res)
-            cand_d, cand_i, n_cand, n_res = _consider(d1, n1, ef, use_filter, allowed, cand_d, cand_i, n_cand,
+            cand_d, cand_i, n_cand, n_res = _consider(d1, n1, ef, use_filter, allowed, invert, cand_d, cand_i, n_cand,
                                                       res_d, res_i, n_res)
-            cand_d, cand_i, n_cand, n_res = _consider(d2, n2, ef, use_filter, allowed, cand_d, cand_i, n_cand,
+            cand_d, cand_i, n_cand, n_res = _consider(d2, n2, ef, use_filter, allowed, invert, cand_d, cand_i, n_cand,
                                                       res_d, res_i, n_res)
-            cand_d, cand_i, n_cand, n_res = _consider(d3, n3, ef, use_filter, allowed, cand_d, cand_i, n_cand,
+            cand_d, cand_i, n_cand, n_res = _consider(d3, n3, ef, use_filter, allowed, invert, cand_d, cand_i, n_cand,
                                                       res_d, res_i, n_res)
             j += 4
         while j < n_fresh:
             nb = fresh[j]
             d = distance(metric, q, vectors[nb])
-            cand_d, cand_i, n_cand, n_res = _consider(d, nb, ef, use_filter, allowed, cand_d, cand_i, n_cand,
+            cand_d, cand_i, n_cand, n_res = _consider(d, nb, ef, use_filter, allowed, invert, cand_d, cand_i, n_cand,
                                                       res_d, res_i, n_res)
             j += 1
     return n_res, cand_d, cand_i
@@ -315,8 +316,8 @@ def search_batch(vectors, metric, links0, links_up, up_offset, entry, max_level,
 
 @kernel(parallel=True)
 def search_batch_filtered(vectors, metric, links0, links_up, up_offset, entry, max_level, queries, k, ef,
-                          allowed, out_d, out_i, visited, tags):
-    """k-NN restricted to slots with ``allowed[slot] != 0`` (parallel over queries)."""
+                          allowed, invert, out_d, out_i, visited, tags):
+    """k-NN restricted to slots with ``allowed[slot] != 0`` (``== 0`` with ``invert``), parallel over queries."""
     nthreads = visited.shape[0]
     res_d = np.empty((nthreads, ef), np.float32)
     res_i = np.empty((nthreads, ef), np.int32)
@@ -330,7 +331,8 @@ def search_batch_filtered(vectors, metric, links0, links_up, up_offset, entry, m
         ep_d = distance(metric, q, vectors[entry])
         ep, ep_d = greedy_descend(vectors, metric, links_up, up_offset, q, entry, ep_d, max_level, 0)
         n_res, cand_d, cand_i = search_layer_heap(vectors, metric, links0, links_up, up_offset, 0, q, ep, ep_d,
-                                                  ef, True, allowed, visited[t], tag, fresh[t], cand_d, cand_i,
+                                                  ef, True, allowed, invert, visited[t], tag, fresh[t], cand_d,
+                                                  cand_i,
                                                   res_d[t], res_i[t])
         heap_sort_ascending(res_d[t, :n_res], res_i[t, :n_res])
         for j in range(k):

@@ -30,16 +30,39 @@ class FlatIndex(Index):
 
     def __init__(self, dim: int, metric: str = "l2") -> None:
         super().__init__(dim, metric)
-        self._vectors = np.empty((0, self.dim), np.float32)
-        self._sqnorms = np.empty(0, np.float32)
+        self._n = 0
+        # storage grows by 1.5x so that a stream of small adds costs amortised O(1) per vector
+        self._store = np.empty((0, self.dim), np.float32)
+        self._sqnorm_store = np.empty(0, np.float32)
+
+    @property
+    def _vectors(self) -> np.ndarray:
+        return self._store[:self._n]
+
+    @property
+    def _sqnorms(self) -> np.ndarray:
+        return self._sqnorm_store[:self._n]
 
     def _num_slots(self) -> int:
-        return self._vectors.shape[0]
+        return self._n
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._store.nbytes + self._sqnorm_store.nbytes + self._idmap.slot_ids.nbytes * 3)
 
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
         x, new_ids = self._check_add(vectors, ids)
-        self._vectors = np.concatenate([self._vectors, x])
-        self._sqnorms = np.concatenate([self._sqnorms, np.einsum("ij,ij->i", x, x)])
+        need = self._n + x.shape[0]
+        if need > self._store.shape[0] or not self._store.flags.writeable:
+            cap = max(need, int(self._store.shape[0] * 1.5))
+            store = np.empty((cap, self.dim), np.float32)
+            store[:self._n] = self._vectors
+            sq = np.empty(cap, np.float32)
+            sq[:self._n] = self._sqnorms
+            self._store, self._sqnorm_store = store, sq
+        self._store[self._n:need] = x
+        self._sqnorm_store[self._n:need] = np.einsum("ij,ij->i", x, x)
+        self._n = need
         self._idmap.append(new_ids)
         return new_ids
 
@@ -58,10 +81,9 @@ class FlatIndex(Index):
     def remove(self, ids: Any) -> int:
         slots = self._slots_for_removal(ids)
         self._idmap.release(slots)
-        remap = self._idmap.compact()
-        keep = remap >= 0
-        self._vectors = self._vectors[keep]
-        self._sqnorms = self._sqnorms[keep]
+        keep = self._idmap.compact() >= 0
+        vectors, sqnorms = self._vectors[keep], self._sqnorms[keep]
+        self._store, self._sqnorm_store, self._n = vectors, sqnorms, vectors.shape[0]
         return int(slots.shape[0])
 
     def get_vectors(self, ids: Any) -> np.ndarray:
@@ -76,6 +98,7 @@ class FlatIndex(Index):
         vectors = arrays["vectors"]
         if vectors.dtype != np.float32 or vectors.shape != (meta_int(meta, "count"), index.dim):
             raise ValueError("vectors array has the wrong dtype or shape")
-        index._vectors = vectors
-        index._sqnorms = np.einsum("ij,ij->i", vectors, vectors)
+        index._store = vectors
+        index._sqnorm_store = np.einsum("ij,ij->i", vectors, vectors)
+        index._n = vectors.shape[0]
         return index

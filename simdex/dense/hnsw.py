@@ -17,6 +17,7 @@ from .._numba import num_threads
 from .._progress import progress_bar
 from .._validate import check_positive_int, check_threads
 from ..errors import CorruptFileError, InvalidInputError
+from ..idmap import IdMap
 from ..index import Index, meta_int
 from ..metrics import to_public
 from . import _hnsw_kernels as K
@@ -83,6 +84,7 @@ class HNSWIndex(Index):
     """
 
     kind = "HNSWIndex"
+    _volatile_arrays = ("deleted",)
 
     def __init__(self, dim: int, metric: str = "l2", M: int = 16, ef_construction: int = 200,
                  ef_search: int = 64, seed: int = 0, consolidate_threshold: float = 0.1) -> None:
@@ -276,9 +278,12 @@ class HNSWIndex(Index):
         nq = q.shape[0]
         out_d = np.empty((nq, k), np.float32)
         out_s = np.empty((nq, k), np.int32)
+        invert = False
         if self._n_deleted:
-            live = (self._deleted[:self._n] == 0).view(np.uint8)
-            allowed = live if allowed is None else allowed & live
+            if allowed is None:  # tombstones only: the kernel skips deleted slots, no per-query mask
+                allowed, invert = self._deleted[:self._n], True
+            else:
+                allowed = allowed & (self._deleted[:self._n] == 0)
         with num_threads(threads) as nthreads:
             nthreads = max(1, min(nthreads, nq))
             if allowed is None:
@@ -289,15 +294,17 @@ class HNSWIndex(Index):
                 finally:
                     self._scratch.give(scratch)
             else:
-                n_allowed = int(np.count_nonzero(allowed))
+                n_allowed = self._n - self._n_deleted if invert else int(np.count_nonzero(allowed))
                 if self._prefer_exact(n_allowed, ef):
+                    if invert:
+                        allowed = (allowed == 0).view(np.uint8)
                     out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], allowed, k)
                 else:
                     scratch = self._scratch.take(nthreads, self._n)
                     try:
                         K.search_batch_filtered(self._vectors, self._metric_code, self._links0, self._links_up,
                                                 self._up_offset, self._entry, self._max_level, q, k, ef,
-                                                allowed, out_d, out_s, *scratch)
+                                                allowed, invert, out_d, out_s, *scratch)
                     finally:
                         self._scratch.give(scratch)
         ids = np.where(out_s >= 0, self._idmap.slot_ids[np.maximum(out_s, 0)], -1)
@@ -395,6 +402,17 @@ class HNSWIndex(Index):
         if live.size:
             fresh._insert(vectors, ids, check_threads(threads), None)
         self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k not in ("_write_lock",)})
+
+    def copy(self) -> HNSWIndex:
+        """An independent deep copy (for copy-on-write updates while others keep searching the original)."""
+        clone = HNSWIndex.__new__(HNSWIndex)
+        clone.__dict__.update(self.__dict__)
+        for name in ("_vectors", "_links0", "_links_up", "_up_offset", "_levels", "_deleted"):
+            setattr(clone, name, np.array(getattr(self, name)))
+        clone._idmap = IdMap(np.array(self._idmap.slot_ids))
+        clone._scratch = _ScratchPool()
+        clone._write_lock = threading.RLock()
+        return clone
 
     # ---- access --------------------------------------------------------------------------------------------------
     def get_vectors(self, ids: Any) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""The HTTP server (``simdex serve``), its web console, and the HTTP client."""

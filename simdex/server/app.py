@@ -1,0 +1,231 @@
+"""The HTTP API over a :class:`~simdex.Database` (FastAPI), plus the web console at ``/``.
+
+Every error is JSON ``{"error": {"type": ..., "message": ...}}`` with a 4xx status that says what went wrong:
+400 bad input, 401 missing/wrong API key, 404 unknown collection or id, 409 conflict (exists, duplicate,
+read-only), 413 request too large, 422 malformed request body. The OpenAPI spec is at ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__, errors
+from ..store import Database
+
+CONSOLE = Path(__file__).parent / "console" / "index.html"
+API = "/api/v1"
+
+_STATUS = [
+    (errors.CollectionNotFoundError, 404), (errors.UnknownIdError, 404),
+    (errors.CollectionExistsError, 409), (errors.DuplicateIdError, 409), (errors.ReadOnlyError, 409),
+    (errors.DatabaseLockedError, 409),
+    (errors.InvalidInputError, 400), (errors.InvalidTypeError, 400), (errors.CorruptFileError, 500),
+]
+
+
+def _error(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateCollection(_Strict):
+    name: str = Field(description="1-64 letters, digits, '_' or '-'")
+    dim: int = Field(description="vector dimension")
+    metric: str = Field("cosine", description="l2, ip or cosine")
+    index: str = Field("hnsw", description="hnsw or flat")
+    params: dict[str, Any] = Field(default_factory=dict, description="index parameters (HNSW: M, ef_construction, "
+                                                                     "ef_search, seed)")
+    exist_ok: bool = False
+
+
+class Upsert(_Strict):
+    ids: list[str]
+    vectors: list[list[float]]
+    metadatas: list[dict[str, Any] | None] | None = None
+    documents: list[str | None] | None = None
+
+
+class Get(_Strict):
+    ids: list[str] | None = None
+    where: dict[str, Any] | None = None
+    limit: int | None = Field(None, ge=0)
+    offset: int = Field(0, ge=0)
+    include: list[str] | None = None
+
+
+class Delete(_Strict):
+    ids: list[str] | None = None
+    where: dict[str, Any] | None = None
+    missing_ok: bool = False
+
+
+class Search(_Strict):
+    vector: list[float] | None = Field(None, description="one query vector")
+    vectors: list[list[float]] | None = Field(None, description="several query vectors")
+    query_ids: list[str] | None = Field(None, description="use these records' vectors as the queries")
+    k: int = Field(10, ge=1)
+    where: dict[str, Any] | None = None
+    include: list[str] | None = None
+    ef: int | None = Field(None, ge=1)
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse request bodies over ``limit`` bytes (by Content-Length, and while streaming)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _error(413, "PayloadTooLarge", f"request body is {int(length)} bytes; the limit is "
+                                                        f"{self.limit}")(scope, receive, send)
+        if length is not None:
+            return await self.app(scope, receive, send)
+        # No Content-Length (chunked upload): read the body here, counting, and hand it on only if it fits.
+        messages, seen = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                return await _error(413, "PayloadTooLarge", f"request body exceeds the limit of {self.limit} "
+                                                            f"bytes")(scope, receive, send)
+            if not message.get("more_body"):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int = 64 << 20,
+               max_batch: int = 10_000) -> FastAPI:
+    """Build the ASGI app serving ``db``. With ``api_key``, every ``/api`` request must send it as
+    ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    app = FastAPI(title="simdex", version=__version__,
+                  description="Vector database: collections of records (id, vector, metadata, document) with "
+                              "nearest-neighbour search and metadata filters.")
+    app.state.db = db
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if api_key and request.url.path.startswith("/api"):
+            given = request.headers.get("x-api-key") or ""
+            auth = request.headers.get("authorization") or ""
+            if auth.lower().startswith("bearer "):
+                given = auth[7:]
+            if not hmac.compare_digest(given.encode(), api_key.encode()):
+                return _error(401, "Unauthorized", "missing or wrong API key (send 'Authorization: Bearer <key>' "
+                                                   "or 'X-API-Key: <key>')")
+        return await call_next(request)
+
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+
+    @app.exception_handler(errors.SimdexError)
+    async def simdex_error(_: Request, exc: errors.SimdexError):
+        status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
+        return _error(status, type(exc).__name__, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(_: Request, exc: RequestValidationError):
+        problems = []
+        for e in exc.errors()[:5]:
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {e.get('msg')}")
+        return _error(422, "ValidationError", "; ".join(problems) or "malformed request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = str(exc.detail)
+        if exc.status_code in (404, 405):
+            message = f"{request.method} {request.url.path}: no such endpoint (see /docs)"
+        return _error(exc.status_code, "HTTPError", message)
+
+    def collection(name: str):
+        return db.get_collection(name)
+
+    @app.get("/", include_in_schema=False)
+    def console():
+        return FileResponse(CONSOLE, media_type="text/html")
+
+    @app.get("/healthz", tags=["server"])
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get(f"{API}/collections", tags=["collections"])
+    def list_collections() -> dict[str, Any]:
+        return {"collections": [db.get_collection(n).stats() for n in db.list_collections()]}
+
+    @app.post(f"{API}/collections", tags=["collections"], status_code=201)
+    def create_collection(body: CreateCollection) -> dict[str, Any]:
+        return db.create_collection(body.name, body.dim, body.metric, body.index, exist_ok=body.exist_ok,
+                                    **body.params).stats()
+
+    @app.get(f"{API}/collections/{{name}}", tags=["collections"])
+    def get_collection(name: str) -> dict[str, Any]:
+        return collection(name).stats()
+
+    @app.delete(f"{API}/collections/{{name}}", tags=["collections"])
+    def drop_collection(name: str) -> dict[str, Any]:
+        db.drop_collection(name)
+        return {"dropped": name}
+
+    @app.post(f"{API}/collections/{{name}}/upsert", tags=["records"])
+    def upsert(name: str, body: Upsert) -> dict[str, Any]:
+        n = collection(name).upsert(body.ids, body.vectors, body.metadatas, body.documents, max_batch=max_batch)
+        return {"upserted": n}
+
+    @app.post(f"{API}/collections/{{name}}/get", tags=["records"])
+    def get(name: str, body: Get) -> dict[str, Any]:
+        if body.ids is not None and len(body.ids) > max_batch:
+            raise errors.InvalidInputError(f"at most {max_batch} ids per request")
+        limit = max_batch if body.limit is None else min(body.limit, max_batch)
+        return {"records": collection(name).get(body.ids, body.where, limit, body.offset, body.include)}
+
+    @app.post(f"{API}/collections/{{name}}/delete", tags=["records"])
+    def delete(name: str, body: Delete) -> dict[str, Any]:
+        return {"deleted": collection(name).delete(body.ids, body.where, missing_ok=body.missing_ok)}
+
+    @app.get(f"{API}/collections/{{name}}/count", tags=["records"])
+    def count(name: str) -> dict[str, Any]:
+        return {"count": collection(name).count()}
+
+    @app.post(f"{API}/collections/{{name}}/search", tags=["search"])
+    def search(name: str, body: Search) -> dict[str, Any]:
+        col = collection(name)
+        given = [x is not None for x in (body.vector, body.vectors, body.query_ids)]
+        if sum(given) != 1:
+            raise errors.InvalidInputError("give exactly one of vector, vectors or query_ids")
+        if body.query_ids is not None:
+            if len(body.query_ids) > max_batch:
+                raise errors.InvalidInputError(f"at most {max_batch} queries per request")
+            found = {r["id"]: r["embedding"] for r in col.get(body.query_ids, include=["embeddings"])}
+            missing = [i for i in body.query_ids if i not in found]
+            if missing:
+                raise errors.UnknownIdError(f"id {missing[0]!r} is not in collection {name!r}")
+            queries = [found[i] for i in body.query_ids]
+        else:
+            queries = [body.vector] if body.vector is not None else body.vectors
+        if len(queries) > max_batch:
+            raise errors.InvalidInputError(f"at most {max_batch} queries per request")
+        results = col.search_batch(queries, body.k, body.where, body.include, body.ef)
+        return {"results": results}
+
+    return app

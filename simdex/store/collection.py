@@ -1,0 +1,558 @@
+"""A durable collection of records ``(id, vector, metadata, document)``.
+
+Layers, from the bottom:
+
+- **write-ahead log** (:mod:`.wal`): every write is a checksummed record, fsynced before it is acknowledged;
+- **metadata** (:mod:`.metadata`): SQLite rows ``id -> (rid, metadata, document)``, the target of ``where``;
+- **vectors**: a *main* HNSW index over most rows and a small *growing* exact index over the newest ones. Writes
+  only touch the growing part (and mark deletions), so they are cheap; a background optimizer folds the growing
+  part into a copy of the main index and swaps the copy in, so searches never wait for index building;
+- **checkpoints**: the in-memory vector state is written to checksummed files (write-new-then-rename) under a
+  ``MANIFEST``; the log is then cut back to the previous checkpoint, so one damaged checkpoint can still be
+  recovered from the one before it plus the log.
+
+Each version of a record has its own row id (rid): an upsert of an existing id tombstones the old rid and adds
+a new one, so index entries are never changed in place.
+
+Concurrency: one writer at a time (``_writer``), many readers. Logging and fsync happen outside the
+readers-writer lock; applying a logged write to SQLite and memory happens under its write side, so a reader
+always sees a state between two whole writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import fileformat
+from .._validate import check_positive_int, check_vectors
+from ..dense import FlatIndex, HNSWIndex
+from ..errors import CorruptDatabaseError, CorruptFileError, InvalidInputError, ReadOnlyError, UnknownIdError
+from ..index import Index, write_snapshot
+from . import records as rec
+from ._rwlock import RWLock
+from .metadata import MetadataStore
+from .wal import CorruptLogError, WriteAheadLog
+
+log = logging.getLogger("simdex.store")
+
+INCLUDE_CHOICES = ("metadatas", "documents", "embeddings", "distances")
+DEFAULT_SEARCH_INCLUDE = ("metadatas", "documents", "distances")
+DEFAULT_GET_INCLUDE = ("metadatas", "documents")
+INDEX_KINDS = ("hnsw", "flat")
+HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
+MANIFEST = "MANIFEST"
+
+
+def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+    if include is None:
+        return default
+    if isinstance(include, str):
+        include = [include]
+    bad = [i for i in include if i not in INCLUDE_CHOICES]
+    if bad or not isinstance(include, (list, tuple)):
+        raise InvalidInputError(f"include must be a list of {INCLUDE_CHOICES}; got {include!r}")
+    return tuple(include)
+
+
+def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any]) -> dict[str, Any]:
+    from .._validate import check_metric
+    dim = check_positive_int(dim, "dim")
+    metric = check_metric(metric)
+    if index not in INDEX_KINDS:
+        raise InvalidInputError(f"index must be one of {INDEX_KINDS}; got {index!r}")
+    unknown = set(params) - (set(HNSW_PARAMS) if index == "hnsw" else set())
+    if unknown:
+        raise InvalidInputError(f"unknown parameter(s) for a {index} index: {sorted(unknown)}")
+    if index == "hnsw":
+        HNSWIndex(dim, metric, **params)  # validates the values
+    return {"dim": dim, "metric": metric, "index": index, "params": dict(params)}
+
+
+class Collection:
+    """Records with vectors, metadata and documents, searchable by vector with metadata filters.
+
+    Obtain one from :meth:`simdex.Database.create_collection` or :meth:`~simdex.Database.get_collection`.
+    """
+
+    def __init__(self, path: Path, name: str, config: dict[str, Any], *, sync: str, read_only: bool,
+                 repair: bool, merge_rows: int = 20_000, checkpoint_bytes: int = 64 << 20) -> None:
+        self.path = path
+        self.name = name
+        self.dim: int = config["dim"]
+        self.metric: str = config["metric"]
+        self.index_kind: str = config["index"]
+        self.params: dict[str, Any] = config["params"]
+        self.read_only = read_only
+        self.merge_rows = merge_rows
+        self.checkpoint_bytes = checkpoint_bytes
+        self.recovery_notes: list[str] = []
+        self.background_error: str | None = None
+        self._rw = RWLock()
+        self._writer = threading.Lock()  # one logged write at a time
+        self._maintenance = threading.Lock()  # one merge or checkpoint at a time
+        self._closed = False
+        self._last_write = time.monotonic()
+        self._merging_deletes: list[np.ndarray] | None = None
+        self._saved_main: tuple[HNSWIndex, str] | None = None
+        self._manifest: dict[str, Any] | None = None
+        self._prev_manifest: dict[str, Any] | None = None
+        self._main: HNSWIndex | None = None
+        self._growing: FlatIndex = FlatIndex(self.dim, self.metric)
+        self._next_rid = 0
+        self._recover(sync, repair)
+
+    # ---- recovery ------------------------------------------------------------------------------------------------
+    def _recover(self, sync: str, repair: bool) -> None:
+        manifests = self._read_manifests()
+        loaded = False
+        for position, manifest in enumerate(manifests):
+            try:
+                self._load_checkpoint(manifest)
+                self._manifest = manifest
+                self._prev_manifest = manifests[position + 1] if position + 1 < len(manifests) else None
+                loaded = True
+                break
+            except CorruptFileError as exc:
+                self.recovery_notes.append(f"checkpoint {manifest.get('gen')} is damaged ({exc}); "
+                                           f"falling back to the one before it")
+                log.warning("%s: %s", self.path, self.recovery_notes[-1])
+                self._main, self._growing = None, FlatIndex(self.dim, self.metric)
+        if manifests and not loaded:
+            raise CorruptDatabaseError(f"collection {self.name!r}: every checkpoint is damaged "
+                                       f"({'; '.join(self.recovery_notes)})")
+        base_lsn = self._manifest["lsn"] if self._manifest else 0
+        try:
+            self._wal = WriteAheadLog(self.path / "wal", sync=sync, repair=repair, read_only=self.read_only)
+        except CorruptLogError as exc:
+            raise CorruptDatabaseError(f"collection {self.name!r}: {exc}") from None
+        self.recovery_notes.extend(self._wal.repaired)
+        if self._wal.first_lsn > base_lsn + 1:
+            raise CorruptDatabaseError(f"collection {self.name!r}: log records {base_lsn + 1}.."
+                                       f"{self._wal.first_lsn - 1} are missing")
+        self._meta = self._open_metadata()
+        sql_lsn = self._meta.applied_lsn()
+        if sql_lsn < self._wal.first_lsn - 1:
+            raise CorruptDatabaseError(f"collection {self.name!r}: the metadata store is older than the log "
+                                       f"(applied up to record {sql_lsn}, log starts at {self._wal.first_lsn})")
+        self._next_rid = max(self._manifest["next_rid"] if self._manifest else 0, self._meta.max_rid() + 1)
+        replayed = 0
+        for lsn, payload in self._wal.replay(min(base_lsn, sql_lsn)):
+            op = rec.decode(payload, lsn)
+            if lsn > sql_lsn:
+                self._apply_metadata(lsn, op)
+            if lsn > base_lsn:
+                self._apply_vectors(op)
+                replayed += 1
+            self._next_rid = max(self._next_rid, int(op.rids.max()) + 1 if op.rids.size else 0)
+        self._applied_lsn = self._wal.last_lsn
+        if replayed:
+            self.recovery_notes.append(f"replayed {replayed} log record(s) after checkpoint lsn {base_lsn}")
+
+    def _open_metadata(self) -> MetadataStore:
+        if not self.read_only:
+            return MetadataStore(self.path / "meta.sqlite")
+        # Read-only: work on a private copy, so that the log tail can be applied without touching any file.
+        self._ro_copy = Path(tempfile.mkdtemp(prefix="simdex-readonly-"))
+        for suffix in ("", "-wal"):
+            source = self.path / f"meta.sqlite{suffix}"
+            if source.exists():
+                shutil.copy2(source, self._ro_copy / source.name)
+        return MetadataStore(self._ro_copy / "meta.sqlite")
+
+    def _read_manifests(self) -> list[dict[str, Any]]:
+        """The current checkpoint manifest and the previous one, newest first, skipping unreadable ones."""
+        found = []
+        for name in (MANIFEST, MANIFEST + ".tmp", MANIFEST + ".prev"):
+            path = self.path / name
+            if not path.exists():
+                continue
+            try:
+                doc = json.loads(path.read_text())
+                body = json.dumps(doc["body"], sort_keys=True, separators=(",", ":")).encode()
+                if zlib.crc32(body) != doc["crc32"]:
+                    raise ValueError("checksum mismatch")
+                found.append(doc["body"])
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                self.recovery_notes.append(f"{path.name} is unreadable ({exc}); ignored")
+        found.sort(key=lambda m: m["gen"], reverse=True)
+        unique = []
+        for m in found:
+            if not unique or unique[-1]["gen"] != m["gen"]:
+                unique.append(m)
+        return unique[:2]
+
+    def _load_checkpoint(self, manifest: dict[str, Any]) -> None:
+        growing = Index.load(self.path / manifest["growing"], mmap=False)
+        if not isinstance(growing, FlatIndex) or growing.dim != self.dim:
+            raise CorruptFileError("growing segment has the wrong kind or dimension")
+        main = None
+        if manifest.get("main"):
+            main = Index.load(self.path / manifest["main"], mmap=False)
+            if not isinstance(main, HNSWIndex) or main.dim != self.dim:
+                raise CorruptFileError("main index has the wrong kind or dimension")
+            main.consolidate_threshold = 1.0  # consolidation happens on copies, never under readers
+            _, _, tomb = fileformat.load_arrays(self.path / manifest["tomb"], mmap=False)
+            deleted = tomb["deleted"]
+            if deleted.shape != (main._n,):
+                raise CorruptFileError("tombstone file does not match the main index")
+            newly = (deleted != 0) & (main._deleted[:main._n] == 0)
+            if newly.any():
+                main.remove(main._idmap.slot_ids[np.flatnonzero(newly)])
+            self._saved_main = (main, manifest["main"])
+        self._main, self._growing = main, growing
+
+    # ---- applying logged operations (caller holds the write side, or is recovering) ------------------------------
+    def _apply_metadata(self, lsn: int, op: rec.LogOp) -> None:
+        if op.kind == rec.UPSERT:
+            self._meta.apply_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents)
+        else:
+            self._meta.apply_delete(lsn, op.ids)
+
+    def _apply_vectors(self, op: rec.LogOp) -> None:
+        if op.kind == rec.UPSERT:
+            self._tombstone(op.old_rids[op.old_rids >= 0])
+            self._growing.add(op.vectors, op.rids)
+        else:
+            self._tombstone(op.rids)
+
+    def _tombstone(self, rids: np.ndarray) -> None:
+        if rids.size == 0:
+            return
+        in_growing = self._growing._idmap.lookup(rids) >= 0
+        if in_growing.any():
+            self._growing.remove(rids[in_growing])
+        rest = rids[~in_growing]
+        if rest.size and self._main is not None:
+            in_main = self._main._idmap.lookup(rest) >= 0
+            if in_main.any():
+                self._main.remove(rest[in_main])
+        if self._merging_deletes is not None:
+            self._merging_deletes.append(rids)
+
+    # ---- writes --------------------------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise InvalidInputError(f"collection {self.name!r} is closed")
+        if self.read_only:
+            raise ReadOnlyError(f"collection {self.name!r} is open read-only")
+
+    def _log_and_apply(self, payload: bytes, op: rec.LogOp) -> None:
+        lsn = self._wal.append(payload)
+        self._wal.commit(lsn)
+        with self._rw.write():
+            self._apply_metadata(lsn, op)
+            self._apply_vectors(op)
+            self._applied_lsn = lsn
+        self._last_write = time.monotonic()
+
+    def upsert(self, ids: Any, vectors: Any, metadatas: Any = None, documents: Any = None, *,
+               max_batch: int | None = None) -> int:
+        """Insert records, or replace those whose id exists. Returns the number written.
+
+        ``ids``: list of str; ``vectors``: (n, dim); ``metadatas``: list of JSON objects or None;
+        ``documents``: list of str/None or None. Durable when this returns (see the database's ``sync``).
+        """
+        self._check_writable()
+        batch = rec.check_upsert(ids, vectors, metadatas, documents, self.dim, self.metric == "cosine", max_batch)
+        with self._writer:
+            existing = self._meta.current_rids(batch.ids)
+            old = np.array([existing.get(i, -1) for i in batch.ids], np.int64)
+            rids = np.arange(self._next_rid, self._next_rid + len(batch.ids), dtype=np.int64)
+            self._next_rid += len(batch.ids)
+            op = rec.LogOp(rec.UPSERT, batch.ids, rids, old, batch.vectors, batch.metadatas, batch.documents)
+            self._log_and_apply(rec.encode_upsert(batch, rids, old), op)
+        return len(batch.ids)
+
+    def delete(self, ids: Any = None, where: Any = None, *, missing_ok: bool = False) -> int:
+        """Delete records by id, by ``where`` filter, or both (ids that also match the filter).
+
+        Unknown ids raise :class:`UnknownIdError` (nothing is deleted) unless ``missing_ok``. Returns the number
+        deleted.
+        """
+        self._check_writable()
+        if ids is None and where is None:
+            raise InvalidInputError("delete needs ids, where, or both (to delete everything use where={})")
+        id_list = None if ids is None else rec.check_record_ids(ids)
+        with self._writer:
+            if where is not None:
+                matches = dict(self._meta.ids_where(where))
+                if id_list is not None:
+                    matches = {i: matches[i] for i in id_list if i in matches}
+            else:
+                matches = self._meta.current_rids(id_list)
+                missing = [i for i in id_list if i not in matches]
+                if missing and not missing_ok:
+                    raise UnknownIdError(f"id {missing[0]!r} is not in collection {self.name!r} "
+                                         f"({len(missing)} unknown id(s)); nothing was deleted")
+            if not matches:
+                return 0
+            del_ids = list(matches)
+            rids = np.array([matches[i] for i in del_ids], np.int64)
+            self._log_and_apply(rec.encode_delete(del_ids, rids), rec.LogOp(rec.DELETE, del_ids, rids))
+        return len(del_ids)
+
+    # ---- reads ---------------------------------------------------------------------------------------------------
+    def count(self) -> int:
+        with self._rw.read():
+            return len(self._growing) + (len(self._main) if self._main is not None else 0)
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def _vectors_of(self, rids: np.ndarray) -> np.ndarray:
+        out = np.empty((rids.shape[0], self.dim), np.float32)
+        in_growing = self._growing._idmap.lookup(rids) >= 0
+        if in_growing.any():
+            out[in_growing] = self._growing.get_vectors(rids[in_growing])
+        if (~in_growing).any():
+            out[~in_growing] = self._main.get_vectors(rids[~in_growing])
+        return out
+
+    def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
+            include: Any = None) -> list[dict[str, Any]]:
+        """Records by id (in the given order; unknown ids are left out) and/or ``where`` filter (in id order).
+
+        Each record is a dict with ``id`` and the fields in ``include`` (``metadata``, ``document``,
+        ``embedding``).
+        """
+        include = check_include(include, DEFAULT_GET_INCLUDE)
+        id_list = None if ids is None else rec.check_record_ids(ids)
+        if limit is not None:
+            limit = check_positive_int(limit, "limit", minimum=0)
+        offset = check_positive_int(offset, "offset", minimum=0)
+        with self._rw.read():
+            rows = self._meta.get(id_list, where, limit, offset)
+            vectors = self._vectors_of(np.array([r[1] for r in rows], np.int64)) \
+                if "embeddings" in include and rows else None
+        return [self._record(r[0], r[2], r[3], include, None if vectors is None else vectors[j])
+                for j, r in enumerate(rows)]
+
+    @staticmethod
+    def _record(id_: str, meta: str, doc: str | None, include: tuple[str, ...], vector: np.ndarray | None,
+                distance: float | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": id_}
+        if distance is not None:
+            out["distance"] = distance
+        if "metadatas" in include:
+            out["metadata"] = json.loads(meta)
+        if "documents" in include:
+            out["document"] = doc
+        if vector is not None:
+            out["embedding"] = vector.tolist()
+        return out
+
+    def search(self, vector: Any, k: int = 10, where: Any = None, include: Any = None,
+               ef: int | None = None) -> list[dict[str, Any]]:
+        """The k records nearest to one vector (shape (dim,) or (1, dim)), nearest first, as dicts with ``id``,
+        ``distance`` and the ``include`` fields. Fewer than k when fewer records match."""
+        arr = np.asarray(vector) if not isinstance(vector, np.ndarray) else vector
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2 or arr.shape[0] != 1:
+            raise InvalidInputError(f"search takes one vector; got shape {arr.shape} (use search_batch)")
+        return self.search_batch(arr, k, where, include, ef)[0]
+
+    def search_batch(self, vectors: Any, k: int = 10, where: Any = None, include: Any = None,
+                     ef: int | None = None) -> list[list[dict[str, Any]]]:
+        """:meth:`search` for each row of ``vectors`` (nq, dim)."""
+        q = check_vectors(vectors, self.dim, "vectors", normalize=self.metric == "cosine")
+        k = check_positive_int(k, "k")
+        include = check_include(include, DEFAULT_SEARCH_INCLUDE)
+        if ef is not None:
+            ef = check_positive_int(ef, "ef")
+        threads = 1 if q.shape[0] < 8 else None
+        with self._rw.read():
+            allowed = None if where is None else self._meta.rids_where(where)
+            parts = []
+            if allowed is None or allowed.size:
+                if self._main is not None and len(self._main):
+                    parts.append(self._main.search(q, min(k, len(self._main)), ef=ef, filter=allowed,
+                                                   threads=threads))
+                if len(self._growing):
+                    parts.append(self._growing.search(q, min(k, len(self._growing)), filter=allowed,
+                                                      threads=threads))
+            if not parts:
+                return [[] for _ in range(q.shape[0])]
+            dist = np.concatenate([p[0] for p in parts], axis=1)
+            rids = np.concatenate([p[1] for p in parts], axis=1)
+            order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+            dist = np.take_along_axis(dist, order, 1)
+            rids = np.take_along_axis(rids, order, 1)
+            found = rids[rids >= 0]
+            rows = self._meta.fetch(found.tolist()) if found.size else {}
+            vectors = self._vectors_of(found) if "embeddings" in include and found.size else None
+        vec_of = {} if vectors is None else dict(zip(found.tolist(), vectors))
+        with_dist = "distances" in include
+        out = []
+        for r in range(q.shape[0]):
+            hits = []
+            for d, rid in zip(dist[r].tolist(), rids[r].tolist()):
+                if rid < 0 or rid not in rows:
+                    continue
+                id_, meta, doc = rows[rid]
+                hit = self._record(id_, meta, doc, include, vec_of.get(rid), d if with_dist else None)
+                hits.append(hit)
+            out.append(hits)
+        return out
+
+    # ---- maintenance (background optimizer) ----------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        with self._rw.read():
+            main = self._main
+            return {"name": self.name, "dim": self.dim, "metric": self.metric, "index": self.index_kind,
+                    "params": self.params, "count": len(self._growing) + (len(main) if main else 0),
+                    "indexed": len(main) if main else 0, "unindexed": len(self._growing),
+                    "deleted_in_index": main._n_deleted if main else 0, "last_lsn": self._applied_lsn,
+                    "checkpoint_lsn": self._manifest["lsn"] if self._manifest else 0,
+                    "log_bytes": self._wal.size_bytes(), "read_only": self.read_only,
+                    "background_error": self.background_error}
+
+    def needs_merge(self, idle_seconds: float = 0.5) -> bool:
+        if self.index_kind != "hnsw" or self.read_only or self._closed:
+            return False
+        n = len(self._growing)
+        main_n = self._main._n if self._main is not None else 0
+        if self._main is not None and self._main._n_deleted > 0.2 * max(main_n, 1):
+            return True
+        if n == 0:
+            return False
+        idle = time.monotonic() - self._last_write > idle_seconds
+        return n >= self.merge_rows or n >= max(2048, 0.05 * main_n) or idle
+
+    def merge(self, threads: int | None = None) -> bool:
+        """Fold the growing rows into (a copy of) the main HNSW index and swap it in; compact deletions.
+
+        Heavy work runs without any lock that readers or writers wait for. Returns True if it changed anything.
+        """
+        if self.index_kind != "hnsw" or self.read_only:
+            return False
+        with self._maintenance:
+            with self._rw.write():  # a consistent cut; copying the growing rows is cheap
+                moved = self._growing.ids
+                vectors = self._growing.get_vectors(moved) if moved.size else None
+                base = self._main
+                if not moved.size and (base is None or base._n_deleted <= 0.2 * base._n):
+                    return False
+                self._merging_deletes = []
+            try:
+                if base is None:
+                    new = HNSWIndex(self.dim, self.metric, consolidate_threshold=1.0, **self.params)
+                else:
+                    new = base.copy()
+                if moved.size:
+                    new.add(vectors, moved, threads=threads)
+                if new._n_deleted > 0.2 * new._n:
+                    new.consolidate(threads=threads)
+            except BaseException:
+                with self._rw.write():
+                    self._merging_deletes = None
+                raise
+            with self._rw.write():
+                gone = np.concatenate(self._merging_deletes) if self._merging_deletes else np.empty(0, np.int64)
+                self._merging_deletes = None
+                if gone.size:
+                    present = new._idmap.lookup(gone) >= 0
+                    if present.any():
+                        new.remove(gone[present])
+                still = self._growing._idmap.lookup(moved) >= 0
+                if still.any():
+                    self._growing.remove(moved[still])
+                self._main = new
+        return True
+
+    def needs_checkpoint(self) -> bool:
+        if self.read_only or self._closed:
+            return False
+        base = self._manifest["lsn"] if self._manifest else 0
+        return self._applied_lsn > base and self._wal.size_bytes() > self.checkpoint_bytes
+
+    def checkpoint(self) -> bool:
+        """Write the vector state to new checkpoint files and cut the log back. Readers and writers go on."""
+        if self.read_only:
+            raise ReadOnlyError(f"collection {self.name!r} is open read-only")
+        with self._maintenance:
+            with self._rw.read():
+                lsn = self._applied_lsn
+                if self._manifest is not None and self._manifest["lsn"] == lsn:
+                    return False
+                main = self._main
+                main_snapshot = main.snapshot() if main is not None else None
+                growing_snapshot = self._growing.snapshot()
+                next_rid = self._next_rid
+            gen = (self._manifest["gen"] if self._manifest else 0) + 1
+            body: dict[str, Any] = {"gen": gen, "lsn": lsn, "next_rid": next_rid, "main": None, "tomb": None,
+                                    "growing": f"growing-{gen}.sdx"}
+            write_snapshot(self.path / body["growing"], growing_snapshot)
+            if main is not None:
+                if self._saved_main is not None and self._saved_main[0] is main:
+                    body["main"] = self._saved_main[1]
+                else:
+                    body["main"] = f"main-{gen}.sdx"
+                    write_snapshot(self.path / body["main"], main_snapshot)
+                body["tomb"] = f"tomb-{gen}.sdx"
+                fileformat.save_arrays(self.path / body["tomb"], "Tombstones", {},
+                                       {"deleted": main_snapshot[2]["deleted"]})
+            self._meta.make_durable()
+            self._write_manifest(body)
+            if main is not None:
+                self._saved_main = (main, body["main"])
+            self._prev_manifest, self._manifest = self._manifest, body
+            keep_after = self._prev_manifest["lsn"] if self._prev_manifest else 0
+            self._wal.truncate_before(keep_after + 1)
+            self._remove_unreferenced_files()
+        return True
+
+    def _write_manifest(self, body: dict[str, Any]) -> None:
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        doc = json.dumps({"format": "simdex-manifest", "version": 1, "crc32": zlib.crc32(raw), "body": body})
+        tmp = self.path / (MANIFEST + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(doc)
+            f.flush()
+            os.fsync(f.fileno())
+        current = self.path / MANIFEST
+        if current.exists():
+            os.replace(current, self.path / (MANIFEST + ".prev"))
+        os.replace(tmp, current)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _remove_unreferenced_files(self) -> None:
+        keep = set()
+        for m in (self._manifest, self._prev_manifest):
+            if m:
+                keep.update(v for k, v in m.items() if k in ("main", "tomb", "growing") and v)
+        for path in self.path.glob("*.sdx"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if not self.read_only:
+            try:
+                self.checkpoint()
+            except Exception as exc:  # never lose the log because a checkpoint failed: it is replayed on open
+                log.warning("%s: checkpoint on close failed: %s", self.path, exc)
+        self._closed = True
+        self._wal.close()
+        self._meta.close()
+        if getattr(self, "_ro_copy", None) is not None:
+            shutil.rmtree(self._ro_copy, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"Collection({self.name!r}, dim={self.dim}, metric={self.metric!r}, index={self.index_kind!r})"

@@ -1,0 +1,256 @@
+"""An embedded database: a folder of collections, opened by one writing process at a time.
+
+Layout::
+
+    <path>/LOCK                         advisory lock (fcntl) held by the process that has the database open
+    <path>/collections/<name>/config.json   dimension, metric, index kind and parameters (written once)
+    <path>/collections/<name>/wal/          write-ahead log
+    <path>/collections/<name>/meta.sqlite   metadata and documents
+    <path>/collections/<name>/MANIFEST      current checkpoint (MANIFEST.prev: the one before)
+    <path>/collections/<name>/*.sdx         checkpoint files (simdex index file format)
+
+Creating a collection builds its folder under a temporary name and renames it into place; dropping renames it
+away before deleting it, so a crash never leaves half a collection.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..errors import CollectionExistsError, CollectionNotFoundError, DatabaseLockedError, ReadOnlyError
+from .collection import Collection, check_config
+from .metadata import MetadataStore
+from .records import check_collection_name
+from .wal import SYNC_MODES
+
+log = logging.getLogger("simdex.store")
+
+
+class Database:
+    """A database folder. Use :func:`simdex.connect` to open one.
+
+    Parameters
+    ----------
+    path : folder (created if missing)
+    sync : {"always", "batch", "off"}
+        When a write is durable: ``always`` (fsync before returning; survives power loss), ``batch`` (fsync
+        every 10 ms in the background), ``off`` (survives a killed process, not a power loss).
+    read_only : bool
+        Open without changing anything (no lock against other readers; refused while a writer has it open).
+    repair : bool
+        Cut damaged write-ahead logs back to their last good record instead of refusing to open.
+    background : bool
+        Run the optimizer thread that indexes new rows and writes checkpoints. Off: call :meth:`optimize`.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, sync: str = "always", read_only: bool = False,
+                 repair: bool = False, background: bool = True, merge_rows: int = 20_000,
+                 checkpoint_bytes: int = 64 << 20) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {SYNC_MODES}; got {sync!r}")
+        self.path = Path(path)
+        self.sync = sync
+        self.read_only = read_only
+        self.repair = repair
+        self._collection_opts = {"merge_rows": merge_rows, "checkpoint_bytes": checkpoint_bytes}
+        self._lock = threading.RLock()
+        self._closed = False
+        if read_only and not (self.path / "collections").is_dir():
+            raise FileNotFoundError(f"no simdex database at {self.path}")
+        (self.path / "collections").mkdir(parents=True, exist_ok=True) if not read_only else None
+        self._lock_fd = self._acquire_lock()
+        self._collections: dict[str, Collection] = {}
+        self._cleanup_temporaries()
+        for folder in sorted((self.path / "collections").iterdir()):
+            if folder.is_dir() and not folder.name.startswith(".") and (folder / "config.json").exists():
+                self._collections[folder.name] = self._open_collection(folder)
+        self._stop = threading.Event()
+        self._optimizer = None
+        if background and not read_only:
+            self._optimizer = threading.Thread(target=self._optimize_loop, name="simdex-optimizer", daemon=True)
+            self._optimizer.start()
+
+    # ---- locking -------------------------------------------------------------------------------------------------
+    def _acquire_lock(self) -> int:
+        lock_path = self.path / "LOCK"
+        fd = os.open(lock_path, os.O_RDONLY if self.read_only and lock_path.exists() else os.O_RDWR | os.O_CREAT,
+                     0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            try:
+                holder = f" (pid {lock_path.read_text().strip()})"
+            except OSError:
+                pass
+            os.close(fd)
+            raise DatabaseLockedError(f"the database at {self.path} is open for writing by another "
+                                      f"process{holder}; close it there first") from None
+        if not self.read_only:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+    def _cleanup_temporaries(self) -> None:
+        if self.read_only:
+            return
+        for folder in (self.path / "collections").iterdir():
+            if folder.name.startswith(".tmp-") or folder.name.startswith(".dropped-"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _open_collection(self, folder: Path) -> Collection:
+        config = json.loads((folder / "config.json").read_text())
+        return Collection(folder, folder.name, config, sync=self.sync, read_only=self.read_only,
+                          repair=self.repair, **self._collection_opts)
+
+    # ---- the catalog ---------------------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ReadOnlyError(f"the database at {self.path} is closed")
+
+    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw", *,
+                          exist_ok: bool = False, **params: Any) -> Collection:
+        """Create a collection of ``dim``-dimensional vectors. ``params`` go to the index (HNSW: M,
+        ef_construction, ef_search, seed). With ``exist_ok`` an existing collection of the same
+        configuration is returned instead of an error."""
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"the database at {self.path} is open read-only")
+        name = check_collection_name(name)
+        config = check_config(dim, metric, index, params)
+        with self._lock:
+            if name in self._collections:
+                existing = self._collections[name]
+                same = (existing.dim, existing.metric, existing.index_kind, existing.params) == \
+                       (config["dim"], config["metric"], config["index"], config["params"])
+                if exist_ok and same:
+                    return existing
+                raise CollectionExistsError(f"collection {name!r} already exists"
+                                            + ("" if same else " with a different configuration"))
+            final = self.path / "collections" / name
+            tmp = self.path / "collections" / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            body = {**config, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            with open(tmp / "config.json", "w") as f:
+                json.dump(body, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            MetadataStore(tmp / "meta.sqlite").close()
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+            collection = self._open_collection(final)
+            self._collections[name] = collection
+            return collection
+
+    def get_collection(self, name: str) -> Collection:
+        self._check_open()
+        with self._lock:
+            try:
+                return self._collections[name]
+            except KeyError:
+                raise CollectionNotFoundError(f"no collection named {name!r} (have: "
+                                              f"{', '.join(sorted(self._collections)) or 'none'})") from None
+
+    def get_or_create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
+                                 **params: Any) -> Collection:
+        return self.create_collection(name, dim, metric, index, exist_ok=True, **params)
+
+    def list_collections(self) -> list[str]:
+        self._check_open()
+        with self._lock:
+            return sorted(self._collections)
+
+    def drop_collection(self, name: str) -> None:
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"the database at {self.path} is open read-only")
+        with self._lock:
+            collection = self.get_collection(name)
+            collection._closed = True
+            collection._wal.close()
+            collection._meta.close()
+            del self._collections[name]
+            gone = self.path / "collections" / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
+            os.replace(collection.path, gone)
+            _fsync_dir(gone.parent)
+            shutil.rmtree(gone, ignore_errors=True)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._collections
+
+    # ---- maintenance ---------------------------------------------------------------------------------------------
+    def optimize(self, wait_idle: bool = False) -> None:
+        """Index all unindexed rows now (what the background thread does over time)."""
+        for collection in list(self._collections.values()):
+            collection.merge()
+
+    def checkpoint(self) -> None:
+        """Write checkpoints of every collection and cut their logs."""
+        for collection in list(self._collections.values()):
+            collection.checkpoint()
+
+    def _optimize_loop(self) -> None:
+        while not self._stop.wait(0.2):
+            for collection in list(self._collections.values()):
+                if self._stop.is_set():
+                    return
+                try:
+                    if collection.needs_merge():
+                        collection.merge()
+                    if collection.needs_checkpoint():
+                        collection.checkpoint()
+                    collection.background_error = None
+                except Exception as exc:  # keep serving; report it in stats and the log
+                    if collection._closed:
+                        continue
+                    collection.background_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("background maintenance of %s failed", collection.name)
+
+    def stats(self) -> dict[str, Any]:
+        return {"path": str(self.path), "read_only": self.read_only, "sync": self.sync,
+                "collections": [c.stats() for c in self._collections.values()]}
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop background work, checkpoint every collection and release the lock."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._optimizer is not None:
+            self._optimizer.join()
+        for collection in self._collections.values():
+            collection.close()
+        self._closed = True
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Database({str(self.path)!r}, collections={self.list_collections() if not self._closed else '?'})"
+
+
+def connect(path: str | os.PathLike, **options: Any) -> Database:
+    """Open (or create) the database in folder ``path``. See :class:`Database` for the options."""
+    return Database(path, **options)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,157 @@
+"""Record metadata and documents in SQLite (stdlib ``sqlite3``, WAL journal): the store behind ``get`` and ``where``.
+
+One SQLite file per collection. It is written only by the collection's writer, after the record is durable in
+simdex's own write-ahead log, and remembers the last log record it applied (``applied_lsn``), so that recovery
+replays exactly what it missed. Readers use their own connections (one per thread) and see committed state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .filters import compile_where
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id TEXT PRIMARY KEY,
+    rid INTEGER NOT NULL UNIQUE,
+    metadata TEXT NOT NULL,
+    document TEXT
+);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+_CHUNK = 900  # stay below SQLite's limit on bound parameters
+
+
+def _chunks(seq: list, size: int = _CHUNK) -> Iterable[list]:
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]
+
+
+class MetadataStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._writer = self._connect(writer=True)
+        self._writer.executescript(_SCHEMA)
+        self._writer.commit()
+
+    def _connect(self, writer: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        if writer:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # simdex's own log is fsynced before SQLite is touched, and recovery replays it into SQLite, so
+            # SQLite need not fsync every commit.
+            conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    # ---- writer side ---------------------------------------------------------------------------------------------
+    def applied_lsn(self) -> int:
+        row = self._writer.execute("SELECT value FROM state WHERE key='applied_lsn'").fetchone()
+        return int(row[0]) if row else 0
+
+    def current_rids(self, ids: list[str]) -> dict[str, int]:
+        """id -> rid for the ids that exist (read through the writer connection: sees the latest writes)."""
+        out: dict[str, int] = {}
+        for part in _chunks(ids):
+            q = f"SELECT id, rid FROM records WHERE id IN ({','.join('?' * len(part))})"
+            out.update(self._writer.execute(q, part).fetchall())
+        return out
+
+    def max_rid(self) -> int:
+        row = self._writer.execute("SELECT MAX(rid) FROM records").fetchone()
+        return int(row[0]) if row and row[0] is not None else -1
+
+    def apply_upsert(self, lsn: int, ids: list[str], rids: np.ndarray, metadatas: list[str],
+                     documents: list[str | None]) -> None:
+        with self._writer:
+            self._writer.executemany(
+                "INSERT INTO records (id, rid, metadata, document) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET rid=excluded.rid, metadata=excluded.metadata, "
+                "document=excluded.document",
+                zip(ids, rids.tolist(), metadatas, documents))
+            self._set_lsn(lsn)
+
+    def apply_delete(self, lsn: int, ids: list[str]) -> None:
+        with self._writer:
+            for part in _chunks(ids):
+                self._writer.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(part))})", part)
+            self._set_lsn(lsn)
+
+    def _set_lsn(self, lsn: int) -> None:
+        self._writer.execute("INSERT INTO state (key, value) VALUES ('applied_lsn', ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (lsn,))
+
+    def make_durable(self) -> None:
+        """Flush SQLite's own log into its database file and fsync it (before simdex's log is truncated)."""
+        self._writer.execute("PRAGMA wal_checkpoint(FULL)")
+
+    # ---- reader side ---------------------------------------------------------------------------------------------
+    def rids_where(self, where: Any, writer: bool = False) -> np.ndarray:
+        sql, params = compile_where(where)
+        conn = self._writer if writer else self._reader()
+        rows = conn.execute(f"SELECT rid FROM records WHERE {sql}", params).fetchall()
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows))
+
+    def ids_where(self, where: Any) -> list[tuple[str, int]]:
+        sql, params = compile_where(where)
+        return self._writer.execute(f"SELECT id, rid FROM records WHERE {sql}", params).fetchall()
+
+    def fetch(self, rids: Iterable[int]) -> dict[int, tuple[str, str, str | None]]:
+        """rid -> (id, metadata JSON, document)."""
+        rids = list(dict.fromkeys(int(r) for r in rids))
+        out: dict[int, tuple[str, str, str | None]] = {}
+        conn = self._reader()
+        for part in _chunks(rids):
+            q = f"SELECT rid, id, metadata, document FROM records WHERE rid IN ({','.join('?' * len(part))})"
+            for rid, id_, meta, doc in conn.execute(q, part):
+                out[rid] = (id_, meta, doc)
+        return out
+
+    def get(self, ids: list[str] | None, where: Any, limit: int | None, offset: int
+            ) -> list[tuple[str, int, str, str | None]]:
+        """(id, rid, metadata JSON, document) rows, in id order when ``ids`` is None, else in the given order."""
+        sql, params = compile_where(where)
+        conn = self._reader()
+        if ids is not None:
+            found: dict[str, tuple] = {}
+            for part in _chunks(ids):
+                q = (f"SELECT id, rid, metadata, document FROM records WHERE id IN ({','.join('?' * len(part))}) "
+                     f"AND {sql}")
+                for row in conn.execute(q, part + params):
+                    found[row[0]] = row
+            rows = [found[i] for i in ids if i in found]
+            end = None if limit is None else offset + limit
+            return rows[offset:end]
+        q = f"SELECT id, rid, metadata, document FROM records WHERE {sql} ORDER BY id LIMIT ? OFFSET ?"
+        return conn.execute(q, params + [-1 if limit is None else limit, offset]).fetchall()
+
+    def count(self) -> int:
+        return int(self._reader().execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+    def close(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                try:
+                    conn.close()
+                except sqlite3.ProgrammingError:  # created in another thread; it goes with that thread
+                    pass
+            self._readers.clear()
+        self._writer.close()

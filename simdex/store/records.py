@@ -1,0 +1,171 @@
+"""Validation of collection records and their encoding as write-ahead-log payloads (JSON + raw float32, no pickle).
+
+A record is ``(id: str, vector, metadata: JSON object, document: str | None)``. Inside a collection every
+version of a record gets a fresh int64 row id (``rid``); the vector indexes are keyed by rid, so a rid's vector
+never changes and an upsert is "tombstone the old rid, add the new one".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._validate import check_vectors
+from ..errors import CorruptFileError, DuplicateIdError, InvalidInputError, InvalidTypeError
+
+MAX_ID_LENGTH = 512
+MAX_METADATA_BYTES = 64 * 1024
+MAX_DOCUMENT_BYTES = 1 << 20
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
+_LEN = struct.Struct("<I")
+
+
+def check_collection_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInputError(f"invalid collection name {name!r}: use 1-64 letters, digits, '_' or '-', starting "
+                                f"with a letter or digit")
+    return name
+
+
+def check_record_ids(ids: Any, name: str = "ids") -> list[str]:
+    if isinstance(ids, str):
+        ids = [ids]
+    if not isinstance(ids, (list, tuple)):
+        raise InvalidTypeError(f"{name} must be a list of strings; got {type(ids).__name__}")
+    out = []
+    for i, value in enumerate(ids):
+        if not isinstance(value, str):
+            raise InvalidTypeError(f"{name}[{i}] must be a string; got {type(value).__name__}")
+        if not value or len(value) > MAX_ID_LENGTH:
+            raise InvalidInputError(f"{name}[{i}] must have 1 to {MAX_ID_LENGTH} characters")
+        out.append(value)
+    if len(set(out)) != len(out):
+        seen = set()
+        dup = next(v for v in out if v in seen or seen.add(v))
+        raise DuplicateIdError(f"{name} contain {dup!r} more than once")
+    return out
+
+
+def _check_json_value(value: Any, path: str) -> None:
+    if value is None or isinstance(value, (bool, str, int)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidInputError(f"{path} is {value}; metadata numbers must be finite")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_json_value(v, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidTypeError(f"{path} has a non-string key {k!r}")
+            _check_json_value(v, f"{path}.{k}")
+        return
+    raise InvalidTypeError(f"{path} has a value of type {type(value).__name__}, which JSON cannot hold")
+
+
+def encode_metadata(metadata: Any, index: int) -> str:
+    path = f"metadatas[{index}]"
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, dict):
+        raise InvalidTypeError(f"{path} must be a JSON object (dict); got {type(metadata).__name__}")
+    _check_json_value(metadata, path)
+    text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode()) > MAX_METADATA_BYTES:
+        raise InvalidInputError(f"{path} is larger than {MAX_METADATA_BYTES} bytes as JSON")
+    return text
+
+
+@dataclass
+class UpsertBatch:
+    ids: list[str]
+    vectors: np.ndarray  # float32 (n, dim), unit length for cosine
+    metadatas: list[str]  # JSON text
+    documents: list[str | None]
+
+
+def check_upsert(ids: Any, vectors: Any, metadatas: Any, documents: Any, dim: int, normalize: bool,
+                 max_batch: int | None = None) -> UpsertBatch:
+    ids = check_record_ids(ids)
+    if not ids:
+        raise InvalidInputError("ids is empty")
+    if max_batch is not None and len(ids) > max_batch:
+        raise InvalidInputError(f"a batch holds at most {max_batch} records; got {len(ids)}")
+    x = check_vectors(vectors, dim, "vectors", normalize=normalize)
+    if x.shape[0] != len(ids):
+        raise InvalidInputError(f"got {len(ids)} ids but {x.shape[0]} vectors")
+    if metadatas is None:
+        metas = ["{}"] * len(ids)
+    else:
+        if not isinstance(metadatas, (list, tuple)) or len(metadatas) != len(ids):
+            raise InvalidInputError(f"metadatas must be a list with one entry per id ({len(ids)})")
+        metas = [encode_metadata(m, i) for i, m in enumerate(metadatas)]
+    if documents is None:
+        docs: list[str | None] = [None] * len(ids)
+    else:
+        if not isinstance(documents, (list, tuple)) or len(documents) != len(ids):
+            raise InvalidInputError(f"documents must be a list with one entry per id ({len(ids)})")
+        docs = []
+        for i, d in enumerate(documents):
+            if d is not None and not isinstance(d, str):
+                raise InvalidTypeError(f"documents[{i}] must be a string or null; got {type(d).__name__}")
+            if d is not None and len(d.encode()) > MAX_DOCUMENT_BYTES:
+                raise InvalidInputError(f"documents[{i}] is larger than {MAX_DOCUMENT_BYTES} bytes")
+            docs.append(d)
+    return UpsertBatch(ids, x, metas, docs)
+
+
+# ---- log payloads ------------------------------------------------------------------------------------------------
+UPSERT = b"U"
+DELETE = b"D"
+
+
+def encode_upsert(batch: UpsertBatch, rids: np.ndarray, old_rids: np.ndarray) -> bytes:
+    header = json.dumps({"ids": batch.ids, "rids": rids.tolist(), "old": old_rids.tolist(),
+                         "metadatas": batch.metadatas, "documents": batch.documents,
+                         "shape": list(batch.vectors.shape)}, separators=(",", ":")).encode()
+    return UPSERT + _LEN.pack(len(header)) + header + batch.vectors.astype("<f4", copy=False).tobytes()
+
+
+def encode_delete(ids: list[str], rids: np.ndarray) -> bytes:
+    header = json.dumps({"ids": ids, "rids": rids.tolist()}, separators=(",", ":")).encode()
+    return DELETE + _LEN.pack(len(header)) + header
+
+
+@dataclass
+class LogOp:
+    kind: bytes
+    ids: list[str]
+    rids: np.ndarray
+    old_rids: np.ndarray | None = None
+    vectors: np.ndarray | None = None
+    metadatas: list[str] | None = None
+    documents: list[str | None] | None = None
+
+
+def decode(payload: bytes, lsn: int) -> LogOp:
+    """Parse a payload written by :func:`encode_upsert` / :func:`encode_delete` (its CRC already matched)."""
+    try:
+        kind = payload[:1]
+        (n,) = _LEN.unpack_from(payload, 1)
+        header = json.loads(payload[5:5 + n])
+        rids = np.asarray(header["rids"], np.int64)
+        if kind == DELETE:
+            return LogOp(kind, header["ids"], rids)
+        if kind != UPSERT:
+            raise ValueError(f"unknown record kind {kind!r}")
+        shape = tuple(header["shape"])
+        vectors = np.frombuffer(payload, "<f4", offset=5 + n).reshape(shape).astype(np.float32)
+        return LogOp(kind, header["ids"], rids, np.asarray(header["old"], np.int64), vectors,
+                     header["metadatas"], header["documents"])
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        raise CorruptFileError(f"log record {lsn} is unreadable ({exc})") from None

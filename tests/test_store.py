@@ -1,0 +1,251 @@
+"""The embedded database: CRUD, metadata filters, durability across reopen, recovery, locking, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import simdex
+from simdex.errors import (CollectionExistsError, CollectionNotFoundError, DatabaseLockedError, DimensionMismatchError,
+                           DuplicateIdError, InvalidInputError, ReadOnlyError, UnknownIdError)
+from simdex.store.filters import FilterError
+
+from .conftest import numpy_knn
+
+POS = ("n", "v", "a", "r")
+
+
+@pytest.fixture(scope="module")
+def records(wordnet_small):
+    """2,000 real WordNet gloss embeddings with metadata derived from their index (pos, year, score)."""
+    n = 2_000
+    vectors = np.ascontiguousarray(wordnet_small.base[:n], dtype=np.float32)
+    ids = [f"doc-{i:05d}" for i in range(n)]
+    metas = [{"pos": POS[i % 4], "year": 1990 + i % 30, "score": (i * 37 % 101) / 10.0,
+              "date": f"20{i % 25:02d}-0{1 + i % 9}-15", "tags": {"even": i % 2 == 0}} for i in range(n)]
+    docs = [f"gloss number {i}" for i in range(n)]
+    return ids, vectors, metas, docs, wordnet_small.queries[:20]
+
+
+def _open(path, **kw):
+    kw.setdefault("background", False)
+    kw.setdefault("sync", "off")
+    return simdex.connect(path, **kw)
+
+
+def _exact_hits(vectors, ids, queries, k, mask=None):
+    sel = np.arange(len(ids)) if mask is None else np.flatnonzero(mask)
+    _, pos = numpy_knn(vectors[sel], queries, k, "cosine")
+    return [[ids[sel[p]] for p in row] for row in pos]
+
+
+def _recall(hits, truth):
+    found = sum(len({h["id"] for h in row} & set(t)) for row, t in zip(hits, truth))
+    return found / sum(len(t) for t in truth)
+
+
+def test_crud_and_search_matches_brute_force(tmp_path, records):
+    ids, vectors, metas, docs, queries = records
+    with _open(tmp_path / "db") as db:
+        col = db.create_collection("words", dim=384, metric="cosine", M=16, ef_construction=100)
+        assert col.upsert(ids, vectors, metas, docs) == len(ids)
+        assert col.count() == len(ids)
+        truth = _exact_hits(vectors, ids, queries, 10)
+        assert _recall(col.search_batch(queries, k=10), truth) == 1.0  # exact while unindexed
+        db.optimize()
+        assert col.stats()["indexed"] == len(ids)
+        hits = col.search_batch(queries, k=10, ef=100)
+        assert _recall(hits, truth) >= 0.95
+        first = hits[0][0]
+        assert set(first) == {"id", "distance", "metadata", "document"}
+        assert first["metadata"] == metas[ids.index(first["id"])]
+        assert first["document"] == docs[ids.index(first["id"])]
+
+        got = col.get(["doc-00003", "nope", "doc-00001"], include=["metadatas", "documents", "embeddings"])
+        assert [r["id"] for r in got] == ["doc-00003", "doc-00001"]
+        assert np.allclose(got[1]["embedding"], vectors[1] / np.linalg.norm(vectors[1]), atol=1e-6)
+
+        # upsert replaces vector, metadata and document
+        col.upsert(["doc-00001"], vectors[[500]], [{"pos": "x"}], ["replaced"])
+        assert col.count() == len(ids)
+        top = col.search(vectors[500], k=2)
+        assert {h["id"] for h in top} == {"doc-00001", "doc-00500"}
+        assert col.get(["doc-00001"])[0] == {"id": "doc-00001", "metadata": {"pos": "x"}, "document": "replaced"}
+
+        assert col.delete(["doc-00500", "doc-00002"]) == 2
+        assert col.count() == len(ids) - 2
+        assert all(h["id"] not in ("doc-00500", "doc-00002") for row in col.search_batch(queries, 50) for h in row)
+        with pytest.raises(UnknownIdError, match="doc-00500"):
+            col.delete(["doc-00500", "doc-00003"])
+        assert col.count() == len(ids) - 2 and col.get(["doc-00003"])  # nothing deleted by the refused call
+        assert col.delete(["doc-00500"], missing_ok=True) == 0
+
+
+def test_filters_equal_brute_force(tmp_path, records):
+    ids, vectors, metas, docs, queries = records
+    with _open(tmp_path / "db") as db:
+        col = db.create_collection("words", dim=384)
+        col.upsert(ids, vectors, metas, docs)
+        db.optimize()
+        cases = [
+            ({"pos": "n"}, lambda m: m["pos"] == "n"),
+            ({"year": {"$gte": 2010, "$lt": 2015}}, lambda m: 2010 <= m["year"] < 2015),
+            ({"$or": [{"pos": "v"}, {"score": {"$gt": 9.5}}]}, lambda m: m["pos"] == "v" or m["score"] > 9.5),
+            ({"pos": {"$in": ["a", "r"]}, "tags.even": True}, lambda m: m["pos"] in "ar" and m["tags"]["even"]),
+            ({"$not": {"pos": {"$nin": ["n"]}}}, lambda m: m["pos"] == "n"),
+            ({"pos": {"$ne": "n"}, "year": 1995}, lambda m: m["pos"] != "n" and m["year"] == 1995),
+            ({"date": {"$gte": {"$date": "2020-01-01"}}}, lambda m: m["date"] >= "2020-01-01"),
+            ({"missing": {"$exists": False}, "score": {"$lte": 0.5}}, lambda m: m["score"] <= 0.5),
+        ]
+        for where, predicate in cases:
+            mask = np.array([predicate(m) for m in metas])
+            assert 0 < mask.sum() < len(ids), where
+            assert {r["id"] for r in col.get(where=where)} == {ids[i] for i in np.flatnonzero(mask)}, where
+            k = min(10, int(mask.sum()))
+            hits = col.search_batch(queries, k=k, where=where, ef=200)
+            assert all(predicate(h["metadata"]) for row in hits for h in row), where
+            assert _recall(hits, _exact_hits(vectors, ids, queries, k, mask)) >= 0.95, where
+        n_deleted = col.delete(where={"pos": "r", "year": {"$lt": 2000}})
+        assert n_deleted == sum(m["pos"] == "r" and m["year"] < 2000 for m in metas)
+        assert not col.get(where={"pos": "r", "year": {"$lt": 2000}})
+
+
+@pytest.mark.parametrize("where, message", [
+    ({"pos": {"$gtx": 1}}, r"where\.pos\.\$gtx: unknown operator"),
+    ({"$and": {"pos": "n"}}, r"where\.\$and: \$and takes a non-empty list"),
+    ({"$or": [{"pos": "n"}, {"year": {"$in": []}}]}, r"where\.\$or\[1\]\.year\.\$in: .*non-empty list"),
+    ({"year": {"$gt": True}}, r"where\.year\.\$gt: \$gt does not apply to bool"),
+    ({"date": {"$lt": {"$date": "yesterday"}}}, r"where\.date\.\$lt: 'yesterday' is not an ISO-8601"),
+    ({"bad field!": 1}, r"where\.bad field!: field names"),
+    ({"$xor": []}, r"where\.\$xor: unknown logical operator"),
+    ([1, 2], r"where: expected an object"),
+    ({"score": float("nan")}, r"where\.score: numbers in filters must be finite"),
+])
+def test_invalid_filters_point_at_the_bad_part(tmp_path, where, message):
+    with _open(tmp_path / "db") as db:
+        col = db.create_collection("c", dim=4)
+        col.upsert(["a"], np.ones((1, 4)), [{"pos": "n"}])
+        with pytest.raises(FilterError, match=message):
+            col.search(np.ones(4), k=1, where=where)
+        with pytest.raises(FilterError, match=message):
+            col.delete(where=where)
+        assert col.count() == 1
+
+
+def test_bad_input_is_refused_and_changes_nothing(tmp_path):
+    with _open(tmp_path / "db") as db:
+        col = db.create_collection("c", dim=3, metric="l2")
+        col.upsert(["a", "b"], np.eye(3)[:2], [{"x": 1}, None], ["A", None])
+        bad = [
+            (lambda: col.upsert(["c"], np.ones((1, 4))), DimensionMismatchError),
+            (lambda: col.upsert(["c"], np.array([[1.0, np.nan, 0]])), InvalidInputError),
+            (lambda: col.upsert(["c", "c"], np.ones((2, 3))), DuplicateIdError),
+            (lambda: col.upsert(["c", "d"], np.ones((1, 3))), InvalidInputError),
+            (lambda: col.upsert([1], np.ones((1, 3))), InvalidInputError),
+            (lambda: col.upsert(["c"], np.ones((1, 3)), [{"v": float("inf")}]), InvalidInputError),
+            (lambda: col.upsert(["c"], np.ones((1, 3)), [{"v": object()}]), InvalidInputError),
+            (lambda: col.upsert(["c"], np.ones((1, 3)), ["not a dict"]), InvalidInputError),
+            (lambda: col.upsert(["c"], np.ones((1, 3)), None, [5]), InvalidInputError),
+            (lambda: col.upsert(["c"], [["x", "y", "z"]]), InvalidInputError),
+            (lambda: col.search(np.ones(3), k=0), InvalidInputError),
+            (lambda: col.search(np.ones(2), k=1), DimensionMismatchError),
+            (lambda: col.search(np.ones(3), k=1, include=["vectors"]), InvalidInputError),
+            (lambda: col.delete(), InvalidInputError),
+            (lambda: db.create_collection("../x", dim=3), InvalidInputError),
+            (lambda: db.create_collection("c", dim=3), CollectionExistsError),
+            (lambda: db.create_collection("d", dim=0), InvalidInputError),
+            (lambda: db.create_collection("d", dim=3, metric="hamming"), InvalidInputError),
+            (lambda: db.create_collection("d", dim=3, M=1), InvalidInputError),
+            (lambda: db.create_collection("d", dim=3, bogus=1), InvalidInputError),
+            (lambda: db.get_collection("zzz"), CollectionNotFoundError),
+        ]
+        for call, error in bad:
+            with pytest.raises(error):
+                call()
+        assert db.list_collections() == ["c"]
+        assert col.count() == 2
+        assert col.get(include=["metadatas", "documents"]) == [
+            {"id": "a", "metadata": {"x": 1}, "document": "A"}, {"id": "b", "metadata": {}, "document": None}]
+        assert not (tmp_path / "x").exists() and not (tmp_path / "db" / "x").exists()
+
+
+def test_reopen_recovers_log_and_checkpoints(tmp_path, records):
+    ids, vectors, metas, docs, queries = records
+    path = tmp_path / "db"
+    db = _open(path, sync="always")
+    col = db.create_collection("words", dim=384, M=12, ef_construction=80)
+    col.upsert(ids[:1000], vectors[:1000], metas[:1000], docs[:1000])
+    db.optimize()
+    db.checkpoint()
+    col.upsert(ids[1000:], vectors[1000:], metas[1000:], docs[1000:])  # only in the log
+    col.delete(ids[:100])
+    expected = col.search_batch(queries, k=10, ef=400)
+    # simulate a crash: drop the objects without close(), which would checkpoint
+    db._stop.set()
+    for c in db._collections.values():
+        c._wal.close()
+    os.close(db._lock_fd)
+    del db, col
+
+    with _open(path) as db2:
+        col2 = db2.get_collection("words")
+        assert col2.count() == len(ids) - 100
+        assert any("replayed" in note for note in col2.recovery_notes)
+        assert [[h["id"] for h in r] for r in col2.search_batch(queries, k=10, ef=400)] == \
+               [[h["id"] for h in r] for r in expected]
+        assert col2.get([ids[0]]) == [] and col2.get([ids[1500]])[0]["metadata"] == metas[1500]
+
+
+def test_second_writer_is_refused(tmp_path):
+    path = tmp_path / "db"
+    with _open(path) as db:
+        db.create_collection("c", dim=2).upsert(["a"], [[1.0, 2.0]])
+        import subprocess
+        import sys
+        code = ("import simdex, sys\n"
+                "try:\n    simdex.connect(sys.argv[1])\nexcept simdex.errors.DatabaseLockedError as e:\n"
+                "    print('LOCKED', e); sys.exit(3)\n")
+        out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 3, out.stderr
+        assert "open for writing by another process" in out.stdout
+        with pytest.raises(DatabaseLockedError):
+            simdex.connect(path, read_only=True)
+    with simdex.connect(path, read_only=True) as ro:
+        col = ro.get_collection("c")
+        assert col.count() == 1
+        with pytest.raises(ReadOnlyError):
+            col.upsert(["b"], [[0.0, 1.0]])
+        with pytest.raises(ReadOnlyError):
+            ro.create_collection("d", dim=2)
+
+
+def test_drop_and_recreate(tmp_path):
+    with _open(tmp_path / "db") as db:
+        db.create_collection("c", dim=2).upsert(["a"], [[1.0, 2.0]])
+        db.drop_collection("c")
+        assert db.list_collections() == []
+        with pytest.raises(CollectionNotFoundError):
+            db.drop_collection("c")
+        col = db.create_collection("c", dim=3)
+        assert col.count() == 0
+    assert sorted(os.listdir(tmp_path / "db" / "collections")) == ["c"]
+    assert json.loads((tmp_path / "db" / "collections" / "c" / "config.json").read_text())["dim"] == 3
+
+
+def test_background_optimizer_indexes_without_blocking(tmp_path, records):
+    ids, vectors, metas, docs, queries = records
+    with simdex.connect(tmp_path / "db", sync="batch", merge_rows=500) as db:
+        col = db.create_collection("w", dim=384, M=12, ef_construction=64)
+        for start in range(0, 2000, 250):
+            col.upsert(ids[start:start + 250], vectors[start:start + 250], metas[start:start + 250])
+            assert col.count() == start + 250  # reads never miss acknowledged rows during merges
+        import time
+        deadline = time.time() + 120
+        while col.stats()["unindexed"] and time.time() < deadline:
+            time.sleep(0.2)
+        stats = col.stats()
+        assert stats["unindexed"] == 0 and stats["indexed"] == 2000 and stats["background_error"] is None
+        assert _recall(col.search_batch(queries, 10, ef=200), _exact_hits(vectors, ids, queries, 10)) >= 0.95
