@@ -28,6 +28,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     ann.add_argument("--repeats", type=int, default=3, help="timed runs per point; the best counts")
     ann.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
     sub.add_parser("startup", help="import time and first-call JIT compile time (cold and warm cache)")
+    crash = sub.add_parser("crash", help="kill a database writer with SIGKILL repeatedly and verify every recovery")
+    crash.add_argument("--kills", type=int, default=200)
+    crash.add_argument("--seed", type=int, default=0)
+    crash.add_argument("--max-wait", type=float, default=4.0, help="longest run (s) of the writer before a kill")
+    crash.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
+    crash.add_argument("--out", default="bench-results", help="folder for crash.json")
     return parser
 
 
@@ -53,6 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         print(format_startup(result))
         print(json.dumps(result))
         return 0
+    if args.bench == "crash":
+        import tempfile
+
+        from . import crash
+        data = datasets.load("wordnet-minilm-384")
+        with tempfile.TemporaryDirectory(prefix="simdex-crash-") as scratch:
+            stats = crash.run(args.workdir or scratch, data.base[:3_000], data.queries[:50], kills=args.kills,
+                              seed=args.seed, max_wait=args.max_wait)
+        summary = stats.summary()
+        summary["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "crash.json").write_text(json.dumps(summary, indent=1))
+        print(json.dumps(summary, indent=1))
+        return 1 if stats.failures else 0
     return 2
 
 

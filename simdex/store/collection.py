@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -140,11 +141,15 @@ class Collection:
         if self._wal.first_lsn > base_lsn + 1:
             raise CorruptDatabaseError(f"collection {self.name!r}: log records {base_lsn + 1}.."
                                        f"{self._wal.first_lsn - 1} are missing")
-        self._meta = self._open_metadata()
+        if self._wal.last_lsn < base_lsn:
+            # The log's good part ends inside what the checkpoint already holds: the checkpoint is the last
+            # good state, and new records are numbered after it.
+            self.recovery_notes.append(f"log ends at record {self._wal.last_lsn}, before checkpoint lsn "
+                                       f"{base_lsn}; recovering to the checkpoint")
+            if not self.read_only:
+                self._wal.restart_at(base_lsn + 1)
+        self._meta = self._open_metadata(base_lsn)
         sql_lsn = self._meta.applied_lsn()
-        if sql_lsn < self._wal.first_lsn - 1:
-            raise CorruptDatabaseError(f"collection {self.name!r}: the metadata store is older than the log "
-                                       f"(applied up to record {sql_lsn}, log starts at {self._wal.first_lsn})")
         self._next_rid = max(self._manifest["next_rid"] if self._manifest else 0, self._meta.max_rid() + 1)
         replayed = 0
         for lsn, payload in self._wal.replay(min(base_lsn, sql_lsn)):
@@ -159,16 +164,52 @@ class Collection:
         if replayed:
             self.recovery_notes.append(f"replayed {replayed} log record(s) after checkpoint lsn {base_lsn}")
 
-    def _open_metadata(self) -> MetadataStore:
-        if not self.read_only:
-            return MetadataStore(self.path / "meta.sqlite")
-        # Read-only: work on a private copy, so that the log tail can be applied without touching any file.
-        self._ro_copy = Path(tempfile.mkdtemp(prefix="simdex-readonly-"))
-        for suffix in ("", "-wal"):
-            source = self.path / f"meta.sqlite{suffix}"
-            if source.exists():
-                shutil.copy2(source, self._ro_copy / source.name)
-        return MetadataStore(self._ro_copy / "meta.sqlite")
+    def _open_metadata(self, base_lsn: int) -> MetadataStore:
+        """Open the metadata store; restore it from the checkpoint's snapshot if it is damaged or holds records
+        the log cannot account for (ahead of a log cut by repair, or older than the log's first record)."""
+        live = self.path / "meta.sqlite"
+        if self.read_only:
+            # work on a private copy, so that the log tail can be applied without touching any file
+            self._ro_copy = Path(tempfile.mkdtemp(prefix="simdex-readonly-"))
+            for suffix in ("", "-wal"):
+                source = self.path / f"meta.sqlite{suffix}"
+                if source.exists():
+                    shutil.copy2(source, self._ro_copy / source.name)
+            live = self._ro_copy / "meta.sqlite"
+        problem = None
+        try:
+            meta = MetadataStore(live)
+            problem = meta.check()
+            if problem is None:
+                lsn = meta.applied_lsn()
+                last = max(self._wal.last_lsn, base_lsn)
+                if lsn > last:
+                    problem = f"it holds records up to {lsn}, after the last good log record {last}"
+                elif lsn < self._wal.first_lsn - 1:
+                    problem = f"it is older (record {lsn}) than the log's first record {self._wal.first_lsn}"
+                elif self._wal.last_lsn < base_lsn and lsn != base_lsn:
+                    problem = f"it is at record {lsn}, and the log cannot bring it to the checkpoint's {base_lsn}"
+            if problem is None:
+                return meta
+            meta.close()
+        except sqlite3.DatabaseError as exc:
+            problem = str(exc)
+        snapshot = self.path / self._manifest["meta"] if self._manifest and self._manifest.get("meta") else None
+        if snapshot is None and base_lsn > 0:
+            raise CorruptDatabaseError(f"collection {self.name!r}: the metadata store is unusable ({problem}) and "
+                                       f"the checkpoint has no copy of it")
+        if snapshot is not None and not snapshot.exists():
+            raise CorruptDatabaseError(f"collection {self.name!r}: the metadata store is unusable ({problem}) and "
+                                       f"its checkpoint copy {snapshot.name} is missing")
+        self.recovery_notes.append(f"metadata store: {problem}; restored it from "
+                                   f"{snapshot.name if snapshot else 'empty'} and replayed the log")
+        log.warning("%s: %s", self.path, self.recovery_notes[-1])
+        MetadataStore.restore(snapshot, live)
+        meta = MetadataStore(live)
+        if meta.check() is not None or meta.applied_lsn() != base_lsn:
+            raise CorruptDatabaseError(f"collection {self.name!r}: the checkpoint's copy of the metadata store is "
+                                       f"damaged too")
+        return meta
 
     def _read_manifests(self) -> list[dict[str, Any]]:
         """The current checkpoint manifest and the previous one, newest first, skipping unreadable ones."""
@@ -482,6 +523,7 @@ class Collection:
         if self.read_only:
             raise ReadOnlyError(f"collection {self.name!r} is open read-only")
         with self._maintenance:
+            gen = (self._manifest["gen"] if self._manifest else 0) + 1
             with self._rw.read():
                 lsn = self._applied_lsn
                 if self._manifest is not None and self._manifest["lsn"] == lsn:
@@ -490,9 +532,10 @@ class Collection:
                 main_snapshot = main.snapshot() if main is not None else None
                 growing_snapshot = self._growing.snapshot()
                 next_rid = self._next_rid
-            gen = (self._manifest["gen"] if self._manifest else 0) + 1
+                # the metadata copy must be at exactly this lsn: writers wait for the read side to apply
+                self._meta.backup_to(self.path / f"meta-{gen}.sqlite")
             body: dict[str, Any] = {"gen": gen, "lsn": lsn, "next_rid": next_rid, "main": None, "tomb": None,
-                                    "growing": f"growing-{gen}.sdx"}
+                                    "growing": f"growing-{gen}.sdx", "meta": f"meta-{gen}.sqlite"}
             write_snapshot(self.path / body["growing"], growing_snapshot)
             if main is not None:
                 if self._saved_main is not None and self._saved_main[0] is main:
@@ -535,8 +578,8 @@ class Collection:
         keep = set()
         for m in (self._manifest, self._prev_manifest):
             if m:
-                keep.update(v for k, v in m.items() if k in ("main", "tomb", "growing") and v)
-        for path in self.path.glob("*.sdx"):
+                keep.update(v for k, v in m.items() if k in ("main", "tomb", "growing", "meta") and v)
+        for path in [*self.path.glob("*.sdx"), *self.path.glob("meta-*.sqlite")]:
             if path.name not in keep:
                 path.unlink(missing_ok=True)
 

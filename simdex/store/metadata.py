@@ -7,6 +7,8 @@ replays exactly what it missed. Readers use their own connections (one per threa
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -98,6 +100,46 @@ class MetadataStore:
     def _set_lsn(self, lsn: int) -> None:
         self._writer.execute("INSERT INTO state (key, value) VALUES ('applied_lsn', ?) "
                              "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (lsn,))
+
+    def backup_to(self, path: str | Path) -> None:
+        """Write a consistent copy of the store to ``path`` (fsynced). Callers keep writers out meanwhile."""
+        path = Path(path)
+        path.unlink(missing_ok=True)
+        source = self._connect()
+        target = sqlite3.connect(path)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+
+    def check(self) -> str | None:
+        """None if SQLite's quick integrity check passes, else what it found."""
+        try:
+            rows = self._writer.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        return None if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
+
+    @staticmethod
+    def restore(snapshot: str | Path | None, path: str | Path) -> None:
+        """Replace the store at ``path`` by ``snapshot`` (None: by an empty store)."""
+        path = Path(path)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        tmp = Path(f"{path}.restore")
+        if snapshot is None:
+            tmp.unlink(missing_ok=True)
+            MetadataStore(tmp).close()
+        else:
+            shutil.copyfile(snapshot, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        for suffix in ("-wal", "-shm"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        os.replace(tmp, path)
 
     def make_durable(self) -> None:
         """Flush SQLite's own log into its database file and fsync it (before simdex's log is truncated)."""

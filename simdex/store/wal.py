@@ -236,6 +236,19 @@ class WriteAheadLog:
             except (OSError, ValueError):  # closed under us
                 return
 
+    def restart_at(self, next_lsn: int) -> None:
+        """Drop every log file and number the next record ``next_lsn`` (repair: the log's good part ends before
+        a checkpoint that already holds it)."""
+        if self.read_only:
+            raise PermissionError("the write-ahead log is open read-only")
+        with self._lock:
+            for _, path in self._files:
+                path.unlink(missing_ok=True)
+                self.repaired.append(f"removed {path} (its records are covered by the checkpoint)")
+            self._files = []
+            self._last_lsn = self._durable_lsn = next_lsn - 1
+            _fsync_dir(self.directory)
+
     def truncate_before(self, lsn: int) -> None:
         """Delete whole log files whose records all precede ``lsn`` (they are covered by a checkpoint)."""
         if self.read_only:
