@@ -69,10 +69,19 @@ class Database:
         (self.path / "collections").mkdir(parents=True, exist_ok=True) if not read_only else None
         self._lock_fd = self._acquire_lock()
         self._collections: dict[str, Collection] = {}
-        self._cleanup_temporaries()
-        for folder in sorted((self.path / "collections").iterdir()):
-            if folder.is_dir() and not folder.name.startswith(".") and (folder / "config.json").exists():
-                self._collections[folder.name] = self._open_collection(folder)
+        try:
+            self._cleanup_temporaries()
+            for folder in sorted((self.path / "collections").iterdir()):
+                if folder.is_dir() and not folder.name.startswith(".") and (folder / "config.json").exists():
+                    self._collections[folder.name] = self._open_collection(folder)
+        except BaseException:
+            for collection in self._collections.values():
+                collection._closed = True
+                collection._wal.close()
+                collection._meta.close()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            raise
         self._stop = threading.Event()
         self._optimizer = None
         if background and not read_only:
