@@ -65,20 +65,11 @@ def demo_collection(db, name: str = "wordnet") -> None:
     """Create the demo collection from real data: the WordNet gloss embeddings in ../shared/data."""
     if name in db.list_collections():
         return
-    import gzip
-
     from . import datasets
     from ._progress import progress_bar
-    folder = datasets.data_dir() / "wordnet-minilm"
-    vectors = np.load(folder / "vectors.npy").astype(np.float32)
+    vectors = np.load(datasets.data_dir() / "wordnet-minilm" / "vectors.npy").astype(np.float32)
     collection = db.create_collection(name, vectors.shape[1], "cosine")
-    ids, metas, docs = [], [], []
-    with gzip.open(folder / "glosses.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            ids.append(r["id"])
-            metas.append({"pos": r["id"].split(":")[1], "words": r["words"], "n_words": len(r["words"])})
-            docs.append(r["text"])
+    ids, metas, docs = datasets.wordnet_records()
     bar = progress_bar(len(ids), f"demo collection {name!r}", True, unit="rec")
     for s in range(0, len(ids), 5000):
         collection.upsert(ids[s:s + 5000], vectors[s:s + 5000], metas[s:s + 5000], docs[s:s + 5000])

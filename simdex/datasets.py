@@ -142,6 +142,20 @@ def load(name: str) -> Dataset:
     raise ValueError(f"unknown data set {name!r}; choose from {sorted(DATASETS)}")
 
 
+def wordnet_records() -> tuple[list[str], list[dict], list[str]]:
+    """Ids, metadata (``pos``, ``words``, ``n_words``) and gloss texts of the WordNet glosses, in the row order of
+    ``wordnet-minilm-384`` (base rows first, then the query rows)."""
+    import json
+    ids, metas, docs = [], [], []
+    with gzip.open(data_dir() / "wordnet-minilm" / "glosses.jsonl.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            ids.append(r["id"])
+            metas.append({"pos": r["id"].split(":")[1], "words": r["words"], "n_words": len(r["words"])})
+            docs.append(r["text"])
+    return ids, metas, docs
+
+
 def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path) as f:
         raw = f.read()

@@ -111,6 +111,12 @@ def test_filters_equal_brute_force(tmp_path, records):
         n_deleted = col.delete(where={"pos": "r", "year": {"$lt": 2000}})
         assert n_deleted == sum(m["pos"] == "r" and m["year"] < 2000 for m in metas)
         assert not col.get(where={"pos": "r", "year": {"$lt": 2000}})
+        # repeated filters are cached per version of the data: a write must show up in the next search
+        assert col.search(queries[0], k=1, where={"pos": "n"})[0]["id"] != "fresh"
+        col.upsert(["fresh"], queries[:1], [{"pos": "n"}])
+        assert col.search(queries[0], k=1, where={"pos": "n"})[0]["id"] == "fresh"
+        col.delete(["fresh"])
+        assert col.search(queries[0], k=1, where={"pos": "n"})[0]["id"] != "fresh"
 
 
 @pytest.mark.parametrize("where, message", [

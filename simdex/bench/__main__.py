@@ -28,6 +28,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     ann.add_argument("--repeats", type=int, default=3, help="timed runs per point; the best counts")
     ann.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
     sub.add_parser("startup", help="import time and first-call JIT compile time (cold and warm cache)")
+    db = sub.add_parser("db", help="database upsert throughput and search latency vs Chroma and LanceDB")
+    db.add_argument("--libs", default="simdex,chroma,lancedb")
+    db.add_argument("--n-base", type=int, default=None, help="first N WordNet records (default: all 107,659)")
+    db.add_argument("--n-queries", type=int, default=1000)
+    db.add_argument("--batch", type=int, default=1000, help="records per upsert call")
+    db.add_argument("--threads", type=int, default=None)
+    db.add_argument("--out", default="bench-results")
     crash = sub.add_parser("crash", help="kill a database writer with SIGKILL repeatedly and verify every recovery")
     crash.add_argument("--kills", type=int, default=200)
     crash.add_argument("--seed", type=int, default=0)
@@ -58,6 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         result = measure()
         print(format_startup(result))
         print(json.dumps(result))
+        return 0
+    if args.bench == "db":
+        from . import db as dbbench
+        report = dbbench.run(n_base=args.n_base, n_queries=args.n_queries, libs=tuple(args.libs.split(",")),
+                             batch=args.batch, threads=args.threads)
+        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(dbbench.format_report(report))
+        json_path, png_path = dbbench.save(report, Path(args.out))
+        print(f"wrote {json_path} and {png_path}")
         return 0
     if args.bench == "crash":
         import tempfile

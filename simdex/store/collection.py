@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ DEFAULT_GET_INCLUDE = ("metadatas", "documents")
 INDEX_KINDS = ("hnsw", "flat")
 HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
 MANIFEST = "MANIFEST"
+ALLOW_CACHE_ENTRIES = 32
 
 
 def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -100,6 +102,10 @@ class Collection:
         self.recovery_notes: list[str] = []
         self.background_error: str | None = None
         self._rw = RWLock()
+        # where filter -> (log position it was evaluated at, allowed rids): a filter repeated across queries is
+        # evaluated in SQLite once per version of the data
+        self._allow_cache: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
+        self._allow_cache_lock = threading.Lock()
         self._writer = threading.Lock()  # one logged write at a time
         self._maintenance = threading.Lock()  # one merge or checkpoint at a time
         self._closed = False
@@ -414,7 +420,7 @@ class Collection:
             ef = check_positive_int(ef, "ef")
         threads = 1 if q.shape[0] < 8 else None
         with self._rw.read():
-            allowed = None if where is None else self._meta.rids_where(where)
+            allowed = None if where is None else self._allowed(where)
             parts = []
             if allowed is None or allowed.size:
                 if self._main is not None and len(self._main):
@@ -446,6 +452,25 @@ class Collection:
                 hits.append(hit)
             out.append(hits)
         return out
+
+    def _allowed(self, where: Any) -> np.ndarray:
+        """Row ids matching ``where`` (caller holds the read side, so the data cannot change meanwhile)."""
+        try:
+            key = json.dumps(where, sort_keys=True, allow_nan=True)
+        except (TypeError, ValueError):
+            return self._meta.rids_where(where)  # not JSON: let the compiler report what is wrong
+        with self._allow_cache_lock:
+            hit = self._allow_cache.get(key)
+            if hit is not None and hit[0] == self._applied_lsn:
+                self._allow_cache.move_to_end(key)
+                return hit[1]
+        rids = self._meta.rids_where(where)
+        with self._allow_cache_lock:
+            self._allow_cache[key] = (self._applied_lsn, rids)
+            self._allow_cache.move_to_end(key)
+            while len(self._allow_cache) > ALLOW_CACHE_ENTRIES:
+                self._allow_cache.popitem(last=False)
+        return rids
 
     # ---- maintenance (background optimizer) ----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

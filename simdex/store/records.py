@@ -72,16 +72,48 @@ def _check_json_value(value: Any, path: str) -> None:
     raise InvalidTypeError(f"{path} has a value of type {type(value).__name__}, which JSON cannot hold")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+try:  # one C encoder for all records: json.dumps would build a new one per call, which dominates small objects
+    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import py_encode_basestring as _encode_str
+
+    def _refuse(value: Any) -> Any:
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+    _C_ENCODE = _c_make_encoder(None, _refuse, _encode_str, None, ":", ",", False, False, False) \
+        if _c_make_encoder is not None else None
+except ImportError:  # pragma: no cover - CPython always has it
+    _C_ENCODE = None
+
+
+def _to_json(value: Any) -> str:
+    if _C_ENCODE is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
+
+
 def encode_metadata(metadata: Any, index: int) -> str:
-    path = f"metadatas[{index}]"
+    """One record's metadata as compact JSON text, or an error that names the bad value by its path."""
     if metadata is None:
         return "{}"
-    if not isinstance(metadata, dict):
-        raise InvalidTypeError(f"{path} must be a JSON object (dict); got {type(metadata).__name__}")
-    _check_json_value(metadata, path)
-    text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
-    if len(text.encode()) > MAX_METADATA_BYTES:
-        raise InvalidInputError(f"{path} is larger than {MAX_METADATA_BYTES} bytes as JSON")
+    if type(metadata) is not dict:
+        if not isinstance(metadata, dict):
+            raise InvalidTypeError(f"metadatas[{index}] must be a JSON object (dict); got {type(metadata).__name__}")
+        metadata = dict(metadata)
+    try:
+        # the C encoder refuses NaN/inf and non-JSON types; it would turn non-string keys into strings, which
+        # the check below refuses so that what is read back equals what was written
+        text = _to_json(metadata)
+        clean = all(type(k) is str for k in metadata)
+    except RecursionError:
+        raise InvalidInputError(f"metadatas[{index}] is nested too deeply (or refers to itself)") from None
+    except (TypeError, ValueError):
+        clean = False
+    if not clean:
+        _check_json_value(metadata, f"metadatas[{index}]")  # raises, naming the path of the bad value
+        text = _ENCODER.encode(metadata)
+    if len(text) > MAX_METADATA_BYTES // 4 and len(text.encode()) > MAX_METADATA_BYTES:
+        raise InvalidInputError(f"metadatas[{index}] is larger than {MAX_METADATA_BYTES} bytes as JSON")
     return text
 
 

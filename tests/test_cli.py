@@ -1,0 +1,72 @@
+"""The command line: import (npy, JSONL, Parquet) with export round trips, info, search, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from simdex.cli import main
+
+
+@pytest.fixture(scope="module")
+def sample(wordnet_small):
+    n = 300
+    return np.ascontiguousarray(wordnet_small.base[:n], np.float32)
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_import_export_round_trips(tmp_path, sample, capsys):
+    db = str(tmp_path / "db")
+    np.save(tmp_path / "v.npy", sample)
+    assert main(["import", "--path", db, "npyset", str(tmp_path / "v.npy"), "--id-prefix", "row"]) == 0
+    assert "imported 300 records" in capsys.readouterr().out
+
+    with open(tmp_path / "r.jsonl", "w") as f:
+        for i, v in enumerate(sample):
+            f.write(json.dumps({"id": f"j{i}", "vector": v.tolist(), "pos": "nv"[i % 2], "document": f"d{i}"}) + "\n")
+    assert main(["import", "--path", db, "js", str(tmp_path / "r.jsonl")]) == 0
+
+    main(["export", "--path", db, "js", str(tmp_path / "out.jsonl")])
+    rows = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+    assert len(rows) == 300
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["j7"]["metadata"] == {"pos": "v"} and by_id["j7"]["document"] == "d7"
+    assert np.allclose(by_id["j7"]["vector"], _unit(sample)[7], atol=1e-6)
+
+    main(["export", "--path", db, "js", str(tmp_path / "out.parquet")])
+    assert main(["import", "--path", db, "pq", str(tmp_path / "out.parquet")]) == 0
+    main(["export", "--path", db, "npyset", str(tmp_path / "out.npy")])
+    back = np.load(tmp_path / "out.npy")
+    order = np.argsort([f"row{i}" for i in range(300)], kind="stable")  # export is in id order
+    assert np.allclose(back, _unit(sample)[order], atol=1e-6)
+
+    capsys.readouterr()
+    assert main(["info", db]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert {c["name"]: c["count"] for c in stats["collections"]} == {"npyset": 300, "js": 300, "pq": 300}
+
+    assert main(["search", "--path", db, "js", "--id", "j4", "-k", "3", "--where", '{"pos": "n"}']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and "j4" in lines[0] and lines[0].split()[1] == "0.0000"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["import", "--path", "DB", "c", "missing.npy"], "no such file"),
+    (["import", "--path", "DB", "c", "BAD.jsonl"], "BAD.jsonl:2: bad record"),
+    (["import", "--path", "DB", "c", "data.txt"], "cannot tell the format"),
+    (["search", "--path", "DB", "nope", "--id", "x"], "no collection named 'nope'"),
+])
+def test_cli_errors_name_the_problem(tmp_path, args, message):
+    (tmp_path / "BAD.jsonl").write_text('{"id": "a", "vector": [1, 2]}\n{"id": "b"}\n')
+    (tmp_path / "data.txt").write_text("hello")
+    args = [str(tmp_path / a) if a in ("DB", "missing.npy", "BAD.jsonl", "data.txt") else a for a in args]
+    if args[0] == "search":
+        from simdex import connect
+        connect(args[2]).close()
+    with pytest.raises(SystemExit, match=message):
+        main(args)
