@@ -73,6 +73,43 @@ class SimdexEngine(Engine):
         self.db.close()
 
 
+class SimdexHttpEngine(SimdexEngine):
+    """simdex through its HTTP server (``simdex serve`` in its own process) and :class:`simdex.Client`."""
+
+    name = "simdex-http"
+
+    def __init__(self, path: Path, dim: int, threads: int | None) -> None:
+        Engine.__init__(self, path, dim, threads)
+        import socket
+        import subprocess
+        import sys
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.proc = subprocess.Popen([sys.executable, "-m", "simdex.cli", "serve", "--path", str(path), "--port",
+                                      str(port), "--sync", "always"], stdout=subprocess.DEVNULL)
+        from ..server.client import Client
+        self.client = Client(f"http://127.0.0.1:{port}")
+        deadline = time.time() + 120
+        while True:
+            try:
+                self.client.health()
+                break
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("simdex server did not start") from None
+                time.sleep(0.2)
+        self.col = self.client.create_collection("bench", dim, "cosine", M=16, ef_construction=200)
+
+    def finish_indexing(self):
+        while self.col.stats()["unindexed"]:  # the server's background optimizer builds the graph
+            time.sleep(0.1)
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=120)
+
+
 class ChromaEngine(Engine):
     name = "chroma"
     params = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -146,7 +183,8 @@ class LanceEngine(Engine):
         return q.to_arrow().column("id").to_pylist()
 
 
-ENGINES = {"simdex": SimdexEngine, "chroma": ChromaEngine, "lancedb": LanceEngine}
+ENGINES = {"simdex": SimdexEngine, "simdex-http": SimdexHttpEngine, "chroma": ChromaEngine,
+           "lancedb": LanceEngine}
 
 
 def _truth(base: np.ndarray, queries: np.ndarray, mask: np.ndarray | None, k: int) -> np.ndarray:
@@ -225,21 +263,23 @@ def run(n_base: int | None = None, n_queries: int = 1000, libs: tuple[str, ...] 
 
 
 def _ratios(report: dict[str, Any]) -> dict[str, Any]:
+    """simdex (and simdex over HTTP) against each peer."""
     engines = report["engines"]
-    if "simdex" not in engines:
-        return {}
-    me = engines["simdex"]
     out: dict[str, Any] = {}
-    for peer, r in engines.items():
-        if peer == "simdex":
+    for mine in ("simdex", "simdex-http"):
+        if mine not in engines:
             continue
-        row = {"upsert_throughput": me["upsert_per_second"] / r["upsert_per_second"],
-               "time_to_indexed": me["time_to_indexed_seconds"] / r["time_to_indexed_seconds"]}
-        for kind in ("plain", "filtered"):
-            a, b = me["sweeps"][kind]["at_target"], r["sweeps"][kind]["at_target"]
-            row[f"p99_{kind}"] = a["p99_ms"] / b["p99_ms"] if a and b else None
-            row[f"p50_{kind}"] = a["p50_ms"] / b["p50_ms"] if a and b else None
-        out[peer] = row
+        me = engines[mine]
+        for peer, r in engines.items():
+            if peer.startswith("simdex"):
+                continue
+            row = {"upsert_throughput": me["upsert_per_second"] / r["upsert_per_second"],
+                   "time_to_indexed": me["time_to_indexed_seconds"] / r["time_to_indexed_seconds"]}
+            for kind in ("plain", "filtered"):
+                a, b = me["sweeps"][kind]["at_target"], r["sweeps"][kind]["at_target"]
+                row[f"p99_{kind}"] = a["p99_ms"] / b["p99_ms"] if a and b else None
+                row[f"p50_{kind}"] = a["p50_ms"] / b["p50_ms"] if a and b else None
+            out[f"{mine} vs {peer}"] = row
     return out
 
 
@@ -262,7 +302,7 @@ def format_report(report: dict[str, Any]) -> str:
                      f">= {report['target_recall']} (lower is better)")
         for peer, row in report["ratios"].items():
             fmt = {k: ("n/a" if v is None else f"{v:.2f}x") for k, v in row.items()}
-            lines.append(f"  vs {peer:8s} upsert {fmt['upsert_throughput']}, indexed time {fmt['time_to_indexed']}, "
+            lines.append(f"  {peer:22s} upsert {fmt['upsert_throughput']}, indexed time {fmt['time_to_indexed']}, "
                          f"p99 plain {fmt['p99_plain']}, p99 filtered {fmt['p99_filtered']}, "
                          f"p50 plain {fmt['p50_plain']}, p50 filtered {fmt['p50_filtered']}")
     return "\n".join(lines)

@@ -6,10 +6,11 @@ in the JSON body), so code moves between ``simdex.connect`` and ``simdex.Client`
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
-import urllib.error
+import threading
 import urllib.parse
-import urllib.request
 from typing import Any
 
 import numpy as np
@@ -27,38 +28,80 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _vectors_field(vectors: Any, single: bool = False) -> dict[str, Any]:
+    """Vectors as base64 float32 when they are all finite numbers; otherwise as JSON, so that the server's
+    validation reports the problem (NaN, wrong type, ragged rows) in its own words."""
+    try:
+        arr = np.asarray(vectors, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    ok = arr is not None and arr.ndim == (1 if single else 2) and arr.size and np.isfinite(arr).all() \
+        and np.isfinite(arr.astype(np.float32)).all()
+    if not ok:
+        return {"vector" if single else "vectors": vectors.tolist() if isinstance(vectors, np.ndarray) else vectors}
+    return {"vectors_base64": base64.b64encode(arr.astype("<f4").tobytes()).decode("ascii")}
+
+
 class Client:
-    """Connect to a ``simdex serve`` server at ``url`` (e.g. ``http://127.0.0.1:8000``)."""
+    """Connect to a ``simdex serve`` server at ``url`` (e.g. ``http://127.0.0.1:8000``).
+
+    Each thread keeps one persistent (keep-alive) connection. Vectors travel as base64 float32, not JSON numbers.
+    """
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
         self.url = url.rstrip("/")
+        parsed = urllib.parse.urlsplit(self.url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"url must look like http://host:port; got {url!r}")
+        self._https = parsed.scheme == "https"
+        self._host, self._port = parsed.hostname, parsed.port
+        self._prefix = parsed.path.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        self._local = threading.local()
+
+    def _connection(self, fresh: bool = False) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or fresh:
+            if conn is not None:
+                conn.close()
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = cls(self._host, self._port, timeout=self.timeout)
+            self._local.conn = conn
+        return conn
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body, default=_plain).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Accept", "application/json")
+        headers = {"Accept": "application/json"}
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            headers["Content-Type"] = "application/json"
         if self.api_key:
-            req.add_header("Authorization", f"Bearer {self.api_key}")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        for attempt in (0, 1):
+            conn = self._connection(fresh=attempt > 0)
             try:
-                err = json.loads(raw)["error"]
-                kind, message = err["type"], err["message"]
-            except (ValueError, KeyError, TypeError):
-                kind, message = "HTTPError", raw.decode(errors="replace")[:500]
-            cls = getattr(errors, kind, None)
-            if isinstance(cls, type) and issubclass(cls, errors.SimdexError):
-                raise cls(message) from None
-            if exc.code in (401, 403):
-                raise PermissionError(f"{exc.code}: {message}") from None
-            raise errors.SimdexError(f"HTTP {exc.code} {kind}: {message}") from None
+                conn.request(method, self._prefix + path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
+                    http.client.CannotSendRequest, http.client.BadStatusLine):
+                # the server closed an idle keep-alive connection: reconnect once
+                if attempt:
+                    raise
+        if resp.status < 400:
+            return json.loads(raw or b"null")
+        try:
+            err = json.loads(raw)["error"]
+            kind, message = err["type"], err["message"]
+        except (ValueError, KeyError, TypeError):
+            kind, message = "HTTPError", raw.decode(errors="replace")[:500]
+        cls = getattr(errors, kind, None)
+        if isinstance(cls, type) and issubclass(cls, errors.SimdexError):
+            raise cls(message)
+        if resp.status in (401, 403):
+            raise PermissionError(f"{resp.status}: {message}")
+        raise errors.SimdexError(f"HTTP {resp.status} {kind}: {message}")
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/healthz")
@@ -100,9 +143,8 @@ class RemoteCollection:
 
     def upsert(self, ids: Any, vectors: Any, metadatas: Any = None, documents: Any = None) -> int:
         return self._post("upsert", {"ids": list(ids) if not isinstance(ids, str) else [ids],
-                                     "vectors": np.asarray(vectors, np.float64).tolist()
-                                     if not isinstance(vectors, list) else vectors,
-                                     "metadatas": metadatas, "documents": documents})["upserted"]
+                                     **_vectors_field(vectors), "metadatas": metadatas,
+                                     "documents": documents})["upserted"]
 
     def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
             include: Any = None) -> list[dict[str, Any]]:
@@ -120,14 +162,13 @@ class RemoteCollection:
 
     def search(self, vector: Any, k: int = 10, where: Any = None, include: Any = None,
                ef: int | None = None) -> list[dict[str, Any]]:
-        vec = np.asarray(vector, np.float64).reshape(-1).tolist()
-        return self._post("search", {"vector": vec, "k": k, "where": where, "include": include,
-                                     "ef": ef})["results"][0]
+        return self._post("search", {**_vectors_field(vector, single=True), "k": k, "where": where,
+                                     "include": include, "ef": ef})["results"][0]
 
     def search_batch(self, vectors: Any, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None) -> list[list[dict[str, Any]]]:
-        return self._post("search", {"vectors": np.asarray(vectors, np.float64).tolist(), "k": k, "where": where,
-                                     "include": include, "ef": ef})["results"]
+        return self._post("search", {**_vectors_field(vectors), "k": k, "where": where, "include": include,
+                                     "ef": ef})["results"]
 
     def search_by_id(self, ids: list[str], k: int = 10, where: Any = None, include: Any = None
                      ) -> list[list[dict[str, Any]]]:
