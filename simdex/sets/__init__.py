@@ -1,0 +1,8 @@
+"""Sets and hashing: shingling, MinHash, MinHash LSH, LSHBloom deduplication, SimHash LSH and Hamming search."""
+
+from .lsh import Banding, MinHashLSH, optimal_params
+from .minhash import MinHash, jaccard
+from .shingle import HashedSets, Shingler, as_hashed_sets, shingle
+
+__all__ = ["HashedSets", "Shingler", "shingle", "as_hashed_sets", "MinHash", "jaccard", "MinHashLSH", "Banding",
+           "optimal_params"]
