@@ -113,3 +113,41 @@ def bucket_pairs(sorted_keys, sorted_slots, slot_alive, max_bucket, out, count_o
                         break
             p = q
     return pos
+
+
+@kernel(inline="always")
+def _bloom_probe(key, i, words_per_band):
+    """Bit position of the i-th probe for ``key`` (Kirsch-Mitzenmacher double hashing on a remixed key)."""
+    h1 = key
+    h2 = ((key >> np.uint64(33)) | (key << np.uint64(31))) * np.uint64(0x9E3779B97F4A7C15) | np.uint64(1)
+    x = h1 + np.uint64(i) * h2
+    nbits = np.uint64(words_per_band) * np.uint64(64)
+    return int(((x >> np.uint64(32)) * nbits) >> np.uint64(32)) if nbits <= np.uint64(0xFFFFFFFF) \
+        else int(x % nbits)
+
+
+@kernel
+def bloom_query_insert(bits, keys, num_probes, do_query, do_insert, out):
+    """For each row of keys (n, bands): out[i] = some band's key is (probably) in that band's filter; then add
+    the row's keys. Rows are processed in order, so row i sees rows < i of the same batch."""
+    bands = keys.shape[1]
+    words = bits.shape[1]
+    for i in range(keys.shape[0]):
+        hit = False
+        if do_query:
+            for b in range(bands):
+                present = True
+                for j in range(num_probes):
+                    pos = _bloom_probe(keys[i, b], j, words)
+                    if (bits[b, pos >> 6] >> np.uint64(pos & 63)) & np.uint64(1) == 0:
+                        present = False
+                        break
+                if present:
+                    hit = True
+                    break
+        out[i] = hit
+        if do_insert:
+            for b in range(bands):
+                for j in range(num_probes):
+                    pos = _bloom_probe(keys[i, b], j, words)
+                    bits[b, pos >> 6] |= np.uint64(1) << np.uint64(pos & 63)

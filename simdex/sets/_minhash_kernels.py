@@ -37,29 +37,63 @@ def _one_permutation(values, start, end, k, seed, sig, filled):
             filled[b] = True
 
 
+PROBE_TABLE_DEPTH = 64
+
+
+def probe_table(k: int, densify_seed: np.uint64) -> np.ndarray:
+    """The first PROBE_TABLE_DEPTH bins of each bin's densification probe sequence, (k, depth); uint8 when
+    k <= 256 so that the table (16 KiB at k = 256) stays in L1 cache."""
+    out = np.empty((k, PROBE_TABLE_DEPTH), np.uint8 if k <= 256 else np.int32)
+    _fill_probe_table(densify_seed, out)
+    return out
+
+
+@kernel(inline="always")
+def _probe(densify_seed, j, t, k):
+    return _fastrange(mix64(densify_seed ^ ((np.uint64(j) << np.uint64(32)) | np.uint64(t))), k)
+
+
+@kernel
+def _fill_probe_table(densify_seed, out):
+    k = out.shape[0]
+    for j in range(k):
+        for t in range(out.shape[1]):
+            out[j, t] = _probe(densify_seed, j, t + 1, k)
+
+
 @kernel(parallel=True)
-def oph_optimal(indptr, values, k, seed, densify_seed, out):
+def oph_optimal(indptr, values, k, seed, densify_seed, probes, out):
     """OPH + optimal densification (Shrivastava, ICML 2017): an empty bin j takes the value of the first
     non-empty bin in the probe sequence h(j, 1), h(j, 2), ... . The sequence depends only on (j, t), so two sets
     whose bin j are both empty copy from the same bin with probability equal to their Jaccard similarity.
-    Expected cost O(d + k * k / m) for m non-empty bins; O(d + k) once d >= k."""
+    Expected cost O(d + k * k / m) for m non-empty bins; O(d + k) once d >= k. The first probes of every bin come
+    from the precomputed table ``probes`` (k, depth); later ones are hashed on the fly."""
     n = indptr.shape[0] - 1
-    for i in numba.prange(n):
-        sig = out[i]
-        filled = np.empty(k, np.bool_)
-        _one_permutation(values, indptr[i], indptr[i + 1], k, seed, sig, filled)
-        if indptr[i + 1] == indptr[i]:
-            continue
-        for j in range(k):
-            if filled[j]:
+    depth = probes.shape[1]
+    n_chunks = min(n, 256)
+    for c in numba.prange(n_chunks):
+        filled = np.empty(k, np.bool_)  # scratch per chunk of rows rather than per row
+        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            sig = out[i]
+            _one_permutation(values, indptr[i], indptr[i + 1], k, seed, sig, filled)
+            if indptr[i + 1] == indptr[i]:
                 continue
-            t = np.uint64(1)
-            while True:
-                src = _fastrange(mix64(densify_seed ^ ((np.uint64(j) << np.uint64(32)) | t)), k)
-                if filled[src]:
-                    sig[j] = sig[src]
-                    break
-                t += np.uint64(1)
+            for j in range(k):
+                if filled[j]:
+                    continue
+                t = 0
+                while t < depth and not filled[probes[j, t]]:
+                    t += 1
+                if t < depth:
+                    sig[j] = sig[probes[j, t]]
+                    continue
+                t += 1
+                while True:
+                    src = _probe(densify_seed, j, t, k)
+                    if filled[src]:
+                        sig[j] = sig[src]
+                        break
+                    t += 1
 
 
 @kernel(parallel=True)

@@ -43,6 +43,7 @@ class MinHash:
         self.seed = int(seed)
         self._element_seed = derive_seed(self.seed, 10)
         self._densify_seed = derive_seed(self.seed, 11)
+        self._probes = K.probe_table(self.num_perm, self._densify_seed)
         rng = np.random.default_rng([self.seed, 12])
         self._mult = rng.integers(0, 2**63, self.num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         self._add = rng.integers(0, 2**63, self.num_perm, dtype=np.uint64)
@@ -66,7 +67,8 @@ class MinHash:
         out = np.empty((indptr.shape[0] - 1, self.num_perm), np.uint32)
         with num_threads(threads):
             if self.method == "oph":
-                K.oph_optimal(indptr, values, self.num_perm, self._element_seed, self._densify_seed, out)
+                K.oph_optimal(indptr, values, self.num_perm, self._element_seed, self._densify_seed, self._probes,
+                              out)
             elif self.method == "oph-rotation":
                 K.oph_rotation(indptr, values, self.num_perm, self._element_seed, out)
             else:

@@ -29,6 +29,7 @@ from ._hashing import FNV_OFFSET, FNV_PRIME, combine, derive_seed, mix64
 # Characters handled per kernel call: bounds the scratch memory of shingle() to ~8 bytes per byte of a chunk
 # rather than of the whole input.
 _CHUNK_CODEPOINTS = 1 << 22
+_ROLL_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd, so multiplication mod 2**64 is invertible
 
 
 class HashedSets(NamedTuple):
@@ -140,13 +141,25 @@ def _shingle_one(text, start, end, ngram, char_mode, keep_punct, seed, shift, ou
             m += 1
     if m == 0:
         return 0
-    count = m - ngram + 1 if m >= ngram else 1
-    width = ngram if m >= ngram else m
-    for i in range(count):
+    if m < ngram:
         h = seed
-        for j in range(width):
-            h = combine(h, out[base + i + j])
-        out[base + i] = h >> shift
+        for j in range(m):
+            h = combine(h, out[base + j])
+        out[base] = h >> shift
+        return 1
+    # Rolling polynomial hash of the n token hashes (mod 2**64), then one finaliser per shingle: O(1) per shingle.
+    top = np.uint64(1)
+    for j in range(ngram - 1):
+        top *= _ROLL_BASE
+    poly = np.uint64(0)
+    for j in range(ngram):
+        poly = poly * _ROLL_BASE + out[base + j]
+    count = m - ngram + 1
+    for i in range(count):
+        leaving = out[base + i]
+        out[base + i] = mix64(poly ^ seed) >> shift
+        if i + ngram < m:
+            poly = (poly - leaving * top) * _ROLL_BASE + out[base + i + ngram]
     seg = out[base:base + count]
     seg.sort()
     unique = 1
@@ -180,6 +193,8 @@ def _check_texts(texts: Any) -> list[str]:
         items = list(texts)
     except TypeError:
         raise InvalidTypeError(f"texts must be a sequence of strings; got {type(texts).__name__}") from None
+    if all(type(t) is str for t in items):
+        return items
     for i, t in enumerate(items):
         if isinstance(t, bytes):
             items[i] = t.decode("utf-8", errors="replace")
@@ -215,12 +230,12 @@ class Shingler:
         items = _check_texts(texts)
         dtype = np.uint64 if self.bits == 64 else np.uint32
         parts_indptr, parts_values = [np.zeros(1, np.int64)], []
+        lengths = np.fromiter(map(len, items), np.int64, len(items))
+        ends = np.cumsum(lengths)
         start, nnz = 0, 0
         while start < len(items):
-            stop, size = start, 0
-            while stop < len(items) and (size == 0 or size + len(items[stop]) <= _CHUNK_CODEPOINTS):
-                size += len(items[stop])
-                stop += 1
+            base = ends[start - 1] if start else 0
+            stop = max(start + 1, int(np.searchsorted(ends, base + _CHUNK_CODEPOINTS, side="right")))
             indptr, values = self._chunk(items[start:stop], dtype)
             parts_indptr.append(indptr[1:] + nnz)
             parts_values.append(values)
