@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("path")
     from .bench.__main__ import build_parser as bench_parser
     bench_parser(sub.add_parser("bench", help="benchmarks against peer libraries (see python -m simdex.bench)"))
+    from .sets.cli import register as register_sets, run as run_sets  # sets hook: `simdex dedup`
+    register_sets(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         from .demo import main as demo_main
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                           "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in arrays.items()}},
                          indent=1))
         return 0
+    if args.command == "dedup":
+        return run_sets(args)
     if args.command == "bench":
         from .bench.__main__ import main as bench_main
         argv = sys.argv[1:] if argv is None else argv
