@@ -70,16 +70,6 @@ def fill_candidates(qkeys, sorted_keys, sorted_slots, tail_keys, tail_first_slot
         uniq[i] = u
 
 
-@kernel(parallel=True)
-def sort_bands(keys, sorted_keys, sorted_slots):
-    """Per band (column of keys (n, bands)), keys ascending and the slots in that order."""
-    for b in numba.prange(keys.shape[1]):
-        order = np.argsort(keys[:, b], kind="mergesort")
-        for p in range(order.shape[0]):
-            sorted_keys[b, p] = keys[order[p], b]
-            sorted_slots[b, p] = order[p]
-
-
 @kernel
 def bucket_pairs(sorted_keys, sorted_slots, slot_alive, max_bucket, out, count_only):
     """All pairs (i < j) of live slots sharing a bucket in any band (repeats across bands included).
