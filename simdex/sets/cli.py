@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--bloom", action="store_true", help="LSHBloom: fixed memory, no exact verification")
     p.add_argument("--fp-rate", type=float, default=1e-4, help="LSHBloom overall false positive rate (default 1e-4)")
     p.add_argument("--capacity", type=int, default=None, help="LSHBloom: documents to size the filters for "
-                   "(default: counted from the inputs when cheap, else 10 million)")
+                   "(default: counted from the inputs)")
     p.add_argument("--text-field", default="text", help="JSON/Parquet field holding the text (default text)")
     p.add_argument("--id-field", default="id", help="JSON/Parquet field holding the id (default id; else path:line)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="documents per batch (default 20000)")
@@ -40,21 +41,30 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _count_lines(paths: list[str]) -> int | None:
-    """Documents in uncompressed line-based inputs (a fast byte count), None when any input is compressed or
-    Parquet: then the progress bar shows a running count only."""
+def _count_documents(paths: list[str]) -> int | None:
+    """Documents in the inputs by a fast pass (newlines; Parquet metadata), for the progress bar and the Bloom
+    filter size. None when an input is missing (the reader reports it)."""
     total = 0
     for path in map(Path, paths):
-        if path.suffix in (".gz", ".parquet") or not path.exists():
+        if not path.exists():
             return None
-        with open(path, "rb") as f:
+        if path.suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                return None
+            total += pq.ParquetFile(path).metadata.num_rows
+            continue
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
             total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b""))
     return total
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``simdex dedup`` with parsed arguments; returns the exit status."""
-    total = _count_lines(args.inputs)
+    need_count = (args.bloom and args.capacity is None) or (not args.no_progress and sys.stderr.isatty())
+    total = _count_documents(args.inputs) if need_count else None
     batches = read_documents(args.inputs, text_field=args.text_field, id_field=args.id_field,
                              batch_size=args.batch_size)
     try:
@@ -86,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     mode = "LSHBloom" if args.bloom else f"MinHash LSH ({result.stats['bands']} bands x {result.stats['rows']} rows)"
     print(f"{result.n_documents} documents, {result.n_duplicates} near duplicates removed "
           f"(Jaccard >= {args.threshold} on {args.ngram}-{args.unit} shingles, {mode}), "
-          f"{int(result.keep.sum())} kept, {result.n_empty} empty; index {result.stats['index_bytes'] / 2**20:.1f} MiB; "
+          f"{int(result.keep.sum())} kept, {result.n_empty} empty; "
+          f"index {result.stats['index_bytes'] / 2**20:.1f} MiB; "
           f"{result.stats['total_s']:.1f} s. Wrote {out}/keep.txt"
           + ("" if args.bloom else f", {out}/clusters.jsonl ({len(result.clusters())} clusters)")
           + f", {out}/summary.json")

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import queue
+import sys
 import tempfile
 import threading
 import time
@@ -30,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numba
 import numpy as np
 
 from .._numba import kernel, num_threads
@@ -204,16 +204,11 @@ def _union_find(n, pairs):
     return parent
 
 
-@kernel(parallel=True)
-def _scatter_sizes(sizes, out, offset):
-    for i in numba.prange(sizes.shape[0]):
-        out[offset + i] = sizes[i]
-
-
 # ---- the pipeline -------------------------------------------------------------------------------------------------
 def deduplicate(batches: Iterable[tuple[list[str], list[str]]], *, threshold: float = 0.8, ngram: int = 5,
                 unit: str = "word", num_perm: int = 128, bloom: bool = False, fp_rate: float = 1e-4,
-                capacity: int | None = None, weights: tuple[float, float] = DEFAULT_WEIGHTS, seed: int = 1, threads: int | None = None,
+                capacity: int | None = None, weights: tuple[float, float] = DEFAULT_WEIGHTS, seed: int = 1,
+                threads: int | None = None,
                 progress: bool | None = None, total: int | None = None,
                 spill_dir: str | os.PathLike | None = None) -> DedupResult:
     """Near-duplicate detection over batches of ``(ids, texts)`` (e.g. from :func:`read_documents`).
@@ -229,9 +224,12 @@ def deduplicate(batches: Iterable[tuple[list[str], list[str]]], *, threshold: fl
     shingler = Shingler(ngram, unit=unit, seed=seed)
     minhash = MinHash(num_perm, seed=seed)
     lsh = MinHashLSH(threshold, num_perm, weights, seed=seed)
-    bloom_index = LSHBloom(threshold, num_perm, weights, capacity=capacity or total or 10_000_000, fp_rate=fp_rate,
+    bloom_capacity = capacity or total or 10_000_000
+    bloom_index = LSHBloom(threshold, num_perm, weights, capacity=bloom_capacity, fp_rate=fp_rate,
                            seed=seed) if bloom else None
-    bar = progress_bar(total or 0, "dedup", progress if total or progress is not None else None, unit="doc")
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bar = progress_bar(total or 0, "dedup", progress, unit="doc")
     all_ids: list[str] = []
     keys_parts: list[np.ndarray] = []
     flags_parts: list[np.ndarray] = []

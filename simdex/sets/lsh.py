@@ -199,9 +199,9 @@ class MinHashLSH:
         self._keys = np.concatenate([self._keys, keys]) if self._keys.shape[0] else np.array(keys, np.uint64)
         self._idmap.append(ids)
         if self._keys.shape[0] - self._n_sorted > max(_MIN_TAIL, self._n_sorted // 4):
-            self._merge_tail(threads)
+            self._merge_tail()
 
-    def _merge_tail(self, threads: int | None = None) -> None:
+    def _merge_tail(self) -> None:
         # numpy's introsort (SIMD-accelerated in recent numpy) beats a jitted argsort several times over here
         order = np.argsort(self._keys.T, axis=1)
         self._sorted_keys = np.take_along_axis(self._keys.T, order, axis=1)
