@@ -31,6 +31,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ class Collection:
         self._allow_cache: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
         self._allow_cache_lock = threading.Lock()
         self._writer = threading.Lock()  # one logged write at a time
+        self._fsyncer: ThreadPoolExecutor | None = None
         self._maintenance = threading.Lock()  # one merge or checkpoint at a time
         self._closed = False
         self._last_write = time.monotonic()
@@ -269,7 +271,7 @@ class Collection:
     def _apply_vectors(self, op: rec.LogOp) -> None:
         if op.kind == rec.UPSERT:
             self._tombstone(op.old_rids[op.old_rids >= 0])
-            self._growing.add(op.vectors, op.rids)
+            self._growing.add_validated(op.vectors, op.rids)
         else:
             self._tombstone(op.rids)
 
@@ -296,11 +298,34 @@ class Collection:
 
     def _log_and_apply(self, payload: bytes, op: rec.LogOp) -> None:
         lsn = self._wal.append(payload)
-        self._wal.commit(lsn)
-        with self._rw.write():
-            self._apply_metadata(lsn, op)
-            self._apply_vectors(op)
-            self._applied_lsn = lsn
+        if self._wal.sync_mode == "always" and op.kind == rec.UPSERT:
+            # The fsync (which releases the GIL and mostly waits on the disk) runs beside the SQLite inserts. The
+            # rows stay in an open transaction until the fsync returns, so no reader (and no crash) can see a
+            # write that is not yet durable.
+            if self._fsyncer is None:
+                self._fsyncer = ThreadPoolExecutor(1, thread_name_prefix=f"simdex-fsync-{self.name}")
+            durable = self._fsyncer.submit(self._wal.commit, lsn)
+            try:
+                self._meta.stage_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents)
+            except BaseException:
+                durable.exception()  # wait for the fsync before touching the connection again
+                self._meta.rollback()
+                raise
+            try:
+                durable.result()
+            except BaseException:
+                self._meta.rollback()
+                raise
+            with self._rw.write():
+                self._meta.commit()
+                self._apply_vectors(op)
+                self._applied_lsn = lsn
+        else:
+            self._wal.commit(lsn)
+            with self._rw.write():
+                self._apply_metadata(lsn, op)
+                self._apply_vectors(op)
+                self._applied_lsn = lsn
         self._last_write = time.monotonic()
 
     def upsert(self, ids: Any, vectors: Any, metadatas: Any = None, documents: Any = None, *,
@@ -617,6 +642,8 @@ class Collection:
             except Exception as exc:  # never lose the log because a checkpoint failed: it is replayed on open
                 log.warning("%s: checkpoint on close failed: %s", self.path, exc)
         self._closed = True
+        if self._fsyncer is not None:
+            self._fsyncer.shutdown()
         self._wal.close()
         self._meta.close()
         if getattr(self, "_ro_copy", None) is not None:
