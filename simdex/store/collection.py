@@ -447,7 +447,7 @@ class Collection:
         with self._rw.read():
             allowed = None if where is None else self._allowed(where)
             parts = []
-            if allowed is None or allowed.size:
+            if allowed is None or allowed.any():
                 if self._main is not None and len(self._main):
                     parts.append(self._main.search(q, min(k, len(self._main)), ef=ef, filter=allowed,
                                                    threads=threads))
@@ -478,24 +478,32 @@ class Collection:
             out.append(hits)
         return out
 
+    def _rid_mask(self, rids: np.ndarray) -> np.ndarray:
+        # a boolean mask indexed by rid: the indexes turn it into their slot masks with one gather, where an
+        # id array would need a sorted lookup per id on every query
+        mask = np.zeros(self._next_rid, bool)
+        mask[rids] = True
+        return mask
+
     def _allowed(self, where: Any) -> np.ndarray:
-        """Row ids matching ``where`` (caller holds the read side, so the data cannot change meanwhile)."""
+        """Mask over row ids (True = matches ``where``); the caller holds the read side, so the data cannot
+        change meanwhile."""
         try:
             key = json.dumps(where, sort_keys=True, allow_nan=True)
         except (TypeError, ValueError):
-            return self._meta.rids_where(where)  # not JSON: let the compiler report what is wrong
+            return self._rid_mask(self._meta.rids_where(where))  # not JSON: let the compiler report what is wrong
         with self._allow_cache_lock:
             hit = self._allow_cache.get(key)
             if hit is not None and hit[0] == self._applied_lsn:
                 self._allow_cache.move_to_end(key)
                 return hit[1]
-        rids = self._meta.rids_where(where)
+        mask = self._rid_mask(self._meta.rids_where(where))
         with self._allow_cache_lock:
-            self._allow_cache[key] = (self._applied_lsn, rids)
+            self._allow_cache[key] = (self._applied_lsn, mask)
             self._allow_cache.move_to_end(key)
             while len(self._allow_cache) > ALLOW_CACHE_ENTRIES:
                 self._allow_cache.popitem(last=False)
-        return rids
+        return mask
 
     # ---- maintenance (background optimizer) ----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
