@@ -68,20 +68,24 @@ def check_vectors(x: Any, dim: int, name: str = "vectors", *, normalize: bool = 
         raise InvalidInputError(f"{name} is empty (0 rows)")
     with np.errstate(over="ignore"):
         out = np.ascontiguousarray(arr, dtype=np.float32)
-    finite = np.isfinite(out).all(axis=1)
+    # one pass gives finiteness and norms: squares of finite float32 values summed in float64 cannot overflow,
+    # so a row's sum is finite exactly when all its values are
+    sq = np.einsum("ij,ij->i", out, out, dtype=np.float64)
+    finite = np.isfinite(sq)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         raise InvalidInputError(f"{name} contain NaN or infinite values (first at row {row}); "
                                 f"{int((~finite).sum())} bad row(s) in total")
     if normalize and out.shape[0]:
-        norms = np.sqrt(np.einsum("ij,ij->i", out, out, dtype=np.float64))
-        zero = norms == 0
+        zero = sq == 0
         if zero.any():
             raise InvalidInputError(f"{name} contain zero vectors, which have no cosine direction (first at row "
                                     f"{int(np.flatnonzero(zero)[0])})")
-        out = (out / norms[:, None]).astype(np.float32)
-        if out is arr:
-            out = out.copy()
+        scale = 1.0 / np.sqrt(sq)
+        if scale.max() < 1e30:
+            out = out * scale.astype(np.float32)[:, None]
+        else:  # tiny (subnormal) rows: their scale overflows float32, so scale them in float64
+            out = (out * scale[:, None]).astype(np.float32)
     elif out is arr:
         out = out.copy()  # the index keeps its own copy; the caller may reuse the buffer
     return out
