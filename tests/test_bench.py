@@ -68,3 +68,13 @@ def test_cli_info(tmp_path):
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["kind"] == "HNSWIndex" and info["meta"]["count"] == 50
+
+
+def test_filtered_bench_exact_rows_are_exact_and_auto_keeps_recall(tmp_path):
+    from simdex.bench import filtered
+    report = filtered.run("wordnet-minilm-384", n_queries=20, n_base=8000, out_dir=tmp_path)
+    rows = report["rows"]
+    assert {r["selectivity"] for r in rows} == set(filtered.SELECTIVITIES)
+    assert all(r["recall"] == 1.0 for r in rows if r["mode"] == "exact")
+    assert all(r["recall"] >= 0.9 for r in rows if r["mode"] == "auto")
+    assert (tmp_path / "filtered-wordnet-minilm-384.json").exists()

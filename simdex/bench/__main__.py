@@ -41,6 +41,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     crash.add_argument("--max-wait", type=float, default=4.0, help="longest run (s) of the writer before a kill")
     crash.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     crash.add_argument("--out", default="bench-results", help="folder for crash.json")
+    filt = sub.add_parser("filtered", help="filtered HNSW search: exact scan vs graph traversal by selectivity")
+    filt.add_argument("--dataset", default="wordnet-minilm-384", choices=sorted(datasets.DATASETS))
+    filt.add_argument("--n-queries", type=int, default=200)
+    filt.add_argument("--out", default="bench-results")
     sets = sub.add_parser("sets", help="MinHash / MinHash LSH / LSHBloom vs datasketch on gcide")
     sets.add_argument("--parts", default="throughput,error,dedup", help="comma-separated: throughput,error,dedup")
     sets.add_argument("--num-perm", type=int, default=128)
@@ -96,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         print(dbbench.format_report(report))
         json_path, png_path = dbbench.save(report, Path(args.out))
         print(f"wrote {json_path} and {png_path}")
+        return 0
+    if args.bench == "filtered":
+        from . import filtered
+        filtered.run(args.dataset, n_queries=args.n_queries, out_dir=Path(args.out))
         return 0
     if args.bench == "crash":
         import tempfile
