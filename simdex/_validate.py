@@ -117,3 +117,29 @@ def check_k(k: Any, available: int) -> int:
     if k > available:
         raise InvalidInputError(f"k={k} is larger than the number of vectors in the index ({available})")
     return k
+
+
+def check_csr_sets(indptr: Any, values: Any, name: str = "sets") -> tuple[np.ndarray, np.ndarray]:
+    """Validate a batch of integer sets in CSR form (set i = ``values[indptr[i]:indptr[i+1]]``).
+
+    Returns ``(indptr int64, values)`` with values as uint64, or uint32 when given as uint32 (hashes). Raises on
+    non-integer dtypes, negative values, and an ``indptr`` that does not start at 0, decreases or does not end at
+    ``len(values)``. Empty sets are allowed.
+    """
+    ptr = _as_numeric_array(indptr, f"{name} indptr")
+    vals = _as_numeric_array(values, f"{name} values")
+    if ptr.ndim != 1 or ptr.shape[0] < 1:
+        raise InvalidInputError(f"{name} indptr must be a 1-D array of length n + 1 >= 1; got shape {ptr.shape}")
+    if ptr.dtype.kind not in "iu" or vals.dtype.kind not in "iu":
+        raise InvalidTypeError(f"{name} must hold integers (hashed elements); got indptr dtype {ptr.dtype}, values "
+                               f"dtype {vals.dtype}")
+    if vals.ndim != 1:
+        raise InvalidInputError(f"{name} values must be 1-D; got shape {vals.shape}")
+    ptr = ptr.astype(np.int64)
+    if ptr[0] != 0 or ptr[-1] != vals.shape[0] or (ptr.shape[0] > 1 and (np.diff(ptr) < 0).any()):
+        raise InvalidInputError(f"{name} indptr must start at 0, never decrease and end at len(values)="
+                                f"{vals.shape[0]}")
+    if vals.dtype.kind == "i" and vals.size and vals.min() < 0:
+        raise InvalidInputError(f"{name} values must be non-negative (hashes); got {int(vals.min())}")
+    out = vals if vals.dtype == np.uint32 else vals.astype(np.uint64)
+    return ptr, np.ascontiguousarray(out)

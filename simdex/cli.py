@@ -328,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench.__main__ import build_parser as bench_parser
     bench_parser(sub.add_parser("bench", help="benchmarks against peer libraries (see python -m simdex.bench)"))
+    from .sets.cli import register as register_sets, run as run_sets
+    register_sets(sub).set_defaults(func=run_sets)
     return parser
 
 

@@ -41,6 +41,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     crash.add_argument("--max-wait", type=float, default=4.0, help="longest run (s) of the writer before a kill")
     crash.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     crash.add_argument("--out", default="bench-results", help="folder for crash.json")
+    sets = sub.add_parser("sets", help="MinHash / MinHash LSH / LSHBloom vs datasketch on gcide")
+    sets.add_argument("--parts", default="throughput,error,dedup", help="comma-separated: throughput,error,dedup")
+    sets.add_argument("--num-perm", type=int, default=128)
+    sets.add_argument("--repeats", type=int, default=3)
+    sets.add_argument("--datasketch-docs", type=int, default=20_000, help="documents for datasketch throughput")
+    sets.add_argument("--pairs", type=int, default=3000, help="pairs per Jaccard point for the MSE curves")
+    sets.add_argument("--threshold", type=float, default=0.8)
+    sets.add_argument("--ngram", type=int, default=5)
+    sets.add_argument("--fp-rate", type=float, default=1e-4)
+    sets.add_argument("--no-datasketch", action="store_true")
+    sets.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
     return parser
 
 
@@ -59,6 +70,17 @@ def main(argv: list[str] | None = None) -> int:
             print(ann.format_report(report))
             json_path, png_path = ann.save(report, Path(args.out))
             print(f"wrote {json_path} and {png_path}")
+        return 0
+    if args.bench == "sets":
+        from . import sets as sets_bench
+        report = sets_bench.run(num_perm=args.num_perm, repeats=args.repeats, ds_docs=args.datasketch_docs,
+                                pairs_per_point=args.pairs, threshold=args.threshold, ngram=args.ngram,
+                                fp_rate=args.fp_rate, out_dir=Path(args.out), with_datasketch=not args.no_datasketch,
+                                parts=tuple(args.parts.split(",")))
+        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(sets_bench.format_report(report))
+        json_path, png_path = sets_bench.save(report, Path(args.out))
+        print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
         return 0
     if args.bench == "startup":
         from .startup import format_startup, measure

@@ -1,0 +1,136 @@
+"""LSHBloom (Khan et al., "LSHBloom: Memory-efficient, Extreme-scale Document Deduplication", 2024): the banding of
+:class:`~simdex.sets.MinHashLSH` with one Bloom filter per band instead of a hash table.
+
+A band key is only tested for membership, never listed, so the index answers "is this set (probably) a near
+duplicate of one inserted before" in a few bits per band per set. Streaming deduplication is
+``query_insert(signatures)``: each set is checked against everything before it (including earlier rows of the same
+batch), then added.
+
+Sizing: for ``capacity`` sets and an overall false positive rate ``fp_rate`` (the chance that a set that shares
+no band key with any stored set is still reported), each of the b filters gets rate ``p = 1 - (1 - fp_rate)^(1/b)``,
+``m = -capacity * ln p / ln(2)^2`` bits and ``round(m / capacity * ln 2)`` probes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from .. import fileformat
+from .._validate import check_positive_int, check_threads
+from ..errors import CorruptFileError, InvalidInputError, InvalidTypeError
+from . import _lsh_kernels as LK
+from .lsh import Banding
+
+
+def _check_rate(fp_rate: Any) -> float:
+    if isinstance(fp_rate, bool) or not isinstance(fp_rate, (int, float, np.floating)):
+        raise InvalidTypeError(f"fp_rate must be a number in (0, 1); got {fp_rate!r}")
+    p = float(fp_rate)
+    if not 0.0 < p < 1.0:
+        raise InvalidInputError(f"fp_rate must be in the open interval (0, 1); got {p}")
+    return p
+
+
+class LSHBloom:
+    """Banded MinHash LSH with one Bloom filter per band, for streaming near-duplicate detection.
+
+    Parameters: ``threshold``, ``num_perm``, ``weights``/``params`` as for MinHashLSH; ``capacity``: the number of
+    sets the filters are sized for; ``fp_rate``: the wanted overall false positive rate at that fill.
+    Memory is fixed at construction: :attr:`memory_bytes`.
+    """
+
+    kind = "LSHBloom"
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = 128, weights: Any = (0.5, 0.5), *,
+                 capacity: int = 1_000_000, fp_rate: float = 1e-4, params: Any = None, seed: int = 1) -> None:
+        self.banding = Banding(threshold, num_perm, weights, params, seed)
+        self.capacity = check_positive_int(capacity, "capacity")
+        self.fp_rate = _check_rate(fp_rate)
+        b = self.banding.bands
+        per_band = -math.expm1(math.log1p(-self.fp_rate) / b)
+        bits = -self.capacity * math.log(per_band) / math.log(2) ** 2
+        words = max(1, math.ceil(bits / 64))
+        self.num_probes = max(1, round(words * 64 / self.capacity * math.log(2)))
+        self._bits = np.zeros((b, words), np.uint64)
+        self.count = 0
+
+    threshold = property(lambda self: self.banding.threshold)
+    num_perm = property(lambda self: self.banding.num_perm)
+    bands = property(lambda self: self.banding.bands)
+    rows = property(lambda self: self.banding.rows)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return (f"LSHBloom(threshold={self.threshold}, num_perm={self.num_perm}, bands={self.bands}, "
+                f"rows={self.rows}, capacity={self.capacity}, fp_rate={self.fp_rate}, count={self.count}, "
+                f"memory_bytes={self.memory_bytes})")
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the filters (all bands)."""
+        return int(self._bits.nbytes)
+
+    @property
+    def bits_per_band(self) -> int:
+        return int(self._bits.shape[1] * 64)
+
+    def expected_fp_rate(self, count: int | None = None) -> float:
+        """False positive rate predicted for a new set after ``count`` insertions (default: the current count)."""
+        n = self.count if count is None else count
+        per_band = (1 - math.exp(-self.num_probes * n / self.bits_per_band)) ** self.num_probes
+        return 1 - (1 - per_band) ** self.bands
+
+    def _run(self, signatures: Any, query: bool, insert: bool, threads: int | None) -> np.ndarray:
+        keys = self.banding.keys(signatures, check_threads(threads))
+        out = np.zeros(keys.shape[0], np.bool_)
+        LK.bloom_query_insert(self._bits, keys, self.num_probes, query, insert, out)
+        if insert:
+            self.count += keys.shape[0]
+        return out
+
+    def query(self, signatures: Any, *, threads: int | None = None) -> np.ndarray:
+        """bool (n,): whether each set probably shares a band with an inserted set."""
+        return self._run(signatures, True, False, threads)
+
+    def insert(self, signatures: Any, *, threads: int | None = None) -> None:
+        self._run(signatures, False, True, threads)
+
+    def query_insert(self, signatures: Any, *, threads: int | None = None) -> np.ndarray:
+        """Streaming dedup: bool (n,) duplicate flags, each row checked against all sets inserted before it."""
+        return self._run(signatures, True, True, threads)
+
+    def query_insert_keys(self, keys: np.ndarray) -> np.ndarray:
+        """:meth:`query_insert` on precomputed band keys (n, bands) uint64."""
+        out = np.zeros(keys.shape[0], np.bool_)
+        LK.bloom_query_insert(self._bits, np.ascontiguousarray(keys, np.uint64), self.num_probes, True, True, out)
+        self.count += keys.shape[0]
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        meta = {**self.banding._meta(), "capacity": self.capacity, "fp_rate": self.fp_rate,
+                "num_probes": self.num_probes, "count": self.count}
+        fileformat.save_arrays(path, self.kind, meta, {"bits": self._bits})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, verify: bool = True) -> LSHBloom:
+        _, meta, arrays = fileformat.load_arrays(path, mmap=False, verify=verify, expected_kind=cls.kind)
+        try:
+            index = cls(meta["threshold"], meta["num_perm"], tuple(meta["weights"]), capacity=meta["capacity"],
+                        fp_rate=meta["fp_rate"], params=(meta["bands"], meta["rows"]), seed=meta["seed"])
+            bits = arrays["bits"]
+            if bits.dtype != np.uint64 or bits.shape != index._bits.shape or meta["num_probes"] != index.num_probes:
+                raise ValueError("filter array does not match the parameters")
+            count = int(meta["count"])
+            if count < 0:
+                raise ValueError("negative count")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptFileError(f"{path}: inconsistent LSHBloom file ({exc})") from None
+        index._bits = np.array(bits)
+        index.count = count
+        return index

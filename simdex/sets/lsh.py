@@ -1,0 +1,289 @@
+"""MinHash LSH: banded hash tables over MinHash signatures for Jaccard threshold search.
+
+A signature of ``num_perm`` values is cut into ``b`` bands of ``r`` values; two sets become candidates when any
+band matches, which happens with probability ``1 - (1 - s^r)^b`` at Jaccard ``s``. :func:`optimal_params` picks
+(b, r) minimising ``w_fp * FP + w_fn * FN`` where FP and FN integrate that curve below and above the threshold
+(the method of datasketch's ``_optimal_param``).
+
+Storage is flat: band keys (n, b) uint64 per slot, and per band the keys sorted with their slots for binary
+search. New slots go to an unsorted tail that queries scan linearly, merged into the sorted part when it grows
+past a quarter of it, so interleaved insert/query stays amortised O(log n) per lookup.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+
+from .. import fileformat
+from .._numba import num_threads
+from .._validate import check_ids, check_positive_int, check_threads
+from ..errors import CorruptFileError, InvalidInputError, InvalidTypeError
+from ..idmap import IdMap
+from . import _lsh_kernels as LK
+from . import _minhash_kernels as MK
+from ._hashing import derive_seed
+
+_MIN_TAIL = 1024
+
+
+def _integrate(f, a: float, b: float, steps: int = 1000) -> float:
+    if b <= a:
+        return 0.0
+    x = np.linspace(a, b, steps + 1)
+    y = f(x)
+    return float(np.sum((y[1:] + y[:-1]) * 0.5) * (b - a) / steps)
+
+
+def false_positive_area(threshold: float, b: int, r: int) -> float:
+    return _integrate(lambda s: 1 - (1 - s ** float(r)) ** float(b), 0.0, threshold)
+
+
+def false_negative_area(threshold: float, b: int, r: int) -> float:
+    return _integrate(lambda s: (1 - s ** float(r)) ** float(b), threshold, 1.0)
+
+
+def check_threshold(threshold: Any) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating, np.integer)):
+        raise InvalidTypeError(f"threshold must be a number in (0, 1); got {threshold!r}")
+    t = float(threshold)
+    if not 0.0 < t < 1.0:
+        raise InvalidInputError(f"threshold must be in the open interval (0, 1); got {t}")
+    return t
+
+
+def check_weights(weights: Any) -> tuple[float, float]:
+    try:
+        w_fp, w_fn = (float(w) for w in weights)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"weights must be a pair (false_positive_weight, false_negative_weight); "
+                                f"got {weights!r}") from None
+    if not (np.isfinite(w_fp) and np.isfinite(w_fn)) or w_fp < 0 or w_fn < 0 or w_fp + w_fn <= 0:
+        raise InvalidInputError(f"weights must be two non-negative numbers, not both zero; got {weights!r}")
+    return w_fp, w_fn
+
+
+@functools.lru_cache(maxsize=256)
+def optimal_params(threshold: float, num_perm: int, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
+    """(bands, rows) with bands * rows <= num_perm minimising the weighted false positive/negative areas."""
+    threshold = check_threshold(threshold)
+    num_perm = check_positive_int(num_perm, "num_perm")
+    w_fp, w_fn = check_weights(weights)
+    best, best_err = (1, 1), np.inf
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            err = w_fp * false_positive_area(threshold, b, r) + w_fn * false_negative_area(threshold, b, r)
+            if err < best_err:
+                best, best_err = (b, r), err
+    return best
+
+
+def check_signatures(signatures: Any, num_perm: int, name: str = "signatures") -> np.ndarray:
+    """Signatures as C-contiguous uint32 (n, num_perm); a single (num_perm,) signature becomes (1, num_perm)."""
+    arr = np.asarray(signatures)
+    if arr.dtype == object or arr.dtype.kind not in "iu":
+        raise InvalidTypeError(f"{name} must be an integer array (MinHash.signatures output); got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2 or arr.shape[1] != num_perm:
+        raise InvalidInputError(f"{name} must have shape (n, {num_perm}) for num_perm={num_perm}; got {arr.shape}")
+    if arr.dtype != np.uint32:
+        if arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF):
+            raise InvalidInputError(f"{name} values must fit in uint32")
+        arr = arr.astype(np.uint32)
+    return np.ascontiguousarray(arr)
+
+
+class Banding:
+    """The (bands, rows) split of a signature and the seeded hash of each band to a 64-bit key."""
+
+    def __init__(self, threshold: float, num_perm: int, weights: Any = (0.5, 0.5), params: Any = None,
+                 seed: int = 1) -> None:
+        self.threshold = check_threshold(threshold)
+        self.num_perm = check_positive_int(num_perm, "num_perm")
+        self.weights = check_weights(weights)
+        if params is None:
+            self.bands, self.rows = optimal_params(self.threshold, self.num_perm, self.weights)
+        else:
+            try:
+                b, r = params
+            except (TypeError, ValueError):
+                raise InvalidInputError(f"params must be a pair (bands, rows); got {params!r}") from None
+            self.bands, self.rows = check_positive_int(b, "bands"), check_positive_int(r, "rows")
+            if self.bands * self.rows > self.num_perm:
+                raise InvalidInputError(f"bands * rows = {self.bands * self.rows} exceeds num_perm={self.num_perm}")
+        self.seed = int(seed)
+        self._key_seed = derive_seed(self.seed, 20)
+
+    def keys(self, signatures: Any, threads: int | None = None) -> np.ndarray:
+        """Band keys uint64 (n, bands) of signatures (n, num_perm)."""
+        sig = check_signatures(signatures, self.num_perm)
+        out = np.empty((sig.shape[0], self.bands), np.uint64)
+        with num_threads(threads):
+            MK.band_keys(sig, self.bands, self.rows, self._key_seed, out)
+        return out
+
+    def candidate_probability(self, s: Any) -> np.ndarray:
+        """Probability that two sets of Jaccard similarity ``s`` share at least one band."""
+        return 1 - (1 - np.asarray(s, np.float64) ** self.rows) ** self.bands
+
+    def _meta(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "num_perm": self.num_perm, "weights": list(self.weights),
+                "bands": self.bands, "rows": self.rows, "seed": self.seed}
+
+
+class MinHashLSH:
+    """Index of MinHash signatures answering "which stored sets probably have Jaccard >= threshold with this one".
+
+    Parameters: ``threshold`` in (0, 1); ``num_perm``: signature length (must match the signatures);
+    ``weights=(w_fp, w_fn)`` for the parameter choice, or explicit ``params=(bands, rows)``.
+
+    Verbs are batch-first: ``insert(signatures, ids=None) -> ids``, ``query(signatures) -> (indptr, ids)`` (CSR:
+    candidates of query i are ``ids[indptr[i]:indptr[i+1]]``, ascending), ``remove(ids)``, ``candidate_pairs()``
+    for a self-join, ``save(path)`` / ``MinHashLSH.load(path)``. Memory: 16 bytes per band per set plus the id map
+    (see :attr:`memory_bytes`). A call that raises leaves the index unchanged.
+    """
+
+    kind = "MinHashLSH"
+
+    def __init__(self, threshold: float = 0.9, num_perm: int = 128, weights: Any = (0.5, 0.5), *,
+                 params: Any = None, seed: int = 1) -> None:
+        self.banding = Banding(threshold, num_perm, weights, params, seed)
+        self._idmap = IdMap()
+        self._keys = np.empty((0, self.banding.bands), np.uint64)  # per slot
+        self._n_sorted = 0
+        self._sorted_keys = np.empty((self.banding.bands, 0), np.uint64)
+        self._sorted_slots = np.empty((self.banding.bands, 0), np.int64)
+
+    # ---- introspection -------------------------------------------------------------------------------------------
+    threshold = property(lambda self: self.banding.threshold)
+    num_perm = property(lambda self: self.banding.num_perm)
+    bands = property(lambda self: self.banding.bands)
+    rows = property(lambda self: self.banding.rows)
+
+    def __len__(self) -> int:
+        return len(self._idmap)
+
+    def __contains__(self, id_: int) -> bool:
+        return bool(self._idmap.lookup(np.array([id_], np.int64))[0] >= 0)
+
+    def __repr__(self) -> str:
+        return (f"MinHashLSH(threshold={self.threshold}, num_perm={self.num_perm}, bands={self.bands}, "
+                f"rows={self.rows}, size={len(self)})")
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held by the index's arrays (keys, sorted keys and slots, id map)."""
+        idm = self._idmap
+        return int(self._keys.nbytes + self._sorted_keys.nbytes + self._sorted_slots.nbytes + idm.slot_ids.nbytes
+                   + idm._sorted_ids.nbytes + idm._sorted_slots.nbytes)
+
+    # ---- verbs ---------------------------------------------------------------------------------------------------
+    def insert(self, signatures: Any, ids: Any = None, *, threads: int | None = None) -> np.ndarray:
+        """Add signatures (n, num_perm); ``ids`` default to the next free integers. Returns the int64 ids."""
+        threads = check_threads(threads)
+        keys = self.banding.keys(signatures, threads)
+        if ids is None:
+            new_ids = self._idmap.new_ids(keys.shape[0])
+        else:
+            new_ids = check_ids(ids, keys.shape[0])
+            self._idmap.check_absent(new_ids)
+        self.insert_keys(keys, new_ids, threads=threads)
+        return new_ids
+
+    def insert_keys(self, keys: np.ndarray, ids: np.ndarray, *, threads: int | None = None) -> None:
+        """Add precomputed band keys (n, bands) uint64 with new, unique int64 ids (validated by the caller)."""
+        self._keys = np.concatenate([self._keys, keys]) if self._keys.shape[0] else np.array(keys, np.uint64)
+        self._idmap.append(ids)
+        if self._keys.shape[0] - self._n_sorted > max(_MIN_TAIL, self._n_sorted // 4):
+            self._merge_tail()
+
+    def _merge_tail(self) -> None:
+        # numpy's introsort (SIMD-accelerated in recent numpy) beats a jitted argsort several times over here
+        order = np.argsort(self._keys.T, axis=1)
+        self._sorted_keys = np.take_along_axis(self._keys.T, order, axis=1)
+        self._sorted_slots = order.astype(np.int64, copy=False)
+        self._n_sorted = self._keys.shape[0]
+
+    def query(self, signatures: Any, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Candidates sharing a band with each query signature: ``(indptr int64 (nq+1,), ids int64)``."""
+        threads = check_threads(threads)
+        return self.query_keys(self.banding.keys(signatures, threads), threads=threads)
+
+    def query_keys(self, qkeys: np.ndarray, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        nq = qkeys.shape[0]
+        alive = self._idmap.slot_ids >= 0
+        tail = self._keys[self._n_sorted:]
+        counts = np.empty(nq, np.int64)
+        with num_threads(threads):
+            LK.count_candidates(qkeys, self._sorted_keys, self._sorted_slots, tail, self._n_sorted, alive, counts)
+            indptr = np.zeros(nq + 1, np.int64)
+            np.cumsum(counts, out=indptr[1:])
+            slots = np.empty(int(indptr[-1]), np.int64)
+            uniq = np.empty(nq, np.int64)
+            LK.fill_candidates(qkeys, self._sorted_keys, self._sorted_slots, tail, self._n_sorted, alive, indptr,
+                               slots, uniq)
+        # each query's run holds its unique candidates first (fill_candidates compacts in place); drop the rest
+        offset_in_run = np.arange(slots.shape[0]) - np.repeat(indptr[:-1], counts)
+        mask = offset_in_run < np.repeat(uniq, counts)
+        out_indptr = np.zeros(nq + 1, np.int64)
+        np.cumsum(uniq, out=out_indptr[1:])
+        ids = self._idmap.slot_ids[slots[mask]]
+        return out_indptr, ids
+
+    def remove(self, ids: Any) -> int:
+        """Remove sets by id; unknown ids raise and nothing is removed. Returns the number removed."""
+        slots = self._idmap.slots_of(check_ids(ids))
+        self._idmap.release(slots)
+        if self._idmap.num_slots > 2 * max(len(self), _MIN_TAIL):
+            self._compact()
+        return int(slots.shape[0])
+
+    def _compact(self) -> None:
+        live = self._idmap.slot_ids >= 0
+        self._keys = self._keys[live]
+        self._idmap.compact()
+        self._n_sorted = 0
+        self._merge_tail()
+
+    def candidate_pairs(self, *, max_bucket: int = 2000) -> np.ndarray:
+        """All distinct id pairs (m, 2) sharing a band, smaller id first. Buckets with more than ``max_bucket``
+        members contribute only the pairs of their first member (still connecting them all)."""
+        if self._n_sorted < self._keys.shape[0]:
+            self._merge_tail()
+        alive = self._idmap.slot_ids >= 0
+        empty = np.empty((0, 2), np.int64)
+        n = LK.bucket_pairs(self._sorted_keys, self._sorted_slots, alive, max_bucket, empty, True)
+        pairs = np.empty((n, 2), np.int64)
+        LK.bucket_pairs(self._sorted_keys, self._sorted_slots, alive, max_bucket, pairs, False)
+        pairs = self._idmap.slot_ids[pairs]
+        pairs.sort(axis=1)
+        return np.unique(pairs, axis=0) if pairs.shape[0] else pairs
+
+    # ---- persistence ---------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to ``path`` (atomically, simdex file format; removed slots are dropped)."""
+        live = self._idmap.slot_ids >= 0
+        fileformat.save_arrays(path, self.kind, self.banding._meta(),
+                               {"keys": self._keys[live], "ids": self._idmap.slot_ids[live]})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, verify: bool = True) -> MinHashLSH:
+        _, meta, arrays = fileformat.load_arrays(path, mmap=False, verify=verify, expected_kind=cls.kind)
+        try:
+            index = cls(meta["threshold"], meta["num_perm"], tuple(meta["weights"]),
+                        params=(meta["bands"], meta["rows"]), seed=meta["seed"])
+            keys, ids = arrays["keys"], arrays["ids"]
+            if keys.dtype != np.uint64 or keys.ndim != 2 or keys.shape[1] != index.bands \
+                    or ids.shape != (keys.shape[0],) or ids.dtype != np.int64:
+                raise ValueError("keys/ids arrays have the wrong dtype or shape")
+            ids = check_ids(ids, keys.shape[0])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptFileError(f"{path}: inconsistent MinHashLSH file ({exc})") from None
+        index._keys = np.ascontiguousarray(keys)
+        index._idmap = IdMap(ids)
+        index._merge_tail()
+        return index

@@ -1,0 +1,108 @@
+"""The streaming dedup pipeline and ``simdex dedup`` end to end on small files made from gcide."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from simdex.cli import main as simdex_main
+from simdex.errors import InvalidInputError
+from simdex.sets import deduplicate, read_documents, shingle, similarity_join
+
+from ._sets_data import gcide_texts, perturbed_copies
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[str]:
+    texts = list(gcide_texts()[:600])
+    return texts + perturbed_copies(tuple(texts), 120, seed=11) + texts[:30] + [""]
+
+
+def _truth_pairs(texts: list[str], threshold: float) -> set[tuple[int, int]]:
+    pairs, _ = similarity_join(shingle(texts, 5), threshold)
+    return set(map(tuple, pairs.tolist()))
+
+
+def test_dedup_pairs_against_exact_join(docs):
+    batches = [([str(i) for i in range(s, min(s + 200, len(docs)))], docs[s:s + 200]) for s in range(0, len(docs), 200)]
+    result = deduplicate(batches, threshold=0.8, ngram=5)
+    truth = _truth_pairs(docs, 0.8)
+    found = set(map(tuple, result.pairs.tolist()))
+    assert len(truth) >= 40
+    assert found <= truth  # verified by exact Jaccard: no false positives
+    assert len(found & truth) / len(truth) >= 0.95
+    assert result.n_documents == len(docs) and result.n_empty == 1 and result.keep[-1]
+    # every document of a cluster points at the cluster's first (kept) document
+    for members in result.clusters():
+        assert result.keep[members[0]] and not result.keep[members[1:]].any()
+        assert np.all(result.cluster[members] == members[0])
+    exact_copies = range(len(docs) - 31, len(docs) - 1)
+    assert not result.keep[list(exact_copies)].any()
+
+
+def test_dedup_bloom_mode_flags_later_duplicates(docs):
+    batches = [([str(i) for i in range(len(docs))], docs)]
+    result = deduplicate(batches, threshold=0.8, ngram=5, bloom=True, capacity=len(docs), fp_rate=1e-4)
+    truth = _truth_pairs(docs, 0.8)
+    true_dups = np.zeros(len(docs), bool)
+    true_dups[[j for _, j in truth]] = True
+    flagged = ~result.keep
+    assert (flagged & true_dups).sum() / true_dups.sum() >= 0.9
+    assert not flagged[:600][~true_dups[:600]].any() or (flagged & ~true_dups).sum() <= 5
+    assert result.stats["index_bytes"] < 64 * 1024
+
+
+def _write_jsonl(path, texts, gz=False):
+    opener = gzip.open if gz else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"id": f"doc{i}", "text": t}) + "\n")
+
+
+def test_cli_end_to_end_jsonl_and_text(docs, tmp_path, capsys):
+    _write_jsonl(tmp_path / "a.jsonl", docs[:400])
+    _write_jsonl(tmp_path / "b.jsonl.gz", docs[400:], gz=True)
+    out = tmp_path / "out"
+    rc = simdex_main(["dedup", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl.gz"), "--threshold", "0.8",
+                      "--ngram", "5", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert f"{len(docs)} documents" in printed and "near duplicates removed" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    keep = (out / "keep.txt").read_text().split()
+    clusters = [json.loads(line) for line in (out / "clusters.jsonl").read_text().splitlines()]
+    assert summary["documents"] == len(docs) and summary["kept"] == len(keep)
+    assert len(keep) + sum(len(c["duplicates"]) for c in clusters) == len(docs)
+    assert "doc0" in keep and "doc600" not in keep  # doc600 is an exact copy of doc0, later in the stream
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("the quick brown fox jumps over the lazy dog again\n"
+                     "The quick brown fox jumps over the lazy dog again!\n"
+                     "an entirely different line of text here\n")
+    rc = simdex_main(["dedup", str(lines), "--out", str(tmp_path / "o2"), "--bloom", "--no-progress"])
+    assert rc == 0
+    assert (tmp_path / "o2" / "duplicates.txt").read_text().split() == [f"{lines}:2"]
+
+
+def test_cli_and_reader_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "text": "ok"}\nnot json\n')
+    with pytest.raises(InvalidInputError, match="bad.jsonl:2"):
+        list(read_documents([bad]))
+    assert simdex_main(["dedup", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
+    assert simdex_main(["dedup", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert simdex_main(["dedup", str(bad), "--threshold", "1.5", "--out", str(tmp_path / "o")]) == 2
+    nofield = tmp_path / "nofield.jsonl"
+    nofield.write_text('{"body": "x"}\n')
+    with pytest.raises(InvalidInputError, match="text"):
+        list(read_documents([nofield]))
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        (tmp_path / "x.parquet").write_bytes(b"PAR1")
+        with pytest.raises(ImportError, match="pyarrow"):
+            list(read_documents([tmp_path / "x.parquet"]))
