@@ -113,54 +113,60 @@ def _contrib(bm25, v, nd):
 
 # ---- per-segment caches (recomputed when collection statistics change) ---------------------------------------------
 @kernel(parallel=True)
-def block_upper_bounds(bm25, norm, block_ptr, block_first, block_count, block_dbits, block_wbits, block_offset,
-                       words, block_pstart, weights):
-    """Per block the largest contribution (without the query weight), and per term the largest over its blocks."""
-    n_terms = block_ptr.shape[0] - 1
+def decode_impacts(bm25, norm, block_first, block_count, block_dbits, block_wbits, block_offset, words,
+                   block_pstart, weights):
+    """Every posting decoded: doc (int32) and impact (float32: the query-weight-free contribution), flat, in
+    posting order. This is the search-time cache that taat and bmp read; the compressed blocks stay the stored
+    form (and bmw reads them directly)."""
     nb = block_first.shape[0]
+    n = block_pstart[nb]
+    pdocs = np.empty(n, np.int32)
+    pimp = np.empty(n, np.float32)
+    for b in prange(nb):
+        p = block_pstart[b]
+        cnt = _load(b, bm25, block_first, block_count, block_dbits, block_wbits, block_offset, words, block_pstart,
+                    weights, pdocs[p:], pimp[p:])
+        if bm25:
+            for i in range(p, p + cnt):
+                pimp[i] = _contrib(bm25, pimp[i], norm[pdocs[i]])
+    return pdocs, pimp
+
+
+@kernel
+def block_upper_bounds(block_ptr, block_pstart, pimp):
+    """Per block the largest impact, and per term the largest over its blocks."""
+    n_terms = block_ptr.shape[0] - 1
+    nb = block_pstart.shape[0] - 1
     ub = np.zeros(nb, np.float32)
     tmax = np.zeros(n_terms, np.float32)
-    nchunks = 64
-    for c in prange(nchunks):
-        bd = np.empty(BLOCK, np.int32)
-        bv = np.empty(BLOCK, np.float32)
-        for t in range(c, n_terms, nchunks):
-            m_t = np.float32(0.0)
-            for b in range(block_ptr[t], block_ptr[t + 1]):
-                cnt = _load(b, bm25, block_first, block_count, block_dbits, block_wbits, block_offset, words,
-                            block_pstart, weights, bd, bv)
-                m = np.float32(0.0)
-                for i in range(cnt):
-                    x = _contrib(bm25, bv[i], norm[bd[i]] if bm25 else np.float32(0.0))
-                    if x > m:
-                        m = x
-                ub[b] = m
-                if m > m_t:
-                    m_t = m
-            tmax[t] = m_t
+    for t in range(n_terms):
+        m_t = np.float32(0.0)
+        for b in range(block_ptr[t], block_ptr[t + 1]):
+            m = np.float32(0.0)
+            for i in range(block_pstart[b], block_pstart[b + 1]):
+                if pimp[i] > m:
+                    m = pimp[i]
+            ub[b] = m
+            if m > m_t:
+                m_t = m
+        tmax[t] = m_t
     return ub, tmax
 
 
 @kernel
-def range_upper_bounds(range_shift, bm25, norm, block_ptr, block_first, block_count, block_dbits, block_wbits,
-                       block_offset, words, block_pstart, weights):
-    """BMP's table: for each term, the doc ranges (``doc >> range_shift``) it occurs in, the largest contribution
-    there and the position of its first posting in the range. CSR over terms: (rptr, rid, rmax, rpos)."""
-    n_terms = block_ptr.shape[0] - 1
-    bd = np.empty(BLOCK, np.int32)
-    bv = np.empty(BLOCK, np.float32)
+def range_upper_bounds(range_shift, tstart, pdocs, pimp):
+    """BMP's table: for each term, the doc ranges (``doc >> range_shift``) it occurs in, the largest impact there
+    and the position of its first posting in the range (into ``pdocs``). CSR over terms: (rptr, rid, rmax, rpos)."""
+    n_terms = tstart.shape[0] - 1
     rptr = np.zeros(n_terms + 1, np.int64)
-    # first pass: count (range changes are visible from the block doc ids alone)
     for t in range(n_terms):
         n = 0
         last = -1
-        for b in range(block_ptr[t], block_ptr[t + 1]):
-            cnt = decode_block(b, block_first, block_count, block_dbits, block_wbits, block_offset, words, bd, bv)
-            for i in range(cnt):
-                r = bd[i] >> range_shift
-                if r != last:
-                    n += 1
-                    last = r
+        for p in range(tstart[t], tstart[t + 1]):
+            r = pdocs[p] >> range_shift
+            if r != last:
+                n += 1
+                last = r
         rptr[t + 1] = rptr[t] + n
     total = rptr[n_terms]
     rid = np.empty(total, np.int32)
@@ -169,39 +175,30 @@ def range_upper_bounds(range_shift, bm25, norm, block_ptr, block_first, block_co
     for t in range(n_terms):
         e = rptr[t] - 1
         last = -1
-        p = 0
-        for b in range(block_ptr[t], block_ptr[t + 1]):
-            cnt = _load(b, bm25, block_first, block_count, block_dbits, block_wbits, block_offset, words,
-                        block_pstart, weights, bd, bv)
-            for i in range(cnt):
-                r = bd[i] >> range_shift
-                if r != last:
-                    e += 1
-                    rid[e] = r
-                    rpos[e] = p
-                    last = r
-                x = _contrib(bm25, bv[i], norm[bd[i]] if bm25 else np.float32(0.0))
-                if x > rmax[e]:
-                    rmax[e] = x
-                p += 1
+        for p in range(tstart[t], tstart[t + 1]):
+            r = pdocs[p] >> range_shift
+            if r != last:
+                e += 1
+                rid[e] = r
+                rpos[e] = p
+                last = r
+            if pimp[p] > rmax[e]:
+                rmax[e] = pimp[p]
     return rptr, rid, rmax, rpos
 
 
 # ---- term-at-a-time ---------------------------------------------------------------------------------------------
 @kernel(parallel=True)
-def search_taat(qptr, qterms, qw, bm25, norm, live, base, block_ptr, block_first, block_count, block_dbits,
-                block_wbits, block_offset, words, block_pstart, weights, n_docs, heap_s, heap_i, nchunks):
+def search_taat(qptr, qterms, qw, live, base, tstart, pdocs, pimp, n_docs, heap_s, heap_i, nchunks):
     """Exhaustive top-k of every query against one segment; results are merged into ``heap_s``/``heap_i``.
 
     ``live`` (slots,) uint8: 1 where a slot may be returned; segment doc ``d`` is slot ``base + d``.
     """
     nq = qptr.shape[0] - 1
-    n_terms = block_ptr.shape[0] - 1
+    n_terms = tstart.shape[0] - 1
     for c in prange(nchunks):
         acc = np.zeros(n_docs, np.float32)
         touched = np.empty(n_docs, np.int32)
-        bd = np.empty(BLOCK, np.int32)
-        bv = np.empty(BLOCK, np.float32)
         for q in range(c, nq, nchunks):
             m = 0
             for j in range(qptr[q], qptr[q + 1]):
@@ -209,16 +206,12 @@ def search_taat(qptr, qterms, qw, bm25, norm, live, base, block_ptr, block_first
                 if t >= n_terms:
                     continue
                 w = qw[j]
-                for b in range(block_ptr[t], block_ptr[t + 1]):
-                    cnt = _load(b, bm25, block_first, block_count, block_dbits, block_wbits, block_offset, words,
-                                block_pstart, weights, bd, bv)
-                    for i in range(cnt):
-                        d = bd[i]
-                        x = w * _contrib(bm25, bv[i], norm[d] if bm25 else np.float32(0.0))
-                        if acc[d] == 0:
-                            touched[m] = d
-                            m += 1
-                        acc[d] += x
+                for p in range(tstart[t], tstart[t + 1]):
+                    d = pdocs[p]
+                    if acc[d] == 0:
+                        touched[m] = d
+                        m += 1
+                    acc[d] += w * pimp[p]
             hs = heap_s[q]
             hi = heap_i[q]
             for j in range(m):
@@ -420,86 +413,111 @@ def search_bmw(qptr, qterms, qw, approx, bm25, norm, live, base, block_ptr, bloc
 
 
 # ---- Block-Max Pruning ------------------------------------------------------------------------------------------
+_BUCKETS = 256
+
+
 @kernel(parallel=True)
-def search_bmp(qptr, qterms, qw, approx, range_shift, bm25, norm, live, base, block_ptr, block_first,
-               block_count, block_dbits, block_wbits, block_offset, words, block_pstart, weights, rptr, rid, rmax,
-               rpos, n_docs, heap_s, heap_i, nchunks):
-    """Block-Max Pruning top-k of every query against one segment, merged into the heaps."""
+def search_bmp(qptr, qterms, qw, approx, range_shift, live, base, tstart, pdocs, pimp, rptr, rid, rmax, rpos,
+               n_docs, heap_s, heap_i, nchunks):
+    """Block-Max Pruning top-k of every query against one segment, merged into the heaps.
+
+    Per query: the upper bound of every doc range is the sum over query terms of weight x the term's largest
+    impact in the range. Ranges are bucketed by bound (256 buckets; a counting sort instead of a full sort) and
+    visited from the best bucket down; the search stops at the first bucket whose top edge cannot beat the k-th
+    score (times ``approx``), and skips single ranges whose own bound cannot.
+    """
     nq = qptr.shape[0] - 1
-    n_terms = block_ptr.shape[0] - 1
+    n_terms = tstart.shape[0] - 1
     n_ranges = ((n_docs - 1) >> range_shift) + 1
     rsize = 1 << range_shift
     slack = np.float32(1.0) + _SLACK
+    max_nt = 1
+    for q in range(nq):
+        max_nt = max(max_nt, qptr[q + 1] - qptr[q])
     for c in prange(nchunks):
         ub = np.zeros(n_ranges, np.float32)
         touched = np.empty(n_ranges, np.int64)
+        order = np.empty(n_ranges, np.int64)
+        bucket_of = np.empty(n_ranges, np.int32)
+        count = np.zeros(_BUCKETS + 1, np.int64)
+        # entry[j * n_ranges + r]: the range-table entry of the query's j-th term for range r; stale values from
+        # earlier queries are recognised because they fall outside the term's entries or name another range
+        entry = np.full(max_nt * n_ranges, -1, np.int64)
         acc = np.zeros(rsize, np.float32)
-        bd = np.empty(BLOCK, np.int32)
-        bv = np.empty(BLOCK, np.float32)
         for q in range(c, nq, nchunks):
             hs = heap_s[q]
             hi = heap_i[q]
+            q0 = qptr[q]
+            nt = qptr[q + 1] - q0
             m = 0
-            for j in range(qptr[q], qptr[q + 1]):
-                t = qterms[j]
+            top = np.float32(0.0)
+            for j in range(nt):
+                t = qterms[q0 + j]
                 if t >= n_terms:
                     continue
-                w = qw[j]
+                w = qw[q0 + j]
+                row = j * n_ranges
                 for e in range(rptr[t], rptr[t + 1]):
                     r = rid[e]
                     if ub[r] == 0:
                         touched[m] = r
                         m += 1
                     ub[r] += w * rmax[e]
-            bounds = np.empty(m, np.float32)
-            for j in range(m):
-                bounds[j] = -ub[touched[j]]
-                ub[touched[j]] = 0
-            visit = np.argsort(bounds, kind="quicksort")
-            for vj in range(m):
-                r = touched[visit[vj]]
-                if -bounds[visit[vj]] * slack < hs[0] * approx:
-                    break  # ranges come by decreasing bound: none of the rest can make it
-                lo_doc = r << range_shift
-                hi_doc = lo_doc + rsize
-                for j in range(qptr[q], qptr[q + 1]):
-                    t = qterms[j]
-                    if t >= n_terms or rptr[t] == rptr[t + 1]:
+                    entry[row + r] = e
+            if m == 0:
+                continue
+            for x in range(m):
+                if ub[touched[x]] > top:
+                    top = ub[touched[x]]
+            # counting sort of the touched ranges into buckets by bound, best bucket first
+            scale = np.float32(_BUCKETS) / top
+            count[:] = 0
+            for x in range(m):
+                bk = _BUCKETS - 1 - min(np.int64(ub[touched[x]] * scale), _BUCKETS - 1)
+                bucket_of[x] = bk
+                count[bk + 1] += 1
+            for bk in range(_BUCKETS):
+                count[bk + 1] += count[bk]
+            for x in range(m):
+                bk = bucket_of[x]
+                order[count[bk]] = touched[x]
+                count[bk] += 1
+            # count[bk] is now the end of bucket bk in order
+            start = 0
+            for bk in range(_BUCKETS):
+                end = count[bk]
+                edge = top * np.float32(_BUCKETS - bk) / np.float32(_BUCKETS)
+                if edge * slack < hs[0] * approx:
+                    break  # no range in this or any later bucket can make it
+                for x in range(start, end):
+                    r = order[x]
+                    if ub[r] * slack < hs[0] * approx:
                         continue
-                    # the term's entry for range r, by binary search over its sorted range ids
-                    a = rptr[t]
-                    z = rptr[t + 1]
-                    while a < z:
-                        mid = (a + z) >> 1
-                        if rid[mid] < r:
-                            a = mid + 1
-                        else:
-                            z = mid
-                    if a == rptr[t + 1] or rid[a] != r:
-                        continue
-                    w = qw[j]
-                    p = rpos[a]
-                    b = block_ptr[t] + p // BLOCK
-                    i = p % BLOCK
-                    cnt = _load(b, bm25, block_first, block_count, block_dbits, block_wbits, block_offset, words,
-                                block_pstart, weights, bd, bv)
-                    while True:
-                        d = bd[i]
-                        if d >= hi_doc:
-                            break
-                        acc[d - lo_doc] += w * _contrib(bm25, bv[i], norm[d] if bm25 else np.float32(0.0))
-                        i += 1
-                        if i == cnt:
-                            b += 1
-                            if b >= block_ptr[t + 1]:
+                    lo_doc = r << range_shift
+                    hi_doc = lo_doc + rsize
+                    for j in range(nt):
+                        t = qterms[q0 + j]
+                        if t >= n_terms:
+                            continue
+                        e = entry[j * n_ranges + r]
+                        if e < rptr[t] or e >= rptr[t + 1] or rid[e] != r:
+                            continue
+                        w = qw[q0 + j]
+                        tend = tstart[t + 1]
+                        p = rpos[e]
+                        while p < tend:
+                            d = pdocs[p]
+                            if d >= hi_doc:
                                 break
-                            cnt = _load(b, bm25, block_first, block_count, block_dbits, block_wbits, block_offset,
-                                        words, block_pstart, weights, bd, bv)
-                            i = 0
-                for x in range(rsize):
-                    s = acc[x]
-                    if s > 0:
-                        acc[x] = 0
-                        slot = base + lo_doc + x
-                        if live[slot]:
-                            _offer(hs, hi, s, slot)
+                            acc[d - lo_doc] += w * pimp[p]
+                            p += 1
+                    for y in range(rsize):
+                        s = acc[y]
+                        if s > 0:
+                            acc[y] = 0
+                            slot = base + lo_doc + y
+                            if live[slot]:
+                                _offer(hs, hi, s, slot)
+                start = end
+            for x in range(m):
+                ub[touched[x]] = 0

@@ -203,11 +203,32 @@ class SparseIndex:
         return out
 
     @staticmethod
-    def _csr_parts(x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def _csr_parts(x: Any, what: str = "input") -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """A scipy.sparse matrix or an ``(indptr, indices, data)`` tuple of arrays -> checked CSR parts; None for
+        anything else. Column ``j`` is term ``"j"``."""
         if hasattr(x, "tocsr") and hasattr(x, "shape"):
             csr = x.tocsr()
-            return np.asarray(csr.indptr, np.int64), np.asarray(csr.indices, np.int64), np.asarray(csr.data)
-        return None
+            parts = (csr.indptr, csr.indices, csr.data)
+        elif isinstance(x, tuple) and len(x) == 3 and all(isinstance(p, np.ndarray) for p in x):
+            parts = x
+        else:
+            return None
+        indptr, indices, data = (np.asarray(p) for p in parts)
+        if indptr.ndim != 1 or indices.ndim != 1 or data.ndim != 1:
+            raise InvalidInputError(f"{what}: CSR indptr, indices and data must be 1-D")
+        if indptr.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
+            raise InvalidTypeError(f"{what}: CSR indptr and indices must be integer arrays; got {indptr.dtype} "
+                                   f"and {indices.dtype}")
+        if data.dtype.kind not in "iuf":
+            raise InvalidTypeError(f"{what} must have a numeric dtype; got {data.dtype}")
+        indptr = indptr.astype(np.int64)
+        if indptr.shape[0] < 1 or indptr[0] != 0 or (np.diff(indptr) < 0).any() \
+                or indptr[-1] != indices.shape[0] or indices.shape[0] != data.shape[0]:
+            raise InvalidInputError(f"{what}: inconsistent CSR arrays (indptr must start at 0, not decrease and "
+                                    f"end at len(indices) == len(data))")
+        if indices.size and indices.min() < 0:
+            raise InvalidInputError(f"{what} hold a negative term id ({int(indices.min())})")
+        return indptr, indices.astype(np.int64), data
 
     def _sparse_rows(self, items: Any, what: str, *, grow: bool
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -216,7 +237,7 @@ class SparseIndex:
         Unknown terms get ids when ``grow``, else they are dropped. Weights must be finite and >= 0; zeros are
         dropped.
         """
-        csr = self._csr_parts(items)
+        csr = self._csr_parts(items, what)
         if csr is not None:
             indptr, cols, data = csr
             if data.dtype.kind not in "iuf":
@@ -238,6 +259,8 @@ class SparseIndex:
                     if isinstance(key, (bool, np.bool_)) or not isinstance(key, (str, numbers.Integral)):
                         raise InvalidTypeError(f"{what}[{i}] has a key of type {type(key).__name__}; terms are "
                                                f"str or int")
+                    if not isinstance(key, str) and key < 0:
+                        raise InvalidInputError(f"{what}[{i}] has a negative term id ({key})")
                     if isinstance(w, (bool, np.bool_)) or not isinstance(w, numbers.Real):
                         raise InvalidTypeError(f"{what}[{i}][{key!r}] must be a number; got {type(w).__name__}")
                     flat_keys.append(str(key))
@@ -348,6 +371,9 @@ class SparseIndex:
     def _count(documents: Any, what: str) -> int:
         if hasattr(documents, "tocsr") and hasattr(documents, "shape"):
             return int(documents.shape[0])
+        if isinstance(documents, tuple) and len(documents) == 3 and all(isinstance(p, np.ndarray)
+                                                                         for p in documents):
+            return max(int(np.asarray(documents[0]).shape[0]) - 1, 0)
         if isinstance(documents, (str, bytes, dict)) or not hasattr(documents, "__len__"):
             raise InvalidTypeError(f"{what} must be a list (batch-first); got {type(documents).__name__} -- "
                                    f"wrap a single item in a list")
@@ -485,6 +511,8 @@ class SparseIndex:
         return self._idmap.allowed_mask(filter)
 
     def _prepare(self, seg: _Segment, need_ranges: bool) -> dict[str, Any]:
+        """The segment's search caches under the current statistics: BM25 length norms, the decoded postings with
+        their impacts (taat, bmp), block and term upper bounds (bmw) and the range table (bmp)."""
         key = (self._n_stats, self._total_len) if self.scoring == "bm25" else 0
         if seg.cache_key != key:
             seg.cache = {}
@@ -495,15 +523,15 @@ class SparseIndex:
         if "norm" not in c:
             c["norm"] = length_norm(a["doc_len"], self._total_len / max(self._n_stats, 1), self.k1, self.b) \
                 if bm25 else np.zeros(0, np.float32)
-        if "block_ub" not in c:
-            c["block_ub"], c["term_max"] = K.block_upper_bounds(
-                bm25, c["norm"], a["block_ptr"], a["block_first"], a["block_count"], a["block_dbits"],
-                a["block_wbits"], a["block_offset"], a["words"], seg.block_pstart, a["weights"])
+        if "pimp" not in c:
+            c["pdocs"], c["pimp"] = K.decode_impacts(
+                bm25, c["norm"], a["block_first"], a["block_count"], a["block_dbits"], a["block_wbits"],
+                a["block_offset"], a["words"], seg.block_pstart, a["weights"])
+            c["tstart"] = np.ascontiguousarray(seg.block_pstart[np.asarray(a["block_ptr"])])
+            c["block_ub"], c["term_max"] = K.block_upper_bounds(a["block_ptr"], seg.block_pstart, c["pimp"])
         if need_ranges and "rptr" not in c:
-            c["rptr"], c["rid"], c["rmax"], c["rpos"] = K.range_upper_bounds(
-                self.range_shift, bm25, c["norm"], a["block_ptr"], a["block_first"], a["block_count"],
-                a["block_dbits"], a["block_wbits"], a["block_offset"], a["words"], seg.block_pstart,
-                a["weights"])
+            c["rptr"], c["rid"], c["rmax"], c["rpos"] = K.range_upper_bounds(self.range_shift, c["tstart"],
+                                                                              c["pdocs"], c["pimp"])
         return c
 
     def search(self, queries: Any, k: int = 10, *, method: str = "auto", approx: float = 1.0, filter: Any = None,
@@ -564,19 +592,17 @@ class SparseIndex:
         a = seg.arrays
         c = self._prepare(seg, meth == "bmp")
         if meth == "taat":
-            K.search_taat(qptr, qterms, qw, bm25, c["norm"], live, seg.base, a["block_ptr"], a["block_first"],
-                          a["block_count"], a["block_dbits"], a["block_wbits"], a["block_offset"], a["words"],
-                          seg.block_pstart, a["weights"], seg.n_docs, hs, hi, nchunks)
+            K.search_taat(qptr, qterms, qw, live, seg.base, c["tstart"], c["pdocs"], c["pimp"], seg.n_docs, hs, hi,
+                          nchunks)
         elif meth == "bmw":
             K.search_bmw(qptr, qterms, qw, np.float32(approx), bm25, c["norm"], live, seg.base, a["block_ptr"],
                          a["block_first"], a["block_last"], a["block_count"], a["block_dbits"], a["block_wbits"],
                          a["block_offset"], a["words"], seg.block_pstart, a["weights"], c["block_ub"],
                          c["term_max"], hs, hi, nchunks)
         else:
-            K.search_bmp(qptr, qterms, qw, np.float32(approx), self.range_shift, bm25, c["norm"], live, seg.base,
-                         a["block_ptr"], a["block_first"], a["block_count"], a["block_dbits"], a["block_wbits"],
-                         a["block_offset"], a["words"], seg.block_pstart, a["weights"], c["rptr"], c["rid"],
-                         c["rmax"], c["rpos"], seg.n_docs, hs, hi, nchunks)
+            K.search_bmp(qptr, qterms, qw, np.float32(approx), self.range_shift, live, seg.base, c["tstart"],
+                         c["pdocs"], c["pimp"], c["rptr"], c["rid"], c["rmax"], c["rpos"], seg.n_docs, hs, hi,
+                         nchunks)
 
     # ---- persistence ---------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
