@@ -106,3 +106,22 @@ def test_bad_text_queries(tmp_path, glosses):
                 col.search(**kwargs)
         with pytest.raises(InvalidInputError, match="text must be True or False"):
             db.create_collection("bad", dim=4, text="yes")
+
+
+def test_http_text_and_hybrid_search(tmp_path, glosses):
+    pytest.importorskip("fastapi")
+    from ._live import LiveServer
+    from simdex.server.app import create_app
+    ids, vectors, texts = glosses
+    with _open(tmp_path / "db") as db, LiveServer(create_app(db)) as live:
+        client = simdex.Client(live.url)
+        col = client.create_collection("g", dim=384, text=True)
+        col.upsert(ids[:300], vectors[:300], None, texts[:300])
+        local = db.get_collection("g")
+        j = 42
+        assert [h["id"] for h in col.search(text=texts[j], k=5)] == \
+            [h["id"] for h in local.search(text=texts[j], k=5)]
+        hybrid = col.search(vectors[j], k=5, text=texts[j], fusion="linear", alpha=0.3, norm="zscore")
+        assert hybrid[0]["id"] == ids[j] and [h["id"] for h in hybrid] == \
+            [h["id"] for h in local.search(vectors[j], k=5, text=texts[j], fusion="linear", alpha=0.3,
+                                           norm="zscore")]
