@@ -41,3 +41,22 @@ def test_blocking_bounds_memory(monkeypatch, wordnet_small):
     got = index.search(ds.queries, 7)
     np.testing.assert_array_equal(got[1], expect[1])
     np.testing.assert_allclose(got[0], expect[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("selectivity", [0.0002, 0.1, 0.6])
+def test_filtered_scan_equals_numpy(metric, selectivity, wordnet_small):
+    """The in-place subset scan (a few queries) and the gather + BLAS path (many queries) both equal a numpy brute
+    force over the allowed rows, including fewer allowed rows than k."""
+    ds = wordnet_small
+    index = FlatIndex(ds.dim, metric)
+    index.add(ds.base)
+    allowed = np.flatnonzero(np.random.default_rng(3).random(ds.base.shape[0]) < selectivity)
+    k = 10
+    for nq in (1, 5, _exact.SCAN_MAX_QUERIES + 1):
+        queries = ds.queries[:nq]
+        d, i = index.search(queries, k, filter=allowed)
+        true_d, true_rows = numpy_knn(ds.base[allowed], queries, min(k, allowed.size), metric)
+        assert np.array_equal(i[:, :allowed.size], allowed[true_rows]), nq
+        np.testing.assert_allclose(d[:, :allowed.size], true_d, rtol=1e-4, atol=1e-5)
+        assert (i[:, allowed.size:] == -1).all() and np.isinf(d[:, allowed.size:]).all()

@@ -29,7 +29,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     ann.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
     sub.add_parser("startup", help="import time and first-call JIT compile time (cold and warm cache)")
     db = sub.add_parser("db", help="database upsert throughput and search latency vs Chroma and LanceDB")
-    db.add_argument("--libs", default="simdex,simdex-http,chroma,lancedb")
+    db.add_argument("--libs", default="simdex,simdex-http,chroma,chroma-http,lancedb")
     db.add_argument("--n-base", type=int, default=None, help="first N WordNet records (default: all 107,659)")
     db.add_argument("--n-queries", type=int, default=1000)
     db.add_argument("--batch", type=int, default=1000, help="records per upsert call")

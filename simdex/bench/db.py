@@ -12,6 +12,9 @@ Records are the WordNet glosses (``wordnet-minilm-384`` base rows: 384-d embeddi
   recall@10 against exact ground truth, over a sweep of the engine's search-effort parameter, unfiltered and with
   the filter ``pos == "verb"`` (12% of the records). The figure that counts is p99 at the smallest effort whose
   recall@10 reaches ``target`` (0.95).
+
+Engines: ``simdex``, ``chroma`` and ``lancedb`` in process; ``simdex-http`` and ``chroma-http`` through each
+one's own HTTP server running in a separate process (LanceDB has no open-source server).
 """
 
 from __future__ import annotations
@@ -48,6 +51,29 @@ class Engine:
     def close(self) -> None: ...
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(argv: list[str], ready: Any, what: str, timeout: float = 120.0) -> Any:
+    """Start a server process and wait until ``ready()`` stops raising."""
+    import subprocess
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            ready()
+            return proc
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"{what} server did not start") from None
+            time.sleep(0.2)
+
+
 class SimdexEngine(Engine):
     name = "simdex"
     params = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -80,25 +106,12 @@ class SimdexHttpEngine(SimdexEngine):
 
     def __init__(self, path: Path, dim: int, threads: int | None) -> None:
         Engine.__init__(self, path, dim, threads)
-        import socket
-        import subprocess
         import sys
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.proc = subprocess.Popen([sys.executable, "-m", "simdex.cli", "serve", "--path", str(path), "--port",
-                                      str(port), "--sync", "always"], stdout=subprocess.DEVNULL)
+        port = _free_port()
         from ..server.client import Client
         self.client = Client(f"http://127.0.0.1:{port}")
-        deadline = time.time() + 120
-        while True:
-            try:
-                self.client.health()
-                break
-            except OSError:
-                if time.time() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("simdex server did not start") from None
-                time.sleep(0.2)
+        self.proc = _start_server([sys.executable, "-m", "simdex.cli", "serve", "--path", str(path), "--port",
+                                   str(port), "--sync", "always"], self.client.health, "simdex")
         self.col = self.client.create_collection("bench", dim, "cosine", M=16, ef_construction=200)
 
     def finish_indexing(self):
@@ -143,6 +156,55 @@ class ChromaEngine(Engine):
         return r["ids"][0]
 
 
+class ChromaHttpEngine(ChromaEngine):
+    """Chroma through its own HTTP server (``chroma run`` in its own process) and ``chromadb.HttpClient``."""
+
+    name = "chroma-http"
+
+    def __init__(self, path: Path, dim: int, threads: int | None) -> None:
+        Engine.__init__(self, path, dim, threads)
+        self.port = _free_port()
+        self.proc = None
+        self._start()
+        hnsw: dict[str, Any] = {"space": "cosine", "ef_construction": 200, "max_neighbors": 16, "ef_search": 10}
+        if threads:
+            hnsw["num_threads"] = threads
+        self.col = self.client.create_collection("bench", configuration={"hnsw": hnsw}, embedding_function=None)
+        self._ef = None
+
+    def _start(self) -> None:
+        import sys
+
+        import chromadb
+        exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+
+        def connect() -> None:
+            self.client = chromadb.HttpClient(host="127.0.0.1", port=self.port)
+            self.client.heartbeat()
+
+        self.proc = _start_server([exe, "run", "--path", str(self.path), "--port", str(self.port)], connect,
+                                  "chroma")
+
+    def search(self, query, k, param, filtered):
+        if param != self._ef:
+            # the server applies a changed ef_search when it loads the index: modify, then restart it
+            self.col.modify(configuration={"hnsw": {"ef_search": param}})
+            self.close()
+            self._start()
+            self.col = self.client.get_collection("bench", embedding_function=None)
+            self._ef = param
+        r = self.col.query(query_embeddings=query[None, :], n_results=k,
+                           where={"pos": FILTER_POS} if filtered else None,
+                           include=["metadatas", "documents", "distances"])
+        return r["ids"][0]
+
+    def close(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=120)
+            self.proc = None
+
+
 class LanceEngine(Engine):
     name = "lancedb"
     params = (20, 24, 32, 48, 64, 96, 128, 192, 256)  # ef >= k * refine_factor
@@ -184,7 +246,7 @@ class LanceEngine(Engine):
 
 
 ENGINES = {"simdex": SimdexEngine, "simdex-http": SimdexHttpEngine, "chroma": ChromaEngine,
-           "lancedb": LanceEngine}
+           "chroma-http": ChromaHttpEngine, "lancedb": LanceEngine}
 
 
 def _truth(base: np.ndarray, queries: np.ndarray, mask: np.ndarray | None, k: int) -> np.ndarray:
@@ -330,7 +392,7 @@ def save(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
         ax.set_yscale("log")
         ax.set_title(f"{kind} search" + (f" (pos = {FILTER_POS})" if kind == "filtered" else ""))
         ax.legend()
-    fig.suptitle(f"simdex vs Chroma vs LanceDB: {report['n_base']:,} WordNet records")
+    fig.suptitle(f"simdex vs Chroma vs LanceDB (in process and over HTTP): {report['n_base']:,} WordNet records")
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+import numba
+
 from .._heap import merge_block_topk, new_heaps, sort_heaps
-from ..metrics import pairwise
+from ..metrics import METRIC_CODES, pairwise
+from ._subset_kernels import subset_topk
 
 # One distance block holds at most this many float32 entries (64 MiB).
 BLOCK_ENTRIES = 1 << 24
+# Up to this many queries, a filtered exact search scans the allowed rows in place instead of gathering them.
+SCAN_MAX_QUERIES = 8
 
 
 def exact_knn(metric: str, queries: np.ndarray, vectors: np.ndarray, k: int,
@@ -42,6 +47,14 @@ def exact_knn_subset(metric: str, queries: np.ndarray, vectors: np.ndarray, allo
     """Exact k-NN among the rows of ``vectors`` where ``allowed`` is non-zero; returns (distances, row numbers
     into ``vectors``), padded with (inf, -1) when fewer than k rows are allowed."""
     subset = np.flatnonzero(allowed)
+    if queries.shape[0] <= SCAN_MAX_QUERIES and subset.size:
+        # a few queries: reading the rows in place beats copying the subset for one BLAS call
+        threads = numba.get_num_threads()
+        n_chunks = max(1, min(threads, subset.size // 4096))
+        dist, rows = subset_topk(METRIC_CODES[metric], queries, vectors, subset, k, n_chunks)
+        if subset.size < k:
+            rows[:, subset.size:] = -1
+        return dist, rows
     dist, rows = exact_knn(metric, queries, vectors[subset], k, None if sqnorms is None else sqnorms[subset])
     if subset.size == 0:
         return dist, rows

@@ -52,9 +52,20 @@ class FlatIndex(Index):
 
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
         x, new_ids = self._check_add(vectors, ids)
+        self._append(x, new_ids)
+        return new_ids
+
+    def add_validated(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Append rows that the caller has already validated (float32 (n, dim), finite, unit length for cosine)
+        under new int64 ids: the database's write path, which checks each batch once before logging it."""
+        ids = np.asarray(ids, np.int64)
+        self._idmap.check_absent(ids)
+        self._append(np.asarray(vectors, np.float32), ids)
+
+    def _append(self, x: np.ndarray, new_ids: np.ndarray) -> None:
         need = self._n + x.shape[0]
         if need > self._store.shape[0] or not self._store.flags.writeable:
-            cap = max(need, int(self._store.shape[0] * 1.5))
+            cap = max(need, 2 * self._store.shape[0])
             store = np.empty((cap, self.dim), np.float32)
             store[:self._n] = self._vectors
             sq = np.empty(cap, np.float32)
@@ -64,7 +75,6 @@ class FlatIndex(Index):
         self._sqnorm_store[self._n:need] = np.einsum("ij,ij->i", x, x)
         self._n = need
         self._idmap.append(new_ids)
-        return new_ids
 
     def search(self, queries: Any, k: int, *, filter: Any = None, threads: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +120,7 @@ class Collection:
         self._allow_cache: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
         self._allow_cache_lock = threading.Lock()
         self._writer = threading.Lock()  # one logged write at a time
+        self._fsyncer: ThreadPoolExecutor | None = None
         self._maintenance = threading.Lock()  # one merge or checkpoint at a time
         self._closed = False
         self._last_write = time.monotonic()
@@ -293,7 +295,7 @@ class Collection:
     def _apply_vectors(self, op: rec.LogOp) -> None:
         if op.kind == rec.UPSERT:
             self._tombstone(op.old_rids[op.old_rids >= 0])
-            self._growing.add(op.vectors, op.rids)
+            self._growing.add_validated(op.vectors, op.rids)
             if self._sparse is not None and op.documents is not None:
                 with_doc = [j for j, d in enumerate(op.documents) if d is not None]
                 if with_doc:
@@ -328,11 +330,34 @@ class Collection:
 
     def _log_and_apply(self, payload: bytes, op: rec.LogOp) -> None:
         lsn = self._wal.append(payload)
-        self._wal.commit(lsn)
-        with self._rw.write():
-            self._apply_metadata(lsn, op)
-            self._apply_vectors(op)
-            self._applied_lsn = lsn
+        if self._wal.sync_mode == "always" and op.kind == rec.UPSERT:
+            # The fsync (which releases the GIL and mostly waits on the disk) runs beside the SQLite inserts. The
+            # rows stay in an open transaction until the fsync returns, so no reader (and no crash) can see a
+            # write that is not yet durable.
+            if self._fsyncer is None:
+                self._fsyncer = ThreadPoolExecutor(1, thread_name_prefix=f"simdex-fsync-{self.name}")
+            durable = self._fsyncer.submit(self._wal.commit, lsn)
+            try:
+                self._meta.stage_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents)
+            except BaseException:
+                durable.exception()  # wait for the fsync before touching the connection again
+                self._meta.rollback()
+                raise
+            try:
+                durable.result()
+            except BaseException:
+                self._meta.rollback()
+                raise
+            with self._rw.write():
+                self._meta.commit()
+                self._apply_vectors(op)
+                self._applied_lsn = lsn
+        else:
+            self._wal.commit(lsn)
+            with self._rw.write():
+                self._apply_metadata(lsn, op)
+                self._apply_vectors(op)
+                self._applied_lsn = lsn
         self._last_write = time.monotonic()
 
     def upsert(self, ids: Any, vectors: Any, metadatas: Any = None, documents: Any = None, *,
@@ -487,7 +512,7 @@ class Collection:
         """BM25 top n (rids, scores) of ``text``; caller holds the read side."""
         sparse = self._sparse
         empty = np.zeros(0, np.int64), np.zeros(0, np.float64)
-        if sparse is None or len(sparse) == 0 or not text.strip() or (allowed is not None and not allowed.size):
+        if sparse is None or len(sparse) == 0 or not text.strip() or (allowed is not None and not allowed.any()):
             return empty
         scores, rids = sparse.search([text], min(n, len(sparse)), filter=allowed, threads=1)
         keep = rids[0] >= 0
@@ -497,7 +522,7 @@ class Collection:
                           threads: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, rids), (nq, <= k) each, nearest first, -1 rids for no hit; caller holds the read side."""
         parts = []
-        if allowed is None or allowed.size:
+        if allowed is None or allowed.any():
             if self._main is not None and len(self._main):
                 parts.append(self._main.search(q, min(k, len(self._main)), ef=ef, filter=allowed,
                                                threads=threads))
@@ -546,24 +571,32 @@ class Collection:
                 return [[] for _ in range(q.shape[0])]
             return self._hits(rids, dist, include, "distance")
 
+    def _rid_mask(self, rids: np.ndarray) -> np.ndarray:
+        # a boolean mask indexed by rid: the indexes turn it into their slot masks with one gather, where an
+        # id array would need a sorted lookup per id on every query
+        mask = np.zeros(self._next_rid, bool)
+        mask[rids] = True
+        return mask
+
     def _allowed(self, where: Any) -> np.ndarray:
-        """Row ids matching ``where`` (caller holds the read side, so the data cannot change meanwhile)."""
+        """Mask over row ids (True = matches ``where``); the caller holds the read side, so the data cannot
+        change meanwhile."""
         try:
             key = json.dumps(where, sort_keys=True, allow_nan=True)
         except (TypeError, ValueError):
-            return self._meta.rids_where(where)  # not JSON: let the compiler report what is wrong
+            return self._rid_mask(self._meta.rids_where(where))  # not JSON: let the compiler report what is wrong
         with self._allow_cache_lock:
             hit = self._allow_cache.get(key)
             if hit is not None and hit[0] == self._applied_lsn:
                 self._allow_cache.move_to_end(key)
                 return hit[1]
-        rids = self._meta.rids_where(where)
+        mask = self._rid_mask(self._meta.rids_where(where))
         with self._allow_cache_lock:
-            self._allow_cache[key] = (self._applied_lsn, rids)
+            self._allow_cache[key] = (self._applied_lsn, mask)
             self._allow_cache.move_to_end(key)
             while len(self._allow_cache) > ALLOW_CACHE_ENTRIES:
                 self._allow_cache.popitem(last=False)
-        return rids
+        return mask
 
     # ---- maintenance (background optimizer) ----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -710,6 +743,8 @@ class Collection:
             except Exception as exc:  # never lose the log because a checkpoint failed: it is replayed on open
                 log.warning("%s: checkpoint on close failed: %s", self.path, exc)
         self._closed = True
+        if self._fsyncer is not None:
+            self._fsyncer.shutdown()
         self._wal.close()
         self._meta.close()
         if getattr(self, "_ro_copy", None) is not None:

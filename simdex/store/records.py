@@ -75,7 +75,7 @@ def _check_json_value(value: Any, path: str) -> None:
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 try:  # one C encoder for all records: json.dumps would build a new one per call, which dominates small objects
     from json.encoder import c_make_encoder as _c_make_encoder
-    from json.encoder import py_encode_basestring as _encode_str
+    from json.encoder import encode_basestring as _encode_str  # the C version where CPython has it
 
     def _refuse(value: Any) -> Any:
         raise TypeError(f"{type(value).__name__} is not JSON")
@@ -150,7 +150,7 @@ def check_upsert(ids: Any, vectors: Any, metadatas: Any, documents: Any, dim: in
         for i, d in enumerate(documents):
             if d is not None and not isinstance(d, str):
                 raise InvalidTypeError(f"documents[{i}] must be a string or null; got {type(d).__name__}")
-            if d is not None and len(d.encode()) > MAX_DOCUMENT_BYTES:
+            if d is not None and len(d) > MAX_DOCUMENT_BYTES // 4 and len(d.encode()) > MAX_DOCUMENT_BYTES:
                 raise InvalidInputError(f"documents[{i}] is larger than {MAX_DOCUMENT_BYTES} bytes")
             docs.append(d)
     return UpsertBatch(ids, x, metas, docs)
@@ -162,9 +162,11 @@ DELETE = b"D"
 
 
 def encode_upsert(batch: UpsertBatch, rids: np.ndarray, old_rids: np.ndarray) -> bytes:
-    header = json.dumps({"ids": batch.ids, "rids": rids.tolist(), "old": old_rids.tolist(),
-                         "metadatas": batch.metadatas, "documents": batch.documents,
-                         "shape": list(batch.vectors.shape)}, separators=(",", ":")).encode()
+    # the metadata texts are already compact JSON: they go in as JSON values (not re-escaped as strings)
+    header = (json.dumps({"ids": batch.ids, "rids": rids.tolist(), "old": old_rids.tolist(),
+                          "documents": batch.documents, "shape": list(batch.vectors.shape)},
+                         separators=(",", ":"))[:-1] + ',"metadata_values":[' + ",".join(batch.metadatas)
+              + "]}").encode()
     return UPSERT + _LEN.pack(len(header)) + header + batch.vectors.astype("<f4", copy=False).tobytes()
 
 
@@ -197,7 +199,11 @@ def decode(payload: bytes, lsn: int) -> LogOp:
             raise ValueError(f"unknown record kind {kind!r}")
         shape = tuple(header["shape"])
         vectors = np.frombuffer(payload, "<f4", offset=5 + n).reshape(shape).astype(np.float32)
+        if "metadata_values" in header:
+            metadatas = [_to_json(m) for m in header["metadata_values"]]  # the same text encode_metadata made
+        else:  # records written before metadata went in as values
+            metadatas = header["metadatas"]
         return LogOp(kind, header["ids"], rids, np.asarray(header["old"], np.int64), vectors,
-                     header["metadatas"], header["documents"])
+                     metadatas, header["documents"])
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise CorruptFileError(f"log record {lsn} is unreadable ({exc})") from None
