@@ -248,7 +248,7 @@ def _same(a, b):
     (lambda ix: ix.add(["fine text", 42]), InvalidTypeError, r"documents\[1\]"),
     (lambda ix: ix.add([{"term": 1.0}]), InvalidTypeError, "list of texts"),
     (lambda ix: ix.add(["new words here"], [0]), DuplicateIdError, "0"),
-    (lambda ix: ix.add(["unseen zebra words", "more"], [7_000_000, 7_000_000]), InvalidInputError, "unique"),
+    (lambda ix: ix.add(["unseen zebra words", "more"], [7_000_000, 7_000_000]), InvalidInputError, "duplicate"),
     (lambda ix: ix.add(["x"], [-5]), InvalidInputError, "ids"),
     (lambda ix: ix.search(["plant"], 0), InvalidInputError, "k"),
     (lambda ix: ix.search(["plant"], -3), InvalidInputError, "k"),

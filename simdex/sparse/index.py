@@ -189,17 +189,24 @@ class SparseIndex:
     # ---- input conversion ----------------------------------------------------------------------------------------
     def _token_lists(self, items: list[Any], what: str) -> list[list[str]]:
         """Texts or token lists -> token lists."""
-        if all(isinstance(x, str) for x in items):
-            if self.analyzer is None:
-                raise InvalidInputError(f"this index has no analyzer: give {what} as token lists")
-            return self.analyzer.analyze_batch(items)
-        out = []
+        out: list[list[str]] = []
+        texts = []
         for i, x in enumerate(items):
-            if isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x):
+            if isinstance(x, str):
+                texts.append(i)
+                out.append([])
+            elif isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x):
                 out.append(list(x))
             else:
+                hint = " (a dict is a sparse vector: this index takes a list of texts or token lists)" \
+                    if isinstance(x, dict) else ""
                 raise InvalidTypeError(f"{what}[{i}] must be a str (text) or a list of str (tokens); got "
-                                       f"{type(x).__name__}")
+                                       f"{type(x).__name__}{hint}")
+        if texts:
+            if self.analyzer is None:
+                raise InvalidInputError(f"this index has no analyzer: give {what} as token lists")
+            for i, terms in zip(texts, self.analyzer.analyze_batch([items[i] for i in texts])):
+                out[i] = terms
         return out
 
     @staticmethod
