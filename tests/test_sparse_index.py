@@ -313,3 +313,14 @@ def test_unknown_query_terms_and_filters(built, corpus):
     for m in METHODS:
         _, ids = built.search(queries[:30], K, method=m, filter=allowed)
         assert np.all((ids == -1) | (ids % 2 == 0))
+
+
+@pytest.mark.parametrize("method", ["taat", "bmw", "bmp"])
+def test_queries_without_known_terms_match_nothing(corpus, built, method):
+    # CACM has an empty query text; a query of only stop words analyses to no terms: no hits, no error, and the
+    # other queries of the batch are answered as if alone
+    _, _, queries, _ = corpus
+    scores, ids = built.search(["the of and", [], ["qqxyzzy"], queries[0]], 5, method=method)
+    assert (ids[:3] == -1).all() and np.isneginf(scores[:3]).all()
+    alone_scores, alone_ids = built.search([queries[0]], 5, method=method)
+    assert np.array_equal(ids[3], alone_ids[0]) and np.allclose(scores[3], alone_scores[0])

@@ -490,7 +490,9 @@ class SparseIndex:
         else:
             items = list(queries)
             for i, q in enumerate(items):
-                if (isinstance(q, str) and not q.strip()) or (isinstance(q, (list, tuple)) and not q):
+                # an empty string is a mistake; a token list may come out of an analyzer empty (a query of only
+                # stop words), and like a text whose terms are all unknown it simply matches nothing
+                if isinstance(q, str) and not q.strip():
                     raise InvalidInputError(f"query {i} is empty")
             indptr, terms = self._term_ids(self._token_lists(items, "queries"), grow=False)
             w = idf(self._df[terms], self._n_stats) if terms.size else np.zeros(0)
