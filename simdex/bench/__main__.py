@@ -56,6 +56,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     sets.add_argument("--fp-rate", type=float, default=1e-4)
     sets.add_argument("--no-datasketch", action="store_true")
     sets.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
+    ir = sub.add_parser("ir", help="BM25 / dense / hybrid nDCG@10, MAP, R@100 on Cranfield and CACM, and BM25 "
+                                   "build time and QPS on gcide, vs bm25s")
+    ir.add_argument("--parts", default="effectiveness,speed", help="comma-separated: effectiveness,speed")
+    ir.add_argument("--n-queries", type=int, default=5000, help="WordNet gloss queries for the speed part")
+    ir.add_argument("--repeats", type=int, default=3, help="timed runs per point; the best counts")
+    ir.add_argument("--depth", type=int, default=100, help="results of each list that hybrid fusion combines")
+    ir.add_argument("--alpha", type=float, default=0.5, help="weight of the dense list in linear fusion")
+    ir.add_argument("--approx", default="1.25,1.5,2", help="comma-separated approx factors for approximate bmp")
+    ir.add_argument("--no-dense", action="store_true", help="skip dense and hybrid (no sentence-transformers)")
+    ir.add_argument("--out", default="bench-results", help="folder for ir.json and the embedding cache")
     return parser
 
 
@@ -85,6 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         print(sets_bench.format_report(report))
         json_path, png_path = sets_bench.save(report, Path(args.out))
         print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
+        return 0
+    if args.bench == "ir":
+        from . import ir as ir_bench
+        report = ir_bench.run(tuple(args.parts.split(",")), out_dir=Path(args.out), n_queries=args.n_queries,
+                              repeats=args.repeats, depth=args.depth, alpha=args.alpha,
+                              approx=tuple(float(a) for a in args.approx.split(",") if a),
+                              with_dense=not args.no_dense)
+        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(ir_bench.format_report(report))
+        print(f"wrote {ir_bench.save(report, Path(args.out))}")
         return 0
     if args.bench == "startup":
         from .startup import format_startup, measure

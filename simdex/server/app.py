@@ -70,6 +70,7 @@ class CreateCollection(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="index parameters (HNSW: M, ef_construction, "
                                                                      "ef_search, seed)")
     exist_ok: bool = False
+    text: bool = Field(False, description="also index the records' documents for BM25 text and hybrid search")
 
 
 B64_HELP = ("the vectors as base64 of little-endian float32, row-major (n x dim): about 60x faster to send and "
@@ -107,6 +108,11 @@ class Search(_Strict):
     where: dict[str, Any] | None = None
     include: list[str] | None = None
     ef: int | None = Field(None, ge=1)
+    text: str | None = Field(None, description="BM25 text query (collections created with text=true); with "
+                                               "vector: hybrid search")
+    fusion: str = Field("rrf", description="hybrid fusion: rrf or linear")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="linear fusion: weight of the vector part")
+    norm: str = Field("minmax", description="linear fusion score normalisation: minmax or zscore")
 
 
 class _Guard:
@@ -205,7 +211,7 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
     @app.post(f"{API}/collections", tags=["collections"], status_code=201)
     def create_collection(body: CreateCollection) -> dict[str, Any]:
         return db.create_collection(body.name, body.dim, body.metric, body.index, exist_ok=body.exist_ok,
-                                    **body.params).stats()
+                                    text=body.text, **body.params).stats()
 
     @app.get(f"{API}/collections/{{name}}", tags=["collections"])
     def get_collection(name: str) -> dict[str, Any]:
@@ -244,6 +250,12 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
     def search(name: str, body: Search) -> dict[str, Any]:
         col = collection(name)
         given = [x is not None for x in (body.vector, body.vectors, body.vectors_base64, body.query_ids)]
+        if body.text is not None:
+            if any(given[1:]):
+                raise errors.InvalidInputError("a text query takes at most one vector (field vector)")
+            return _json({"results": [col.search(body.vector, body.k, body.where, body.include, body.ef,
+                                                 text=body.text, fusion=body.fusion, alpha=body.alpha,
+                                                 norm=body.norm)]})
         if sum(given) != 1:
             raise errors.InvalidInputError("give exactly one of vector, vectors, vectors_base64 or query_ids")
         if body.query_ids is not None:

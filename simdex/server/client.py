@@ -110,9 +110,9 @@ class Client:
         return [c["name"] for c in self._request("GET", f"{API}/collections")["collections"]]
 
     def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw", *,
-                          exist_ok: bool = False, **params: Any) -> RemoteCollection:
+                          exist_ok: bool = False, text: bool = False, **params: Any) -> RemoteCollection:
         self._request("POST", f"{API}/collections", {"name": name, "dim": dim, "metric": metric, "index": index,
-                                                     "params": params, "exist_ok": exist_ok})
+                                                     "params": params, "exist_ok": exist_ok, "text": text})
         return RemoteCollection(self, name)
 
     def get_or_create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
@@ -160,8 +160,15 @@ class RemoteCollection:
     def __len__(self) -> int:
         return self.count()
 
-    def search(self, vector: Any, k: int = 10, where: Any = None, include: Any = None,
-               ef: int | None = None) -> list[dict[str, Any]]:
+    def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
+               ef: int | None = None, *, text: str | None = None, fusion: str = "rrf", alpha: float = 0.5,
+               norm: str = "minmax") -> list[dict[str, Any]]:
+        if text is not None:
+            body = {"k": k, "where": where, "include": include, "ef": ef, "text": text, "fusion": fusion,
+                    "alpha": alpha, "norm": norm}
+            if vector is not None:
+                body["vector"] = np.asarray(vector, np.float32).reshape(-1).tolist()
+            return self._post("search", body)["results"][0]
         return self._post("search", {**_vectors_field(vector, single=True), "k": k, "where": where,
                                      "include": include, "ef": ef})["results"][0]
 

@@ -33,7 +33,7 @@ import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from . import records as rec
 from ._rwlock import RWLock
 from .metadata import MetadataStore
 from .wal import CorruptLogError, WriteAheadLog
+
+if TYPE_CHECKING:
+    from ..sparse import SparseIndex
 
 log = logging.getLogger("simdex.store")
 
@@ -69,7 +72,7 @@ def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(include)
 
 
-def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any]) -> dict[str, Any]:
+def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text: Any = False) -> dict[str, Any]:
     from .._validate import check_metric
     dim = check_positive_int(dim, "dim")
     metric = check_metric(metric)
@@ -80,7 +83,12 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any]) -> d
         raise InvalidInputError(f"unknown parameter(s) for a {index} index: {sorted(unknown)}")
     if index == "hnsw":
         HNSWIndex(dim, metric, **params)  # validates the values
-    return {"dim": dim, "metric": metric, "index": index, "params": dict(params)}
+    if not isinstance(text, bool):
+        raise InvalidInputError(f"text must be True or False; got {text!r}")
+    if text:
+        from ..sparse import Analyzer
+        Analyzer()  # fails now, with what to install, if no stemmer is available
+    return {"dim": dim, "metric": metric, "index": index, "params": dict(params), "text": text}
 
 
 class Collection:
@@ -97,6 +105,10 @@ class Collection:
         self.metric: str = config["metric"]
         self.index_kind: str = config["index"]
         self.params: dict[str, Any] = config["params"]
+        # text=True: the documents are also indexed for BM25 (a SparseIndex keyed by rid, rebuilt from the
+        # metadata store on open, so it needs no files of its own and nothing is lost in a crash)
+        self.text: bool = bool(config.get("text", False))
+        self._sparse: SparseIndex | None = None
         self.read_only = read_only
         self.merge_rows = merge_rows
         self.checkpoint_bytes = checkpoint_bytes
@@ -169,8 +181,20 @@ class Collection:
                 replayed += 1
             self._next_rid = max(self._next_rid, int(op.rids.max()) + 1 if op.rids.size else 0)
         self._applied_lsn = self._wal.last_lsn
+        if self.text:
+            self._sparse = self._build_sparse()
         if replayed:
             self.recovery_notes.append(f"replayed {replayed} log record(s) after checkpoint lsn {base_lsn}")
+
+    def _build_sparse(self) -> SparseIndex:
+        """The BM25 index of every current record's document, from the metadata store."""
+        from ..sparse import SparseIndex
+        index = SparseIndex("bm25")
+        rids, docs = self._meta.documents()
+        for start in range(0, len(rids), 50_000):
+            index.add(docs[start:start + 50_000], rids[start:start + 50_000])
+        index.merge(1)
+        return index
 
     def _open_metadata(self, base_lsn: int) -> MetadataStore:
         """Open the metadata store; restore it from the checkpoint's snapshot if it is damaged or holds records
@@ -272,6 +296,10 @@ class Collection:
         if op.kind == rec.UPSERT:
             self._tombstone(op.old_rids[op.old_rids >= 0])
             self._growing.add_validated(op.vectors, op.rids)
+            if self._sparse is not None and op.documents is not None:
+                with_doc = [j for j, d in enumerate(op.documents) if d is not None]
+                if with_doc:
+                    self._sparse.add([op.documents[j] for j in with_doc], op.rids[with_doc])
         else:
             self._tombstone(op.rids)
 
@@ -288,6 +316,10 @@ class Collection:
                 self._main.remove(rest[in_main])
         if self._merging_deletes is not None:
             self._merging_deletes.append(rids)
+        if self._sparse is not None:
+            present = rids[self._sparse._idmap.lookup(rids) >= 0]
+            if present.size:
+                self._sparse.remove(present)
 
     # ---- writes --------------------------------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -412,10 +444,10 @@ class Collection:
 
     @staticmethod
     def _record(id_: str, meta: str, doc: str | None, include: tuple[str, ...], vector: np.ndarray | None,
-                distance: float | None = None) -> dict[str, Any]:
+                value: float | None = None, key: str = "distance") -> dict[str, Any]:
         out: dict[str, Any] = {"id": id_}
-        if distance is not None:
-            out["distance"] = distance
+        if value is not None:
+            out[key] = value
         if "metadatas" in include:
             out["metadata"] = json.loads(meta)
         if "documents" in include:
@@ -424,20 +456,108 @@ class Collection:
             out["embedding"] = vector.tolist()
         return out
 
-    def search(self, vector: Any, k: int = 10, where: Any = None, include: Any = None,
-               ef: int | None = None) -> list[dict[str, Any]]:
-        """The k records nearest to one vector (shape (dim,) or (1, dim)), nearest first, as dicts with ``id``,
-        ``distance`` and the ``include`` fields. Fewer than k when fewer records match."""
-        arr = np.asarray(vector) if not isinstance(vector, np.ndarray) else vector
-        if arr.ndim == 1:
-            arr = arr.reshape(1, -1)
-        if arr.ndim != 2 or arr.shape[0] != 1:
-            raise InvalidInputError(f"search takes one vector; got shape {arr.shape} (use search_batch)")
-        return self.search_batch(arr, k, where, include, ef)[0]
+    def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
+               ef: int | None = None, *, text: str | None = None, fusion: str = "rrf", alpha: float = 0.5,
+               norm: str = "minmax", depth: int | None = None) -> list[dict[str, Any]]:
+        """The k best records for one query, best first, as dicts with ``id`` and the ``include`` fields.
+        Fewer than k when fewer records match.
+
+        - ``vector`` only (shape (dim,) or (1, dim)): nearest neighbours; hits carry ``distance``.
+        - ``text`` only (collections created with ``text=True``): BM25 over the documents; hits carry ``score``.
+        - both: hybrid. The ``depth`` best of each (default ``max(k, 100)``) are fused
+          (:func:`simdex.sparse.fusion.fuse`): ``fusion="rrf"`` (reciprocal rank fusion) or ``"linear"``
+          (``alpha * dense + (1 - alpha) * BM25`` after ``norm`` = "minmax" or "zscore" normalisation of each
+          list; dense scores are negated distances); hits carry the fused ``score``.
+        """
+        if text is None:
+            if vector is None:
+                raise InvalidInputError("search needs a vector, a text, or both")
+            arr = np.asarray(vector) if not isinstance(vector, np.ndarray) else vector
+            if arr.ndim == 1:
+                arr = arr.reshape(1, -1)
+            if arr.ndim != 2 or arr.shape[0] != 1:
+                raise InvalidInputError(f"search takes one vector; got shape {arr.shape} (use search_batch)")
+            return self.search_batch(arr, k, where, include, ef)[0]
+        from ..sparse.fusion import FUSIONS, NORMS, fuse
+        if not self.text:
+            raise InvalidInputError(f"collection {self.name!r} has no text index; create it with text=True")
+        if not isinstance(text, str):
+            raise InvalidInputError(f"text must be a str; got {type(text).__name__}")
+        if fusion not in FUSIONS:
+            raise InvalidInputError(f"fusion must be one of {FUSIONS}; got {fusion!r}")
+        if norm not in NORMS:
+            raise InvalidInputError(f"norm must be one of {NORMS}; got {norm!r}")
+        k = check_positive_int(k, "k")
+        depth = max(k, 100) if depth is None else check_positive_int(depth, "depth")
+        include = check_include(include, DEFAULT_SEARCH_INCLUDE)
+        q = None
+        if vector is not None:
+            q = check_vectors(np.asarray(vector).reshape(1, -1) if np.ndim(vector) == 1 else vector, self.dim,
+                              "vector", normalize=self.metric == "cosine")
+            if q.shape[0] != 1:
+                raise InvalidInputError(f"search takes one vector; got {q.shape[0]}")
+            if ef is not None:
+                ef = check_positive_int(ef, "ef")
+        with self._rw.read():
+            allowed = None if where is None else self._allowed(where)
+            ids, scores = self._text_candidates(text, k if q is None else depth, allowed)
+            if q is not None:
+                dist, drids = self._dense_candidates(q, depth, allowed, ef, 1)
+                keep = drids[0] >= 0
+                ids, scores = fuse((drids[0][keep], -dist[0][keep].astype(np.float64)), (ids, scores), k,
+                                   fusion=fusion, alpha=alpha, norm=norm)
+            return self._hits(ids[None, :], scores[None, :], include, "score")[0]
+
+    def _text_candidates(self, text: str, n: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 top n (rids, scores) of ``text``; caller holds the read side."""
+        sparse = self._sparse
+        empty = np.zeros(0, np.int64), np.zeros(0, np.float64)
+        if sparse is None or len(sparse) == 0 or not text.strip() or (allowed is not None and not allowed.any()):
+            return empty
+        scores, rids = sparse.search([text], min(n, len(sparse)), filter=allowed, threads=1)
+        keep = rids[0] >= 0
+        return rids[0][keep], scores[0][keep].astype(np.float64)
+
+    def _dense_candidates(self, q: np.ndarray, k: int, allowed: np.ndarray | None, ef: int | None,
+                          threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, rids), (nq, <= k) each, nearest first, -1 rids for no hit; caller holds the read side."""
+        parts = []
+        if allowed is None or allowed.any():
+            if self._main is not None and len(self._main):
+                parts.append(self._main.search(q, min(k, len(self._main)), ef=ef, filter=allowed,
+                                               threads=threads))
+            if len(self._growing):
+                parts.append(self._growing.search(q, min(k, len(self._growing)), filter=allowed,
+                                                  threads=threads))
+        if not parts:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        dist = np.concatenate([p[0] for p in parts], axis=1)
+        rids = np.concatenate([p[1] for p in parts], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(rids, order, 1)
+
+    def _hits(self, rids: np.ndarray, values: np.ndarray, include: tuple[str, ...], key: str
+              ) -> list[list[dict[str, Any]]]:
+        """Result rows -> records; ``values`` go under ``key`` ("distance" only if included)."""
+        found = rids[rids >= 0]
+        rows = self._meta.fetch(found.tolist()) if found.size else {}
+        vectors = self._vectors_of(found) if "embeddings" in include and found.size else None
+        vec_of = {} if vectors is None else dict(zip(found.tolist(), vectors))
+        with_value = key != "distance" or "distances" in include
+        out = []
+        for r in range(rids.shape[0]):
+            hits = []
+            for v, rid in zip(values[r].tolist(), rids[r].tolist()):
+                if rid < 0 or rid not in rows:
+                    continue
+                id_, meta, doc = rows[rid]
+                hits.append(self._record(id_, meta, doc, include, vec_of.get(rid), v if with_value else None, key))
+            out.append(hits)
+        return out
 
     def search_batch(self, vectors: Any, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None) -> list[list[dict[str, Any]]]:
-        """:meth:`search` for each row of ``vectors`` (nq, dim)."""
+        """:meth:`search` by vector for each row of ``vectors`` (nq, dim)."""
         q = check_vectors(vectors, self.dim, "vectors", normalize=self.metric == "cosine")
         k = check_positive_int(k, "k")
         include = check_include(include, DEFAULT_SEARCH_INCLUDE)
@@ -446,37 +566,10 @@ class Collection:
         threads = 1 if q.shape[0] < 8 else None
         with self._rw.read():
             allowed = None if where is None else self._allowed(where)
-            parts = []
-            if allowed is None or allowed.any():
-                if self._main is not None and len(self._main):
-                    parts.append(self._main.search(q, min(k, len(self._main)), ef=ef, filter=allowed,
-                                                   threads=threads))
-                if len(self._growing):
-                    parts.append(self._growing.search(q, min(k, len(self._growing)), filter=allowed,
-                                                      threads=threads))
-            if not parts:
+            dist, rids = self._dense_candidates(q, k, allowed, ef, threads)
+            if rids.shape[1] == 0:
                 return [[] for _ in range(q.shape[0])]
-            dist = np.concatenate([p[0] for p in parts], axis=1)
-            rids = np.concatenate([p[1] for p in parts], axis=1)
-            order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-            dist = np.take_along_axis(dist, order, 1)
-            rids = np.take_along_axis(rids, order, 1)
-            found = rids[rids >= 0]
-            rows = self._meta.fetch(found.tolist()) if found.size else {}
-            vectors = self._vectors_of(found) if "embeddings" in include and found.size else None
-        vec_of = {} if vectors is None else dict(zip(found.tolist(), vectors))
-        with_dist = "distances" in include
-        out = []
-        for r in range(q.shape[0]):
-            hits = []
-            for d, rid in zip(dist[r].tolist(), rids[r].tolist()):
-                if rid < 0 or rid not in rows:
-                    continue
-                id_, meta, doc = rows[rid]
-                hit = self._record(id_, meta, doc, include, vec_of.get(rid), d if with_dist else None)
-                hits.append(hit)
-            out.append(hits)
-        return out
+            return self._hits(rids, dist, include, "distance")
 
     def _rid_mask(self, rids: np.ndarray) -> np.ndarray:
         # a boolean mask indexed by rid: the indexes turn it into their slot masks with one gather, where an
@@ -510,7 +603,7 @@ class Collection:
         with self._rw.read():
             main = self._main
             return {"name": self.name, "dim": self.dim, "metric": self.metric, "index": self.index_kind,
-                    "params": self.params, "count": len(self._growing) + (len(main) if main else 0),
+                    "params": self.params, "text": self.text, "count": len(self._growing) + (len(main) if main else 0),
                     "indexed": len(main) if main else 0, "unindexed": len(self._growing),
                     "deleted_in_index": main._n_deleted if main else 0, "last_lsn": self._applied_lsn,
                     "checkpoint_lsn": self._manifest["lsn"] if self._manifest else 0,

@@ -127,20 +127,21 @@ class Database:
             raise ReadOnlyError(f"the database at {self.path} is closed")
 
     def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw", *,
-                          exist_ok: bool = False, **params: Any) -> Collection:
+                          exist_ok: bool = False, text: bool = False, **params: Any) -> Collection:
         """Create a collection of ``dim``-dimensional vectors. ``params`` go to the index (HNSW: M,
-        ef_construction, ef_search, seed). With ``exist_ok`` an existing collection of the same
+        ef_construction, ef_search, seed). With ``text`` the records' documents are also indexed for BM25, for
+        ``search(text=...)`` and hybrid search. With ``exist_ok`` an existing collection of the same
         configuration is returned instead of an error."""
         self._check_open()
         if self.read_only:
             raise ReadOnlyError(f"the database at {self.path} is open read-only")
         name = check_collection_name(name)
-        config = check_config(dim, metric, index, params)
+        config = check_config(dim, metric, index, params, text)
         with self._lock:
             if name in self._collections:
                 existing = self._collections[name]
-                same = (existing.dim, existing.metric, existing.index_kind, existing.params) == \
-                       (config["dim"], config["metric"], config["index"], config["params"])
+                same = (existing.dim, existing.metric, existing.index_kind, existing.params, existing.text) == \
+                       (config["dim"], config["metric"], config["index"], config["params"], config["text"])
                 if exist_ok and same:
                     return existing
                 raise CollectionExistsError(f"collection {name!r} already exists"
@@ -170,8 +171,8 @@ class Database:
                                               f"{', '.join(sorted(self._collections)) or 'none'})") from None
 
     def get_or_create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
-                                 **params: Any) -> Collection:
-        return self.create_collection(name, dim, metric, index, exist_ok=True, **params)
+                                 text: bool = False, **params: Any) -> Collection:
+        return self.create_collection(name, dim, metric, index, exist_ok=True, text=text, **params)
 
     def list_collections(self) -> list[str]:
         self._check_open()

@@ -196,6 +196,12 @@ class MetadataStore:
         q = f"SELECT id, rid, metadata, document FROM records WHERE {sql} ORDER BY id LIMIT ? OFFSET ?"
         return conn.execute(q, params + [-1 if limit is None else limit, offset]).fetchall()
 
+    def documents(self) -> tuple[np.ndarray, list[str]]:
+        """(rids int64, documents) of every record that has a document, in rid order."""
+        rows = self._writer.execute("SELECT rid, document FROM records WHERE document IS NOT NULL "
+                                    "ORDER BY rid").fetchall()
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows]
+
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM records").fetchone()[0])
 
