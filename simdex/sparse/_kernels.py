@@ -38,17 +38,15 @@ def _worse(s1, d1, s2, d2) -> bool:
 
 
 @kernel
-def heap_push(hs, hi, s, d) -> None:
-    """Replace the root with (s, d) and sift down. Caller has checked that (s, d) beats the root."""
-    k = hs.shape[0]
+def _sift_down(hs, hi, end, s, d) -> None:
+    """Put (s, d) at the root of the heap hs[:end], hi[:end] and sift it down to its place."""
     pos = 0
     while True:
         c = 2 * pos + 1
-        if c >= k:
+        if c >= end:
             break
-        r = c + 1
-        if r < k and _worse(hs[r], hi[r], hs[c], hi[c]):
-            c = r
+        if c + 1 < end and _worse(hs[c + 1], hi[c + 1], hs[c], hi[c]):
+            c += 1
         if not _worse(hs[c], hi[c], s, d):
             break
         hs[pos] = hs[c]
@@ -59,29 +57,21 @@ def heap_push(hs, hi, s, d) -> None:
 
 
 @kernel
+def heap_push(hs, hi, s, d) -> None:
+    """Replace the root with (s, d) and sift down. Caller has checked that (s, d) beats the root."""
+    _sift_down(hs, hi, hs.shape[0], s, d)
+
+
+@kernel
 def sort_heaps(hs, hi) -> None:
     """Order each row best first (heapsort of the worst-at-root heap)."""
     for r in range(hs.shape[0]):
         s_row = hs[r]
         i_row = hi[r]
-        n = s_row.shape[0]
-        for end in range(n - 1, 0, -1):
+        for end in range(s_row.shape[0] - 1, 0, -1):
             s, d = s_row[end], i_row[end]
             s_row[end], i_row[end] = s_row[0], i_row[0]
-            pos = 0
-            while True:
-                c = 2 * pos + 1
-                if c >= end:
-                    break
-                if c + 1 < end and _worse(s_row[c + 1], i_row[c + 1], s_row[c], i_row[c]):
-                    c += 1
-                if not _worse(s_row[c], i_row[c], s, d):
-                    break
-                s_row[pos] = s_row[c]
-                i_row[pos] = i_row[c]
-                pos = c
-            s_row[pos] = s
-            i_row[pos] = d
+            _sift_down(s_row, i_row, end, s, d)
 
 
 @kernel(inline="always")
