@@ -1,0 +1,11 @@
+"""Compressed vectors: codecs (int8, LVQ, PQ, OPQ, binary) and the indexes built on them (HNSW over codes, IVF)."""
+
+from .binary import BinaryCodec
+from .codec import Codec, make_codec
+from .hnsw import HNSWQuantIndex
+from .ivf import IVFIndex
+from .pq import OPQCodec, PQCodec
+from .scalar import FlatCodec, Int8Codec, LVQCodec
+
+__all__ = ["Codec", "make_codec", "FlatCodec", "Int8Codec", "LVQCodec", "PQCodec", "OPQCodec", "BinaryCodec",
+           "HNSWQuantIndex", "IVFIndex"]

@@ -1,0 +1,88 @@
+"""IVFIndex on real data: IVF-PQ recall vs brute force and vs FAISS IndexIVFPQ, the other codecs, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import simdex
+from simdex import CorruptFileError, InvalidInputError
+from simdex import datasets
+from simdex.quant import IVFIndex
+
+
+def recall(ds, ids):
+    return datasets.recall_at_k(ids, ds.ground_truth, 10, ds.base, ds.queries, ds.metric)
+
+
+@pytest.fixture(scope="module")
+def ivfpq(wordnet_20k):
+    index = IVFIndex(wordnet_20k.dim, "cosine", nlist=128, codec="pq48", nprobe=16, rerank=100)
+    index.add(wordnet_20k.base)
+    return index
+
+
+def test_ivfpq_recall_and_faiss(wordnet_20k, ivfpq):
+    ds = wordnet_20k
+    r_rerank = recall(ds, ivfpq.search(ds.queries, 10)[1])
+    r_adc = recall(ds, ivfpq.search(ds.queries, 10, rerank=0)[1])
+    assert r_rerank >= 0.9, r_rerank
+    assert r_adc >= 0.6, r_adc
+    assert recall(ds, ivfpq.search(ds.queries, 10, nprobe=128)[1]) >= r_rerank
+    faiss = pytest.importorskip("faiss")
+    x = ds.base / np.linalg.norm(ds.base, axis=1, keepdims=True)
+    q = ds.queries / np.linalg.norm(ds.queries, axis=1, keepdims=True)
+    f = faiss.IndexIVFPQ(faiss.IndexFlatIP(ds.dim), ds.dim, 128, 48, 8, faiss.METRIC_INNER_PRODUCT)
+    f.train(x)
+    f.add(x)
+    f.nprobe = 16
+    r_faiss = recall(ds, f.search(q, 10)[1])
+    assert r_adc >= r_faiss - 0.03, (r_adc, r_faiss)
+
+
+@pytest.mark.parametrize("codec,rerank,min_recall", [
+    ("flat", 0, 0.97), ("int8", 50, 0.95), ("lvq8", 50, 0.95), ("lvq4", 50, 0.95), ("opq48", 100, 0.9),
+    ("binary", 200, 0.85)])
+def test_other_codecs(wordnet_20k, codec, rerank, min_recall):
+    ds = wordnet_20k
+    index = IVFIndex(ds.dim, "cosine", nlist=64, codec=codec, nprobe=16, rerank=rerank)
+    index.add(ds.base)
+    r = recall(ds, index.search(ds.queries, 10)[1])
+    assert r >= min_recall, (codec, r)
+
+
+def test_l2_ivfpq_precomputed_tables(fashion_small):
+    ds = fashion_small
+    index = IVFIndex(ds.dim, "l2", nlist=32, codec="pq56", nprobe=32, vectors="none")
+    index.add(ds.base)
+    d, i = index.search(ds.queries, 10)
+    # with every list probed, distances are the ADC distances of the residual codes
+    xr = index.get_vectors(i[0])
+    np.testing.assert_allclose(d[0], ((ds.queries[0] - xr) ** 2).sum(1), rtol=1e-3)
+    assert recall(ds, i) >= 0.7
+
+
+def test_save_load_identical_corrupt_and_bad_input(wordnet_20k, ivfpq, tmp_path):
+    ds = wordnet_20k
+    ivfpq.remove([3, 5, 8])
+    path = tmp_path / "ivf.sdx"
+    ivfpq.save(path)
+    d0, i0 = ivfpq.search(ds.queries, 10)
+    for loaded in (IVFIndex.load(path), simdex.load(path, mmap=False)):
+        d1, i1 = loaded.search(ds.queries, 10)
+        np.testing.assert_array_equal(i0, i1)
+        np.testing.assert_array_equal(d0, d1)
+    raw = bytearray(path.read_bytes())
+    raw[-1000] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError):
+        IVFIndex.load(path)
+    n = len(ivfpq)
+    with pytest.raises(InvalidInputError):
+        ivfpq.add(np.full((2, ds.dim), np.nan))
+    with pytest.raises(InvalidInputError, match="nprobe"):
+        ivfpq.search(ds.queries, 10, nprobe=0)
+    assert len(ivfpq) == n
+    np.testing.assert_array_equal(ivfpq.search(ds.queries, 10)[1], i0)
+    with pytest.raises(InvalidInputError, match="rerank"):
+        IVFIndex(8, "l2", vectors="none", rerank=10)
