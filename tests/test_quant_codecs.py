@@ -26,14 +26,19 @@ def fashion(fashion_small):
 
 
 def test_scalar_error_ordering(wordnet, fashion):
-    """LVQ adapts its range to each vector: on Fashion-MNIST (pixels whose range varies a lot between images)
-    LVQ-8 is far more exact than per-dimension int8; the residual level makes LVQ-4x8 better than either."""
-    for (x, _), lvq_vs_int8 in ((wordnet, 0.8), (fashion, 0.5)):
+    """LVQ adapts its range to each vector: on WordNet embeddings LVQ-8 is more exact than per-dimension int8.
+    Fashion-MNIST pixels are already 8-bit integers, so per-dimension int8 (step = range / 255 <= 1) is
+    lossless there and LVQ-8, whose per-vector step is not an integer, is not; the residual level makes
+    LVQ-4x8 better than LVQ-8 on both."""
+    for name_ds, (x, _) in (("wordnet", wordnet), ("fashion", fashion)):
         err = {}
         for name in ("int8", "lvq8", "lvq4", "lvq4x8"):
             c = make_codec(name, x.shape[1], "l2").train(x)
             err[name] = rel_mse(x, c.decode(c.encode(x)))
-        assert err["lvq8"] < lvq_vs_int8 * err["int8"], err
+        if name_ds == "wordnet":
+            assert err["lvq8"] < 0.8 * err["int8"], err
+        else:
+            assert err["int8"] < 1e-6, err
         assert err["lvq4x8"] < 0.1 * err["lvq8"], err
         assert err["lvq4"] < 0.05, err
         assert err["lvq8"] < 1e-3, err
