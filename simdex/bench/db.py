@@ -51,6 +51,29 @@ class Engine:
     def close(self) -> None: ...
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(argv: list[str], ready: Any, what: str, timeout: float = 120.0) -> Any:
+    """Start a server process and wait until ``ready()`` stops raising."""
+    import subprocess
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            ready()
+            return proc
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"{what} server did not start") from None
+            time.sleep(0.2)
+
+
 class SimdexEngine(Engine):
     name = "simdex"
     params = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -83,25 +106,12 @@ class SimdexHttpEngine(SimdexEngine):
 
     def __init__(self, path: Path, dim: int, threads: int | None) -> None:
         Engine.__init__(self, path, dim, threads)
-        import socket
-        import subprocess
         import sys
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.proc = subprocess.Popen([sys.executable, "-m", "simdex.cli", "serve", "--path", str(path), "--port",
-                                      str(port), "--sync", "always"], stdout=subprocess.DEVNULL)
+        port = _free_port()
         from ..server.client import Client
         self.client = Client(f"http://127.0.0.1:{port}")
-        deadline = time.time() + 120
-        while True:
-            try:
-                self.client.health()
-                break
-            except OSError:
-                if time.time() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("simdex server did not start") from None
-                time.sleep(0.2)
+        self.proc = _start_server([sys.executable, "-m", "simdex.cli", "serve", "--path", str(path), "--port",
+                                   str(port), "--sync", "always"], self.client.health, "simdex")
         self.col = self.client.create_collection("bench", dim, "cosine", M=16, ef_construction=200)
 
     def finish_indexing(self):
@@ -153,10 +163,7 @@ class ChromaHttpEngine(ChromaEngine):
 
     def __init__(self, path: Path, dim: int, threads: int | None) -> None:
         Engine.__init__(self, path, dim, threads)
-        import socket
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = _free_port()
         self.proc = None
         self._start()
         hnsw: dict[str, Any] = {"space": "cosine", "ef_construction": 200, "max_neighbors": 16, "ef_search": 10}
@@ -166,24 +173,17 @@ class ChromaHttpEngine(ChromaEngine):
         self._ef = None
 
     def _start(self) -> None:
-        import shutil as _shutil
-        import subprocess
         import sys
 
         import chromadb
-        exe = _shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-        self.proc = subprocess.Popen([exe, "run", "--path", str(self.path), "--port", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while True:
-            try:
-                self.client = chromadb.HttpClient(host="127.0.0.1", port=self.port)
-                self.client.heartbeat()
-                return
-            except Exception:
-                if time.time() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("chroma server did not start") from None
-                time.sleep(0.3)
+        exe = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+
+        def connect() -> None:
+            self.client = chromadb.HttpClient(host="127.0.0.1", port=self.port)
+            self.client.heartbeat()
+
+        self.proc = _start_server([exe, "run", "--path", str(self.path), "--port", str(self.port)], connect,
+                                  "chroma")
 
     def search(self, query, k, param, filtered):
         if param != self._ef:

@@ -10,6 +10,7 @@ from .._numba import kernel
 
 @kernel
 def _lower_bound(keys, lo, hi, key):
+    """First position in keys[lo:hi] (sorted) whose key is >= key."""
     while lo < hi:
         mid = (lo + hi) >> 1
         if keys[mid] < key:

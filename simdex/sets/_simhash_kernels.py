@@ -6,6 +6,7 @@ import numba
 import numpy as np
 
 from .._numba import kernel
+from ._lsh_kernels import _lower_bound
 
 
 @kernel(parallel=True)
@@ -18,18 +19,6 @@ def table_keys(proj, num_tables, bits, out):
                 if proj[r, t * bits + i] > 0:
                     key |= np.uint64(1) << np.uint64(i)
             out[r, t] = key
-
-
-@kernel
-def _lower_bound(keys, key):
-    lo, hi = 0, keys.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if keys[mid] < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 @kernel
@@ -83,7 +72,7 @@ def lsh_search(queries, proj, num_tables, bits, probes, subset_bits, sorted_keys
         total = 0
         for j in range(keys.shape[0]):
             t = j // (probes + 1)
-            a = _lower_bound(sorted_keys[t], keys[j])
+            a = _lower_bound(sorted_keys[t], 0, sorted_keys[t].shape[0], keys[j])
             b = a
             while b < n and sorted_keys[t, b] == keys[j]:
                 b += 1
