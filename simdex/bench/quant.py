@@ -173,6 +173,71 @@ def run_graph(ds, *, M: int, ef_construction: int, threads: int, k: int, repeats
         curves.append(c)
         del f
         gc.collect()
+        # HNSW over PQ codes (m = dim / 8 bytes, 8 bits each): FAISS's other compressed graph
+        pq_m = _faiss_pq_m(ds.dim)
+        t0 = time.perf_counter()
+        f = faiss.IndexHNSWPQ(ds.dim, pq_m, M, 8, fmetric)
+        f.hnsw.efConstruction = ef_construction
+        f.train(xb)
+        f.add(xb)
+        c = Curve("faiss-hnswpq", time.perf_counter() - t0, int(faiss.serialize_index(f).nbytes),
+                  params={"M": M, "pq_m": pq_m, "nbits": 8})
+        _sweep(c, fsearch, efs, ds, k, repeats, log)
+        faiss.omp_set_num_threads(threads)
+        curves.append(c)
+        del f
+        gc.collect()
+    return curves
+
+
+def _faiss_pq_m(dim: int) -> int:
+    """The largest m <= dim / 8 that divides dim (FAISS's PQ needs equal sub-vectors)."""
+    m = max(1, dim // 8)
+    while dim % m:
+        m -= 1
+    return m
+
+
+# ---- binary part -------------------------------------------------------------------------------------------------
+RERANKS = (0, 20, 50, 100, 200, 400, 800)
+
+
+def run_binary(ds, *, threads: int, k: int, repeats: int, peers, log) -> list[Curve]:
+    """Sign-of-random-rotation codes, scanned exhaustively: simdex (IVF with one list) against FAISS
+    IndexBinaryFlat on the very same codes. simdex also re-ranks the best R by Hamming with float vectors
+    (param = R; R = 0 is Hamming order alone, comparable to FAISS's single point)."""
+    from ..quant import IVFIndex
+    curves: list[Curve] = []
+    warm = IVFIndex(ds.dim, ds.metric, nlist=1, nprobe=1, codec="binary", vectors="memory")
+    warm.add(ds.base[:1000])
+    warm.search(ds.queries[:5], k, rerank=20, threads=1)
+    t0 = time.perf_counter()
+    idx = IVFIndex(ds.dim, ds.metric, nlist=1, nprobe=1, codec="binary", vectors="disk")
+    idx.add(ds.base)
+    c = Curve("simdex-binary", time.perf_counter() - t0, idx.nbytes, idx.disk_nbytes if hasattr(idx, "disk_nbytes")
+              else int(ds.base.nbytes), params={"code_size": idx.codec.code_size})
+    _sweep(c, lambda r: idx.search(ds.queries, k, rerank=r, threads=1)[1], RERANKS, ds, k, repeats, log)
+    curves.append(c)
+    if "faiss" in peers:
+        import faiss
+        codec = idx.codec
+        xb = ds.base if ds.metric == "l2" else _normalized(ds.base)
+        xq = ds.queries if ds.metric == "l2" else _normalized(ds.queries)
+        t0 = time.perf_counter()
+        f = faiss.IndexBinaryFlat(codec.code_size * 8)
+        f.add(codec.encode(xb))
+        c = Curve("faiss-binaryflat", time.perf_counter() - t0, int(f.ntotal * f.code_size),
+                  params={"code_size": codec.code_size, "codes": "simdex's BinaryCodec"})
+        qcodes = codec.encode(xq)
+
+        def fsearch(_):
+            faiss.omp_set_num_threads(1)
+            return f.search(qcodes, k)[1].astype(np.int64)
+        _sweep(c, fsearch, (0,), ds, k, repeats, log)
+        faiss.omp_set_num_threads(threads)
+        curves.append(c)
+    del idx
+    gc.collect()
     return curves
 
 
@@ -244,6 +309,9 @@ def run(dataset: str, *, parts=("graph", "ivf"), M: int = 16, ef_construction: i
                          "curves": [asdict(c) for c in run_ivf(ds, nlist=nlist, m=m, threads=threads, k=k,
                                                               repeats=repeats, nprobes=nprobes, peers=peers,
                                                               log=log)]}
+    if "binary" in parts:
+        report["binary"] = {"curves": [asdict(c) for c in run_binary(ds, threads=threads, k=k, repeats=repeats,
+                                                                    peers=peers, log=log)]}
     report["ratios"] = ratios(report)
     return report
 
@@ -263,9 +331,10 @@ def ratios(report: dict) -> dict:
         for t in TARGETS:
             mine, theirs = c.qps_at(t), h.qps_at(t)
             row[f"qps@{t}_vs_hnswlib"] = mine / theirs if mine and theirs else None
-            f = g.get("faiss-hnswsq8")
-            fq = f.qps_at(t) if f else None
-            row[f"qps@{t}_vs_faiss_hnswsq8"] = mine / fq if mine and fq else None
+            for peer in ("faiss-hnswsq8", "faiss-hnswpq"):
+                f = g.get(peer)
+                fq = f.qps_at(t) if f else None
+                row[f"qps@{t}_vs_{peer.replace('-', '_')}"] = mine / fq if mine and fq else None
         out[name] = row
     iv = _curves(report, "ivf")
     if "simdex-ivfpq" in iv and "faiss-ivfpq" in iv:
@@ -286,7 +355,7 @@ def ratios(report: dict) -> dict:
 def format_report(report: dict) -> str:
     lines = [f"== {report['dataset']} ({report['n_base']} x {report['dim']}, {report['metric']}), "
              f"recall@{report['k']}, {report['n_queries']} queries, search on 1 thread =="]
-    for part, label in (("graph", "graph"), ("ivf", "IVF")):
+    for part, label in (("graph", "graph"), ("ivf", "IVF"), ("binary", "binary (flat Hamming scan)")):
         curves = _curves(report, part)
         if not curves:
             continue
@@ -312,7 +381,7 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    parts = [p for p in ("graph", "ivf") if p in report]
+    parts = [p for p in ("graph", "ivf", "binary") if p in report]
     fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.8), squeeze=False)
     for ax, part in zip(axes[0], parts):
         for c in report[part]["curves"]:
@@ -322,7 +391,8 @@ def plot(report: dict, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel(f"recall@{report['k']}")
         ax.set_ylabel("queries per second (1 thread)")
-        ax.set_title(f"{report['dataset']}: {'HNSW over codes' if part == 'graph' else 'IVF-PQ'}")
+        title = {"graph": "HNSW over codes", "ivf": "IVF-PQ", "binary": "binary codes (+ re-rank)"}[part]
+        ax.set_title(f"{report['dataset']}: {title}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()
