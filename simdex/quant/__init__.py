@@ -5,9 +5,10 @@ from .binary import BinaryCodec
 from .codec import Codec, make_codec
 from .hnsw import HNSWQuantIndex
 from .ivf import IVFIndex
+from .matryoshka import MatryoshkaIndex
 from .pq import OPQCodec, PQCodec
 from .scalar import FlatCodec, Int8Codec, LVQCodec
 from .spann import SPANNIndex
 
 __all__ = ["Codec", "make_codec", "FlatCodec", "Int8Codec", "LVQCodec", "PQCodec", "OPQCodec", "BinaryCodec",
-           "HNSWQuantIndex", "IVFIndex", "SPANNIndex"]
+           "HNSWQuantIndex", "IVFIndex", "SPANNIndex", "MatryoshkaIndex"]

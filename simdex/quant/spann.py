@@ -41,6 +41,7 @@ from ..fileformat import load_arrays, save_arrays
 from ..metrics import METRIC_CODES, to_public
 from . import _spann_kernels as SK
 from ._kmeans import assign, kmeans
+from ._storage import drop_pages
 from .codec import Codec, make_codec
 from .scalar import AffineCodec
 
@@ -97,7 +98,8 @@ class SPANNIndex:
     # ---- build ---------------------------------------------------------------------------------------------------
     @classmethod
     def build(cls, path: str | os.PathLike, data: Any, metric: str = "l2", *, ids: Any = None,
-              list_size: int = 256, closure_eps: float = 0.1, max_replicas: int = 8, rng_rule: bool = False, nprobe: int = 64,
+              list_size: int = 256, closure_eps: float = 0.1, max_replicas: int = 8, rng_rule: bool = False,
+              nprobe: int = 64,
               eps: float = 0.6, rerank: int = 64, codec: Any = "lvq8", sample: int = 100_000,
               chunk_rows: int = 32_768, seed: int = 0, progress: bool | None = None) -> SPANNIndex:
         """Build an index of ``data`` into the folder ``path`` (created; must not hold an index yet).
@@ -131,7 +133,11 @@ class SPANNIndex:
 
         # 1. sample -> codec and hierarchical balanced clustering (the only k-means; the data is never in RAM)
         take = np.sort(rng.choice(n, min(n, sample), replace=False))
-        xs = check_vectors(np.asarray(data[take]), dim, "vectors", normalize=normalize)
+        xs = np.empty((take.shape[0], dim), np.float32)
+        for s in range(0, take.shape[0], chunk_rows):  # in chunks: a gathered copy of the whole sample is not needed
+            xs[s:s + chunk_rows] = check_vectors(np.asarray(data[take[s:s + chunk_rows]]), dim, "vectors",
+                                                 normalize=normalize)
+            drop_pages(data)  # random rows touch a page each: unmapped again, or they add up to the whole file
         coder = make_codec(codec, dim, metric)
         if not isinstance(coder, AffineCodec):
             raise InvalidInputError(f"SPANNIndex stores int8 or LVQ codes; got {coder!r}")
@@ -193,6 +199,10 @@ class SPANNIndex:
             SK.closure_assign(np.ascontiguousarray(np.take_along_axis(cand_d, order, 1)),
                               np.ascontiguousarray(np.take_along_axis(cand_l, order, 1)), centroids,
                               np.float32(closure_eps), bool(rng_rule), table[s:s + x.shape[0]])
+            # the file pages just read or written leave the process (they stay in the page cache), so the
+            # resident set stays one chunk however large the data is
+            drop_pages(vmm)
+            drop_pages(data)
             bar.update(x.shape[0])
         bar.close()
         vmm.flush()
@@ -206,18 +216,28 @@ class SPANNIndex:
         slots = np.empty(total, np.int32)
         cursor = offsets[:-1].copy()
         bar = progress_bar(n, "SPANN postings", progress, unit="vec")
-        for s in range(0, n, chunk_rows):
-            x = np.asarray(vmm[s:s + chunk_rows])
+        # small steps: the scattered writes of one step touch about one page per entry, all of which stay mapped
+        # until the step's drop_pages
+        step = max(1, min(chunk_rows, 4096))
+        for s in range(0, n, step):
+            x = np.asarray(vmm[s:s + step])
             SK.scatter_codes(table[s:s + x.shape[0]], coder.encode(x), s, cursor, pmm, slots)
+            drop_pages(pmm)
+            drop_pages(vmm)
             bar.update(x.shape[0])
         bar.close()
         del table
         pmm.flush()
-        list_crc = np.array([zlib.crc32(memoryview(pmm[offsets[i]:offsets[i + 1]]).cast("B"))
-                             for i in range(nlist)], np.uint32)
+        list_crc = np.empty(nlist, np.uint32)
+        for i in range(nlist):
+            list_crc[i] = zlib.crc32(memoryview(pmm[offsets[i]:offsets[i + 1]]).cast("B"))
+            if i % 64 == 63:
+                drop_pages(pmm)
         rows_per_block = max(1, _BLOCK // (4 * dim))
-        block_crc = np.array([_crc(np.asarray(vmm[b:b + rows_per_block])) for b in range(0, n, rows_per_block)],
-                             np.uint32)
+        block_crc = np.empty(-(-n // rows_per_block), np.uint32)
+        for b in range(block_crc.shape[0]):
+            block_crc[b] = _crc(np.asarray(vmm[b * rows_per_block:(b + 1) * rows_per_block]))
+            drop_pages(vmm)
         vmm.flush()
         del pmm, vmm
         for p in (post_path, vec_path):
@@ -364,6 +384,5 @@ class SPANNIndex:
 
     def release_pages(self) -> None:
         """Unmap the file pages search has touched from this process (they stay in the OS page cache)."""
-        from ._storage import drop_pages
         drop_pages(self._postings)
         drop_pages(self._vectors)
