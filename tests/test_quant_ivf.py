@@ -17,7 +17,7 @@ def recall(ds, ids):
 
 @pytest.fixture(scope="module")
 def ivfpq(wordnet_20k):
-    index = IVFIndex(wordnet_20k.dim, "cosine", nlist=128, codec="pq48", nprobe=16, rerank=100)
+    index = IVFIndex(wordnet_20k.dim, "cosine", nlist=128, codec="pq48", nprobe=32, rerank=100)
     index.add(wordnet_20k.base)
     return index
 
@@ -35,20 +35,30 @@ def test_ivfpq_recall_and_faiss(wordnet_20k, ivfpq):
     f = faiss.IndexIVFPQ(faiss.IndexFlatIP(ds.dim), ds.dim, 128, 48, 8, faiss.METRIC_INNER_PRODUCT)
     f.train(x)
     f.add(x)
-    f.nprobe = 16
+    f.nprobe = 32
     r_faiss = recall(ds, f.search(q, 10)[1])
     assert r_adc >= r_faiss - 0.03, (r_adc, r_faiss)
 
 
-@pytest.mark.parametrize("codec,rerank,min_recall", [
-    ("flat", 0, 0.97), ("int8", 50, 0.95), ("lvq8", 50, 0.95), ("lvq4", 50, 0.95), ("opq48", 100, 0.9),
-    ("binary", 200, 0.85)])
-def test_other_codecs(wordnet_20k, codec, rerank, min_recall):
+@pytest.fixture(scope="module")
+def ivf_flat_recall(wordnet_20k):
+    """Recall of exact scanning of the same probed lists: what the codes + re-ranking should come close to."""
+    ds = wordnet_20k
+    index = IVFIndex(ds.dim, "cosine", nlist=64, codec="flat", nprobe=16)
+    index.add(ds.base)
+    r = recall(ds, index.search(ds.queries, 10)[1])
+    assert r >= 0.88, r  # 16 of 64 lists hold about 90% of the true neighbours (measured 0.903)
+    return r
+
+
+@pytest.mark.parametrize("codec,rerank,max_loss", [
+    ("int8", 50, 0.01), ("lvq8", 50, 0.01), ("lvq4", 50, 0.01), ("opq48", 100, 0.02), ("binary", 200, 0.04)])
+def test_other_codecs(wordnet_20k, ivf_flat_recall, codec, rerank, max_loss):
     ds = wordnet_20k
     index = IVFIndex(ds.dim, "cosine", nlist=64, codec=codec, nprobe=16, rerank=rerank)
     index.add(ds.base)
     r = recall(ds, index.search(ds.queries, 10)[1])
-    assert r >= min_recall, (codec, r)
+    assert r >= ivf_flat_recall - max_loss, (codec, r, ivf_flat_recall)
 
 
 def test_l2_ivfpq_precomputed_tables(fashion_small):

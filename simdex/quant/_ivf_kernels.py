@@ -89,21 +89,23 @@ def search_pq(metric, queries_t, probes, probe_d, offsets, codes, slots, centroi
             if lst < 0:
                 continue
             if use_precomputed:
+                tab = table[t]
                 for j in range(m):
                     for c in range(ks):
-                        table[t, j, c] = precomputed[lst, j, c] + 2.0 * tq[t, j, c]
+                        tab[j, c] = precomputed[lst, j, c] + 2.0 * tq[t, j, c]
             else:
-                table[t] = tq[t]
+                tab = tq[t]  # inner product: the query's table serves every list as it is
             base = probe_d[qi, p]
             for e in range(offsets[lst], offsets[lst + 1]):
                 slot = slots[e]
                 if not _usable(slot, allowed, use_filter, invert):
                     continue
                 s = base
-                row = codes[e]
                 for j in range(m):
-                    s += table[t, j, row[j]]
-                n = _offer(heap_d[t], heap_i[t], n, cap, s, slot)
+                    s += tab[j, codes[e, j]]
+                # skipping the heap for entries that cannot enter it is the common case once it is full
+                if n < cap or s < heap_d[t, 0]:
+                    n = _offer(heap_d[t], heap_i[t], n, cap, s, slot)
         _finish(heap_d[t], heap_i[t], n, k, rerank, metric, queries[qi], vectors, out_d[qi], out_i[qi])
 
 

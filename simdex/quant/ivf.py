@@ -34,7 +34,7 @@ from .codec import Codec, expect_array, make_codec
 from .pq import KS, PQCodec
 from .scalar import AffineCodec, FlatCodec
 
-_TRAIN_PER_LIST = 64  # coarse training vectors per list (FAISS warns below 39)
+_TRAIN_PER_LIST = 256  # coarse training vectors per list (as FAISS; 64 lost 5 points of recall at nprobe 16)
 _TRAIN_MAX = 200_000
 
 
@@ -57,8 +57,8 @@ class IVFIndex(Index):
     seed : int
     consolidate_threshold : float, default 0.1
 
-    The index is trained on the first ``add`` (or by :meth:`train`): k-means on up to ``64 * nlist`` vectors,
-    then the codec on the residuals. Memory in RAM per vector: ``code_size + 4`` (slot) plus ids, with the
+    The index is trained on the first ``add`` (or by :meth:`train`): k-means on up to ``256 * nlist`` vectors,
+    then the codec on the residuals (k-means on up to ``256 * nlist``). Memory in RAM per vector: ``code_size + 4`` (slot) plus ids, with the
     float32 vectors on disk.
     """
 
@@ -163,6 +163,13 @@ class IVFIndex(Index):
 
     def _assign(self, x: np.ndarray, centroids: np.ndarray | None = None) -> np.ndarray:
         cent = self.centroids if centroids is None else centroids
+        if METRIC_CODES[self.metric] == IP:
+            # the list of a vector must be the one search ranks first for it: search orders lists by the
+            # metric (inner product here), so assign by it too, not by the L2 k-means used to find them
+            labels = np.empty(x.shape[0], np.int64)
+            for s in range(0, x.shape[0], 1 << 14):
+                labels[s:s + (1 << 14)] = np.argmax(x[s:s + (1 << 14)] @ cent.T, axis=1)
+            return labels
         from ._kmeans import assign
         return assign(x, cent)[0]
 
