@@ -245,10 +245,15 @@ class IVFIndex(Index):
             else:
                 allowed = allowed & (self._deleted == 0)
         with num_threads(threads):
-            if allowed is not None and not invert and self.vector_storage != "none" and \
-                    int(np.count_nonzero(allowed)) <= max(4 * k, self._n * nprobe / self.nlist):
-                # few allowed vectors: exact search over them beats scanning lists that hold few of them
-                out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], allowed, k)
+            n_allowed = self._n if allowed is None else int(np.count_nonzero(allowed))
+            if invert:
+                n_allowed = self._n - n_allowed
+            if allowed is not None and self.vector_storage != "none" and \
+                    n_allowed <= max(4 * k, self._n * nprobe / self.nlist):
+                # few allowed (or surviving) vectors: exact search over them beats scanning lists that hold few
+                # of them, and the probed lists may not even hold k of them
+                mask = (allowed == 0).view(np.uint8) if invert else allowed
+                out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], mask, k)
             else:
                 self._search_lists(q, k, nprobe, rerank, allowed, invert, out_d, out_s)
         ids = np.where(out_s >= 0, self._idmap.slot_ids[np.maximum(out_s, 0)], -1)
