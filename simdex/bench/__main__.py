@@ -27,6 +27,33 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     ann.add_argument("--n-queries", type=int, default=None, help="use only the first N queries")
     ann.add_argument("--repeats", type=int, default=3, help="timed runs per point; the best counts")
     ann.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
+    quant = sub.add_parser("quant", help="HNSW over LVQ/int8 codes vs hnswlib and FAISS HNSWSQ; IVF-PQ vs FAISS")
+    quant.add_argument("--dataset", action="append", choices=sorted(datasets.DATASETS),
+                       help="data set (repeatable; default: wordnet-minilm-384 and fashion-mnist-784)")
+    quant.add_argument("--parts", default="graph,ivf,binary", help="comma-separated: graph,ivf,binary")
+    quant.add_argument("--codecs", default="lvq8,int8,lvq4x8", help="codecs of the HNSW-over-codes part")
+    quant.add_argument("--peers", default="hnswlib,faiss")
+    quant.add_argument("--M", type=int, default=16)
+    quant.add_argument("--ef-construction", type=int, default=200)
+    quant.add_argument("--nlist", type=int, default=1024)
+    quant.add_argument("--m", type=int, default=None, help="PQ sub-quantizers (default dim // 8)")
+    quant.add_argument("--k", type=int, default=10)
+    quant.add_argument("--threads", type=int, default=None, help="build threads (search is timed on 1 thread)")
+    quant.add_argument("--n-base", type=int, default=None)
+    quant.add_argument("--n-queries", type=int, default=2000)
+    quant.add_argument("--repeats", type=int, default=2)
+    quant.add_argument("--out", default="bench-results")
+    disk = sub.add_parser("disk", help="SPANN disk index: build + search a set several times the memory limit")
+    disk.add_argument("--n", type=int, default=1_600_000, help="rows of the 384-d set (real rows + noisy copies)")
+    disk.add_argument("--limit-mb", type=int, default=600, help="RLIMIT_DATA of the child that builds and searches")
+    disk.add_argument("--n-queries", type=int, default=1000)
+    disk.add_argument("--sigma", type=float, default=0.25, help="noise of the copies (relative to unit norm)")
+    disk.add_argument("--list-size", type=int, default=96, help="target vectors per list before closure")
+    disk.add_argument("--closure-eps", type=float, default=0.05)
+    disk.add_argument("--max-replicas", type=int, default=4)
+    disk.add_argument("--sample", type=int, default=100_000, help="vectors the clustering is trained on")
+    disk.add_argument("--work-dir", default="/tmp/simdex-disk", help="where the set and the index are written")
+    disk.add_argument("--out", default="bench-results")
     sub.add_parser("startup", help="import time and first-call JIT compile time (cold and warm cache)")
     db = sub.add_parser("db", help="database upsert throughput and search latency vs Chroma and LanceDB")
     db.add_argument("--libs", default="simdex,simdex-http,chroma,chroma-http,lancedb")
@@ -83,6 +110,29 @@ def main(argv: list[str] | None = None) -> int:
             report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
             print(ann.format_report(report))
             json_path, png_path = ann.save(report, Path(args.out))
+            print(f"wrote {json_path} and {png_path}")
+        return 0
+    if args.bench == "disk":
+        from . import disk as disk_bench
+        report = disk_bench.run(n=args.n, limit_mb=args.limit_mb, n_queries=args.n_queries, sigma=args.sigma,
+                                list_size=args.list_size, closure_eps=args.closure_eps,
+                                max_replicas=args.max_replicas, sample=args.sample, work_dir=args.work_dir)
+        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(disk_bench.format_report(report))
+        json_path, png_path = disk_bench.save(report, Path(args.out))
+        print(f"wrote {json_path} and {png_path}")
+        return 0
+    if args.bench == "quant":
+        from . import quant as qbench
+        for name in args.dataset or ["wordnet-minilm-384", "fashion-mnist-784"]:
+            report = qbench.run(name, parts=tuple(args.parts.split(",")), M=args.M,
+                                ef_construction=args.ef_construction, threads=args.threads, k=args.k,
+                                n_base=args.n_base, n_queries=args.n_queries, repeats=args.repeats,
+                                codecs=tuple(c for c in args.codecs.split(",") if c),
+                                peers=tuple(p for p in args.peers.split(",") if p), nlist=args.nlist, m=args.m)
+            report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+            print(qbench.format_report(report))
+            json_path, png_path = qbench.save(report, Path(args.out))
             print(f"wrote {json_path} and {png_path}")
         return 0
     if args.bench == "sets":

@@ -1,0 +1,174 @@
+"""Numba kernels of the IVF index: scan the probed inverted lists of each query, keep the best candidates in a
+max-heap, re-rank them with full precision.
+
+Inverted lists are CSR arrays: list l's entries are rows ``offsets[l]:offsets[l+1]`` of ``codes`` (entry codes)
+and ``slots`` (the entry's storage slot). One kernel per codec family, sharing the heap and re-ranking helpers.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from .._heap import heap_replace_top, heap_sort_ascending
+from .._numba import kernel
+from ..metrics import distance
+from ._binary_kernels import hamming
+from ._pq_kernels import adc_table
+from ._scalar_kernels import affine_score
+
+
+@kernel
+def _offer(heap_d, heap_i, n, cap, d, slot):
+    if n < cap:
+        # sift up in a max-heap
+        pos = n
+        while pos > 0:
+            parent = (pos - 1) >> 1
+            if heap_d[parent] >= d:
+                break
+            heap_d[pos] = heap_d[parent]
+            heap_i[pos] = heap_i[parent]
+            pos = parent
+        heap_d[pos] = d
+        heap_i[pos] = slot
+        return n + 1
+    if d < heap_d[0]:
+        heap_replace_top(heap_d[:cap], heap_i[:cap], d, slot)
+    return n
+
+
+@kernel
+def _usable(slot, allowed, use_filter, invert):
+    return not use_filter or (allowed[slot] != 0) != invert
+
+
+@kernel
+def _finish(heap_d, heap_i, n, k, rerank, metric, q, vectors, out_d, out_i):
+    """Sort the heap; with ``rerank`` re-score its items from the float vectors and sort again; write k best."""
+    heap_sort_ascending(heap_d[:n], heap_i[:n])
+    if rerank:
+        for j in range(n):
+            heap_d[j] = distance(metric, q, vectors[heap_i[j]])
+        order = np.argsort(heap_d[:n], kind="mergesort")
+        sd = heap_d[:n][order]
+        si = heap_i[:n][order]
+        heap_d[:n] = sd
+        heap_i[:n] = si
+    for j in range(k):
+        if j < n:
+            out_d[j] = heap_d[j]
+            out_i[j] = heap_i[j]
+        else:
+            out_d[j] = np.inf
+            out_i[j] = -1
+
+
+@kernel(parallel=True)
+def search_pq(metric, queries_t, probes, probe_d, offsets, codes, slots, centroids, precomputed, use_precomputed,
+              cap, k, rerank, queries, vectors, allowed, use_filter, invert, out_d, out_i):
+    """IVF-PQ over residual codes. ``queries_t``: queries in the PQ's (padded, rotated) space; ``probe_d``: the
+    coarse distance of each probed list, which is the constant term of every entry's distance.
+
+    Squared L2 (``use_precomputed``): ||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2 <c, r>) - 2 <q, r>, the middle
+    term per (list, sub-quantizer, centroid) in ``precomputed`` (nlist, m, 256). Inner product: -<q, c> - <q, r>.
+    """
+    m, ks, _ = centroids.shape
+    nthreads = numba.get_num_threads()
+    heap_d = np.empty((nthreads, cap), np.float32)
+    heap_i = np.empty((nthreads, cap), np.int32)
+    tq = np.empty((nthreads, m, ks), np.float32)
+    table = np.empty((nthreads, m, ks), np.float32)
+    for qi in prange(queries_t.shape[0]):
+        t = numba.get_thread_id()
+        adc_table(1, queries_t[qi], centroids, tq[t])  # -<q_j, r_jc>
+        n = 0
+        for p in range(probes.shape[1]):
+            lst = probes[qi, p]
+            if lst < 0:
+                continue
+            if use_precomputed:
+                tab = table[t]
+                for j in range(m):
+                    for c in range(ks):
+                        tab[j, c] = precomputed[lst, j, c] + 2.0 * tq[t, j, c]
+            else:
+                tab = tq[t]  # inner product: the query's table serves every list as it is
+            base = probe_d[qi, p]
+            for e in range(offsets[lst], offsets[lst + 1]):
+                slot = slots[e]
+                if not _usable(slot, allowed, use_filter, invert):
+                    continue
+                s = base
+                for j in range(m):
+                    s += tab[j, codes[e, j]]
+                # skipping the heap for entries that cannot enter it is the common case once it is full
+                if n < cap or s < heap_d[t, 0]:
+                    n = _offer(heap_d[t], heap_i[t], n, cap, s, slot)
+        _finish(heap_d[t], heap_i[t], n, k, rerank, metric, queries[qi], vectors, out_d[qi], out_i[qi])
+
+
+@kernel(parallel=True)
+def search_affine(qts, qcs, bits, half, probes, offsets, codes, codes_f, slots, cap, k, rerank, metric, queries,
+                  vectors, allowed, use_filter, invert, out_d, out_i):
+    """IVF over int8 / LVQ codes of the vectors themselves (not residuals); ``codes_f`` is the float32 view."""
+    nthreads = numba.get_num_threads()
+    heap_d = np.empty((nthreads, cap), np.float32)
+    heap_i = np.empty((nthreads, cap), np.int32)
+    for qi in prange(qts.shape[0]):
+        t = numba.get_thread_id()
+        n = 0
+        for p in range(probes.shape[1]):
+            lst = probes[qi, p]
+            if lst < 0:
+                continue
+            for e in range(offsets[lst], offsets[lst + 1]):
+                slot = slots[e]
+                if _usable(slot, allowed, use_filter, invert):
+                    d = affine_score(qts[qi], qcs[qi], codes, codes_f, e, bits, half)
+                    n = _offer(heap_d[t], heap_i[t], n, cap, d, slot)
+        _finish(heap_d[t], heap_i[t], n, k, rerank, metric, queries[qi], vectors, out_d[qi], out_i[qi])
+
+
+@kernel(parallel=True)
+def search_flat(metric, probes, offsets, codes_f, slots, cap, k, queries, out_d, out_i, allowed, use_filter,
+                invert):
+    """IVF over float32 codes (exact distances, no re-ranking needed)."""
+    nthreads = numba.get_num_threads()
+    heap_d = np.empty((nthreads, cap), np.float32)
+    heap_i = np.empty((nthreads, cap), np.int32)
+    for qi in prange(queries.shape[0]):
+        t = numba.get_thread_id()
+        n = 0
+        for p in range(probes.shape[1]):
+            lst = probes[qi, p]
+            if lst < 0:
+                continue
+            for e in range(offsets[lst], offsets[lst + 1]):
+                slot = slots[e]
+                if _usable(slot, allowed, use_filter, invert):
+                    n = _offer(heap_d[t], heap_i[t], n, cap, distance(metric, queries[qi], codes_f[e]), slot)
+        _finish(heap_d[t], heap_i[t], n, k, False, metric, queries[qi], codes_f, out_d[qi], out_i[qi])
+
+
+@kernel(parallel=True)
+def search_binary(qwords, probes, offsets, words, slots, cap, k, rerank, metric, queries, vectors, allowed,
+                  use_filter, invert, out_d, out_i):
+    """IVF over binary codes: Hamming distance, then (with ``rerank``) float re-ranking of the best ``cap``."""
+    nthreads = numba.get_num_threads()
+    heap_d = np.empty((nthreads, cap), np.float32)
+    heap_i = np.empty((nthreads, cap), np.int32)
+    for qi in prange(qwords.shape[0]):
+        t = numba.get_thread_id()
+        n = 0
+        for p in range(probes.shape[1]):
+            lst = probes[qi, p]
+            if lst < 0:
+                continue
+            for e in range(offsets[lst], offsets[lst + 1]):
+                slot = slots[e]
+                if _usable(slot, allowed, use_filter, invert):
+                    d = np.float32(hamming(qwords[qi], words[e]))
+                    n = _offer(heap_d[t], heap_i[t], n, cap, d, slot)
+        _finish(heap_d[t], heap_i[t], n, k, rerank, metric, queries[qi], vectors, out_d[qi], out_i[qi])

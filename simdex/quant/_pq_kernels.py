@@ -1,0 +1,63 @@
+"""Numba kernels of product quantization: lookup-table construction and asymmetric distance scans."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .._numba import kernel
+
+
+@kernel
+def adc_table(metric, q, centroids, out):
+    """Distance table of one (rotated, padded) query: out[j, c] = distance of sub-vector j to centroid c.
+
+    ``centroids`` is (m, ks, dsub); squared L2, or minus the inner product (metric 1)."""
+    m, ks, dsub = centroids.shape
+    for j in range(m):
+        for c in range(ks):
+            s = np.float32(0.0)
+            if metric == 0:
+                for t in range(dsub):
+                    diff = q[j * dsub + t] - centroids[j, c, t]
+                    s += diff * diff
+            else:
+                for t in range(dsub):
+                    s -= q[j * dsub + t] * centroids[j, c, t]
+            out[j, c] = s
+
+
+@kernel
+def adc_lookup(table, code):
+    """sum_j table[j, code[j]] for one code row."""
+    s = np.float32(0.0)
+    for j in range(code.shape[0]):
+        s += table[j, code[j]]
+    return s
+
+
+@kernel(parallel=True)
+def adc_distances(tables, codes, out):
+    """out[i, v] = adc_lookup(tables[i], codes[v]) for every query i and code v."""
+    for i in prange(tables.shape[0]):
+        for v in range(codes.shape[0]):
+            out[i, v] = adc_lookup(tables[i], codes[v])
+
+
+@kernel(parallel=True)
+def encode_pq(x, centroids, out):
+    """Nearest sub-centroid of every sub-vector: out[i, j] = argmin_c ||x_j - centroids[j, c]||^2."""
+    m, ks, dsub = centroids.shape
+    for i in prange(x.shape[0]):
+        for j in range(m):
+            best = np.inf
+            arg = 0
+            for c in range(ks):
+                s = np.float32(0.0)
+                for t in range(dsub):
+                    diff = x[i, j * dsub + t] - centroids[j, c, t]
+                    s += diff * diff
+                if s < best:
+                    best = s
+                    arg = c
+            out[i, j] = arg

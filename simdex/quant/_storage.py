@@ -1,0 +1,29 @@
+"""Where float32 vectors live when an index keeps them only for re-ranking: an unlinked temporary file, memory-
+mapped, so that they occupy page cache (reclaimable, shared) rather than the process's anonymous memory."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+
+
+def disk_array(rows: int, dim: int, directory: str | None = None) -> np.ndarray:
+    """A zeroed float32 (rows, dim) array backed by an unlinked temporary file in ``directory`` (default: the
+    system's temporary folder). The file disappears when the last view of the array is garbage-collected."""
+    with tempfile.TemporaryFile(dir=directory, prefix="simdex-vectors-") as f:
+        f.truncate(max(rows, 1) * dim * 4)
+        mm = np.memmap(f, np.float32, mode="r+", shape=(max(rows, 1), dim))
+    return np.asarray(mm)[:rows]
+
+
+def drop_pages(arr: np.ndarray) -> None:
+    """Unmap a file-backed array's pages from this process (they stay in the page cache and are faulted back in
+    on demand), so the resident set holds only what is touched afterwards. No-op for in-memory arrays."""
+    import mmap
+    base = arr
+    while base is not None and not isinstance(base, (np.memmap, mmap.mmap)):
+        base = getattr(base, "base", None)
+    mm = getattr(base, "_mmap", base) if base is not None else None
+    if isinstance(mm, mmap.mmap) and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)

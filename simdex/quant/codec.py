@@ -1,0 +1,181 @@
+"""The interface every vector codec implements, and the registry that rebuilds codecs from saved state.
+
+A codec turns float32 vectors (n, dim) into fixed-size byte codes (n, code_size) uint8 and back:
+
+- ``train(x)``: learn the codec's parameters from sample vectors (n, dim); returns ``self``.
+- ``encode(x) -> codes``: (n, dim) float32 -> (n, code_size) uint8. One row per vector, one contiguous block of
+  bytes, so that a kernel reading a vector's code touches as few cache lines as possible.
+- ``decode(codes) -> x``: (n, code_size) uint8 -> (n, dim) float32, the reconstruction.
+- ``distances(queries, codes) -> (nq, n) float32``: internal distances (squared L2, or minus the inner product;
+  see :mod:`simdex.metrics`) between float queries and coded vectors, computed the way the search kernels do it
+  (asymmetric distance computation: the query stays in float, only the database side is quantised).
+- ``state() -> (meta, arrays)`` / ``Codec.from_state(meta, arrays)``: JSON scalars and numpy arrays for the
+  pickle-free index file format (:mod:`simdex.fileformat`).
+
+Codecs are parameters of indexes (``HNSWQuantIndex(codec="lvq8")``, ``IVFIndex(codec="pq16")``); the structures
+that use them call their numba kernels directly and only use the Python methods for training, encoding and tests.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._validate import check_metric, check_positive_int, check_vectors
+from ..errors import CorruptFileError, InvalidInputError
+
+_CODECS: dict[str, type[Codec]] = {}
+
+
+class Codec(abc.ABC):
+    """Abstract base of all codecs. ``dim`` is the vector dimension, ``metric`` one of l2 / ip / cosine (cosine
+    codecs see unit-length vectors; the index normalises them)."""
+
+    name: ClassVar[str] = "codec"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _CODECS[cls.name] = cls
+
+    def __init__(self, dim: int, metric: str = "l2") -> None:
+        self.dim = check_positive_int(dim, "dim")
+        self.metric = check_metric(metric)
+        self.is_trained = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim}, metric={self.metric!r}, code_size={self.code_size})"
+
+    @property
+    @abc.abstractmethod
+    def code_size(self) -> int:
+        """Bytes per encoded vector."""
+
+    # ---- the verbs -----------------------------------------------------------------------------------------------
+    def train(self, x: Any) -> Codec:
+        """Learn the codec from sample vectors (n, dim). Returns ``self``."""
+        x = check_vectors(x, self.dim, "training vectors")
+        self._train(x)
+        self.is_trained = True
+        return self
+
+    def encode(self, x: Any) -> np.ndarray:
+        """Codes (n, code_size) uint8 of vectors (n, dim)."""
+        self._require_trained()
+        return self._encode(check_vectors(x, self.dim, allow_empty=True))
+
+    def decode(self, codes: Any) -> np.ndarray:
+        """Reconstructed vectors (n, dim) float32 of codes (n, code_size)."""
+        self._require_trained()
+        return self._decode(self._check_codes(codes))
+
+    def distances(self, queries: Any, codes: Any) -> np.ndarray:
+        """Internal asymmetric distances (nq, n) float32 between float queries and coded vectors."""
+        self._require_trained()
+        q = check_vectors(queries, self.dim, "queries")
+        return self._distances(q, self._check_codes(codes))
+
+    @abc.abstractmethod
+    def _train(self, x: np.ndarray) -> None: ...
+
+    @abc.abstractmethod
+    def _encode(self, x: np.ndarray) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _decode(self, codes: np.ndarray) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _distances(self, q: np.ndarray, codes: np.ndarray) -> np.ndarray: ...
+
+    # ---- helpers -------------------------------------------------------------------------------------------------
+    def _require_trained(self) -> None:
+        if not self.is_trained:
+            raise InvalidInputError(f"{type(self).__name__} is not trained; call train(x) first")
+
+    def _check_codes(self, codes: Any) -> np.ndarray:
+        arr = np.asarray(codes)
+        if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != self.code_size:
+            raise InvalidInputError(f"codes must be a uint8 array of shape (n, {self.code_size}); got {arr.dtype} "
+                                    f"{arr.shape}")
+        return np.ascontiguousarray(arr)
+
+    # ---- persistence ---------------------------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(meta, arrays): JSON scalars and arrays that rebuild the codec with :meth:`from_state` (an untrained
+        codec saves its parameters and placeholder arrays)."""
+        meta, arrays = self._state()
+        return {"codec": self.name, "dim": self.dim, "metric": self.metric, "trained": self.is_trained,
+                **meta}, arrays
+
+    @abc.abstractmethod
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]: ...
+
+    @abc.abstractmethod
+    def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Restore arrays saved by :meth:`_state`; raise KeyError/ValueError on anything inconsistent."""
+
+    @classmethod
+    @abc.abstractmethod
+    def _from_params(cls, dim: int, metric: str, meta: dict[str, Any]) -> Codec: ...
+
+    @staticmethod
+    def from_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Codec:
+        """Rebuild a codec from :meth:`state`'s output; raises CorruptFileError on bad state."""
+        try:
+            cls = _CODECS[meta["codec"]]
+            codec = cls._from_params(int(meta["dim"]), str(meta["metric"]), meta)
+            codec._set_state(meta, arrays)
+        except (KeyError, TypeError, ValueError, IndexError, InvalidInputError) as exc:
+            raise CorruptFileError(f"bad codec state ({exc!r})") from None
+        codec.is_trained = bool(meta.get("trained", True))
+        return codec
+
+
+def expect_array(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``arrays[name]`` as a contiguous in-memory array, checked against shape and dtype (ValueError if not)."""
+    arr = arrays[name]
+    if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+        raise ValueError(f"codec array {name!r} has shape {arr.shape} {arr.dtype}, expected {shape} "
+                         f"{np.dtype(dtype)}")
+    if not np.isfinite(arr).all() if arr.dtype.kind == "f" else False:
+        raise ValueError(f"codec array {name!r} holds NaN or inf")
+    return np.ascontiguousarray(arr)
+
+
+def make_codec(spec: Any, dim: int, metric: str) -> Codec:
+    """A codec from a short name or an instance.
+
+    Names: ``"int8"`` (per-dimension scalar), ``"lvq8"``, ``"lvq4"``, ``"lvq4x8"`` (LVQ, 4-bit primary + 8-bit
+    residual), ``"pq<m>"`` (e.g. ``"pq16"``: m sub-quantizers of 8 bits), ``"opq<m>"``, ``"binary"``,
+    ``"flat"`` (float32, no compression).
+    """
+    if isinstance(spec, Codec):
+        if spec.dim != dim:
+            raise InvalidInputError(f"codec has dim={spec.dim}, the index dim={dim}")
+        if spec.metric != metric:
+            raise InvalidInputError(f"codec has metric={spec.metric!r}, the index metric={metric!r}")
+        return spec
+    if not isinstance(spec, str):
+        raise InvalidInputError(f"codec must be a name or a Codec; got {type(spec).__name__}")
+    from .binary import BinaryCodec
+    from .pq import OPQCodec, PQCodec
+    from .scalar import FlatCodec, Int8Codec, LVQCodec
+    name = spec.lower()
+    if name == "int8":
+        return Int8Codec(dim, metric)
+    if name == "flat":
+        return FlatCodec(dim, metric)
+    if name == "lvq8":
+        return LVQCodec(dim, metric, bits=8)
+    if name == "lvq4":
+        return LVQCodec(dim, metric, bits=4)
+    if name == "lvq4x8":
+        return LVQCodec(dim, metric, bits=4, residual_bits=8)
+    if name == "binary":
+        return BinaryCodec(dim, metric)
+    for prefix, cls in (("opq", OPQCodec), ("pq", PQCodec)):
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return cls(dim, metric, m=int(name[len(prefix):]))
+    raise InvalidInputError(f"unknown codec {spec!r}; expected int8, flat, lvq8, lvq4, lvq4x8, pq<m>, opq<m> or "
+                            f"binary")

@@ -1,0 +1,303 @@
+"""HNSW over compressed vectors: the graph of :class:`simdex.dense.HNSWIndex`, traversed on int8 or LVQ codes.
+
+Graph construction is the float32 algorithm unchanged (same kernels, same graph): it reads the float vectors
+once. Search scores nodes from their codes only (a 384-d LVQ-8 code is 396 bytes instead of 1,536), then
+re-ranks the best ``rerank`` candidates with full precision, from
+
+- the float32 vectors, which live in a memory-mapped file on disk (``vectors="disk"``, the default: a temporary
+  file while the index is in memory, the index file itself after ``load(mmap=True)``), so they take page cache
+  for the few rows re-ranking reads, not the process's own memory; or in RAM with ``vectors="memory"``;
+- or the LVQ residual level (``rerank_from="residual"`` with codec ``"lvq4x8"``), so that search reads no float
+  vector at all.
+
+Deletes, consolidation, filters and persistence behave as in :class:`~simdex.dense.HNSWIndex`; consolidation
+works on the float vectors and re-encodes the survivors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._numba import num_threads
+from .._validate import check_positive_int, check_vectors
+from ..dense._exact import exact_knn_subset
+from ..dense.hnsw import HNSWIndex
+from ..errors import CorruptFileError, InvalidInputError
+from ..idmap import IdMap
+from ..index import meta_int
+from ..metrics import to_public
+from . import _graph_kernels as GK
+from ._storage import disk_array, drop_pages
+from .codec import Codec, make_codec
+from .scalar import AffineCodec, LVQCodec
+
+_TRAIN_SAMPLE = 100_000
+_RERANK_MODES = {"none": 0, "vectors": 1, "residual": 2}
+
+
+class HNSWQuantIndex(HNSWIndex):
+    """Approximate k-NN on an HNSW graph whose traversal uses int8 / LVQ codes.
+
+    Parameters
+    ----------
+    dim, metric, M, ef_construction, ef_search, seed, consolidate_threshold
+        As for :class:`simdex.dense.HNSWIndex`.
+    codec : str or Codec, default "lvq8"
+        ``"lvq8"``, ``"lvq4"``, ``"lvq4x8"`` (4-bit traversal + 8-bit residual) or ``"int8"``, or an untrained or
+        trained :class:`~simdex.quant.scalar.LVQCodec` / :class:`~simdex.quant.scalar.Int8Codec`. An untrained
+        codec is trained on (a sample of up to 100,000 vectors of) the first ``add``.
+    rerank : int, default 40
+        Candidates re-scored with full precision per query (``search(rerank=...)`` overrides it; at least k).
+    rerank_from : {"vectors", "residual", "none"}, default "vectors"
+        What re-ranking reads: the float32 vectors (exact distances), the LVQ residual level (codec lvq4x8 only;
+        distances within the residual's error), or nothing (code distances are returned as they are).
+    vectors : {"disk", "memory"}, default "disk"
+        Where the float32 vectors (for building, re-ranking, ``get_vectors`` and consolidation) are kept.
+    storage_dir : str, optional
+        Folder for the temporary vector file of ``vectors="disk"`` (default: the system's temporary folder).
+
+    Memory resident in RAM per vector: ``code_size`` (e.g. 396 bytes for 384-d LVQ-8) ``+ 8 * M + 4`` (layer-0
+    links) ``+ 30`` (ids, level, flags), plus the upper layers; see :attr:`nbytes` and :attr:`disk_nbytes`.
+    """
+
+    kind = "HNSWQuantIndex"
+
+    def __init__(self, dim: int, metric: str = "l2", M: int = 16, ef_construction: int = 200,
+                 ef_search: int = 64, seed: int = 0, consolidate_threshold: float = 0.1, *, codec: Any = "lvq8",
+                 rerank: int = 40, rerank_from: str = "vectors", vectors: str = "disk",
+                 storage_dir: str | None = None) -> None:
+        super().__init__(dim, metric, M=M, ef_construction=ef_construction, ef_search=ef_search, seed=seed,
+                         consolidate_threshold=consolidate_threshold)
+        codec = make_codec(codec, self.dim, self.metric)
+        if not isinstance(codec, AffineCodec):
+            raise InvalidInputError(f"HNSWQuantIndex traverses int8 or LVQ codes; got {codec!r}")
+        self.codec: AffineCodec = codec
+        self.rerank = check_positive_int(rerank, "rerank")
+        if rerank_from not in _RERANK_MODES:
+            raise InvalidInputError(f"rerank_from must be one of {sorted(_RERANK_MODES)}; got {rerank_from!r}")
+        if rerank_from == "residual" and not (isinstance(codec, LVQCodec) and codec.residual_bits):
+            raise InvalidInputError("rerank_from='residual' needs an LVQ codec with a residual level (lvq4x8)")
+        self.rerank_from = rerank_from
+        if vectors not in ("disk", "memory"):
+            raise InvalidInputError(f"vectors must be 'disk' or 'memory'; got {vectors!r}")
+        self.vector_storage = vectors
+        self.storage_dir = storage_dir
+        self._codes = np.zeros((0, self.codec.code_size), np.uint8)
+        self._vectors = self._new_vectors(0)
+
+    def __repr__(self) -> str:
+        return (f"HNSWQuantIndex(dim={self.dim}, metric={self.metric!r}, codec={self.codec!r}, "
+                f"ntotal={self.ntotal})")
+
+    # ---- storage -------------------------------------------------------------------------------------------------
+    def _new_vectors(self, rows: int) -> np.ndarray:
+        if self.vector_storage == "disk":
+            return disk_array(rows, self.dim, self.storage_dir)
+        return np.zeros((rows, self.dim), np.float32)
+
+    def _grow_to(self, arr: np.ndarray, rows: int) -> np.ndarray:  # type: ignore[override]
+        if arr is self._vectors:  # the vectors move to a larger file; the codes grow with them
+            self._codes = HNSWIndex._grow_to(self._codes, rows)
+            out = self._new_vectors(rows)
+            out[:arr.shape[0]] = arr
+            return out
+        return HNSWIndex._grow_to(arr, rows)
+
+    def _materialize(self) -> None:
+        vectors = self._vectors
+        if not vectors.flags.writeable or isinstance(vectors, np.memmap):
+            fresh = self._new_vectors(vectors.shape[0])
+            fresh[:] = vectors
+            self._vectors = fresh
+        if not self._codes.flags.writeable or isinstance(self._codes, np.memmap):
+            self._codes = np.array(self._codes)
+        super()._materialize()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in RAM: codes, graph and ids (plus the float vectors only with ``vectors="memory"``)."""
+        arrays = (self._codes, self._links0, self._links_up, self._up_offset, self._levels, self._deleted,
+                  self._idmap.slot_ids, self._idmap._sorted_ids, self._idmap._sorted_slots)
+        ram = int(sum(a.nbytes for a in arrays))
+        return ram + (self._vectors.nbytes if self.vector_storage == "memory" else 0)
+
+    @property
+    def disk_nbytes(self) -> int:
+        """Bytes of float32 vectors kept in a memory-mapped file (0 with ``vectors="memory"``)."""
+        return 0 if self.vector_storage == "memory" else int(self._vectors.nbytes)
+
+    def drop_vector_pages(self) -> None:
+        """Ask the kernel to unmap the vector file's pages from this process (they stay in the page cache and are
+        read back on demand): after a build, the resident set then holds only what search touches."""
+        drop_pages(self._vectors)
+
+    @classmethod
+    def from_hnsw(cls, index: HNSWIndex, codec: Any = "lvq8", **kwargs: Any) -> HNSWQuantIndex:
+        """An index over codes that reuses the graph of a float32 :class:`HNSWIndex` (no rebuild): the vectors
+        are encoded (an untrained codec is trained on them) and copied to the vector storage. ``kwargs`` are
+        the constructor's keyword arguments (rerank, rerank_from, vectors, storage_dir)."""
+        q = cls(index.dim, index.metric, M=index.M, ef_construction=index.ef_construction,
+                ef_search=index.ef_search, seed=index.seed, consolidate_threshold=index.consolidate_threshold,
+                codec=codec, **kwargs)
+        n = index._n
+        src = index._vectors[:n]
+        if not q.codec.is_trained:
+            live = np.flatnonzero(index._deleted[:n] == 0)
+            if live.shape[0] > _TRAIN_SAMPLE:
+                live = np.sort(np.random.default_rng(index.seed).choice(live, _TRAIN_SAMPLE, replace=False))
+            q.codec.train(src[live])
+        q._vectors = q._new_vectors(n)
+        q._vectors[:] = src
+        q._codes = q.codec.encode(src) if n else np.zeros((0, q.codec.code_size), np.uint8)
+        q._links0, q._links_up = np.array(index._links0[:n]), np.array(index._links_up[:index._n_up])
+        q._up_offset, q._levels = np.array(index._up_offset[:n]), np.array(index._levels[:n])
+        q._deleted = np.array(index._deleted[:n])
+        q._n, q._n_up, q._n_deleted, q._consolidated = n, index._n_up, index._n_deleted, index._consolidated
+        q._entry, q._max_level = index._entry, index._max_level
+        q._idmap = IdMap(np.array(index._idmap.slot_ids))
+        return q
+
+    # ---- add -----------------------------------------------------------------------------------------------------
+    def train(self, x: Any) -> None:
+        """Train the codec on sample vectors (n, dim) before the first add (otherwise the first add trains it)."""
+        if self._n:
+            raise InvalidInputError("the index already holds vectors; its codec is fixed")
+        sample = check_vectors(x, self.dim, "training vectors", normalize=self.metric == "cosine")
+        self.codec.train(sample)
+
+    def _insert(self, x: np.ndarray, new_ids: np.ndarray, threads: int | None, progress: bool | None) -> None:
+        if not self.codec.is_trained:
+            if x.shape[0] > _TRAIN_SAMPLE:
+                rng = np.random.default_rng(self.seed)
+                sample = x[np.sort(rng.choice(x.shape[0], _TRAIN_SAMPLE, replace=False))]
+            else:
+                sample = x
+            self.codec.train(sample)
+        codes = self.codec.encode(x)
+        self._reserve(x.shape[0], 0)
+        self._codes[self._n:self._n + x.shape[0]] = codes
+        super()._insert(x, new_ids, threads, progress)
+
+    # ---- search --------------------------------------------------------------------------------------------------
+    def search(self, queries: Any, k: int, *, ef: int | None = None, rerank: int | None = None, filter: Any = None,
+               threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate k nearest neighbours of each query.
+
+        Parameters
+        ----------
+        queries : array (nq, dim)
+        k : int, 1 <= k <= ntotal
+        ef : int, optional
+            Candidate pool size of the traversal over codes (default ``ef_search``; at least k).
+        rerank : int, optional
+            Candidates re-scored with full precision (default the index's ``rerank``; at least k, at most ef).
+        filter : bool array indexed by id, or array of ids, optional
+            Only these ids may be returned (exact search over them when they are few).
+        threads : int, optional
+
+        Returns
+        -------
+        distances : float32 (nq, k), ascending; ids : int64 (nq, k). Missing results are (inf, -1). Distances
+        are exact with ``rerank_from="vectors"``.
+        """
+        q, k, allowed, threads = self._check_search(queries, k, filter, threads)
+        ef = max(k, self.ef_search if ef is None else check_positive_int(ef, "ef"))
+        n_rerank = max(k, self.rerank if rerank is None else check_positive_int(rerank, "rerank"))
+        nq = q.shape[0]
+        out_d = np.empty((nq, k), np.float32)
+        out_s = np.empty((nq, k), np.int32)
+        invert = False
+        if self._n_deleted:
+            if allowed is None:
+                allowed, invert = self._deleted[:self._n], True
+            else:
+                allowed = allowed & (self._deleted[:self._n] == 0)
+        with num_threads(threads) as nthreads:
+            nthreads = max(1, min(nthreads, nq))
+            if allowed is not None and not invert and self._prefer_exact(int(np.count_nonzero(allowed)), ef):
+                out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], allowed, k)
+            else:
+                self._search_graph(q, k, ef, n_rerank, allowed, invert, nthreads, out_d, out_s)
+        ids = np.where(out_s >= 0, self._idmap.slot_ids[np.maximum(out_s, 0)], -1)
+        return to_public(self.metric, out_d), ids
+
+    def _search_graph(self, q: np.ndarray, k: int, ef: int, n_rerank: int, allowed: np.ndarray | None,
+                      invert: bool, nthreads: int, out_d: np.ndarray, out_s: np.ndarray) -> None:
+        codec = self.codec
+        qt, qc = codec.prepare(q)
+        mode = _RERANK_MODES[self.rerank_from]
+        mean = codec.mean if isinstance(codec, LVQCodec) else np.zeros(self.dim, np.float32)
+        res_bits = codec.residual_bits if isinstance(codec, LVQCodec) else 0
+        use_filter = allowed is not None
+        mask = allowed if use_filter else np.zeros(1, np.uint8)
+        scratch = self._scratch.take(nthreads, self._n)
+        try:
+            GK.search_batch_codes(qt, qc, self._codes, self._codes.view(np.float32), codec.bits, codec.half,
+                                  self._links0, self._links_up, self._up_offset, self._entry, self._max_level,
+                                  ef, k, min(n_rerank, ef), mode, self._metric_code, q, self._vectors, mean,
+                                  res_bits, codec.residual_offset, mask, use_filter, invert, out_d, out_s,
+                                  *scratch)
+        finally:
+            self._scratch.give(scratch)
+
+    # ---- remove --------------------------------------------------------------------------------------------------
+    def consolidate(self, threads: int | None = None) -> None:
+        """Repair the graph around deleted nodes and compact (see :meth:`HNSWIndex.consolidate`); the surviving
+        vectors are re-encoded, which gives the same codes as before."""
+        with self._write_lock:
+            if self._n_deleted == 0:
+                return
+            super().consolidate(threads)
+            n = self._n
+            vectors = self._new_vectors(n)
+            vectors[:] = self._vectors[:n]
+            self._vectors = vectors
+            self._codes = self.codec.encode(vectors) if n else np.zeros((0, self.codec.code_size), np.uint8)
+
+    def copy(self) -> HNSWQuantIndex:
+        clone = super().copy()
+        vectors = clone._new_vectors(self._vectors.shape[0])
+        vectors[:] = self._vectors
+        clone._vectors = vectors
+        clone._codes = np.array(self._codes)
+        return clone  # type: ignore[return-value]
+
+    # ---- persistence ---------------------------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        meta, arrays = super()._state()
+        codec_meta, codec_arrays = self.codec.state()
+        meta.update({"codec": codec_meta, "rerank": self.rerank, "rerank_from": self.rerank_from,
+                     "vector_storage": self.vector_storage})
+        arrays["codes"] = self._codes[:self._n]
+        arrays.update({f"codec.{name}": arr for name, arr in codec_arrays.items()})
+        return meta, arrays
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> HNSWQuantIndex:
+        codec = Codec.from_state(meta["codec"], {name[6:]: arr for name, arr in arrays.items()
+                                                 if name.startswith("codec.")})
+        index = super()._from_state(meta, arrays)
+        if not isinstance(codec, AffineCodec) or codec.dim != index.dim or codec.metric != index.metric:
+            raise CorruptFileError(f"codec {codec!r} does not fit the index")
+        index.codec = codec
+        index.rerank = meta_int(meta, "rerank", 1)
+        if meta["rerank_from"] not in _RERANK_MODES or meta["vector_storage"] not in ("disk", "memory"):
+            raise CorruptFileError("bad rerank_from or vector_storage in file header")
+        if meta["rerank_from"] == "residual" and not (isinstance(codec, LVQCodec) and codec.residual_bits):
+            raise CorruptFileError("rerank_from='residual' without a residual level")
+        index.rerank_from = meta["rerank_from"]
+        index.vector_storage = meta["vector_storage"]
+        codes = arrays["codes"]
+        if codes.shape != (index._n, codec.code_size) or codes.dtype != np.uint8:
+            raise CorruptFileError(f"array 'codes' has shape {codes.shape} {codes.dtype}, expected "
+                                   f"{(index._n, codec.code_size)} uint8")
+        index._codes = codes if codes.flags.c_contiguous else np.ascontiguousarray(codes)
+        return index
+
+    def _check_loaded(self) -> None:
+        super()._check_loaded()
+        if self._n and not np.isfinite(self._codes[:self._n].view(np.float32)[:, :3]).all():
+            raise CorruptFileError("code headers hold NaN or inf")
+

@@ -1,0 +1,411 @@
+"""Inverted-file index (IVF): a k-means coarse quantizer splits the space into ``nlist`` cells; each vector is
+stored, compressed by a codec, in the inverted list of its nearest centroid; a query scans the ``nprobe`` lists
+whose centroids are nearest to it (Jégou et al. 2011; FAISS's ``IndexIVF``).
+
+Codecs: ``"flat"`` (float32, exact within the probed lists), ``"pq<m>"`` / ``"opq<m>"`` (product quantization of
+the residual ``x - centroid``, as FAISS's IndexIVFPQ with ``by_residual``), ``"int8"``, ``"lvq8"``, ``"lvq4"``
+(scalar codes of the vector), ``"binary"`` (Hamming on sign bits; use it with ``rerank``). With ``rerank=R`` the
+R best candidates by code distance are re-scored from the float32 vectors, which are kept memory-mapped on disk
+(``vectors="disk"``), in RAM (``"memory"``) or not at all (``"none"``: no re-ranking, ``get_vectors`` decodes).
+
+Lists are CSR arrays (``offsets`` (nlist + 1), entry ``codes`` and entry ``slots`` in list order), rebuilt by one
+stable sort on every add. Removal marks slots deleted; once ``consolidate_threshold`` of them are, the lists and
+vectors are compacted.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from .._numba import num_threads
+from .._validate import check_positive_int, check_vectors
+from ..errors import CorruptFileError, InvalidInputError
+from ..index import Index, meta_int
+from ..metrics import IP, METRIC_CODES, pairwise, to_public
+from ..dense._exact import exact_knn_subset
+from . import _ivf_kernels as IK
+from ._kmeans import kmeans
+from ._storage import disk_array
+from .binary import BinaryCodec
+from .codec import Codec, expect_array, make_codec
+from .pq import KS, PQCodec
+from .scalar import AffineCodec, FlatCodec
+
+_TRAIN_PER_LIST = 256  # coarse training vectors per list (as FAISS; 64 lost 5 points of recall at nprobe 16)
+_TRAIN_MAX = 200_000
+
+
+class IVFIndex(Index):
+    """Inverted-file index over codes.
+
+    Parameters
+    ----------
+    dim, metric
+        Vector dimension; ``"l2"``, ``"ip"`` or ``"cosine"``.
+    nlist : int, default 256
+        Coarse cells. A rule of thumb is about ``4 * sqrt(n)``.
+    codec : str or Codec, default "pq8"
+        See the module docstring. ``"pq"`` alone picks ``m = dim // 8`` (8 dimensions per sub-quantizer).
+    nprobe : int, default 8
+        Lists scanned per query (``search(nprobe=...)`` overrides it).
+    rerank : int, default 0
+        Candidates re-scored with the float vectors (0: return code distances).
+    vectors : {"disk", "memory", "none"}, default "disk"
+    seed : int
+    consolidate_threshold : float, default 0.1
+
+    The index is trained on the first ``add`` (or by :meth:`train`): k-means on up to ``256 * nlist`` vectors,
+    then the codec on the residuals (k-means on up to ``256 * nlist``). Memory in RAM per vector: ``code_size + 4`` (slot) plus ids, with the
+    float32 vectors on disk.
+    """
+
+    kind = "IVFIndex"
+    _volatile_arrays = ("deleted",)
+
+    def __init__(self, dim: int, metric: str = "l2", nlist: int = 256, codec: Any = "pq8", nprobe: int = 8,
+                 rerank: int = 0, vectors: str = "disk", seed: int = 0, consolidate_threshold: float = 0.1,
+                 storage_dir: str | None = None) -> None:
+        super().__init__(dim, metric)
+        self.nlist = check_positive_int(nlist, "nlist")
+        self.nprobe = check_positive_int(nprobe, "nprobe")
+        self.rerank = check_positive_int(rerank, "rerank", minimum=0)
+        self.seed = check_positive_int(seed, "seed", minimum=0)
+        if vectors not in ("disk", "memory", "none"):
+            raise InvalidInputError(f"vectors must be 'disk', 'memory' or 'none'; got {vectors!r}")
+        if vectors == "none" and self.rerank:
+            raise InvalidInputError("rerank needs the float vectors: use vectors='disk' or 'memory'")
+        self.vector_storage = vectors
+        self.storage_dir = storage_dir
+        if not 0.0 < float(consolidate_threshold) <= 1.0:
+            raise InvalidInputError(f"consolidate_threshold must be in (0, 1]; got {consolidate_threshold}")
+        self.consolidate_threshold = float(consolidate_threshold)
+        if isinstance(codec, str) and codec.lower() == "pq":
+            codec = f"pq{max(1, self.dim // 8)}"
+        self.codec: Codec = make_codec(codec, self.dim, self.metric)
+        self._residual = isinstance(self.codec, PQCodec)
+        self.centroids = np.zeros((0, self.dim), np.float32)
+        self._precomputed = np.zeros((0, 0, 0), np.float32)
+        self._offsets = np.zeros(self.nlist + 1, np.int64)
+        self._codes = np.zeros((0, self.codec.code_size), np.uint8)
+        self._slots = np.zeros(0, np.int32)
+        self._n = 0
+        self._n_deleted = 0
+        self._deleted = np.zeros(0, np.uint8)
+        self._vectors = self._new_vectors(0)
+        self._write_lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return (f"IVFIndex(dim={self.dim}, metric={self.metric!r}, nlist={self.nlist}, codec={self.codec!r}, "
+                f"ntotal={self.ntotal})")
+
+    @property
+    def is_trained(self) -> bool:
+        return self.centroids.shape[0] > 0
+
+    def _num_slots(self) -> int:
+        return self._n
+
+    def _new_vectors(self, rows: int) -> np.ndarray:
+        if self.vector_storage == "disk":
+            return disk_array(rows, self.dim, self.storage_dir)
+        return np.zeros((rows if self.vector_storage == "memory" else 0, self.dim), np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes in RAM: codes, list arrays, centroids, tables and ids (and vectors with ``vectors="memory"``)."""
+        arrays = [self._codes, self._slots, self._offsets, self.centroids, self._precomputed, self._deleted,
+                  self._idmap.slot_ids, self._idmap._sorted_ids, self._idmap._sorted_slots]
+        if self.vector_storage == "memory":
+            arrays.append(self._vectors)
+        return int(sum(a.nbytes for a in arrays))
+
+    # ---- training ------------------------------------------------------------------------------------------------
+    def train(self, x: Any, progress: bool | None = None) -> None:
+        """Train the coarse quantizer and the codec on sample vectors (n, dim). Only before the first add."""
+        if self._n:
+            raise InvalidInputError("the index already holds vectors; it cannot be retrained")
+        self._train(check_vectors(x, self.dim, "training vectors", normalize=self.metric == "cosine"), progress)
+
+    def _train(self, x: np.ndarray, progress: bool | None) -> None:
+        rng = np.random.default_rng(self.seed)
+        limit = min(_TRAIN_MAX, _TRAIN_PER_LIST * self.nlist)
+        sample = x[np.sort(rng.choice(x.shape[0], limit, replace=False))] if x.shape[0] > limit else x
+        k = min(self.nlist, sample.shape[0])
+        cent = kmeans(sample, k, 20, seed=self.seed, progress=progress, desc="IVF coarse k-means")
+        if k < self.nlist:  # fewer training vectors than lists: the extra lists stay empty
+            cent = np.concatenate([cent, np.repeat(cent[:1], self.nlist - k, 0)])
+        codec = self.codec
+        if self._residual:
+            labels = self._assign(sample, cent)
+            train_x = sample - cent[labels]
+        else:
+            train_x = sample
+        if isinstance(codec, PQCodec) and train_x.shape[0] < KS:  # tiny data: repeat it up to 256 rows
+            train_x = np.concatenate([train_x] * (-(-KS // train_x.shape[0])))
+        codec.train(train_x)
+        self.centroids = cent
+        self._precompute()
+
+    def _precompute(self) -> None:
+        """(nlist, m, 256) term ||r||^2 + 2 <c, r> of L2 IVF-PQ distances (see :func:`_ivf_kernels.search_pq`)."""
+        codec = self.codec
+        if not (self._residual and METRIC_CODES[self.metric] != IP):
+            self._precomputed = np.zeros((1, 1, 1), np.float32)
+            return
+        assert isinstance(codec, PQCodec)
+        ct = codec.transform(self.centroids).reshape(self.nlist, codec.m, codec.dsub)
+        rn = np.einsum("jcd,jcd->jc", codec.centroids, codec.centroids)
+        cross = np.einsum("ljd,jcd->ljc", ct, codec.centroids)
+        self._precomputed = (rn[None] + 2.0 * cross).astype(np.float32)
+
+    def _assign(self, x: np.ndarray, centroids: np.ndarray | None = None) -> np.ndarray:
+        cent = self.centroids if centroids is None else centroids
+        if METRIC_CODES[self.metric] == IP:
+            # the list of a vector must be the one search ranks first for it: search orders lists by the
+            # metric (inner product here), so assign by it too, not by the L2 k-means used to find them
+            labels = np.empty(x.shape[0], np.int64)
+            for s in range(0, x.shape[0], 1 << 14):
+                labels[s:s + (1 << 14)] = np.argmax(x[s:s + (1 << 14)] @ cent.T, axis=1)
+            return labels
+        from ._kmeans import assign
+        return assign(x, cent)[0]
+
+    # ---- add -----------------------------------------------------------------------------------------------------
+    def add(self, vectors: Any, ids: Any = None, *, progress: bool | None = None) -> np.ndarray:
+        """Add vectors (n, dim); returns their ids. The first add trains the index if :meth:`train` was not
+        called (it needs at least 1 vector; quality needs many more than ``nlist``)."""
+        x, new_ids = self._check_add(vectors, ids)
+        with self._write_lock:
+            if not self.is_trained:
+                self._train(x, progress)
+            labels = self._assign(x)
+            codes = self.codec.encode(x - self.centroids[labels] if self._residual else x)
+            self._materialize()
+            n_new = x.shape[0]
+            start = self._n
+            if self.vector_storage != "none":
+                vectors_new = self._new_vectors(start + n_new)
+                vectors_new[:start] = self._vectors[:start]
+                vectors_new[start:] = x
+            else:
+                vectors_new = self._vectors
+            old_labels = np.repeat(np.arange(self.nlist), np.diff(self._offsets))
+            all_labels = np.concatenate([old_labels, labels])
+            order = np.argsort(all_labels, kind="stable")
+            all_codes = np.concatenate([self._codes, codes])[order]
+            all_slots = np.concatenate([self._slots, np.arange(start, start + n_new, dtype=np.int32)])[order]
+            offsets = np.zeros(self.nlist + 1, np.int64)
+            offsets[1:] = np.cumsum(np.bincount(all_labels, minlength=self.nlist))
+            deleted = np.concatenate([self._deleted, np.zeros(n_new, np.uint8)])
+            # commit
+            self._vectors, self._codes, self._slots, self._offsets = vectors_new, all_codes, all_slots, offsets
+            self._deleted = deleted
+            self._n = start + n_new
+            self._idmap.append(new_ids)
+        return new_ids
+
+    def _materialize(self) -> None:
+        for name in ("_codes", "_slots", "_offsets", "_deleted"):
+            arr = getattr(self, name)
+            if not arr.flags.writeable or isinstance(arr, np.memmap):
+                setattr(self, name, np.array(arr))
+        if not self._idmap.slot_ids.flags.writeable:
+            self._idmap.slot_ids = np.array(self._idmap.slot_ids)
+        if self.vector_storage == "disk" and (not self._vectors.flags.writeable or
+                                              isinstance(self._vectors, np.memmap)):
+            fresh = self._new_vectors(self._vectors.shape[0])
+            fresh[:] = self._vectors
+            self._vectors = fresh
+        elif self.vector_storage == "memory" and not self._vectors.flags.writeable:
+            self._vectors = np.array(self._vectors)
+
+    # ---- search --------------------------------------------------------------------------------------------------
+    def search(self, queries: Any, k: int, *, nprobe: int | None = None, rerank: int | None = None,
+               filter: Any = None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate k nearest neighbours: scan the ``nprobe`` nearest lists.
+
+        Returns distances float32 (nq, k) ascending (exact when re-ranked, else code distances) and ids int64
+        (nq, k), padded with (inf, -1).
+        """
+        q, k, allowed, threads = self._check_search(queries, k, filter, threads)
+        nprobe = min(self.nlist, self.nprobe if nprobe is None else check_positive_int(nprobe, "nprobe"))
+        rerank = self.rerank if rerank is None else check_positive_int(rerank, "rerank", minimum=0)
+        if rerank and self.vector_storage == "none":
+            raise InvalidInputError("this index keeps no float vectors to re-rank with")
+        nq = q.shape[0]
+        out_d = np.empty((nq, k), np.float32)
+        out_s = np.empty((nq, k), np.int32)
+        invert = False
+        if self._n_deleted:
+            if allowed is None:
+                allowed, invert = self._deleted, True
+            else:
+                allowed = allowed & (self._deleted == 0)
+        with num_threads(threads):
+            n_allowed = self._n if allowed is None else int(np.count_nonzero(allowed))
+            if invert:
+                n_allowed = self._n - n_allowed
+            if allowed is not None and self.vector_storage != "none" and \
+                    n_allowed <= max(4 * k, self._n * nprobe / self.nlist):
+                # few allowed (or surviving) vectors: exact search over them beats scanning lists that hold few
+                # of them, and the probed lists may not even hold k of them
+                mask = (allowed == 0).view(np.uint8) if invert else allowed
+                out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], mask, k)
+            else:
+                self._search_lists(q, k, nprobe, rerank, allowed, invert, out_d, out_s)
+        ids = np.where(out_s >= 0, self._idmap.slot_ids[np.maximum(out_s, 0)], -1)
+        return to_public(self.metric, out_d), ids
+
+    def _search_lists(self, q: np.ndarray, k: int, nprobe: int, rerank: int, allowed: np.ndarray | None,
+                      invert: bool, out_d: np.ndarray, out_s: np.ndarray) -> None:
+        coarse = pairwise(self.metric, q, self.centroids)
+        if nprobe < self.nlist:
+            probes = np.argpartition(coarse, nprobe - 1, axis=1)[:, :nprobe]
+        else:
+            probes = np.broadcast_to(np.arange(self.nlist), coarse.shape)
+        probes = np.ascontiguousarray(probes, dtype=np.int64)
+        probe_d = np.ascontiguousarray(np.take_along_axis(coarse, probes, 1), dtype=np.float32)
+        use_filter = allowed is not None
+        mask = allowed if use_filter else np.zeros(1, np.uint8)
+        cap = max(k, rerank)
+        do_rerank = bool(rerank) and not isinstance(self.codec, FlatCodec)
+        vectors = self._vectors if self.vector_storage != "none" else np.zeros((1, self.dim), np.float32)
+        metric = self._metric_code
+        codec = self.codec
+        if isinstance(codec, PQCodec):
+            IK.search_pq(metric, codec.transform(q), probes, probe_d, self._offsets, self._codes, self._slots,
+                         codec.centroids, self._precomputed, METRIC_CODES[self.metric] != IP, cap, k, do_rerank,
+                         q, vectors, mask, use_filter, invert, out_d, out_s)
+        elif isinstance(codec, AffineCodec):
+            qt, qc = codec.prepare(q)
+            IK.search_affine(qt, qc, codec.bits, codec.half, probes, self._offsets, self._codes,
+                             self._codes.view(np.float32), self._slots, cap, k, do_rerank, metric, q, vectors,
+                             mask, use_filter, invert, out_d, out_s)
+        elif isinstance(codec, FlatCodec):
+            IK.search_flat(metric, probes, self._offsets, self._codes.view(np.float32), self._slots, cap, k, q,
+                           out_d, out_s, mask, use_filter, invert)
+        elif isinstance(codec, BinaryCodec):
+            IK.search_binary(codec.encode_words(q), probes, self._offsets, self._codes.view(np.uint64),
+                             self._slots, cap, k, do_rerank, metric, q, vectors, mask, use_filter, invert, out_d,
+                             out_s)
+        else:  # pragma: no cover - make_codec only builds the kinds above
+            raise InvalidInputError(f"IVFIndex cannot search codec {codec!r}")
+
+    # ---- remove --------------------------------------------------------------------------------------------------
+    def remove(self, ids: Any) -> int:
+        """Remove vectors by id; compacts the lists once ``consolidate_threshold`` of the slots are deleted."""
+        slots = self._slots_for_removal(ids)
+        with self._write_lock:
+            self._materialize()
+            self._deleted[slots] = 1
+            self._n_deleted += int(slots.shape[0])
+            self._idmap.release(slots)
+            if self._n_deleted > self.consolidate_threshold * self._n:
+                self.consolidate()
+        return int(slots.shape[0])
+
+    def consolidate(self) -> None:
+        """Drop deleted entries from the lists and compact the slots."""
+        with self._write_lock:
+            if self._n_deleted == 0:
+                return
+            self._materialize()
+            remap = self._idmap.compact()
+            keep_entries = remap[self._slots] >= 0
+            counts = np.bincount(np.repeat(np.arange(self.nlist), np.diff(self._offsets))[keep_entries],
+                                 minlength=self.nlist)
+            offsets = np.zeros(self.nlist + 1, np.int64)
+            offsets[1:] = np.cumsum(counts)
+            live = remap >= 0
+            if self.vector_storage != "none":
+                vectors = self._new_vectors(int(live.sum()))
+                vectors[:] = self._vectors[:self._n][live]
+                self._vectors = vectors
+            self._codes = self._codes[keep_entries]
+            self._slots = remap[self._slots[keep_entries]].astype(np.int32)
+            self._offsets = offsets
+            self._n = int(live.sum())
+            self._deleted = np.zeros(self._n, np.uint8)
+            self._n_deleted = 0
+
+    # ---- access --------------------------------------------------------------------------------------------------
+    def get_vectors(self, ids: Any) -> np.ndarray:
+        """Stored float vectors of ``ids``; with ``vectors="none"`` their reconstruction from the codes."""
+        slots = self._slots_for_removal(ids)
+        if self.vector_storage != "none":
+            return np.array(self._vectors[slots])
+        entry_of = np.empty(self._n, np.int64)
+        entry_of[self._slots] = np.arange(self._slots.shape[0])
+        entries = entry_of[slots]
+        decoded = self.codec.decode(self._codes[entries])
+        if self._residual:
+            labels = np.searchsorted(self._offsets, entries, side="right") - 1
+            decoded += self.centroids[labels]
+        return decoded
+
+    def list_sizes(self) -> np.ndarray:
+        """Entries per inverted list (including deleted ones not yet compacted)."""
+        return np.diff(self._offsets)
+
+    # ---- persistence ---------------------------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        meta = {"nlist": self.nlist, "nprobe": self.nprobe, "rerank": self.rerank, "seed": self.seed,
+                "vector_storage": self.vector_storage, "consolidate_threshold": self.consolidate_threshold,
+                "count": self._n, "deleted": self._n_deleted, "trained": self.is_trained}
+        arrays = {"centroids": self.centroids, "offsets": self._offsets, "codes": self._codes, "slots": self._slots,
+                  "deleted": self._deleted}
+        if self.vector_storage != "none":
+            arrays["vectors"] = self._vectors[:self._n]
+        codec_meta, codec_arrays = self.codec.state()
+        meta["codec"] = codec_meta
+        arrays.update({f"codec.{name}": arr for name, arr in codec_arrays.items()})
+        return meta, arrays
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> IVFIndex:
+        dim, metric = meta_int(meta, "dim", 1), meta["metric"]
+        nlist = meta_int(meta, "nlist", 1)
+        trained = bool(meta["trained"])
+        codec = Codec.from_state(meta["codec"], {name[6:]: a for name, a in arrays.items()
+                                                 if name.startswith("codec.")})
+        if codec.dim != dim or codec.metric != metric:
+            raise CorruptFileError(f"codec {codec!r} does not fit the index")
+        index = cls(dim, metric, nlist=nlist, codec=codec, nprobe=meta_int(meta, "nprobe", 1),
+                    rerank=meta_int(meta, "rerank"), vectors=meta["vector_storage"], seed=meta_int(meta, "seed"),
+                    consolidate_threshold=float(meta["consolidate_threshold"]))
+        n, n_deleted = meta_int(meta, "count"), meta_int(meta, "deleted")
+        n_entries = arrays["slots"].shape[0]
+        index.centroids = expect_array(arrays, "centroids", (nlist if trained else 0, dim), np.float32)
+        expect = {"offsets": ((nlist + 1,), np.int64), "codes": ((n_entries, codec.code_size), np.uint8),
+                  "slots": ((n_entries,), np.int32), "deleted": ((n,), np.uint8)}
+        if index.vector_storage != "none":
+            expect["vectors"] = ((n, dim), np.float32)
+        for name, (shape, dtype) in expect.items():
+            arr = arrays[name]
+            if arr.shape != shape or arr.dtype != dtype:
+                raise CorruptFileError(f"array {name!r} has shape {arr.shape} {arr.dtype}, expected {shape} "
+                                       f"{np.dtype(dtype)}")
+        index._offsets, index._codes, index._slots = arrays["offsets"], arrays["codes"], arrays["slots"]
+        index._deleted = arrays["deleted"]
+        if index.vector_storage != "none":
+            index._vectors = arrays["vectors"]
+        index._n, index._n_deleted = n, n_deleted
+        if trained:
+            index._precompute()
+        return index
+
+    def _check_loaded(self) -> None:
+        super()._check_loaded()
+        off = self._offsets
+        if off[0] != 0 or off[-1] != self._slots.shape[0] or (np.diff(off) < 0).any():
+            raise CorruptFileError("inverted-list offsets are inconsistent")
+        if self._slots.shape[0] != self._n or self._slots.size and (np.sort(self._slots) != np.arange(self._n)).any():
+            raise CorruptFileError("inverted lists do not hold every slot once")
+        if int(np.count_nonzero(self._deleted)) != self._n_deleted or \
+                int(np.count_nonzero(self._idmap.slot_ids < 0)) != self._n_deleted:
+            raise CorruptFileError("deleted-vector bookkeeping is inconsistent")
+        if self._n and not self.is_trained:
+            raise CorruptFileError("an untrained index holds vectors")

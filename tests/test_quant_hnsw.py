@@ -1,0 +1,89 @@
+"""HNSW over LVQ / int8 codes on a 20k slice of WordNet embeddings: recall vs brute force, memory, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import simdex
+from simdex import CorruptFileError, HNSWIndex, InvalidInputError
+from simdex import datasets
+from simdex.quant import HNSWQuantIndex
+
+
+@pytest.fixture(scope="module")
+def graph(wordnet_20k):
+    index = HNSWIndex(wordnet_20k.dim, "cosine", M=16, ef_construction=100)
+    index.add(wordnet_20k.base)
+    return index
+
+
+def recall(ds, ids):
+    return datasets.recall_at_k(ids, ds.ground_truth, 10, ds.base, ds.queries, ds.metric)
+
+
+@pytest.mark.parametrize("codec,rerank_from,ef,min_recall", [
+    ("lvq8", "vectors", 64, 0.95), ("int8", "vectors", 64, 0.95), ("lvq4", "vectors", 64, 0.9),
+    ("lvq4x8", "residual", 64, 0.9), ("lvq8", "none", 64, 0.93)])
+def test_recall_vs_brute_force(wordnet_20k, graph, codec, rerank_from, ef, min_recall):
+    ds = wordnet_20k
+    index = HNSWQuantIndex.from_hnsw(graph, codec=codec, rerank_from=rerank_from)
+    d, i = index.search(ds.queries, 10, ef=ef)
+    r = recall(ds, i)
+    assert r >= min_recall, r
+    # the float graph at the same ef, for scale: codes lose little
+    _, fi = graph.search(ds.queries, 10, ef=ef)
+    assert r >= recall(ds, fi) - 0.06
+    if rerank_from == "vectors":  # re-ranked distances are exact
+        x = ds.base / np.linalg.norm(ds.base, axis=1, keepdims=True)
+        q = ds.queries / np.linalg.norm(ds.queries, axis=1, keepdims=True)
+        exact = 1 - np.einsum("qd,qkd->qk", q, x[i])
+        np.testing.assert_allclose(d, exact, atol=1e-5)
+
+
+def test_memory_and_built_index_matches_from_hnsw(wordnet_20k, graph):
+    ds = wordnet_20k
+    index = HNSWQuantIndex(ds.dim, "cosine", M=16, ef_construction=100, codec="lvq8")
+    index.add(ds.base)
+    # same graph as the float index (same seed and data), so the same search results
+    twin = HNSWQuantIndex.from_hnsw(graph, codec="lvq8")
+    np.testing.assert_array_equal(index.search(ds.queries, 10)[1], twin.search(ds.queries, 10)[1])
+    # RAM: codes + graph, float vectors on disk
+    assert index.nbytes < 0.35 * graph.nbytes
+    assert index.disk_nbytes == ds.base.shape[0] * ds.dim * 4
+    lvq4 = HNSWQuantIndex.from_hnsw(graph, codec="lvq4")
+    assert lvq4.nbytes < 0.25 * graph.nbytes
+
+
+def test_save_load_identical_and_corrupt(wordnet_20k, graph, tmp_path):
+    ds = wordnet_20k
+    index = HNSWQuantIndex.from_hnsw(graph, codec="lvq4x8", rerank_from="residual")
+    index.remove(np.arange(0, 500, 7))
+    path = tmp_path / "q.sdx"
+    index.save(path)
+    d0, i0 = index.search(ds.queries, 10)
+    for loaded in (HNSWQuantIndex.load(path), simdex.load(path, mmap=False)):
+        assert isinstance(loaded, HNSWQuantIndex) and loaded.codec.residual_bits == 8
+        d1, i1 = loaded.search(ds.queries, 10)
+        np.testing.assert_array_equal(i0, i1)
+        np.testing.assert_array_equal(d0, d1)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError):
+        HNSWQuantIndex.load(path)
+
+
+def test_bad_parameters():
+    with pytest.raises(InvalidInputError, match="int8 or LVQ"):
+        HNSWQuantIndex(16, "l2", codec="pq4")
+    with pytest.raises(InvalidInputError, match="residual"):
+        HNSWQuantIndex(16, "l2", codec="lvq8", rerank_from="residual")
+    with pytest.raises(InvalidInputError, match="vectors"):
+        HNSWQuantIndex(16, "l2", vectors="cloud")
+    index = HNSWQuantIndex(16, "l2")
+    index.add(np.random.default_rng(0).random((50, 16)))
+    with pytest.raises(InvalidInputError, match="rerank"):
+        index.search(np.ones((1, 16)), 3, rerank=0)
+    with pytest.raises(InvalidInputError, match="codec is fixed"):
+        index.train(np.ones((5, 16)))

@@ -1,0 +1,100 @@
+"""IVFIndex on real data: IVF-PQ recall vs brute force and vs FAISS IndexIVFPQ, the other codecs, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import simdex
+from simdex import CorruptFileError, InvalidInputError
+from simdex import datasets
+from simdex.quant import IVFIndex, OPQCodec
+
+
+def recall(ds, ids):
+    return datasets.recall_at_k(ids, ds.ground_truth, 10, ds.base, ds.queries, ds.metric)
+
+
+@pytest.fixture(scope="module")
+def ivfpq(wordnet_20k):
+    index = IVFIndex(wordnet_20k.dim, "cosine", nlist=128, codec="pq48", nprobe=32, rerank=100)
+    index.add(wordnet_20k.base)
+    return index
+
+
+def test_ivfpq_recall_and_faiss(wordnet_20k, ivfpq):
+    ds = wordnet_20k
+    r_rerank = recall(ds, ivfpq.search(ds.queries, 10)[1])
+    r_adc = recall(ds, ivfpq.search(ds.queries, 10, rerank=0)[1])
+    assert r_rerank >= 0.9, r_rerank
+    assert r_adc >= 0.6, r_adc
+    assert recall(ds, ivfpq.search(ds.queries, 10, nprobe=128)[1]) >= r_rerank
+    faiss = pytest.importorskip("faiss")
+    x = ds.base / np.linalg.norm(ds.base, axis=1, keepdims=True)
+    q = ds.queries / np.linalg.norm(ds.queries, axis=1, keepdims=True)
+    f = faiss.IndexIVFPQ(faiss.IndexFlatIP(ds.dim), ds.dim, 128, 48, 8, faiss.METRIC_INNER_PRODUCT)
+    f.train(x)
+    f.add(x)
+    f.nprobe = 32
+    r_faiss = recall(ds, f.search(q, 10)[1])
+    assert r_adc >= r_faiss - 0.03, (r_adc, r_faiss)
+
+
+@pytest.fixture(scope="module")
+def ivf_flat_recall(wordnet_20k):
+    """Recall of exact scanning of the same probed lists: what the codes + re-ranking should come close to."""
+    ds = wordnet_20k
+    index = IVFIndex(ds.dim, "cosine", nlist=64, codec="flat", nprobe=16)
+    index.add(ds.base)
+    r = recall(ds, index.search(ds.queries, 10)[1])
+    assert r >= 0.88, r  # 16 of 64 lists hold about 90% of the true neighbours (measured 0.903)
+    return r
+
+
+@pytest.mark.parametrize("codec,rerank,max_loss", [
+    ("int8", 50, 0.01), ("lvq8", 50, 0.01), ("lvq4", 50, 0.01), ("opq48", 100, 0.02), ("binary", 200, 0.04)])
+def test_other_codecs(wordnet_20k, ivf_flat_recall, codec, rerank, max_loss):
+    ds = wordnet_20k
+    if codec == "opq48":  # fewer OPQ rounds than the default: the test needs a rotation, not the best one
+        codec = OPQCodec(ds.dim, "cosine", m=48, iterations=10, opq_iterations=2)
+    index = IVFIndex(ds.dim, "cosine", nlist=64, codec=codec, nprobe=16, rerank=rerank)
+    index.add(ds.base)
+    r = recall(ds, index.search(ds.queries, 10)[1])
+    assert r >= ivf_flat_recall - max_loss, (codec, r, ivf_flat_recall)
+
+
+def test_l2_ivfpq_precomputed_tables(fashion_small):
+    ds = fashion_small
+    index = IVFIndex(ds.dim, "l2", nlist=32, codec="pq56", nprobe=32, vectors="none")
+    index.add(ds.base)
+    d, i = index.search(ds.queries, 10)
+    # with every list probed, distances are the ADC distances of the residual codes
+    xr = index.get_vectors(i[0])
+    np.testing.assert_allclose(d[0], ((ds.queries[0] - xr) ** 2).sum(1), rtol=1e-3)
+    assert recall(ds, i) >= 0.7
+
+
+def test_save_load_identical_corrupt_and_bad_input(wordnet_20k, ivfpq, tmp_path):
+    ds = wordnet_20k
+    ivfpq.remove([3, 5, 8])
+    path = tmp_path / "ivf.sdx"
+    ivfpq.save(path)
+    d0, i0 = ivfpq.search(ds.queries, 10)
+    for loaded in (IVFIndex.load(path), simdex.load(path, mmap=False)):
+        d1, i1 = loaded.search(ds.queries, 10)
+        np.testing.assert_array_equal(i0, i1)
+        np.testing.assert_array_equal(d0, d1)
+    raw = bytearray(path.read_bytes())
+    raw[-1000] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError):
+        IVFIndex.load(path)
+    n = len(ivfpq)
+    with pytest.raises(InvalidInputError):
+        ivfpq.add(np.full((2, ds.dim), np.nan))
+    with pytest.raises(InvalidInputError, match="nprobe"):
+        ivfpq.search(ds.queries, 10, nprobe=0)
+    assert len(ivfpq) == n
+    np.testing.assert_array_equal(ivfpq.search(ds.queries, 10)[1], i0)
+    with pytest.raises(InvalidInputError, match="rerank"):
+        IVFIndex(8, "l2", vectors="none", rerank=10)

@@ -1,0 +1,59 @@
+"""Adaptive-dimension (AdANNS / matryoshka) search on WordNet embeddings: prefix candidates + full re-rank vs
+brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simdex import DimensionMismatchError, DuplicateIdError, InvalidInputError
+from simdex import datasets
+from simdex.quant import MatryoshkaIndex
+
+
+def recall(ds, ids):
+    return datasets.recall_at_k(ids, ds.ground_truth, 10, ds.base, ds.queries, ds.metric)
+
+
+def test_prefix_search_with_full_rerank(wordnet_20k):
+    ds = wordnet_20k
+    index = MatryoshkaIndex(ds.dim, "cosine", prefix=128, rerank=200)
+    ids = index.add(ds.base)
+    d, i = index.search(ds.queries, 10)
+    r = recall(ds, i)
+    assert r >= 0.95, r  # a third of the dimensions find the candidates (measured 0.974; PCA off: 0.92)
+    # re-ranked distances are the exact full-dimension cosine distances
+    x = ds.base / np.linalg.norm(ds.base, axis=1, keepdims=True)
+    q = ds.queries / np.linalg.norm(ds.queries, axis=1, keepdims=True)
+    np.testing.assert_allclose(d, 1 - np.einsum("qd,qkd->qk", q, x[i]), atol=1e-5)
+    # fewer candidates lose recall; the prefix order alone (rerank = k) loses more
+    assert recall(ds, index.search(ds.queries, 10, rerank=10)[1]) < r
+    # the PCA rotation is what makes a prefix informative for a model not trained as a matryoshka
+    plain = MatryoshkaIndex(ds.dim, "cosine", prefix=128, rerank=200, pca=False)
+    plain.add(ds.base)
+    assert recall(ds, plain.search(ds.queries, 10)[1]) < r - 0.02
+    assert ids.shape == (ds.base.shape[0],)
+
+
+def test_ivf_prefix_and_l2(fashion_small):
+    ds = fashion_small
+    index = MatryoshkaIndex(ds.dim, "l2", prefix=48, rerank=100, nlist=32, nprobe=8)
+    index.add(ds.base, ids=np.arange(ds.base.shape[0]) + 1000)
+    d, i = index.search(ds.queries, 10)
+    assert recall(ds, i - 1000) >= 0.9
+    np.testing.assert_allclose(d, ((ds.queries[:, None, :] - ds.base[i - 1000]) ** 2).sum(-1), rtol=1e-4)
+
+
+def test_bad_input(wordnet_small):
+    ds = wordnet_small
+    with pytest.raises(InvalidInputError, match="prefix"):
+        MatryoshkaIndex(16, prefix=32)
+    index = MatryoshkaIndex(ds.dim, prefix=32)
+    index.add(ds.base[:500])
+    with pytest.raises(DimensionMismatchError):
+        index.search(np.ones((1, 10)), 5)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        index.add(np.full((1, ds.dim), np.nan))
+    with pytest.raises(DuplicateIdError):
+        index.add(ds.base[:2], ids=[0, 1])
+    assert len(index) == 500
