@@ -32,6 +32,21 @@ def heap_replace_top(dist, ids, d, i):
 
 
 @kernel
+def heap_push(dist, ids, n, d, i):
+    """Push (d, i) onto the max-heap dist[:n], ids[:n] (the caller has checked there is room for n + 1)."""
+    pos = n
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        if dist[parent] >= d:
+            break
+        dist[pos] = dist[parent]
+        ids[pos] = ids[parent]
+        pos = parent
+    dist[pos] = d
+    ids[pos] = i
+
+
+@kernel
 def heap_sort_ascending(dist, ids):
     """Turn a full max-heap into ascending order in place (heapsort)."""
     n = dist.shape[0]

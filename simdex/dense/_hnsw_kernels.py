@@ -24,6 +24,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from .._heap import heap_push as _heap_push_max
 from .._heap import heap_replace_top, heap_sort_ascending
 from .._numba import kernel, move_within, prefetch_row
 from ..metrics import distance, distance4
@@ -192,21 +193,6 @@ def _heap_pop_min(heap_d, heap_i, n):
         pos = child
     heap_d[pos] = last_d
     heap_i[pos] = last_i
-
-
-@kernel
-def _heap_push_max(heap_d, heap_i, n, d, node):
-    """Push onto a binary max-heap of n items (capacity checked by the caller)."""
-    pos = n
-    while pos > 0:
-        parent = (pos - 1) >> 1
-        if heap_d[parent] >= d:
-            break
-        heap_d[pos] = heap_d[parent]
-        heap_i[pos] = heap_i[parent]
-        pos = parent
-    heap_d[pos] = d
-    heap_i[pos] = node
 
 
 @kernel

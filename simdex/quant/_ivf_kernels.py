@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .._heap import heap_replace_top, heap_sort_ascending
+from .._heap import heap_push, heap_replace_top, heap_sort_ascending
 from .._numba import kernel
 from ..metrics import distance
 from ._binary_kernels import hamming
@@ -22,17 +22,7 @@ from ._scalar_kernels import affine_score
 @kernel
 def _offer(heap_d, heap_i, n, cap, d, slot):
     if n < cap:
-        # sift up in a max-heap
-        pos = n
-        while pos > 0:
-            parent = (pos - 1) >> 1
-            if heap_d[parent] >= d:
-                break
-            heap_d[pos] = heap_d[parent]
-            heap_i[pos] = heap_i[parent]
-            pos = parent
-        heap_d[pos] = d
-        heap_i[pos] = slot
+        heap_push(heap_d, heap_i, n, d, slot)
         return n + 1
     if d < heap_d[0]:
         heap_replace_top(heap_d[:cap], heap_i[:cap], d, slot)
