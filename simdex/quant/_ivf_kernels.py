@@ -56,7 +56,7 @@ def _finish(heap_d, heap_i, n, k, rerank, metric, q, vectors, out_d, out_i):
 
 
 @kernel(parallel=True)
-def search_pq(metric, queries_t, probes, probe_d, offsets, codes, slots, centroids, precomputed, use_precomputed,
+def search_pq(metric, queries_t, probes, probe_d, offsets, codes, slots, centroids_t, precomputed, use_precomputed,
               cap, k, rerank, queries, vectors, allowed, use_filter, invert, out_d, out_i):
     """IVF-PQ over residual codes. ``queries_t``: queries in the PQ's (padded, rotated) space; ``probe_d``: the
     coarse distance of each probed list, which is the constant term of every entry's distance.
@@ -64,7 +64,7 @@ def search_pq(metric, queries_t, probes, probe_d, offsets, codes, slots, centroi
     Squared L2 (``use_precomputed``): ||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2 <c, r>) - 2 <q, r>, the middle
     term per (list, sub-quantizer, centroid) in ``precomputed`` (nlist, m, 256). Inner product: -<q, c> - <q, r>.
     """
-    m, ks, _ = centroids.shape
+    m, _, ks = centroids_t.shape
     nthreads = numba.get_num_threads()
     heap_d = np.empty((nthreads, cap), np.float32)
     heap_i = np.empty((nthreads, cap), np.int32)
@@ -72,7 +72,7 @@ def search_pq(metric, queries_t, probes, probe_d, offsets, codes, slots, centroi
     table = np.empty((nthreads, m, ks), np.float32)
     for qi in prange(queries_t.shape[0]):
         t = numba.get_thread_id()
-        adc_table(1, queries_t[qi], centroids, tq[t])  # -<q_j, r_jc>
+        adc_table(1, queries_t[qi], centroids_t, tq[t])  # -<q_j, r_jc>
         n = 0
         for p in range(probes.shape[1]):
             lst = probes[qi, p]

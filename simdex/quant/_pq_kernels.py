@@ -9,22 +9,26 @@ from .._numba import kernel
 
 
 @kernel
-def adc_table(metric, q, centroids, out):
+def adc_table(metric, q, centroids_t, out):
     """Distance table of one (rotated, padded) query: out[j, c] = distance of sub-vector j to centroid c.
 
-    ``centroids`` is (m, ks, dsub); squared L2, or minus the inner product (metric 1)."""
-    m, ks, dsub = centroids.shape
+    ``centroids_t`` is the codebook as (m, dsub, ks) (see :meth:`PQCodec.centroids_t`): the innermost loop then
+    runs over the 256 centroids of a sub-quantizer, contiguous, and vectorises. Squared L2, or minus the inner
+    product (metric 1)."""
+    m, dsub, ks = centroids_t.shape
     for j in range(m):
-        for c in range(ks):
-            s = np.float32(0.0)
+        row = out[j]
+        row[:] = 0.0
+        for t in range(dsub):
+            qv = q[j * dsub + t]
+            ct = centroids_t[j, t]
             if metric == 0:
-                for t in range(dsub):
-                    diff = q[j * dsub + t] - centroids[j, c, t]
-                    s += diff * diff
+                for c in range(ks):
+                    diff = qv - ct[c]
+                    row[c] += diff * diff
             else:
-                for t in range(dsub):
-                    s -= q[j * dsub + t] * centroids[j, c, t]
-            out[j, c] = s
+                for c in range(ks):
+                    row[c] -= qv * ct[c]
 
 
 @kernel

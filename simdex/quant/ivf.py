@@ -277,7 +277,7 @@ class IVFIndex(Index):
         codec = self.codec
         if isinstance(codec, PQCodec):
             IK.search_pq(metric, codec.transform(q), probes, probe_d, self._offsets, self._codes, self._slots,
-                         codec.centroids, self._precomputed, METRIC_CODES[self.metric] != IP, cap, k, do_rerank,
+                         codec.centroids_t, self._precomputed, METRIC_CODES[self.metric] != IP, cap, k, do_rerank,
                          q, vectors, mask, use_filter, invert, out_d, out_s)
         elif isinstance(codec, AffineCodec):
             qt, qc = codec.prepare(q)

@@ -45,6 +45,7 @@ class PQCodec(Codec):
         self.seed = check_positive_int(seed, "seed", minimum=0)
         self.dsub = -(-self.dim // self.m)
         self.centroids = np.zeros((self.m, KS, self.dsub), np.float32)
+        self._centroids_t: np.ndarray | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim}, metric={self.metric!r}, m={self.m})"
@@ -56,6 +57,13 @@ class PQCodec(Codec):
     @property
     def padded_dim(self) -> int:
         return self.m * self.dsub
+
+    @property
+    def centroids_t(self) -> np.ndarray:
+        """The codebook as (m, dsub, 256) float32, the layout the distance-table kernel reads."""
+        if self._centroids_t is None:
+            self._centroids_t = np.ascontiguousarray(self.centroids.transpose(0, 2, 1))
+        return self._centroids_t
 
     # the transform applied before splitting (OPQ overrides it with its rotation)
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -86,6 +94,7 @@ class PQCodec(Codec):
         for j in range(self.m):
             sub = np.ascontiguousarray(y[:, j * self.dsub:(j + 1) * self.dsub])
             self.centroids[j] = kmeans(sub, KS, iterations, seed=self.seed + j, progress=False)
+            self._centroids_t = None
             bar.update(1)
         bar.close()
 
@@ -109,7 +118,7 @@ class PQCodec(Codec):
         y = self.transform(q)
         out = np.empty((q.shape[0], self.m, KS), np.float32)
         for i in range(q.shape[0]):
-            PK.adc_table(METRIC_CODES[self.metric], y[i], self.centroids, out[i])
+            PK.adc_table(METRIC_CODES[self.metric], y[i], self.centroids_t, out[i])
         return out
 
     def _distances(self, q: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -122,6 +131,7 @@ class PQCodec(Codec):
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.centroids = expect_array(arrays, "centroids", (self.m, KS, self.dsub), np.float32)
+        self._centroids_t = None
 
     @classmethod
     def _from_params(cls, dim: int, metric: str, meta: dict[str, Any]) -> PQCodec:
