@@ -11,7 +11,7 @@ import pytest
 import simdex
 from simdex import (CorruptFileError, DimensionMismatchError, DuplicateIdError, FlatIndex, HNSWIndex,
                     InvalidInputError, InvalidTypeError, UnknownIdError)
-from simdex.quant import HNSWQuantIndex, IVFIndex
+from simdex.quant import HNSWQuantIndex, IVFIndex, MatryoshkaIndex
 from tests.conftest import numpy_knn
 
 FACTORIES = {
@@ -21,9 +21,11 @@ FACTORIES = {
                                                     codec="lvq8"),
     # 12 of 16 lists: after removing 95% of the vectors the few survivors of a neighbourhood are spread thin
     "ivf-pq": lambda dim, metric: IVFIndex(dim, metric, nlist=16, codec="pq", nprobe=12, rerank=100),
+    # candidates from the first min(64, dim) PCA coordinates, exact re-rank of 100
+    "matryoshka": lambda dim, metric: MatryoshkaIndex(dim, metric, rerank=100),
 }
 # the least recall@10 each index must reach on the small real slices used here (exact ones: 1.0)
-MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "hnsw-lvq8": 0.95, "ivf-pq": 0.9}
+MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "hnsw-lvq8": 0.95, "ivf-pq": 0.9, "matryoshka": 0.95}
 
 N = 2000
 

@@ -35,13 +35,22 @@ def test_prefix_search_with_full_rerank(wordnet_20k):
     assert ids.shape == (ds.base.shape[0],)
 
 
-def test_ivf_prefix_and_l2(fashion_small):
+def test_ivf_prefix_and_l2(fashion_small, tmp_path):
     ds = fashion_small
     index = MatryoshkaIndex(ds.dim, "l2", prefix=48, rerank=100, nlist=32, nprobe=8)
     index.add(ds.base, ids=np.arange(ds.base.shape[0]) + 1000)
     d, i = index.search(ds.queries, 10)
     assert recall(ds, i - 1000) >= 0.9
     np.testing.assert_allclose(d, ((ds.queries[:, None, :] - ds.base[i - 1000]) ** 2).sum(-1), rtol=1e-4)
+    # the IVF prefix index travels with the file: same answers after a round trip, and removals stay removed
+    gone = np.unique(i[:, 0])
+    index.remove(gone)
+    index.save(tmp_path / "m.sdx")
+    loaded = MatryoshkaIndex.load(tmp_path / "m.sdx")
+    a, b = index.search(ds.queries, 10), loaded.search(ds.queries, 10)
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.isin(b[1], gone).any()
+    assert loaded.search(ds.queries, 10, nprobe=32)[1].shape == (ds.queries.shape[0], 10)
 
 
 def test_bad_input(wordnet_small):
