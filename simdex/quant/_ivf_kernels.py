@@ -56,7 +56,7 @@ def _finish(heap_d, heap_i, n, k, rerank, metric, q, vectors, out_d, out_i):
 
 
 @kernel(parallel=True)
-def search_pq(metric, queries_t, probes, probe_d, offsets, codes, slots, centroids_t, precomputed, use_precomputed,
+def search_pq(nthreads, metric, queries_t, probes, probe_d, offsets, codes, slots, centroids_t, precomputed, use_precomputed,
               cap, k, rerank, queries, vectors, allowed, use_filter, invert, out_d, out_i):
     """IVF-PQ over residual codes. ``queries_t``: queries in the PQ's (padded, rotated) space; ``probe_d``: the
     coarse distance of each probed list, which is the constant term of every entry's distance.
@@ -65,7 +65,6 @@ def search_pq(metric, queries_t, probes, probe_d, offsets, codes, slots, centroi
     term per (list, sub-quantizer, centroid) in ``precomputed`` (nlist, m, 256). Inner product: -<q, c> - <q, r>.
     """
     m, _, ks = centroids_t.shape
-    nthreads = numba.get_num_threads()
     heap_d = np.empty((nthreads, cap), np.float32)
     heap_i = np.empty((nthreads, cap), np.int32)
     tq = np.empty((nthreads, m, ks), np.float32)
@@ -100,10 +99,9 @@ def search_pq(metric, queries_t, probes, probe_d, offsets, codes, slots, centroi
 
 
 @kernel(parallel=True)
-def search_affine(qts, qcs, bits, half, probes, offsets, codes, codes_f, slots, cap, k, rerank, metric, queries,
+def search_affine(nthreads, qts, qcs, bits, half, probes, offsets, codes, codes_f, slots, cap, k, rerank, metric, queries,
                   vectors, allowed, use_filter, invert, out_d, out_i):
     """IVF over int8 / LVQ codes of the vectors themselves (not residuals); ``codes_f`` is the float32 view."""
-    nthreads = numba.get_num_threads()
     heap_d = np.empty((nthreads, cap), np.float32)
     heap_i = np.empty((nthreads, cap), np.int32)
     for qi in prange(qts.shape[0]):
@@ -122,10 +120,9 @@ def search_affine(qts, qcs, bits, half, probes, offsets, codes, codes_f, slots, 
 
 
 @kernel(parallel=True)
-def search_flat(metric, probes, offsets, codes_f, slots, cap, k, queries, out_d, out_i, allowed, use_filter,
+def search_flat(nthreads, metric, probes, offsets, codes_f, slots, cap, k, queries, out_d, out_i, allowed, use_filter,
                 invert):
     """IVF over float32 codes (exact distances, no re-ranking needed)."""
-    nthreads = numba.get_num_threads()
     heap_d = np.empty((nthreads, cap), np.float32)
     heap_i = np.empty((nthreads, cap), np.int32)
     for qi in prange(queries.shape[0]):
@@ -143,10 +140,9 @@ def search_flat(metric, probes, offsets, codes_f, slots, cap, k, queries, out_d,
 
 
 @kernel(parallel=True)
-def search_binary(qwords, probes, offsets, words, slots, cap, k, rerank, metric, queries, vectors, allowed,
+def search_binary(nthreads, qwords, probes, offsets, words, slots, cap, k, rerank, metric, queries, vectors, allowed,
                   use_filter, invert, out_d, out_i):
     """IVF over binary codes: Hamming distance, then (with ``rerank``) float re-ranking of the best ``cap``."""
-    nthreads = numba.get_num_threads()
     heap_d = np.empty((nthreads, cap), np.float32)
     heap_i = np.empty((nthreads, cap), np.int32)
     for qi in prange(qwords.shape[0]):

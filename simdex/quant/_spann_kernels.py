@@ -69,7 +69,7 @@ def search_lists(qts, qcs, bits, half, probes, offsets, codes, codes_f, slots, s
 
     ``seen`` (threads, n_slots) int32 persists between calls so that a one-query search does not pay for
     clearing it: query qi marks slots with ``stamp0 + qi``, which the caller keeps unique across calls."""
-    nthreads = numba.get_num_threads()
+    nthreads = seen.shape[0]
     heap_d = np.empty((nthreads, cap), np.float32)
     heap_i = np.empty((nthreads, cap), np.int32)
     for qi in prange(qts.shape[0]):

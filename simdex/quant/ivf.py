@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import numba
 import numpy as np
 
 from .._numba import num_threads
@@ -275,20 +276,22 @@ class IVFIndex(Index):
         vectors = self._vectors if self.vector_storage != "none" else np.zeros((1, self.dim), np.float32)
         metric = self._metric_code
         codec = self.codec
+        # the per-thread scratch is sized here: numba.get_num_threads() inside a kernel stops numba caching it
+        nthreads = numba.get_num_threads()
         if isinstance(codec, PQCodec):
-            IK.search_pq(metric, codec.transform(q), probes, probe_d, self._offsets, self._codes, self._slots,
-                         codec.centroids_t, self._precomputed, METRIC_CODES[self.metric] != IP, cap, k, do_rerank,
-                         q, vectors, mask, use_filter, invert, out_d, out_s)
+            IK.search_pq(nthreads, metric, codec.transform(q), probes, probe_d, self._offsets, self._codes,
+                         self._slots, codec.centroids_t, self._precomputed, METRIC_CODES[self.metric] != IP, cap, k,
+                         do_rerank, q, vectors, mask, use_filter, invert, out_d, out_s)
         elif isinstance(codec, AffineCodec):
             qt, qc = codec.prepare(q)
-            IK.search_affine(qt, qc, codec.bits, codec.half, probes, self._offsets, self._codes,
+            IK.search_affine(nthreads, qt, qc, codec.bits, codec.half, probes, self._offsets, self._codes,
                              self._codes.view(np.float32), self._slots, cap, k, do_rerank, metric, q, vectors,
                              mask, use_filter, invert, out_d, out_s)
         elif isinstance(codec, FlatCodec):
-            IK.search_flat(metric, probes, self._offsets, self._codes.view(np.float32), self._slots, cap, k, q,
-                           out_d, out_s, mask, use_filter, invert)
+            IK.search_flat(nthreads, metric, probes, self._offsets, self._codes.view(np.float32), self._slots, cap,
+                           k, q, out_d, out_s, mask, use_filter, invert)
         elif isinstance(codec, BinaryCodec):
-            IK.search_binary(codec.encode_words(q), probes, self._offsets, self._codes.view(np.uint64),
+            IK.search_binary(nthreads, codec.encode_words(q), probes, self._offsets, self._codes.view(np.uint64),
                              self._slots, cap, k, do_rerank, metric, q, vectors, mask, use_filter, invert, out_d,
                              out_s)
         else:  # pragma: no cover - make_codec only builds the kinds above
