@@ -98,3 +98,25 @@ def test_save_load_identical_corrupt_and_bad_input(wordnet_20k, ivfpq, tmp_path)
     np.testing.assert_array_equal(ivfpq.search(ds.queries, 10)[1], i0)
     with pytest.raises(InvalidInputError, match="rerank"):
         IVFIndex(8, "l2", vectors="none", rerank=10)
+
+
+@pytest.mark.parametrize("nprobe", [1, 3, 32, 127])
+def test_probed_lists_are_the_nearest(wordnet_20k, ivfpq, nprobe):
+    """The lists a search scans are exactly the nprobe nearest centroids (the small-nprobe path picks them with
+    its own kernel, the large one with argpartition); checked through IK.select_probes against a full sort."""
+    from simdex.metrics import pairwise
+    from simdex.quant import _ivf_kernels as IK
+    q = wordnet_20k.queries[:200] / np.linalg.norm(wordnet_20k.queries[:200], axis=1, keepdims=True)
+    coarse = np.ascontiguousarray(pairwise("cosine", q.astype(np.float32), ivfpq.centroids), np.float32)
+    probes = np.empty((q.shape[0], nprobe), np.int64)
+    probe_d = np.empty((q.shape[0], nprobe), np.float32)
+    IK.select_probes(coarse, nprobe, probes, probe_d)
+    np.testing.assert_array_equal(probe_d, np.sort(coarse, axis=1)[:, :nprobe])
+    np.testing.assert_array_equal(np.take_along_axis(coarse, probes, 1), probe_d)
+    assert all(np.unique(row).size == nprobe for row in probes)
+    # and a search with that nprobe returns only vectors of those lists (ids are slots here: nothing removed)
+    _, ids = ivfpq.search(wordnet_20k.queries[:200], 10, nprobe=nprobe, rerank=0)
+    offsets, slots = ivfpq._offsets, ivfpq._slots
+    for row, found in zip(probes, ids):
+        members = np.concatenate([slots[offsets[lst]:offsets[lst + 1]] for lst in row])
+        assert np.isin(found[found >= 0], members).all()

@@ -15,7 +15,7 @@ from .._heap import heap_push, heap_replace_top, heap_sort_ascending
 from .._numba import kernel
 from ..metrics import distance
 from ._binary_kernels import hamming
-from ._pq_kernels import adc_table
+from ._pq_kernels import adc_lookup, adc_table
 from ._scalar_kernels import affine_score
 
 
@@ -56,6 +56,34 @@ def _finish(heap_d, heap_i, n, k, rerank, metric, q, vectors, out_d, out_i):
 
 
 @kernel(parallel=True)
+def select_probes(coarse, nprobe, probes, probe_d):
+    """The ``nprobe`` nearest lists of each query, nearest first: ``coarse`` (nq, nlist) distances ->
+    ``probes`` (nq, nprobe) int64 and their distances ``probe_d``. An insertion into a short sorted row, skipped
+    for the many lists that are not closer than the row's last: about one comparison per list for small nprobe
+    (np.argpartition costs several times more per row)."""
+    nlist = coarse.shape[1]
+    for qi in prange(coarse.shape[0]):
+        row = coarse[qi]
+        bd = probe_d[qi]
+        bi = probes[qi]
+        n = 0
+        for lst in range(nlist):
+            d = row[lst]
+            if n == nprobe and d >= bd[n - 1]:
+                continue
+            pos = n if n < nprobe else nprobe - 1
+            while pos > 0 and bd[pos - 1] > d:
+                if pos < nprobe:
+                    bd[pos] = bd[pos - 1]
+                    bi[pos] = bi[pos - 1]
+                pos -= 1
+            bd[pos] = d
+            bi[pos] = lst
+            if n < nprobe:
+                n += 1
+
+
+@kernel(parallel=True)
 def search_pq(nthreads, metric, queries_t, probes, probe_d, offsets, codes, slots, centroids_t, precomputed, use_precomputed,
               cap, k, rerank, queries, vectors, allowed, use_filter, invert, out_d, out_i):
     """IVF-PQ over residual codes. ``queries_t``: queries in the PQ's (padded, rotated) space; ``probe_d``: the
@@ -89,9 +117,7 @@ def search_pq(nthreads, metric, queries_t, probes, probe_d, offsets, codes, slot
                 slot = slots[e]
                 if not _usable(slot, allowed, use_filter, invert):
                     continue
-                s = base
-                for j in range(m):
-                    s += tab[j, codes[e, j]]
+                s = base + adc_lookup(tab, codes[e])
                 # skipping the heap for entries that cannot enter it is the common case once it is full
                 if n < cap or s < heap_d[t, 0]:
                     n = _offer(heap_d[t], heap_i[t], n, cap, s, slot)

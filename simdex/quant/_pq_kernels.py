@@ -31,13 +31,26 @@ def adc_table(metric, q, centroids_t, out):
                     row[c] -= qv * ct[c]
 
 
-@kernel
+@kernel(inline="always")
 def adc_lookup(table, code):
-    """sum_j table[j, code[j]] for one code row."""
-    s = np.float32(0.0)
-    for j in range(code.shape[0]):
-        s += table[j, code[j]]
-    return s
+    """sum_j table[j, code[j]] for one code row. Four running sums: one would chain every add on the previous
+    one's latency, while the lookups themselves are independent."""
+    m = code.shape[0]
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    s3 = np.float32(0.0)
+    j = 0
+    while j + 4 <= m:
+        s0 += table[j, code[j]]
+        s1 += table[j + 1, code[j + 1]]
+        s2 += table[j + 2, code[j + 2]]
+        s3 += table[j + 3, code[j + 3]]
+        j += 4
+    while j < m:
+        s0 += table[j, code[j]]
+        j += 1
+    return (s0 + s1) + (s2 + s3)
 
 
 @kernel(parallel=True)

@@ -39,6 +39,10 @@ _TRAIN_PER_LIST = 256  # coarse training vectors per list (as FAISS; 64 lost 5 p
 _TRAIN_MAX = 200_000
 
 
+# up to this nprobe the lists are picked by an insertion kernel (5-7x faster than np.argpartition at nprobe <= 8,
+# even at 32); beyond it argpartition wins
+_SELECT_PROBES_MAX = 32
+
 class IVFIndex(Index):
     """Inverted-file index over codes.
 
@@ -263,12 +267,17 @@ class IVFIndex(Index):
     def _search_lists(self, q: np.ndarray, k: int, nprobe: int, rerank: int, allowed: np.ndarray | None,
                       invert: bool, out_d: np.ndarray, out_s: np.ndarray) -> None:
         coarse = pairwise(self.metric, q, self.centroids)
-        if nprobe < self.nlist:
-            probes = np.argpartition(coarse, nprobe - 1, axis=1)[:, :nprobe]
+        if nprobe <= _SELECT_PROBES_MAX and nprobe < self.nlist:
+            probes = np.empty((q.shape[0], nprobe), np.int64)
+            probe_d = np.empty((q.shape[0], nprobe), np.float32)
+            IK.select_probes(np.ascontiguousarray(coarse, np.float32), nprobe, probes, probe_d)
         else:
-            probes = np.broadcast_to(np.arange(self.nlist), coarse.shape)
-        probes = np.ascontiguousarray(probes, dtype=np.int64)
-        probe_d = np.ascontiguousarray(np.take_along_axis(coarse, probes, 1), dtype=np.float32)
+            if nprobe < self.nlist:
+                probes = np.argpartition(coarse, nprobe - 1, axis=1)[:, :nprobe]
+            else:
+                probes = np.broadcast_to(np.arange(self.nlist), coarse.shape)
+            probes = np.ascontiguousarray(probes, dtype=np.int64)
+            probe_d = np.ascontiguousarray(np.take_along_axis(coarse, probes, 1), dtype=np.float32)
         use_filter = allowed is not None
         mask = allowed if use_filter else np.zeros(1, np.uint8)
         cap = max(k, rerank)
