@@ -31,6 +31,19 @@ def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
     return value
 
 
+# the largest vector dimension accepted: far above any embedding model, and small enough that one vector is an
+# allocation that cannot fail for its size alone
+MAX_DIM = 1 << 20
+
+
+def check_dim(dim: Any) -> int:
+    """A vector dimension: an integer in [1, MAX_DIM]."""
+    dim = check_positive_int(dim, "dim")
+    if dim > MAX_DIM:
+        raise InvalidInputError(f"dim must be <= {MAX_DIM}; got {dim}")
+    return dim
+
+
 def check_threads(threads: Any) -> int | None:
     if threads is None:
         return None

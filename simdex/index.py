@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import fileformat
-from ._validate import check_ids, check_k, check_metric, check_positive_int, check_threads, check_vectors
+from ._validate import check_dim, check_ids, check_k, check_metric, check_threads, check_vectors
 from .errors import CorruptFileError, InvalidInputError
 from .idmap import IdMap
 from .metrics import METRIC_CODES
@@ -39,7 +39,7 @@ class Index(abc.ABC):
         _REGISTRY[cls.kind] = cls
 
     def __init__(self, dim: int, metric: str = "l2") -> None:
-        self.dim = check_positive_int(dim, "dim")
+        self.dim = check_dim(dim)
         self.metric = check_metric(metric)
         self._metric_code = METRIC_CODES[self.metric]
         self._idmap = IdMap()

@@ -316,3 +316,12 @@ def test_integer_and_float64_input_accepted(kind, data):
     index.add(base[200:400].astype(np.float64) * 255)
     d, i = index.search((queries[:5] * 255).astype(np.int32), 3)
     assert i.shape == (5, 3) and (i >= 0).all()
+
+
+def test_absurd_dimension_is_refused(kind):
+    """A dimension beyond MAX_DIM is an input error (not a failed allocation, which an HTTP API turns into a 500)."""
+    from simdex._validate import MAX_DIM
+    with pytest.raises(InvalidInputError, match="dim must be <="):
+        FACTORIES[kind](MAX_DIM + 1, "l2")
+    with pytest.raises(InvalidInputError, match="dim must be <="):
+        FACTORIES[kind](10 ** 18, "l2")

@@ -105,6 +105,7 @@ def test_error_statuses_and_nothing_changes(db):
         ("post", "/api/v1/collections", {"name": "../x", "dim": 3}, 400, "invalid collection name"),
         ("post", "/api/v1/collections", {"name": "c", "dim": 3}, 409, "already exists"),
         ("post", "/api/v1/collections", {"name": "d", "dim": -1}, 400, "dim"),
+        ("post", "/api/v1/collections", {"name": "d", "dim": 10 ** 18}, 400, "dim must be <="),
         ("post", "/api/v1/collections", {"name": "d", "dim": 3, "params": {"M": "big"}}, 400, "M"),
     ]
     for method, url, body, status, needle in cases:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._validate import check_metric, check_positive_int, check_vectors
+from .._validate import check_dim, check_metric, check_vectors
 from ..errors import CorruptFileError, InvalidInputError
 
 _CODECS: dict[str, type[Codec]] = {}
@@ -40,7 +40,7 @@ class Codec(abc.ABC):
         _CODECS[cls.name] = cls
 
     def __init__(self, dim: int, metric: str = "l2") -> None:
-        self.dim = check_positive_int(dim, "dim")
+        self.dim = check_dim(dim)
         self.metric = check_metric(metric)
         self.is_trained = False
 

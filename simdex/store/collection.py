@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import fileformat
-from .._validate import check_positive_int, check_vectors
+from .._validate import check_dim, check_positive_int, check_vectors
 from ..dense import FlatIndex, HNSWIndex
 from ..errors import CorruptDatabaseError, CorruptFileError, InvalidInputError, ReadOnlyError, UnknownIdError
 from ..index import Index, write_snapshot
@@ -74,7 +74,7 @@ def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
 
 def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text: Any = False) -> dict[str, Any]:
     from .._validate import check_metric
-    dim = check_positive_int(dim, "dim")
+    dim = check_dim(dim)
     metric = check_metric(metric)
     if index not in INDEX_KINDS:
         raise InvalidInputError(f"index must be one of {INDEX_KINDS}; got {index!r}")
