@@ -20,11 +20,13 @@ Removal marks points deleted (they are never returned) and removes them from eve
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import numba
 import numpy as np
 
 from .._numba import num_threads
@@ -33,6 +35,7 @@ from ..errors import CorruptFileError, InvalidInputError
 from ..idmap import IdMap
 from ..index import _REGISTRY, Index, meta_int
 from ..metrics import to_public
+from . import _hnsw_kernels as HK
 from . import _window_kernels as K
 from .flat import FlatIndex
 from .hnsw import HNSWIndex
@@ -111,8 +114,9 @@ class WindowIndex(Index):
     kind = "WindowIndex"
     _volatile_arrays = ("deleted",)
     # cost model of a query plan, in units of one distance computation; see _plan
-    EXACT_UNIT = 0.5  # a row of a contiguous exact scan (sequential reads, four rows per step)
-    CALL_COST = 400.0  # fixed cost of one node search (Python call, validation, filter mask)
+    EXACT_UNIT = 1.0  # a row of a contiguous exact scan
+    GRAPH_UNIT = 1.5  # a distance during a graph walk (random reads)
+    CALL_COST = 150.0  # fixed cost of one node search (Python call, filter mask, merge)
 
     def __init__(self, dim: int, metric: str = "l2", *, base: str | Callable[[int, str], Index] = "hnsw",
                  base_params: dict[str, Any] | None = None, branching: int = 2, leaf_size: int = 1024,
@@ -257,7 +261,7 @@ class WindowIndex(Index):
                     nodes.append(None)
                     continue
                 node = self._factory(self.dim, self.metric)
-                kwargs = {"threads": threads} if "threads" in inspect.signature(node.add).parameters else {}
+                kwargs = {"threads": threads} if _accepts(type(node), "add", "threads") else {}
                 node.add(vectors[s:e], np.arange(e - s, dtype=np.int64), **kwargs)
                 nodes.append(node)
             levels.append((bounds, nodes))
@@ -332,15 +336,16 @@ class WindowIndex(Index):
     def _plan(self, s: int, e: int, ef: int) -> list[tuple]:
         """Cheapest cover of rows [s, e) by exact scans ``("x", a, b)`` and node searches ``("g", level, j, a, b)``.
 
-        Costs in distance computations (the model of :meth:`HNSWIndex._prefer_exact`): an exact scan of m rows
-        costs ``EXACT_UNIT * m``; a graph search of a node of size S restricted to m of its rows expands about
-        ``ef / (m / S)`` nodes of degree ``M0``, so costs ``ef * M0 * S / m``; every node search adds
-        ``CALL_COST``. Splitting a node costs the sum of its children's best covers. A window that covers most
+        Costs in units of one exact-scan row (the model of :meth:`HNSWIndex._prefer_exact`): an exact scan of m
+        rows costs ``EXACT_UNIT * m``; a graph search of a node of size S restricted to m of its rows expands
+        about ``ef / (m / S)`` nodes of degree ``M0``, so costs ``GRAPH_UNIT * ef * M0 * S / m`` (a graph
+        distance reads a random row, hence dearer than a scanned one); every node search adds ``CALL_COST``. The
+        units were fitted to single-query timings on fashion-mnist-784 and wordnet-minilm-384. Splitting a node costs the sum of its children's best covers. A window that covers most
         of a node is thus answered by that node with a post-filter (the paper's beta rule, with beta set by the
         costs), a narrow one by its children or an exact scan.
         """
         m0 = 2 * int(self.base_params.get("M", 16)) if self.base != "flat" else 0
-        graph_unit = float(ef * max(m0, 1)) if self.base != "flat" else None
+        graph_unit = self.GRAPH_UNIT * ef * max(m0, 1) if self.base != "flat" else None
 
         def exact_cost(a: int, b: int) -> float:
             return self.EXACT_UNIT * (b - a)
@@ -384,22 +389,26 @@ class WindowIndex(Index):
 
     def _search_node(self, level: int, j: int, a: int, b: int, q: np.ndarray, rows: np.ndarray, k: int, ef: int,
                      threads: int | None, heap_d: np.ndarray, heap_s: np.ndarray) -> None:
+        """Search node (level, j) restricted to rows [a, b) for queries ``q[rows]``; push into the heaps."""
         bounds, nodes = self._levels[level]
         node = nodes[j]
         ns, ne = int(bounds[j]), int(bounds[j + 1])
         live = len(node)
         if live == 0:
             return
-        kwargs: dict[str, Any] = {"threads": threads}
-        if "ef" in inspect.signature(node.search).parameters:
-            kwargs["ef"] = ef
-        if a > ns or b < ne:
-            mask = np.zeros(ne - ns, bool)
-            mask[a - ns:b - ns] = True
-            kwargs["filter"] = mask
-        dist, local = node.search(q[rows], min(k, live), **kwargs)
-        if self.metric != "l2":  # back to the internal convention of the heaps (see simdex.metrics)
-            dist = dist - np.float32(1.0)
+        if type(node) is HNSWIndex:
+            dist, local = _hnsw_restricted(node, q[rows], min(k, live), ef, a - ns, b - ns, ne - ns)
+        else:
+            kwargs: dict[str, Any] = {"threads": threads}
+            if _accepts(type(node), "search", "ef"):
+                kwargs["ef"] = ef
+            if a > ns or b < ne:
+                mask = np.zeros(ne - ns, bool)
+                mask[a - ns:b - ns] = True
+                kwargs["filter"] = mask
+            dist, local = node.search(q[rows], min(k, live), **kwargs)
+            if self.metric != "l2":  # back to the internal convention of the heaps (see simdex.metrics)
+                dist = dist - np.float32(1.0)
         K.merge_candidates(rows, dist, np.where(local >= 0, local + ns, -1), heap_d, heap_s)
 
     # ---- remove --------------------------------------------------------------------------------------------------
@@ -536,6 +545,54 @@ class WindowIndex(Index):
             raise CorruptFileError("deleted-point bookkeeping is inconsistent")
         if n * self.dim < (1 << 28) and np.isnan(self._vectors).any():
             raise CorruptFileError("stored vectors contain NaN")
+
+
+def _hnsw_restricted(node: HNSWIndex, q: np.ndarray, k: int, ef: int, a: int, b: int, size: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A node's HNSW search restricted to its local ids [a, b), calling the kernels directly.
+
+    The tree holds many small searches per batch, so the public ``search`` path (validation, an id -> slot
+    gather for the filter mask, signature checks) would cost as much as the graph walk. Returns internal
+    distances (nq, k) and local ids (-1: none).
+    """
+    n = node._n
+    # a node is built by one add of ids 0..size-1, so until it consolidates, slot == local id
+    identity = node._consolidated == 0 and n == size
+    allowed, invert = None, False
+    if a > 0 or b < size:
+        if identity:
+            allowed = np.zeros(n, np.uint8)
+            allowed[a:b] = 1
+        else:
+            ids = node._idmap.slot_ids[:n]
+            allowed = ((ids >= a) & (ids < b)).view(np.uint8)
+        if node._n_deleted:
+            allowed &= node._deleted[:n] == 0
+    elif node._n_deleted:
+        allowed, invert = node._deleted[:n], True
+    nq = q.shape[0]
+    out_d = np.empty((nq, k), np.float32)
+    out_s = np.empty((nq, k), np.int32)
+    scratch = node._scratch.take(max(1, min(numba.get_num_threads(), nq)), n)
+    try:
+        if allowed is None:
+            HK.search_batch(node._vectors, node._metric_code, node._links0, node._links_up, node._up_offset,
+                            node._entry, node._max_level, q, k, ef, out_d, out_s, *scratch)
+        else:
+            HK.search_batch_filtered(node._vectors, node._metric_code, node._links0, node._links_up, node._up_offset,
+                                     node._entry, node._max_level, q, k, ef, allowed, invert, out_d, out_s,
+                                     *scratch)
+    finally:
+        node._scratch.give(scratch)
+    slots = out_s.astype(np.int64)
+    if identity:
+        return out_d, slots
+    return out_d, np.where(slots >= 0, node._idmap.slot_ids[np.maximum(slots, 0)], -1)
+
+
+@functools.lru_cache(maxsize=None)
+def _accepts(cls: type, method: str, parameter: str) -> bool:
+    return parameter in inspect.signature(getattr(cls, method)).parameters
 
 
 def _grow(arr: np.ndarray, rows: int) -> np.ndarray:
