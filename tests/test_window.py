@@ -381,3 +381,105 @@ def test_bad_construction_and_empty_index():
     index.add(np.eye(4), [1.0, 2.0, 3.0, 4.0])  # below leaf_size: no tree, everything scanned exactly
     d, i = index.search(np.eye(4)[[2]], 2, 2.5, 10)
     assert i[0, 0] == 2 and i[0, 1] == 3
+
+
+# ---- collections: numeric range filters on a window field --------------------------------------------------------
+def _collection_truth(vectors, ts, queries, lo, hi, k, lo_strict=False, hi_strict=False):
+    ok = np.array([t is not None and (t > lo if lo_strict else t >= lo) and (t < hi if hi_strict else t <= hi)
+                   for t in ts])
+    sel = np.flatnonzero(ok)
+    if sel.size == 0:
+        return [[] for _ in queries]
+    _, pos = numpy_knn(vectors[sel], queries, min(k, sel.size), "cosine")
+    return [[f"r{sel[p]}" for p in row] for row in pos]
+
+
+def test_collection_window_field_answers_range_filters(tmp_path, wordnet):
+    base, attrs, queries = wordnet
+    n = 1500
+    vectors = base[:n]
+    ts = [round(float(a) * 1000, 3) for a in attrs[:n]]
+    metas = [{"ts": t, "tag": i % 3} for i, t in enumerate(ts)]
+    for i in range(0, n, 50):  # some records have no number in the field: never in a range
+        metas[i] = {"ts": "not a number"} if i % 100 else {"other": 1}
+        ts[i] = None
+    ids = [f"r{i}" for i in range(n)]
+    q = queries[:20]
+    path = tmp_path / "db"
+    with simdex.connect(path, background=False, sync="off") as db:
+        col = db.create_collection("events", dim=384, window_field="ts", M=12, ef_construction=60)
+        plain = db.create_collection("plain", dim=384, M=12, ef_construction=60)
+        for c in (col, plain):
+            c.upsert(ids, vectors, metas)
+        with pytest.raises(simdex.CollectionExistsError):
+            db.create_collection("events", dim=384, window_field="other", exist_ok=True, M=12, ef_construction=60)
+        with pytest.raises(InvalidInputError, match="window_field"):
+            db.create_collection("bad", dim=384, window_field="a b")
+
+        def check(where, lo, hi, lo_strict=False, hi_strict=False, exact=True):
+            truth = _collection_truth(vectors, ts, q, lo, hi, 10, lo_strict, hi_strict)
+            got = col.search_batch(q, k=10, where=where)
+            reference = plain.search_batch(q, k=10, where=where)  # the SQL allow-list path
+            found = sum(len({h["id"] for h in g} & set(t)) for g, t in zip(got, truth))
+            assert [len(g) for g in got] == [len(t) for t in truth] == [len(r) for r in reference]
+            if exact:
+                assert _hit_ids(got) == truth
+            else:
+                assert found >= 0.95 * sum(len(t) for t in truth)
+            return got
+
+        assert col.stats()["window"]["buffered"] == n - n // 50  # all in the exactly scanned buffer for now
+        sql_filters = []
+        allowed = col._allowed
+        col._allowed = lambda where: sql_filters.append(where) or allowed(where)
+        check({"ts": {"$gte": 200.0, "$lte": 450.0}}, 200.0, 450.0)
+        inner = sorted(t for t in ts if t is not None)[100:400]
+        check({"ts": {"$gt": inner[0], "$lt": inner[-1]}}, inner[0], inner[-1], True, True)
+        check({"$and": [{"ts": {"$gte": 100}}, {"ts": {"$lt": 900}}]}, 100, 900, False, True)
+        check({"ts": ts[3]}, ts[3], ts[3])
+        assert col.search_batch(q, k=5, where={"ts": {"$gte": 5000}}) == [[] for _ in q]
+        assert col.search_batch(q, k=5, where={"ts": {"$gte": 600, "$lte": 500}}) == [[] for _ in q]
+        assert sql_filters == [], "a range on the window field went through the SQL allow-list"
+        # a filter on other fields (or mixing fields) goes through SQL and stays correct
+        mixed = col.search_batch(q, k=5, where={"ts": {"$gte": 100}, "tag": 1})
+        assert all(h["metadata"]["tag"] == 1 and h["metadata"]["ts"] >= 100 for row in mixed for h in row)
+        assert len(sql_filters) == 1
+
+        db.optimize()  # builds the window tree in place of the buffer
+        stats = col.stats()["window"]
+        assert stats["buffered"] == 0 and stats["levels"] >= 1
+        check({"ts": {"$gte": 0.0, "$lte": 700.0}}, 0.0, 700.0, exact=False)
+
+        # upserts move a record's attribute; deletes remove it; both are seen at once
+        col.upsert(["r5"], vectors[[5]], [{"ts": 2000.0}])
+        hits = col.search(vectors[5], k=3, where={"ts": {"$gte": 1500}})
+        assert [h["id"] for h in hits] == ["r5"]
+        assert "r5" not in _hit_ids(col.search_batch(vectors[[5]], k=10, where={"ts": {"$lte": 1000}}))[0]
+        col.delete(["r5"])
+        assert col.search(vectors[5], k=3, where={"ts": {"$gte": 1500}}) == []
+        ts[5] = None
+        truth_after = check({"ts": {"$gte": 300.0, "$lte": 310.0}}, 300.0, 310.0)
+    # reopened: the window index is rebuilt from the metadata store and answers the same
+    with simdex.connect(path, background=False, sync="off") as db:
+        col = db.get_collection("events")
+        assert col.window_field == "ts"
+        again = col.search_batch(q, k=10, where={"ts": {"$gte": 300.0, "$lte": 310.0}})
+        assert _hit_ids(again) == _hit_ids(truth_after)
+        assert col.search(vectors[5], k=3, where={"ts": {"$gte": 1500}}) == []
+
+
+def _hit_ids(hits):
+    return [[h["id"] for h in row] for row in hits]
+
+
+def test_window_bounds_of_where_filters():
+    from simdex.store.filters import window_bounds
+    assert window_bounds({"ts": {"$gte": 1, "$lte": 2}}, "ts") == (1.0, 2.0)
+    assert window_bounds({"ts": 3}, "ts") == (3.0, 3.0)
+    lo, hi = window_bounds({"ts": {"$gt": 1.0, "$lt": 2.0}}, "ts")
+    assert 1.0 < lo < 1.0 + 1e-15 and 2.0 - 1e-15 < hi < 2.0
+    assert window_bounds({"$and": [{"ts": {"$gte": 1}}, {"ts": {"$lte": 5}}, {"ts": {"$lt": 4}}]}, "ts")[0] == 1.0
+    for other in ({"ts": {"$ne": 1}}, {"ts": {"$in": [1]}}, {"ts": "a"}, {"ts": True}, {"ts": {"$gte": None}},
+                  {"other": {"$gte": 1}}, {"ts": {"$gte": 1}, "x": 2}, {"$or": [{"ts": 1}]}, {"ts": {"$date": "x"}},
+                  {"ts": {"$gte": 2 ** 60 + 1}}, {"$and": [{"ts": 1}, {"x": 1}]}, None, []):
+        assert window_bounds(other, "ts") is None, other

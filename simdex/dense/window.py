@@ -106,6 +106,9 @@ class WindowIndex(Index):
     rebuild_fraction : float, default 0.1
         Points added after the build are scanned exactly until they exceed this fraction of the tree (and
         ``leaf_size``); then the tree is rebuilt from all live points, which also drops removed ones.
+    auto_rebuild : bool, default True
+        Rebuild inside ``add`` / ``remove`` when the buffer or the deletions grow past their limits. Off: the
+        owner calls :meth:`rebuild` (or builds a replacement in the background) when :meth:`needs_rebuild` says.
 
     Memory: ``4 * dim + 17`` bytes per point for the sorted storage, plus one base index per level over all points
     (for HNSW about ``4 * dim + 8 * M + 40`` bytes per point and level).
@@ -120,7 +123,7 @@ class WindowIndex(Index):
 
     def __init__(self, dim: int, metric: str = "l2", *, base: str | Callable[[int, str], Index] = "hnsw",
                  base_params: dict[str, Any] | None = None, branching: int = 2, leaf_size: int = 1024,
-                 ef_search: int = 64, rebuild_fraction: float = 0.1) -> None:
+                 ef_search: int = 64, rebuild_fraction: float = 0.1, auto_rebuild: bool = True) -> None:
         super().__init__(dim, metric)
         if callable(base):
             if base_params:
@@ -146,6 +149,9 @@ class WindowIndex(Index):
         if not 0.0 < float(rebuild_fraction) <= 1.0:
             raise InvalidInputError(f"rebuild_fraction must be in (0, 1]; got {rebuild_fraction}")
         self.rebuild_fraction = float(rebuild_fraction)
+        if not isinstance(auto_rebuild, bool):
+            raise InvalidInputError(f"auto_rebuild must be True or False; got {auto_rebuild!r}")
+        self.auto_rebuild = auto_rebuild
         self._n = 0  # slots in use
         self._n_built = 0  # slots [0, n_built) are sorted by attribute and indexed by the tree
         self._n_deleted = 0
@@ -211,10 +217,15 @@ class WindowIndex(Index):
             self._deleted[self._n:need] = 0
             self._n = need
             self._idmap.append(new_ids)
-            if self._factory is not None and self.n_buffered > max(self.leaf_size,
-                                                                   self.rebuild_fraction * self._n_built):
+            if self.auto_rebuild and self._factory is not None and self.needs_rebuild():
                 self.rebuild(threads=threads)
         return new_ids
+
+    def needs_rebuild(self) -> bool:
+        """Whether the append buffer has outgrown ``rebuild_fraction`` of the tree, or half the points are
+        removed."""
+        return self.n_buffered > max(self.leaf_size, self.rebuild_fraction * self._n_built) or \
+            self._n_deleted > 0.5 * self._n
 
     def rebuild(self, threads: int | None = None) -> None:
         """Sort all live points by attribute, drop removed ones and build the tree again (O(levels) base index
@@ -428,7 +439,7 @@ class WindowIndex(Index):
                     node = nodes[int(j)]
                     if node is not None:
                         node.remove(built[owner == j] - bounds[j])
-            if self._factory is not None and self._n_deleted > 0.5 * self._n:
+            if self.auto_rebuild and self._factory is not None and self._n_deleted > 0.5 * self._n:
                 self.rebuild()
         return int(slots.shape[0])
 
@@ -465,6 +476,7 @@ class WindowIndex(Index):
             nodes_meta.append(row)
         meta = {"base": self.base, "base_params": self.base_params, "branching": self.branching,
                 "leaf_size": self.leaf_size, "ef_search": self.ef_search, "rebuild_fraction": self.rebuild_fraction,
+                "auto_rebuild": self.auto_rebuild,
                 "count": n, "built": self._n_built, "deleted": self._n_deleted, "nodes": nodes_meta}
         return meta, arrays
 
@@ -490,7 +502,8 @@ class WindowIndex(Index):
         index = cls(meta_int(meta, "dim", 1), meta["metric"], base="hnsw" if base == "custom" else base,
                     base_params=dict(meta["base_params"]) if base == "hnsw" else None,
                     branching=meta_int(meta, "branching", 2), leaf_size=meta_int(meta, "leaf_size", 1),
-                    ef_search=meta_int(meta, "ef_search", 1), rebuild_fraction=float(meta["rebuild_fraction"]))
+                    ef_search=meta_int(meta, "ef_search", 1), rebuild_fraction=float(meta["rebuild_fraction"]),
+                    auto_rebuild=bool(meta.get("auto_rebuild", True)))
         if base == "custom":
             index.base, index._factory, index.base_params = "custom", None, {}
         n, built = meta_int(meta, "count"), meta_int(meta, "built")
