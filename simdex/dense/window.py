@@ -351,38 +351,40 @@ class WindowIndex(Index):
         rows costs ``EXACT_UNIT * m``; a graph search of a node of size S restricted to m of its rows expands
         about ``ef / (m / S)`` nodes of degree ``M0``, so costs ``GRAPH_UNIT * ef * M0 * S / m`` (a graph
         distance reads a random row, hence dearer than a scanned one); every node search adds ``CALL_COST``. The
-        units were fitted to single-query timings on fashion-mnist-784 and wordnet-minilm-384. Splitting a node costs the sum of its children's best covers. A window that covers most
-        of a node is thus answered by that node with a post-filter (the paper's beta rule, with beta set by the
-        costs), a narrow one by its children or an exact scan.
+        units were fitted to single-query timings on fashion-mnist-784 and wordnet-minilm-384. Splitting a node
+        costs the sum of its children's best covers. A window that covers most of a node is thus answered by
+        that node with a post-filter (the paper's beta rule, with beta set by the costs), a narrow one by its
+        children or an exact scan.
         """
-        m0 = 2 * int(self.base_params.get("M", 16)) if self.base != "flat" else 0
-        graph_unit = self.GRAPH_UNIT * ef * max(m0, 1) if self.base != "flat" else None
-
-        def exact_cost(a: int, b: int) -> float:
-            return self.EXACT_UNIT * (b - a)
+        if not self._levels:
+            return [("x", s, e)]
+        flat = self.base == "flat"
+        graph_unit = 0.0 if flat else self.GRAPH_UNIT * ef * 2 * int(self.base_params.get("M", 16))
+        exact_unit, call, branching = self.EXACT_UNIT, self.CALL_COST, self.branching
+        # plain lists: this runs once per query, and numpy scalar indexing would dominate it
+        bounds_of, indexed = self._plan_tables
+        depth = len(bounds_of)
+        short = call + graph_unit
 
         def best(level: int, j: int, a: int, b: int) -> tuple[float, list[tuple]]:
-            cost, plan = exact_cost(a, b), [("x", a, b)]
-            if cost <= self.CALL_COST + (graph_unit or 0.0) or level >= len(self._levels):
+            cost, plan = exact_unit * (b - a), [("x", a, b)]
+            if cost <= short:
                 return cost, plan
-            bounds, nodes = self._levels[level]
-            ns, ne = int(bounds[j]), int(bounds[j + 1])
-            node = nodes[j]
-            if node is not None:
+            bounds = bounds_of[level]
+            ns, ne = bounds[j], bounds[j + 1]
+            if indexed[level][j]:
                 size = ne - ns
-                if graph_unit is None:  # exact base: the node's cost is a scan of its rows, filtered or not
-                    g = self.EXACT_UNIT * size + self.CALL_COST
-                else:
-                    g = graph_unit * size / (b - a) + self.CALL_COST
+                # exact base: the node's cost is a scan of its rows, filtered or not
+                g = (exact_unit * size if flat else graph_unit * size / (b - a)) + call
                 if g < cost:
                     cost, plan = g, [("g", level, j, a, b)]
                 if b - a == size:  # a whole node: its children cannot beat one search of it
                     return cost, plan
-            if level + 1 < len(self._levels):
-                child_bounds = self._levels[level + 1][0]
+            if level + 1 < depth:
+                child = bounds_of[level + 1]
                 split_cost, split_plan = 0.0, []
-                for c in range(j * self.branching, min((j + 1) * self.branching, child_bounds.shape[0] - 1)):
-                    ca, cb = max(a, int(child_bounds[c])), min(b, int(child_bounds[c + 1]))
+                for c in range(j * branching, min((j + 1) * branching, len(child) - 1)):
+                    ca, cb = max(a, child[c]), min(b, child[c + 1])
                     if ca < cb:
                         c_cost, c_plan = best(level + 1, c, ca, cb)
                         split_cost += c_cost
@@ -394,9 +396,17 @@ class WindowIndex(Index):
                         cost, plan = split_cost, split_plan
             return cost, plan
 
-        if not self._levels:
-            return [("x", s, e)]
         return best(0, 0, s, e)[1]
+
+    @property
+    def _plan_tables(self) -> tuple[list[list[int]], list[list[bool]]]:
+        """Block bounds and "has an index" flags of each level as Python lists, cached per tree."""
+        cached = self.__dict__.get("_plan_cache")
+        if cached is None or cached[0] is not self._levels:
+            cached = (self._levels, [b.tolist() for b, _ in self._levels],
+                      [[node is not None for node in nodes] for _, nodes in self._levels])
+            self._plan_cache = cached
+        return cached[1], cached[2]
 
     def _search_node(self, level: int, j: int, a: int, b: int, q: np.ndarray, rows: np.ndarray, k: int, ef: int,
                      threads: int | None, heap_d: np.ndarray, heap_s: np.ndarray) -> None:
