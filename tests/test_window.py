@@ -236,7 +236,7 @@ def test_filter_on_top_of_window(hnsw_window, wordnet):
         np.testing.assert_array_equal(i[r], ti)
 
 
-def test_custom_factory_base(wordnet):
+def test_custom_factory_base(wordnet, tmp_path):
     base, attrs, queries = wordnet
     made = []
 
@@ -251,6 +251,21 @@ def test_custom_factory_base(wordnet):
     _, i = index.search(queries, 10, lo, hi)
     truth = window_truth(base[:2000], attrs[:2000], queries, lo, hi, 10, "cosine")
     assert window_recall(i, truth) == 1.0
+    # the factory is not saved: a loaded index keeps its nodes, buffers new points, and rebuilds only when given it
+    path = tmp_path / "custom.sdx"
+    index.save(path)
+    loaded = WindowIndex.load(path)
+    assert loaded.base == "custom"
+    loaded.add(base[2000:2500], attrs[2000:2500])
+    assert loaded.n_buffered == 500
+    _, i = loaded.search(queries, 10, lo, hi)
+    truth = window_truth(base[:2500], attrs[:2500], queries, lo, hi, 10, "cosine")
+    assert window_recall(i, truth) == 1.0
+    with pytest.raises(InvalidInputError, match="factory"):
+        loaded.rebuild()
+    again = WindowIndex.load(path, base=factory)
+    again.add(base[2000:2500], attrs[2000:2500])
+    assert again.n_buffered == 0
 
 
 @pytest.mark.parametrize("mmap", [True, False])
