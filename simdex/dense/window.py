@@ -319,10 +319,14 @@ class WindowIndex(Index):
             ex_a: list[int] = []
             ex_b: list[int] = []
             graph: dict[tuple[int, int, int, int], list[int]] = {}
+            plans: dict[tuple[int, int], list[tuple]] = {}  # queries sharing a window share its plan
             for qi in range(nq):
                 s, e = int(starts[qi]), int(ends[qi])
                 if e > s:
-                    pieces = [("x", s, e)] if allowed is not None else self._plan(s, e, ef)
+                    pieces = plans.get((s, e))
+                    if pieces is None:
+                        pieces = [("x", s, e)] if allowed is not None else self._plan(s, e, ef)
+                        plans[(s, e)] = pieces
                     for piece in pieces:
                         if piece[0] == "x":
                             ex_a.append(piece[1])
