@@ -498,3 +498,36 @@ def test_window_bounds_of_where_filters():
                   {"other": {"$gte": 1}}, {"ts": {"$gte": 1}, "x": 2}, {"$or": [{"ts": 1}]}, {"ts": {"$date": "x"}},
                   {"ts": {"$gte": 2 ** 60 + 1}}, {"$and": [{"ts": 1}, {"x": 1}]}, None, []):
         assert window_bounds(other, "ts") is None, other
+
+
+def test_collection_window_rebuild_keeps_writes_made_during_the_build(tmp_path, wordnet):
+    base, attrs, queries = wordnet
+    n = 1200
+    ids = [f"r{i}" for i in range(n)]
+    with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
+        col = db.create_collection("events", dim=384, window_field="t", M=8, ef_construction=40)
+        col.upsert(ids, base[:n], [{"t": float(a)} for a in attrs[:n]])
+        make = col._new_window
+        calls = []
+
+        def new_window_with_writes():
+            # runs outside the collection's locks, between the cut and the swap: these writes reach the old index
+            # and must be replayed into the new one
+            if not calls:
+                calls.append(1)
+                col.upsert(["late"], base[[n]], [{"t": 0.5}])
+                col.delete(["r0", "r1"])
+                col.upsert(["r2"], base[[2]], [{"t": 7.0}])
+            return make()
+
+        col._new_window = new_window_with_writes
+        assert col.needs_window_rebuild()
+        assert col.rebuild_window()
+        assert calls and col.stats()["window"]["buffered"] == 2 and col.stats()["window"]["built"] == n  # late, new r2
+        assert col.search(base[n], k=1, where={"t": {"$gte": 0.4, "$lte": 0.6}})[0]["id"] == "late"
+        for gone in (0, 1):
+            hits = col.search(base[gone], k=5, where={"t": {"$gte": 0.0, "$lte": 1.0}})
+            assert f"r{gone}" not in [h["id"] for h in hits]
+        assert [h["id"] for h in col.search(base[2], k=1, where={"t": {"$gt": 6}})] == ["r2"]
+        assert "r2" not in [h["id"] for h in col.search(base[2], k=5, where={"t": {"$lte": 1.0}})]
+        assert len(col._window) == n - 2 + 1
