@@ -78,3 +78,19 @@ def test_filtered_bench_exact_rows_are_exact_and_auto_keeps_recall(tmp_path):
     assert all(r["recall"] == 1.0 for r in rows if r["mode"] == "exact")
     assert all(r["recall"] >= 0.9 for r in rows if r["mode"] == "auto")
     assert (tmp_path / "filtered-wordnet-minilm-384.json").exists()
+
+
+def test_window_bench_small(tmp_path):
+    from simdex.bench import window
+    report = window.run("wordnet-minilm-384", n_base=3000, n_queries=30, leaf_size=256, M=8, ef_construction=40,
+                        budget_s=0.2, min_queries=10, out_dir=tmp_path, log=lambda *_: None)
+    rows = report["rows"]
+    assert {(r["selectivity"], r["method"]) for r in rows} == {
+        (s, m) for s in window.SELECTIVITIES
+        for m in ("window", "postfilter-hnswlib", "prefilter-bf", "prefilter-bf-sorted")}
+    assert all(r["recall"] == 1.0 for r in rows if r["method"].startswith("prefilter"))
+    assert all(r["recall"] >= 0.9 and r["qps"] > 0 for r in rows if r["method"] == "window")
+    assert set(report["ratios"]) == {str(s) for s in window.SELECTIVITIES}
+    assert "| 0.5 | window |" in window.format_report(report)
+    assert (tmp_path / "window-wordnet-minilm-384.json").exists()
+    assert (tmp_path / "window-wordnet-minilm-384.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -72,6 +72,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     filt.add_argument("--dataset", default="wordnet-minilm-384", choices=sorted(datasets.DATASETS))
     filt.add_argument("--n-queries", type=int, default=200)
     filt.add_argument("--out", default="bench-results")
+    win = sub.add_parser("window", help="window (range) filtered search: WindowIndex vs post-filtering hnswlib and "
+                                        "pre-filtered brute force, by selectivity")
+    win.add_argument("--dataset", action="append", choices=sorted(datasets.DATASETS),
+                     help="data set (repeatable; default: fashion-mnist-784)")
+    win.add_argument("--n-base", type=int, default=None, help="use only the first N base vectors")
+    win.add_argument("--n-queries", type=int, default=1000)
+    win.add_argument("--k", type=int, default=10)
+    win.add_argument("--branching", type=int, default=2)
+    win.add_argument("--leaf-size", type=int, default=1024)
+    win.add_argument("--M", type=int, default=16)
+    win.add_argument("--ef-construction", type=int, default=100)
+    win.add_argument("--budget", type=float, default=3.0, help="seconds of timed queries per slow method and point")
+    win.add_argument("--threads", type=int, default=None, help="build threads (search is timed on 1 thread)")
+    win.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
     sets = sub.add_parser("sets", help="MinHash / MinHash LSH / LSHBloom vs datasketch on gcide")
     sets.add_argument("--parts", default="throughput,error,dedup", help="comma-separated: throughput,error,dedup")
     sets.add_argument("--num-perm", type=int, default=128)
@@ -174,6 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench == "filtered":
         from . import filtered
         filtered.run(args.dataset, n_queries=args.n_queries, out_dir=Path(args.out))
+        return 0
+    if args.bench == "window":
+        from . import window as window_bench
+        for name in args.dataset or ["fashion-mnist-784"]:
+            report = window_bench.run(name, n_base=args.n_base, n_queries=args.n_queries, k=args.k,
+                                      branching=args.branching, leaf_size=args.leaf_size, M=args.M,
+                                      ef_construction=args.ef_construction, budget_s=args.budget,
+                                      build_threads=args.threads)
+            report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+            json_path, png_path = window_bench.save(report, Path(args.out))
+            print(f"wrote {json_path} and {png_path}")
         return 0
     if args.bench == "crash":
         import tempfile

@@ -1,6 +1,7 @@
-"""Dense-vector indexes: exact search and graph-based approximate search."""
+"""Dense-vector indexes: exact search, graph-based approximate search and window-filtered search."""
 
 from .flat import FlatIndex
 from .hnsw import HNSWIndex
+from .window import WindowIndex
 
-__all__ = ["FlatIndex", "HNSWIndex"]
+__all__ = ["FlatIndex", "HNSWIndex", "WindowIndex"]

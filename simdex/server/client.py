@@ -110,9 +110,11 @@ class Client:
         return [c["name"] for c in self._request("GET", f"{API}/collections")["collections"]]
 
     def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw", *,
-                          exist_ok: bool = False, text: bool = False, **params: Any) -> RemoteCollection:
+                          exist_ok: bool = False, text: bool = False, window_field: str | None = None,
+                          **params: Any) -> RemoteCollection:
         self._request("POST", f"{API}/collections", {"name": name, "dim": dim, "metric": metric, "index": index,
-                                                     "params": params, "exist_ok": exist_ok, "text": text})
+                                                     "params": params, "exist_ok": exist_ok, "text": text,
+                                                     "window_field": window_field})
         return RemoteCollection(self, name)
 
     def get_or_create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",

@@ -39,11 +39,12 @@ import numpy as np
 
 from .. import fileformat
 from .._validate import check_dim, check_positive_int, check_vectors
-from ..dense import FlatIndex, HNSWIndex
+from ..dense import FlatIndex, HNSWIndex, WindowIndex
 from ..errors import CorruptDatabaseError, CorruptFileError, InvalidInputError, ReadOnlyError, UnknownIdError
 from ..index import Index, write_snapshot
 from . import records as rec
 from ._rwlock import RWLock
+from .filters import window_bounds
 from .metadata import MetadataStore
 from .wal import CorruptLogError, WriteAheadLog
 
@@ -72,7 +73,8 @@ def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(include)
 
 
-def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text: Any = False) -> dict[str, Any]:
+def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text: Any = False,
+                 window_field: Any = None) -> dict[str, Any]:
     from .._validate import check_metric
     dim = check_dim(dim)
     metric = check_metric(metric)
@@ -88,7 +90,13 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
     if text:
         from ..sparse import Analyzer
         Analyzer()  # fails now, with what to install, if no stemmer is available
-    return {"dim": dim, "metric": metric, "index": index, "params": dict(params), "text": text}
+    if window_field is not None:
+        from .filters import _FIELD
+        if not isinstance(window_field, str) or not _FIELD.match(window_field):
+            raise InvalidInputError(f"window_field must be a metadata field name (letters, digits, '_', '-', '.' "
+                                    f"between nested keys); got {window_field!r}")
+    return {"dim": dim, "metric": metric, "index": index, "params": dict(params), "text": text,
+            "window_field": window_field}
 
 
 class Collection:
@@ -109,6 +117,13 @@ class Collection:
         # metadata store on open, so it needs no files of its own and nothing is lost in a crash)
         self.text: bool = bool(config.get("text", False))
         self._sparse: SparseIndex | None = None
+        # window_field: numeric range filters on that metadata field are answered by a WindowIndex keyed by rid
+        # (like the BM25 index it has no files: it is rebuilt from the metadata store on open, its points first
+        # scanned exactly, and its tree built by the background optimizer)
+        self.window_field: str | None = config.get("window_field")
+        self._window: WindowIndex | None = None
+        self._window_pending: list[tuple[str, Any]] | None = None
+        self._window_maintenance = threading.Lock()
         self.read_only = read_only
         self.merge_rows = merge_rows
         self.checkpoint_bytes = checkpoint_bytes
@@ -183,6 +198,8 @@ class Collection:
         self._applied_lsn = self._wal.last_lsn
         if self.text:
             self._sparse = self._build_sparse()
+        if self.window_field is not None:
+            self._window = self._build_window()
         if replayed:
             self.recovery_notes.append(f"replayed {replayed} log record(s) after checkpoint lsn {base_lsn}")
 
@@ -195,6 +212,48 @@ class Collection:
             index.add(docs[start:start + 50_000], rids[start:start + 50_000])
         index.merge(1)
         return index
+
+    def _new_window(self) -> WindowIndex:
+        params = {k: v for k, v in self.params.items() if k in ("M", "ef_construction")}
+        return WindowIndex(self.dim, self.metric, base_params={"M": 16, "ef_construction": 100, **params},
+                           auto_rebuild=False)
+
+    def _build_window(self) -> WindowIndex:
+        """The window index of every current record whose ``window_field`` is a number, all in its exactly
+        scanned buffer (the optimizer builds the tree)."""
+        index = self._new_window()
+        rids, values = self._meta.numeric_field(self.window_field)
+        for start in range(0, rids.shape[0], 50_000):
+            part = rids[start:start + 50_000]
+            index.add(self._vectors_of(part), values[start:start + 50_000], part)
+        return index
+
+    def _window_add(self, rids: np.ndarray, vectors: np.ndarray, metadatas: list[str] | None) -> None:
+        if self._window is None or metadatas is None:
+            return
+        path = self.window_field.split(".")
+        keep, values = [], []
+        for j, meta in enumerate(metadatas):
+            value: Any = json.loads(meta) if meta else None
+            for part in path:
+                value = value.get(part) if isinstance(value, dict) else None
+            # the same records the SQL filter sees as numbers (JSON true/false are not numbers there)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                keep.append(j)
+                values.append(float(value))
+        if keep:
+            self._window.add(vectors[keep], np.array(values), rids[keep])
+            if self._window_pending is not None:
+                self._window_pending.append(("add", (vectors[keep], np.array(values), rids[keep])))
+
+    def _window_remove(self, rids: np.ndarray) -> None:
+        if self._window is None:
+            return
+        present = rids[self._window._idmap.lookup(rids) >= 0]
+        if present.size:
+            self._window.remove(present)
+        if self._window_pending is not None:
+            self._window_pending.append(("remove", rids))
 
     def _open_metadata(self, base_lsn: int) -> MetadataStore:
         """Open the metadata store; restore it from the checkpoint's snapshot if it is damaged or holds records
@@ -296,6 +355,7 @@ class Collection:
         if op.kind == rec.UPSERT:
             self._tombstone(op.old_rids[op.old_rids >= 0])
             self._growing.add_validated(op.vectors, op.rids)
+            self._window_add(op.rids, op.vectors, op.metadatas)
             if self._sparse is not None and op.documents is not None:
                 with_doc = [j for j, d in enumerate(op.documents) if d is not None]
                 if with_doc:
@@ -316,6 +376,7 @@ class Collection:
                 self._main.remove(rest[in_main])
         if self._merging_deletes is not None:
             self._merging_deletes.append(rids)
+        self._window_remove(rids)
         if self._sparse is not None:
             present = rids[self._sparse._idmap.lookup(rids) >= 0]
             if present.size:
@@ -565,11 +626,30 @@ class Collection:
             ef = check_positive_int(ef, "ef")
         threads = 1 if q.shape[0] < 8 else None
         with self._rw.read():
-            allowed = None if where is None else self._allowed(where)
-            dist, rids = self._dense_candidates(q, k, allowed, ef, threads)
+            bounds = self._window_bounds(where)
+            if bounds is not None:
+                dist, rids = self._window_candidates(q, k, bounds, ef, threads)
+            else:
+                allowed = None if where is None else self._allowed(where)
+                dist, rids = self._dense_candidates(q, k, allowed, ef, threads)
             if rids.shape[1] == 0:
                 return [[] for _ in range(q.shape[0])]
             return self._hits(rids, dist, include, "distance")
+
+    def _window_bounds(self, where: Any) -> tuple[float, float] | None:
+        """(lo, hi) when ``where`` is a numeric range on the window field and the window index can answer it."""
+        if self._window is None or where is None:
+            return None
+        return window_bounds(where, self.window_field)
+
+    def _window_candidates(self, q: np.ndarray, k: int, bounds: tuple[float, float], ef: int | None,
+                           threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`_dense_candidates` for a range on the window field; caller holds the read side."""
+        window = self._window
+        lo, hi = bounds
+        if len(window) == 0 or lo > hi:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        return window.search(q, min(k, len(window)), lo, hi, ef=ef, threads=threads)
 
     def _rid_mask(self, rids: np.ndarray) -> np.ndarray:
         # a boolean mask indexed by rid: the indexes turn it into their slot masks with one gather, where an
@@ -608,7 +688,8 @@ class Collection:
                     "deleted_in_index": main._n_deleted if main else 0, "last_lsn": self._applied_lsn,
                     "checkpoint_lsn": self._manifest["lsn"] if self._manifest else 0,
                     "log_bytes": self._wal.size_bytes(), "read_only": self.read_only,
-                    "background_error": self.background_error}
+                    "background_error": self.background_error, "window_field": self.window_field,
+                    "window": self._window.tree_stats() if self._window is not None else None}
 
     def needs_merge(self, idle_seconds: float = 0.5) -> bool:
         if self.index_kind != "hnsw" or self.read_only or self._closed:
@@ -661,6 +742,41 @@ class Collection:
                 if still.any():
                     self._growing.remove(moved[still])
                 self._main = new
+        return True
+
+    def needs_window_rebuild(self) -> bool:
+        window = self._window
+        return window is not None and not self._closed and len(window) > 0 and window.needs_rebuild()
+
+    def rebuild_window(self, threads: int | None = None) -> bool:
+        """Build the window index's tree over its current points in the background and swap it in; writes that
+        arrive meanwhile are applied to the new index before the swap. Returns True if it swapped."""
+        with self._window_maintenance:
+            with self._rw.write():  # a consistent cut; copying the live rows is cheap next to the build
+                old = self._window
+                if old is None or len(old) == 0:
+                    return False
+                ids = old.ids
+                vectors, attrs = old.get_vectors(ids), old.get_attributes(ids)
+                self._window_pending = []
+            try:
+                new = self._new_window()
+                new.add(vectors, attrs, ids)
+                new.rebuild(threads=threads)
+            except BaseException:
+                with self._rw.write():
+                    self._window_pending = None
+                raise
+            with self._rw.write():
+                for kind, args in self._window_pending:
+                    if kind == "add":
+                        new.add(*args)
+                    else:
+                        present = args[new._idmap.lookup(args) >= 0]
+                        if present.size:
+                            new.remove(present)
+                self._window_pending = None
+                self._window = new
         return True
 
     def needs_checkpoint(self) -> bool:

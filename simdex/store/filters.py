@@ -21,6 +21,7 @@ Field paths and values are bound as SQL parameters, never spliced into the SQL t
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import re
 from typing import Any
 
@@ -145,3 +146,50 @@ def _raw_comparison(json_path: str, op: str, operand: Any, path: str, extract: s
         return f"({jtype} = 'text' AND {extract} {sql_op} ?)"
     params.extend([json_path, json_path, value])  # date: compare instants
     return f"({jtype} = 'text' AND julianday({extract}) {sql_op} julianday(?))"
+
+
+_RANGE_OPS = ("$gt", "$gte", "$lt", "$lte", "$eq")
+
+
+def window_bounds(where: Any, field: str) -> tuple[float, float] | None:
+    """Closed bounds ``(lo, hi)`` when ``where`` is only a numeric range on ``field`` (``$gt $gte $lt $lte $eq``
+    with number operands, on one object or ANDed with ``$and``), else None.
+
+    The range matches exactly the records whose ``field`` is a JSON number inside it, as the compiled SQL does;
+    strict bounds become the next float64 inside. An empty range gives ``lo > hi``.
+    """
+    if not isinstance(where, dict) or len(where) != 1:
+        return None
+    (key, cond), = where.items()
+    if key == "$and":
+        if not isinstance(cond, list) or not cond:
+            return None
+        lo, hi = -float("inf"), float("inf")
+        for part in cond:
+            bounds = window_bounds(part, field)
+            if bounds is None:
+                return None
+            lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+        return lo, hi
+    if key != field:
+        return None
+    if not isinstance(cond, dict):
+        cond = {"$eq": cond}
+    if not cond or any(op not in _RANGE_OPS for op in cond):
+        return None
+    lo, hi = -float("inf"), float("inf")
+    for op, value in cond.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None  # not a plain number: the general path handles it (or reports the error)
+        v = float(value)
+        if isinstance(value, int) and int(v) != value:
+            return None  # beyond float64's exact integers; SQLite compares such integers exactly
+        if op in ("$gte", "$eq"):
+            lo = max(lo, v)
+        if op in ("$lte", "$eq"):
+            hi = min(hi, v)
+        if op == "$gt":
+            lo = max(lo, math.nextafter(v, math.inf))
+        if op == "$lt":
+            hi = min(hi, math.nextafter(v, -math.inf))
+    return lo, hi

@@ -202,6 +202,15 @@ class MetadataStore:
                                     "ORDER BY rid").fetchall()
         return np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows]
 
+    def numeric_field(self, field: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rids int64, values float64) of every record whose metadata ``field`` (``a.b`` for nested keys) is a
+        JSON number, in rid order: the records a numeric ``where`` on that field can match."""
+        path = "$." + ".".join(f'"{p}"' for p in field.split("."))
+        rows = self._writer.execute("SELECT rid, json_extract(metadata, ?) FROM records WHERE json_type(metadata, ?) "
+                                    "IN ('integer', 'real') ORDER BY rid", (path, path)).fetchall()
+        return (np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+                np.fromiter((r[1] for r in rows), np.float64, len(rows)))
+
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM records").fetchone()[0])
 

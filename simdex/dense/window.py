@@ -1,0 +1,629 @@
+"""Window-filtered k-NN: the nearest neighbours among the points whose numeric attribute lies in ``[lo, hi]``.
+
+The structure follows the window search tree of Engels, Landrum, Yu, Dhulipala and Shun, "Approximate Nearest
+Neighbor Search with Window Filters" (ICML 2024):
+
+- the points are stored sorted by attribute, so every window is one contiguous block ``[s, e)`` of rows, found by
+  two binary searches;
+- a segment tree with branching factor ``b`` splits the rows into ``b ** level`` equal blocks per level; every
+  block larger than ``leaf_size`` holds its own base ANN index (an :class:`HNSWIndex` by default, or any simdex
+  :class:`~simdex.index.Index` made by a factory) over its rows;
+- a query plans how to cover ``[s, e)``: with an exact scan of the (contiguous) rows, with one search of a node
+  that contains the rows and restricts it to them (the paper's post-filtering on a node only somewhat larger than
+  the window: "optimized post-filtering" / the beta idea), or by splitting into the node's children. A small cost
+  model picks the cheapest cover per query (see :meth:`WindowIndex._plan`); the parts are merged into one top k.
+
+Points added after the tree was built go to an append buffer that is searched exactly (with the attribute test
+inside the scan); when it grows past ``rebuild_fraction`` of the tree, the tree is rebuilt from all live points.
+Removal marks points deleted (they are never returned) and removes them from every node index holding them.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+
+from .._numba import num_threads
+from .._validate import _as_numeric_array, check_k, check_positive_int, check_threads
+from ..errors import CorruptFileError, InvalidInputError
+from ..idmap import IdMap
+from ..index import _REGISTRY, Index, meta_int
+from ..metrics import to_public
+from . import _hnsw_kernels as HK
+from . import _window_kernels as K
+from .flat import FlatIndex
+from .hnsw import HNSWIndex
+
+BASE_KINDS = ("hnsw", "flat")
+DEFAULT_HNSW_PARAMS = {"M": 16, "ef_construction": 100}
+
+
+def check_attributes(attributes: Any, n: int, name: str = "attributes") -> np.ndarray:
+    """Validate per-vector attributes: a 1-D array of ``n`` finite numbers, returned as float64."""
+    arr = _as_numeric_array(attributes, name)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise InvalidInputError(f"{name} must be a 1-D array with one value per vector ({n}); got shape "
+                                f"{arr.shape}")
+    out = np.array(arr, np.float64)
+    if out.size and not np.isfinite(out).all():
+        raise InvalidInputError(f"{name} contain NaN or infinite values (first at row "
+                                f"{int(np.flatnonzero(~np.isfinite(out))[0])})")
+    return out
+
+
+def check_bounds(lo: Any, hi: Any, nq: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window bounds as float64 arrays of shape (nq,): scalars are broadcast; NaN, shape errors and lo > hi
+    raise. Infinite bounds are allowed (an open side)."""
+    out = []
+    for value, name in ((lo, "lo"), (hi, "hi")):
+        arr = np.array(_as_numeric_array(value, name), np.float64)
+        if arr.ndim == 0:
+            arr = np.full(nq, float(arr))
+        if arr.ndim != 1 or arr.shape[0] != nq:
+            raise InvalidInputError(f"{name} must be a number or a 1-D array with one value per query ({nq}); "
+                                    f"got shape {arr.shape}")
+        if np.isnan(arr).any():
+            raise InvalidInputError(f"{name} contains NaN (first at query {int(np.flatnonzero(np.isnan(arr))[0])})")
+        out.append(arr)
+    bad = out[0] > out[1]
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InvalidInputError(f"lo > hi for {int(bad.sum())} quer(ies), first at query {first}: "
+                                f"lo={out[0][first]!r}, hi={out[1][first]!r}")
+    return out[0], out[1]
+
+
+class WindowIndex(Index):
+    """Approximate k-NN restricted to an attribute window ``lo <= attribute <= hi``.
+
+    Parameters
+    ----------
+    dim : int
+        Vector dimension.
+    metric : {"l2", "ip", "cosine"}
+        See :mod:`simdex.metrics`.
+    base : "hnsw", "flat" or callable, default "hnsw"
+        Index of each tree node: ``"hnsw"`` (:class:`HNSWIndex` with ``base_params``), ``"flat"`` (exact), or a
+        factory ``f(dim, metric) -> Index`` for any other simdex index. A factory is not saved with the index: a
+        loaded one keeps its saved nodes and searches points added later exactly until given ``base=`` again.
+    base_params : dict, optional
+        Parameters of the HNSW nodes (default ``M=16, ef_construction=100``).
+    branching : int, default 2
+        Children per tree node. A tree over n points has about ``log_b(n / leaf_size)`` indexed levels, each a
+        full copy of the vectors: memory and build time grow with the levels, query plans get tighter.
+    leaf_size : int, default 1024
+        Blocks of at most this many rows get no index; they are scanned exactly.
+    ef_search : int, default 64
+        Candidate pool of the node searches (``search(ef=...)`` overrides it).
+    rebuild_fraction : float, default 0.1
+        Points added after the build are scanned exactly until they exceed this fraction of the tree (and
+        ``leaf_size``); then the tree is rebuilt from all live points, which also drops removed ones.
+    auto_rebuild : bool, default True
+        Rebuild inside ``add`` / ``remove`` when the buffer or the deletions grow past their limits. Off: the
+        owner calls :meth:`rebuild` (or builds a replacement in the background) when :meth:`needs_rebuild` says.
+
+    Memory: ``4 * dim + 17`` bytes per point for the sorted storage, plus one base index per level over all points
+    (for HNSW about ``4 * dim + 8 * M + 40`` bytes per point and level).
+    """
+
+    kind = "WindowIndex"
+    _volatile_arrays = ("deleted",)
+    # cost model of a query plan, in units of one distance computation; see _plan
+    EXACT_UNIT = 1.0  # a row of a contiguous exact scan
+    GRAPH_UNIT = 1.5  # a distance during a graph walk (random reads)
+    CALL_COST = 150.0  # fixed cost of one node search (Python call, filter mask, merge)
+
+    def __init__(self, dim: int, metric: str = "l2", *, base: str | Callable[[int, str], Index] = "hnsw",
+                 base_params: dict[str, Any] | None = None, branching: int = 2, leaf_size: int = 1024,
+                 ef_search: int = 64, rebuild_fraction: float = 0.1, auto_rebuild: bool = True) -> None:
+        super().__init__(dim, metric)
+        if callable(base):
+            if base_params:
+                raise InvalidInputError("base_params apply to base='hnsw'; a factory takes its own parameters")
+            self.base: str = "custom"
+            self._factory: Callable[[int, str], Index] | None = base
+            self.base_params: dict[str, Any] = {}
+        elif base in BASE_KINDS:
+            self.base = base
+            self.base_params = dict(DEFAULT_HNSW_PARAMS if base_params is None else base_params) \
+                if base == "hnsw" else {}
+            if base == "flat" and base_params:
+                raise InvalidInputError("a flat base index takes no parameters")
+            if base == "hnsw":
+                HNSWIndex(dim, metric, **self.base_params)  # validates the parameters now
+            self._factory = self._builtin_factory
+        else:
+            raise InvalidInputError(f"base must be one of {BASE_KINDS} or a callable (dim, metric) -> Index; "
+                                    f"got {base!r}")
+        self.branching = check_positive_int(branching, "branching", minimum=2)
+        self.leaf_size = check_positive_int(leaf_size, "leaf_size")
+        self.ef_search = check_positive_int(ef_search, "ef_search")
+        if not 0.0 < float(rebuild_fraction) <= 1.0:
+            raise InvalidInputError(f"rebuild_fraction must be in (0, 1]; got {rebuild_fraction}")
+        self.rebuild_fraction = float(rebuild_fraction)
+        if not isinstance(auto_rebuild, bool):
+            raise InvalidInputError(f"auto_rebuild must be True or False; got {auto_rebuild!r}")
+        self.auto_rebuild = auto_rebuild
+        self._n = 0  # slots in use
+        self._n_built = 0  # slots [0, n_built) are sorted by attribute and indexed by the tree
+        self._n_deleted = 0
+        self._vectors = np.empty((0, self.dim), np.float32)
+        self._attrs = np.empty(0, np.float64)
+        self._deleted = np.empty(0, np.uint8)
+        # level l: (bounds int64 (b**l + 1,), node indexes or None for blocks of at most leaf_size rows)
+        self._levels: list[tuple[np.ndarray, list[Index | None]]] = []
+        self._write_lock = threading.RLock()
+
+    def _builtin_factory(self, dim: int, metric: str) -> Index:
+        if self.base == "flat":
+            return FlatIndex(dim, metric)
+        return HNSWIndex(dim, metric, **self.base_params)
+
+    # ---- introspection -------------------------------------------------------------------------------------------
+    def _num_slots(self) -> int:
+        return self._n
+
+    @property
+    def attributes(self) -> np.ndarray:
+        """Attributes of the live points, in the order of :attr:`ids` (a copy)."""
+        return self._attrs[:self._n][self._idmap.slot_ids >= 0]
+
+    @property
+    def n_buffered(self) -> int:
+        """Points added since the tree was last built (searched exactly)."""
+        return self._n - self._n_built
+
+    def tree_stats(self) -> dict[str, Any]:
+        """Levels and indexed node counts, for diagnostics."""
+        return {"levels": len(self._levels), "built": self._n_built, "buffered": self.n_buffered,
+                "deleted": self._n_deleted,
+                "nodes_per_level": [sum(n is not None for n in nodes) for _, nodes in self._levels]}
+
+    @property
+    def nbytes(self) -> int:
+        own = self._vectors.nbytes + self._attrs.nbytes + self._deleted.nbytes + self._idmap.slot_ids.nbytes * 3
+        nodes = sum(getattr(node, "nbytes", 0) for _, level in self._levels for node in level if node is not None)
+        return int(own + nodes)
+
+    # ---- add -----------------------------------------------------------------------------------------------------
+    def add(self, vectors: Any, attributes: Any = None, ids: Any = None, *, threads: int | None = None
+            ) -> np.ndarray:
+        """Add vectors (n, dim) with their attributes (n,) (any finite numbers, e.g. Unix timestamps in
+        seconds); returns their int64 ids. ``threads`` is used for node index builds (default: all)."""
+        if attributes is None:
+            raise InvalidInputError("WindowIndex.add needs attributes: one number per vector")
+        x, new_ids = self._check_add(vectors, ids)
+        attrs = check_attributes(attributes, x.shape[0])
+        threads = check_threads(threads)
+        with self._write_lock:
+            self._materialize()
+            n_new = x.shape[0]
+            need = self._n + n_new
+            if need > self._vectors.shape[0]:
+                cap = need if n_new >= self._n else max(need, int(self._vectors.shape[0] * 1.5))
+                self._vectors = _grow(self._vectors, cap)
+                self._attrs = _grow(self._attrs, cap)
+                self._deleted = _grow(self._deleted, cap)
+            self._vectors[self._n:need] = x
+            self._attrs[self._n:need] = attrs
+            self._deleted[self._n:need] = 0
+            self._n = need
+            self._idmap.append(new_ids)
+            if self.auto_rebuild and self._factory is not None and self.needs_rebuild():
+                self.rebuild(threads=threads)
+        return new_ids
+
+    def needs_rebuild(self) -> bool:
+        """Whether the append buffer has outgrown ``rebuild_fraction`` of the tree, or half the points are
+        removed."""
+        return self.n_buffered > max(self.leaf_size, self.rebuild_fraction * self._n_built) or \
+            self._n_deleted > 0.5 * self._n
+
+    def rebuild(self, threads: int | None = None) -> None:
+        """Sort all live points by attribute, drop removed ones and build the tree again (O(levels) base index
+        builds over all points). Runs automatically when the append buffer or the deletions grow large."""
+        if self._factory is None:
+            raise InvalidInputError("this index was loaded without its base factory; load it with "
+                                    "WindowIndex.load(path, base=factory) to rebuild")
+        threads = check_threads(threads)
+        with self._write_lock:
+            live = np.flatnonzero(self._deleted[:self._n] == 0)
+            order = live[np.argsort(self._attrs[live], kind="stable")]
+            vectors = np.ascontiguousarray(self._vectors[order])
+            attrs = self._attrs[order].copy()
+            slot_ids = self._idmap.slot_ids[order].copy()
+            levels = self._build_levels(vectors, threads)
+            # commit only after every node is built: an interrupted rebuild leaves the index as it was
+            self._vectors, self._attrs = vectors, attrs
+            self._deleted = np.zeros(vectors.shape[0], np.uint8)
+            self._n = self._n_built = vectors.shape[0]
+            self._n_deleted = 0
+            self._idmap = IdMap(slot_ids)
+            self._levels = levels
+
+    def _level_bounds(self, n: int) -> list[np.ndarray]:
+        """Block boundaries of each indexed level of a tree over n rows (levels whose blocks all fit in a leaf
+        are not indexed). Level l has b**l blocks; its block j holds rows ``bounds[j]:bounds[j+1]``."""
+        out = []
+        nodes = 1
+        while n > self.leaf_size and nodes <= n:
+            bounds = np.arange(nodes + 1, dtype=np.int64) * n // nodes
+            if int(np.diff(bounds).max()) <= self.leaf_size:
+                break
+            out.append(bounds)
+            nodes *= self.branching
+        return out
+
+    def _build_levels(self, vectors: np.ndarray, threads: int | None) -> list[tuple[np.ndarray, list[Index | None]]]:
+        levels = []
+        for bounds in self._level_bounds(vectors.shape[0]):
+            nodes: list[Index | None] = []
+            for j in range(bounds.shape[0] - 1):
+                s, e = int(bounds[j]), int(bounds[j + 1])
+                if e - s <= self.leaf_size:
+                    nodes.append(None)
+                    continue
+                node = self._factory(self.dim, self.metric)
+                kwargs = {"threads": threads} if _accepts(type(node), "add", "threads") else {}
+                node.add(vectors[s:e], np.arange(e - s, dtype=np.int64), **kwargs)
+                nodes.append(node)
+            levels.append((bounds, nodes))
+        return levels
+
+    # ---- search --------------------------------------------------------------------------------------------------
+    def search(self, queries: Any, k: int, lo: Any = -np.inf, hi: Any = np.inf, *, ef: int | None = None,
+               filter: Any = None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest neighbours of each query among the points with ``lo <= attribute <= hi``.
+
+        Parameters
+        ----------
+        queries : array (nq, dim)
+        k : int, 1 <= k <= ntotal
+        lo, hi : float or array (nq,)
+            Inclusive window bounds, per query or for all; ``-inf`` / ``inf`` leave a side open.
+        ef : int, optional
+            Candidate pool of the node searches (default ``ef_search``, at least k).
+        filter : bool mask indexed by id, or array of ids, optional
+            Only these ids may be returned, on top of the window. Such searches scan the window exactly.
+        threads : int, optional
+            Threads for the exact scans and node searches (default: all).
+
+        Returns
+        -------
+        distances : float32 (nq, k), ascending; ids : int64 (nq, k). When fewer than k live points lie in a
+        window, the rest of its row is (inf, -1).
+        """
+        q, k, allowed, threads = self._check_search(queries, k, filter, threads)
+        lo, hi = check_bounds(lo, hi, q.shape[0])
+        ef = max(k, self.ef_search if ef is None else check_positive_int(ef, "ef"))
+        nq = q.shape[0]
+        heap_d, heap_s = K.new_heaps(nq, k)
+        skip = self._deleted[:self._n]
+        if allowed is not None:
+            skip = skip | (allowed == 0).view(np.uint8)
+        sorted_attrs = self._attrs[:self._n_built]
+        starts = np.searchsorted(sorted_attrs, lo, "left")
+        ends = np.searchsorted(sorted_attrs, hi, "right")
+        with num_threads(threads):
+            # exact pieces of every query go into one kernel call; graph pieces are grouped by node and rows so
+            # that queries with the same window share one batched node search
+            ptr = np.zeros(nq + 1, np.int64)
+            ex_a: list[int] = []
+            ex_b: list[int] = []
+            graph: dict[tuple[int, int, int, int], list[int]] = {}
+            plans: dict[tuple[int, int], list[tuple]] = {}  # queries sharing a window share its plan
+            for qi in range(nq):
+                s, e = int(starts[qi]), int(ends[qi])
+                if e > s:
+                    pieces = plans.get((s, e))
+                    if pieces is None:
+                        pieces = [("x", s, e)] if allowed is not None else self._plan(s, e, ef)
+                        plans[(s, e)] = pieces
+                    for piece in pieces:
+                        if piece[0] == "x":
+                            ex_a.append(piece[1])
+                            ex_b.append(piece[2])
+                        else:
+                            graph.setdefault(piece[1:], []).append(qi)
+                ptr[qi + 1] = len(ex_a)
+            if ex_a:
+                K.ranges_topk(self._metric_code, q, self._vectors, skip, ptr, np.array(ex_a, np.int64),
+                              np.array(ex_b, np.int64), heap_d, heap_s)
+            for (level, j, a, b), rows in graph.items():
+                self._search_node(level, j, a, b, q, np.array(rows, np.int64), k, ef, threads, heap_d, heap_s)
+            if self._n > self._n_built:
+                K.buffer_topk(self._metric_code, q, self._vectors, self._attrs, skip, self._n_built, self._n,
+                              lo, hi, heap_d, heap_s)
+        order = np.argsort(heap_d, axis=1, kind="stable")
+        dist = np.take_along_axis(heap_d, order, 1)
+        slots = np.take_along_axis(heap_s, order, 1)
+        ids = np.where(slots >= 0, self._idmap.slot_ids[np.maximum(slots, 0)], -1)
+        return to_public(self.metric, dist), ids
+
+    def _plan(self, s: int, e: int, ef: int) -> list[tuple]:
+        """Cheapest cover of rows [s, e) by exact scans ``("x", a, b)`` and node searches ``("g", level, j, a, b)``.
+
+        Costs in units of one exact-scan row (the model of :meth:`HNSWIndex._prefer_exact`): an exact scan of m
+        rows costs ``EXACT_UNIT * m``; a graph search of a node of size S restricted to m of its rows expands
+        about ``ef / (m / S)`` nodes of degree ``M0``, so costs ``GRAPH_UNIT * ef * M0 * S / m`` (a graph
+        distance reads a random row, hence dearer than a scanned one); every node search adds ``CALL_COST``. The
+        units were fitted to single-query timings on fashion-mnist-784 and wordnet-minilm-384. Splitting a node
+        costs the sum of its children's best covers. A window that covers most of a node is thus answered by
+        that node with a post-filter (the paper's beta rule, with beta set by the costs), a narrow one by its
+        children or an exact scan.
+        """
+        if not self._levels:
+            return [("x", s, e)]
+        flat = self.base == "flat"
+        graph_unit = 0.0 if flat else self.GRAPH_UNIT * ef * 2 * int(self.base_params.get("M", 16))
+        exact_unit, call, branching = self.EXACT_UNIT, self.CALL_COST, self.branching
+        # plain lists: this runs once per query, and numpy scalar indexing would dominate it
+        bounds_of, indexed = self._plan_tables
+        depth = len(bounds_of)
+        short = call + graph_unit
+
+        def best(level: int, j: int, a: int, b: int) -> tuple[float, list[tuple]]:
+            cost, plan = exact_unit * (b - a), [("x", a, b)]
+            if cost <= short:
+                return cost, plan
+            bounds = bounds_of[level]
+            ns, ne = bounds[j], bounds[j + 1]
+            if indexed[level][j]:
+                size = ne - ns
+                # exact base: the node's cost is a scan of its rows, filtered or not
+                g = (exact_unit * size if flat else graph_unit * size / (b - a)) + call
+                if g < cost:
+                    cost, plan = g, [("g", level, j, a, b)]
+                if b - a == size:  # a whole node: its children cannot beat one search of it
+                    return cost, plan
+            if level + 1 < depth:
+                child = bounds_of[level + 1]
+                split_cost, split_plan = 0.0, []
+                for c in range(j * branching, min((j + 1) * branching, len(child) - 1)):
+                    ca, cb = max(a, child[c]), min(b, child[c + 1])
+                    if ca < cb:
+                        c_cost, c_plan = best(level + 1, c, ca, cb)
+                        split_cost += c_cost
+                        split_plan += c_plan
+                        if split_cost >= cost:
+                            break
+                else:
+                    if split_cost < cost:
+                        cost, plan = split_cost, split_plan
+            return cost, plan
+
+        return best(0, 0, s, e)[1]
+
+    @property
+    def _plan_tables(self) -> tuple[list[list[int]], list[list[bool]]]:
+        """Block bounds and "has an index" flags of each level as Python lists, cached per tree."""
+        cached = self.__dict__.get("_plan_cache")
+        if cached is None or cached[0] is not self._levels:
+            cached = (self._levels, [b.tolist() for b, _ in self._levels],
+                      [[node is not None for node in nodes] for _, nodes in self._levels])
+            self._plan_cache = cached
+        return cached[1], cached[2]
+
+    def _search_node(self, level: int, j: int, a: int, b: int, q: np.ndarray, rows: np.ndarray, k: int, ef: int,
+                     threads: int | None, heap_d: np.ndarray, heap_s: np.ndarray) -> None:
+        """Search node (level, j) restricted to rows [a, b) for queries ``q[rows]``; push into the heaps."""
+        bounds, nodes = self._levels[level]
+        node = nodes[j]
+        ns, ne = int(bounds[j]), int(bounds[j + 1])
+        live = len(node)
+        if live == 0:
+            return
+        if type(node) is HNSWIndex:
+            dist, local = _hnsw_restricted(node, q[rows], min(k, live), ef, a - ns, b - ns, ne - ns)
+        else:
+            kwargs: dict[str, Any] = {"threads": threads}
+            if _accepts(type(node), "search", "ef"):
+                kwargs["ef"] = ef
+            if a > ns or b < ne:
+                mask = np.zeros(ne - ns, bool)
+                mask[a - ns:b - ns] = True
+                kwargs["filter"] = mask
+            dist, local = node.search(q[rows], min(k, live), **kwargs)
+            if self.metric != "l2":  # back to the internal convention of the heaps (see simdex.metrics)
+                dist = dist - np.float32(1.0)
+        K.merge_candidates(rows, dist, np.where(local >= 0, local + ns, -1), heap_d, heap_s)
+
+    # ---- remove --------------------------------------------------------------------------------------------------
+    def remove(self, ids: Any) -> int:
+        """Remove points by id; they are never returned again. Unknown ids raise and nothing is removed. When
+        more than half of the stored points are removed the tree is rebuilt without them."""
+        slots = self._slots_for_removal(ids)
+        with self._write_lock:
+            self._materialize()
+            self._deleted[slots] = 1
+            self._n_deleted += int(slots.shape[0])
+            self._idmap.release(slots)
+            built = np.sort(slots[slots < self._n_built])
+            for bounds, nodes in self._levels:
+                owner = np.searchsorted(bounds, built, "right") - 1
+                for j in np.unique(owner):
+                    node = nodes[int(j)]
+                    if node is not None:
+                        node.remove(built[owner == j] - bounds[j])
+            if self.auto_rebuild and self._factory is not None and self._n_deleted > 0.5 * self._n:
+                self.rebuild()
+        return int(slots.shape[0])
+
+    def get_vectors(self, ids: Any) -> np.ndarray:
+        return np.array(self._vectors[self._slots_for_removal(ids)])
+
+    def get_attributes(self, ids: Any) -> np.ndarray:
+        """Attributes (float64) of ``ids``."""
+        return np.array(self._attrs[self._slots_for_removal(ids)])
+
+    def _materialize(self) -> None:
+        """Copy memory-mapped (read-only) arrays into memory before the first change."""
+        for name in ("_vectors", "_attrs", "_deleted"):
+            arr = getattr(self, name)
+            if not arr.flags.writeable or isinstance(arr, np.memmap):
+                setattr(self, name, np.array(arr))
+        if not self._idmap.slot_ids.flags.writeable:
+            self._idmap.slot_ids = np.array(self._idmap.slot_ids)
+
+    # ---- persistence ---------------------------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        n = self._n
+        nodes_meta = []
+        arrays = {"vectors": self._vectors[:n], "attrs": self._attrs[:n], "deleted": self._deleted[:n]}
+        for level, (_, nodes) in enumerate(self._levels):
+            row = []
+            for j, node in enumerate(nodes):
+                if node is None:
+                    row.append(None)
+                    continue
+                kind, meta, node_arrays = node.snapshot()
+                row.append({"kind": kind, "meta": meta})
+                arrays.update({f"node{level}_{j}.{name}": arr for name, arr in node_arrays.items()})
+            nodes_meta.append(row)
+        meta = {"base": self.base, "base_params": self.base_params, "branching": self.branching,
+                "leaf_size": self.leaf_size, "ef_search": self.ef_search, "rebuild_fraction": self.rebuild_fraction,
+                "auto_rebuild": self.auto_rebuild,
+                "count": n, "built": self._n_built, "deleted": self._n_deleted, "nodes": nodes_meta}
+        return meta, arrays
+
+    @classmethod
+    def load(cls, path: Any, mmap: bool = True, verify: bool = True, base: Callable[[int, str], Index] | None = None
+             ) -> WindowIndex:
+        """Load a saved window index (see :meth:`Index.load`). ``base``: the factory of an index built with a
+        custom one, needed only to rebuild its tree later."""
+        index = super().load(path, mmap=mmap, verify=verify)
+        if not isinstance(index, WindowIndex):
+            raise CorruptFileError(f"{path}: file holds a {type(index).__name__}, not a WindowIndex")
+        if base is not None:
+            if not callable(base):
+                raise InvalidInputError("base must be a callable (dim, metric) -> Index")
+            index._factory = base
+        return index
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> WindowIndex:
+        base = meta["base"]
+        if base not in BASE_KINDS + ("custom",):
+            raise CorruptFileError(f"unknown base index kind {base!r}")
+        index = cls(meta_int(meta, "dim", 1), meta["metric"], base="hnsw" if base == "custom" else base,
+                    base_params=dict(meta["base_params"]) if base == "hnsw" else None,
+                    branching=meta_int(meta, "branching", 2), leaf_size=meta_int(meta, "leaf_size", 1),
+                    ef_search=meta_int(meta, "ef_search", 1), rebuild_fraction=float(meta["rebuild_fraction"]),
+                    auto_rebuild=bool(meta.get("auto_rebuild", True)))
+        if base == "custom":
+            index.base, index._factory, index.base_params = "custom", None, {}
+        n, built = meta_int(meta, "count"), meta_int(meta, "built")
+        expect = {"vectors": ((n, index.dim), np.float32), "attrs": ((n,), np.float64), "deleted": ((n,), np.uint8)}
+        for name, (shape, dtype) in expect.items():
+            arr = arrays[name]
+            if arr.shape != shape or arr.dtype != dtype:
+                raise CorruptFileError(f"array {name!r} has shape {arr.shape} {arr.dtype}, expected {shape} "
+                                       f"{np.dtype(dtype)}")
+        if built > n:
+            raise CorruptFileError("more sorted rows than rows")
+        index._vectors, index._attrs, index._deleted = arrays["vectors"], arrays["attrs"], arrays["deleted"]
+        index._n, index._n_built, index._n_deleted = n, built, meta_int(meta, "deleted")
+        all_bounds = index._level_bounds(built)
+        nodes_meta = meta["nodes"]
+        if not isinstance(nodes_meta, list) or len(nodes_meta) != len(all_bounds):
+            raise CorruptFileError("the tree's levels do not match the number of sorted rows")
+        for level, (bounds, row) in enumerate(zip(all_bounds, nodes_meta)):
+            if not isinstance(row, list) or len(row) != bounds.shape[0] - 1:
+                raise CorruptFileError(f"tree level {level} has the wrong number of nodes")
+            nodes: list[Index | None] = []
+            for j, spec in enumerate(row):
+                size = int(bounds[j + 1] - bounds[j])
+                if spec is None:
+                    if size > index.leaf_size:
+                        raise CorruptFileError(f"tree node {level}/{j} of {size} rows has no index")
+                    nodes.append(None)
+                    continue
+                target = _REGISTRY.get(spec["kind"])
+                if target is None or target is WindowIndex:
+                    raise CorruptFileError(f"tree node {level}/{j}: unknown index kind {spec['kind']!r}")
+                prefix = f"node{level}_{j}."
+                sub = {name[len(prefix):]: arr for name, arr in arrays.items() if name.startswith(prefix)}
+                node = target._from_state(spec["meta"], sub)
+                node._idmap = IdMap(sub["slot_ids"])
+                node._check_loaded()
+                live = node._idmap.live_ids()
+                if node.dim != index.dim or node.metric != index.metric or \
+                        (live.size and (live.min() < 0 or live.max() >= size)):
+                    raise CorruptFileError(f"tree node {level}/{j} does not match its block of rows")
+                nodes.append(node)
+            index._levels.append((bounds, nodes))
+        return index
+
+    def _check_loaded(self) -> None:
+        super()._check_loaded()
+        n, built = self._n, self._n_built
+        if not np.isfinite(self._attrs).all() or (built > 1 and (np.diff(self._attrs[:built]) < 0).any()):
+            raise CorruptFileError("attributes are not finite or the tree's rows are not sorted by attribute")
+        deleted = self._deleted != 0
+        if int(deleted.sum()) != self._n_deleted or not np.array_equal(deleted, self._idmap.slot_ids < 0):
+            raise CorruptFileError("deleted-point bookkeeping is inconsistent")
+        if n * self.dim < (1 << 28) and np.isnan(self._vectors).any():
+            raise CorruptFileError("stored vectors contain NaN")
+
+
+def _hnsw_restricted(node: HNSWIndex, q: np.ndarray, k: int, ef: int, a: int, b: int, size: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A node's HNSW search restricted to its local ids [a, b), calling the kernels directly.
+
+    The tree holds many small searches per batch, so the public ``search`` path (validation, an id -> slot
+    gather for the filter mask, signature checks) would cost as much as the graph walk. Returns internal
+    distances (nq, k) and local ids (-1: none).
+    """
+    n = node._n
+    # a node is built by one add of ids 0..size-1, so until it consolidates, slot == local id
+    identity = node._consolidated == 0 and n == size
+    allowed, invert = None, False
+    if a > 0 or b < size:
+        if identity:
+            allowed = np.zeros(n, np.uint8)
+            allowed[a:b] = 1
+        else:
+            ids = node._idmap.slot_ids[:n]
+            allowed = ((ids >= a) & (ids < b)).view(np.uint8)
+        if node._n_deleted:
+            allowed &= node._deleted[:n] == 0
+    elif node._n_deleted:
+        allowed, invert = node._deleted[:n], True
+    nq = q.shape[0]
+    out_d = np.empty((nq, k), np.float32)
+    out_s = np.empty((nq, k), np.int32)
+    scratch = node._scratch.take(max(1, min(numba.get_num_threads(), nq)), n)
+    try:
+        if allowed is None:
+            HK.search_batch(node._vectors, node._metric_code, node._links0, node._links_up, node._up_offset,
+                            node._entry, node._max_level, q, k, ef, out_d, out_s, *scratch)
+        else:
+            HK.search_batch_filtered(node._vectors, node._metric_code, node._links0, node._links_up, node._up_offset,
+                                     node._entry, node._max_level, q, k, ef, allowed, invert, out_d, out_s,
+                                     *scratch)
+    finally:
+        node._scratch.give(scratch)
+    slots = out_s.astype(np.int64)
+    if identity:
+        return out_d, slots
+    return out_d, np.where(slots >= 0, node._idmap.slot_ids[np.maximum(slots, 0)], -1)
+
+
+@functools.lru_cache(maxsize=None)
+def _accepts(cls: type, method: str, parameter: str) -> bool:
+    return parameter in inspect.signature(getattr(cls, method)).parameters
+
+
+def _grow(arr: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows,) + arr.shape[1:], arr.dtype)  # zeros: saved files hold no stale bytes
+    out[:arr.shape[0]] = arr[:rows]
+    return out
+
