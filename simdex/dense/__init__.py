@@ -2,5 +2,6 @@
 
 from .flat import FlatIndex
 from .hnsw import HNSWIndex
+from .vamana import VamanaIndex
 
-__all__ = ["FlatIndex", "HNSWIndex"]
+__all__ = ["FlatIndex", "HNSWIndex", "VamanaIndex"]
