@@ -10,7 +10,7 @@ import pytest
 
 import simdex
 from simdex import (CorruptFileError, DimensionMismatchError, DuplicateIdError, FlatIndex, HNSWIndex,
-                    InvalidInputError, InvalidTypeError, UnknownIdError)
+                    InvalidInputError, InvalidTypeError, UnknownIdError, VamanaIndex)
 from simdex.quant import HNSWQuantIndex, IVFIndex
 from tests.conftest import numpy_knn
 
@@ -21,9 +21,10 @@ FACTORIES = {
                                                     codec="lvq8"),
     # 12 of 16 lists: after removing 95% of the vectors the few survivors of a neighbourhood are spread thin
     "ivf-pq": lambda dim, metric: IVFIndex(dim, metric, nlist=16, codec="pq", nprobe=12, rerank=100),
+    "vamana": lambda dim, metric: VamanaIndex(dim, metric, R=24, L_build=64, L_search=100),
 }
 # the least recall@10 each index must reach on the small real slices used here (exact ones: 1.0)
-MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "hnsw-lvq8": 0.95, "ivf-pq": 0.9}
+MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "hnsw-lvq8": 0.95, "ivf-pq": 0.9, "vamana": 0.95}
 
 N = 2000
 
