@@ -83,27 +83,39 @@ def beam_search_expanded(vectors, adj, q, entry, L, visited, tag, pool_d, pool_i
 
 
 @kernel
-def robust_prune(vectors, cand_d, cand_i, n, alpha2, R, out):
-    """RobustPrune (DiskANN Algorithm 2) over candidates sorted by ascending squared distance to the node.
+def robust_prune(vectors, cand_d, cand_i, n, alpha2, R, occ, out_pos):
+    """RobustPrune (DiskANN Algorithm 2) over candidates sorted by ascending squared distance to the node p.
 
-    A candidate c is dropped when an already kept neighbour s has ``alpha2 * d(s, c) <= d(p, c)``: s "covers"
-    the direction of c, and with alpha > 1 the kept long edges make greedy search converge in fewer hops.
-    Writes at most R slots into ``out``; returns how many.
+    A candidate c is occluded by a kept neighbour s when ``d(p, c) / d(s, c)`` reaches the current factor: s
+    covers c's direction. As in the DiskANN code, a first round at factor 1 keeps the diverse core, and only if
+    it leaves room a second round at ``alpha2`` adds the candidates that alpha > 1 spares (the long edges that
+    shorten greedy paths); a single round at alpha2 would fill the list with near, redundant points before it
+    reached the diverse ones. ``occ`` (n,) float32 is scratch. Writes the kept candidates' positions, ascending,
+    into ``out_pos``; returns how many (at most R).
     """
-    count = 0
     for c in range(n):
-        e = cand_i[c]
-        de = cand_d[c]
-        keep = True
-        for s in range(count):
-            if alpha2 * l2sq(vectors[out[s]], vectors[e]) <= de:
-                keep = False
-                break
-        if keep:
-            out[count] = e
-            count += 1
+        occ[c] = 0.0
+    count = 0
+    rounds = 2 if alpha2 > 1.0 else 1
+    for rnd in range(rounds):
+        factor = np.float32(1.0) if rnd == 0 else alpha2
+        for c in range(n):
             if count >= R:
                 break
+            if occ[c] > factor or occ[c] < 0:  # occluded, or already kept (marked -1)
+                continue
+            occ[c] = -1.0
+            out_pos[count] = c
+            count += 1
+            e = cand_i[c]
+            for t in range(c + 1, n):
+                if occ[t] < 0 or occ[t] > alpha2:  # kept, or occluded for good: no need to look again
+                    continue
+                djk = l2sq(vectors[e], vectors[cand_i[t]])
+                ratio = np.float32(np.inf) if djk <= 0 else cand_d[t] / djk
+                if ratio > occ[t]:
+                    occ[t] = ratio
+    out_pos[:count].sort()
     return count
 
 
@@ -121,15 +133,13 @@ def _prune_into_row(vectors, cand_d, cand_i, n, alpha2, R, row_out, d_out):
     order = np.argsort(cand_d[:n], kind="mergesort")
     sd = cand_d[:n][order]
     si = cand_i[:n][order]
-    chosen = np.empty(R, np.int32)
-    count = robust_prune(vectors, sd, si, n, alpha2, R, chosen)
+    occ = np.empty(n, np.float32)
+    pos = np.empty(R, np.int64)
+    count = robust_prune(vectors, sd, si, n, alpha2, R, occ, pos)
     row_out[0] = count
-    c = 0
     for j in range(count):
-        while si[c] != chosen[j]:
-            c += 1
-        row_out[1 + j] = chosen[j]
-        d_out[j] = sd[c]
+        row_out[1 + j] = si[pos[j]]
+        d_out[j] = sd[pos[j]]
     return count
 
 

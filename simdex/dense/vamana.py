@@ -290,13 +290,14 @@ class VamanaIndex(Index):
                     size = int(min(_BATCH_MAX, max(_BATCH_MIN, self.ntotal * _BATCH_FRACTION), m - linked))
                     batch = order[linked:linked + size]
                     nodes = slots[batch]
+                    # id and state before any link: a search can reach the nodes as soon as phase B links them
+                    g.slot_ids[nodes] = new_ids[batch]
                     g.state[nodes] = LIVE
                     if self._g.entry < 0:
                         self._publish(entry=int(nodes[0]))
                     self._link(nodes, alpha2, intra=True, keep_old=False, has_graph=self.ntotal > 0,
                                visited=visited, tags=tags)
-                    # commit the batch: it is linked, so searches may now return it
-                    g.slot_ids[nodes] = new_ids[batch]
+                    # commit the batch: it is linked, so it counts and its ids can be looked up
                     self._idmap.assign(nodes, new_ids[batch])
                     linked += size
                     bar.update(size)
