@@ -3,7 +3,7 @@
 
 Graph layout (flat arrays, no Python objects):
 
-- ``adj``: int32 (capacity, R + 1). Row v is node v's out-list: column 0 the degree, columns 1..degree the
+- ``adj``: int32 (capacity, room + 1), room = R plus some slack. Row v is node v's out-list: column 0 the degree, columns 1..degree the
   neighbour slots. Every value a row has ever held is a valid slot below the capacity, so a search that reads a
   row while a writer replaces it sees a mix of old and new neighbours, never an out-of-range slot.
 - ``vectors``: float32 (capacity, dim).
@@ -156,7 +156,7 @@ def link_batch(vectors, adj, state, nodes, entry, has_graph, L, R, alpha2, intra
     nb = nodes.shape[0]
     nthreads = visited.shape[0]
     exp_cap = 4 * L + 16
-    cand_cap = exp_cap + R + (nb if intra else 0)
+    cand_cap = exp_cap + adj.shape[1] + (nb if intra else 0)
     pool_d = np.empty((nthreads, L), np.float32)
     pool_i = np.empty((nthreads, L), np.int32)
     pool_done = np.empty((nthreads, L), np.bool_)
@@ -216,9 +216,12 @@ def add_reverse_links(vectors, adj, state, R, alpha2, dst, src, dist, group_star
     """Phase B: link each target back to its new in-neighbours, one thread per target.
 
     Edges are sorted by target; group g spans ``dst[group_start[g]:group_start[g + 1]]``. A list that stays
-    within R gets the new sources appended (entries first, then the degree, so a concurrent reader never sees a
-    degree covering unwritten entries); one that overflows is re-chosen by RobustPrune from old and new.
+    within the row's room (``adj.shape[1] - 1``, some slack above R) gets the new sources appended (entries
+    first, then the degree, so a concurrent reader never sees a degree covering unwritten entries); one that
+    overflows is re-chosen by RobustPrune from old and new, down to R. The slack is DiskANN's: pruning a full
+    list costs O(R^2) distances, and without room to grow every insert would prune all R of its neighbours.
     """
+    room = adj.shape[1] - 1
     n_groups = group_start.shape[0] - 1
     for g in prange(n_groups):
         lo = group_start[g]
@@ -238,7 +241,7 @@ def add_reverse_links(vectors, adj, state, R, alpha2, dst, src, dist, group_star
                 cand_i[n] = s
                 cand_d[n] = dist[e]
                 n += 1
-        if n <= R:
+        if n <= room:
             for j in range(n_old, n):
                 adj[v, 1 + j] = cand_i[j]
             adj[v, 0] = n
@@ -278,8 +281,7 @@ def consolidate_deletes(vectors, adj, state, nodes, R, alpha2):
                 break
         if not touched:
             continue
-        cap = deg * (R + 1)
-        cand_i = np.empty(cap, np.int32)
+        cand_i = np.empty(deg * adj.shape[1], np.int32)
         n = 0
         for j in range(1, deg + 1):
             x = adj[p, j]

@@ -19,7 +19,9 @@ Updates run beside searches without stopping them:
 - a freed slot is reused by a later insert only once every search that started before it was freed has ended
   (epoch-based reclamation), so no search can find a recycled slot holding a different vector than it expects.
 
-Writers (``add``, ``remove``, ``consolidate``) are serialised by one lock among themselves.
+Writers take two locks among themselves: ``add`` holds both; ``remove`` (tombstones and the id map) only the
+short write lock; ``consolidate`` holds the graph lock and takes the write lock only to pick the tombstones it
+will free and, at the end, to free them, so deletes go on while it repairs the graph.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ _REFINE_BATCH = 256
 # consolidation rebuilds the graph instead of repairing it when more than this fraction of the nodes is deleted:
 # one-hop repair cannot keep a graph connected when most of each neighbourhood is gone
 _REBUILD_FRACTION = 0.5
+# out-lists may grow to this multiple of R through reverse links before they are pruned back to R (DiskANN's
+# slack): pruning is O(R^2) distances, so pruning at every overflow would make each insert prune ~R lists
+_SLACK = 1.3
 
 LIVE, DELETED, FREE = 0, 1, 2
 
@@ -60,7 +65,7 @@ class _Graph(NamedTuple):
     """What a search reads, published as one reference: arrays of ``capacity`` rows and the entry point."""
 
     vectors: np.ndarray  # float32 (capacity, dim)
-    adj: np.ndarray  # int32 (capacity, R + 1): degree, then neighbour slots
+    adj: np.ndarray  # int32 (capacity, room + 1): degree, then neighbour slots (room = R plus slack)
     state: np.ndarray  # uint8 (capacity,): LIVE, DELETED (tombstone) or FREE
     slot_ids: np.ndarray  # int64 (capacity,): the id in each slot, -1 where none
     entry: int  # slot of the entry point, -1 in an empty graph
@@ -95,7 +100,8 @@ class VamanaIndex(Index):
         Distance; see :mod:`simdex.metrics`. The graph itself is always built in L2 (identical to cosine on the
         unit vectors cosine stores; for ``ip`` a proxy that works when norms are similar).
     R : int, default 64
-        Maximum out-degree. Memory ``4 * (R + 1)`` bytes per node.
+        Out-degree that pruning keeps; a list may grow to ``ceil(1.3 R)`` through reverse links before it is
+        pruned back. Memory ``4 * (ceil(1.3 R) + 1)`` bytes per node.
     L_build : int, default 100
         Beam (pool) size of the searches that insertion runs. Higher builds a better graph, slower.
     L_search : int, default 64
@@ -111,7 +117,7 @@ class VamanaIndex(Index):
         Run that automatic consolidation in a background thread (searches go on; writers wait for it) instead of
         inside ``remove``. :meth:`wait` waits for it.
 
-    Memory per vector: ``4 * dim`` (float32 vector) ``+ 4 * (R + 1)`` (out-list) ``+ 9`` (state, id) ``+ 16``
+    Memory per vector: ``4 * dim`` (float32 vector) ``+ 4 * (ceil(1.3 R) + 1)`` (out-list) ``+ 9`` (state, id) ``+ 16``
     (id index).
     """
 
@@ -123,6 +129,7 @@ class VamanaIndex(Index):
                  background: bool = False) -> None:
         super().__init__(dim, metric)
         self.R = check_positive_int(R, "R", minimum=2)
+        self.room = int(np.ceil(self.R * _SLACK))
         self.L_build = check_positive_int(L_build, "L_build")
         self.L_search = check_positive_int(L_search, "L_search")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 1.0 <= float(alpha) <= 4.0:
@@ -137,7 +144,8 @@ class VamanaIndex(Index):
         self._n = 0  # slots in use: live + deleted + free
         self._n_deleted = 0  # tombstones not yet consolidated
         self._g = self._empty_graph(0)
-        self._write_lock = threading.RLock()
+        self._graph_lock = threading.RLock()  # structure: add, consolidate (taken before _write_lock)
+        self._write_lock = threading.RLock()  # ids, states, counters: add, remove, consolidate's bookkeeping
         self._scratch = _ScratchPool()
         # epoch-based reclamation of freed slots (see the module docstring)
         self._epoch_lock = threading.Lock()
@@ -149,8 +157,8 @@ class VamanaIndex(Index):
 
     # ---- storage -------------------------------------------------------------------------------------------------
     def _empty_graph(self, rows: int) -> _Graph:
-        return _Graph(self._new_vectors(rows), np.zeros((rows, self.R + 1), np.int32), np.full(rows, FREE, np.uint8),
-                      np.full(rows, -1, np.int64), -1)
+        return _Graph(self._new_vectors(rows), np.zeros((rows, self.room + 1), np.int32),
+                      np.full(rows, FREE, np.uint8), np.full(rows, -1, np.int64), -1)
 
     def _new_vectors(self, rows: int) -> np.ndarray:
         """Zeroed float32 (rows, dim) storage for vectors; subclasses place it elsewhere (memory-mapped files)."""
@@ -194,7 +202,7 @@ class VamanaIndex(Index):
         target = need if rows >= self._n else max(need, int(g.vectors.shape[0] * 1.5))
         vectors = self._new_vectors(target)
         vectors[:self._n] = g.vectors[:self._n]
-        adj = np.zeros((target, self.R + 1), np.int32)
+        adj = np.zeros((target, self.room + 1), np.int32)
         adj[:self._n] = g.adj[:self._n]
         state = np.full(target, FREE, np.uint8)
         state[:self._n] = g.state[:self._n]
@@ -242,7 +250,7 @@ class VamanaIndex(Index):
         far, consistently.
         """
         threads = check_threads(threads)
-        with self._write_lock:
+        with self._graph_lock, self._write_lock:
             x, new_ids = self._check_add(vectors, ids)
             self._materialize()
             self._insert(x, new_ids, threads, progress)
@@ -321,7 +329,7 @@ class VamanaIndex(Index):
         """Phase A (new out-lists, in parallel, into scratch), commit, phase B (reverse links)."""
         g = self._g
         b = nodes.shape[0]
-        new_rows = np.zeros((b, self.R + 1), np.int32)
+        new_rows = np.zeros((b, self.room + 1), np.int32)
         new_d = np.zeros((b, self.R), np.float32)
         with numba.parallel_chunksize(1):  # per-node costs vary: hand out nodes dynamically
             K.link_batch(g.vectors, g.adj, g.state, nodes, max(g.entry, 0), has_graph, self.L_build, self.R,
@@ -474,29 +482,32 @@ class VamanaIndex(Index):
 
         Every live node with deleted out-neighbours re-chooses its list by RobustPrune among its live neighbours
         and the live neighbours of its deleted ones; then the deleted slots are freed for reuse by later inserts.
-        Searches go on meanwhile. When more than half of the nodes are deleted the graph is rebuilt instead.
+        Searches and removes go on meanwhile (nodes removed during the repair stay tombstones until the next
+        consolidation); adds wait. When more than half of the nodes are deleted the graph is rebuilt instead.
         O(n) time.
         """
-        with self._write_lock:
-            if self._n_deleted == 0:
-                return
-            self._materialize()
-            if self._n_deleted > _REBUILD_FRACTION * (self.ntotal + self._n_deleted):
-                self._rebuild(threads)
-                return
-            g = self._g
-            state = g.state[:self._n]
-            live = np.flatnonzero(state == LIVE).astype(np.int64)
+        with self._graph_lock:
+            with self._write_lock:
+                if self._n_deleted == 0:
+                    return
+                self._materialize()
+                if self._n_deleted > _REBUILD_FRACTION * (self.ntotal + self._n_deleted):
+                    self._rebuild(threads)
+                    return
+                g = self._g
+                doomed = np.flatnonzero(g.state[:self._n] == DELETED).astype(np.int64)
+                live = np.flatnonzero(g.state[:self._n] == LIVE).astype(np.int64)
             with num_threads(check_threads(threads)):
                 K.consolidate_deletes(g.vectors, g.adj, g.state, live, self.R, np.float32(self.alpha ** 2))
-            if g.state[g.entry] != LIVE:
-                # the new entry point is the live node nearest the old one
-                d = np.einsum("ij,ij->i", g.vectors[live] - g.vectors[g.entry], g.vectors[live] - g.vectors[g.entry])
-                self._publish(entry=int(live[int(np.argmin(d))]))
-            freed = np.flatnonzero(state == DELETED).astype(np.int64)
-            g.state[freed] = FREE
-            self._n_deleted = 0
-            self._retire(freed)
+            with self._write_lock:
+                if g.state[g.entry] != LIVE:
+                    # the new entry point is the live node nearest the old one
+                    live = np.flatnonzero(g.state[:self._n] == LIVE)
+                    diff = g.vectors[live] - g.vectors[g.entry]
+                    self._publish(entry=int(live[int(np.argmin(np.einsum("ij,ij->i", diff, diff)))]))
+                g.state[doomed] = FREE
+                self._n_deleted -= int(doomed.shape[0])
+                self._retire(doomed)
             self._scratch.clear()
 
     def _rebuild(self, threads: int | None) -> None:
@@ -539,7 +550,7 @@ class VamanaIndex(Index):
 
     # ---- persistence ---------------------------------------------------------------------------------------------
     def save(self, path) -> None:
-        with self._write_lock:  # a consistent picture: no writer changes rows while they are copied
+        with self._graph_lock, self._write_lock:  # a consistent picture: no writer changes rows meanwhile
             super().save(path)
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -559,7 +570,7 @@ class VamanaIndex(Index):
                     L_build=meta_int(meta, "L_build", 1), L_search=meta_int(meta, "L_search", 1), alpha=alpha,
                     seed=meta_int(meta, "seed"), consolidate_threshold=float(meta["consolidate_threshold"]))
         n = meta_int(meta, "count")
-        expect = {"vectors": ((n, index.dim), np.float32), "adj": ((n, index.R + 1), np.int32),
+        expect = {"vectors": ((n, index.dim), np.float32), "adj": ((n, index.room + 1), np.int32),
                   "state": ((n,), np.uint8)}
         for name, (shape, dtype) in expect.items():
             arr = arrays[name]
@@ -600,9 +611,9 @@ class VamanaIndex(Index):
             raise CorruptFileError("entry point set in an empty graph")
         if n:
             deg = g.adj[:, 0]
-            if deg.min() < 0 or deg.max() > self.R:
+            if deg.min() < 0 or deg.max() > self.room:
                 raise CorruptFileError("adj: degree out of range")
-            used = np.arange(self.R)[None, :] < deg[:, None]
+            used = np.arange(self.room)[None, :] < deg[:, None]
             vals = g.adj[:, 1:][used]
             if vals.size and (vals.min() < 0 or vals.max() >= n):
                 raise CorruptFileError("adj: neighbour slot out of range")
