@@ -69,6 +69,7 @@ class _Graph(NamedTuple):
     state: np.ndarray  # uint8 (capacity,): LIVE, DELETED (tombstone) or FREE
     slot_ids: np.ndarray  # int64 (capacity,): the id in each slot, -1 where none
     entry: int  # slot of the entry point, -1 in an empty graph
+    codes: np.ndarray | None = None  # uint8 (capacity, code_size): compressed vectors, for subclasses that use them
 
 
 class _SlotMap(IdMap):
@@ -157,12 +158,22 @@ class VamanaIndex(Index):
 
     # ---- storage -------------------------------------------------------------------------------------------------
     def _empty_graph(self, rows: int) -> _Graph:
-        return _Graph(self._new_vectors(rows), np.zeros((rows, self.room + 1), np.int32),
-                      np.full(rows, FREE, np.uint8), np.full(rows, -1, np.int64), -1)
+        vectors, adj = self._new_storage(rows)
+        return _Graph(vectors, adj, np.full(rows, FREE, np.uint8), np.full(rows, -1, np.int64), -1,
+                      self._grow_codes(None, rows))
 
-    def _new_vectors(self, rows: int) -> np.ndarray:
-        """Zeroed float32 (rows, dim) storage for vectors; subclasses place it elsewhere (memory-mapped files)."""
-        return np.zeros((rows, self.dim), np.float32)
+    def _new_storage(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Zeroed vectors float32 (rows, dim) and adjacency int32 (rows, room + 1); subclasses place them in a
+        memory-mapped file."""
+        return np.zeros((rows, self.dim), np.float32), np.zeros((rows, self.room + 1), np.int32)
+
+    def _grow_codes(self, codes: np.ndarray | None, rows: int) -> np.ndarray | None:
+        """Codes array of ``rows`` rows holding the old rows (None: this index keeps no codes)."""
+        return None
+
+    def _write_vectors(self, g: _Graph, slots: np.ndarray, x: np.ndarray) -> None:
+        """Store new vectors (n, dim) in ``slots`` before they are linked."""
+        g.vectors[slots] = x
 
     def _num_slots(self) -> int:
         return self._n
@@ -187,9 +198,11 @@ class VamanaIndex(Index):
         g = self._g
         if g.vectors.flags.writeable and g.adj.flags.writeable and g.state.flags.writeable:
             return
-        vectors = self._new_vectors(g.vectors.shape[0])
+        vectors, adj = self._new_storage(g.vectors.shape[0])
         vectors[:] = g.vectors
-        self._publish(vectors=vectors, adj=np.array(g.adj), state=np.array(g.state))
+        adj[:] = g.adj
+        codes = None if g.codes is None else np.array(g.codes)
+        self._publish(vectors=vectors, adj=adj, state=np.array(g.state), codes=codes)
         if not self._idmap.slot_ids.flags.writeable:
             self._idmap.slot_ids = np.array(self._idmap.slot_ids)
 
@@ -200,15 +213,14 @@ class VamanaIndex(Index):
         if need <= g.vectors.shape[0]:
             return
         target = need if rows >= self._n else max(need, int(g.vectors.shape[0] * 1.5))
-        vectors = self._new_vectors(target)
+        vectors, adj = self._new_storage(target)
         vectors[:self._n] = g.vectors[:self._n]
-        adj = np.zeros((target, self.room + 1), np.int32)
         adj[:self._n] = g.adj[:self._n]
         state = np.full(target, FREE, np.uint8)
         state[:self._n] = g.state[:self._n]
         slot_ids = np.full(target, -1, np.int64)
         slot_ids[:self._n] = g.slot_ids[:self._n]
-        self._g = _Graph(vectors, adj, state, slot_ids, g.entry)
+        self._g = _Graph(vectors, adj, state, slot_ids, g.entry, self._grow_codes(g.codes, target))
 
     # ---- epochs --------------------------------------------------------------------------------------------------
     def _enter(self) -> int:
@@ -285,7 +297,7 @@ class VamanaIndex(Index):
         else:
             order = np.arange(m)
         g = self._g
-        g.vectors[slots] = x
+        self._write_vectors(g, slots, x)
         g.slot_ids[slots] = -1
         passes = 2 if first_build and self.alpha > 1.0 else 1
         bar = progress_bar(m * passes, "Vamana build", progress)
@@ -563,12 +575,7 @@ class VamanaIndex(Index):
 
     @classmethod
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> VamanaIndex:
-        alpha = meta["alpha"]
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-            raise CorruptFileError(f"bad value for 'alpha' in file header: {alpha!r}")
-        index = cls(meta_int(meta, "dim", 1), meta["metric"], R=meta_int(meta, "R", 2),
-                    L_build=meta_int(meta, "L_build", 1), L_search=meta_int(meta, "L_search", 1), alpha=alpha,
-                    seed=meta_int(meta, "seed"), consolidate_threshold=float(meta["consolidate_threshold"]))
+        index = cls(**cls._params_from_meta(meta))
         n = meta_int(meta, "count")
         expect = {"vectors": ((n, index.dim), np.float32), "adj": ((n, index.room + 1), np.int32),
                   "state": ((n,), np.uint8)}
@@ -583,6 +590,15 @@ class VamanaIndex(Index):
         index._set_loaded_arrays(arrays, n, entry)
         index._n_deleted = meta_int(meta, "deleted")
         return index
+
+    @classmethod
+    def _params_from_meta(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        alpha = meta["alpha"]
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+            raise CorruptFileError(f"bad value for 'alpha' in file header: {alpha!r}")
+        return {"dim": meta_int(meta, "dim", 1), "metric": meta["metric"], "R": meta_int(meta, "R", 2),
+                "L_build": meta_int(meta, "L_build", 1), "L_search": meta_int(meta, "L_search", 1), "alpha": alpha,
+                "seed": meta_int(meta, "seed"), "consolidate_threshold": float(meta["consolidate_threshold"])}
 
     def _set_loaded_arrays(self, arrays: dict[str, np.ndarray], n: int, entry: int) -> None:
         self._g = _Graph(arrays["vectors"], arrays["adj"], arrays["state"], np.full(n, -1, np.int64), entry)
