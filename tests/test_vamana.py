@@ -1,5 +1,6 @@
-"""VamanaIndex (DiskANN graph, FreshDiskANN updates): recall against numpy brute force on real data, lazy deletes
-and consolidation, concurrent search during inserts and deletes, slot recycling, persistence and bad input.
+"""VamanaIndex (DiskANN graph, FreshDiskANN updates) and VamanaDiskIndex (codes in memory, vectors and adjacency
+memory-mapped): recall against numpy brute force on real data, lazy deletes and consolidation, concurrent search
+during inserts and deletes, slot recycling, persistence and bad input.
 
 The conformance suite (tests/test_conformance.py) runs the shared add/search/remove/save/load/bad-input checks.
 """
@@ -14,6 +15,7 @@ import pytest
 from simdex import (CorruptFileError, InvalidInputError, InvalidTypeError, UnknownIdError, VamanaIndex,
                     fileformat)
 from simdex.dense.vamana import DELETED, FREE, LIVE
+from simdex.quant import PQCodec, VamanaDiskIndex
 from tests.conftest import numpy_knn
 
 
@@ -281,3 +283,95 @@ def test_bad_parameters_and_input_leave_index_unchanged(wordnet):
         np.testing.assert_array_equal(index._g.state[:index._n], before[1])
         np.testing.assert_array_equal(index.ids, before[2])
     assert index._g.state[1] == DELETED
+
+
+# ---- SSD-resident mode ---------------------------------------------------------------------------------------------
+def _file_backed(arr) -> bool:
+    base = arr
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    return base is not None
+
+
+def _pq(m):
+    # few k-means iterations: the tests check the index, not the codec (tests/test_quant_codecs.py does that)
+    return PQCodec(384, "cosine", m=m, iterations=4)
+
+
+@pytest.mark.parametrize("codec", ["pq48", "lvq8"])
+def test_disk_mode_recall_and_memory(wordnet, codec, tmp_path):
+    base, queries = wordnet
+    index = VamanaDiskIndex(base.shape[1], "cosine", R=32, L_build=64, codec=_pq(48) if codec == "pq48" else codec,
+                            storage_dir=str(tmp_path))
+    index.add(base)
+    assert _file_backed(index._g.vectors) and _file_backed(index._g.adj)
+    assert not _file_backed(index._g.codes)
+    r = live_recall(index, base, queries, np.arange(base.shape[0]), L=64)
+    assert r >= 0.97, f"{codec}: recall@10 {r:.3f}"
+    # what stays in RAM is a fraction of the float32 vectors (PQ: 48 bytes per 1,536-byte vector)
+    assert index.nbytes < (0.1 if codec == "pq48" else 0.3) * base.nbytes
+    assert index.disk_nbytes >= base.nbytes
+    # distances are exact (the expanded nodes are re-ranked by their full vectors)
+    d, i = index.search(queries[:20], 5)
+    x = base / np.linalg.norm(base, axis=1, keepdims=True)
+    qn = queries[:20] / np.linalg.norm(queries[:20], axis=1, keepdims=True)
+    np.testing.assert_allclose(d, 1 - np.einsum("qd,qkd->qk", qn, x[i]), atol=1e-4)
+
+
+def test_disk_mode_updates_save_load(wordnet, tmp_path):
+    base, queries = wordnet
+    index = VamanaDiskIndex(base.shape[1], "cosine", R=24, L_build=48, codec=_pq(32), storage_dir=str(tmp_path))
+    with pytest.raises(InvalidInputError, match="256"):
+        index.add(base[:100])  # PQ training needs 256 vectors
+    assert len(index) == 0
+    index.add(base[:3000])
+    gone = np.arange(0, 3000, 7)
+    index.remove(gone)
+    index.consolidate()
+    index.add(base[3000:3500], np.arange(3000, 3500))  # recycles the freed slots
+    live = np.setdiff1d(np.arange(3500), gone)
+    assert not np.isin(index.search(queries, 10)[1], gone).any()
+    assert live_recall(index, base, queries, live, L=64) >= 0.95
+    path = tmp_path / "d.sdx"
+    index.save(path)
+    loaded = VamanaDiskIndex.load(path, mmap=True)
+    assert _file_backed(loaded._g.vectors) and not _file_backed(loaded._g.codes)
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], index.search(queries, 10)[1])
+    loaded.release_pages()
+    loaded.add(base[gone[:50]], gone[:50])  # the first change moves the arrays off the read-only file
+    assert len(loaded) == live.size + 50
+    np.testing.assert_array_equal(VamanaDiskIndex.load(path).search(queries, 10)[1], index.search(queries, 10)[1])
+
+
+def test_disk_mode_concurrent_search_during_updates(wordnet, tmp_path):
+    base, queries = wordnet
+    index = VamanaDiskIndex(base.shape[1], "cosine", R=24, L_build=48, codec=_pq(32), storage_dir=str(tmp_path),
+                            background=True)
+    index.add(base[:2000])
+    removed = np.empty(0, np.int64)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher():
+        try:
+            while not stop.is_set():
+                dead = removed
+                _, ids = index.search(queries[:8], 10, threads=1)
+                assert not np.isin(ids, dead).any() and (ids >= 0).all()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=searcher)
+    t.start()
+    try:
+        for c in range(4):
+            gone = np.arange(c * 250, (c + 1) * 250)
+            index.remove(gone)
+            removed = np.union1d(removed, gone)
+            index.add(base[2000 + c * 250:2000 + (c + 1) * 250], np.arange(2000 + c * 250, 2000 + (c + 1) * 250))
+    finally:
+        stop.set()
+        t.join()
+        index.wait()
+    assert not errors, errors[0]
+    assert live_recall(index, base, queries, np.arange(1000, 3000), L=64) >= 0.95

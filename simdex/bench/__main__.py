@@ -110,6 +110,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     stream.add_argument("--ef-construction", type=int, default=200)
     stream.add_argument("--threads", type=int, default=None, help="threads of the update calls (default: all)")
     stream.add_argument("--out", default="bench-results")
+    vdisk = sub.add_parser("vamana-disk", help="SSD-resident Vamana: recall and resident memory of the search phase")
+    vdisk.add_argument("--dataset", default="wordnet-minilm-384", choices=sorted(datasets.DATASETS))
+    vdisk.add_argument("--n-base", type=int, default=None)
+    vdisk.add_argument("--n-queries", type=int, default=1000)
+    vdisk.add_argument("--codec", default="pq48")
+    vdisk.add_argument("--R", type=int, default=32)
+    vdisk.add_argument("--L-build", type=int, default=64)
+    vdisk.add_argument("--L", default="32,64,100,150", help="comma-separated beam sizes")
+    vdisk.add_argument("--work-dir", default="/tmp/simdex-vamana-disk")
+    vdisk.add_argument("--out", default="bench-results")
     return parser
 
 
@@ -183,6 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         print(streaming.format_report(report))
         json_path, png_path = streaming.save(report, Path(args.out))
         print(f"wrote {json_path} and {png_path}")
+        return 0
+    if args.bench == "vamana-disk":
+        from . import vamana_disk
+        report = vamana_disk.run(args.dataset, n_base=args.n_base, n_queries=args.n_queries, codec=args.codec,
+                                 R=args.R, L_build=args.L_build, Ls=tuple(int(x) for x in args.L.split(",")),
+                                 work_dir=args.work_dir)
+        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(vamana_disk.format_report(report))
+        print(f"wrote {vamana_disk.save(report, Path(args.out))}")
         return 0
     if args.bench == "startup":
         from .startup import format_startup, measure

@@ -50,6 +50,18 @@ def disk_graph_storage(rows: int, dim: int, width: int, directory: str | None = 
     return np.asarray(vectors)[:rows], np.asarray(adj)[:rows]
 
 
+def advise_random(arr: np.ndarray) -> None:
+    """Tell the kernel a file-backed array is read at random (no readahead; pages are brought in one at a time,
+    not in large folios), as graph search reads it. No-op for in-memory arrays."""
+    import mmap
+    base = arr
+    while base is not None and not isinstance(base, (np.memmap, mmap.mmap)):
+        base = getattr(base, "base", None)
+    mm = getattr(base, "_mmap", base) if base is not None else None
+    if isinstance(mm, mmap.mmap) and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_RANDOM)
+
+
 class VamanaDiskIndex(VamanaIndex):
     """Vamana graph with full vectors and adjacency on disk (memory-mapped) and compressed codes in memory.
 
@@ -88,7 +100,9 @@ class VamanaDiskIndex(VamanaIndex):
 
     # ---- storage -------------------------------------------------------------------------------------------------
     def _new_storage(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
-        return disk_graph_storage(rows, self.dim, self.room + 1, self.storage_dir)
+        vectors, adj = disk_graph_storage(rows, self.dim, self.room + 1, self.storage_dir)
+        advise_random(vectors)
+        return vectors, adj
 
     def _grow_codes(self, codes: np.ndarray | None, rows: int) -> np.ndarray:
         out = np.zeros((rows, self.codec.code_size), np.uint8)
@@ -202,5 +216,6 @@ class VamanaDiskIndex(VamanaIndex):
                                    f"{(n, self.codec.code_size)} uint8")
         # the codes are what search keeps in memory; vectors and adjacency stay mapped from the file
         self._publish(codes=np.array(codes), state=np.array(self._g.state))
+        advise_random(self._g.vectors)
 
 
