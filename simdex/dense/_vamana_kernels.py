@@ -3,9 +3,10 @@
 
 Graph layout (flat arrays, no Python objects):
 
-- ``adj``: int32 (capacity, room + 1), room = R plus some slack. Row v is node v's out-list: column 0 the degree, columns 1..degree the
-  neighbour slots. Every value a row has ever held is a valid slot below the capacity, so a search that reads a
-  row while a writer replaces it sees a mix of old and new neighbours, never an out-of-range slot.
+- ``adj``: int32 (capacity, room + 1), room = R plus some slack. Row v is node v's out-list: column 0 the
+  degree, columns 1..degree the neighbour slots. Every value a row has ever held is a valid slot below the
+  capacity, so a search that reads a row while a writer replaces it sees a mix of old and new neighbours, never an
+  out-of-range slot.
 - ``vectors``: float32 (capacity, dim).
 - ``state``: uint8 (capacity): 0 live, 1 deleted (a tombstone: still traversed, never returned), 2 free (unlinked
   by consolidation, waiting to be reused).
