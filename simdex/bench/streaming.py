@@ -21,6 +21,7 @@ straddle a step (an update call finished while they ran) are counted but not sco
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -144,6 +145,7 @@ def _run_one(lib: str, ds: datasets.Dataset, top: np.ndarray, p: dict, log: Call
     n = base.shape[0]
     ids = np.arange(n, dtype=np.int64)
     adapter = ADAPTERS[lib](ds.dim, ds.metric, n, p)
+    load_start = os.getloadavg()
     t0 = time.perf_counter()
     adapter.build(base, ids)
     build_s = time.perf_counter() - t0
@@ -263,6 +265,7 @@ def _run_one(lib: str, ds: datasets.Dataset, top: np.ndarray, p: dict, log: Call
             "settle_seconds_total": sum(c["settle_seconds"] for c in cycles),
             "latency_p50_ms": float(np.percentile(all_lat, 50) * 1e3),
             "latency_p99_ms": float(np.percentile(all_lat, 99) * 1e3), "searches": len(records),
+            "load_average_start_end": [load_start[0], os.getloadavg()[0]],
             "deleted_ids_returned": sum(c["deleted_ids_returned"] for c in cycles)}
 
 
