@@ -15,7 +15,7 @@ import pytest
 from simdex import (CorruptFileError, InvalidInputError, InvalidTypeError, UnknownIdError, VamanaIndex,
                     fileformat)
 from simdex.dense.vamana import DELETED, FREE, LIVE
-from simdex.quant import PQCodec, VamanaDiskIndex
+from simdex.quant import PQCodec, StreamingVamanaIndex, VamanaDiskIndex
 from tests.conftest import numpy_knn
 
 
@@ -375,3 +375,49 @@ def test_disk_mode_concurrent_search_during_updates(wordnet, tmp_path):
         index.wait()
     assert not errors, errors[0]
     assert live_recall(index, base, queries, np.arange(1000, 3000), L=64) >= 0.95
+
+
+def test_streaming_merge_folds_recent_inserts_and_deletes(wordnet, tmp_path):
+    """FreshDiskANN's system: inserts go to a small in-memory index, deletes to the disk index's delete list;
+    searches see both; merge() folds them into the disk graph; searches during the merge see no deleted id."""
+    base, queries = wordnet
+    disk = VamanaDiskIndex(base.shape[1], "cosine", R=24, L_build=48, codec=_pq(32), storage_dir=str(tmp_path))
+    disk.add(base[:2500])
+    stream = StreamingVamanaIndex(disk, merge_threshold=10_000)
+    stream.add(base[2500:3200], np.arange(2500, 3200))
+    gone = np.concatenate([np.arange(0, 2500, 10), np.arange(2500, 3200, 10)])  # from both parts
+    stream.remove(gone)
+    with pytest.raises(UnknownIdError):
+        stream.remove([gone[0]])
+    assert len(stream.front) == 700 - 70 and disk.graph_stats()["deleted"] == 250
+    live = np.setdiff1d(np.arange(3200), gone)
+    assert len(stream) == live.size
+    _, truth = numpy_knn(base[live], queries, 10, "cosine")
+    _, found = stream.search(queries, 10, L=64)
+    assert not np.isin(found, gone).any()
+    assert recall(found, live[truth]) >= 0.95
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher():
+        try:
+            while not stop.is_set():
+                _, ids = stream.search(queries[:8], 10, threads=1)
+                assert not np.isin(ids, gone).any() and (ids >= 0).all()
+                assert all(np.unique(row).size == 10 for row in ids)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=searcher)
+    t.start()
+    try:
+        stream.merge()
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors[0]
+    assert len(stream.front) == 0 and len(disk) == live.size
+    assert disk.graph_stats()["deleted"] == 0 and dead_links(disk) == 0
+    _, found = stream.search(queries, 10, L=64)
+    assert recall(found, live[truth]) >= 0.95
+    np.testing.assert_array_equal(np.sort(stream.ids), live)

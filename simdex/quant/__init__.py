@@ -9,8 +9,8 @@ from .matryoshka import MatryoshkaIndex
 from .pq import OPQCodec, PQCodec
 from .scalar import FlatCodec, Int8Codec, LVQCodec
 from .spann import SPANNIndex
-from .vamana import VamanaDiskIndex
+from .vamana import StreamingVamanaIndex, VamanaDiskIndex
 
 __all__ = ["Codec", "make_codec", "FlatCodec", "Int8Codec", "LVQCodec", "PQCodec", "OPQCodec", "BinaryCodec",
            "HNSWQuantIndex", "IVFIndex", "SPANNIndex", "MatryoshkaIndex",
-           "VamanaDiskIndex"]
+           "VamanaDiskIndex", "StreamingVamanaIndex"]

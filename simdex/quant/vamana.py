@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import re
 import tempfile
+import threading
 from typing import Any
 
 import numpy as np
 
 from .._numba import num_threads
-from .._validate import check_metric, check_positive_int, check_vectors
+from .._validate import check_ids, check_metric, check_positive_int, check_vectors
 from ..dense.vamana import VamanaIndex, _Graph
 from ..errors import CorruptFileError, InvalidInputError
 from . import _vamana_kernels as QK
@@ -219,3 +220,105 @@ class VamanaDiskIndex(VamanaIndex):
         advise_random(self._g.vectors)
 
 
+
+
+class StreamingVamanaIndex:
+    """FreshDiskANN's update path: a large :class:`VamanaDiskIndex` (long-term, vectors and graph on disk), a small
+    in-memory :class:`~simdex.dense.VamanaIndex` that takes new inserts, and a delete list; :meth:`merge` (the
+    paper's StreamingMerge) folds both into the disk index.
+
+    - ``add`` goes to the in-memory index (fast, no disk writes); once it holds ``merge_threshold`` vectors,
+      ``add`` merges.
+    - ``remove`` of an id in the in-memory index removes it there; of an id on disk, sets its tombstone in the disk
+      index's in-memory state array (the delete list: checked at result time, no disk write).
+    - ``search`` queries both and merges the two result lists by distance.
+    - ``merge``: the delete phase (FreshDiskANN Algorithm 4 over the disk graph: ``consolidate``), then the insert
+      phase (the in-memory index's vectors inserted into the disk graph with the batch insert), then a fresh,
+      empty in-memory index. Searches go on during a merge (an id may be in both parts meanwhile; results are
+      de-duplicated); adds and removes wait for it.
+
+    Unlike the paper, the merge updates the memory-mapped file in place rather than writing a new copy of it in
+    one sequential pass, and the pieces are not persisted together (save the disk index after a merge).
+    """
+
+    def __init__(self, disk: VamanaDiskIndex, merge_threshold: int = 10_000) -> None:
+        if not isinstance(disk, VamanaDiskIndex):
+            raise InvalidInputError(f"disk must be a VamanaDiskIndex; got {type(disk).__name__}")
+        self.disk = disk
+        self.merge_threshold = check_positive_int(merge_threshold, "merge_threshold")
+        # the delete list is merged explicitly, never by the disk index's automatic consolidation
+        disk.consolidate_threshold = 1.0
+        disk.background = False
+        self.front = self._new_front()
+        self._lock = threading.RLock()
+
+    def _new_front(self) -> VamanaIndex:
+        d = self.disk
+        return VamanaIndex(d.dim, d.metric, R=d.R, L_build=d.L_build, L_search=d.L_search, alpha=d.alpha,
+                           seed=d.seed)
+
+    def __len__(self) -> int:
+        return len(self.disk) + len(self.front)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.concatenate([self.disk.ids, self.front.ids])
+
+    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+        """Insert vectors (n, dim) into the in-memory part; returns their ids. Merges once it is full."""
+        with self._lock:
+            x = check_vectors(vectors, self.disk.dim, normalize=self.disk.metric == "cosine")
+            if ids is None:
+                start = max(self.disk._idmap.next_id(), self.front._idmap.next_id())
+                ids = np.arange(start, start + x.shape[0], dtype=np.int64)
+            ids = check_ids(ids, x.shape[0])
+            self.disk._idmap.check_absent(ids)
+            new_ids = self.front.add(x, ids)
+            if len(self.front) >= self.merge_threshold:
+                self.merge()
+        return new_ids
+
+    def remove(self, ids: Any) -> int:
+        """Remove ids from whichever part holds them (unknown ids raise and nothing is removed)."""
+        with self._lock:
+            ids = check_ids(ids)
+            in_front = self.front._idmap.lookup(ids) >= 0
+            self.disk._idmap.slots_of(ids[~in_front])  # raises UnknownIdError before anything changes
+            if in_front.any():
+                self.front.remove(ids[in_front])
+            if (~in_front).any():
+                self.disk.remove(ids[~in_front])
+        return int(ids.shape[0])
+
+    def search(self, queries: Any, k: int, *, L: int | None = None, threads: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """k nearest neighbours (nq, k) over both parts: (distances float32, ids int64), (inf, -1) padded."""
+        front, disk = self.front, self.disk
+        parts = []
+        for part in (disk, front):
+            if len(part):
+                parts.append(part.search(queries, min(k, len(part)), L=L, threads=threads))
+        if not parts:
+            raise InvalidInputError("the index is empty; add vectors before searching")
+        d = np.concatenate([p[0] for p in parts], axis=1)
+        i = np.concatenate([p[1] for p in parts], axis=1)
+        order = np.argsort(d, axis=1, kind="stable")
+        d, i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+        out_d = np.full((d.shape[0], k), np.inf, np.float32)
+        out_i = np.full((d.shape[0], k), -1, np.int64)
+        for r in range(d.shape[0]):  # keep each id once (during a merge it can be in both parts)
+            _, first = np.unique(i[r], return_index=True)
+            keep = np.sort(first[i[r, first] >= 0])[:k]
+            out_d[r, :keep.size], out_i[r, :keep.size] = d[r, keep], i[r, keep]
+        return out_d, out_i
+
+    def merge(self, threads: int | None = None) -> None:
+        """StreamingMerge: repair the disk graph around the delete list, insert the in-memory vectors into it,
+        start a new in-memory index."""
+        with self._lock:
+            self.disk.consolidate(threads)
+            front = self.front
+            if len(front):
+                ids = front.ids
+                self.disk.add(front.get_vectors(ids), ids, threads=threads)
+            self.front = self._new_front()
