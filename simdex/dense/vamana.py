@@ -37,7 +37,7 @@ from .._progress import progress_bar
 from .._validate import _as_numeric_array, check_ids, check_positive_int, check_threads
 from ..errors import CorruptFileError, InvalidInputError
 from ..idmap import IdMap
-from ..index import Index, meta_int
+from ..index import Index, meta_int, write_snapshot
 from ..metrics import to_public
 from . import _vamana_kernels as K
 from ._exact import exact_knn_subset
@@ -562,8 +562,14 @@ class VamanaIndex(Index):
 
     # ---- persistence ---------------------------------------------------------------------------------------------
     def save(self, path) -> None:
-        with self._graph_lock, self._write_lock:  # a consistent picture: no writer changes rows meanwhile
-            super().save(path)
+        """Write the index to ``path`` (atomically). Writers wait meanwhile, searches go on."""
+        # no writer can change a row while the arrays are written, so they are written as they are instead of
+        # copied first as Index.snapshot does (a copy would double the memory, and VamanaDiskIndex's vectors
+        # are meant to stay on disk)
+        with self._graph_lock, self._write_lock:
+            meta, arrays = self._state()
+            meta = {"dim": self.dim, "metric": self.metric, **meta}
+            write_snapshot(path, (self.kind, meta, {"slot_ids": self._idmap.slot_ids, **arrays}))
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         n, g = self._n, self._g
