@@ -291,7 +291,9 @@ class VamanaIndex(Index):
             # link the medoid first (it becomes the entry point), the rest in a seeded random order, so that
             # the graph does not depend on the order of the input
             rng = np.random.default_rng([self.seed, self._n])
-            medoid = int(np.argmin(np.einsum("ij,ij->i", x - x.mean(axis=0), x - x.mean(axis=0))))
+            centre = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+            # |x - c|^2 up to the constant |c|^2, without an (n, dim) temporary
+            medoid = int(np.argmin(np.einsum("ij,ij->i", x, x) - 2.0 * (x @ centre)))
             order = rng.permutation(m)
             order = np.concatenate([[medoid], order[order != medoid]])
         else:
