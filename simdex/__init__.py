@@ -1,6 +1,6 @@
 """simdex: similarity search for dense vectors, sparse and text vectors, multi-vector documents and sets."""
 
-from .dense import FlatIndex, HNSWIndex, WindowIndex
+from .dense import FlatIndex, HNSWIndex, VamanaIndex, WindowIndex
 from .errors import (CollectionExistsError, CollectionNotFoundError, CorruptDatabaseError, CorruptFileError,
                      DatabaseLockedError, DimensionMismatchError, DuplicateIdError, InvalidInputError,
                      InvalidTypeError, ReadOnlyError, SimdexError, UnknownIdError)
@@ -9,9 +9,9 @@ from .store import Collection, Database, FilterError, connect
 
 __version__ = "0.1.0"
 
-__all__ = ["FlatIndex", "HNSWIndex", "WindowIndex", "Index", "load", "connect", "Database", "Collection", "Client",
-           "SimdexError", "InvalidInputError", "InvalidTypeError", "DimensionMismatchError", "DuplicateIdError",
-           "UnknownIdError", "CorruptFileError", "CorruptDatabaseError", "CollectionExistsError",
+__all__ = ["FlatIndex", "HNSWIndex", "VamanaIndex", "WindowIndex", "Index", "load", "connect", "Database",
+           "Collection", "Client", "SimdexError", "InvalidInputError", "InvalidTypeError", "DimensionMismatchError",
+           "DuplicateIdError", "UnknownIdError", "CorruptFileError", "CorruptDatabaseError", "CollectionExistsError",
            "CollectionNotFoundError", "DatabaseLockedError", "ReadOnlyError", "FilterError", "__version__"]
 
 

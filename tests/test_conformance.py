@@ -10,8 +10,8 @@ import pytest
 
 import simdex
 from simdex import (CorruptFileError, DimensionMismatchError, DuplicateIdError, FlatIndex, HNSWIndex,
-                    InvalidInputError, InvalidTypeError, UnknownIdError)
-from simdex.quant import HNSWQuantIndex, IVFIndex, MatryoshkaIndex
+                    InvalidInputError, InvalidTypeError, UnknownIdError, VamanaIndex)
+from simdex.quant import HNSWQuantIndex, IVFIndex, MatryoshkaIndex, VamanaDiskIndex
 from tests.conftest import numpy_knn
 
 FACTORIES = {
@@ -23,9 +23,14 @@ FACTORIES = {
     "ivf-pq": lambda dim, metric: IVFIndex(dim, metric, nlist=16, codec="pq", nprobe=12, rerank=100),
     # candidates from the first min(64, dim) PCA coordinates, exact re-rank of 100
     "matryoshka": lambda dim, metric: MatryoshkaIndex(dim, metric, rerank=100),
+    "vamana": lambda dim, metric: VamanaIndex(dim, metric, R=24, L_build=64, L_search=100),
+    # LVQ-8 here: the PQ codec needs 256 vectors to train and several checks start from fewer
+    "vamana-disk-lvq8": lambda dim, metric: VamanaDiskIndex(dim, metric, R=24, L_build=64, L_search=100,
+                                                            codec="lvq8"),
 }
 # the least recall@10 each index must reach on the small real slices used here (exact ones: 1.0)
-MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "hnsw-lvq8": 0.95, "ivf-pq": 0.9, "matryoshka": 0.95}
+MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "hnsw-lvq8": 0.95, "ivf-pq": 0.9, "matryoshka": 0.95, "vamana": 0.95,
+              "vamana-disk-lvq8": 0.95}
 
 N = 2000
 

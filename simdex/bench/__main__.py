@@ -107,6 +107,33 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     ir.add_argument("--approx", default="1.25,1.5,2", help="comma-separated approx factors for approximate bmp")
     ir.add_argument("--no-dense", action="store_true", help="skip dense and hybrid (no sentence-transformers)")
     ir.add_argument("--out", default="bench-results", help="folder for ir.json and the embedding cache")
+    stream = sub.add_parser("streaming", help="Vamana (FreshDiskANN) vs hnswlib under delete/re-insert cycles "
+                                              "with concurrent searches")
+    stream.add_argument("--dataset", default="wordnet-minilm-384", choices=sorted(datasets.DATASETS))
+    stream.add_argument("--libs", default="simdex,hnswlib", help="comma-separated: simdex,hnswlib")
+    stream.add_argument("--n-base", type=int, default=None, help="use only the first N base vectors")
+    stream.add_argument("--n-queries", type=int, default=1000)
+    stream.add_argument("--cycles", type=int, default=10)
+    stream.add_argument("--fraction", type=float, default=0.1, help="fraction deleted and re-inserted per cycle")
+    stream.add_argument("--chunks", type=int, default=10, help="update calls per phase (delete, insert) per cycle")
+    stream.add_argument("--L", type=int, default=64, help="fixed search budget: simdex beam L and hnswlib ef")
+    stream.add_argument("--R", type=int, default=32)
+    stream.add_argument("--L-build", type=int, default=64)
+    stream.add_argument("--alpha", type=float, default=1.2)
+    stream.add_argument("--M", type=int, default=16)
+    stream.add_argument("--ef-construction", type=int, default=200)
+    stream.add_argument("--threads", type=int, default=None, help="threads of the update calls (default: all)")
+    stream.add_argument("--out", default="bench-results")
+    vdisk = sub.add_parser("vamana-disk", help="SSD-resident Vamana: recall and resident memory of the search phase")
+    vdisk.add_argument("--dataset", default="wordnet-minilm-384", choices=sorted(datasets.DATASETS))
+    vdisk.add_argument("--n-base", type=int, default=None)
+    vdisk.add_argument("--n-queries", type=int, default=1000)
+    vdisk.add_argument("--codec", default="pq48")
+    vdisk.add_argument("--R", type=int, default=32)
+    vdisk.add_argument("--L-build", type=int, default=64)
+    vdisk.add_argument("--L", default="32,64,100,150", help="comma-separated beam sizes")
+    vdisk.add_argument("--work-dir", default="/tmp/simdex-vamana-disk")
+    vdisk.add_argument("--out", default="bench-results")
     return parser
 
 
@@ -169,6 +196,26 @@ def main(argv: list[str] | None = None) -> int:
         report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
         print(ir_bench.format_report(report))
         print(f"wrote {ir_bench.save(report, Path(args.out))}")
+        return 0
+    if args.bench == "streaming":
+        from . import streaming
+        report = streaming.run(args.dataset, n_base=args.n_base, n_queries=args.n_queries, cycles=args.cycles,
+                               fraction=args.fraction, chunks=args.chunks, L=args.L, R=args.R, L_build=args.L_build,
+                               alpha=args.alpha, M=args.M, ef_construction=args.ef_construction,
+                               threads=args.threads, libs=tuple(args.libs.split(",")))
+        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(streaming.format_report(report))
+        json_path, png_path = streaming.save(report, Path(args.out))
+        print(f"wrote {json_path} and {png_path}")
+        return 0
+    if args.bench == "vamana-disk":
+        from . import vamana_disk
+        report = vamana_disk.run(args.dataset, n_base=args.n_base, n_queries=args.n_queries, codec=args.codec,
+                                 R=args.R, L_build=args.L_build, Ls=tuple(int(x) for x in args.L.split(",")),
+                                 work_dir=args.work_dir)
+        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(vamana_disk.format_report(report))
+        print(f"wrote {vamana_disk.save(report, Path(args.out))}")
         return 0
     if args.bench == "startup":
         from .startup import format_startup, measure

@@ -2,6 +2,7 @@
 
 from .flat import FlatIndex
 from .hnsw import HNSWIndex
+from .vamana import VamanaIndex
 from .window import WindowIndex
 
-__all__ = ["FlatIndex", "HNSWIndex", "WindowIndex"]
+__all__ = ["FlatIndex", "HNSWIndex", "VamanaIndex", "WindowIndex"]
