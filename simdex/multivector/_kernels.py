@@ -70,6 +70,29 @@ def chamfer_pairs(q, q_off, rows, d_off, pair_q, pair_d, out):
         out[p] = chamfer_one(q, q_off[qi], q_off[qi + 1], rows, d_off[d], d_off[d + 1])
 
 
+@kernel
+def chamfer_pairs_serial(q, q_off, rows, d_off, pair_q, pair_d, out):
+    """:func:`chamfer_pairs` on the calling thread: for small batches (one query re-ranking a few hundred
+    documents) waking the thread pool costs more than the work, and far more on a loaded machine."""
+    for p in range(pair_q.shape[0]):
+        qi = pair_q[p]
+        d = pair_d[p]
+        out[p] = chamfer_one(q, q_off[qi], q_off[qi + 1], rows, d_off[d], d_off[d + 1])
+
+
+@kernel
+def chamfer_one_affine(qt, qc, q_start, q_end, codes, codes_f, bits, half, d_start, d_end):
+    total = np.float32(0.0)
+    for i in range(q_start, q_end):
+        best = -np.inf
+        for r in range(d_start, d_end):
+            s = -affine_score(qt[i], qc[i], codes, codes_f, r, bits, half)
+            if s > best:
+                best = s
+        total += best
+    return total
+
+
 @kernel(parallel=True)
 def chamfer_pairs_affine(qt, qc, q_off, codes, codes_f, bits, half, d_off, pair_q, pair_d, out):
     """:func:`chamfer_pairs` over int8/LVQ codes (inner-product metric): ``qt``/``qc`` are the codec's prepared
@@ -77,15 +100,26 @@ def chamfer_pairs_affine(qt, qc, q_off, codes, codes_f, bits, half, d_off, pair_
     for p in prange(pair_q.shape[0]):
         qi = pair_q[p]
         d = pair_d[p]
-        total = np.float32(0.0)
-        for i in range(q_off[qi], q_off[qi + 1]):
-            best = -np.inf
-            for r in range(d_off[d], d_off[d + 1]):
-                s = -affine_score(qt[i], qc[i], codes, codes_f, r, bits, half)
-                if s > best:
-                    best = s
-            total += best
-        out[p] = total
+        out[p] = chamfer_one_affine(qt, qc, q_off[qi], q_off[qi + 1], codes, codes_f, bits, half, d_off[d],
+                                    d_off[d + 1])
+
+
+@kernel
+def chamfer_pairs_affine_serial(qt, qc, q_off, codes, codes_f, bits, half, d_off, pair_q, pair_d, out):
+    for p in range(pair_q.shape[0]):
+        qi = pair_q[p]
+        d = pair_d[p]
+        out[p] = chamfer_one_affine(qt, qc, q_off[qi], q_off[qi + 1], codes, codes_f, bits, half, d_off[d],
+                                    d_off[d + 1])
+
+
+@kernel
+def pair_work(q_off, d_off, pair_q, pair_d):
+    """Vector pairs (multiply-adds / dim) that scoring these pairs costs."""
+    w = 0
+    for p in range(pair_q.shape[0]):
+        w += (q_off[pair_q[p] + 1] - q_off[pair_q[p]]) * (d_off[pair_d[p] + 1] - d_off[pair_d[p]])
+    return w
 
 
 # ---- fixed-dimensional encodings (MUVERA) --------------------------------------------------------------------------
@@ -98,9 +132,40 @@ def _popcount(x):
     return c
 
 
+@kernel
+def fde_one(proj, buckets, a, b, n_buckets, average, fill_empty, out, counts):
+    """Bucket aggregates of one set (rows a..b) into out (R, n_buckets, d_proj); see :func:`fde_blocks`."""
+    n_rep = proj.shape[1]
+    d_proj = proj.shape[2]
+    for rep in range(n_rep):
+        counts[:] = 0
+        out[rep] = 0.0
+        for t in range(a, b):
+            k = buckets[t, rep]
+            counts[k] += 1
+            for j in range(d_proj):
+                out[rep, k, j] += proj[t, rep, j]
+        for k in range(n_buckets):
+            if counts[k] > 0:
+                if average and counts[k] > 1:
+                    inv = np.float32(1.0) / np.float32(counts[k])
+                    for j in range(d_proj):
+                        out[rep, k, j] *= inv
+            elif fill_empty and b > a:
+                best_t = a
+                best_h = 1 << 30
+                for t in range(a, b):
+                    h = _popcount(buckets[t, rep] ^ k)
+                    if h < best_h:
+                        best_h = h
+                        best_t = t
+                for j in range(d_proj):
+                    out[rep, k, j] = proj[best_t, rep, j]
+
+
 @kernel(parallel=True)
 def fde_blocks(proj, buckets, offsets, n_buckets, average, fill_empty, out):
-    """Per-set, per-repetition bucket aggregates of projected rows.
+    """Per-set, per-repetition bucket aggregates of projected rows, in parallel over sets.
 
     proj: (T, R, d_proj) float32 projected rows; buckets: (T, R) int64 SimHash bucket of each row in each
     repetition; offsets: (n + 1,) int64; out: (n, R, n_buckets, d_proj) float32, overwritten.
@@ -108,36 +173,47 @@ def fde_blocks(proj, buckets, offsets, n_buckets, average, fill_empty, out):
     ``fill_empty`` (documents): an empty bucket takes the row whose bucket id is nearest in Hamming distance
     (first such row), so that every query bucket finds a document vector to meet.
     """
-    n_rep = proj.shape[1]
-    d_proj = proj.shape[2]
     for s in prange(offsets.shape[0] - 1):
-        a = offsets[s]
-        b = offsets[s + 1]
         counts = np.zeros(n_buckets, np.int64)
+        fde_one(proj, buckets, offsets[s], offsets[s + 1], n_buckets, average, fill_empty, out[s], counts)
+
+
+@kernel
+def fde_blocks_serial(proj, buckets, offsets, n_buckets, average, fill_empty, out):
+    """:func:`fde_blocks` on the calling thread (a few query sets)."""
+    counts = np.zeros(n_buckets, np.int64)
+    for s in range(offsets.shape[0] - 1):
+        fde_one(proj, buckets, offsets[s], offsets[s + 1], n_buckets, average, fill_empty, out[s], counts)
+
+
+@kernel
+def project_rows(x, simhash_t, projection_t, k_sim, buckets, proj):
+    """SimHash buckets (T, R) and projections (T, R, d_proj) of a few rows without BLAS (whose thread pool costs
+    more than the work for a query's handful of rows). ``simhash_t`` (R * k_sim, dim) and ``projection_t``
+    (R * d_proj, dim) are the transposed matrices (rows contiguous for the dot products), ``projection_t``
+    (0, 0) means identity."""
+    n_rep = buckets.shape[1]
+    d_proj = proj.shape[2]
+    for t in range(x.shape[0]):
+        xt = x[t]
         for rep in range(n_rep):
-            counts[:] = 0
-            out[s, rep] = 0.0
-            for t in range(a, b):
-                k = buckets[t, rep]
-                counts[k] += 1
-                for j in range(d_proj):
-                    out[s, rep, k, j] += proj[t, rep, j]
-            for k in range(n_buckets):
-                if counts[k] > 0:
-                    if average and counts[k] > 1:
-                        inv = np.float32(1.0) / np.float32(counts[k])
-                        for j in range(d_proj):
-                            out[s, rep, k, j] *= inv
-                elif fill_empty and b > a:
-                    best_t = a
-                    best_h = 1 << 30
-                    for t in range(a, b):
-                        h = _popcount(buckets[t, rep] ^ k)
-                        if h < best_h:
-                            best_h = h
-                            best_t = t
-                    for j in range(d_proj):
-                        out[s, rep, k, j] = proj[best_t, rep, j]
+            code = 0
+            for b in range(k_sim):
+                s = np.float32(0.0)
+                g = simhash_t[rep * k_sim + b]
+                for j in range(xt.shape[0]):
+                    s += xt[j] * g[j]
+                code = code * 2 + (1 if s > 0 else 0)
+            buckets[t, rep] = code
+            for o in range(d_proj):
+                if projection_t.shape[0] == 0:
+                    proj[t, rep, o] = xt[o]
+                else:
+                    s = np.float32(0.0)
+                    g = projection_t[rep * d_proj + o]
+                    for j in range(xt.shape[0]):
+                        s += xt[j] * g[j]
+                    proj[t, rep, o] = s
 
 
 @kernel(parallel=True)

@@ -39,6 +39,9 @@ METHODS = ("muvera", "tokens", "exact")
 _FLOAT16_MAX = 65504.0
 _PAIR_BLOCK = 1 << 22  # (query, document) pairs scored per kernel call in exact search: bounds the score block
 _CODEC_TRAIN_MAX = 100_000
+# below this many multiply-adds a re-ranking runs on the calling thread: about 2 ms of work, less than what
+# waking the thread pool costs when the cores are busy
+_SERIAL_WORK = 5_000_000
 _KMEANS_ITERS = 10
 
 
@@ -400,12 +403,15 @@ class MultiVectorIndex(Index):
         out = np.empty(pair_q.shape[0], np.float32)
         if pair_q.shape[0] == 0:
             return out
+        small = K.pair_work(q_off, self._offsets, pair_q, pair_d) * self.dim < _SERIAL_WORK
         if isinstance(self.codec, AffineCodec):
             qt, qc = self.codec.prepare(q)
-            K.chamfer_pairs_affine(qt, qc, q_off, self._rows, self._rows.view(np.float32), self.codec.bits,
-                                   self.codec.half, self._offsets, pair_q, pair_d, out)
+            fn = K.chamfer_pairs_affine_serial if small else K.chamfer_pairs_affine
+            fn(qt, qc, q_off, self._rows, self._rows.view(np.float32), self.codec.bits, self.codec.half,
+               self._offsets, pair_q, pair_d, out)
         else:
-            K.chamfer_pairs(q, q_off, self._rows, self._offsets, pair_q, pair_d, out)
+            fn = K.chamfer_pairs_serial if small else K.chamfer_pairs
+            fn(q, q_off, self._rows, self._offsets, pair_q, pair_d, out)
         return out
 
     def _rerank(self, q: np.ndarray, q_off: np.ndarray, ptr: np.ndarray, cand: np.ndarray, k: int

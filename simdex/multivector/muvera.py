@@ -30,6 +30,7 @@ from ..errors import CorruptFileError, InvalidInputError
 from . import _kernels as K
 
 _CHUNK = 1 << 15  # rows projected per BLAS call: bounds the (rows, R * d_proj) temporaries
+_SMALL = 256  # up to this many rows (a few queries), numba on one thread beats waking BLAS's threads
 
 
 class MuveraEncoder:
@@ -89,6 +90,13 @@ class MuveraEncoder:
         else:
             self.sketch_target = np.empty(0, np.int64)
             self.sketch_sign = np.empty(0, np.float32)
+        self._transpose()
+
+    def _transpose(self) -> None:
+        # row-contiguous copies for the numba projection of small batches
+        self._simhash_t = np.ascontiguousarray(self.simhash.T)
+        self._projection_t = np.ascontiguousarray(self.projection.T) if self.projection.size else \
+            np.empty((0, 0), np.float32)
 
     @property
     def n_buckets(self) -> int:
@@ -122,6 +130,10 @@ class MuveraEncoder:
         t = rows.shape[0]
         buckets = np.zeros((t, self.r_reps), np.int64)
         proj = np.empty((t, self.r_reps, self.d_proj), np.float32)
+        if t <= _SMALL:
+            K.project_rows(np.ascontiguousarray(rows, np.float32), self._simhash_t, self._projection_t, self.k_sim,
+                           buckets, proj)
+            return buckets, proj
         weights = (1 << np.arange(self.k_sim, dtype=np.int64))[::-1]
         for s in range(0, t, _CHUNK):
             x = np.asarray(rows[s:s + _CHUNK], np.float32)
@@ -146,8 +158,9 @@ class MuveraEncoder:
             set_end = min(n, max(set_end, set_start + 1))
             a, b = int(offsets[set_start]), int(offsets[set_end])
             buckets, proj = self._project(rows[a:b])
-            K.fde_blocks(proj, buckets, np.ascontiguousarray(offsets[set_start:set_end + 1] - a), self.n_buckets,
-                         not is_query, self.fill_empty and not is_query, out[set_start:set_end])
+            fde = K.fde_blocks_serial if b - a <= _SMALL else K.fde_blocks
+            fde(proj, buckets, np.ascontiguousarray(offsets[set_start:set_end + 1] - a), self.n_buckets,
+                not is_query, self.fill_empty and not is_query, out[set_start:set_end])
             set_start = set_end
         flat = out.reshape(n, self.dim_raw)
         if self.d_final is None:
@@ -178,6 +191,7 @@ class MuveraEncoder:
                 raise CorruptFileError(f"MUVERA array {name!r} has shape {arr.shape} {arr.dtype}, expected "
                                        f"{ref.shape} {ref.dtype}")
             setattr(enc, name, np.ascontiguousarray(arr))
+        enc._transpose()
         if enc.sketch_target.size and (enc.sketch_target.min() < 0 or enc.sketch_target.max() >= enc.d_final):
             raise CorruptFileError("MUVERA count-sketch targets out of range")
         return enc
