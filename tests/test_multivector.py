@@ -3,6 +3,8 @@ into sets play the documents' and queries' token sets; numpy brute-force Chamfer
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -308,3 +310,35 @@ def test_bad_input_raises_and_changes_nothing(data):
         no_fde.search([queries[0]], 1, method="tokens")
     with pytest.raises(InvalidInputError):
         MultiVectorIndex(16).search([np.ones((1, 16))], 1)  # empty index
+
+
+# ---- the bench harness, without the model ------------------------------------------------------------------------
+def test_bench_harness_on_real_vectors_without_the_model(tmp_path):
+    from simdex.bench import multivector as mvb
+    report = mvb.run(synthetic=(300, 12), encoder={"k_sim": 2, "d_proj": 16, "r_reps": 4}, latency_queries=2,
+                     recommended=100, log=lambda *_: None)
+    r = report["collections"]["synthetic"]
+    assert r["documents"] == 300 and r["queries"] == 12
+    mv = [p for p in r["muvera"] if p["recall@100"] is not None]
+    assert mv[-1]["recall@100"] == 1.0  # re-ranking every document is exact
+    assert all(a["recall@100"] <= b["recall@100"] + 1e-9 for a, b in zip(mv, mv[1:]))
+    tok = r["tokens"]
+    assert all(a["candidates"] <= b["candidates"] for a, b in zip(tok, tok[1:]))
+    assert set(r["latency_ms"]) == {"exact", "muvera", "tokens"} and min(r["latency_ms"].values()) > 0
+    assert {row["setting"] for row in r["reductions"]} >= {"prune 50% by IDF", "int8 codes"}
+    assert "synthetic" in mvb.format_report(report)
+    json_path, png_path = mvb.save(report, tmp_path)
+    assert json.loads(json_path.read_text())["collections"]["synthetic"]["documents"] == 300
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_token_set_drops_special_tokens():
+    from simdex.bench.multivector import CLS_ID, SEP_ID, TokenSet
+    ids = np.array([CLS_ID, 7, 8, SEP_ID, CLS_ID, SEP_ID, CLS_ID, 9, SEP_ID], np.int32)
+    rows = np.arange(9 * 2, dtype=np.float16).reshape(9, 2)
+    ts = TokenSet(rows, np.array([0, 4, 6, 9]), ids, np.zeros((3, 2), np.float32))
+    out = ts.without_special()
+    np.testing.assert_array_equal(out.offsets, [0, 2, 3, 4])
+    np.testing.assert_array_equal(out.token_ids, [7, 8, CLS_ID, 9])  # an all-special text keeps its [CLS]
+    part = ts.slice(1, 3)
+    np.testing.assert_array_equal(part.offsets, [0, 2, 5])

@@ -161,7 +161,7 @@ class MultiVectorIndex(Index):
         the first ``add``. Codes make the exact Chamfer score approximate.
     encoder : MuveraEncoder or dict, optional
         The MUVERA fixed-dimensional encoding, or keyword arguments for one (default
-        ``MuveraEncoder(dim, k_sim=4, d_proj=16, r_reps=8)``: 2,048 dimensions).
+        ``MuveraEncoder(dim, k_sim=3, d_proj=32, r_reps=16)``: 4,096 dimensions).
     fde_index : {"hnsw", "flat", "none"}, default "hnsw"
         Single-vector index of the document encodings (inner product). "none" disables ``method="muvera"``.
     token_index : bool, default False

@@ -40,15 +40,15 @@ class MuveraEncoder:
     ----------
     dim : int
         Dimension of the input vectors.
-    k_sim : int, default 4
+    k_sim : int, default 3
         SimHash bits per repetition: ``2**k_sim`` buckets. More buckets separate a query's vectors from
         unrelated document vectors (the approximation of each MaxSim term gets sharper, recall up) until most
         buckets of a short document are empty fill-ins (recall flattens); the FDE grows as ``2**k_sim``.
         ``k_sim = 0`` is one bucket: ``<sum of Q, mean of D>`` (a scaled mean-pooling baseline).
-    d_proj : int, default 16
+    d_proj : int, default 32
         Dimensions per bucket after the random projection. Larger keeps inner products more exactly (recall up,
         FDE size up linearly); ``d_proj = dim`` skips the projection.
-    r_reps : int, default 8
+    r_reps : int, default 16
         Independent repetitions, concatenated. Averaging over repetitions reduces the variance of the estimate
         (recall up with diminishing returns), FDE size and encoding time linear in R.
     d_final : int or None, default None
@@ -59,11 +59,14 @@ class MuveraEncoder:
         contribute nothing, which loses recall on short documents.
     seed : int, default 0
 
-    ``dim_fde = d_final or r_reps * 2**k_sim * d_proj`` float32 values per encoded set. Encoding costs two BLAS
+    The defaults (4,096 dimensions) are the setting ``python -m simdex.bench multivector`` recommends for
+    384-d MiniLM token vectors (docs/benchmarks-multivector.md); the paper's ColBERT setting is k_sim=5,
+    d_proj=16, r_reps=20 (10,240). ``dim_fde = d_final or r_reps * 2**k_sim * d_proj`` float32 values per
+    encoded set. Encoding costs two BLAS
     products per chunk of rows (``dim x R*k_sim`` and ``dim x R*d_proj``) plus a linear pass.
     """
 
-    def __init__(self, dim: int, k_sim: int = 4, d_proj: int = 16, r_reps: int = 8, d_final: int | None = None,
+    def __init__(self, dim: int, k_sim: int = 3, d_proj: int = 32, r_reps: int = 16, d_final: int | None = None,
                  fill_empty: bool = True, seed: int = 0) -> None:
         self.dim = check_positive_int(dim, "dim")
         self.k_sim = check_positive_int(k_sim, "k_sim", minimum=0)
