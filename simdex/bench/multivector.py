@@ -167,7 +167,7 @@ def _ndcg(data: dict[str, Any], scores: np.ndarray, ids: np.ndarray) -> dict[str
 def run_collection(name: str, docs: TokenSet, queries: TokenSet, data: dict[str, Any] | None, *,
                    encoder: dict[str, Any], candidates: tuple[int, ...] = MUVERA_CANDIDATES,
                    token_ks: tuple[int, ...] = TOKEN_KS, latency_queries: int = 50, recommended: int = 200,
-                   reductions: bool = True, log=print) -> dict[str, Any]:
+                   reductions: bool = True, reduction_queries: int = 100, log=print) -> dict[str, Any]:
     from ..multivector import MultiVectorIndex, idf_weights
     nd, nq = len(docs), len(queries)
     res: dict[str, Any] = {"documents": nd, "queries": nq, "doc_vectors": int(docs.tokens.shape[0]),
@@ -243,7 +243,17 @@ def run_collection(name: str, docs: TokenSet, queries: TokenSet, data: dict[str,
             res["ndcg"][label] = _ndcg(data, np.take_along_axis(sims, top, 1), top)
         log(f"  nDCG@10: " + ", ".join(f"{k} {v['nDCG@10']:.4f}" for k, v in res["ndcg"].items()))
     if reductions:
+        # each reduced index is searched exactly: on the first `reduction_queries` queries only, to bound the time
         res["reductions"] = []
+        nr = min(nq, reduction_queries)
+        res["reduction_queries"] = nr
+        sub = queries.slice(0, nr)
+        sub_rows, sub_off = sub.tokens.astype(np.float32), sub.offsets
+        sub_data = None
+        if data is not None and data.get("qrels"):
+            qids = data["query_ids"][:nr]
+            sub_data = {**data, "query_ids": qids, "qrels": {q: data["qrels"][q] for q in qids if q in data["qrels"]}}
+            res["reduction_ndcg_full_index"] = _ndcg(sub_data, ex_s[:nr], ex_i[:nr])["nDCG@10"]
         idf = idf_weights(docs.token_ids, docs.offsets)
         mean_len = docs.tokens.shape[0] / nd
         for label, kwargs, w in (("prune 50% by IDF", {"keep_fraction": 0.5}, idf),
@@ -255,11 +265,11 @@ def run_collection(name: str, docs: TokenSet, queries: TokenSet, data: dict[str,
                                  ("int8 codes", {"storage": "int8"}, None)):
             red = MultiVectorIndex(docs.tokens.shape[1], fde_index="none", **kwargs)
             red.add(docs.tokens, offsets=docs.offsets, weights=w)
-            r_s, r_i = red.search(q_rows, k100, offsets=q_off, method="exact")
+            r_s, r_i = red.search(sub_rows, k100, offsets=sub_off, method="exact")
             row = {"setting": label, "stored_vectors": red.num_vectors, "bytes": red.nbytes,
-                   "recall@10": _recall(r_i[:, :10], ex10), "recall@100": _recall(r_i, ex_i)}
-            if data is not None and data.get("qrels"):
-                row["nDCG@10"] = _ndcg(data, r_s, r_i)["nDCG@10"]
+                   "recall@10": _recall(r_i[:, :10], ex10[:nr]), "recall@100": _recall(r_i, ex_i[:nr])}
+            if sub_data is not None:
+                row["nDCG@10"] = _ndcg(sub_data, r_s, r_i)["nDCG@10"]
             res["reductions"].append(row)
             log(f"  {label}: {row}")
     return res
@@ -291,6 +301,7 @@ def run(collections: tuple[str, ...] = ("cranfield", "cacm", "glosses"), *, out_
     from .._numba import cpu_count
     encoder = dict(RECOMMENDED if encoder is None else encoder)
     report: dict[str, Any] = {"machine": {"cpus": cpu_count(), "platform": platform.platform()},
+                              "latency_queries": latency_queries,
                               "model": "all-MiniLM-L6-v2 token embeddings, unit length",
                               "special_tokens": "kept" if keep_special else "dropped", "encoder": encoder,
                               "gloss_docs": n_docs, "gloss_queries": n_queries, "collections": {}}
@@ -331,6 +342,57 @@ def format_report(report: dict[str, Any]) -> str:
         for system, m in r.get("ndcg", {}).items():
             lines.append(f"  nDCG@10 {system:<22}{m['nDCG@10']:.4f}")
     return "\n".join(lines)
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The tables of docs/benchmarks-multivector.md, from a report."""
+    out = []
+    for name, r in report["collections"].items():
+        out.append(f"### {name}: {r['documents']:,} documents ({r['mean_doc_vectors']:.1f} vectors each), "
+                   f"{r['queries']} queries ({r['mean_query_vectors']:.1f} vectors each)\n")
+        out.append(f"Build: MUVERA (FDE dim {r['fde_dim']:,}, HNSW) {r['build_muvera_s']:.1f} s; token-level HNSW over "
+                   f"{r['doc_vectors']:,} vectors {r['build_tokens_s']:.1f} s. Exact top-100 for all queries in one "
+                   f"batch: {r['exact_batch_s']:.1f} s.\n")
+        out.append("| method | parameter | documents re-ranked / query | recall@100 | recall@10 |")
+        out.append("|---|---|---|---|---|")
+        for key, pname in (("muvera", "candidates"), ("tokens", "k' per query vector")):
+            for p in r[key]:
+                r100 = "-" if p["recall@100"] is None else f"{p['recall@100']:.3f}"
+                out.append(f"| {key} | {pname} {p['param']} | {p['candidates']:.1f} | {r100} | {p['recall@10']:.3f} |")
+        out.append("")
+        out.append("| recall@100 target | MUVERA candidates | token heuristic candidates | ratio |")
+        out.append("|---|---|---|---|")
+        for target, v in r["candidates_at_recall@100"].items():
+            f = lambda x: "not reached" if x is None else f"{x:.0f}"
+            ratio = "-" if v["ratio_tokens_over_muvera"] is None else f"**{v['ratio_tokens_over_muvera']:.2f}x**"
+            out.append(f"| {target} | {f(v['muvera'])} | {f(v['tokens'])} | {ratio} |")
+        out.append("")
+        lat = r["latency_ms"]
+        out.append(f"Latency, one query per call, k=10 (mean of {report.get('latency_queries', '')} queries): exact "
+                   f"{lat['exact']:.1f} ms, MUVERA ({r['recommended_candidates']} candidates) {lat['muvera']:.2f} ms "
+                   f"(**{r['latency_speedup_muvera_vs_exact']:.1f}x** faster than exact; recall@10 "
+                   f"**{r['recommended_recall@10']:.3f}**), token heuristic (k'=8) {lat['tokens']:.2f} ms.\n")
+        if "ndcg" in r:
+            out.append("| system | nDCG@10 | MAP | R@100 |")
+            out.append("|---|---|---|---|")
+            for system, m in r["ndcg"].items():
+                out.append(f"| {system} | {m['nDCG@10']:.4f} | {m['MAP']:.4f} | {m['R@100']:.4f} |")
+            out.append("")
+        if "reductions" in r:
+            has_ndcg = any("nDCG@10" in row for row in r["reductions"])
+            out.append(f"Index-time reduction, searched exactly on the first {r['reduction_queries']} queries; recall "
+                       f"against exact Chamfer on the full index:\n")
+            out.append("| index-time reduction | stored vectors | MiB | recall@10 | recall@100 |"
+                       + (" nDCG@10 |" if has_ndcg else ""))
+            out.append("|---|---|---|---|---|" + ("---|" if has_ndcg else ""))
+            out.append(f"| none (float16) | {r['doc_vectors']:,} | {r['doc_vectors'] * 768 / 2**20:.1f} | 1.000 | 1.000 |"
+                       + (f" {r['reduction_ndcg_full_index']:.4f} |" if has_ndcg else ""))
+            for row in r["reductions"]:
+                out.append(f"| {row['setting']} | {row['stored_vectors']:,} | {row['bytes'] / 2**20:.1f} | "
+                           f"{row['recall@10']:.3f} | {row['recall@100']:.3f} |"
+                           + (f" {row['nDCG@10']:.4f} |" if has_ndcg else ""))
+            out.append("")
+    return "\n".join(out)
 
 
 def save(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
