@@ -400,7 +400,8 @@ def save(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = "-synthetic" if "synthetic" in report["collections"] else ""
+    names = list(report["collections"])
+    tag = "" if names == ["cranfield", "cacm", "glosses"] else "-" + "-".join(names)
     json_path = out_dir / f"multivector{tag}.json"
     json_path.write_text(json.dumps(report, indent=1))
     cols = report["collections"]

@@ -349,7 +349,7 @@ class MultiVectorIndex(Index):
             Documents retrieved by the FDE index and re-ranked exactly (default ``max(k, 100)``). More raises
             recall, costs one exact Chamfer score (``m_i * n_j * dim`` multiply-adds) each.
         ef : int, optional
-            HNSW search pool (FDE index: default ``candidates``; token index: default ``token_k``).
+            HNSW search pool (FDE index: default ``candidates``; token index: default ``max(token_k, 64)``).
         token_k : int, default 32 (tokens)
             Nearest document vectors fetched per query vector; the union of their documents is re-ranked.
         return_candidates : bool
@@ -393,7 +393,7 @@ class MultiVectorIndex(Index):
                 if self._tokens is None:
                     raise InvalidInputError("method='tokens' needs token_index=True when the index is created")
                 token_k = min(check_positive_int(token_k, "token_k"), self._tokens.ntotal)
-                ef_ = token_k if ef is None else max(token_k, check_positive_int(ef, "ef"))
+                ef_ = None if ef is None else max(token_k, check_positive_int(ef, "ef"))  # None: the graph's ef_search
                 _, rows = self._tokens.search(q, token_k, ef=ef_, threads=_sub_threads(q.shape[0], threads))
                 doc = np.where(rows >= 0, np.searchsorted(self._offsets, rows, side="right") - 1, -1)
                 qi = np.repeat(np.arange(nq), np.diff(q_off) * token_k)
