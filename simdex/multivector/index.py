@@ -313,8 +313,7 @@ class MultiVectorIndex(Index):
                 codec = make_codec(self.storage, self.dim, "ip")
                 step = max(1, rows.shape[0] // _CODEC_TRAIN_MAX)
                 codec.train(rows[::step])
-            self.codec = codec
-            stored = self._encode_rows(rows)
+            stored = self._encode_rows(rows) if codec is None else codec.encode(rows)
             fde = self.encoder.encode_documents(rows, off) if self._fde is not None else None
             slots = np.arange(self._n, self._n + n, dtype=np.int64)
             token_rows = np.arange(self.num_vectors, self.num_vectors + rows.shape[0], dtype=np.int64)
@@ -328,6 +327,7 @@ class MultiVectorIndex(Index):
                     if self._fde is not None:
                         self._fde.remove(slots)
                     raise
+            self.codec = codec
             self._rows = stored if self._n == 0 else np.concatenate([self._rows, stored])
             self._offsets = np.concatenate([self._offsets, self._offsets[-1] + off[1:]])
             self._idmap.append(new_ids)
