@@ -134,6 +134,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     vdisk.add_argument("--L", default="32,64,100,150", help="comma-separated beam sizes")
     vdisk.add_argument("--work-dir", default="/tmp/simdex-vamana-disk")
     vdisk.add_argument("--out", default="bench-results")
+    mv = sub.add_parser("multivector", help="late-interaction retrieval on MiniLM token embeddings: MUVERA vs the "
+                                            "token-level heuristic vs brute-force Chamfer; nDCG on Cranfield/CACM")
+    mv.add_argument("--collections", default="cranfield,cacm,glosses", help="comma-separated: cranfield,cacm,glosses")
+    mv.add_argument("--gloss-docs", type=int, default=20_000, help="WordNet glosses used as documents")
+    mv.add_argument("--gloss-queries", type=int, default=500, help="glosses of the query split used as queries")
+    mv.add_argument("--k-sim", type=int, default=None, help="MUVERA SimHash bits (default: the recommended setting)")
+    mv.add_argument("--d-proj", type=int, default=None)
+    mv.add_argument("--r-reps", type=int, default=None)
+    mv.add_argument("--d-final", type=int, default=None)
+    mv.add_argument("--recommended", type=int, default=200, help="MUVERA candidates of the recommended setting")
+    mv.add_argument("--latency-queries", type=int, default=50, help="queries timed one at a time per method")
+    mv.add_argument("--keep-special", action="store_true", help="keep the [CLS] and [SEP] token vectors")
+    mv.add_argument("--no-reductions", action="store_true", help="skip the pruning / k-means / int8 measurements")
+    mv.add_argument("--synthetic", default=None, metavar="DOCS,QUERIES",
+                    help="no model: real WordNet sentence vectors grouped into DOCS documents and QUERIES queries")
+    mv.add_argument("--out", default="bench-results", help="folder for the JSON, PNG and the embedding cache")
     return parser
 
 
@@ -216,6 +232,22 @@ def main(argv: list[str] | None = None) -> int:
         report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
         print(vamana_disk.format_report(report))
         print(f"wrote {vamana_disk.save(report, Path(args.out))}")
+        return 0
+    if args.bench == "multivector":
+        from . import multivector as mv_bench
+        encoder = dict(mv_bench.RECOMMENDED)
+        for key in ("k_sim", "d_proj", "r_reps", "d_final"):
+            if getattr(args, key) is not None:
+                encoder[key] = getattr(args, key)
+        synthetic = tuple(int(x) for x in args.synthetic.split(",")) if args.synthetic else None
+        report = mv_bench.run(tuple(c for c in args.collections.split(",") if c), out_dir=Path(args.out),
+                              n_docs=args.gloss_docs, n_queries=args.gloss_queries, keep_special=args.keep_special,
+                              encoder=encoder, latency_queries=args.latency_queries, recommended=args.recommended,
+                              synthetic=synthetic, reductions=not args.no_reductions)
+        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(mv_bench.format_report(report))
+        json_path, png_path = mv_bench.save(report, Path(args.out))
+        print(f"wrote {json_path} and {png_path}")
         return 0
     if args.bench == "startup":
         from .startup import format_startup, measure
