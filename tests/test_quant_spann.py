@@ -56,6 +56,36 @@ def test_recall_vs_brute_force_and_pruning(wordnet_20k, built):
     assert index.nbytes < 0.25 * ds.base.nbytes
 
 
+def test_few_queries_pick_lists_through_the_top_level(wordnet_20k, built):
+    """One query at a time picks its lists among the leaves of its nearest top clusters (not every centroid): the
+    lists it reads are almost always the true nearest ones, and recall matches the batch path."""
+    ds = wordnet_20k
+    index, ids, _ = built
+    assert index._tops is not None
+    index.top_probe = 12  # of the 18 tops of this small index (the default, 24, is for indexes of ~100+ tops)
+    q = ds.queries[:200] / np.linalg.norm(ds.queries[:200], axis=1, keepdims=True)
+    true = np.argsort(((q[:, None, :] - index.centroids[None]) ** 2).sum(-1), axis=1)[:, :32]
+    few = np.concatenate([index._nearest_lists(q[i:i + 1], 32)[0] for i in range(q.shape[0])])
+    # the nearest 8 lists (the ones that hold most of the answers) are found; the far end of 32 less often
+    near8 = np.mean([len(set(a[:8]) & set(b[:8])) / 8 for a, b in zip(few, true)])
+    all32 = np.mean([len(set(a) & set(b)) / 32 for a, b in zip(few, true)])
+    assert near8 >= 0.95 and all32 >= 0.9, (near8, all32)
+    inv = np.full(ids.max() + 1, -1)
+    inv[ids] = np.arange(ids.shape[0])
+    one_by_one = np.concatenate([index.search(ds.queries[i:i + 1], 10, nprobe=32, eps=0.6)[1] for i in range(200)])
+    batch = index.search(ds.queries[:200], 10, nprobe=32, eps=0.6)[1]
+    sub = ds.subset(n_queries=200)
+    r_few, r_batch = recall(sub, inv[one_by_one]), recall(sub, inv[batch])
+    assert r_few >= r_batch - 0.01, (r_few, r_batch)
+    # with the top level switched off the single-query path is the batch path exactly
+    index.top_probe = 0
+    try:
+        plain = np.concatenate([index.search(ds.queries[i:i + 1], 10, nprobe=32, eps=0.6)[1] for i in range(50)])
+    finally:
+        index.top_probe = 24
+    np.testing.assert_array_equal(plain, batch[:50])
+
+
 def test_reopen_identical_and_verify(wordnet_20k, built):
     ds = wordnet_20k
     index, _, path = built

@@ -48,6 +48,11 @@ from .scalar import AffineCodec
 _BLOCK = 1 << 26  # bytes per CRC block of the vector file
 _CANDIDATES = 16  # candidate leaves per vector for closure assignment
 _TOPS_PER_VECTOR = 3  # top clusters whose leaves are candidates
+# a search of at most _FEW_QUERIES queries picks lists among the leaves of its _TOP_PROBE nearest top clusters
+# (vectors were assigned among the leaves of their 3 nearest tops); larger batches compute every centroid
+# distance with one matrix product, which is cheap per query
+_TOP_PROBE = 24
+_FEW_QUERIES = 16
 
 
 def _rows(data: Any, start: int, stop: int, dim: int, normalize: bool) -> np.ndarray:
@@ -94,6 +99,12 @@ class SPANNIndex:
         self._vectors = vectors
         self._seen = np.zeros((0, 0), np.int32)
         self._stamp = 1
+        # the top level of the build's clustering: a few queries pick their lists among the leaves of their
+        # nearest tops instead of scanning every centroid (which is tens of MiB of memory traffic per query)
+        self._tops = np.ascontiguousarray(arrays["tops"]) if "tops" in arrays else None
+        self._leaf_start = np.ascontiguousarray(arrays["leaf_start"]) if "tops" in arrays else None
+        self._tnorms = np.einsum("ij,ij->i", self._tops, self._tops) if self._tops is not None else None
+        self.top_probe = _TOP_PROBE
 
     # ---- build ---------------------------------------------------------------------------------------------------
     @classmethod
@@ -251,7 +262,7 @@ class SPANNIndex:
                 "nprobe": nprobe, "eps": float(eps), "rerank": rerank, "codec": codec_meta,
                 "block_rows": rows_per_block}
         arrays = {"centroids": centroids, "offsets": offsets, "slots": slots, "ids": public_ids,
-                  "list_crc": list_crc, "block_crc": block_crc,
+                  "list_crc": list_crc, "block_crc": block_crc, "tops": tops, "leaf_start": leaf_start,
                   **{f"codec.{k}": v for k, v in codec_arrays.items()}}
         save_arrays(folder / "index.sdx", cls.kind, meta, arrays)
         return cls.open(folder)
@@ -273,6 +284,12 @@ class SPANNIndex:
             for name, shape in want.items():
                 if arrays[name].shape != shape:
                     raise ValueError(f"array {name!r} has shape {arrays[name].shape}, expected {shape}")
+            if "tops" in arrays:  # the top level of the clustering (absent in files of older builds)
+                ls = arrays["leaf_start"]
+                if arrays["tops"].ndim != 2 or arrays["tops"].shape[1] != dim or \
+                        ls.shape != (arrays["tops"].shape[0] + 1,) or ls[0] != 0 or ls[-1] != nlist or \
+                        (np.diff(ls) < 0).any():
+                    raise ValueError("the top-level clustering (tops, leaf_start) is inconsistent")
             off = arrays["offsets"]
             if off[0] != 0 or off[-1] != total or (np.diff(off) < 0).any():
                 raise ValueError("posting-list offsets are inconsistent")
@@ -348,13 +365,7 @@ class SPANNIndex:
             raise InvalidInputError(f"eps must be >= 0; got {eps}")
         cap = max(k, self.rerank if rerank is None else check_positive_int(rerank, "rerank"))
         threads = check_threads(threads)
-        d = _sqdist(q, self.centroids, self._cnorms)
-        probes = np.argpartition(d, nprobe - 1, axis=1)[:, :nprobe] if nprobe < self.nlist else \
-            np.broadcast_to(np.arange(self.nlist), d.shape)
-        pd = np.take_along_axis(d, probes, 1)
-        order = np.argsort(pd, axis=1)
-        probes = np.ascontiguousarray(np.take_along_axis(probes, order, 1), dtype=np.int64)
-        pd = np.take_along_axis(pd, order, 1)
+        probes, pd = self._nearest_lists(q, nprobe)
         # pruning compares distances, not squared distances: (1 + eps) on the distance is (1 + eps)^2 here
         probes[pd > (1.0 + eps) ** 2 * pd[:, :1]] = -1
         qt, qc = self.codec.prepare(q)
@@ -373,6 +384,31 @@ class SPANNIndex:
                             METRIC_CODES[self.metric], q, np.asarray(self._vectors), out_d, out_s)
         ids = np.where(out_s >= 0, self.ids[np.maximum(out_s, 0)], -1)
         return to_public(self.metric, out_d), ids
+
+    def _nearest_lists(self, q: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``nprobe`` nearest lists of each query, nearest first, and their squared centroid distances;
+        (nq, nprobe) each, padded with (-1, inf) where fewer lists were considered."""
+        n_top = 0 if self._tops is None else self._tops.shape[0]
+        if q.shape[0] > _FEW_QUERIES or not 0 < self.top_probe < n_top:
+            d = _sqdist(q, self.centroids, self._cnorms)
+            probes = np.argpartition(d, nprobe - 1, axis=1)[:, :nprobe] if nprobe < self.nlist else \
+                np.broadcast_to(np.arange(self.nlist), d.shape)
+            pd = np.take_along_axis(d, probes, 1)
+            order = np.argsort(pd, axis=1)
+            return (np.ascontiguousarray(np.take_along_axis(probes, order, 1), dtype=np.int64),
+                    np.take_along_axis(pd, order, 1))
+        near = np.argpartition(_sqdist(q, self._tops, self._tnorms), self.top_probe - 1, axis=1)[:, :self.top_probe]
+        probes = np.full((q.shape[0], nprobe), -1, np.int64)
+        pd = np.full((q.shape[0], nprobe), np.inf, np.float32)
+        for i in range(q.shape[0]):
+            leaves = np.concatenate([np.arange(self._leaf_start[t], self._leaf_start[t + 1]) for t in near[i]])
+            d = _sqdist(q[i:i + 1], self.centroids[leaves], self._cnorms[leaves])[0]
+            take = min(nprobe, leaves.shape[0])
+            best = np.argpartition(d, take - 1)[:take] if take < leaves.shape[0] else np.arange(take)
+            best = best[np.argsort(d[best])]
+            probes[i, :take] = leaves[best]
+            pd[i, :take] = d[best]
+        return probes, pd
 
     def lists_read(self, queries: Any, *, nprobe: int | None = None, eps: float | None = None) -> np.ndarray:
         """How many lists each query would read after pruning (for tuning ``eps``)."""
