@@ -13,7 +13,6 @@ tests/test_crash.py runs a few kills.
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal

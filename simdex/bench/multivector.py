@@ -241,7 +241,7 @@ def run_collection(name: str, docs: TokenSet, queries: TokenSet, data: dict[str,
             sims = qv @ dv.T
             top = np.argsort(-sims, axis=1, kind="stable")[:, :k100]
             res["ndcg"][label] = _ndcg(data, np.take_along_axis(sims, top, 1), top)
-        log(f"  nDCG@10: " + ", ".join(f"{k} {v['nDCG@10']:.4f}" for k, v in res["ndcg"].items()))
+        log("  nDCG@10: " + ", ".join(f"{k} {v['nDCG@10']:.4f}" for k, v in res["ndcg"].items()))
     if reductions:
         # each reduced index is searched exactly: on the first `reduction_queries` queries only, to bound the time
         res["reductions"] = []

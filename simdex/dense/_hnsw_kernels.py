@@ -88,6 +88,35 @@ def pool_insert(pool_d, pool_i, pool_done, size, ef, d, node):
     return size, lo
 
 
+@kernel(inline="always")
+def gather_unvisited(links, row, visited, tag, prefetch_src, lines, fresh):
+    """The neighbours in ``links[row]`` (degree first, then node ids) not yet visited by this search: marks them
+    visited, starts fetching the first ``lines`` cache lines of their rows of ``prefetch_src`` (vectors or codes)
+    and writes them into ``fresh``. Returns how many. Every graph search here expands a node this way."""
+    n_fresh = 0
+    for j in range(1, links[row, 0] + 1):
+        nb = links[row, j]
+        if visited[nb] != tag:
+            visited[nb] = tag
+            prefetch_row(prefetch_src, nb, lines)
+            fresh[n_fresh] = nb
+            n_fresh += 1
+    return n_fresh
+
+
+@kernel(inline="always")
+def next_unexpanded(pool_done, size, cur, lowest):
+    """The sorted pool's next position to expand after expanding ``cur``: the lowest position an insertion took if
+    that is at or before ``cur``, else the one after; then past entries already expanded."""
+    if lowest <= cur:
+        cur = lowest
+    else:
+        cur += 1
+    while cur < size and pool_done[cur]:
+        cur += 1
+    return cur
+
+
 @kernel
 def search_layer(vectors, metric, links0, links_up, up_offset, layer, q, ep, ep_d, ef,
                  visited, tag, pool_d, pool_i, pool_done, fresh):
@@ -107,15 +136,7 @@ def search_layer(vectors, metric, links0, links_up, up_offset, layer, q, ep, ep_
         pool_done[cur] = True
         node = pool_i[cur]
         row = node if layer == 0 else up_offset[node] + layer - 1
-        deg = links[row, 0]
-        n_fresh = 0
-        for j in range(1, deg + 1):
-            nb = links[row, j]
-            if visited[nb] != tag:
-                visited[nb] = tag
-                prefetch_row(vectors, nb, PREFETCH_LINES)
-                fresh[n_fresh] = nb
-                n_fresh += 1
+        n_fresh = gather_unvisited(links, row, visited, tag, vectors, PREFETCH_LINES, fresh)
         lowest = size
         j = 0
         while j + 4 <= n_fresh:
@@ -141,12 +162,7 @@ def search_layer(vectors, metric, links0, links_up, up_offset, layer, q, ep, ep_
             if 0 <= pos < lowest:
                 lowest = pos
             j += 1
-        if lowest <= cur:
-            cur = lowest
-        else:
-            cur += 1
-        while cur < size and pool_done[cur]:
-            cur += 1
+        cur = next_unexpanded(pool_done, size, cur, lowest)
     return size
 
 
@@ -240,15 +256,7 @@ def search_layer_heap(vectors, metric, links0, links_up, up_offset, layer, q, ep
         _heap_pop_min(cand_d, cand_i, n_cand)
         n_cand -= 1
         row = node if layer == 0 else up_offset[node] + layer - 1
-        deg = links[row, 0]
-        n_fresh = 0
-        for j in range(1, deg + 1):
-            nb = links[row, j]
-            if visited[nb] != tag:
-                visited[nb] = tag
-                prefetch_row(vectors, nb, PREFETCH_LINES)
-                fresh[n_fresh] = nb
-                n_fresh += 1
+        n_fresh = gather_unvisited(links, row, visited, tag, vectors, PREFETCH_LINES, fresh)
         j = 0
         while j + 4 <= n_fresh:
             n0, n1, n2, n3 = fresh[j], fresh[j + 1], fresh[j + 2], fresh[j + 3]

@@ -27,9 +27,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from .._numba import kernel, prefetch_row
+from .._numba import kernel
 from ..metrics import distance, l2sq
-from ._hnsw_kernels import next_tag, pool_insert, search_layer, search_layer_heap
+from ._hnsw_kernels import gather_unvisited, next_tag, next_unexpanded, pool_insert, search_layer, search_layer_heap
 from .._heap import heap_sort_ascending
 
 PREFETCH_LINES = 4
@@ -59,27 +59,14 @@ def beam_search_expanded(vectors, adj, q, entry, L, visited, tag, pool_d, pool_i
             exp_d[n_exp] = pool_d[cur]
             exp_i[n_exp] = node
             n_exp += 1
-        deg = adj[node, 0]
-        n_fresh = 0
-        for j in range(1, deg + 1):
-            nb = adj[node, j]
-            if visited[nb] != tag:
-                visited[nb] = tag
-                prefetch_row(vectors, nb, PREFETCH_LINES)
-                fresh[n_fresh] = nb
-                n_fresh += 1
+        n_fresh = gather_unvisited(adj, node, visited, tag, vectors, PREFETCH_LINES, fresh)
         lowest = size
         for j in range(n_fresh):
             nb = fresh[j]
             size, pos = pool_insert(pool_d, pool_i, pool_done, size, L, l2sq(q, vectors[nb]), nb)
             if 0 <= pos < lowest:
                 lowest = pos
-        if lowest <= cur:
-            cur = lowest
-        else:
-            cur += 1
-        while cur < size and pool_done[cur]:
-            cur += 1
+        cur = next_unexpanded(pool_done, size, cur, lowest)
     return n_exp
 
 

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from .._numba import num_threads
-from .._validate import _as_numeric_array, check_k, check_positive_int, check_threads
+from .._validate import _as_numeric_array, check_positive_int, check_threads
 from ..errors import CorruptFileError, InvalidInputError
 from ..idmap import IdMap
 from ..index import _REGISTRY, Index, meta_int

@@ -16,7 +16,8 @@ from numba import prange
 
 from .._heap import heap_replace_top, heap_sort_ascending
 from .._numba import kernel, prefetch_row
-from ..dense._hnsw_kernels import _heap_pop_min, _heap_push_max, _heap_push_min, next_tag, pool_insert
+from ..dense._hnsw_kernels import (_heap_pop_min, _heap_push_max, _heap_push_min, gather_unvisited, next_tag,
+                                   next_unexpanded, pool_insert)
 from ..metrics import distance
 from ._scalar_kernels import affine_score, lvq_full_distance
 
@@ -57,15 +58,7 @@ def search_layer0_codes(qt, qc, codes, codes_f, bits, half, links0, ep, ep_d, ef
     while cur < size:
         pool_done[cur] = True
         node = pool_i[cur]
-        deg = links0[node, 0]
-        n_fresh = 0
-        for j in range(1, deg + 1):
-            nb = links0[node, j]
-            if visited[nb] != tag:
-                visited[nb] = tag
-                prefetch_row(codes, nb, PREFETCH_LINES)
-                fresh[n_fresh] = nb
-                n_fresh += 1
+        n_fresh = gather_unvisited(links0, node, visited, tag, codes, PREFETCH_LINES, fresh)
         lowest = size
         for j in range(n_fresh):
             nb = fresh[j]
@@ -73,12 +66,7 @@ def search_layer0_codes(qt, qc, codes, codes_f, bits, half, links0, ep, ep_d, ef
             size, pos = pool_insert(pool_d, pool_i, pool_done, size, ef, d, nb)
             if 0 <= pos < lowest:
                 lowest = pos
-        if lowest <= cur:
-            cur = lowest
-        else:
-            cur += 1
-        while cur < size and pool_done[cur]:
-            cur += 1
+        cur = next_unexpanded(pool_done, size, cur, lowest)
     return size
 
 
@@ -104,15 +92,7 @@ def search_layer0_codes_filtered(qt, qc, codes, codes_f, bits, half, links0, ep,
             break
         _heap_pop_min(cand_d, cand_i, n_cand)
         n_cand -= 1
-        deg = links0[node, 0]
-        n_fresh = 0
-        for j in range(1, deg + 1):
-            nb = links0[node, j]
-            if visited[nb] != tag:
-                visited[nb] = tag
-                prefetch_row(codes, nb, PREFETCH_LINES)
-                fresh[n_fresh] = nb
-                n_fresh += 1
+        n_fresh = gather_unvisited(links0, node, visited, tag, codes, PREFETCH_LINES, fresh)
         for j in range(n_fresh):
             nb = fresh[j]
             d = affine_score(qt, qc, codes, codes_f, nb, bits, half)

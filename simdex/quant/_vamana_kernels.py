@@ -14,8 +14,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .._numba import kernel, prefetch_row
-from ..dense._hnsw_kernels import next_tag, pool_insert
+from .._numba import kernel
+from ..dense._hnsw_kernels import gather_unvisited, next_tag, next_unexpanded, pool_insert
 from ..metrics import distance
 from ._pq_kernels import adc_lookup
 from ._scalar_kernels import affine_score
@@ -63,15 +63,7 @@ def search_batch_codes(kind, tables, qts, qcs, codes, codes_f, bits, half, metri
         while cur < size:
             done[cur] = True
             node = pi[cur]
-            deg = adj[node, 0]
-            n_fresh = 0
-            for j in range(1, deg + 1):
-                nb = adj[node, j]
-                if visited[t, nb] != tag:
-                    visited[t, nb] = tag
-                    prefetch_row(codes, nb, 1)
-                    fresh[t, n_fresh] = nb
-                    n_fresh += 1
+            n_fresh = gather_unvisited(adj, node, visited[t], tag, codes, 1, fresh[t])
             # the node's full vector: read once, when it is expanded
             if state[node] == 0 and n_exp < exp_cap:
                 exp_d[t, n_exp] = distance(metric, q, vectors[node])
@@ -84,12 +76,7 @@ def search_batch_codes(kind, tables, qts, qcs, codes, codes_f, bits, half, metri
                 size, pos = pool_insert(pd, pi, done, size, L, d, nb)
                 if 0 <= pos < lowest:
                     lowest = pos
-            if lowest <= cur:
-                cur = lowest
-            else:
-                cur += 1
-            while cur < size and done[cur]:
-                cur += 1
+            cur = next_unexpanded(done, size, cur, lowest)
         order = np.argsort(exp_d[t, :n_exp], kind="mergesort")
         for j in range(k):
             if j < n_exp:
