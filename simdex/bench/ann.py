@@ -7,7 +7,6 @@ Run it as ``python -m simdex.bench ann --dataset fashion-mnist-784`` (or ``simde
 from __future__ import annotations
 
 import gc
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 
 from .. import datasets
 from .._numba import cpu_count
+from . import write_report
 from .peers import ADAPTERS, available
 
 DEFAULT_EFS = (10, 12, 14, 16, 18, 20, 24, 28, 32, 36, 40, 44, 48, 56, 64, 72, 80, 96, 112, 128, 144, 160, 176, 200,
@@ -236,10 +236,4 @@ def plot(report: dict, path: Path) -> None:
 
 
 def save(report: dict, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"ann-{report['dataset']}"
-    json_path = out_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(report, indent=1))
-    png_path = out_dir / f"{stem}.png"
-    plot(report, png_path)
-    return json_path, png_path
+    return write_report(report, out_dir, f"ann-{report['dataset']}", plot)

@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import datasets
 from .._numba import cpu_count
+from . import write_report
 from .ann import _machine
 
 EFS = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 200, 256, 320, 400)
@@ -403,9 +404,4 @@ def plot(report: dict, path: Path) -> None:
 
 
 def save(report: dict, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"quant-{report['dataset']}.json"
-    json_path.write_text(json.dumps(report, indent=1))
-    png_path = out_dir / f"quant-{report['dataset']}.png"
-    plot(report, png_path)
-    return json_path, png_path
+    return write_report(report, out_dir, f"quant-{report['dataset']}", plot)

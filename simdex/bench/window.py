@@ -23,7 +23,6 @@ is queries answered per second of wall time, recall is over the queries that wer
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -33,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import datasets
+from . import write_report
 
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
 WINDOW_EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -307,10 +307,4 @@ def plot(report: dict, path: Path) -> None:
 
 
 def save(report: dict, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"window-{report['dataset']}"
-    json_path = out_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(report, indent=1))
-    png_path = out_dir / f"{stem}.png"
-    plot(report, png_path)
-    return json_path, png_path
+    return write_report(report, out_dir, f"window-{report['dataset']}", plot)
