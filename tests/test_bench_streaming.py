@@ -3,6 +3,7 @@ the SSD-resident Vamana benchmark run end to end on small slices and report what
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -11,9 +12,11 @@ from simdex.bench import streaming, vamana_disk
 
 
 def test_streaming_bench_small(tmp_path):
+    # hnswlib is the side-by-side peer where it is installed (the bench extra; it needs a C++ compiler)
+    libs = ("simdex", "hnswlib") if importlib.util.find_spec("hnswlib") else ("simdex",)
     report = streaming.run("wordnet-minilm-384", n_base=2000, n_queries=100, cycles=2, chunks=3, R=16, L_build=32,
-                           L=48, M=8, ef_construction=64, log=lambda *_: None)
-    assert [r["library"] for r in report["results"]] == ["simdex", "hnswlib"]
+                           L=48, M=8, ef_construction=64, libs=libs, log=lambda *_: None)
+    assert [r["library"] for r in report["results"]] == list(libs)
     for r in report["results"]:
         assert len(r["cycles"]) == 2
         assert r["recall_fresh"] >= 0.9
@@ -25,7 +28,7 @@ def test_streaming_bench_small(tmp_path):
     vamana = report["results"][0]
     assert vamana["max_drop_vs_fresh"] <= 0.05
     text = streaming.format_report(report)
-    assert "| simdex | L=48 |" in text and "| hnswlib | ef=48 |" in text
+    assert "| simdex | L=48 |" in text and ("hnswlib" not in libs or "| hnswlib | ef=48 |" in text)
     json_path, png_path = streaming.save(report, tmp_path)
     assert json.loads(json_path.read_text())["n_base"] == 2000
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
