@@ -84,8 +84,8 @@ def select_probes(coarse, nprobe, probes, probe_d):
 
 
 @kernel(parallel=True)
-def search_pq(nthreads, metric, queries_t, probes, probe_d, offsets, codes, slots, centroids_t, precomputed,
-              use_precomputed, cap, k, rerank, queries, vectors, allowed, use_filter, invert, out_d, out_i):
+def search_pq(nthreads, metric, queries_t, probes, probe_d, offsets, codes, slots, centroids_t, precomputed, use_precomputed,
+              cap, k, rerank, queries, vectors, allowed, use_filter, invert, out_d, out_i):
     """IVF-PQ over residual codes. ``queries_t``: queries in the PQ's (padded, rotated) space; ``probe_d``: the
     coarse distance of each probed list, which is the constant term of every entry's distance.
 
@@ -105,10 +105,7 @@ def search_pq(nthreads, metric, queries_t, probes, probe_d, offsets, codes, slot
             lst = probes[qi, p]
             if lst < 0:
                 continue
-            # L2: the list's table is its precomputed part plus twice the query's. Building it costs m x 256
-            # adds; a list shorter than 256 entries is cheaper to score with two lookups per sub-quantizer
-            two_lookups = use_precomputed and offsets[lst + 1] - offsets[lst] < ks
-            if use_precomputed and not two_lookups:
+            if use_precomputed:
                 tab = table[t]
                 for j in range(m):
                     for c in range(ks):
@@ -120,10 +117,7 @@ def search_pq(nthreads, metric, queries_t, probes, probe_d, offsets, codes, slot
                 slot = slots[e]
                 if not _usable(slot, allowed, use_filter, invert):
                     continue
-                if two_lookups:
-                    s = base + adc_lookup(precomputed[lst], codes[e]) + 2.0 * adc_lookup(tab, codes[e])
-                else:
-                    s = base + adc_lookup(tab, codes[e])
+                s = base + adc_lookup(tab, codes[e])
                 # skipping the heap for entries that cannot enter it is the common case once it is full
                 if n < cap or s < heap_d[t, 0]:
                     n = _offer(heap_d[t], heap_i[t], n, cap, s, slot)
@@ -131,8 +125,8 @@ def search_pq(nthreads, metric, queries_t, probes, probe_d, offsets, codes, slot
 
 
 @kernel(parallel=True)
-def search_affine(nthreads, qts, qcs, bits, half, probes, offsets, codes, codes_f, slots, cap, k, rerank, metric,
-                  queries, vectors, allowed, use_filter, invert, out_d, out_i):
+def search_affine(nthreads, qts, qcs, bits, half, probes, offsets, codes, codes_f, slots, cap, k, rerank, metric, queries,
+                  vectors, allowed, use_filter, invert, out_d, out_i):
     """IVF over int8 / LVQ codes of the vectors themselves (not residuals); ``codes_f`` is the float32 view."""
     heap_d = np.empty((nthreads, cap), np.float32)
     heap_i = np.empty((nthreads, cap), np.int32)
