@@ -100,6 +100,10 @@ def search_pq(nthreads, metric, queries_t, probes, probe_d, offsets, codes, slot
     for qi in prange(queries_t.shape[0]):
         t = numba.get_thread_id()
         adc_table(1, queries_t[qi], centroids_t, tq[t])  # -<q_j, r_jc>
+        if use_precomputed:
+            # doubled once here, so that each probed list's table below is one float32 add per entry
+            tq[t] *= np.float32(2.0)
+        tq_flat = tq[t].reshape(m * ks)
         n = 0
         for p in range(probes.shape[1]):
             lst = probes[qi, p]
@@ -107,9 +111,10 @@ def search_pq(nthreads, metric, queries_t, probes, probe_d, offsets, codes, slot
                 continue
             if use_precomputed:
                 tab = table[t]
-                for j in range(m):
-                    for c in range(ks):
-                        tab[j, c] = precomputed[lst, j, c] + 2.0 * tq[t, j, c]
+                tab_flat = tab.reshape(m * ks)
+                pre_flat = precomputed[lst].reshape(m * ks)
+                for x in range(m * ks):
+                    tab_flat[x] = pre_flat[x] + tq_flat[x]
             else:
                 tab = tq[t]  # inner product: the query's table serves every list as it is
             base = probe_d[qi, p]
