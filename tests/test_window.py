@@ -196,6 +196,29 @@ def test_remove_never_returned_and_rebuild(wordnet):
     assert window_recall(i, truth) >= 0.95
 
 
+def test_consolidated_nodes_are_searched_through_their_ids(wordnet):
+    """Batched node searches assume a node's slots equal its local ids; once a node consolidates its deletions
+    they do not, and the node must be searched through its id map instead. Results must stay correct."""
+    base, attrs, queries = wordnet
+    n = 2000
+    base, attrs = base[:n], attrs[:n]
+    index = make_window()
+    index.add(base, attrs)
+    gone = np.random.default_rng(5).choice(n, 300, replace=False)
+    index.remove(gone)
+    nodes = [node for _, level in index._levels for node in level if node is not None]
+    for node in nodes:
+        if node._n_deleted:
+            node.consolidate()
+    assert all(node._consolidated > 0 for node in nodes)
+    lo, hi = random_windows(np.random.default_rng(6), queries.shape[0], 0.3)
+    _, i = index.search(queries, 10, lo, hi)
+    assert not np.isin(i, gone).any()
+    keep = ~np.isin(np.arange(n), gone)
+    truth = window_truth(base[keep], attrs[keep], queries, lo, hi, 10, "cosine", np.arange(n)[keep])
+    assert window_recall(i, truth) >= 0.95
+
+
 def test_incremental_add_buffer_then_rebuild(wordnet):
     base, attrs, queries = wordnet
     index = make_window(rebuild_fraction=0.25)

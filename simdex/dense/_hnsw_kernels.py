@@ -308,6 +308,28 @@ def search_batch(vectors, metric, links0, links_up, up_offset, entry, max_level,
                 out_i[qi, j] = -1
 
 
+@kernel
+def filtered_query(vectors, metric, links0, links_up, up_offset, entry, max_level, q, k, ef, allowed, invert,
+                   visited, tags, t, fresh, res_d, res_i, out_d, out_i):
+    """One query's k-NN among slots with ``allowed[slot] != 0`` (``== 0`` with ``invert``), on thread t's
+    scratch (``fresh``, ``res_d``/``res_i`` of size ef); writes ``out_d``/``out_i`` (k,), (inf, -1) padded."""
+    cand_d = np.empty(4 * ef + 64, np.float32)
+    cand_i = np.empty(4 * ef + 64, np.int32)
+    tag = next_tag(visited, tags, t)
+    ep_d = distance(metric, q, vectors[entry])
+    ep, ep_d = greedy_descend(vectors, metric, links_up, up_offset, q, entry, ep_d, max_level, 0)
+    n_res, cand_d, cand_i = search_layer_heap(vectors, metric, links0, links_up, up_offset, 0, q, ep, ep_d, ef, True,
+                                              allowed, invert, visited[t], tag, fresh, cand_d, cand_i, res_d, res_i)
+    heap_sort_ascending(res_d[:n_res], res_i[:n_res])
+    for j in range(k):
+        if j < n_res:
+            out_d[j] = res_d[j]
+            out_i[j] = res_i[j]
+        else:
+            out_d[j] = np.inf
+            out_i[j] = -1
+
+
 @kernel(parallel=True)
 def search_batch_filtered(vectors, metric, links0, links_up, up_offset, entry, max_level, queries, k, ef,
                           allowed, invert, out_d, out_i, visited, tags):
@@ -318,24 +340,33 @@ def search_batch_filtered(vectors, metric, links0, links_up, up_offset, entry, m
     fresh = np.empty((nthreads, links0.shape[1]), np.int32)
     for qi in prange(queries.shape[0]):
         t = numba.get_thread_id()
-        cand_d = np.empty(4 * ef + 64, np.float32)
-        cand_i = np.empty(4 * ef + 64, np.int32)
-        q = queries[qi]
-        tag = next_tag(visited, tags, t)
-        ep_d = distance(metric, q, vectors[entry])
-        ep, ep_d = greedy_descend(vectors, metric, links_up, up_offset, q, entry, ep_d, max_level, 0)
-        n_res, cand_d, cand_i = search_layer_heap(vectors, metric, links0, links_up, up_offset, 0, q, ep, ep_d,
-                                                  ef, True, allowed, invert, visited[t], tag, fresh[t], cand_d,
-                                                  cand_i,
-                                                  res_d[t], res_i[t])
-        heap_sort_ascending(res_d[t, :n_res], res_i[t, :n_res])
-        for j in range(k):
-            if j < n_res:
-                out_d[qi, j] = res_d[t, j]
-                out_i[qi, j] = res_i[t, j]
-            else:
-                out_d[qi, j] = np.inf
-                out_i[qi, j] = -1
+        filtered_query(vectors, metric, links0, links_up, up_offset, entry, max_level, queries[qi], k, ef, allowed,
+                       invert, visited, tags, t, fresh[t], res_d[t], res_i[t], out_d[qi], out_i[qi])
+
+
+@kernel(parallel=True)
+def search_batch_ranges(vectors, metric, links0, links_up, up_offset, entry, max_level, queries, rows, lo, hi,
+                        deleted, k, ef, out_d, out_i, visited, tags):
+    """k-NN of ``queries[rows[r]]`` among the slots ``lo[r] <= slot < hi[r]`` whose ``deleted`` byte is 0, for
+    every r in parallel; writes row r of ``out_d``/``out_i`` (len(rows), k).
+
+    One call serves a whole batch of queries with different ranges of one graph (a window index node): each
+    thread keeps a slot mask, sets the query's range in it before the search and clears it after, which costs
+    O(hi - lo) byte writes instead of a fresh mask over all slots per query.
+    """
+    nthreads = visited.shape[0]
+    res_d = np.empty((nthreads, ef), np.float32)
+    res_i = np.empty((nthreads, ef), np.int32)
+    fresh = np.empty((nthreads, links0.shape[1]), np.int32)
+    masks = np.zeros((nthreads, deleted.shape[0]), np.uint8)
+    for r in prange(rows.shape[0]):
+        t = numba.get_thread_id()
+        mask = masks[t]
+        for s in range(lo[r], hi[r]):
+            mask[s] = 1 - deleted[s]
+        filtered_query(vectors, metric, links0, links_up, up_offset, entry, max_level, queries[rows[r]], k, ef, mask,
+                       False, visited, tags, t, fresh[t], res_d[t], res_i[t], out_d[r], out_i[r])
+        mask[lo[r]:hi[r]] = 0
 
 
 @kernel

@@ -318,7 +318,8 @@ class WindowIndex(Index):
             ptr = np.zeros(nq + 1, np.int64)
             ex_a: list[int] = []
             ex_b: list[int] = []
-            graph: dict[tuple[int, int, int, int], list[int]] = {}
+            # node (level, j) -> the queries searching it and their row ranges [a, b)
+            graph: dict[tuple[int, int], tuple[list[int], list[int], list[int]]] = {}
             plans: dict[tuple[int, int], list[tuple]] = {}  # queries sharing a window share its plan
             for qi in range(nq):
                 s, e = int(starts[qi]), int(ends[qi])
@@ -332,13 +333,17 @@ class WindowIndex(Index):
                             ex_a.append(piece[1])
                             ex_b.append(piece[2])
                         else:
-                            graph.setdefault(piece[1:], []).append(qi)
+                            qis, as_, bs = graph.setdefault(piece[1:3], ([], [], []))
+                            qis.append(qi)
+                            as_.append(piece[3])
+                            bs.append(piece[4])
                 ptr[qi + 1] = len(ex_a)
             if ex_a:
                 K.ranges_topk(self._metric_code, q, self._vectors, skip, ptr, np.array(ex_a, np.int64),
                               np.array(ex_b, np.int64), heap_d, heap_s)
-            for (level, j, a, b), rows in graph.items():
-                self._search_node(level, j, a, b, q, np.array(rows, np.int64), k, ef, threads, heap_d, heap_s)
+            for (level, j), (qis, as_, bs) in graph.items():
+                self._search_node(level, j, np.array(as_, np.int64), np.array(bs, np.int64), q,
+                                  np.array(qis, np.int64), k, ef, threads, heap_d, heap_s)
             if self._n > self._n_built:
                 K.buffer_topk(self._metric_code, q, self._vectors, self._attrs, skip, self._n_built, self._n,
                               lo, hi, heap_d, heap_s)
@@ -412,29 +417,52 @@ class WindowIndex(Index):
             self._plan_cache = cached
         return cached[1], cached[2]
 
-    def _search_node(self, level: int, j: int, a: int, b: int, q: np.ndarray, rows: np.ndarray, k: int, ef: int,
-                     threads: int | None, heap_d: np.ndarray, heap_s: np.ndarray) -> None:
-        """Search node (level, j) restricted to rows [a, b) for queries ``q[rows]``; push into the heaps."""
+    def _search_node(self, level: int, j: int, a: np.ndarray, b: np.ndarray, q: np.ndarray, rows: np.ndarray, k: int,
+                     ef: int, threads: int | None, heap_d: np.ndarray, heap_s: np.ndarray) -> None:
+        """Search node (level, j) for queries ``q[rows]``, query ``rows[r]`` restricted to the tree's rows
+        [a[r], b[r]); push the results into the heaps."""
         bounds, nodes = self._levels[level]
         node = nodes[j]
         ns, ne = int(bounds[j]), int(bounds[j + 1])
         live = len(node)
         if live == 0:
             return
-        if type(node) is HNSWIndex:
-            dist, local = _hnsw_restricted(node, q[rows], min(k, live), ef, a - ns, b - ns, ne - ns)
-        else:
-            kwargs: dict[str, Any] = {"threads": threads}
-            if _accepts(type(node), "search", "ef"):
-                kwargs["ef"] = ef
-            if a > ns or b < ne:
+        kk = min(k, live)
+        if type(node) is HNSWIndex and node._consolidated == 0 and node._n == ne - ns:
+            # built by one add of ids 0..size-1 and never consolidated: slot == local id, so one kernel call
+            # serves every query of the batch with its own range
+            n = node._n
+            dist = np.empty((rows.shape[0], kk), np.float32)
+            slots = np.empty((rows.shape[0], kk), np.int32)
+            scratch = node._scratch.take(max(1, min(numba.get_num_threads(), rows.shape[0])), n)
+            try:
+                HK.search_batch_ranges(node._vectors, node._metric_code, node._links0, node._links_up,
+                                       node._up_offset, node._entry, node._max_level, q, rows, a - ns, b - ns,
+                                       node._deleted[:n], kk, ef, dist, slots, *scratch)
+            finally:
+                node._scratch.give(scratch)
+            K.merge_candidates(rows, dist, np.where(slots >= 0, slots.astype(np.int64) + ns, -1), heap_d, heap_s)
+            return
+        # any other base index (or an HNSW node whose slots no longer equal its ids): its public search with a
+        # filter mask, one call per distinct range
+        groups: dict[tuple[int, int], list[int]] = {}
+        for r in range(rows.shape[0]):
+            groups.setdefault((int(a[r]), int(b[r])), []).append(int(rows[r]))
+        kwargs: dict[str, Any] = {"threads": threads}
+        if _accepts(type(node), "search", "ef"):
+            kwargs["ef"] = ef
+        for (ga, gb), grows in groups.items():
+            if ga > ns or gb < ne:
                 mask = np.zeros(ne - ns, bool)
-                mask[a - ns:b - ns] = True
+                mask[ga - ns:gb - ns] = True
                 kwargs["filter"] = mask
-            dist, local = node.search(q[rows], min(k, live), **kwargs)
+            else:
+                kwargs.pop("filter", None)
+            sub = np.array(grows, np.int64)
+            dist, local = node.search(q[sub], kk, **kwargs)
             if self.metric != "l2":  # back to the internal convention of the heaps (see simdex.metrics)
                 dist = dist - np.float32(1.0)
-        K.merge_candidates(rows, dist, np.where(local >= 0, local + ns, -1), heap_d, heap_s)
+            K.merge_candidates(sub, dist, np.where(local >= 0, local + ns, -1), heap_d, heap_s)
 
     # ---- remove --------------------------------------------------------------------------------------------------
     def remove(self, ids: Any) -> int:
@@ -572,49 +600,6 @@ class WindowIndex(Index):
             raise CorruptFileError("deleted-point bookkeeping is inconsistent")
         if n * self.dim < (1 << 28) and np.isnan(self._vectors).any():
             raise CorruptFileError("stored vectors contain NaN")
-
-
-def _hnsw_restricted(node: HNSWIndex, q: np.ndarray, k: int, ef: int, a: int, b: int, size: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """A node's HNSW search restricted to its local ids [a, b), calling the kernels directly.
-
-    The tree holds many small searches per batch, so the public ``search`` path (validation, an id -> slot
-    gather for the filter mask, signature checks) would cost as much as the graph walk. Returns internal
-    distances (nq, k) and local ids (-1: none).
-    """
-    n = node._n
-    # a node is built by one add of ids 0..size-1, so until it consolidates, slot == local id
-    identity = node._consolidated == 0 and n == size
-    allowed, invert = None, False
-    if a > 0 or b < size:
-        if identity:
-            allowed = np.zeros(n, np.uint8)
-            allowed[a:b] = 1
-        else:
-            ids = node._idmap.slot_ids[:n]
-            allowed = ((ids >= a) & (ids < b)).view(np.uint8)
-        if node._n_deleted:
-            allowed &= node._deleted[:n] == 0
-    elif node._n_deleted:
-        allowed, invert = node._deleted[:n], True
-    nq = q.shape[0]
-    out_d = np.empty((nq, k), np.float32)
-    out_s = np.empty((nq, k), np.int32)
-    scratch = node._scratch.take(max(1, min(numba.get_num_threads(), nq)), n)
-    try:
-        if allowed is None:
-            HK.search_batch(node._vectors, node._metric_code, node._links0, node._links_up, node._up_offset,
-                            node._entry, node._max_level, q, k, ef, out_d, out_s, *scratch)
-        else:
-            HK.search_batch_filtered(node._vectors, node._metric_code, node._links0, node._links_up, node._up_offset,
-                                     node._entry, node._max_level, q, k, ef, allowed, invert, out_d, out_s,
-                                     *scratch)
-    finally:
-        node._scratch.give(scratch)
-    slots = out_s.astype(np.int64)
-    if identity:
-        return out_d, slots
-    return out_d, np.where(slots >= 0, node._idmap.slot_ids[np.maximum(slots, 0)], -1)
 
 
 @functools.lru_cache(maxsize=None)
