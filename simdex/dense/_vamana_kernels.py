@@ -294,6 +294,25 @@ def consolidate_deletes(vectors, adj, state, nodes, R, alpha2):
         adj[p, 0] = count
 
 
+@kernel
+def live_top_k(pool_d, pool_i, size, state, k, out_d, out_i):
+    """The first k live entries (``state[slot] == 0``) of a sorted pool of ``size`` into ``out_d``/``out_i``
+    (k,), padded with (inf, -1). The tombstone check happens here, at result time, so a delete is seen by every
+    later search."""
+    j = 0
+    for c in range(size):
+        if j == k:
+            break
+        if state[pool_i[c]] == 0:
+            out_d[j] = pool_d[c]
+            out_i[j] = pool_i[c]
+            j += 1
+    while j < k:
+        out_d[j] = np.inf
+        out_i[j] = -1
+        j += 1
+
+
 @kernel(parallel=True)
 def search_batch(vectors, metric, adj, state, entry, queries, k, L, out_d, out_i, visited, tags):
     """k-NN of every query (parallel over queries): beam search with a pool of L over all nodes (tombstones
@@ -313,19 +332,7 @@ def search_batch(vectors, metric, adj, state, entry, queries, k, L, out_d, out_i
         ep_d = distance(metric, q, vectors[entry])
         size = search_layer(vectors, metric, adj, dummy_up, dummy_off, 0, q, entry, ep_d, L, visited[t], tag,
                             pool_d[t], pool_i[t], pool_done[t], fresh[t])
-        j = 0
-        for c in range(size):
-            if j == k:
-                break
-            # the tombstone check happens here, at result time, so a delete is seen by every later search
-            if state[pool_i[t, c]] == 0:
-                out_d[qi, j] = pool_d[t, c]
-                out_i[qi, j] = pool_i[t, c]
-                j += 1
-        while j < k:
-            out_d[qi, j] = np.inf
-            out_i[qi, j] = -1
-            j += 1
+        live_top_k(pool_d[t], pool_i[t], size, state, k, out_d[qi], out_i[qi])
 
 
 @kernel(parallel=True)
@@ -350,18 +357,7 @@ def search_batch_filtered(vectors, metric, adj, state, entry, queries, k, L, all
                                                   L, True, allowed, False, visited[t], tag, fresh[t], cand_d,
                                                   cand_i, res_d[t], res_i[t])
         heap_sort_ascending(res_d[t, :n_res], res_i[t, :n_res])
-        j = 0
-        for c in range(n_res):
-            if j == k:
-                break
-            if state[res_i[t, c]] == 0:
-                out_d[qi, j] = res_d[t, c]
-                out_i[qi, j] = res_i[t, c]
-                j += 1
-        while j < k:
-            out_d[qi, j] = np.inf
-            out_i[qi, j] = -1
-            j += 1
+        live_top_k(res_d[t], res_i[t], n_res, state, k, out_d[qi], out_i[qi])
 
 
 @kernel(parallel=True)

@@ -313,37 +313,29 @@ class WindowIndex(Index):
         starts = np.searchsorted(sorted_attrs, lo, "left")
         ends = np.searchsorted(sorted_attrs, hi, "right")
         with num_threads(threads):
-            # exact pieces of every query go into one kernel call; graph pieces are grouped by node and rows so
-            # that queries with the same window share one batched node search
-            ptr = np.zeros(nq + 1, np.int64)
-            ex_a: list[int] = []
-            ex_b: list[int] = []
-            # node (level, j) -> the queries searching it and their row ranges [a, b)
-            graph: dict[tuple[int, int], tuple[list[int], list[int], list[int]]] = {}
-            plans: dict[tuple[int, int], list[tuple]] = {}  # queries sharing a window share its plan
-            for qi in range(nq):
-                s, e = int(starts[qi]), int(ends[qi])
-                if e > s:
-                    pieces = plans.get((s, e))
-                    if pieces is None:
-                        pieces = [("x", s, e)] if allowed is not None else self._plan(s, e, ef)
-                        plans[(s, e)] = pieces
-                    for piece in pieces:
-                        if piece[0] == "x":
-                            ex_a.append(piece[1])
-                            ex_b.append(piece[2])
-                        else:
-                            qis, as_, bs = graph.setdefault(piece[1:3], ([], [], []))
-                            qis.append(qi)
-                            as_.append(piece[3])
-                            bs.append(piece[4])
-                ptr[qi + 1] = len(ex_a)
-            if ex_a:
-                K.ranges_topk(self._metric_code, q, self._vectors, skip, ptr, np.array(ex_a, np.int64),
-                              np.array(ex_b, np.int64), heap_d, heap_s)
-            for (level, j), (qis, as_, bs) in graph.items():
-                self._search_node(level, j, np.array(as_, np.int64), np.array(bs, np.int64), q,
-                                  np.array(qis, np.int64), k, ef, threads, heap_d, heap_s)
+            # every query's plan in one kernel call; its exact pieces go into one scan call, and its graph pieces
+            # are grouped by node so that one call per node serves all the queries that search it
+            if allowed is not None or not self._levels:  # filtered searches scan their window exactly
+                pieces = np.zeros((nq, 5), np.int64)
+                pieces[:, 3], pieces[:, 4] = starts, np.maximum(ends, starts)
+                ptr = np.arange(nq + 1, dtype=np.int64)
+            else:
+                pieces, ptr = self._plan_batch(starts, ends, ef)
+            exact = pieces[:, 0] == K.PIECE_EXACT
+            K.ranges_topk(self._metric_code, q, self._vectors, skip, ptr, np.where(exact, pieces[:, 3], 0),
+                          np.where(exact, pieces[:, 4], 0), heap_d, heap_s)
+            graph = np.flatnonzero(~exact)
+            if graph.size:
+                query_of = np.repeat(np.arange(nq, dtype=np.int64), np.diff(ptr))[graph]
+                _, node_start = self._plan_arrays()[2:4]
+                node_key = node_start[pieces[graph, 1]] + pieces[graph, 2]
+                order = np.argsort(node_key, kind="stable")
+                graph, query_of, node_key = graph[order], query_of[order], node_key[order]
+                cuts = np.flatnonzero(np.diff(node_key)) + 1
+                for lo_i, hi_i in zip(np.r_[0, cuts], np.r_[cuts, graph.size]):
+                    g = graph[lo_i:hi_i]
+                    self._search_node(int(pieces[g[0], 1]), int(pieces[g[0], 2]), pieces[g, 3], pieces[g, 4], q,
+                                      query_of[lo_i:hi_i], k, ef, threads, heap_d, heap_s)
             if self._n > self._n_built:
                 K.buffer_topk(self._metric_code, q, self._vectors, self._attrs, skip, self._n_built, self._n,
                               lo, hi, heap_d, heap_s)
@@ -365,57 +357,40 @@ class WindowIndex(Index):
         that node with a post-filter (the paper's beta rule, with beta set by the costs), a narrow one by its
         children or an exact scan.
         """
-        if not self._levels:
-            return [("x", s, e)]
+        pieces, _ = self._plan_batch(np.array([s], np.int64), np.array([e], np.int64), ef)
+        return [("x", int(a), int(b)) if kind == K.PIECE_EXACT else ("g", int(level), int(j), int(a), int(b))
+                for kind, level, j, a, b in pieces]
+
+    def _plan_batch(self, starts: np.ndarray, ends: np.ndarray, ef: int) -> tuple[np.ndarray, np.ndarray]:
+        """Plans of rows [starts[q], ends[q]) for every query (see :meth:`_plan`): pieces (rows, 5) int64 as
+        (kind, level, node, a, b) and ptr (nq + 1,), query q's pieces being ``pieces[ptr[q]:ptr[q + 1]]``."""
+        bounds, level_start, indexed, node_start = self._plan_arrays()
         flat = self.base == "flat"
         graph_unit = 0.0 if flat else self.GRAPH_UNIT * ef * 2 * int(self.base_params.get("M", 16))
-        exact_unit, call, branching = self.EXACT_UNIT, self.CALL_COST, self.branching
-        # plain lists: this runs once per query, and numpy scalar indexing would dominate it
-        bounds_of, indexed = self._plan_tables
-        depth = len(bounds_of)
-        short = call + graph_unit
+        depth = max(1, len(self._levels))
+        out = np.empty((starts.shape[0] * 4 * self.branching * depth + 1, 5), np.int64)
+        ptr = np.empty(starts.shape[0] + 1, np.int64)
+        n = K.plan_batch(bounds, level_start, indexed, node_start, self.branching, self.EXACT_UNIT, graph_unit,
+                         self.CALL_COST, flat, np.ascontiguousarray(starts, np.int64),
+                         np.ascontiguousarray(ends, np.int64), ptr, out)
+        return out[:n], ptr
 
-        def best(level: int, j: int, a: int, b: int) -> tuple[float, list[tuple]]:
-            cost, plan = exact_unit * (b - a), [("x", a, b)]
-            if cost <= short:
-                return cost, plan
-            bounds = bounds_of[level]
-            ns, ne = bounds[j], bounds[j + 1]
-            if indexed[level][j]:
-                size = ne - ns
-                # exact base: the node's cost is a scan of its rows, filtered or not
-                g = (exact_unit * size if flat else graph_unit * size / (b - a)) + call
-                if g < cost:
-                    cost, plan = g, [("g", level, j, a, b)]
-                if b - a == size:  # a whole node: its children cannot beat one search of it
-                    return cost, plan
-            if level + 1 < depth:
-                child = bounds_of[level + 1]
-                split_cost, split_plan = 0.0, []
-                for c in range(j * branching, min((j + 1) * branching, len(child) - 1)):
-                    ca, cb = max(a, child[c]), min(b, child[c + 1])
-                    if ca < cb:
-                        c_cost, c_plan = best(level + 1, c, ca, cb)
-                        split_cost += c_cost
-                        split_plan += c_plan
-                        if split_cost >= cost:
-                            break
-                else:
-                    if split_cost < cost:
-                        cost, plan = split_cost, split_plan
-            return cost, plan
-
-        return best(0, 0, s, e)[1]
-
-    @property
-    def _plan_tables(self) -> tuple[list[list[int]], list[list[bool]]]:
-        """Block bounds and "has an index" flags of each level as Python lists, cached per tree."""
+    def _plan_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The tree as flat arrays for the planner, cached per tree: every level's block bounds concatenated
+        (level l's at ``bounds[level_start[l]:level_start[l + 1]]``) and "has an index" flags (node j of level l
+        at ``indexed[node_start[l] + j]``)."""
         cached = self.__dict__.get("_plan_cache")
         if cached is None or cached[0] is not self._levels:
-            cached = (self._levels, [b.tolist() for b, _ in self._levels],
-                      [[node is not None for node in nodes] for _, nodes in self._levels])
+            bounds = [b for b, _ in self._levels]
+            sizes = [0] + [len(b) for b in bounds]
+            node_sizes = [0] + [len(nodes) for _, nodes in self._levels]
+            cached = (self._levels,
+                      np.concatenate(bounds).astype(np.int64) if bounds else np.zeros(0, np.int64),
+                      np.cumsum(sizes).astype(np.int64),
+                      np.array([node is not None for _, nodes in self._levels for node in nodes], np.bool_),
+                      np.cumsum(node_sizes).astype(np.int64))
             self._plan_cache = cached
-        return cached[1], cached[2]
+        return cached[1], cached[2], cached[3], cached[4]
 
     def _search_node(self, level: int, j: int, a: np.ndarray, b: np.ndarray, q: np.ndarray, rows: np.ndarray, k: int,
                      ef: int, threads: int | None, heap_d: np.ndarray, heap_s: np.ndarray) -> None:
