@@ -98,3 +98,16 @@ def sort_heaps(heap_d, heap_i):
 
 def new_heaps(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((nq, k), np.inf, np.float32), np.full((nq, k), -1, np.int64)
+
+
+@kernel
+def copy_padded(src_d, src_i, n, out_d, out_i):
+    """The first min(n, len(out_d)) entries of (src_d, src_i) into (out_d, out_i); the rest of the row is
+    (inf, -1), the "no result" of every search."""
+    for j in range(out_d.shape[0]):
+        if j < n:
+            out_d[j] = src_d[j]
+            out_i[j] = src_i[j]
+        else:
+            out_d[j] = np.inf
+            out_i[j] = -1

@@ -25,7 +25,7 @@ import numpy as np
 from numba import prange
 
 from .._heap import heap_push as _heap_push_max
-from .._heap import heap_replace_top, heap_sort_ascending
+from .._heap import copy_padded, heap_replace_top, heap_sort_ascending
 from .._numba import kernel, move_within, prefetch_row
 from ..metrics import distance, distance4
 
@@ -299,13 +299,7 @@ def search_batch(vectors, metric, links0, links_up, up_offset, entry, max_level,
         ep, ep_d = greedy_descend(vectors, metric, links_up, up_offset, q, entry, ep_d, max_level, 0)
         size = search_layer(vectors, metric, links0, links_up, up_offset, 0, q, ep, ep_d, ef,
                             visited[t], tag, pool_d[t], pool_i[t], pool_done[t], fresh[t])
-        for j in range(k):
-            if j < size:
-                out_d[qi, j] = pool_d[t, j]
-                out_i[qi, j] = pool_i[t, j]
-            else:
-                out_d[qi, j] = np.inf
-                out_i[qi, j] = -1
+        copy_padded(pool_d[t], pool_i[t], size, out_d[qi, :k], out_i[qi, :k])
 
 
 @kernel
@@ -321,13 +315,7 @@ def filtered_query(vectors, metric, links0, links_up, up_offset, entry, max_leve
     n_res, cand_d, cand_i = search_layer_heap(vectors, metric, links0, links_up, up_offset, 0, q, ep, ep_d, ef, True,
                                               allowed, invert, visited[t], tag, fresh, cand_d, cand_i, res_d, res_i)
     heap_sort_ascending(res_d[:n_res], res_i[:n_res])
-    for j in range(k):
-        if j < n_res:
-            out_d[j] = res_d[j]
-            out_i[j] = res_i[j]
-        else:
-            out_d[j] = np.inf
-            out_i[j] = -1
+    copy_padded(res_d, res_i, n_res, out_d[:k], out_i[:k])
 
 
 @kernel(parallel=True)

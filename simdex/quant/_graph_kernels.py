@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .._heap import heap_replace_top, heap_sort_ascending
+from .._heap import copy_padded, heap_replace_top, heap_sort_ascending
 from .._numba import kernel, prefetch_row
 from ..dense._hnsw_kernels import (_heap_pop_min, _heap_push_max, _heap_push_min, gather_unvisited, next_tag,
                                    next_unexpanded, pool_insert)
@@ -138,13 +138,7 @@ def rerank_into(mode, metric, q, vectors, codes, codes_f, mean, bits, half, res_
             cand_i[p + 1] = v
     else:
         r = n_cand
-    for j in range(k):
-        if j < r:
-            out_d[j] = cand_d[j]
-            out_i[j] = cand_i[j]
-        else:
-            out_d[j] = np.inf
-            out_i[j] = -1
+    copy_padded(cand_d, cand_i, r, out_d[:k], out_i[:k])
 
 
 @kernel(parallel=True)

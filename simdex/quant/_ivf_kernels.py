@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .._heap import heap_push, heap_replace_top, heap_sort_ascending
+from .._heap import copy_padded, heap_push, heap_replace_top, heap_sort_ascending
 from .._numba import kernel
 from ..metrics import distance
 from ._binary_kernels import hamming
@@ -46,13 +46,7 @@ def _finish(heap_d, heap_i, n, k, rerank, metric, q, vectors, out_d, out_i):
         si = heap_i[:n][order]
         heap_d[:n] = sd
         heap_i[:n] = si
-    for j in range(k):
-        if j < n:
-            out_d[j] = heap_d[j]
-            out_i[j] = heap_i[j]
-        else:
-            out_d[j] = np.inf
-            out_i[j] = -1
+    copy_padded(heap_d, heap_i, n, out_d[:k], out_i[:k])
 
 
 @kernel(parallel=True)
