@@ -1,6 +1,6 @@
 """simdex: similarity search for dense vectors, sparse and text vectors, multi-vector documents and sets."""
 
-from .dense import FlatIndex, HNSWIndex, VamanaIndex, WindowIndex
+from .dense import FlatIndex, HNSWIndex, LabelIndex, VamanaIndex, WindowIndex
 from .errors import (CollectionExistsError, CollectionNotFoundError, CorruptDatabaseError, CorruptFileError,
                      DatabaseLockedError, DimensionMismatchError, DuplicateIdError, InvalidInputError,
                      InvalidTypeError, ReadOnlyError, SimdexError, UnknownIdError)
@@ -9,8 +9,8 @@ from .store import Collection, Database, FilterError, connect
 
 __version__ = "0.1.0"
 
-__all__ = ["FlatIndex", "HNSWIndex", "VamanaIndex", "WindowIndex", "Index", "load", "connect", "Database",
-           "Collection", "Client", "SimdexError", "InvalidInputError", "InvalidTypeError", "DimensionMismatchError",
+__all__ = ["FlatIndex", "HNSWIndex", "LabelIndex", "VamanaIndex", "WindowIndex", "Index", "load", "connect",
+           "Database", "Collection", "Client", "SimdexError", "InvalidInputError", "InvalidTypeError", "DimensionMismatchError",
            "DuplicateIdError", "UnknownIdError", "CorruptFileError", "CorruptDatabaseError", "CollectionExistsError",
            "CollectionNotFoundError", "DatabaseLockedError", "ReadOnlyError", "FilterError", "__version__"]
 

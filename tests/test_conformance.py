@@ -10,13 +10,15 @@ import pytest
 
 import simdex
 from simdex import (CorruptFileError, DimensionMismatchError, DuplicateIdError, FlatIndex, HNSWIndex,
-                    InvalidInputError, InvalidTypeError, UnknownIdError, VamanaIndex)
+                    InvalidInputError, InvalidTypeError, LabelIndex, UnknownIdError, VamanaIndex)
 from simdex.quant import HNSWQuantIndex, IVFIndex, MatryoshkaIndex, VamanaDiskIndex
 from tests.conftest import numpy_knn
 
 FACTORIES = {
     "flat": lambda dim, metric: FlatIndex(dim, metric),
     "hnsw": lambda dim, metric: HNSWIndex(dim, metric, M=12, ef_construction=100, ef_search=100),
+    # no labels given: a plain HNSW search; its label searches are checked in tests/test_labels.py
+    "labels": lambda dim, metric: LabelIndex(dim, metric, M=12, ef_construction=100, ef_search=100),
     "hnsw-lvq8": lambda dim, metric: HNSWQuantIndex(dim, metric, M=12, ef_construction=100, ef_search=100,
                                                     codec="lvq8"),
     # 12 of 16 lists: after removing 95% of the vectors the few survivors of a neighbourhood are spread thin
@@ -29,8 +31,8 @@ FACTORIES = {
                                                             codec="lvq8"),
 }
 # the least recall@10 each index must reach on the small real slices used here (exact ones: 1.0)
-MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "hnsw-lvq8": 0.95, "ivf-pq": 0.9, "matryoshka": 0.95, "vamana": 0.95,
-              "vamana-disk-lvq8": 0.95}
+MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "labels": 0.95, "hnsw-lvq8": 0.95, "ivf-pq": 0.9, "matryoshka": 0.95,
+              "vamana": 0.95, "vamana-disk-lvq8": 0.95}
 
 N = 2000
 

@@ -86,6 +86,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     win.add_argument("--budget", type=float, default=3.0, help="seconds of timed queries per slow method and point")
     win.add_argument("--threads", type=int, default=None, help="build threads (search is timed on 1 thread)")
     win.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
+    lab = sub.add_parser("labels", help="label-filtered search: LabelIndex vs filtered and post-filtered HNSW and "
+                                        "pre-filtered brute force, on the data sets' real labels")
+    lab.add_argument("--dataset", action="append", choices=["fashion-mnist-784", "wordnet-minilm-384"],
+                     help="data set (repeatable; default: fashion-mnist-784)")
+    lab.add_argument("--n-base", type=int, default=None, help="use only the first N base vectors")
+    lab.add_argument("--n-queries", type=int, default=1000)
+    lab.add_argument("--k", type=int, default=10)
+    lab.add_argument("--M", type=int, default=16)
+    lab.add_argument("--ef-construction", type=int, default=100)
+    lab.add_argument("--label-graph-min", type=int, default=2000, help="points a label needs for its own graph")
+    lab.add_argument("--budget", type=float, default=3.0, help="seconds of timed queries per method and point")
+    lab.add_argument("--threads", type=int, default=None, help="build threads (search is timed on 1 thread)")
+    lab.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
     sets = sub.add_parser("sets", help="MinHash / MinHash LSH / LSHBloom vs datasketch on gcide")
     sets.add_argument("--parts", default="throughput,error,dedup", help="comma-separated: throughput,error,dedup")
     sets.add_argument("--num-perm", type=int, default=128)
@@ -277,6 +290,17 @@ def main(argv: list[str] | None = None) -> int:
                                       build_threads=args.threads)
             report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
             json_path, png_path = window_bench.save(report, Path(args.out))
+            print(f"wrote {json_path} and {png_path}")
+        return 0
+    if args.bench == "labels":
+        from . import labels as labels_bench
+        for name in args.dataset or ["fashion-mnist-784"]:
+            report = labels_bench.run(name, n_base=args.n_base, n_queries=args.n_queries, k=args.k, M=args.M,
+                                      ef_construction=args.ef_construction,
+                                      label_graph_min=args.label_graph_min, budget_s=args.budget,
+                                      build_threads=args.threads)
+            report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+            json_path, png_path = labels_bench.save(report, Path(args.out))
             print(f"wrote {json_path} and {png_path}")
         return 0
     if args.bench == "crash":
