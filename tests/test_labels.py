@@ -27,6 +27,18 @@ def fashion_labelled(fashion_small):
     return index, base, fashion_small.queries, classes, groups
 
 
+@pytest.fixture(scope="module")
+def wordnet_pos(wordnet_small):
+    """3,000 WordNet glosses spread over the whole base (the file lists nouns first, then verbs, then adjectives)
+    with their part of speech (2,288 "noun", 383 "verb", 329 "adj"), and query vectors."""
+    from simdex.datasets import wordnet_records
+    rows = np.linspace(0, 107_658, 3000).astype(np.int64)
+    _, metas, _ = wordnet_records()
+    vectors = np.load(data_dir() / "wordnet-minilm" / "vectors.npy", mmap_mode="r")
+    base = np.ascontiguousarray(vectors[rows], np.float32)
+    return base, [metas[r]["pos"] for r in rows], wordnet_small.queries[:60]
+
+
 def members_truth(base, queries, member, k, metric="l2"):
     x = base.astype(np.float64)
     out = []
@@ -56,6 +68,12 @@ def test_group_labels_use_the_graph_and_reach_recall(fashion_labelled):
         assert member[r, i[r]].all(), "a result does not carry the query's label"
     assert np.all(np.diff(d, axis=1) >= 0)
     assert recall(i, members_truth(base, queries, member, 10)) >= 0.95
+    # a filter on top of the label: its graph's own filtered search (group 100) or the exact scan (group 101)
+    allow = np.flatnonzero(np.arange(base.shape[0]) % 3 == 0)
+    _, i = index.search(queries, 10, label=qlab, ef=32, filter=allow)
+    member &= (np.arange(base.shape[0]) % 3 == 0)[None, :]
+    assert all(member[r, i[r][i[r] >= 0]].all() for r in range(queries.shape[0]))
+    assert recall(i, members_truth(base, queries, member, 10)) >= 0.95
 
 
 def test_class_labels_are_exact(fashion_labelled):
@@ -71,20 +89,14 @@ def test_class_labels_are_exact(fashion_labelled):
     assert (none == -1).all() and np.isinf(d).all()
 
 
-def test_wordnet_part_of_speech_labels(wordnet_small):
-    n = 3000
-    pos_names = []
-    with gzip.open(data_dir() / "wordnet-minilm" / "glosses.jsonl.gz", "rt") as fh:
-        for line in fh:
-            pos_names.append(json.loads(line)["id"].split(":")[1])
-            if len(pos_names) == n:
-                break
+def test_wordnet_part_of_speech_labels(wordnet_pos):
+    base, pos_names, queries = wordnet_pos
     codes = {name: c for c, name in enumerate(sorted(set(pos_names)))}
     pos = np.array([codes[p] for p in pos_names])
-    base, queries = wordnet_small.base[:n], wordnet_small.queries
-    index = LabelIndex(base.shape[1], "cosine", M=16, ef_construction=100)
+    index = LabelIndex(base.shape[1], "cosine", M=16, ef_construction=100, label_graph_min=300)
     index.add(base, labels=pos)
-    qlab = pos[np.random.default_rng(0).integers(0, n, queries.shape[0])]
+    assert set(index.label_graphs) == set(codes.values())  # every part of speech has 300+ glosses here
+    qlab = pos[np.random.default_rng(0).integers(0, len(pos), queries.shape[0])]
     _, i = index.search(queries, 10, label=qlab, ef=48)
     member = pos[None, :] == qlab[:, None]
     assert all(member[r, i[r][i[r] >= 0]].all() for r in range(queries.shape[0]))
@@ -129,3 +141,108 @@ def test_remove_save_load_and_bad_input(fashion_labelled, tmp_path):
     assert len(index) == n_before
     with pytest.raises(InvalidInputError, match="one integer per query"):
         index.search(queries[:4], 10, label=[1, 2])
+
+
+def test_collection_label_field_answers_equality_filters(tmp_path, wordnet_pos):
+    import simdex
+    base, pos_names, queries = wordnet_pos
+    n = base.shape[0]
+    metas = [{"pos": p} for p in pos_names]
+    for i in range(0, n, 97):  # some records have no string in the field: never in a label graph
+        metas[i] = {"pos": 3} if i % 2 else {"other": "noun"}
+    ids = [f"g{i}" for i in range(n)]
+    path = tmp_path / "db"
+
+    def truth(pos, exclude=()):
+        member = np.array([m.get("pos") == pos and ids[i] not in exclude for i, m in enumerate(metas)])
+        return [[ids[j] for j in row] for row in members_truth(base, queries, np.tile(member, (len(queries), 1)), 10,
+                                                                "cosine")]
+
+    def hit_ids(rows):
+        return [[h["id"] for h in row] for row in rows]
+
+    with simdex.connect(path, background=False, sync="off") as db:
+        col = db.create_collection("glosses", dim=384, label_field="pos", M=12, ef_construction=80)
+        col.label_graph_min = 350
+        col.upsert(ids, base, metas)
+        with pytest.raises(InvalidInputError, match="label_field"):
+            db.create_collection("bad", dim=384, label_field="a b")
+        with pytest.raises(simdex.CollectionExistsError):
+            db.create_collection("glosses", dim=384, label_field="lang", exist_ok=True, M=12, ef_construction=80)
+        exact = hit_ids(col.search_batch(queries, k=10, where={"pos": "verb"}))  # no graph yet: the SQL path
+        assert exact == truth("verb")
+        assert col.needs_label_graphs()
+        db.optimize()
+        counts = {p: sum(m.get("pos") == p for m in metas) for p in ("adj", "noun", "verb")}
+        assert counts["adj"] < 350 <= counts["verb"]
+        assert col.stats()["label_graphs"] == {p: c for p, c in counts.items() if c >= 350}
+        assert not col.needs_label_graphs()
+        sql_filters = []
+        allowed = col._allowed
+        col._allowed = lambda where: sql_filters.append(where) or allowed(where)
+        for where, pos in (({"pos": "noun"}, "noun"), ({"pos": {"$eq": "verb"}}, "verb")):
+            got = hit_ids(col.search_batch(queries, k=10, where=where))
+            assert recall(got, truth(pos)) >= 0.95
+            assert all(metas[int(i[1:])]["pos"] == pos for row in got for i in row)
+        assert sql_filters == [], "an equality on the label field went through the SQL allow-list"
+        # a value without a graph (too few records) and other filters take the SQL path and stay exact
+        assert hit_ids(col.search_batch(queries, k=10, where={"pos": "adj"})) == truth("adj")
+        assert hit_ids(col.search_batch(queries, k=10, where={"pos": 3}))[0] == \
+            [ids[j] for j in members_truth(base, queries[:1], np.array([[m.get("pos") == 3 for m in metas]]), 10,
+                                           "cosine")[0]]
+        assert len(sql_filters) == 2
+        # upserts move a record between values, deletes remove it: both seen at once by the graphs
+        assert metas[5]["pos"] == "noun"
+        col.upsert(["g5"], base[[5]], [{"pos": "verb"}])
+        assert col.search(base[5], k=1, where={"pos": "verb"})[0]["id"] == "g5"
+        # (a stale rid left in a graph would cost a hit: the records of stale rids are not found)
+        near = [h["id"] for h in col.search(base[5], k=10, where={"pos": "noun"})]
+        assert "g5" not in near and len(near) == 10
+        col.delete(["g5"])
+        near = [h["id"] for h in col.search(base[5], k=10, where={"pos": "verb"})]
+        assert "g5" not in near and len(near) == 10
+        after = hit_ids(col.search_batch(queries, k=10, where={"pos": "noun"}))
+        metas[5] = {}
+    # reopened: no graph until the optimizer builds them again; the SQL path answers meanwhile
+    with simdex.connect(path, background=False, sync="off") as db:
+        col = db.get_collection("glosses")
+        assert col.label_field == "pos" and col.stats()["label_graphs"] == {}
+        assert hit_ids(col.search_batch(queries, k=10, where={"pos": "noun"})) == truth("noun", exclude={"g5"})
+        col.label_graph_min = 350
+        db.optimize()
+        assert set(col.stats()["label_graphs"]) == {p for p, c in counts.items() if c >= 350}
+        assert recall(hit_ids(col.search_batch(queries, k=10, where={"pos": "noun"})), after) >= 0.95
+
+
+def test_collection_label_graphs_keep_writes_made_during_the_build(tmp_path, wordnet_small):
+    import simdex
+    base = wordnet_small.base
+    n = 1200
+    ids = [f"r{i}" for i in range(n)]
+    with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
+        col = db.create_collection("docs", dim=384, label_field="lang", M=8, ef_construction=40)
+        col.label_graph_min = 100
+        col.upsert(ids, base[:n], [{"lang": "de" if i % 3 else "en"} for i in range(n)])
+        make = col._new_label_graph
+        calls = []
+
+        def new_graph_with_writes():
+            # runs outside the collection's locks, between the cut and the swap: these writes must be replayed
+            # into the new graphs
+            if not calls:
+                calls.append(1)
+                col.upsert(["late"], base[[n]], [{"lang": "en"}])
+                col.delete(["r0", "r1"])
+                col.upsert(["r2"], base[[2]], [{"lang": "en"}])  # was "de"
+            return make()
+
+        col._new_label_graph = new_graph_with_writes
+        assert col.build_label_graphs()
+        en = sum(1 for i in range(n) if i % 3 == 0) - 1 + 2  # r0 deleted; late and r2 added
+        graphs = col.stats()["label_graphs"]
+        assert graphs["en"] == en and graphs["de"] == (n - (n + 2) // 3) - 2  # r1, r2 left "de"
+        assert col.search(base[n], k=1, where={"lang": "en"})[0]["id"] == "late"
+        assert [h["id"] for h in col.search(base[2], k=1, where={"lang": "en"})] == ["r2"]
+        for gone, lang in ((0, "en"), (1, "de"), (2, "de")):
+            near = [h["id"] for h in col.search(base[gone], k=5, where={"lang": lang})]
+            assert f"r{gone}" not in near and len(near) == 5

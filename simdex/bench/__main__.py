@@ -10,6 +10,18 @@ from pathlib import Path
 from .. import datasets
 
 
+
+def _filtered_bench_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the window and label benches."""
+    parser.add_argument("--n-base", type=int, default=None, help="use only the first N base vectors")
+    parser.add_argument("--n-queries", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--M", type=int, default=16)
+    parser.add_argument("--ef-construction", type=int, default=100)
+    parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed queries per slow method and point")
+    parser.add_argument("--threads", type=int, default=None, help="build threads (search is timed on 1 thread)")
+    parser.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m simdex.bench",
                                                description="Benchmarks of simdex against its peers.")
@@ -76,29 +88,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                                         "pre-filtered brute force, by selectivity")
     win.add_argument("--dataset", action="append", choices=sorted(datasets.DATASETS),
                      help="data set (repeatable; default: fashion-mnist-784)")
-    win.add_argument("--n-base", type=int, default=None, help="use only the first N base vectors")
-    win.add_argument("--n-queries", type=int, default=1000)
-    win.add_argument("--k", type=int, default=10)
+    _filtered_bench_options(win)
     win.add_argument("--branching", type=int, default=2)
     win.add_argument("--leaf-size", type=int, default=1024)
-    win.add_argument("--M", type=int, default=16)
-    win.add_argument("--ef-construction", type=int, default=100)
-    win.add_argument("--budget", type=float, default=3.0, help="seconds of timed queries per slow method and point")
-    win.add_argument("--threads", type=int, default=None, help="build threads (search is timed on 1 thread)")
-    win.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
     lab = sub.add_parser("labels", help="label-filtered search: LabelIndex vs filtered and post-filtered HNSW and "
                                         "pre-filtered brute force, on the data sets' real labels")
     lab.add_argument("--dataset", action="append", choices=["fashion-mnist-784", "wordnet-minilm-384"],
                      help="data set (repeatable; default: fashion-mnist-784)")
-    lab.add_argument("--n-base", type=int, default=None, help="use only the first N base vectors")
-    lab.add_argument("--n-queries", type=int, default=1000)
-    lab.add_argument("--k", type=int, default=10)
-    lab.add_argument("--M", type=int, default=16)
-    lab.add_argument("--ef-construction", type=int, default=100)
+    _filtered_bench_options(lab)
     lab.add_argument("--label-graph-min", type=int, default=2000, help="points a label needs for its own graph")
-    lab.add_argument("--budget", type=float, default=3.0, help="seconds of timed queries per method and point")
-    lab.add_argument("--threads", type=int, default=None, help="build threads (search is timed on 1 thread)")
-    lab.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
     sets = sub.add_parser("sets", help="MinHash / MinHash LSH / LSHBloom vs datasketch on gcide")
     sets.add_argument("--parts", default="throughput,error,dedup", help="comma-separated: throughput,error,dedup")
     sets.add_argument("--num-perm", type=int, default=128)

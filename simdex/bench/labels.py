@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import datasets
 from . import write_report
-from .window import _budgeted, _knn_at_most, _SimdexAsHnswlib, recall
+from .window import _budgeted, _knn_at_most, postfilter_hnsw, recall
 
 EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 POST_FACTORS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -97,14 +97,9 @@ def _by_label(qlabels: np.ndarray, answer: Callable[[np.ndarray, int], np.ndarra
 
 
 def run(dataset: str = "fashion-mnist-784", *, n_base: int | None = None, n_queries: int = 1000, k: int = 10,
-        M: int = 16, ef_construction: int = 100, label_graph_min: int = 2000, seed: int = 0, budget_s: float = 3.0, min_queries: int = 50,
-        build_threads: int | None = None, out_dir: Path | None = None, log: Callable[..., None] = print
-        ) -> dict[str, Any]:
-    try:
-        import hnswlib
-        hnsw_class, post_name = hnswlib.Index, "postfilter-hnswlib"
-    except ImportError:
-        hnsw_class, post_name = _SimdexAsHnswlib, "postfilter-hnsw"
+        M: int = 16, ef_construction: int = 100, label_graph_min: int = 2000, seed: int = 0,
+        budget_s: float = 3.0, min_queries: int = 50, build_threads: int | None = None,
+        out_dir: Path | None = None, log: Callable[..., None] = print) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
     from ..dense import LabelIndex
@@ -129,11 +124,7 @@ def run(dataset: str = "fashion-mnist-784", *, n_base: int | None = None, n_quer
     index.add(base, labels=labels, threads=build_threads)
     label_build = time.perf_counter() - t0
     log(f"LabelIndex build: {label_build:.1f} s, {index.nbytes / 2**20:.0f} MiB, label graphs {index.label_graphs}")
-    t0 = time.perf_counter()
-    hnsw = hnsw_class("l2" if metric == "l2" else "cosine", dim)
-    hnsw.init_index(n, M=M, ef_construction=ef_construction, random_seed=seed)
-    hnsw.add_items(base, np.arange(n), num_threads=build_threads or -1)
-    hnsw_build = time.perf_counter() - t0
+    hnsw, post_name, hnsw_build = postfilter_hnsw(base, metric, M, ef_construction, seed, build_threads)
     log(f"{post_name} build: {hnsw_build:.1f} s")
 
     x = base / np.linalg.norm(base, axis=1, keepdims=True) if metric == "cosine" else base

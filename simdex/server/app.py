@@ -73,6 +73,8 @@ class CreateCollection(_Strict):
     text: bool = Field(False, description="also index the records' documents for BM25 text and hybrid search")
     window_field: str | None = Field(None, description="numeric metadata field whose range filters a window index "
                                                        "answers, e.g. \"ts\"")
+    label_field: str | None = Field(None, description="string metadata field whose equality filters per-value "
+                                                      "graphs answer, e.g. \"lang\"")
 
 
 B64_HELP = ("the vectors as base64 of little-endian float32, row-major (n x dim): about 60x faster to send and "
@@ -213,7 +215,8 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
     @app.post(f"{API}/collections", tags=["collections"], status_code=201)
     def create_collection(body: CreateCollection) -> dict[str, Any]:
         return db.create_collection(body.name, body.dim, body.metric, body.index, exist_ok=body.exist_ok,
-                                    text=body.text, window_field=body.window_field, **body.params).stats()
+                                    text=body.text, window_field=body.window_field,
+                                    label_field=body.label_field, **body.params).stats()
 
     @app.get(f"{API}/collections/{{name}}", tags=["collections"])
     def get_collection(name: str) -> dict[str, Any]:

@@ -111,10 +111,10 @@ class Client:
 
     def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw", *,
                           exist_ok: bool = False, text: bool = False, window_field: str | None = None,
-                          **params: Any) -> RemoteCollection:
+                          label_field: str | None = None, **params: Any) -> RemoteCollection:
         self._request("POST", f"{API}/collections", {"name": name, "dim": dim, "metric": metric, "index": index,
                                                      "params": params, "exist_ok": exist_ok, "text": text,
-                                                     "window_field": window_field})
+                                                     "window_field": window_field, "label_field": label_field})
         return RemoteCollection(self, name)
 
     def get_or_create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",

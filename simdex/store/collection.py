@@ -44,7 +44,7 @@ from ..errors import CorruptDatabaseError, CorruptFileError, InvalidInputError, 
 from ..index import Index, write_snapshot
 from . import records as rec
 from ._rwlock import RWLock
-from .filters import window_bounds
+from .filters import label_value, window_bounds
 from .metadata import MetadataStore
 from .wal import CorruptLogError, WriteAheadLog
 
@@ -59,6 +59,7 @@ DEFAULT_GET_INCLUDE = ("metadatas", "documents")
 INDEX_KINDS = ("hnsw", "flat")
 HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
 MANIFEST = "MANIFEST"
+LABEL_GRAPH_MIN = 2000
 ALLOW_CACHE_ENTRIES = 32
 
 
@@ -74,7 +75,7 @@ def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text: Any = False,
-                 window_field: Any = None) -> dict[str, Any]:
+                 window_field: Any = None, label_field: Any = None) -> dict[str, Any]:
     from .._validate import check_metric
     dim = check_dim(dim)
     metric = check_metric(metric)
@@ -90,13 +91,13 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
     if text:
         from ..sparse import Analyzer
         Analyzer()  # fails now, with what to install, if no stemmer is available
-    if window_field is not None:
-        from .filters import _FIELD
-        if not isinstance(window_field, str) or not _FIELD.match(window_field):
-            raise InvalidInputError(f"window_field must be a metadata field name (letters, digits, '_', '-', '.' "
-                                    f"between nested keys); got {window_field!r}")
+    from .filters import _FIELD
+    for name, field in (("window_field", window_field), ("label_field", label_field)):
+        if field is not None and (not isinstance(field, str) or not _FIELD.match(field)):
+            raise InvalidInputError(f"{name} must be a metadata field name (letters, digits, '_', '-', '.' "
+                                    f"between nested keys); got {field!r}")
     return {"dim": dim, "metric": metric, "index": index, "params": dict(params), "text": text,
-            "window_field": window_field}
+            "window_field": window_field, "label_field": label_field}
 
 
 class Collection:
@@ -124,6 +125,17 @@ class Collection:
         self._window: WindowIndex | None = None
         self._window_pending: list[tuple[str, Any]] | None = None
         self._window_maintenance = threading.Lock()
+        # label_field: string equality filters on that metadata field ({"lang": "de"}) are answered by one HNSW
+        # graph per value with at least label_graph_min records (keyed by rid), as in LabelIndex: an unfiltered
+        # walk on the value's own graph instead of a filtered walk on the main graph. The graphs have no files:
+        # the background optimizer builds them from the metadata store (after open, and when a value grows past
+        # the threshold); until then such filters take the general path.
+        self.label_field: str | None = config.get("label_field")
+        self.label_graph_min = LABEL_GRAPH_MIN
+        self._label_graphs: dict[str, HNSWIndex] = {}
+        self._label_pending: list[tuple[str, Any]] | None = None
+        self._label_maintenance = threading.Lock()
+        self._label_checked_lsn = -1
         self.read_only = read_only
         self.merge_rows = merge_rows
         self.checkpoint_bytes = checkpoint_bytes
@@ -255,6 +267,33 @@ class Collection:
         if self._window_pending is not None:
             self._window_pending.append(("remove", rids))
 
+    def _label_add(self, rids: np.ndarray, vectors: np.ndarray, metadatas: list[str] | None) -> None:
+        if self.label_field is None or metadatas is None or not (self._label_graphs or
+                                                                 self._label_pending is not None):
+            return
+        path = self.label_field.split(".")
+        rows: dict[str, list[int]] = {}
+        for j, meta in enumerate(metadatas):
+            value: Any = json.loads(meta) if meta else None
+            for part in path:
+                value = value.get(part) if isinstance(value, dict) else None
+            if isinstance(value, str):
+                rows.setdefault(value, []).append(j)
+        for value, js in rows.items():
+            graph = self._label_graphs.get(value)
+            if graph is not None:
+                graph.add(vectors[js], rids[js])
+            if self._label_pending is not None:
+                self._label_pending.append(("add", (value, vectors[js], rids[js])))
+
+    def _label_remove(self, rids: np.ndarray) -> None:
+        for graph in self._label_graphs.values():
+            present = rids[graph._idmap.lookup(rids) >= 0]
+            if present.size:
+                graph.remove(present)
+        if self._label_pending is not None:
+            self._label_pending.append(("remove", rids))
+
     def _open_metadata(self, base_lsn: int) -> MetadataStore:
         """Open the metadata store; restore it from the checkpoint's snapshot if it is damaged or holds records
         the log cannot account for (ahead of a log cut by repair, or older than the log's first record)."""
@@ -356,6 +395,7 @@ class Collection:
             self._tombstone(op.old_rids[op.old_rids >= 0])
             self._growing.add_validated(op.vectors, op.rids)
             self._window_add(op.rids, op.vectors, op.metadatas)
+            self._label_add(op.rids, op.vectors, op.metadatas)
             if self._sparse is not None and op.documents is not None:
                 with_doc = [j for j, d in enumerate(op.documents) if d is not None]
                 if with_doc:
@@ -377,6 +417,7 @@ class Collection:
         if self._merging_deletes is not None:
             self._merging_deletes.append(rids)
         self._window_remove(rids)
+        self._label_remove(rids)
         if self._sparse is not None:
             present = rids[self._sparse._idmap.lookup(rids) >= 0]
             if present.size:
@@ -627,8 +668,11 @@ class Collection:
         threads = 1 if q.shape[0] < 8 else None
         with self._rw.read():
             bounds = self._window_bounds(where)
+            graph = self._label_graph(where)
             if bounds is not None:
                 dist, rids = self._window_candidates(q, k, bounds, ef, threads)
+            elif graph is not None:
+                dist, rids = graph.search(q, min(k, len(graph)), ef=ef, threads=threads)
             else:
                 allowed = None if where is None else self._allowed(where)
                 dist, rids = self._dense_candidates(q, k, allowed, ef, threads)
@@ -641,6 +685,15 @@ class Collection:
         if self._window is None or where is None:
             return None
         return window_bounds(where, self.window_field)
+
+    def _label_graph(self, where: Any) -> HNSWIndex | None:
+        """The graph of the value ``where`` asks the label field to equal, if it has one; caller holds the read
+        side. It holds exactly the live records with that value (the ones the SQL filter would allow)."""
+        if not self._label_graphs or where is None:
+            return None
+        value = label_value(where, self.label_field)
+        graph = self._label_graphs.get(value) if value is not None else None
+        return graph if graph is not None and len(graph) else None
 
     def _window_candidates(self, q: np.ndarray, k: int, bounds: tuple[float, float], ef: int | None,
                            threads: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -689,7 +742,9 @@ class Collection:
                     "checkpoint_lsn": self._manifest["lsn"] if self._manifest else 0,
                     "log_bytes": self._wal.size_bytes(), "read_only": self.read_only,
                     "background_error": self.background_error, "window_field": self.window_field,
-                    "window": self._window.tree_stats() if self._window is not None else None}
+                    "window": self._window.tree_stats() if self._window is not None else None,
+                    "label_field": self.label_field,
+                    "label_graphs": {v: len(g) for v, g in sorted(self._label_graphs.items())}}
 
     def needs_merge(self, idle_seconds: float = 0.5) -> bool:
         if self.index_kind != "hnsw" or self.read_only or self._closed:
@@ -777,6 +832,69 @@ class Collection:
                             new.remove(present)
                 self._window_pending = None
                 self._window = new
+        return True
+
+    def _label_values_to_build(self) -> dict[str, np.ndarray]:
+        """Values of the label field with at least label_graph_min records and no graph yet -> their rids; the
+        caller holds a side of the lock."""
+        rids, values = self._meta.text_field(self.label_field)
+        if not rids.size:
+            return {}
+        names, inverse, counts = np.unique(np.array(values, dtype=object), return_inverse=True, return_counts=True)
+        return {str(names[i]): rids[inverse == i] for i in np.flatnonzero(counts >= self.label_graph_min)
+                if str(names[i]) not in self._label_graphs}
+
+    def needs_label_graphs(self) -> bool:
+        """Whether some value of the label field has grown past label_graph_min records without a graph (checked
+        once per change of the data)."""
+        if self.label_field is None or self._closed or self._label_checked_lsn == self._applied_lsn:
+            return False
+        with self._rw.read():
+            lsn = self._applied_lsn
+            todo = self._label_values_to_build()
+        if not todo:
+            self._label_checked_lsn = lsn
+        return bool(todo)
+
+    def _new_label_graph(self) -> HNSWIndex:
+        return HNSWIndex(self.dim, self.metric, **{k: v for k, v in self.params.items() if k != "seed"})
+
+    def build_label_graphs(self, threads: int | None = None) -> bool:
+        """Build the graphs of the label field's values that reached label_graph_min records, in the background,
+        and swap them in; writes that arrive meanwhile are applied to the new graphs before the swap. Returns
+        True if it added any."""
+        if self.label_field is None:
+            return False
+        with self._label_maintenance:
+            with self._rw.write():  # a consistent cut; copying the rows is cheap next to the build
+                todo = self._label_values_to_build()
+                if not todo:
+                    return False
+                vectors = {value: self._vectors_of(rids) for value, rids in todo.items()}
+                self._label_pending = []
+            try:
+                built = {}
+                for value, rids in todo.items():
+                    graph = self._new_label_graph()
+                    graph.add(vectors[value], rids, threads=threads)
+                    built[value] = graph
+            except BaseException:
+                with self._rw.write():
+                    self._label_pending = None
+                raise
+            with self._rw.write():
+                for kind, args in self._label_pending:
+                    if kind == "add":
+                        value, vecs, rids = args
+                        if value in built:
+                            built[value].add(vecs, rids)
+                    else:
+                        for graph in built.values():
+                            present = args[graph._idmap.lookup(args) >= 0]
+                            if present.size:
+                                graph.remove(present)
+                self._label_pending = None
+                self._label_graphs.update(built)
         return True
 
     def needs_checkpoint(self) -> bool:

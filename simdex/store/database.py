@@ -128,24 +128,28 @@ class Database:
 
     def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw", *,
                           exist_ok: bool = False, text: bool = False, window_field: str | None = None,
-                          **params: Any) -> Collection:
+                          label_field: str | None = None, **params: Any) -> Collection:
         """Create a collection of ``dim``-dimensional vectors. ``params`` go to the index (HNSW: M,
         ef_construction, ef_search, seed). With ``text`` the records' documents are also indexed for BM25, for
         ``search(text=...)`` and hybrid search. With ``window_field`` (a metadata key, e.g. ``"ts"``) a
         :class:`~simdex.dense.WindowIndex` over that numeric field answers ``where`` filters that are only a
-        range on it (``{"ts": {"$gte": a, "$lte": b}}``, ``$gt``/``$lt``/``$eq``, or their ``$and``). With ``exist_ok`` an existing collection of the same
-        configuration is returned instead of an error."""
+        range on it (``{"ts": {"$gte": a, "$lte": b}}``, ``$gt``/``$lt``/``$eq``, or their
+        ``$and``). With ``label_field`` (a metadata key holding a string, e.g. ``"lang"``) every value of that
+        field with at least 2,000 records gets its own HNSW graph, built in the background, which answers
+        ``where`` filters that are only that value (``{"lang": "de"}``). With ``exist_ok`` an existing
+        collection of the same configuration is returned instead of an error."""
         self._check_open()
         if self.read_only:
             raise ReadOnlyError(f"the database at {self.path} is open read-only")
         name = check_collection_name(name)
-        config = check_config(dim, metric, index, params, text, window_field)
+        config = check_config(dim, metric, index, params, text, window_field, label_field)
         with self._lock:
             if name in self._collections:
                 existing = self._collections[name]
                 same = (existing.dim, existing.metric, existing.index_kind, existing.params, existing.text,
-                        existing.window_field) == (config["dim"], config["metric"], config["index"], config["params"],
-                                                   config["text"], config["window_field"])
+                        existing.window_field, existing.label_field) == (
+                    config["dim"], config["metric"], config["index"], config["params"], config["text"],
+                    config["window_field"], config["label_field"])
                 if exist_ok and same:
                     return existing
                 raise CollectionExistsError(f"collection {name!r} already exists"
@@ -175,9 +179,10 @@ class Database:
                                               f"{', '.join(sorted(self._collections)) or 'none'})") from None
 
     def get_or_create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
-                                 text: bool = False, window_field: str | None = None, **params: Any) -> Collection:
+                                 text: bool = False, window_field: str | None = None,
+                                 label_field: str | None = None, **params: Any) -> Collection:
         return self.create_collection(name, dim, metric, index, exist_ok=True, text=text, window_field=window_field,
-                                      **params)
+                                      label_field=label_field, **params)
 
     def list_collections(self) -> list[str]:
         self._check_open()
@@ -209,6 +214,8 @@ class Database:
             collection.merge()
             if collection.needs_window_rebuild():
                 collection.rebuild_window()
+            if collection.needs_label_graphs():
+                collection.build_label_graphs()
 
     def checkpoint(self) -> None:
         """Write checkpoints of every collection and cut their logs."""
@@ -225,6 +232,8 @@ class Database:
                         collection.merge()
                     if collection.needs_window_rebuild():
                         collection.rebuild_window()
+                    if collection.needs_label_graphs():
+                        collection.build_label_graphs()
                     if collection.needs_checkpoint():
                         collection.checkpoint()
                     collection.background_error = None

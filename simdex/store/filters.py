@@ -193,3 +193,19 @@ def window_bounds(where: Any, field: str) -> tuple[float, float] | None:
         if op == "$lt":
             hi = min(hi, math.nextafter(v, -math.inf))
     return lo, hi
+
+
+def label_value(where: Any, field: str) -> str | None:
+    """The string when ``where`` is only a string equality on ``field`` (``{field: "x"}`` or
+    ``{field: {"$eq": "x"}}``), else None. It matches exactly the records whose ``field`` is that JSON string, as
+    the compiled SQL does."""
+    if not isinstance(where, dict) or len(where) != 1:
+        return None
+    (key, cond), = where.items()
+    if key != field:
+        return None
+    if isinstance(cond, dict):
+        if len(cond) != 1 or "$eq" not in cond:
+            return None
+        cond = cond["$eq"]
+    return cond if isinstance(cond, str) else None

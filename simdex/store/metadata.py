@@ -211,6 +211,14 @@ class MetadataStore:
         return (np.fromiter((r[0] for r in rows), np.int64, len(rows)),
                 np.fromiter((r[1] for r in rows), np.float64, len(rows)))
 
+    def text_field(self, field: str) -> tuple[np.ndarray, list[str]]:
+        """(rids int64, values) of every record whose metadata ``field`` is a JSON string, in rid order: the
+        records a string equality ``where`` on that field can match."""
+        path = "$." + ".".join(f'"{p}"' for p in field.split("."))
+        rows = self._writer.execute("SELECT rid, json_extract(metadata, ?) FROM records WHERE json_type(metadata, ?) "
+                                    "= 'text' ORDER BY rid", (path, path)).fetchall()
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows]
+
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM records").fetchone()[0])
 
