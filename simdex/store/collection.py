@@ -60,6 +60,7 @@ INDEX_KINDS = ("hnsw", "flat")
 HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
 MANIFEST = "MANIFEST"
 LABEL_GRAPH_MIN = 2000
+LABEL_CHECK_SECONDS = 5.0
 ALLOW_CACHE_ENTRIES = 32
 
 
@@ -135,7 +136,7 @@ class Collection:
         self._label_graphs: dict[str, HNSWIndex] = {}
         self._label_pending: list[tuple[str, Any]] | None = None
         self._label_maintenance = threading.Lock()
-        self._label_checked_lsn = -1
+        self._label_checked: tuple[int, float] = (-1, -float("inf"))  # (lsn, time) of the last check that found none
         self.read_only = read_only
         self.merge_rows = merge_rows
         self.checkpoint_bytes = checkpoint_bytes
@@ -845,15 +846,18 @@ class Collection:
                 if str(names[i]) not in self._label_graphs}
 
     def needs_label_graphs(self) -> bool:
-        """Whether some value of the label field has grown past label_graph_min records without a graph (checked
-        once per change of the data)."""
-        if self.label_field is None or self._closed or self._label_checked_lsn == self._applied_lsn:
+        """Whether some value of the label field has grown past label_graph_min records without a graph. The
+        check reads the field of every record, so after one that found nothing it is repeated only when the data
+        changed and LABEL_CHECK_SECONDS have passed (a steady stream of writes costs one scan per interval)."""
+        lsn, when = self._label_checked
+        if self.label_field is None or self._closed or lsn == self._applied_lsn or \
+                time.monotonic() - when < LABEL_CHECK_SECONDS:
             return False
         with self._rw.read():
             lsn = self._applied_lsn
             todo = self._label_values_to_build()
         if not todo:
-            self._label_checked_lsn = lsn
+            self._label_checked = (lsn, time.monotonic())
         return bool(todo)
 
     def _new_label_graph(self) -> HNSWIndex:

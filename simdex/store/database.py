@@ -214,8 +214,7 @@ class Database:
             collection.merge()
             if collection.needs_window_rebuild():
                 collection.rebuild_window()
-            if collection.needs_label_graphs():
-                collection.build_label_graphs()
+            collection.build_label_graphs()
 
     def checkpoint(self) -> None:
         """Write checkpoints of every collection and cut their logs."""
