@@ -39,31 +39,47 @@ from .hnsw import HNSWIndex
 MAX_LABEL = 2**31 - 1
 
 
-def check_labels(labels: Any, n: int) -> list[np.ndarray]:
-    """Per-vector labels as a list of ``n`` int64 arrays: a 1-D integer array (one label each) or a sequence of
-    ``n`` integer sequences (any number of labels each, possibly none). Labels are integers in [0, 2**31)."""
-    if isinstance(labels, np.ndarray) or (isinstance(labels, Iterable) and not isinstance(labels, (str, bytes))
-                                          and all(np.isscalar(x) for x in labels)):
-        arr = _as_numeric_array(labels, "labels")
-        if arr.ndim != 1 or arr.shape[0] != n:
-            raise InvalidInputError(f"labels must have one entry per vector ({n}); got shape {arr.shape}")
-        rows = [arr[i:i + 1] for i in range(n)]
+def _non_integral(values: np.ndarray) -> np.ndarray:
+    """Mask of the entries of a numeric array that are not integers (NaN and inf included)."""
+    if values.dtype.kind in "iu":
+        return np.zeros(values.shape, bool)
+    return ~np.isfinite(values) | (values != np.floor(values))
+
+
+def check_labels(labels: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-vector labels as flat (label, row) pairs, int64 each, sorted by row then label, without repeats.
+
+    ``labels``: a 1-D integer array (one label per vector) or a sequence of ``n`` integer sequences (any number
+    of labels each, possibly none). Labels are integers in [0, 2**31); errors name the first bad vector."""
+    if not isinstance(labels, np.ndarray):
+        labels = list(labels) if isinstance(labels, Iterable) and not isinstance(labels, (str, bytes)) else labels
+    if isinstance(labels, np.ndarray) or (isinstance(labels, list) and all(np.isscalar(x) for x in labels)):
+        flat = _as_numeric_array(labels, "labels")
+        if flat.ndim != 1 or flat.shape[0] != n:
+            raise InvalidInputError(f"labels must have one entry per vector ({n}); got shape {flat.shape}")
+        row_of = np.arange(n)
     else:
-        rows = [np.atleast_1d(_as_numeric_array(list(x) if isinstance(x, Iterable) else x, f"labels[{i}]"))
-                for i, x in enumerate(labels)]
-        if len(rows) != n:
-            raise InvalidInputError(f"labels must have one entry per vector ({n}); got {len(rows)}")
-    out = []
-    for i, row in enumerate(rows):
-        if row.ndim != 1:
-            raise InvalidInputError(f"labels[{i}] must be a flat list of integers; got shape {row.shape}")
-        if row.size and (row.dtype.kind not in "iu" and not np.all(np.mod(row, 1) == 0)):
-            raise InvalidInputError(f"labels[{i}] must be integers; got {row.tolist()!r}")
-        row = row.astype(np.int64)
-        if row.size and (row.min() < 0 or row.max() > MAX_LABEL):
-            raise InvalidInputError(f"labels[{i}] must be in [0, {MAX_LABEL}]; got {row.tolist()!r}")
-        out.append(np.unique(row))
-    return out
+        if not isinstance(labels, list) or len(labels) != n:
+            got = len(labels) if isinstance(labels, list) else type(labels).__name__
+            raise InvalidInputError(f"labels must have one entry per vector ({n}); got {got}")
+        parts = [np.atleast_1d(_as_numeric_array(list(x) if isinstance(x, Iterable) else x, f"labels[{i}]"))
+                 for i, x in enumerate(labels)]
+        for i, part in enumerate(parts):
+            if part.ndim != 1:
+                raise InvalidInputError(f"labels[{i}] must be a flat list of integers; got shape {part.shape}")
+        flat = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        row_of = np.repeat(np.arange(n), [part.size for part in parts])
+    for bad, what in ((_non_integral(flat), "must be integers"),
+                      ((flat < 0) | (flat > MAX_LABEL), f"must be in [0, {MAX_LABEL}]")):
+        if bad.any():
+            i = int(row_of[np.argmax(bad)])
+            raise InvalidInputError(f"labels[{i}] {what}; got {flat[row_of == i].tolist()!r}")
+    flat = flat.astype(np.int64)
+    order = np.lexsort((flat, row_of))
+    flat, row_of = flat[order], row_of[order]
+    first = np.ones(flat.size, bool)
+    first[1:] = (flat[1:] != flat[:-1]) | (row_of[1:] != row_of[:-1])
+    return flat[first], row_of[first]
 
 
 class LabelIndex(HNSWIndex):
@@ -118,16 +134,15 @@ class LabelIndex(HNSWIndex):
         ids. Bad labels raise before anything is stored. A label reaching ``label_graph_min`` points gets its
         graph in this call (built from all its points); labels with a graph have the new points inserted."""
         x, new_ids = self._check_add(vectors, ids)
-        rows = check_labels(labels, x.shape[0]) if labels is not None else None
+        pairs = check_labels(labels, x.shape[0]) if labels is not None else None
         threads = check_threads(threads)
         with self._write_lock:
             self._materialize()
             self._insert(x, new_ids, threads, progress)
             self._scratch.clear()
-            if rows is None:
+            if pairs is None:
                 return new_ids
-            pairs_label = np.concatenate(rows) if rows else np.empty(0, np.int64)
-            pairs_row = np.repeat(np.arange(len(rows)), [r.size for r in rows])
+            pairs_label, pairs_row = pairs
             for label in np.unique(pairs_label).tolist():
                 got = pairs_row[pairs_label == label]
                 old = self._members.get(label)
@@ -219,7 +234,7 @@ class LabelIndex(HNSWIndex):
         if lab.ndim != 1 or lab.shape[0] != nq:
             raise InvalidInputError(f"label must be an integer or one integer per query ({nq}); got shape "
                                     f"{lab.shape}")
-        if lab.size and (lab.dtype.kind not in "iu" and not np.all(np.mod(lab, 1) == 0)):
+        if _non_integral(lab).any():
             raise InvalidInputError("label must hold integers")
         lab = lab.astype(np.int64)
         out_d = np.full((nq, k), np.inf, np.float32)
