@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .. import datasets
-
 
 
 def _filtered_bench_options(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +21,17 @@ def _filtered_bench_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=3.0, help="seconds of timed queries per slow method and point")
     parser.add_argument("--threads", type=int, default=None, help="build threads (search is timed on 1 thread)")
     parser.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
+
+
+def _record(bench: Any, report: dict[str, Any], out: str, argv: list[str] | None, table: bool = True) -> None:
+    """Stamp ``report`` with the command that produced it, print its table (unless the run already logged it)
+    and save its JSON and plot under ``out`` with the bench module's ``save``."""
+    report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    if table:
+        print(bench.format_report(report))
+    saved = bench.save(report, Path(out))
+    print("wrote " + " and ".join(str(p) for p in (saved if isinstance(saved, tuple) else (saved,)) if p))
+
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m simdex.bench",
@@ -175,20 +186,14 @@ def main(argv: list[str] | None = None) -> int:
             report = ann.run(name, args.libs.split(","), M=args.M, ef_construction=args.ef_construction, efs=efs,
                              k=args.k, threads=args.threads, n_base=args.n_base, n_queries=args.n_queries,
                              repeats=args.repeats)
-            report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-            print(ann.format_report(report))
-            json_path, png_path = ann.save(report, Path(args.out))
-            print(f"wrote {json_path} and {png_path}")
+            _record(ann, report, args.out, argv)
         return 0
     if args.bench == "disk":
         from . import disk as disk_bench
         report = disk_bench.run(n=args.n, limit_mb=args.limit_mb, n_queries=args.n_queries, sigma=args.sigma,
                                 list_size=args.list_size, closure_eps=args.closure_eps,
                                 max_replicas=args.max_replicas, sample=args.sample, work_dir=args.work_dir)
-        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        print(disk_bench.format_report(report))
-        json_path, png_path = disk_bench.save(report, Path(args.out))
-        print(f"wrote {json_path} and {png_path}")
+        _record(disk_bench, report, args.out, argv)
         return 0
     if args.bench == "quant":
         from . import quant as qbench
@@ -198,10 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                                 n_base=args.n_base, n_queries=args.n_queries, repeats=args.repeats,
                                 codecs=tuple(c for c in args.codecs.split(",") if c),
                                 peers=tuple(p for p in args.peers.split(",") if p), nlist=args.nlist, m=args.m)
-            report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-            print(qbench.format_report(report))
-            json_path, png_path = qbench.save(report, Path(args.out))
-            print(f"wrote {json_path} and {png_path}")
+            _record(qbench, report, args.out, argv)
         return 0
     if args.bench == "sets":
         from . import sets as sets_bench
@@ -209,10 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                                 pairs_per_point=args.pairs, threshold=args.threshold, ngram=args.ngram,
                                 fp_rate=args.fp_rate, out_dir=Path(args.out), with_datasketch=not args.no_datasketch,
                                 parts=tuple(args.parts.split(",")))
-        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        print(sets_bench.format_report(report))
-        json_path, png_path = sets_bench.save(report, Path(args.out))
-        print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""))
+        _record(sets_bench, report, args.out, argv)
         return 0
     if args.bench == "ir":
         from . import ir as ir_bench
@@ -220,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                               repeats=args.repeats, depth=args.depth, alpha=args.alpha,
                               approx=tuple(float(a) for a in args.approx.split(",") if a),
                               with_dense=not args.no_dense)
-        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        print(ir_bench.format_report(report))
-        print(f"wrote {ir_bench.save(report, Path(args.out))}")
+        _record(ir_bench, report, args.out, argv)
         return 0
     if args.bench == "streaming":
         from . import streaming
@@ -230,19 +227,14 @@ def main(argv: list[str] | None = None) -> int:
                                fraction=args.fraction, chunks=args.chunks, L=args.L, R=args.R, L_build=args.L_build,
                                alpha=args.alpha, M=args.M, ef_construction=args.ef_construction,
                                threads=args.threads, libs=tuple(args.libs.split(",")))
-        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        print(streaming.format_report(report))
-        json_path, png_path = streaming.save(report, Path(args.out))
-        print(f"wrote {json_path} and {png_path}")
+        _record(streaming, report, args.out, argv)
         return 0
     if args.bench == "vamana-disk":
         from . import vamana_disk
         report = vamana_disk.run(args.dataset, n_base=args.n_base, n_queries=args.n_queries, codec=args.codec,
                                  R=args.R, L_build=args.L_build, Ls=tuple(int(x) for x in args.L.split(",")),
                                  work_dir=args.work_dir)
-        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        print(vamana_disk.format_report(report))
-        print(f"wrote {vamana_disk.save(report, Path(args.out))}")
+        _record(vamana_disk, report, args.out, argv)
         return 0
     if args.bench == "multivector":
         from . import multivector as mv_bench
@@ -255,10 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                               n_docs=args.gloss_docs, n_queries=args.gloss_queries, keep_special=args.keep_special,
                               encoder=encoder, latency_queries=args.latency_queries, recommended=args.recommended,
                               synthetic=synthetic, reductions=not args.no_reductions)
-        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        print(mv_bench.format_report(report))
-        json_path, png_path = mv_bench.save(report, Path(args.out))
-        print(f"wrote {json_path} and {png_path}")
+        _record(mv_bench, report, args.out, argv)
         return 0
     if args.bench == "startup":
         from .startup import format_startup, measure
@@ -270,10 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import db as dbbench
         report = dbbench.run(n_base=args.n_base, n_queries=args.n_queries, libs=tuple(args.libs.split(",")),
                              batch=args.batch, threads=args.threads)
-        report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        print(dbbench.format_report(report))
-        json_path, png_path = dbbench.save(report, Path(args.out))
-        print(f"wrote {json_path} and {png_path}")
+        _record(dbbench, report, args.out, argv)
         return 0
     if args.bench == "filtered":
         from . import filtered
@@ -286,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                                       branching=args.branching, leaf_size=args.leaf_size, M=args.M,
                                       ef_construction=args.ef_construction, budget_s=args.budget,
                                       build_threads=args.threads)
-            report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-            json_path, png_path = window_bench.save(report, Path(args.out))
-            print(f"wrote {json_path} and {png_path}")
+            _record(window_bench, report, args.out, argv, table=False)  # run() logged it
         return 0
     if args.bench == "labels":
         from . import labels as labels_bench
@@ -297,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                                       ef_construction=args.ef_construction,
                                       label_graph_min=args.label_graph_min, budget_s=args.budget,
                                       build_threads=args.threads)
-            report["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-            json_path, png_path = labels_bench.save(report, Path(args.out))
-            print(f"wrote {json_path} and {png_path}")
+            _record(labels_bench, report, args.out, argv, table=False)  # run() logged it
         return 0
     if args.bench == "crash":
         import tempfile
