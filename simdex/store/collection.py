@@ -101,6 +101,25 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
             "window_field": window_field, "label_field": label_field}
 
 
+def _remove_present(index: Any, rids: np.ndarray) -> None:
+    """Remove those of ``rids`` that ``index`` holds (a side index need not hold every record)."""
+    present = rids[index._idmap.lookup(rids) >= 0]
+    if present.size:
+        index.remove(present)
+
+
+def _field_values(metadatas: list[str], field: str) -> list[Any]:
+    """The value of the metadata ``field`` (``a.b`` for nested keys) in each record's JSON, None where absent."""
+    path = field.split(".")
+    out = []
+    for meta in metadatas:
+        value: Any = json.loads(meta) if meta else None
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        out.append(value)
+    return out
+
+
 class Collection:
     """Records with vectors, metadata and documents, searchable by vector with metadata filters.
 
@@ -244,12 +263,8 @@ class Collection:
     def _window_add(self, rids: np.ndarray, vectors: np.ndarray, metadatas: list[str] | None) -> None:
         if self._window is None or metadatas is None:
             return
-        path = self.window_field.split(".")
         keep, values = [], []
-        for j, meta in enumerate(metadatas):
-            value: Any = json.loads(meta) if meta else None
-            for part in path:
-                value = value.get(part) if isinstance(value, dict) else None
+        for j, value in enumerate(_field_values(metadatas, self.window_field)):
             # the same records the SQL filter sees as numbers (JSON true/false are not numbers there)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 keep.append(j)
@@ -262,9 +277,7 @@ class Collection:
     def _window_remove(self, rids: np.ndarray) -> None:
         if self._window is None:
             return
-        present = rids[self._window._idmap.lookup(rids) >= 0]
-        if present.size:
-            self._window.remove(present)
+        _remove_present(self._window, rids)
         if self._window_pending is not None:
             self._window_pending.append(("remove", rids))
 
@@ -272,12 +285,8 @@ class Collection:
         if self.label_field is None or metadatas is None or not (self._label_graphs or
                                                                  self._label_pending is not None):
             return
-        path = self.label_field.split(".")
         rows: dict[str, list[int]] = {}
-        for j, meta in enumerate(metadatas):
-            value: Any = json.loads(meta) if meta else None
-            for part in path:
-                value = value.get(part) if isinstance(value, dict) else None
+        for j, value in enumerate(_field_values(metadatas, self.label_field)):
             if isinstance(value, str):
                 rows.setdefault(value, []).append(j)
         for value, js in rows.items():
@@ -289,9 +298,7 @@ class Collection:
 
     def _label_remove(self, rids: np.ndarray) -> None:
         for graph in self._label_graphs.values():
-            present = rids[graph._idmap.lookup(rids) >= 0]
-            if present.size:
-                graph.remove(present)
+            _remove_present(graph, rids)
         if self._label_pending is not None:
             self._label_pending.append(("remove", rids))
 
@@ -412,17 +419,13 @@ class Collection:
             self._growing.remove(rids[in_growing])
         rest = rids[~in_growing]
         if rest.size and self._main is not None:
-            in_main = self._main._idmap.lookup(rest) >= 0
-            if in_main.any():
-                self._main.remove(rest[in_main])
+            _remove_present(self._main, rest)
         if self._merging_deletes is not None:
             self._merging_deletes.append(rids)
         self._window_remove(rids)
         self._label_remove(rids)
         if self._sparse is not None:
-            present = rids[self._sparse._idmap.lookup(rids) >= 0]
-            if present.size:
-                self._sparse.remove(present)
+            _remove_present(self._sparse, rids)
 
     # ---- writes --------------------------------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -669,10 +672,9 @@ class Collection:
         threads = 1 if q.shape[0] < 8 else None
         with self._rw.read():
             bounds = self._window_bounds(where)
-            graph = self._label_graph(where)
             if bounds is not None:
                 dist, rids = self._window_candidates(q, k, bounds, ef, threads)
-            elif graph is not None:
+            elif (graph := self._label_graph(where)) is not None:
                 dist, rids = graph.search(q, min(k, len(graph)), ef=ef, threads=threads)
             else:
                 allowed = None if where is None else self._allowed(where)
@@ -790,13 +792,8 @@ class Collection:
             with self._rw.write():
                 gone = np.concatenate(self._merging_deletes) if self._merging_deletes else np.empty(0, np.int64)
                 self._merging_deletes = None
-                if gone.size:
-                    present = new._idmap.lookup(gone) >= 0
-                    if present.any():
-                        new.remove(gone[present])
-                still = self._growing._idmap.lookup(moved) >= 0
-                if still.any():
-                    self._growing.remove(moved[still])
+                _remove_present(new, gone)
+                _remove_present(self._growing, moved)
                 self._main = new
         return True
 
@@ -828,9 +825,7 @@ class Collection:
                     if kind == "add":
                         new.add(*args)
                     else:
-                        present = args[new._idmap.lookup(args) >= 0]
-                        if present.size:
-                            new.remove(present)
+                        _remove_present(new, args)
                 self._window_pending = None
                 self._window = new
         return True
@@ -894,9 +889,7 @@ class Collection:
                             built[value].add(vecs, rids)
                     else:
                         for graph in built.values():
-                            present = args[graph._idmap.lookup(args) >= 0]
-                            if present.size:
-                                graph.remove(present)
+                            _remove_present(graph, args)
                 self._label_pending = None
                 self._label_graphs.update(built)
         return True

@@ -202,21 +202,25 @@ class MetadataStore:
                                     "ORDER BY rid").fetchall()
         return np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows]
 
+    def _field_rows(self, field: str, json_types: tuple[str, ...]) -> list[tuple[int, Any]]:
+        """(rid, value) of every record whose metadata ``field`` (``a.b`` for nested keys) has one of the JSON
+        types, in rid order."""
+        path = "$." + ".".join(f'"{p}"' for p in field.split("."))
+        marks = ", ".join("?" * len(json_types))
+        return self._writer.execute(f"SELECT rid, json_extract(metadata, ?) FROM records WHERE json_type(metadata, ?) "
+                                    f"IN ({marks}) ORDER BY rid", (path, path, *json_types)).fetchall()
+
     def numeric_field(self, field: str) -> tuple[np.ndarray, np.ndarray]:
         """(rids int64, values float64) of every record whose metadata ``field`` (``a.b`` for nested keys) is a
         JSON number, in rid order: the records a numeric ``where`` on that field can match."""
-        path = "$." + ".".join(f'"{p}"' for p in field.split("."))
-        rows = self._writer.execute("SELECT rid, json_extract(metadata, ?) FROM records WHERE json_type(metadata, ?) "
-                                    "IN ('integer', 'real') ORDER BY rid", (path, path)).fetchall()
+        rows = self._field_rows(field, ("integer", "real"))
         return (np.fromiter((r[0] for r in rows), np.int64, len(rows)),
                 np.fromiter((r[1] for r in rows), np.float64, len(rows)))
 
     def text_field(self, field: str) -> tuple[np.ndarray, list[str]]:
         """(rids int64, values) of every record whose metadata ``field`` is a JSON string, in rid order: the
         records a string equality ``where`` on that field can match."""
-        path = "$." + ".".join(f'"{p}"' for p in field.split("."))
-        rows = self._writer.execute("SELECT rid, json_extract(metadata, ?) FROM records WHERE json_type(metadata, ?) "
-                                    "= 'text' ORDER BY rid", (path, path)).fetchall()
+        rows = self._field_rows(field, ("text",))
         return np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows]
 
     def count(self) -> int:
