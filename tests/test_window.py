@@ -49,17 +49,19 @@ def wordnet(wordnet_small):
 
 
 def make_window(**kwargs):
-    index = WindowIndex(384, "cosine", leaf_size=LEAF, base_params=PARAMS, **kwargs)
+    kwargs.setdefault("base_params", PARAMS)
+    index = WindowIndex(384, "cosine", leaf_size=LEAF, **kwargs)
     # at 3000 points an exact scan beats any graph search, so the cost model would scan every window; make
     # scanning dear so that these small tests go through the tree's node searches and post-filters
     index.EXACT_UNIT = 8.0
     return index
 
 
-@pytest.fixture(scope="module")
-def hnsw_window(wordnet):
+@pytest.fixture(scope="module", params=["hnsw", "hnsw-quant"])
+def hnsw_window(wordnet, request):
+    """A tree of HNSW nodes, on float32 vectors or walked on LVQ-8 codes."""
     base, attrs, _ = wordnet
-    index = make_window()
+    index = make_window(base=request.param)
     index.add(base, attrs)
     return index
 
@@ -165,11 +167,12 @@ def test_empty_and_short_windows(hnsw_window, wordnet):
     assert (i[0] == -1).all() and (i[1] >= 0).all()
 
 
-def test_remove_never_returned_and_rebuild(wordnet):
+@pytest.mark.parametrize("kind", ["hnsw", "hnsw-quant"])
+def test_remove_never_returned_and_rebuild(wordnet, kind):
     base, attrs, queries = wordnet
     n = 2000
     base, attrs = base[:n], attrs[:n]
-    index = make_window()
+    index = make_window(base=kind)
     ids = np.arange(n) * 3 + 1
     index.add(base, attrs, ids)
     lo, hi = random_windows(np.random.default_rng(9), queries.shape[0], 0.3)
@@ -196,14 +199,16 @@ def test_remove_never_returned_and_rebuild(wordnet):
     assert window_recall(i, truth) >= 0.95
 
 
-def test_consolidated_nodes_are_searched_through_their_ids(wordnet):
+@pytest.mark.parametrize("kind", ["hnsw", "hnsw-quant"])
+def test_consolidated_nodes_are_searched_through_their_ids(wordnet, kind):
     """Batched node searches assume a node's slots equal its local ids; once a node consolidates its deletions
     they do not, and the node must be searched through its id map instead. Results must stay correct."""
     base, attrs, queries = wordnet
     n = 2000
     base, attrs = base[:n], attrs[:n]
-    index = make_window()
+    index = make_window(base=kind)
     index.add(base, attrs)
+    sorted_rows = np.array(index._vectors)
     gone = np.random.default_rng(5).choice(n, 300, replace=False)
     index.remove(gone)
     nodes = [node for _, level in index._levels for node in level if node is not None]
@@ -211,12 +216,40 @@ def test_consolidated_nodes_are_searched_through_their_ids(wordnet):
         if node._n_deleted:
             node.consolidate()
     assert all(node._consolidated > 0 for node in nodes)
+    # nodes shared the sorted rows until they consolidated: compacting must not have written into them
+    np.testing.assert_array_equal(index._vectors, sorted_rows)
     lo, hi = random_windows(np.random.default_rng(6), queries.shape[0], 0.3)
     _, i = index.search(queries, 10, lo, hi)
     assert not np.isin(i, gone).any()
     keep = ~np.isin(np.arange(n), gone)
     truth = window_truth(base[keep], attrs[keep], queries, lo, hi, 10, "cosine", np.arange(n)[keep])
     assert window_recall(i, truth) >= 0.95
+
+
+def test_nodes_share_the_sorted_rows(hnsw_window, tmp_path):
+    """HNSW nodes read their vectors from the index's sorted storage instead of a copy per level: in memory
+    and in the saved file, which must then still load into the same searches."""
+    index = hnsw_window
+    nodes = [(bounds, j, node) for bounds, level in index._levels for j, node in enumerate(level) if node is not None]
+    assert len(nodes) > 1
+    for bounds, j, node in nodes:
+        assert index._shares_rows(node, bounds, j)
+        assert np.shares_memory(node._vectors, index._vectors)
+    copies = sum(node._vectors.nbytes for _, _, node in nodes)
+    assert index.nbytes < sum(node.nbytes for _, _, node in nodes)
+    path = tmp_path / "window.sdx"
+    index.save(path)
+    assert path.stat().st_size < index._vectors.nbytes + copies / 2
+    loaded = WindowIndex.load(path)
+    loaded.EXACT_UNIT = index.EXACT_UNIT  # the same plans (see make_window)
+    for bounds, level in loaded._levels:
+        for j, node in enumerate(level):
+            if node is not None:
+                assert loaded._shares_rows(node, bounds, j)
+    q = np.random.default_rng(3).standard_normal((20, 384)).astype(np.float32)
+    lo, hi = random_windows(np.random.default_rng(4), 20, 0.4)
+    for a, b in zip(index.search(q, 10, lo, hi), loaded.search(q, 10, lo, hi)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_incremental_add_buffer_then_rebuild(wordnet):

@@ -310,6 +310,23 @@ class HNSWIndex(Index):
         ids = np.where(out_s >= 0, self._idmap.slot_ids[np.maximum(out_s, 0)], -1)
         return to_public(self.metric, out_d), ids
 
+    def _search_slot_ranges(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        """k-NN of ``q[rows[r]]`` among the live slots ``lo[r] <= slot < hi[r]``, for a window index node (one
+        kernel call for a batch of queries with their own ranges; threads as set by the caller). Returns internal
+        distances float32 (len(rows), k) and slots int32, (inf, -1) padded."""
+        n = self._n
+        dist = np.empty((rows.shape[0], k), np.float32)
+        slots = np.empty((rows.shape[0], k), np.int32)
+        scratch = self._scratch.take(max(1, min(numba.get_num_threads(), rows.shape[0])), n)
+        try:
+            K.search_batch_ranges(self._vectors, self._metric_code, self._links0, self._links_up, self._up_offset,
+                                  self._entry, self._max_level, q, rows, lo, hi, self._deleted[:n], k, ef, dist,
+                                  slots, *scratch)
+        finally:
+            self._scratch.give(scratch)
+        return dist, slots
+
     def _prefer_exact(self, n_allowed: int, ef: int) -> bool:
         """Cost model for filtered search: a graph search that must collect ef allowed nodes expands about
         ef / selectivity nodes of degree up to M0, each distance a random memory access; exact search computes

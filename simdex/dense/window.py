@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import numba
 import numpy as np
 
 from .._numba import num_threads
@@ -35,13 +34,15 @@ from ..errors import CorruptFileError, InvalidInputError
 from ..idmap import IdMap
 from ..index import _REGISTRY, Index, meta_int
 from ..metrics import to_public
-from . import _hnsw_kernels as HK
 from . import _window_kernels as K
 from .flat import FlatIndex
 from .hnsw import HNSWIndex
 
-BASE_KINDS = ("hnsw", "flat")
+BASE_KINDS = ("hnsw", "hnsw-quant", "flat")
 DEFAULT_HNSW_PARAMS = {"M": 16, "ef_construction": 100}
+# quantized nodes keep their float vectors in RAM for re-ranking: a temporary file per node would be one open
+# memory map for each of the tree's nodes
+DEFAULT_QUANT_PARAMS = {**DEFAULT_HNSW_PARAMS, "codec": "lvq8", "vectors": "memory"}
 
 
 def check_attributes(attributes: Any, n: int, name: str = "attributes") -> np.ndarray:
@@ -90,12 +91,16 @@ class WindowIndex(Index):
         Vector dimension.
     metric : {"l2", "ip", "cosine"}
         See :mod:`simdex.metrics`.
-    base : "hnsw", "flat" or callable, default "hnsw"
-        Index of each tree node: ``"hnsw"`` (:class:`HNSWIndex` with ``base_params``), ``"flat"`` (exact), or a
-        factory ``f(dim, metric) -> Index`` for any other simdex index. A factory is not saved with the index: a
-        loaded one keeps its saved nodes and searches points added later exactly until given ``base=`` again.
+    base : "hnsw", "hnsw-quant", "flat" or callable, default "hnsw"
+        Index of each tree node: ``"hnsw"`` (:class:`HNSWIndex` with ``base_params``), ``"hnsw-quant"``
+        (:class:`~simdex.quant.HNSWQuantIndex`: the same graph walked on LVQ-8 / int8 codes, the best ``rerank``
+        candidates re-scored from float32; node searches about 1.5x faster at the same recall), ``"flat"``
+        (exact), or a factory ``f(dim, metric) -> Index`` for any other simdex index. A factory is not saved with
+        the index: a loaded one keeps its saved nodes and searches points added later exactly until given
+        ``base=`` again.
     base_params : dict, optional
-        Parameters of the HNSW nodes (default ``M=16, ef_construction=100``).
+        Parameters of the HNSW nodes, over the defaults ``M=16, ef_construction=100`` (for ``"hnsw-quant"``
+        also ``codec="lvq8"`` and ``vectors="memory"``; see :class:`~simdex.quant.HNSWQuantIndex`).
     branching : int, default 2
         Children per tree node. A tree over n points has about ``log_b(n / leaf_size)`` indexed levels, each a
         full copy of the vectors: memory and build time grow with the levels, query plans get tighter.
@@ -110,8 +115,9 @@ class WindowIndex(Index):
         Rebuild inside ``add`` / ``remove`` when the buffer or the deletions grow past their limits. Off: the
         owner calls :meth:`rebuild` (or builds a replacement in the background) when :meth:`needs_rebuild` says.
 
-    Memory: ``4 * dim + 17`` bytes per point for the sorted storage, plus one base index per level over all points
-    (for HNSW about ``4 * dim + 8 * M + 40`` bytes per point and level).
+    Memory: ``4 * dim + 17`` bytes per point for the sorted storage, plus one base index per level over all points.
+    HNSW nodes read their vectors from the sorted storage (no copy per level), so a level costs about
+    ``8 * M + 40`` bytes per point, plus the code (``dim + 12`` bytes for LVQ-8) with ``"hnsw-quant"``.
     """
 
     kind = "WindowIndex"
@@ -119,6 +125,7 @@ class WindowIndex(Index):
     # cost model of a query plan, in units of one distance computation; see _plan
     EXACT_UNIT = 1.0  # a row of a contiguous exact scan
     GRAPH_UNIT = 1.5  # a distance during a graph walk (random reads)
+    CODE_GRAPH_UNIT = 1.0  # the same on LVQ-8 / int8 codes (base="hnsw-quant")
     CALL_COST = 150.0  # fixed cost of one node search (Python call, filter mask, merge)
 
     def __init__(self, dim: int, metric: str = "l2", *, base: str | Callable[[int, str], Index] = "hnsw",
@@ -133,13 +140,15 @@ class WindowIndex(Index):
             self.base_params: dict[str, Any] = {}
         elif base in BASE_KINDS:
             self.base = base
-            self.base_params = dict(DEFAULT_HNSW_PARAMS if base_params is None else base_params) \
-                if base == "hnsw" else {}
-            if base == "flat" and base_params:
-                raise InvalidInputError("a flat base index takes no parameters")
-            if base == "hnsw":
-                HNSWIndex(dim, metric, **self.base_params)  # validates the parameters now
+            if base == "flat":
+                if base_params:
+                    raise InvalidInputError("a flat base index takes no parameters")
+                self.base_params = {}
+            else:
+                defaults = DEFAULT_HNSW_PARAMS if base == "hnsw" else DEFAULT_QUANT_PARAMS
+                self.base_params = {**defaults, **(base_params or {})}
             self._factory = self._builtin_factory
+            self._factory(dim, metric)  # validates the parameters now
         else:
             raise InvalidInputError(f"base must be one of {BASE_KINDS} or a callable (dim, metric) -> Index; "
                                     f"got {base!r}")
@@ -165,6 +174,9 @@ class WindowIndex(Index):
     def _builtin_factory(self, dim: int, metric: str) -> Index:
         if self.base == "flat":
             return FlatIndex(dim, metric)
+        if self.base == "hnsw-quant":
+            from ..quant.hnsw import HNSWQuantIndex  # the quant package builds on this one
+            return HNSWQuantIndex(dim, metric, **self.base_params)
         return HNSWIndex(dim, metric, **self.base_params)
 
     # ---- introspection -------------------------------------------------------------------------------------------
@@ -190,8 +202,21 @@ class WindowIndex(Index):
     @property
     def nbytes(self) -> int:
         own = self._vectors.nbytes + self._attrs.nbytes + self._deleted.nbytes + self._idmap.slot_ids.nbytes * 3
-        nodes = sum(getattr(node, "nbytes", 0) for _, level in self._levels for node in level if node is not None)
+        nodes = 0
+        for bounds, level in self._levels:
+            for j, node in enumerate(level):
+                if node is not None:
+                    shared = node._vectors.nbytes if self._shares_rows(node, bounds, j) else 0
+                    nodes += getattr(node, "nbytes", 0) - shared
         return int(own + nodes)
+
+    def _shares_rows(self, node: Index, bounds: np.ndarray, j: int) -> bool:
+        """Whether node j of a level (block ``bounds[j]:bounds[j + 1]``) reads its vectors from the sorted
+        storage (see :meth:`_build_levels`) rather than its own copy."""
+        vectors = getattr(node, "_vectors", None)
+        rows = self._vectors[int(bounds[j]):int(bounds[j + 1])]
+        return vectors is not None and vectors.shape == rows.shape and \
+            vectors.__array_interface__["data"][0] == rows.__array_interface__["data"][0]
 
     # ---- add -----------------------------------------------------------------------------------------------------
     def add(self, vectors: Any, attributes: Any = None, ids: Any = None, *, threads: int | None = None
@@ -274,6 +299,10 @@ class WindowIndex(Index):
                 node = self._factory(self.dim, self.metric)
                 kwargs = {"threads": threads} if _accepts(type(node), "add", "threads") else {}
                 node.add(vectors[s:e], np.arange(e - s, dtype=np.int64), **kwargs)
+                if _can_share_rows(node, e - s):
+                    # the node reads its rows from the sorted storage instead of keeping a copy per level; a
+                    # node only ever replaces its vector array (consolidation compacts into a new one)
+                    node._vectors = vectors[s:e]
                 nodes.append(node)
             levels.append((bounds, nodes))
         return levels
@@ -366,7 +395,8 @@ class WindowIndex(Index):
         (kind, level, node, a, b) and ptr (nq + 1,), query q's pieces being ``pieces[ptr[q]:ptr[q + 1]]``."""
         bounds, level_start, indexed, node_start = self._plan_arrays()
         flat = self.base == "flat"
-        graph_unit = 0.0 if flat else self.GRAPH_UNIT * ef * 2 * int(self.base_params.get("M", 16))
+        unit = self.CODE_GRAPH_UNIT if self.base == "hnsw-quant" else self.GRAPH_UNIT
+        graph_unit = 0.0 if flat else unit * ef * 2 * int(self.base_params.get("M", 16))
         depth = max(1, len(self._levels))
         out = np.empty((starts.shape[0] * 4 * self.branching * depth + 1, 5), np.int64)
         ptr = np.empty(starts.shape[0] + 1, np.int64)
@@ -403,19 +433,10 @@ class WindowIndex(Index):
         if live == 0:
             return
         kk = min(k, live)
-        if type(node) is HNSWIndex and node._consolidated == 0 and node._n == ne - ns:
+        if isinstance(node, HNSWIndex) and node._consolidated == 0 and node._n == ne - ns:
             # built by one add of ids 0..size-1 and never consolidated: slot == local id, so one kernel call
             # serves every query of the batch with its own range
-            n = node._n
-            dist = np.empty((rows.shape[0], kk), np.float32)
-            slots = np.empty((rows.shape[0], kk), np.int32)
-            scratch = node._scratch.take(max(1, min(numba.get_num_threads(), rows.shape[0])), n)
-            try:
-                HK.search_batch_ranges(node._vectors, node._metric_code, node._links0, node._links_up,
-                                       node._up_offset, node._entry, node._max_level, q, rows, a - ns, b - ns,
-                                       node._deleted[:n], kk, ef, dist, slots, *scratch)
-            finally:
-                node._scratch.give(scratch)
+            dist, slots = node._search_slot_ranges(q, rows, a - ns, b - ns, kk, ef)
             K.merge_candidates(rows, dist, np.where(slots >= 0, slots.astype(np.int64) + ns, -1), heap_d, heap_s)
             return
         # any other base index (or an HNSW node whose slots no longer equal its ids): its public search with a
@@ -481,14 +502,18 @@ class WindowIndex(Index):
         n = self._n
         nodes_meta = []
         arrays = {"vectors": self._vectors[:n], "attrs": self._attrs[:n], "deleted": self._deleted[:n]}
-        for level, (_, nodes) in enumerate(self._levels):
+        for level, (bounds, nodes) in enumerate(self._levels):
             row = []
             for j, node in enumerate(nodes):
                 if node is None:
                     row.append(None)
                     continue
                 kind, meta, node_arrays = node.snapshot()
-                row.append({"kind": kind, "meta": meta})
+                spec = {"kind": kind, "meta": meta}
+                if self._shares_rows(node, bounds, j):  # saved once, as the index's own vectors
+                    del node_arrays["vectors"]
+                    spec["shared_vectors"] = True
+                row.append(spec)
                 arrays.update({f"node{level}_{j}.{name}": arr for name, arr in node_arrays.items()})
             nodes_meta.append(row)
         meta = {"base": self.base, "base_params": self.base_params, "branching": self.branching,
@@ -517,7 +542,7 @@ class WindowIndex(Index):
         if base not in BASE_KINDS + ("custom",):
             raise CorruptFileError(f"unknown base index kind {base!r}")
         index = cls(meta_int(meta, "dim", 1), meta["metric"], base="hnsw" if base == "custom" else base,
-                    base_params=dict(meta["base_params"]) if base == "hnsw" else None,
+                    base_params=dict(meta["base_params"]) if base in ("hnsw", "hnsw-quant") else None,
                     branching=meta_int(meta, "branching", 2), leaf_size=meta_int(meta, "leaf_size", 1),
                     ef_search=meta_int(meta, "ef_search", 1), rebuild_fraction=float(meta["rebuild_fraction"]),
                     auto_rebuild=bool(meta.get("auto_rebuild", True)))
@@ -554,6 +579,10 @@ class WindowIndex(Index):
                     raise CorruptFileError(f"tree node {level}/{j}: unknown index kind {spec['kind']!r}")
                 prefix = f"node{level}_{j}."
                 sub = {name[len(prefix):]: arr for name, arr in arrays.items() if name.startswith(prefix)}
+                if spec.get("shared_vectors") is True:
+                    if "vectors" in sub or bounds[j + 1] > n:
+                        raise CorruptFileError(f"tree node {level}/{j}: shared vectors do not fit")
+                    sub["vectors"] = index._vectors[int(bounds[j]):int(bounds[j + 1])]
                 node = target._from_state(spec["meta"], sub)
                 node._idmap = IdMap(sub["slot_ids"])
                 node._check_loaded()
@@ -575,6 +604,13 @@ class WindowIndex(Index):
             raise CorruptFileError("deleted-point bookkeeping is inconsistent")
         if n * self.dim < (1 << 28) and np.isnan(self._vectors).any():
             raise CorruptFileError("stored vectors contain NaN")
+
+
+def _can_share_rows(node: Index, rows: int) -> bool:
+    """Whether a freshly built node can read its float32 rows from the window's storage: an HNSW node (or one
+    over codes keeping its vectors in RAM) holding exactly those rows in slot order."""
+    return isinstance(node, HNSWIndex) and node._n == rows and node._n_deleted == 0 and \
+        getattr(node, "vector_storage", "memory") == "memory"
 
 
 @functools.lru_cache(maxsize=None)

@@ -141,6 +141,25 @@ def rerank_into(mode, metric, q, vectors, codes, codes_f, mean, bits, half, res_
     copy_padded(cand_d, cand_i, r, out_d[:k], out_i[:k])
 
 
+@kernel
+def filtered_codes_query(qt, qc, codes, codes_f, bits, half, links0, links_up, up_offset, entry, max_level, ef,
+                         allowed, invert, visited, tags, t, fresh, pool_d, pool_i, mode, metric, q, vectors, mean,
+                         res_bits, res_offset, n_rerank, k, buf, out_d, out_i):
+    """One query's k-NN over the codes among slots with ``allowed[slot] != 0`` (``== 0`` with ``invert``), on
+    thread t's scratch (``fresh``, ``pool_d``/``pool_i`` of size ef, ``buf``), re-ranked as ``mode`` says."""
+    tag = next_tag(visited, tags, t)
+    ep_d = affine_score(qt, qc, codes, codes_f, entry, bits, half)
+    ep, ep_d = greedy_descend_codes(qt, qc, codes, codes_f, bits, half, links_up, up_offset, entry, ep_d, max_level)
+    cand_d = np.empty(4 * ef + 64, np.float32)
+    cand_i = np.empty(4 * ef + 64, np.int32)
+    size, cand_d, cand_i = search_layer0_codes_filtered(qt, qc, codes, codes_f, bits, half, links0, ep, ep_d, ef,
+                                                        allowed, invert, visited[t], tag, fresh, cand_d, cand_i,
+                                                        pool_d, pool_i)
+    heap_sort_ascending(pool_d[:size], pool_i[:size])
+    rerank_into(mode, metric, q, vectors, codes, codes_f, mean, bits, half, res_bits, res_offset, pool_d, pool_i,
+                size, n_rerank, k, buf, out_d, out_i)
+
+
 @kernel(parallel=True)
 def search_batch_codes(qts, qcs, codes, codes_f, bits, half, links0, links_up, up_offset, entry, max_level,
                        ef, k, n_rerank, mode, metric, queries, vectors, mean, res_bits, res_offset,
@@ -159,19 +178,43 @@ def search_batch_codes(qts, qcs, codes, codes_f, bits, half, links0, links_up, u
         t = numba.get_thread_id()
         qt = qts[qi]
         qc = qcs[qi]
+        if use_filter:
+            filtered_codes_query(qt, qc, codes, codes_f, bits, half, links0, links_up, up_offset, entry, max_level,
+                                 ef, allowed, invert, visited, tags, t, fresh[t], pool_d[t], pool_i[t], mode, metric,
+                                 queries[qi], vectors, mean, res_bits, res_offset, n_rerank, k, buf[t], out_d[qi],
+                                 out_i[qi])
+            continue
         tag = next_tag(visited, tags, t)
         ep_d = affine_score(qt, qc, codes, codes_f, entry, bits, half)
         ep, ep_d = greedy_descend_codes(qt, qc, codes, codes_f, bits, half, links_up, up_offset, entry, ep_d,
                                         max_level)
-        if use_filter:
-            cand_d = np.empty(4 * ef + 64, np.float32)
-            cand_i = np.empty(4 * ef + 64, np.int32)
-            size, cand_d, cand_i = search_layer0_codes_filtered(qt, qc, codes, codes_f, bits, half, links0, ep,
-                                                                ep_d, ef, allowed, invert, visited[t], tag,
-                                                                fresh[t], cand_d, cand_i, pool_d[t], pool_i[t])
-            heap_sort_ascending(pool_d[t, :size], pool_i[t, :size])
-        else:
-            size = search_layer0_codes(qt, qc, codes, codes_f, bits, half, links0, ep, ep_d, ef, visited[t], tag,
-                                       pool_d[t], pool_i[t], pool_done[t], fresh[t])
+        size = search_layer0_codes(qt, qc, codes, codes_f, bits, half, links0, ep, ep_d, ef, visited[t], tag,
+                                   pool_d[t], pool_i[t], pool_done[t], fresh[t])
         rerank_into(mode, metric, queries[qi], vectors, codes, codes_f, mean, bits, half, res_bits, res_offset,
                     pool_d[t], pool_i[t], size, n_rerank, k, buf[t], out_d[qi], out_i[qi])
+
+
+@kernel(parallel=True)
+def search_batch_codes_ranges(qts, qcs, codes, codes_f, bits, half, links0, links_up, up_offset, entry, max_level,
+                              ef, k, n_rerank, mode, metric, queries, vectors, mean, res_bits, res_offset, rows, lo,
+                              hi, deleted, out_d, out_i, visited, tags):
+    """k-NN of ``queries[rows[r]]`` among the slots ``lo[r] <= slot < hi[r]`` whose ``deleted`` byte is 0, for
+    every r in parallel (a window index node; see :func:`simdex.dense._hnsw_kernels.search_batch_ranges`);
+    writes row r of ``out_d``/``out_i`` (len(rows), k)."""
+    nthreads = visited.shape[0]
+    pool_d = np.empty((nthreads, ef), np.float32)
+    pool_i = np.empty((nthreads, ef), np.int32)
+    fresh = np.empty((nthreads, links0.shape[1]), np.int32)
+    buf = np.empty((nthreads, queries.shape[1]), np.float32)
+    masks = np.zeros((nthreads, deleted.shape[0]), np.uint8)
+    for r in prange(rows.shape[0]):
+        t = numba.get_thread_id()
+        mask = masks[t]
+        for s in range(lo[r], hi[r]):
+            mask[s] = 1 - deleted[s]
+        qi = rows[r]
+        filtered_codes_query(qts[qi], qcs[qi], codes, codes_f, bits, half, links0, links_up, up_offset, entry,
+                             max_level, ef, mask, False, visited, tags, t, fresh[t], pool_d[t], pool_i[t], mode,
+                             metric, queries[qi], vectors, mean, res_bits, res_offset, n_rerank, k, buf[t], out_d[r],
+                             out_i[r])
+        mask[lo[r]:hi[r]] = 0

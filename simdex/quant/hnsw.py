@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 from .._numba import num_threads
@@ -225,22 +226,41 @@ class HNSWQuantIndex(HNSWIndex):
 
     def _search_graph(self, q: np.ndarray, k: int, ef: int, n_rerank: int, allowed: np.ndarray | None,
                       invert: bool, nthreads: int, out_d: np.ndarray, out_s: np.ndarray) -> None:
-        codec = self.codec
-        qt, qc = codec.prepare(q)
-        mode = _RERANK_MODES[self.rerank_from]
-        mean = codec.mean if isinstance(codec, LVQCodec) else np.zeros(self.dim, np.float32)
-        res_bits = codec.residual_bits if isinstance(codec, LVQCodec) else 0
         use_filter = allowed is not None
         mask = allowed if use_filter else np.zeros(1, np.uint8)
         scratch = self._scratch.take(nthreads, self._n)
         try:
-            GK.search_batch_codes(qt, qc, self._codes, self._codes.view(np.float32), codec.bits, codec.half,
-                                  self._links0, self._links_up, self._up_offset, self._entry, self._max_level,
-                                  ef, k, min(n_rerank, ef), mode, self._metric_code, q, self._vectors, mean,
-                                  res_bits, codec.residual_offset, mask, use_filter, invert, out_d, out_s,
+            GK.search_batch_codes(*self._code_args(q, ef, k, n_rerank), mask, use_filter, invert, out_d, out_s,
                                   *scratch)
         finally:
             self._scratch.give(scratch)
+
+    def _search_slot_ranges(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`HNSWIndex._search_slot_ranges`, traversing the codes and re-ranking ``rerank`` candidates."""
+        n = self._n
+        dist = np.empty((rows.shape[0], k), np.float32)
+        slots = np.empty((rows.shape[0], k), np.int32)
+        scratch = self._scratch.take(max(1, min(numba.get_num_threads(), rows.shape[0])), n)
+        sub = np.ascontiguousarray(q[rows])  # prepare only the queries that search this graph
+        try:
+            GK.search_batch_codes_ranges(*self._code_args(sub, ef, k, max(k, self.rerank)),
+                                         np.arange(rows.shape[0], dtype=np.int64), lo, hi,
+                                         self._deleted[:n], dist, slots, *scratch)
+        finally:
+            self._scratch.give(scratch)
+        return dist, slots
+
+    def _code_args(self, q: np.ndarray, ef: int, k: int, n_rerank: int) -> tuple:
+        """The leading arguments of the code-traversal kernels: prepared queries, codes, graph, re-ranking."""
+        codec = self.codec
+        qt, qc = codec.prepare(q)
+        mean = codec.mean if isinstance(codec, LVQCodec) else np.zeros(self.dim, np.float32)
+        res_bits = codec.residual_bits if isinstance(codec, LVQCodec) else 0
+        return (qt, qc, self._codes, self._codes.view(np.float32), codec.bits, codec.half, self._links0,
+                self._links_up, self._up_offset, self._entry, self._max_level, ef, k, min(n_rerank, ef),
+                _RERANK_MODES[self.rerank_from], self._metric_code, q, self._vectors, mean, res_bits,
+                codec.residual_offset)
 
     # ---- remove --------------------------------------------------------------------------------------------------
     def consolidate(self, threads: int | None = None) -> None:
