@@ -209,6 +209,7 @@ def test_consolidated_nodes_are_searched_through_their_ids(wordnet, kind):
     index = make_window(base=kind)
     index.add(base, attrs)
     sorted_rows = np.array(index._vectors)
+    sorted_codes = None if index._codes is None else np.array(index._codes)
     gone = np.random.default_rng(5).choice(n, 300, replace=False)
     index.remove(gone)
     nodes = [node for _, level in index._levels for node in level if node is not None]
@@ -218,6 +219,8 @@ def test_consolidated_nodes_are_searched_through_their_ids(wordnet, kind):
     assert all(node._consolidated > 0 for node in nodes)
     # nodes shared the sorted rows until they consolidated: compacting must not have written into them
     np.testing.assert_array_equal(index._vectors, sorted_rows)
+    if kind == "hnsw-quant":
+        np.testing.assert_array_equal(index._codes, sorted_codes)
     lo, hi = random_windows(np.random.default_rng(6), queries.shape[0], 0.3)
     _, i = index.search(queries, 10, lo, hi)
     assert not np.isin(i, gone).any()
@@ -232,8 +235,9 @@ def test_nodes_share_the_sorted_rows(hnsw_window, tmp_path):
     index = hnsw_window
     nodes = [(bounds, j, node) for bounds, level in index._levels for j, node in enumerate(level) if node is not None]
     assert len(nodes) > 1
+    shared = ["vectors", "codes"] if index.base == "hnsw-quant" else ["vectors"]
     for bounds, j, node in nodes:
-        assert index._shares_rows(node, bounds, j)
+        assert index._shared_arrays(node, bounds, j) == shared
         assert np.shares_memory(node._vectors, index._vectors)
     copies = sum(node._vectors.nbytes for _, _, node in nodes)
     assert index.nbytes < sum(node.nbytes for _, _, node in nodes)
@@ -245,7 +249,7 @@ def test_nodes_share_the_sorted_rows(hnsw_window, tmp_path):
     for bounds, level in loaded._levels:
         for j, node in enumerate(level):
             if node is not None:
-                assert loaded._shares_rows(node, bounds, j)
+                assert loaded._shared_arrays(node, bounds, j) == shared
     q = np.random.default_rng(3).standard_normal((20, 384)).astype(np.float32)
     lo, hi = random_windows(np.random.default_rng(4), 20, 0.4)
     for a, b in zip(index.search(q, 10, lo, hi), loaded.search(q, 10, lo, hi)):

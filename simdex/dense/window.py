@@ -6,8 +6,9 @@ Neighbor Search with Window Filters" (ICML 2024):
 - the points are stored sorted by attribute, so every window is one contiguous block ``[s, e)`` of rows, found by
   two binary searches;
 - a segment tree with branching factor ``b`` splits the rows into ``b ** level`` equal blocks per level; every
-  block larger than ``leaf_size`` holds its own base ANN index (an :class:`HNSWIndex` by default, or any simdex
-  :class:`~simdex.index.Index` made by a factory) over its rows;
+  block larger than ``leaf_size`` holds its own base ANN index over its rows (by default an HNSW graph walked on
+  LVQ-8 codes, :class:`~simdex.quant.HNSWQuantIndex`; or float32 :class:`HNSWIndex`, or any simdex
+  :class:`~simdex.index.Index` made by a factory);
 - a query plans how to cover ``[s, e)``: with an exact scan of the (contiguous) rows, with one search of a node
   that contains the rows and restricts it to them (the paper's post-filtering on a node only somewhat larger than
   the window: "optimized post-filtering" / the beta idea), or by splitting into the node's children. A small cost
@@ -91,11 +92,12 @@ class WindowIndex(Index):
         Vector dimension.
     metric : {"l2", "ip", "cosine"}
         See :mod:`simdex.metrics`.
-    base : "hnsw", "hnsw-quant", "flat" or callable, default "hnsw"
-        Index of each tree node: ``"hnsw"`` (:class:`HNSWIndex` with ``base_params``), ``"hnsw-quant"``
-        (:class:`~simdex.quant.HNSWQuantIndex`: the same graph walked on LVQ-8 / int8 codes, the best ``rerank``
-        candidates re-scored from float32; node searches about 1.5x faster at the same recall), ``"flat"``
-        (exact), or a factory ``f(dim, metric) -> Index`` for any other simdex index. A factory is not saved with
+    base : "hnsw-quant", "hnsw", "flat" or callable, default "hnsw-quant"
+        Index of each tree node: ``"hnsw-quant"`` (:class:`~simdex.quant.HNSWQuantIndex`: an HNSW graph walked
+        on LVQ-8 (or int8) codes, the best ``rerank`` (40) candidates re-scored from float32, so the returned
+        distances are exact; one codec for all nodes, trained at each tree build), ``"hnsw"``
+        (:class:`HNSWIndex` on float32: node searches about 1.4x slower at the same recall, no codes),
+        ``"flat"`` (exact), or a factory ``f(dim, metric) -> Index`` for any other simdex index. A factory is not saved with
         the index: a loaded one keeps its saved nodes and searches points added later exactly until given
         ``base=`` again.
     base_params : dict, optional
@@ -115,9 +117,9 @@ class WindowIndex(Index):
         Rebuild inside ``add`` / ``remove`` when the buffer or the deletions grow past their limits. Off: the
         owner calls :meth:`rebuild` (or builds a replacement in the background) when :meth:`needs_rebuild` says.
 
-    Memory: ``4 * dim + 17`` bytes per point for the sorted storage, plus one base index per level over all points.
-    HNSW nodes read their vectors from the sorted storage (no copy per level), so a level costs about
-    ``8 * M + 40`` bytes per point, plus the code (``dim + 12`` bytes for LVQ-8) with ``"hnsw-quant"``.
+    Memory: ``4 * dim + 17`` bytes per point for the sorted storage (plus ``dim + 12`` for its LVQ-8 codes with
+    ``"hnsw-quant"``), and one graph per tree level of about ``8 * M + 40`` bytes per point: HNSW nodes read their
+    vectors (and codes) from the sorted storage instead of keeping a copy per level, in memory and in the file.
     """
 
     kind = "WindowIndex"
@@ -128,7 +130,7 @@ class WindowIndex(Index):
     CODE_GRAPH_UNIT = 1.0  # the same on LVQ-8 / int8 codes (base="hnsw-quant")
     CALL_COST = 150.0  # fixed cost of one node search (Python call, filter mask, merge)
 
-    def __init__(self, dim: int, metric: str = "l2", *, base: str | Callable[[int, str], Index] = "hnsw",
+    def __init__(self, dim: int, metric: str = "l2", *, base: str | Callable[[int, str], Index] = "hnsw-quant",
                  base_params: dict[str, Any] | None = None, branching: int = 2, leaf_size: int = 1024,
                  ef_search: int = 64, rebuild_fraction: float = 0.1, auto_rebuild: bool = True) -> None:
         super().__init__(dim, metric)
@@ -169,6 +171,7 @@ class WindowIndex(Index):
         self._deleted = np.empty(0, np.uint8)
         # level l: (bounds int64 (b**l + 1,), node indexes or None for blocks of at most leaf_size rows)
         self._levels: list[tuple[np.ndarray, list[Index | None]]] = []
+        self._codes: np.ndarray | None = None  # codes of the sorted rows, shared by "hnsw-quant" nodes
         self._write_lock = threading.RLock()
 
     def _builtin_factory(self, dim: int, metric: str) -> Index:
@@ -202,21 +205,28 @@ class WindowIndex(Index):
     @property
     def nbytes(self) -> int:
         own = self._vectors.nbytes + self._attrs.nbytes + self._deleted.nbytes + self._idmap.slot_ids.nbytes * 3
+        own += 0 if self._codes is None else self._codes.nbytes
         nodes = 0
         for bounds, level in self._levels:
             for j, node in enumerate(level):
                 if node is not None:
-                    shared = node._vectors.nbytes if self._shares_rows(node, bounds, j) else 0
-                    nodes += getattr(node, "nbytes", 0) - shared
+                    shared = self._shared_arrays(node, bounds, j)
+                    nodes += getattr(node, "nbytes", 0) - sum(getattr(node, f"_{name}").nbytes for name in shared)
         return int(own + nodes)
 
-    def _shares_rows(self, node: Index, bounds: np.ndarray, j: int) -> bool:
-        """Whether node j of a level (block ``bounds[j]:bounds[j + 1]``) reads its vectors from the sorted
+    def _shared_arrays(self, node: Index, bounds: np.ndarray, j: int) -> list[str]:
+        """Which of node j's arrays ("vectors", "codes") are its block ``bounds[j]:bounds[j + 1]`` of the sorted
         storage (see :meth:`_build_levels`) rather than its own copy."""
-        vectors = getattr(node, "_vectors", None)
-        rows = self._vectors[int(bounds[j]):int(bounds[j + 1])]
-        return vectors is not None and vectors.shape == rows.shape and \
-            vectors.__array_interface__["data"][0] == rows.__array_interface__["data"][0]
+        out = []
+        for name, whole in (("vectors", self._vectors), ("codes", self._codes)):
+            mine = getattr(node, f"_{name}", None)
+            if mine is None or whole is None:
+                continue
+            rows = whole[int(bounds[j]):int(bounds[j + 1])]
+            if mine.shape == rows.shape and mine.dtype == rows.dtype and \
+                    mine.__array_interface__["data"][0] == rows.__array_interface__["data"][0]:
+                out.append(name)
+        return out
 
     # ---- add -----------------------------------------------------------------------------------------------------
     def add(self, vectors: Any, attributes: Any = None, ids: Any = None, *, threads: int | None = None
@@ -265,9 +275,9 @@ class WindowIndex(Index):
             vectors = np.ascontiguousarray(self._vectors[order])
             attrs = self._attrs[order].copy()
             slot_ids = self._idmap.slot_ids[order].copy()
-            levels = self._build_levels(vectors, threads)
+            levels, codes = self._build_levels(vectors, threads)
             # commit only after every node is built: an interrupted rebuild leaves the index as it was
-            self._vectors, self._attrs = vectors, attrs
+            self._vectors, self._attrs, self._codes = vectors, attrs, codes
             self._deleted = np.zeros(vectors.shape[0], np.uint8)
             self._n = self._n_built = vectors.shape[0]
             self._n_deleted = 0
@@ -287,25 +297,40 @@ class WindowIndex(Index):
             nodes *= self.branching
         return out
 
-    def _build_levels(self, vectors: np.ndarray, threads: int | None) -> list[tuple[np.ndarray, list[Index | None]]]:
+    def _build_levels(self, vectors: np.ndarray, threads: int | None
+                      ) -> tuple[list[tuple[np.ndarray, list[Index | None]]], np.ndarray | None]:
+        """The tree's node indexes over ``vectors`` (sorted by attribute), and the codes of all rows that
+        ``"hnsw-quant"`` nodes share (else None)."""
+        all_bounds = self._level_bounds(vectors.shape[0])
+        factory, codes = self._factory, None
+        if self.base == "hnsw-quant" and all_bounds:
+            # one codec for every node, trained once: then a row's code is the same in every level and the nodes
+            # share one array of codes, as they share the vectors
+            from ..quant.hnsw import HNSWQuantIndex, training_sample
+            codec = HNSWQuantIndex(self.dim, self.metric, **self.base_params).codec
+            codec.train(training_sample(vectors, 0))
+            codes = codec.encode(vectors)
+            factory = functools.partial(HNSWQuantIndex, **{**self.base_params, "codec": codec})
         levels = []
-        for bounds in self._level_bounds(vectors.shape[0]):
+        for bounds in all_bounds:
             nodes: list[Index | None] = []
             for j in range(bounds.shape[0] - 1):
                 s, e = int(bounds[j]), int(bounds[j + 1])
                 if e - s <= self.leaf_size:
                     nodes.append(None)
                     continue
-                node = self._factory(self.dim, self.metric)
+                node = factory(self.dim, self.metric)
                 kwargs = {"threads": threads} if _accepts(type(node), "add", "threads") else {}
                 node.add(vectors[s:e], np.arange(e - s, dtype=np.int64), **kwargs)
                 if _can_share_rows(node, e - s):
                     # the node reads its rows from the sorted storage instead of keeping a copy per level; a
-                    # node only ever replaces its vector array (consolidation compacts into a new one)
+                    # node only ever replaces these arrays (consolidation compacts into new ones)
                     node._vectors = vectors[s:e]
+                    if codes is not None:
+                        node._codes = codes[s:e]
                 nodes.append(node)
             levels.append((bounds, nodes))
-        return levels
+        return levels, codes
 
     # ---- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, lo: Any = -np.inf, hi: Any = np.inf, *, ef: int | None = None,
@@ -502,6 +527,8 @@ class WindowIndex(Index):
         n = self._n
         nodes_meta = []
         arrays = {"vectors": self._vectors[:n], "attrs": self._attrs[:n], "deleted": self._deleted[:n]}
+        if self._codes is not None:
+            arrays["codes"] = self._codes
         for level, (bounds, nodes) in enumerate(self._levels):
             row = []
             for j, node in enumerate(nodes):
@@ -510,9 +537,9 @@ class WindowIndex(Index):
                     continue
                 kind, meta, node_arrays = node.snapshot()
                 spec = {"kind": kind, "meta": meta}
-                if self._shares_rows(node, bounds, j):  # saved once, as the index's own vectors
-                    del node_arrays["vectors"]
-                    spec["shared_vectors"] = True
+                for name in self._shared_arrays(node, bounds, j):  # saved once, as the index's own array
+                    del node_arrays[name]
+                    spec[f"shared_{name}"] = True
                 row.append(spec)
                 arrays.update({f"node{level}_{j}.{name}": arr for name, arr in node_arrays.items()})
             nodes_meta.append(row)
@@ -558,6 +585,11 @@ class WindowIndex(Index):
         if built > n:
             raise CorruptFileError("more sorted rows than rows")
         index._vectors, index._attrs, index._deleted = arrays["vectors"], arrays["attrs"], arrays["deleted"]
+        codes = arrays.get("codes")
+        if codes is not None and (codes.ndim != 2 or codes.dtype != np.uint8 or codes.shape[0] != built):
+            raise CorruptFileError(f"array 'codes' has shape {codes.shape} {codes.dtype}, expected ({built}, "
+                                   f"code size) uint8")
+        index._codes = codes
         index._n, index._n_built, index._n_deleted = n, built, meta_int(meta, "deleted")
         all_bounds = index._level_bounds(built)
         nodes_meta = meta["nodes"]
@@ -579,10 +611,11 @@ class WindowIndex(Index):
                     raise CorruptFileError(f"tree node {level}/{j}: unknown index kind {spec['kind']!r}")
                 prefix = f"node{level}_{j}."
                 sub = {name[len(prefix):]: arr for name, arr in arrays.items() if name.startswith(prefix)}
-                if spec.get("shared_vectors") is True:
-                    if "vectors" in sub or bounds[j + 1] > n:
-                        raise CorruptFileError(f"tree node {level}/{j}: shared vectors do not fit")
-                    sub["vectors"] = index._vectors[int(bounds[j]):int(bounds[j + 1])]
+                for name, whole in (("vectors", index._vectors), ("codes", index._codes)):
+                    if spec.get(f"shared_{name}") is True:
+                        if name in sub or whole is None or bounds[j + 1] > whole.shape[0]:
+                            raise CorruptFileError(f"tree node {level}/{j}: shared {name} do not fit")
+                        sub[name] = whole[int(bounds[j]):int(bounds[j + 1])]
                 node = target._from_state(spec["meta"], sub)
                 node._idmap = IdMap(sub["slot_ids"])
                 node._check_loaded()

@@ -38,6 +38,13 @@ _TRAIN_SAMPLE = 100_000
 _RERANK_MODES = {"none": 0, "vectors": 1, "residual": 2}
 
 
+def training_sample(x: np.ndarray, seed: int) -> np.ndarray:
+    """The rows a codec is trained on: all of ``x``, or a sorted random sample of 100,000 of them."""
+    if x.shape[0] <= _TRAIN_SAMPLE:
+        return x
+    return x[np.sort(np.random.default_rng(seed).choice(x.shape[0], _TRAIN_SAMPLE, replace=False))]
+
+
 class HNSWQuantIndex(HNSWIndex):
     """Approximate k-NN on an HNSW graph whose traversal uses int8 / LVQ codes.
 
@@ -170,12 +177,7 @@ class HNSWQuantIndex(HNSWIndex):
 
     def _insert(self, x: np.ndarray, new_ids: np.ndarray, threads: int | None, progress: bool | None) -> None:
         if not self.codec.is_trained:
-            if x.shape[0] > _TRAIN_SAMPLE:
-                rng = np.random.default_rng(self.seed)
-                sample = x[np.sort(rng.choice(x.shape[0], _TRAIN_SAMPLE, replace=False))]
-            else:
-                sample = x
-            self.codec.train(sample)
+            self.codec.train(training_sample(x, self.seed))
         codes = self.codec.encode(x)
         self._reserve(x.shape[0], 0)
         self._codes[self._n:self._n + x.shape[0]] = codes
