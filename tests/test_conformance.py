@@ -10,9 +10,24 @@ import pytest
 
 import simdex
 from simdex import (CorruptFileError, DimensionMismatchError, DuplicateIdError, FlatIndex, HNSWIndex,
-                    InvalidInputError, InvalidTypeError, LabelIndex, UnknownIdError, VamanaIndex)
+                    InvalidInputError, InvalidTypeError, LabelIndex, UnknownIdError, VamanaIndex, WindowIndex)
 from simdex.quant import HNSWQuantIndex, IVFIndex, MatryoshkaIndex, VamanaDiskIndex
 from tests.conftest import numpy_knn
+
+class AttributedWindow(WindowIndex):
+    """A WindowIndex under the generic calls: each added vector gets a random attribute, and a search without
+    bounds covers every point; its window searches are checked in tests/test_window.py."""
+
+    kind = "TestAttributedWindow"
+
+    def add(self, vectors, ids=None, *, threads=None):
+        try:
+            rows = len(vectors) if np.ndim(vectors) == 2 else 1
+        except ValueError:  # ragged: the vector validator names the problem
+            rows = len(vectors)
+        attributes = np.random.default_rng(len(self) + rows).random(rows)
+        return super().add(vectors, attributes, ids, threads=threads)
+
 
 FACTORIES = {
     "flat": lambda dim, metric: FlatIndex(dim, metric),
@@ -26,13 +41,16 @@ FACTORIES = {
     # candidates from the first min(64, dim) PCA coordinates, exact re-rank of 100
     "matryoshka": lambda dim, metric: MatryoshkaIndex(dim, metric, rerank=100),
     "vamana": lambda dim, metric: VamanaIndex(dim, metric, R=24, L_build=64, L_search=100),
+    # a tree of LVQ-8 HNSW nodes over leaves of 256 points
+    "window": lambda dim, metric: AttributedWindow(dim, metric, leaf_size=256, ef_search=100,
+                                                   base_params={"M": 12}),
     # LVQ-8 here: the PQ codec needs 256 vectors to train and several checks start from fewer
     "vamana-disk-lvq8": lambda dim, metric: VamanaDiskIndex(dim, metric, R=24, L_build=64, L_search=100,
                                                             codec="lvq8"),
 }
 # the least recall@10 each index must reach on the small real slices used here (exact ones: 1.0)
 MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "labels": 0.95, "hnsw-lvq8": 0.95, "ivf-pq": 0.9, "matryoshka": 0.95,
-              "vamana": 0.95, "vamana-disk-lvq8": 0.95}
+              "vamana": 0.95, "vamana-disk-lvq8": 0.95, "window": 0.95}
 
 N = 2000
 
