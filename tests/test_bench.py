@@ -92,13 +92,13 @@ def test_window_bench_small(tmp_path):
     assert report["postfilter_method"] == post
     assert {(r["selectivity"], r["method"]) for r in rows} == {
         (s, m) for s in window.SELECTIVITIES
-        for m in ("window", "window-lvq8", post, "prefilter-bf", "prefilter-bf-sorted")}
+        for m in ("window", "window-float32", post, "prefilter-bf", "prefilter-bf-sorted")}
     assert all(r["recall"] == 1.0 for r in rows if r["method"].startswith("prefilter"))
     assert all(r["recall"] >= 0.9 and r["qps"] > 0 for r in rows if r["method"].startswith("window"))
     assert set(report["ratios"]) == {str(s) for s in window.SELECTIVITIES}
-    assert all(set(by_method) == {"window", "window-lvq8"} for by_method in report["ratios"].values())
+    assert all(set(by_method) == {"window", "window-float32"} for by_method in report["ratios"].values())
     table = window.format_report(report)
-    assert "| 0.5 | window |" in table and "| 0.5 | window-lvq8 |" in table
+    assert "| 0.5 | window |" in table and "| 0.5 | window-float32 |" in table
     assert (tmp_path / "window-wordnet-minilm-384.json").exists()
     assert (tmp_path / "window-wordnet-minilm-384.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -6,9 +6,9 @@ Every base vector gets a random attribute, uniform in [0, 1); each query gets it
 exact search inside each window (float64 numpy over all points, out-of-window distances set to inf). All timings
 are single-threaded (numba, hnswlib and BLAS limited to one thread), over the same queries and windows:
 
-- ``window``: ``WindowIndex.search(queries, k, lo, hi)`` in one batch, at the smallest ef of a sweep whose
-  recall@k reaches the target (0.95); ``window-lvq8`` the same with ``base="hnsw-quant"`` (node graphs walked
-  on LVQ-8 codes, re-ranked from float32);
+- ``window``: ``WindowIndex.search(queries, k, lo, hi)`` in one batch (the default nodes: HNSW graphs walked on
+  LVQ-8 codes, re-ranked from float32), at the smallest ef of a sweep whose recall@k reaches the target (0.95);
+  ``window-float32`` the same with ``base="hnsw"`` (float32 HNSW nodes);
 - ``postfilter-hnswlib``: hnswlib (or, where it is not installed, simdex's HNSWIndex as ``postfilter-hnsw``) over
   all points, ``knn_query`` with ``k' = ceil(k / s * f)`` and ``ef = k'``
   or ``2 k'`` for a growing factor f, then the results outside the window dropped and the first k kept; the
@@ -39,8 +39,8 @@ from . import write_report
 
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
 WINDOW_EFS = (10, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256)
-# tree node indexes compared: HNSW on float32 vectors, and the same graphs walked on LVQ-8 codes
-WINDOW_BASES = {"window": "hnsw", "window-lvq8": "hnsw-quant"}
+# tree node indexes compared: the default (HNSW graphs walked on LVQ-8 codes) and HNSW on float32 vectors
+WINDOW_BASES = {"window": "hnsw-quant", "window-float32": "hnsw"}
 POST_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
 TARGET = 0.95
 
