@@ -332,6 +332,14 @@ def search_batch_filtered(vectors, metric, links0, links_up, up_offset, entry, m
                        invert, visited, tags, t, fresh[t], res_d[t], res_i[t], out_d[qi], out_i[qi])
 
 
+@kernel
+def open_range(mask, deleted, lo, hi):
+    """Allow the slots lo..hi-1 that are not deleted in a thread's zeroed slot mask (``mask[lo:hi] = 0`` after
+    the search restores it): O(hi - lo) byte writes instead of a fresh mask over all slots per query."""
+    for s in range(lo, hi):
+        mask[s] = 1 - deleted[s]
+
+
 @kernel(parallel=True)
 def search_batch_ranges(vectors, metric, links0, links_up, up_offset, entry, max_level, queries, rows, lo, hi,
                         deleted, k, ef, out_d, out_i, visited, tags):
@@ -339,8 +347,7 @@ def search_batch_ranges(vectors, metric, links0, links_up, up_offset, entry, max
     every r in parallel; writes row r of ``out_d``/``out_i`` (len(rows), k).
 
     One call serves a whole batch of queries with different ranges of one graph (a window index node): each
-    thread keeps a slot mask, sets the query's range in it before the search and clears it after, which costs
-    O(hi - lo) byte writes instead of a fresh mask over all slots per query.
+    thread keeps a slot mask and opens the query's range in it for the search (:func:`open_range`).
     """
     nthreads = visited.shape[0]
     res_d = np.empty((nthreads, ef), np.float32)
@@ -350,8 +357,7 @@ def search_batch_ranges(vectors, metric, links0, links_up, up_offset, entry, max
     for r in prange(rows.shape[0]):
         t = numba.get_thread_id()
         mask = masks[t]
-        for s in range(lo[r], hi[r]):
-            mask[s] = 1 - deleted[s]
+        open_range(mask, deleted, lo[r], hi[r])
         filtered_query(vectors, metric, links0, links_up, up_offset, entry, max_level, queries[rows[r]], k, ef, mask,
                        False, visited, tags, t, fresh[t], res_d[t], res_i[t], out_d[r], out_i[r])
         mask[lo[r]:hi[r]] = 0

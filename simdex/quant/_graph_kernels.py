@@ -17,7 +17,7 @@ from numba import prange
 from .._heap import copy_padded, heap_replace_top, heap_sort_ascending
 from .._numba import kernel, prefetch_row
 from ..dense._hnsw_kernels import (_heap_pop_min, _heap_push_max, _heap_push_min, gather_unvisited, next_tag,
-                                   next_unexpanded, pool_insert)
+                                   next_unexpanded, open_range, pool_insert)
 from ..metrics import distance
 from ._scalar_kernels import affine_score, lvq_full_distance
 
@@ -210,8 +210,7 @@ def search_batch_codes_ranges(qts, qcs, codes, codes_f, bits, half, links0, link
     for r in prange(rows.shape[0]):
         t = numba.get_thread_id()
         mask = masks[t]
-        for s in range(lo[r], hi[r]):
-            mask[s] = 1 - deleted[s]
+        open_range(mask, deleted, lo[r], hi[r])
         qi = rows[r]
         filtered_codes_query(qts[qi], qcs[qi], codes, codes_f, bits, half, links0, links_up, up_offset, entry,
                              max_level, ef, mask, False, visited, tags, t, fresh[t], pool_d[t], pool_i[t], mode,
