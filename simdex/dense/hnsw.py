@@ -315,17 +315,21 @@ class HNSWIndex(Index):
         """k-NN of ``q[rows[r]]`` among the live slots ``lo[r] <= slot < hi[r]``, for a window index node (one
         kernel call for a batch of queries with their own ranges; threads as set by the caller). Returns internal
         distances float32 (len(rows), k) and slots int32, (inf, -1) padded."""
-        n = self._n
         dist = np.empty((rows.shape[0], k), np.float32)
         slots = np.empty((rows.shape[0], k), np.int32)
-        scratch = self._scratch.take(max(1, min(numba.get_num_threads(), rows.shape[0])), n)
+        scratch = self._scratch.take(max(1, min(numba.get_num_threads(), rows.shape[0])), self._n)
         try:
-            K.search_batch_ranges(self._vectors, self._metric_code, self._links0, self._links_up, self._up_offset,
-                                  self._entry, self._max_level, q, rows, lo, hi, self._deleted[:n], k, ef, dist,
-                                  slots, *scratch)
+            self._ranges_kernel(q, rows, lo, hi, k, ef, dist, slots, scratch)
         finally:
             self._scratch.give(scratch)
         return dist, slots
+
+    def _ranges_kernel(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int,
+                       dist: np.ndarray, slots: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]) -> None:
+        """The kernel call of :meth:`_search_slot_ranges`, writing ``dist`` / ``slots``."""
+        K.search_batch_ranges(self._vectors, self._metric_code, self._links0, self._links_up, self._up_offset,
+                              self._entry, self._max_level, q, rows, lo, hi, self._deleted[:self._n], k, ef, dist,
+                              slots, *scratch)
 
     def _prefer_exact(self, n_allowed: int, ef: int) -> bool:
         """Cost model for filtered search: a graph search that must collect ef allowed nodes expands about

@@ -97,15 +97,15 @@ class WindowIndex(Index):
         on LVQ-8 (or int8) codes, the best ``rerank`` (40) candidates re-scored from float32, so the returned
         distances are exact; one codec for all nodes, trained at each tree build), ``"hnsw"``
         (:class:`HNSWIndex` on float32: node searches about 1.4x slower at the same recall, no codes),
-        ``"flat"`` (exact), or a factory ``f(dim, metric) -> Index`` for any other simdex index. A factory is not saved with
-        the index: a loaded one keeps its saved nodes and searches points added later exactly until given
-        ``base=`` again.
+        ``"flat"`` (exact), or a factory ``f(dim, metric) -> Index`` for any other simdex index. A factory is not
+        saved with the index: a loaded one keeps its saved nodes and searches points added later exactly until
+        given ``base=`` again.
     base_params : dict, optional
         Parameters of the HNSW nodes, over the defaults ``M=16, ef_construction=100`` (for ``"hnsw-quant"``
         also ``codec="lvq8"`` and ``vectors="memory"``; see :class:`~simdex.quant.HNSWQuantIndex`).
     branching : int, default 2
         Children per tree node. A tree over n points has about ``log_b(n / leaf_size)`` indexed levels, each a
-        full copy of the vectors: memory and build time grow with the levels, query plans get tighter.
+        graph over all points: memory and build time grow with the levels, query plans get tighter.
     leaf_size : int, default 1024
         Blocks of at most this many rows get no index; they are scanned exactly.
     ef_search : int, default 64

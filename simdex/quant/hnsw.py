@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
 
 from .._numba import num_threads
@@ -237,21 +236,13 @@ class HNSWQuantIndex(HNSWIndex):
         finally:
             self._scratch.give(scratch)
 
-    def _search_slot_ranges(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int
-                            ) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`HNSWIndex._search_slot_ranges`, traversing the codes and re-ranking ``rerank`` candidates."""
-        n = self._n
-        dist = np.empty((rows.shape[0], k), np.float32)
-        slots = np.empty((rows.shape[0], k), np.int32)
-        scratch = self._scratch.take(max(1, min(numba.get_num_threads(), rows.shape[0])), n)
+    def _ranges_kernel(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int,
+                       dist: np.ndarray, slots: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]) -> None:
+        """As :meth:`HNSWIndex._ranges_kernel`, traversing the codes and re-ranking ``rerank`` candidates."""
         sub = np.ascontiguousarray(q[rows])  # prepare only the queries that search this graph
-        try:
-            GK.search_batch_codes_ranges(*self._code_args(sub, ef, k, max(k, self.rerank)),
-                                         np.arange(rows.shape[0], dtype=np.int64), lo, hi,
-                                         self._deleted[:n], dist, slots, *scratch)
-        finally:
-            self._scratch.give(scratch)
-        return dist, slots
+        GK.search_batch_codes_ranges(*self._code_args(sub, ef, k, max(k, self.rerank)),
+                                     np.arange(rows.shape[0], dtype=np.int64), lo, hi, self._deleted[:self._n],
+                                     dist, slots, *scratch)
 
     def _code_args(self, q: np.ndarray, ef: int, k: int, n_rerank: int) -> tuple:
         """The leading arguments of the code-traversal kernels: prepared queries, codes, graph, re-ranking."""
