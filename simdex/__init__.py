@@ -3,7 +3,7 @@
 from .dense import FlatIndex, HNSWIndex, LabelIndex, VamanaIndex, WindowIndex
 from .errors import (CollectionExistsError, CollectionNotFoundError, CorruptDatabaseError, CorruptFileError,
                      DatabaseLockedError, DimensionMismatchError, DuplicateIdError, InvalidInputError,
-                     InvalidTypeError, ReadOnlyError, SimdexError, UnknownIdError)
+                     InvalidTypeError, ReadOnlyError, SimdexError, StorageError, UnknownIdError)
 from .index import Index, load
 from .store import Collection, Database, FilterError, connect
 
@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 __all__ = ["FlatIndex", "HNSWIndex", "LabelIndex", "VamanaIndex", "WindowIndex", "Index", "load", "connect",
            "Database", "Collection", "Client", "SimdexError", "InvalidInputError", "InvalidTypeError", "DimensionMismatchError",
            "DuplicateIdError", "UnknownIdError", "CorruptFileError", "CorruptDatabaseError", "CollectionExistsError",
-           "CollectionNotFoundError", "DatabaseLockedError", "ReadOnlyError", "FilterError", "__version__"]
+           "CollectionNotFoundError", "DatabaseLockedError", "ReadOnlyError", "StorageError", "FilterError", "__version__"]
 
 
 def __getattr__(name: str):

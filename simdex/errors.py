@@ -63,3 +63,27 @@ class ReadOnlyError(SimdexError, PermissionError):
 
 class CorruptDatabaseError(CorruptFileError):
     """Stored data of a database is damaged beyond automatic repair."""
+
+
+class StorageError(SimdexError, OSError):
+    """Stored data could not be written (disk full, I/O error, failed fsync, file size limit).
+
+    The message names the file and the cause; ``errno`` is the operating system's error number when one is known
+    and ``filename`` the file. The write that raised it did not happen (it will not reappear after a restart),
+    nothing acknowledged before it is lost, reads go on, and writes succeed again once the cause is gone (space
+    freed) without reopening the database.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.filename = path
+
+    def __str__(self) -> str:  # OSError would format (errno, strerror); the message already says it all
+        return str(self.args[0]) if self.args else ""
+
+    @property
+    def disk_full(self) -> bool:
+        """Whether the cause is a lack of space (ENOSPC, EDQUOT, EFBIG): freeing space will cure it."""
+        import errno as _errno
+        return self.errno in (_errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG)

@@ -89,6 +89,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     crash.add_argument("--kills", type=int, default=200)
     crash.add_argument("--seed", type=int, default=0)
     crash.add_argument("--max-wait", type=float, default=4.0, help="longest run (s) of the writer before a kill")
+    crash.add_argument("--disk-full", type=float, default=0.0,
+                       help="fraction of rounds that fill the disk up while the writer runs (a tmpfs; needs root)")
+    crash.add_argument("--fs-size-mb", type=int, default=64, help="size of that tmpfs (MiB)")
     crash.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     crash.add_argument("--out", default="bench-results", help="folder for crash.json")
     filt = sub.add_parser("filtered", help="filtered HNSW search: exact scan vs graph traversal by selectivity")
@@ -290,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         data = datasets.load("wordnet-minilm-384")
         with tempfile.TemporaryDirectory(prefix="simdex-crash-") as scratch:
             stats = crash.run(args.workdir or scratch, data.base[:3_000], data.queries[:50], kills=args.kills,
-                              seed=args.seed, max_wait=args.max_wait)
+                              seed=args.seed, max_wait=args.max_wait, disk_full=args.disk_full,
+                              fs_size=args.fs_size_mb << 20)
         summary = stats.summary()
         summary["command"] = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
         Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -179,6 +179,11 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
 
     @app.exception_handler(errors.SimdexError)
     async def simdex_error(_: Request, exc: errors.SimdexError):
+        if isinstance(exc, errors.StorageError):
+            # 507 Insufficient Storage when freeing space cures it, else 503: reads go on, retry writes later
+            status = 507 if exc.disk_full else 503
+            return JSONResponse({"error": {"type": "StorageError", "message": str(exc)}}, status_code=status,
+                                headers={"Retry-After": "10"})
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
         return _error(status, type(exc).__name__, str(exc))
 

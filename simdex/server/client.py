@@ -7,6 +7,7 @@ in the JSON body), so code moves between ``simdex.connect`` and ``simdex.Client`
 from __future__ import annotations
 
 import base64
+import errno
 import http.client
 import json
 import threading
@@ -97,6 +98,8 @@ class Client:
         except (ValueError, KeyError, TypeError):
             kind, message = "HTTPError", raw.decode(errors="replace")[:500]
         cls = getattr(errors, kind, None)
+        if cls is errors.StorageError:  # 507: the disk is full on the server (503: another storage failure)
+            raise errors.StorageError(message, errno=errno.ENOSPC if resp.status == 507 else None)
         if isinstance(cls, type) and issubclass(cls, errors.SimdexError):
             raise cls(message)
         if resp.status in (401, 403):

@@ -40,9 +40,11 @@ import numpy as np
 from .. import fileformat
 from .._validate import check_dim, check_positive_int, check_vectors
 from ..dense import FlatIndex, HNSWIndex, WindowIndex
-from ..errors import CorruptDatabaseError, CorruptFileError, InvalidInputError, ReadOnlyError, UnknownIdError
+from ..errors import (CorruptDatabaseError, CorruptFileError, InvalidInputError, ReadOnlyError, StorageError,
+                      UnknownIdError)
 from ..index import Index, write_snapshot
 from . import records as rec
+from ._io import fsync_dir, storage_error
 from ._rwlock import RWLock
 from .filters import label_value, window_bounds
 from .metadata import MetadataStore
@@ -61,6 +63,8 @@ HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
 MANIFEST = "MANIFEST"
 LABEL_GRAPH_MIN = 2000
 LABEL_CHECK_SECONDS = 5.0
+# writes wait for a checkpoint once the log holds this many checkpoint intervals of records (checkpoints failing)
+LOG_STALL_FACTOR = 4
 ALLOW_CACHE_ENTRIES = 32
 
 
@@ -127,7 +131,8 @@ class Collection:
     """
 
     def __init__(self, path: Path, name: str, config: dict[str, Any], *, sync: str, read_only: bool,
-                 repair: bool, merge_rows: int = 20_000, checkpoint_bytes: int = 64 << 20) -> None:
+                 repair: bool, merge_rows: int = 20_000, checkpoint_bytes: int = 64 << 20,
+                 log_segment_bytes: int = 64 << 20) -> None:
         self.path = path
         self.name = name
         self.dim: int = config["dim"]
@@ -159,6 +164,7 @@ class Collection:
         self.read_only = read_only
         self.merge_rows = merge_rows
         self.checkpoint_bytes = checkpoint_bytes
+        self.log_segment_bytes = log_segment_bytes
         self.recovery_notes: list[str] = []
         self.background_error: str | None = None
         self._rw = RWLock()
@@ -178,11 +184,13 @@ class Collection:
         self._main: HNSWIndex | None = None
         self._growing: FlatIndex = FlatIndex(self.dim, self.metric)
         self._next_rid = 0
+        self._last_gen = 0  # the highest checkpoint number used or seen
         self._recover(sync, repair)
 
     # ---- recovery ------------------------------------------------------------------------------------------------
     def _recover(self, sync: str, repair: bool) -> None:
         manifests = self._read_manifests()
+        self._last_gen = manifests[0]["gen"] if manifests else 0
         loaded = False
         for position, manifest in enumerate(manifests):
             try:
@@ -201,7 +209,8 @@ class Collection:
                                        f"({'; '.join(self.recovery_notes)})")
         base_lsn = self._manifest["lsn"] if self._manifest else 0
         try:
-            self._wal = WriteAheadLog(self.path / "wal", sync=sync, repair=repair, read_only=self.read_only)
+            self._wal = WriteAheadLog(self.path / "wal", sync=sync, repair=repair, read_only=self.read_only,
+                                      segment_bytes=self.log_segment_bytes)
         except CorruptLogError as exc:
             raise CorruptDatabaseError(f"collection {self.name!r}: {exc}") from None
         self.recovery_notes.extend(self._wal.repaired)
@@ -228,6 +237,7 @@ class Collection:
                 replayed += 1
             self._next_rid = max(self._next_rid, int(op.rids.max()) + 1 if op.rids.size else 0)
         self._applied_lsn = self._wal.last_lsn
+        self._log_mark = -self._wal.size_bytes()  # as if all of the log came after the checkpoint
         if self.text:
             self._sparse = self._build_sparse()
         if self.window_field is not None:
@@ -434,37 +444,78 @@ class Collection:
         if self.read_only:
             raise ReadOnlyError(f"collection {self.name!r} is open read-only")
 
+    def _make_room_in_log(self) -> None:
+        """Checkpoint before writing when the log holds LOG_STALL_FACTOR checkpoint intervals of records: the
+        background checkpoint keeps failing (a full disk). Then the checkpoint, which lets the log be cut, gets the
+        space first once it is freed, and the log cannot fill the disk by itself."""
+        logged = self._wal.appended_bytes - self._log_mark
+        if logged <= LOG_STALL_FACTOR * self.checkpoint_bytes:
+            return
+        try:
+            self.checkpoint()
+        except StorageError as exc:
+            raise StorageError(f"writes wait for a checkpoint: the write-ahead log holds {logged / 2**20:.1f} MiB "
+                               f"since the last one ({LOG_STALL_FACTOR}x checkpoint_bytes), and {exc}",
+                               errno=exc.errno, path=exc.filename) from None
+
+    def _stage_metadata(self, lsn: int, op: rec.LogOp) -> None:
+        if op.kind == rec.UPSERT:
+            self._meta.stage_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents)
+        else:
+            self._meta.stage_delete(lsn, op.ids)
+
     def _log_and_apply(self, payload: bytes, op: rec.LogOp) -> None:
-        lsn = self._wal.append(payload)
-        if self._wal.sync_mode == "always" and op.kind == rec.UPSERT:
-            # The fsync (which releases the GIL and mostly waits on the disk) runs beside the SQLite inserts. The
-            # rows stay in an open transaction until the fsync returns, so no reader (and no crash) can see a
-            # write that is not yet durable.
-            if self._fsyncer is None:
-                self._fsyncer = ThreadPoolExecutor(1, thread_name_prefix=f"simdex-fsync-{self.name}")
-            durable = self._fsyncer.submit(self._wal.commit, lsn)
-            try:
-                self._meta.stage_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents)
-            except BaseException:
-                durable.exception()  # wait for the fsync before touching the connection again
-                self._meta.rollback()
-                raise
-            try:
+        """Log ``op``, make it durable, write it to SQLite and apply it to the vectors. If a step fails the write
+        did not happen: SQLite is rolled back, the log record is taken back (so it cannot reappear after a
+        restart) and a :class:`StorageError` names the file and the cause."""
+        lsn = self._wal.append(payload)  # on failure the log holds nothing of it
+        committed = False
+        try:
+            if self._wal.sync_mode == "always":
+                # The fsync (which releases the GIL and mostly waits on the disk) runs beside the SQLite writes.
+                # The rows stay in an open transaction until the fsync returns, so no reader (and no crash) can
+                # see a write that is not yet durable.
+                if self._fsyncer is None:
+                    self._fsyncer = ThreadPoolExecutor(1, thread_name_prefix=f"simdex-fsync-{self.name}")
+                durable = self._fsyncer.submit(self._wal.commit, lsn)
+                try:
+                    self._stage_metadata(lsn, op)
+                finally:
+                    durable.exception()  # wait for the fsync before touching the log or the connection again
                 durable.result()
-            except BaseException:
-                self._meta.rollback()
-                raise
+            else:
+                self._stage_metadata(lsn, op)
             with self._rw.write():
                 self._meta.commit()
+                committed = True
                 self._apply_vectors(op)
                 self._applied_lsn = lsn
-        else:
-            self._wal.commit(lsn)
-            with self._rw.write():
-                self._apply_metadata(lsn, op)
-                self._apply_vectors(op)
-                self._applied_lsn = lsn
+        except BaseException as exc:
+            if committed:
+                raise  # durable and in SQLite: not a storage failure
+            self._abort_write(lsn, exc)
         self._last_write = time.monotonic()
+
+    def _abort_write(self, lsn: int, exc: BaseException) -> None:
+        """Undo a logged write whose fsync or SQLite step failed, and raise ``exc`` as a StorageError."""
+        problems = []
+        try:
+            self._meta.rollback()
+        except sqlite3.Error as undo:
+            problems.append(f"rolling back SQLite failed too ({undo})")
+        try:
+            self._wal.cancel(lsn)
+        except StorageError as cut:
+            problems.append(f"taking the record back failed too ({cut})")
+        if isinstance(exc, sqlite3.Error):
+            error = storage_error(exc, "write to the metadata store", self._meta.path)
+        elif isinstance(exc, OSError):
+            error = storage_error(exc, "write to the write-ahead log in", self._wal.directory)
+        else:
+            raise exc
+        if problems:
+            error = StorageError(f"{error}; {'; '.join(problems)}", errno=error.errno, path=error.filename)
+        raise error from None
 
     def upsert(self, ids: Any, vectors: Any, metadatas: Any = None, documents: Any = None, *,
                max_batch: int | None = None) -> int:
@@ -475,6 +526,7 @@ class Collection:
         """
         self._check_writable()
         batch = rec.check_upsert(ids, vectors, metadatas, documents, self.dim, self.metric == "cosine", max_batch)
+        self._make_room_in_log()
         with self._writer:
             existing = self._meta.current_rids(batch.ids)
             old = np.array([existing.get(i, -1) for i in batch.ids], np.int64)
@@ -494,6 +546,7 @@ class Collection:
         if ids is None and where is None:
             raise InvalidInputError("delete needs ids, where, or both (to delete everything use where={})")
         id_list = None if ids is None else rec.check_record_ids(ids)
+        self._make_room_in_log()
         with self._writer:
             if where is not None:
                 matches = dict(self._meta.ids_where(where))
@@ -744,6 +797,7 @@ class Collection:
                     "deleted_in_index": main._n_deleted if main else 0, "last_lsn": self._applied_lsn,
                     "checkpoint_lsn": self._manifest["lsn"] if self._manifest else 0,
                     "log_bytes": self._wal.size_bytes(), "read_only": self.read_only,
+                    "storage_error": self._wal.error,
                     "background_error": self.background_error, "window_field": self.window_field,
                     "window": self._window.tree_stats() if self._window is not None else None,
                     "label_field": self.label_field,
@@ -898,47 +952,79 @@ class Collection:
         if self.read_only or self._closed:
             return False
         base = self._manifest["lsn"] if self._manifest else 0
-        return self._applied_lsn > base and self._wal.size_bytes() > self.checkpoint_bytes
+        # bytes logged since the last checkpoint, not the log's size: the log keeps the records since the one
+        # before, so its size would ask for a checkpoint after every write
+        return self._applied_lsn > base and self._wal.appended_bytes - self._log_mark > self.checkpoint_bytes
 
     def checkpoint(self) -> bool:
-        """Write the vector state to new checkpoint files and cut the log back. Readers and writers go on."""
+        """Write the vector state to new checkpoint files and cut the log back. Readers and writers go on.
+
+        Raises :class:`StorageError` if a file cannot be written (disk full, I/O error): the previous checkpoint
+        and the log stay as they were, what this attempt wrote is removed, and nothing is lost."""
         if self.read_only:
             raise ReadOnlyError(f"collection {self.name!r} is open read-only")
         with self._maintenance:
-            gen = (self._manifest["gen"] if self._manifest else 0) + 1
-            with self._rw.read():
-                lsn = self._applied_lsn
-                if self._manifest is not None and self._manifest["lsn"] == lsn:
-                    return False
-                main = self._main
-                main_snapshot = main.snapshot() if main is not None else None
-                growing_snapshot = self._growing.snapshot()
-                next_rid = self._next_rid
-                # the metadata copy must be at exactly this lsn: writers wait for the read side to apply
-                self._meta.backup_to(self.path / f"meta-{gen}.sqlite")
-            body: dict[str, Any] = {"gen": gen, "lsn": lsn, "next_rid": next_rid, "main": None, "tomb": None,
-                                    "growing": f"growing-{gen}.sdx", "meta": f"meta-{gen}.sqlite"}
-            write_snapshot(self.path / body["growing"], growing_snapshot)
-            if main is not None:
-                if self._saved_main is not None and self._saved_main[0] is main:
-                    body["main"] = self._saved_main[1]
-                else:
-                    body["main"] = f"main-{gen}.sdx"
-                    write_snapshot(self.path / body["main"], main_snapshot)
-                body["tomb"] = f"tomb-{gen}.sdx"
-                fileformat.save_arrays(self.path / body["tomb"], "Tombstones", {},
-                                       {"deleted": main_snapshot[2]["deleted"]})
-            self._meta.make_durable()
-            self._write_manifest(body)
+            # a failed attempt's number is never used again (its files may linger where their removal failed)
+            gen = max(self._manifest["gen"] if self._manifest else 0, self._last_gen) + 1
+            written: list[Path] = []
+            try:
+                with self._rw.read():
+                    lsn, logged = self._applied_lsn, self._wal.appended_bytes
+                    if self._manifest is not None and self._manifest["lsn"] == lsn:
+                        return False
+                    self._last_gen = gen
+                    main = self._main
+                    main_snapshot = main.snapshot() if main is not None else None
+                    growing_snapshot = self._growing.snapshot()
+                    next_rid = self._next_rid
+                    # the metadata copy must be at exactly this lsn: writers wait for the read side to apply
+                    written.append(self.path / f"meta-{gen}.sqlite")
+                    self._meta.backup_to(written[-1])
+                body: dict[str, Any] = {"gen": gen, "lsn": lsn, "next_rid": next_rid, "main": None, "tomb": None,
+                                        "growing": f"growing-{gen}.sdx", "meta": f"meta-{gen}.sqlite"}
+                written.append(self.path / body["growing"])
+                write_snapshot(written[-1], growing_snapshot)
+                if main is not None:
+                    if self._saved_main is not None and self._saved_main[0] is main:
+                        body["main"] = self._saved_main[1]
+                    else:
+                        body["main"] = f"main-{gen}.sdx"
+                        written.append(self.path / body["main"])
+                        write_snapshot(written[-1], main_snapshot)
+                    body["tomb"] = f"tomb-{gen}.sdx"
+                    written.append(self.path / body["tomb"])
+                    fileformat.save_arrays(written[-1], "Tombstones", {}, {"deleted": main_snapshot[2]["deleted"]})
+                self._meta.make_durable()
+                self._write_manifest(body)
+            except (OSError, sqlite3.Error) as exc:
+                self._discard_files(written)
+                raise storage_error(exc, f"write checkpoint {gen} of", self.path) from None
             if main is not None:
                 self._saved_main = (main, body["main"])
             self._prev_manifest, self._manifest = self._manifest, body
+            self._log_mark = logged
             keep_after = self._prev_manifest["lsn"] if self._prev_manifest else 0
-            self._wal.truncate_before(keep_after + 1)
-            self._remove_unreferenced_files()
+            try:
+                self._wal.truncate_before(keep_after + 1)
+                self._remove_unreferenced_files()
+            except OSError as exc:  # the checkpoint stands; the old files go next time
+                log.warning("%s: checkpoint %d is written, but removing what it replaces failed: %s", self.path,
+                            gen, exc)
         return True
 
+    def _discard_files(self, paths: list[Path]) -> None:
+        """Remove the files of a checkpoint that failed before its manifest took effect (best effort: what
+        stays is never referenced, and goes with the next checkpoint)."""
+        for path in [*paths, self.path / (MANIFEST + ".tmp")]:
+            for victim in (path, Path(f"{path}-journal")):
+                try:
+                    victim.unlink(missing_ok=True)
+                except OSError:
+                    pass
+
     def _write_manifest(self, body: dict[str, Any]) -> None:
+        """Make ``body`` the current checkpoint; the current one becomes the previous. Raises OSError if the
+        switch did not happen (then the checkpoints on disk are the ones before)."""
         raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         doc = json.dumps({"format": "simdex-manifest", "version": 1, "crc32": zlib.crc32(raw), "body": body})
         tmp = self.path / (MANIFEST + ".tmp")
@@ -948,13 +1034,13 @@ class Collection:
             os.fsync(f.fileno())
         current = self.path / MANIFEST
         if current.exists():
+            # if the next rename fails, MANIFEST.prev is the current checkpoint and recovery reads it there
             os.replace(current, self.path / (MANIFEST + ".prev"))
         os.replace(tmp, current)
-        fd = os.open(self.path, os.O_RDONLY)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fsync_dir(self.path)
+        except OSError as exc:  # the switch is made; if it is lost in a crash, the previous checkpoint is intact
+            log.warning("%s: fsync of the folder after the manifest switch failed: %s", self.path, exc)
 
     def _remove_unreferenced_files(self) -> None:
         keep = set()
@@ -976,8 +1062,13 @@ class Collection:
         self._closed = True
         if self._fsyncer is not None:
             self._fsyncer.shutdown()
-        self._wal.close()
-        self._meta.close()
+        try:
+            self._wal.close()
+        except StorageError as exc:
+            log.error("%s: %s; writes acknowledged with sync='batch' since the last fsync may be lost", self.path,
+                      exc)
+        finally:
+            self._meta.close()
         if getattr(self, "_ro_copy", None) is not None:
             shutil.rmtree(self._ro_copy, ignore_errors=True)
 

@@ -20,13 +20,16 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from ..errors import CollectionExistsError, CollectionNotFoundError, DatabaseLockedError, ReadOnlyError
+from ..errors import (CollectionExistsError, CollectionNotFoundError, DatabaseLockedError, ReadOnlyError,
+                      StorageError)
+from ._io import fsync_dir, storage_error
 from .collection import Collection, check_config
 from .metadata import MetadataStore
 from .records import check_collection_name
@@ -50,18 +53,25 @@ class Database:
         Cut damaged write-ahead logs back to their last good record instead of refusing to open.
     background : bool
         Run the optimizer thread that indexes new rows and writes checkpoints. Off: call :meth:`optimize`.
+    merge_rows, checkpoint_bytes, log_segment_bytes : int
+        When the optimizer folds new rows into the graph (rows), when it writes a checkpoint (bytes logged since
+        the last one), and the size at which a new write-ahead log file is started (bytes; default a quarter of
+        ``checkpoint_bytes``, 1-64 MiB: the log is cut back by whole files).
     """
 
     def __init__(self, path: str | os.PathLike, *, sync: str = "always", read_only: bool = False,
                  repair: bool = False, background: bool = True, merge_rows: int = 20_000,
-                 checkpoint_bytes: int = 64 << 20) -> None:
+                 checkpoint_bytes: int = 64 << 20, log_segment_bytes: int | None = None) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {SYNC_MODES}; got {sync!r}")
         self.path = Path(path)
         self.sync = sync
         self.read_only = read_only
         self.repair = repair
-        self._collection_opts = {"merge_rows": merge_rows, "checkpoint_bytes": checkpoint_bytes}
+        if log_segment_bytes is None:  # the log is cut by whole files: keep them small next to a checkpoint's worth
+            log_segment_bytes = min(64 << 20, max(1 << 20, checkpoint_bytes // 4))
+        self._collection_opts = {"merge_rows": merge_rows, "checkpoint_bytes": checkpoint_bytes,
+                                 "log_segment_bytes": log_segment_bytes}
         self._lock = threading.RLock()
         self._closed = False
         if read_only and not (self.path / "collections").is_dir():
@@ -105,8 +115,11 @@ class Database:
             raise DatabaseLockedError(f"the database at {self.path} is open for writing by another "
                                       f"process{holder}; close it there first") from None
         if not self.read_only:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            try:  # who holds it, for the message above; a full disk must not keep the database from opening
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+            except OSError:
+                pass
         return fd
 
     def _cleanup_temporaries(self) -> None:
@@ -156,15 +169,19 @@ class Database:
                                             + ("" if same else " with a different configuration"))
             final = self.path / "collections" / name
             tmp = self.path / "collections" / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
             body = {**config, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            with open(tmp / "config.json", "w") as f:
-                json.dump(body, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            MetadataStore(tmp / "meta.sqlite").close()
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            try:
+                tmp.mkdir()
+                with open(tmp / "config.json", "w") as f:
+                    json.dump(body, f, indent=1)
+                    f.flush()
+                    os.fsync(f.fileno())
+                MetadataStore(tmp / "meta.sqlite").close()
+                os.replace(tmp, final)
+            except (OSError, sqlite3.Error) as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise storage_error(exc, "create the collection folder", final) from None
+            fsync_dir(final.parent)
             collection = self._open_collection(final)
             self._collections[name] = collection
             return collection
@@ -201,7 +218,7 @@ class Database:
             del self._collections[name]
             gone = self.path / "collections" / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
             os.replace(collection.path, gone)
-            _fsync_dir(gone.parent)
+            fsync_dir(gone.parent)
             shutil.rmtree(gone, ignore_errors=True)
 
     def __contains__(self, name: str) -> bool:
@@ -222,10 +239,18 @@ class Database:
             collection.checkpoint()
 
     def _optimize_loop(self) -> None:
+        # id(collection) -> (monotonic time to retry at, last delay, free bytes of its disk when that was full)
+        retry: dict[int, tuple[float, float, int | None]] = {}
         while not self._stop.wait(0.2):
             for collection in list(self._collections.values()):
                 if self._stop.is_set():
                     return
+                retry_at, delay, free_then = retry.get(id(collection), (0.0, 0.0, None))
+                # a failing disk is not hammered with checkpoints that cannot be written; but once space is freed
+                # the checkpoint goes first, before new writes fill the disk with log again
+                freed = free_then is not None and (_free_bytes(collection.path) or 0) > free_then + (1 << 20)
+                if time.monotonic() < retry_at and not freed:
+                    continue
                 try:
                     if collection.needs_merge():
                         collection.merge()
@@ -236,11 +261,22 @@ class Database:
                     if collection.needs_checkpoint():
                         collection.checkpoint()
                     collection.background_error = None
-                except Exception as exc:  # keep serving; report it in stats and the log
+                    retry.pop(id(collection), None)
+                except Exception as exc:  # keep serving; report it in stats and the log, once per distinct error
                     if collection._closed:
                         continue
-                    collection.background_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("background maintenance of %s failed", collection.name)
+                    delay = min(60.0, max(1.0, 2 * delay))
+                    full = isinstance(exc, StorageError) and exc.disk_full
+                    retry[id(collection)] = (time.monotonic() + delay, delay,
+                                             _free_bytes(collection.path) if full else None)
+                    message = f"{type(exc).__name__}: {exc}"
+                    if message != collection.background_error:
+                        if isinstance(exc, StorageError):
+                            log.warning("background maintenance of %s failed (retried when space is freed, or "
+                                        "within a minute): %s", collection.name, exc)
+                        else:
+                            log.exception("background maintenance of %s failed", collection.name)
+                    collection.background_error = message
 
     def stats(self) -> dict[str, Any]:
         return {"path": str(self.path), "read_only": self.read_only, "sync": self.sync,
@@ -275,9 +311,8 @@ def connect(path: str | os.PathLike, **options: Any) -> Database:
     return Database(path, **options)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _free_bytes(path: Path) -> int | None:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None

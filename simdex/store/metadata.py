@@ -89,6 +89,7 @@ class MetadataStore:
     def stage_upsert(self, lsn: int, ids: list[str], rids: np.ndarray, metadatas: list[str],
                      documents: list[str | None]) -> None:
         """Write the rows in an open transaction: invisible to readers until :meth:`commit`."""
+        self._begin()
         self._writer.executemany(
             "INSERT INTO records (id, rid, metadata, document) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET rid=excluded.rid, metadata=excluded.metadata, "
@@ -100,13 +101,28 @@ class MetadataStore:
         self._writer.commit()
 
     def rollback(self) -> None:
-        self._writer.rollback()
+        """Undo the open transaction (after a failed write; SQLite may have undone it already)."""
+        try:
+            self._writer.rollback()
+        except sqlite3.Error:
+            if self._writer.in_transaction:
+                raise  # still open: the next write tries again (_begin) before it stages anything
+
+    def _begin(self) -> None:
+        """Before staging a write: a transaction left open by a failed rollback must not carry into it."""
+        if self._writer.in_transaction:
+            self._writer.rollback()
 
     def apply_delete(self, lsn: int, ids: list[str]) -> None:
         with self._writer:
-            for part in _chunks(ids):
-                self._writer.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(part))})", part)
-            self._set_lsn(lsn)
+            self.stage_delete(lsn, ids)
+
+    def stage_delete(self, lsn: int, ids: list[str]) -> None:
+        """Delete the rows in an open transaction: invisible to readers until :meth:`commit`."""
+        self._begin()
+        for part in _chunks(ids):
+            self._writer.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(part))})", part)
+        self._set_lsn(lsn)
 
     def _set_lsn(self, lsn: int) -> None:
         self._writer.execute("INSERT INTO state (key, value) VALUES ('applied_lsn', ?) "
@@ -153,8 +169,13 @@ class MetadataStore:
         os.replace(tmp, path)
 
     def make_durable(self) -> None:
-        """Flush SQLite's own log into its database file and fsync it (before simdex's log is truncated)."""
-        self._writer.execute("PRAGMA wal_checkpoint(FULL)")
+        """Flush SQLite's own log into its database file and fsync it (before simdex's log is truncated). On a
+        connection of its own: the writer's may be in the middle of a write in another thread."""
+        conn = self._connect()
+        try:
+            conn.execute("PRAGMA wal_checkpoint(FULL)")
+        finally:
+            conn.close()
 
     # ---- reader side ---------------------------------------------------------------------------------------------
     def rids_where(self, where: Any, writer: bool = False) -> np.ndarray:
@@ -207,8 +228,10 @@ class MetadataStore:
         types, in rid order."""
         path = "$." + ".".join(f'"{p}"' for p in field.split("."))
         marks = ", ".join("?" * len(json_types))
-        return self._writer.execute(f"SELECT rid, json_extract(metadata, ?) FROM records WHERE json_type(metadata, ?) "
-                                    f"IN ({marks}) ORDER BY rid", (path, path, *json_types)).fetchall()
+        # a reader connection: the writer's may hold a staged write whose vectors are not applied yet
+        return self._reader().execute(f"SELECT rid, json_extract(metadata, ?) FROM records WHERE "
+                                      f"json_type(metadata, ?) IN ({marks}) ORDER BY rid",
+                                      (path, path, *json_types)).fetchall()
 
     def numeric_field(self, field: str) -> tuple[np.ndarray, np.ndarray]:
         """(rids int64, values float64) of every record whose metadata ``field`` (``a.b`` for nested keys) is a

@@ -17,6 +17,7 @@ everything before the damage, change nothing).
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import threading
@@ -25,7 +26,10 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import CorruptFileError
+from ..errors import CorruptFileError, StorageError
+from ._io import fsync_dir, storage_error, write_all
+
+log = logging.getLogger("simdex.store")
 
 _HEADER = struct.Struct("<IQII")
 _MAGIC = 0x57584453
@@ -44,15 +48,26 @@ def _crc(lsn: int, payload: bytes | memoryview) -> int:
 class WriteAheadLog:
     """A durable, checksummed, append-only record log.
 
+    Records are appended by one writer at a time: :meth:`append`, then :meth:`commit` (or :meth:`cancel` when the
+    write fails elsewhere) before the next append (the collection's writer lock). Only the background flusher of
+    ``sync="batch"`` runs beside it.
+
+    Failures (disk full, I/O errors, failed fsyncs) never leave a damaged record in front of a later one. A failed
+    append is cut off at once. After a failed fsync the file past the last fsync that succeeded is not trusted
+    (the kernel may have dropped or kept those pages; the PostgreSQL fsync lesson): the file is cut back to that
+    point and the records written since that are still wanted are written again from memory and fsynced, before
+    any later record is accepted. While that is impossible every append raises :class:`StorageError`; each later
+    append (and, with ``sync="batch"``, the flusher) tries again, so writes resume once space is freed.
+
     Parameters
     ----------
     directory : path
         Folder of the log files (created if missing).
     sync : {"always", "batch", "off"}
-        ``always``: :meth:`commit` returns only after fsync (survives power loss). Concurrent committers share one
-        fsync (group commit). ``batch``: a background thread fsyncs every ``batch_interval`` seconds; a power
-        loss can lose the last interval's acknowledged writes, a killed process cannot. ``off``: never fsync
-        (the OS writes back eventually; survives a killed process only).
+        ``always``: :meth:`commit` returns only after fsync (survives power loss). ``batch``: a background thread
+        fsyncs every ``batch_interval`` seconds; a power loss can lose the last interval's acknowledged writes, a
+        killed process cannot. ``off``: never fsync (the OS writes back eventually; survives a killed process
+        only).
     repair, read_only : bool
         What to do about damage that is not a torn tail (see the module docstring).
     """
@@ -66,8 +81,8 @@ class WriteAheadLog:
         self.batch_interval = batch_interval
         self.segment_bytes = segment_bytes
         self.read_only = read_only
-        self._lock = threading.Lock()  # appends
-        self._sync_lock = threading.Lock()  # fsyncs (group commit leader)
+        self._lock = threading.Lock()  # the open file and its bookkeeping
+        self._sync_lock = threading.Lock()  # fsyncs and changes of the file's layout; taken before _lock
         self._closed = False
         self.repaired: list[str] = []  # what recovery cut, for the caller to report
         if not read_only:
@@ -78,7 +93,16 @@ class WriteAheadLog:
         self._last_lsn, self._first_lsn = self._scan(repair)
         self._durable_lsn = self._last_lsn
         self._fh = None
-        self._fh_size = 0
+        self._fh_path: Path | None = None
+        self._fh_size = 0  # bytes of whole records in the open file
+        # the prefix of the open file known to be good: what the last successful fsync covered (with sync="off":
+        # every whole record written); the records written past it, kept to be written again after a failure
+        self._good_size = 0
+        self._unsynced: list[tuple[int, int, bytes]] = []  # (lsn, offset, record)
+        self._last_record: tuple[int, int] | None = None  # (lsn, offset) of the newest record of the open file
+        self._damage: str | None = None  # why the file past _good_size must be rewritten before the next append
+        self.error: str | None = None  # the last failure, until the log is whole again
+        self.appended_bytes = 0  # bytes of records appended since the log was opened (less those taken back)
         self._flusher = None
         if not read_only and sync == "batch":
             self._flusher = threading.Thread(target=self._flush_loop, name="simdex-wal-flush", daemon=True)
@@ -172,69 +196,196 @@ class WriteAheadLog:
         return self._files[0][0] if self._files else self._last_lsn + 1
 
     def size_bytes(self) -> int:
-        return sum(p.stat().st_size for _, p in self._files if p.exists())
+        total = 0
+        for _, path in self._files:
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
 
     def _open_for_append(self) -> None:
+        """Open the newest file, or start a new one when it is full (caller holds both locks)."""
         if self._fh is not None and self._fh_size < self.segment_bytes:
             return
         if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            self._sync_open_file()  # a full file is made durable before the next one starts
             self._fh.close()
             self._fh = None
         if self._files and self._files[-1][1].stat().st_size < self.segment_bytes:
-            path = self._files[-1][1]
+            start, path, new = self._files[-1][0], self._files[-1][1], False
         else:
-            path = self.directory / f"{self._last_lsn + 1:020d}.log"
-            self._files.append((self._last_lsn + 1, path))
-            path.touch()
-            _fsync_dir(self.directory)
-        self._fh = open(path, "ab", buffering=0)
-        self._fh_size = path.stat().st_size
+            start, path, new = self._last_lsn + 1, self.directory / f"{self._last_lsn + 1:020d}.log", True
+        fh = None
+        try:
+            fh = open(path, "ab", buffering=0)
+            if new:
+                fsync_dir(self.directory)
+            size = os.fstat(fh.fileno()).st_size
+        except OSError as exc:
+            if fh is not None:
+                fh.close()
+            raise storage_error(exc, "start the write-ahead log file", path) from None
+        if new:
+            self._files.append((start, path))
+        self._fh, self._fh_path = fh, path
+        self._fh_size = self._good_size = size
+        self._unsynced, self._last_record = [], None
 
     def append(self, payload: bytes) -> int:
-        """Write one record (not yet durable: call :meth:`commit`). Returns its lsn."""
+        """Write one record (not yet durable: call :meth:`commit`). Returns its lsn.
+
+        Raises :class:`StorageError` if it cannot be written; then the log holds nothing of it."""
         if self.read_only:
             raise PermissionError("the write-ahead log is open read-only")
         if self._closed:
             raise RuntimeError("the write-ahead log is closed")
         if len(payload) > MAX_RECORD_BYTES:
             raise ValueError(f"a log record holds at most {MAX_RECORD_BYTES} bytes; got {len(payload)}")
+        if self._fh is None or self._fh_size >= self.segment_bytes or self._damage is not None:
+            with self._sync_lock, self._lock:
+                if self._damage is not None:
+                    self._restore()
+                self._open_for_append()
         with self._lock:
-            self._open_for_append()
             lsn = self._last_lsn + 1
             record = _HEADER.pack(_MAGIC, lsn, len(payload), _crc(lsn, payload)) + payload
-            self._fh.write(record)
-            self._fh_size += len(record)
+            offset = self._fh_size
+            try:
+                write_all(self._fh.fileno(), record)
+            except OSError as exc:
+                error = storage_error(exc, "append to the write-ahead log", self._fh_path)
+                try:  # cut off what was written of it; a concurrent fsync covers at most the whole records
+                    os.ftruncate(self._fh.fileno(), offset)
+                except OSError as cut:
+                    self._damage = self.error = f"{error}; cutting it off failed too ({cut})"
+                raise error from None
+            self._fh_size = offset + len(record)
+            self.appended_bytes += len(record)
             self._last_lsn = lsn
+            self._last_record = (lsn, offset)
+            if self.sync_mode == "off":
+                self._good_size = self._fh_size
+            else:
+                self._unsynced.append((lsn, offset, record))
             return lsn
 
     def commit(self, lsn: int) -> None:
-        """Make every record up to ``lsn`` durable according to the sync mode."""
+        """Make every record up to ``lsn`` durable according to the sync mode. Raises :class:`StorageError` if the
+        fsync fails; the caller then takes its record back with :meth:`cancel`."""
         if self.sync_mode != "always" or self._durable_lsn >= lsn:
             return
         with self._sync_lock:
-            if self._durable_lsn >= lsn:  # another committer's fsync covered this record
+            if self._durable_lsn < lsn:
+                self._sync()
+        if self._durable_lsn < lsn:
+            raise StorageError(f"record {lsn} is no longer in the write-ahead log {self.directory} (it was cut "
+                               f"back after a failure)", path=str(self.directory))
+
+    def cancel(self, lsn: int) -> None:
+        """Take back record ``lsn``, the newest, because its write failed after it was appended: it must not
+        reappear after a restart. Raises :class:`StorageError` if the file cannot be cut back; appends are
+        refused until it can."""
+        with self._sync_lock, self._lock:
+            if lsn > self._last_lsn:
+                return  # cut back already (after a failed fsync)
+            if self._last_record is None or self._last_record[0] != lsn or lsn != self._last_lsn:
+                raise RuntimeError(f"only the newest record ({self._last_lsn}) can be taken back; got {lsn}")
+            offset = self._last_record[1]
+            self.appended_bytes -= self._fh_size - offset
+            self._unsynced = [u for u in self._unsynced if u[0] != lsn]
+            self._last_record = self._unsynced[-1][:2] if self._unsynced else None
+            self._last_lsn = lsn - 1
+            self._durable_lsn = min(self._durable_lsn, lsn - 1)
+            self._fh_size = offset
+            self._good_size = min(self._good_size, offset)
+            if self._damage is None:
+                self._damage = f"record {lsn} was taken back"
+            self._restore()
+
+    def _sync(self) -> None:
+        """fsync the open file up to its whole records (caller holds _sync_lock; appends go on meanwhile)."""
+        with self._lock:
+            if self._damage is not None:
+                self._restore()  # it fsyncs what it rewrites
                 return
+            fh, path, size, target = self._fh, self._fh_path, self._fh_size, self._last_lsn
+        if fh is None or self.sync_mode == "off":
+            self._durable_lsn = max(self._durable_lsn, target)
+            return
+        try:
+            os.fsync(fh.fileno())
+        except OSError as exc:
+            error = storage_error(exc, "fsync the write-ahead log", path)
             with self._lock:
-                target = self._last_lsn
-                fh = self._fh
-            if fh is not None:
-                os.fsync(fh.fileno())
+                self._damage = self.error = str(error)  # unknown past _good_size from now on
+            raise error from None
+        with self._lock:
+            self._good_size = max(self._good_size, size)
+            self._unsynced = [u for u in self._unsynced if u[0] > target]
             self._durable_lsn = max(self._durable_lsn, target)
 
+    def _sync_open_file(self) -> None:
+        """:meth:`_sync` for a caller that holds both locks (starting a new file)."""
+        if self.sync_mode == "off" or self._fh is None or self._fh_size == self._good_size:
+            return
+        try:
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            error = storage_error(exc, "fsync the write-ahead log", self._fh_path)
+            self._damage = self.error = str(error)
+            raise error from None
+        self._good_size = self._fh_size
+        self._unsynced = []
+        self._durable_lsn = self._last_lsn
+
+    def _restore(self) -> None:
+        """Make the open file hold exactly its good prefix and the records written since that are still wanted,
+        rewritten from memory, and fsync it (caller holds both locks). Raises StorageError while it cannot."""
+        fh, path = self._fh, self._fh_path
+        if fh is None:
+            self._damage = self.error = None
+            return
+        offset = self._good_size
+        try:
+            fd = fh.fileno()
+            os.ftruncate(fd, offset)
+            placed = []
+            for lsn, _, record in self._unsynced:
+                write_all(fd, record)
+                placed.append((lsn, offset, record))
+                offset += len(record)
+            if self.sync_mode != "off":
+                os.fsync(fd)
+        except OSError as exc:
+            error = storage_error(exc, "cut back the write-ahead log", path)
+            self.error = f"{self._damage}; {error}"
+            raise StorageError(f"the write-ahead log {path} cannot be restored after a failure ({self._damage}): "
+                               f"{error}. Writes are refused until it can be (free space); reads go on, and "
+                               f"nothing acknowledged is lost", errno=error.errno, path=str(path)) from None
+        self._fh_size = self._good_size = offset
+        if placed:
+            self._last_record = placed[-1][:2]
+        self._unsynced = []
+        self._durable_lsn = self._last_lsn
+        self._damage = self.error = None
+
     def _flush_loop(self) -> None:
+        reported = None
         while not self._closed:
             time.sleep(self.batch_interval)
-            try:
-                with self._sync_lock:
-                    with self._lock:
-                        target, fh = self._last_lsn, self._fh
-                    if fh is not None and target > self._durable_lsn:
-                        os.fsync(fh.fileno())
-                        self._durable_lsn = target
-            except (OSError, ValueError):  # closed under us
-                return
+            with self._sync_lock:
+                if self._closed:
+                    return
+                try:
+                    if self._last_lsn > self._durable_lsn or self._damage is not None:
+                        self._sync()
+                    reported = None
+                except StorageError as exc:
+                    if str(exc) != reported:  # once per failure, not every interval
+                        log.error("%s (acknowledged records kept in memory are written again when it can be)",
+                                  exc)
+                        reported = str(exc)
 
     def restart_at(self, next_lsn: int) -> None:
         """Drop every log file and number the next record ``next_lsn`` (repair: the log's good part ends before
@@ -243,45 +394,55 @@ class WriteAheadLog:
             raise PermissionError("the write-ahead log is open read-only")
         with self._lock:
             for _, path in self._files:
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise storage_error(exc, "remove the write-ahead log file", path) from None
                 self.repaired.append(f"removed {path} (its records are covered by the checkpoint)")
             self._files = []
             self._last_lsn = self._durable_lsn = next_lsn - 1
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def truncate_before(self, lsn: int) -> None:
-        """Delete whole log files whose records all precede ``lsn`` (they are covered by a checkpoint)."""
+        """Delete whole log files whose records all precede ``lsn`` (they are covered by a checkpoint). Raises
+        :class:`StorageError` if a file cannot be removed; the log stays whole (the rest goes next time)."""
         if self.read_only:
             return
         with self._lock:
-            keep_from = 0
-            for index in range(len(self._files) - 1):
-                if self._files[index + 1][0] <= lsn:
-                    keep_from = index + 1
-            for _, path in self._files[:keep_from]:
-                path.unlink(missing_ok=True)
-            if keep_from:
-                self._files = self._files[keep_from:]
-                _fsync_dir(self.directory)
+            removed = 0
+            try:
+                while len(self._files) > 1 and self._files[1][0] <= lsn:
+                    self._files[0][1].unlink(missing_ok=True)
+                    self._files.pop(0)
+                    removed += 1
+            except OSError as exc:
+                raise storage_error(exc, "remove the write-ahead log file", self._files[0][1]) from None
+            finally:
+                if removed:
+                    try:
+                        fsync_dir(self.directory)
+                    except OSError:
+                        pass  # the files are gone from this process's view; a crash may bring one back, harmlessly
 
     def close(self) -> None:
+        """fsync and close. Raises :class:`StorageError` if the last fsync fails (the file is closed anyway)."""
         if self._closed:
             return
         self._closed = True
-        with self._sync_lock, self._lock:
-            if self._fh is not None:
-                self._fh.flush()
-                if self.sync_mode != "off":
-                    os.fsync(self._fh.fileno())
-                self._fh.close()
-                self._fh = None
-        if self._flusher is not None:
-            self._flusher.join(timeout=1)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            with self._sync_lock, self._lock:
+                if self._fh is not None:
+                    try:
+                        if self._damage is not None:
+                            self._restore()
+                        elif self.sync_mode != "off":
+                            try:
+                                os.fsync(self._fh.fileno())
+                            except OSError as exc:
+                                raise storage_error(exc, "fsync the write-ahead log", self._fh_path) from None
+                    finally:
+                        self._fh.close()
+                        self._fh = None
+        finally:
+            if self._flusher is not None:
+                self._flusher.join(timeout=1)
