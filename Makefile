@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[server]'
+	$(BIN)/python -m pip install -q -e '.[server,embed]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python

@@ -160,3 +160,24 @@ def check_csr_sets(indptr: Any, values: Any, name: str = "sets") -> tuple[np.nda
         raise InvalidInputError(f"{name} values must be non-negative (hashes); got {int(vals.min())}")
     out = vals if vals.dtype == np.uint32 else vals.astype(np.uint64)
     return ptr, np.ascontiguousarray(out)
+
+
+def check_texts(texts: Any, name: str = "texts", *, allow_none: bool = False) -> list:
+    """``texts`` as a list of str (None entries too with ``allow_none``), or InvalidTypeError naming the problem.
+
+    A list or tuple is accepted (empty strings included); a bare str (a common slip for ``[text]``: iterating it
+    would embed single characters), any other container or iterator, and entries that are not str (bytes,
+    numbers) are refused, naming the index of the first bad entry: ``texts[3] must be a str; got int``.
+    """
+    if isinstance(texts, str):
+        raise InvalidTypeError(f"{name} must be a list of strings; got a single str: pass a list of strings "
+                               f"(e.g. [text])")
+    if not isinstance(texts, (list, tuple)):
+        raise InvalidTypeError(f"{name} must be a list of strings; got "
+                               f"{'None' if texts is None else type(texts).__name__} (convert it with list(...))")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) and not (allow_none and text is None):
+            hint = " (decode bytes to str first)" if isinstance(text, (bytes, bytearray)) else ""
+            raise InvalidTypeError(f"{name}[{i}] must be a str{' or None' if allow_none else ''}; got "
+                                   f"{'None' if text is None else type(text).__name__}{hint}")
+    return texts if isinstance(texts, list) else list(texts)

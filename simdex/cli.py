@@ -49,6 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     db = connect(args.path, sync=args.sync)
     if args.demo:
         demo_collection(db)
+    _warm_embedders(db)
     app = create_app(db, api_key=api_key, max_body_bytes=args.max_body_mb << 20, max_batch=args.max_batch)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"simdex {__version__}: database {Path(args.path).resolve()} "
@@ -62,26 +63,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def demo_collection(db, name: str = "wordnet") -> None:
-    """Create the demo collection from real data: the WordNet gloss embeddings in ../shared/data."""
+    """Create the demo collection from real data: the WordNet glosses and their all-MiniLM-L6-v2 embeddings in
+    ../shared/data, searchable by text (the built-in MiniLM embeds queries; BM25 over the glosses; hybrid by
+    default)."""
     if name in db.list_collections():
-        return
+        existing = db.get_collection(name)
+        if existing.embedder_info is not None and existing.text:
+            return
+        print(f"the demo collection {name!r} predates text search: re-creating it from ../shared/data")
+        db.drop_collection(name)
     from . import datasets
     from ._progress import progress_bar
     vectors = np.load(datasets.data_dir() / "wordnet-minilm" / "vectors.npy").astype(np.float32)
-    collection = db.create_collection(name, vectors.shape[1], "cosine")
+    collection = db.create_collection(name, metric="cosine", embedder="minilm", text=True)
     ids, metas, docs = datasets.wordnet_records()
     bar = progress_bar(len(ids), f"demo collection {name!r}", True, unit="rec")
-    for s in range(0, len(ids), 5000):
+    for s in range(0, len(ids), 5000):  # the glosses come with their MiniLM vectors: nothing to embed
         collection.upsert(ids[s:s + 5000], vectors[s:s + 5000], metas[s:s + 5000], docs[s:s + 5000])
         bar.update(min(5000, len(ids) - s))
     bar.close()
-    print(f"created demo collection {name!r}: {len(ids):,} WordNet glosses (all-MiniLM-L6-v2 embeddings); "
-          f"metadata fields pos, words, n_words")
+    print(f"created demo collection {name!r}: {len(ids):,} WordNet glosses (all-MiniLM-L6-v2 embeddings, BM25); "
+          f"metadata fields pos, words, n_words; search it by text")
+
+
+def _warm_embedders(db) -> None:
+    """Load the collections' embedders and compile their kernels in the background, so that the first text
+    search does not wait for it."""
+    import threading
+
+    def warm() -> None:
+        for name in db.list_collections():
+            collection = db.get_collection(name)
+            if collection.embedder_info is not None:
+                try:
+                    collection.embedder(["warm up"])
+                except Exception:  # reported by the first real search instead
+                    pass
+    threading.Thread(target=warm, name="simdex-warm-embedders", daemon=True).start()
 
 
 # ---- import / export ---------------------------------------------------------------------------------------------
 def _read_records(path: Path, fmt: str, args: argparse.Namespace) -> Iterator[tuple[str, Any, dict, str | None]]:
+    """(id, vector or None, metadata, document) of each record; the vector is None (embedded from the document)
+    with ``--embed``, where records need no vector field."""
+    embed = args.embed is not None
     if fmt == "npy":
+        if embed:
+            raise _fail("--embed needs records with text: JSONL or Parquet, not .npy")
         vectors = np.load(path, mmap_mode="r", allow_pickle=False)
         if vectors.ndim != 2:
             raise _fail(f"{path}: expected a 2-D array of vectors, got shape {vectors.shape}")
@@ -97,10 +125,13 @@ def _read_records(path: Path, fmt: str, args: argparse.Namespace) -> Iterator[tu
                     if not isinstance(r, dict):
                         raise ValueError("not a JSON object")
                     id_ = r[args.id_field]
-                    vector = r[args.vector_field]
+                    vector = r.get(args.vector_field) if embed else r[args.vector_field]
+                    if embed and not isinstance(r.get(args.document_field), str):
+                        raise KeyError(args.document_field)
                 except (ValueError, KeyError) as exc:
+                    needed = args.document_field if embed else args.vector_field
                     raise _fail(f"{path}:{lineno}: bad record ({exc!r}); each line must be a JSON object with "
-                                f"{args.id_field!r} and {args.vector_field!r}") from None
+                                f"{args.id_field!r} and {needed!r}{' (a string)' if embed else ''}") from None
                 meta = r.get("metadata")
                 if meta is None:
                     meta = {k: v for k, v in r.items() if k not in (args.id_field, args.vector_field,
@@ -114,12 +145,14 @@ def _read_records(path: Path, fmt: str, args: argparse.Namespace) -> Iterator[tu
         table = pq.ParquetFile(path)
         for batch in table.iter_batches(batch_size=4096):
             cols = batch.to_pydict()
-            for field in (args.id_field, args.vector_field):
+            for field in (args.id_field, args.document_field if embed else args.vector_field):
                 if field not in cols:
                     raise _fail(f"{path}: no column {field!r} (columns: {', '.join(cols)})")
             others = [c for c in cols if c not in (args.id_field, args.vector_field, args.document_field)]
+            vectors = cols.get(args.vector_field)
             for j in range(batch.num_rows):
-                yield (str(cols[args.id_field][j]), cols[args.vector_field][j], {c: cols[c][j] for c in others},
+                yield (str(cols[args.id_field][j]), None if vectors is None else vectors[j],
+                       {c: cols[c][j] for c in others},
                        cols[args.document_field][j] if args.document_field in cols else None)
 
 
@@ -156,9 +189,16 @@ def cmd_import(args: argparse.Namespace) -> int:
             nonlocal collection, done
             if not batch:
                 return
-            vectors = np.asarray([b[1] for b in batch], dtype=np.float64)
-            if collection is None:
-                collection = db.create_collection(args.collection, vectors.shape[1], args.metric, args.index)
+            if args.embed is not None:  # rows without a vector are embedded from their document
+                vectors = [b[1] for b in batch]
+                if collection is None:
+                    collection = db.create_collection(args.collection, None, args.metric, args.index,
+                                                      embedder=args.embed, text=args.text)
+            else:
+                vectors = np.asarray([b[1] for b in batch], dtype=np.float64)
+                if collection is None:
+                    collection = db.create_collection(args.collection, vectors.shape[1], args.metric, args.index,
+                                                      text=args.text)
             collection.upsert([b[0] for b in batch], vectors, [b[2] for b in batch], [b[3] for b in batch])
             done += len(batch)
             bar.update(len(batch))
@@ -254,11 +294,15 @@ def cmd_search(args: argparse.Namespace) -> int:
             vector = found[0]["embedding"]
         elif args.vector is not None:
             vector = json.loads(args.vector)
+        elif args.text is None:
+            raise _fail("give --text, --id or --vector")
         else:
-            raise _fail("give --id or --vector")
-        for rank, hit in enumerate(collection.search(vector, args.k, where=where), 1):
+            vector = None
+        hits = collection.search(vector, args.k, where=where, text=args.text, mode=args.mode)
+        for rank, hit in enumerate(hits, 1):
             doc = (hit.get("document") or "")[:100]
-            print(f"{rank:3d}. {hit['distance']:.4f}  {hit['id']}  {json.dumps(hit.get('metadata'))[:80]}  {doc}")
+            value = hit["distance"] if "distance" in hit else hit["score"]
+            print(f"{rank:3d}. {value:.4f}  {hit['id']}  {json.dumps(hit.get('metadata'))[:80]}  {doc}")
     return 0
 
 
@@ -296,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vector-field", default="vector")
     p.add_argument("--document-field", default="document")
     p.add_argument("--id-prefix", default="", help=".npy rows get ids PREFIX + row number")
+    p.add_argument("--embed", nargs="?", const="minilm", default=None, metavar="MODEL",
+                   help="embed the document field (--document-field) of records without a vector; a new collection "
+                        "gets this embedder (default minilm, built in)")
+    p.add_argument("--text", action="store_true", help="a new collection also indexes the documents for BM25")
     p.add_argument("--batch-size", type=int, default=2000)
     p.set_defaults(func=cmd_import)
 
@@ -311,9 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("search", help="search a collection by record id or vector")
+    p = sub.add_parser("search", help="search a collection by text, record id or vector")
     p.add_argument("--path", required=True)
     p.add_argument("collection")
+    p.add_argument("--text", help="a text query (collections with an embedder or a text index)")
+    p.add_argument("--mode", choices=["dense", "bm25", "hybrid"], help="for --text (default: what the collection "
+                                                                        "supports, hybrid when both)")
     p.add_argument("--id")
     p.add_argument("--vector", help="JSON array")
     p.add_argument("-k", type=int, default=10)

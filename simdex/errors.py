@@ -87,3 +87,8 @@ class StorageError(SimdexError, OSError):
         """Whether the cause is a lack of space (ENOSPC, EDQUOT, EFBIG): freeing space will cure it."""
         import errno as _errno
         return self.errno in (_errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG)
+
+
+class TruncatedTextWarning(UserWarning):
+    """A text was longer than the embedder reads (all-MiniLM-L6-v2: 256 tokens); only its beginning was
+    embedded. Over HTTP the same notes come back in the response's ``warnings`` field."""

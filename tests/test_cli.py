@@ -70,3 +70,29 @@ def test_cli_errors_name_the_problem(tmp_path, args, message):
         connect(args[2]).close()
     with pytest.raises(SystemExit, match=message):
         main(args)
+
+
+def test_import_with_embed_then_search_by_text(tmp_path, capsys):
+    """`simdex import --embed --text` of JSONL glosses without vectors: the stored vectors are MiniLM's (checked
+    against the shared reference embeddings), and `simdex search --text` finds a gloss by its own words."""
+    from simdex import datasets
+    ids, metas, docs = datasets.wordnet_records()
+    reference = np.load(datasets.data_dir() / "wordnet-minilm" / "vectors.npy", mmap_mode="r")[:120]
+    with open(tmp_path / "glosses.jsonl", "w") as f:
+        for i in range(120):
+            f.write(json.dumps({"id": ids[i], "text": docs[i], "pos": metas[i]["pos"]}) + "\n")
+    db = str(tmp_path / "db")
+    assert main(["import", "--path", db, "g", str(tmp_path / "glosses.jsonl"), "--embed", "--text",
+                 "--document-field", "text"]) == 0
+    from simdex import connect
+    with connect(db, read_only=True) as database:
+        col = database.get_collection("g")
+        assert col.stats()["embedder"]["name"] == "minilm" and col.text
+        stored = np.array([r["embedding"] for r in col.get(ids[:120], include=["embeddings"])])
+    cosines = (stored * _unit(reference.astype(np.float32))).sum(1)
+    assert cosines.min() >= 0.999, cosines.min()
+    capsys.readouterr()
+    for mode in ("dense", "bm25", "hybrid"):
+        assert main(["search", "--path", db, "g", "--text", docs[42], "--mode", mode, "-k", "3"]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 3 and lines[0].split()[2] == ids[42], (mode, lines)

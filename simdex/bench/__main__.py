@@ -175,6 +175,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     mv.add_argument("--synthetic", default=None, metavar="DOCS,QUERIES",
                     help="no model: real WordNet sentence vectors grouped into DOCS documents and QUERIES queries")
     mv.add_argument("--out", default="bench-results", help="folder for the JSON, PNG and the embedding cache")
+    emb = sub.add_parser("embed", help="built-in MiniLM embedder: fidelity to the reference vectors and texts/s "
+                                       "vs sentence-transformers (torch, CPU) on WordNet glosses")
+    emb.add_argument("--n-texts", type=int, default=2000, help="first N WordNet glosses")
+    emb.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    emb.add_argument("--batch-size", type=int, default=64)
+    emb.add_argument("--repeats", type=int, default=3, help="interleaved timed runs per side; the best counts")
+    emb.add_argument("--no-st", action="store_true", help="skip sentence-transformers (fidelity and MiniLM speed only)")
+    emb.add_argument("--parts", default="embedder,import,retrieval,demo",
+                     help="comma-separated: embedder (fidelity, speed), import, retrieval (IR sets), demo")
+    emb.add_argument("--import-docs", type=int, default=10_000, help="glosses in the import part")
+    emb.add_argument("--out", default="bench-results", help="folder for embed.json")
     return parser
 
 
@@ -251,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
                               encoder=encoder, latency_queries=args.latency_queries, recommended=args.recommended,
                               synthetic=synthetic, reductions=not args.no_reductions)
         _record(mv_bench, report, args.out, argv)
+        return 0
+    if args.bench == "embed":
+        from . import embed as embed_bench
+        report = embed_bench.run(n_texts=args.n_texts, threads=tuple(int(t) for t in args.threads.split(",") if t),
+                                 batch_size=args.batch_size, repeats=args.repeats, with_st=not args.no_st,
+                                 parts=tuple(p for p in args.parts.split(",") if p), out_dir=Path(args.out),
+                                 import_docs=args.import_docs)
+        _record(embed_bench, report, args.out, argv)
         return 0
     if args.bench == "startup":
         from .startup import format_startup, measure

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .. import datasets
+from . import write_report
 from .._numba import cpu_count, num_threads
 from ..sparse import Analyzer, SparseIndex
 from ..sparse.fusion import fuse
@@ -361,8 +362,5 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save(report: dict[str, Any], out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "ir.json"
-    path.write_text(json.dumps(report, indent=1))
-    return path
+def save(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path | None]:
+    return write_report(report, out_dir, "ir")

@@ -64,13 +64,16 @@ class _Strict(BaseModel):
 
 class CreateCollection(_Strict):
     name: str = Field(description="1-64 letters, digits, '_' or '-'")
-    dim: int = Field(description="vector dimension")
+    dim: int | None = Field(None, description="vector dimension (may be left out when an embedder gives it)")
     metric: str = Field("cosine", description="l2, ip or cosine")
     index: str = Field("hnsw", description="hnsw or flat")
     params: dict[str, Any] = Field(default_factory=dict, description="index parameters (HNSW: M, ef_construction, "
                                                                      "ef_search, seed)")
     exist_ok: bool = False
     text: bool = Field(False, description="also index the records' documents for BM25 text and hybrid search")
+    embedder: str | None = Field(None, description="embed documents and text queries: \"minilm\" (built in, "
+                                                   "all-MiniLM-L6-v2, 384-d) or \"st:<model>\" "
+                                                   "(sentence-transformers)")
     window_field: str | None = Field(None, description="numeric metadata field whose range filters a window index "
                                                        "answers, e.g. \"ts\"")
     label_field: str | None = Field(None, description="string metadata field whose equality filters per-value "
@@ -83,7 +86,10 @@ B64_HELP = ("the vectors as base64 of little-endian float32, row-major (n x dim)
 
 class Upsert(_Strict):
     ids: list[str]
-    vectors: list[list[float]] | None = Field(None, description="one vector per id (or use vectors_base64)")
+    vectors: list[list[float] | None] | None = Field(None, description="one vector per id (or use vectors_base64); "
+                                                                       "left out, or null rows, in a collection "
+                                                                       "with an embedder: embedded from the "
+                                                                       "documents")
     vectors_base64: str | None = Field(None, description=B64_HELP)
     metadatas: list[dict[str, Any] | None] | None = None
     documents: list[str | None] | None = None
@@ -112,8 +118,14 @@ class Search(_Strict):
     where: dict[str, Any] | None = None
     include: list[str] | None = None
     ef: int | None = Field(None, ge=1)
-    text: str | None = Field(None, description="BM25 text query (collections created with text=true); with "
-                                               "vector: hybrid search")
+    text: str | None = Field(None, description="a text query: embedded (collections with an embedder), BM25 "
+                                               "(collections created with text=true), or both fused (see mode); "
+                                               "with vector: hybrid search")
+    texts: list[str] | None = Field(None, description="several text queries")
+    mode: str | None = Field(None, description="for text queries: dense, bm25 or hybrid (default: hybrid when the "
+                                               "collection has an embedder and a text index, else what it has)")
+    depth: int | None = Field(None, ge=1, description="hybrid: candidates taken from each list (default "
+                                                      "max(k, 100))")
     fusion: str = Field("rrf", description="hybrid fusion: rrf or linear")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="linear fusion: weight of the vector part")
     norm: str = Field("minmax", description="linear fusion score normalisation: minmax or zscore")
@@ -189,11 +201,18 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_: Request, exc: RequestValidationError):
-        problems = []
+        # the same error classes (and paths, "documents[1]") as the embedded API raises for the same input, so
+        # that simdex.Client raises what simdex.connect would
+        problems, kinds = [], set()
         for e in exc.errors()[:5]:
-            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-            problems.append(f"{where}: {e.get('msg')}")
-        return _error(422, "ValidationError", "; ".join(problems) or "malformed request")
+            where = ""
+            for part in (p for p in e.get("loc", ()) if p != "body"):
+                where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+            problems.append(f"{where or 'body'}: {e.get('msg')}")
+            kinds.add(str(e.get("type", "")))
+        typed = bool(kinds) and all(k.endswith("_type") or k.endswith("_parsing") for k in kinds)
+        return _error(422, "InvalidTypeError" if typed else "InvalidInputError",
+                      "; ".join(problems) or "malformed request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -220,7 +239,7 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
     @app.post(f"{API}/collections", tags=["collections"], status_code=201)
     def create_collection(body: CreateCollection) -> dict[str, Any]:
         return db.create_collection(body.name, body.dim, body.metric, body.index, exist_ok=body.exist_ok,
-                                    text=body.text, window_field=body.window_field,
+                                    text=body.text, embedder=body.embedder, window_field=body.window_field,
                                     label_field=body.label_field, **body.params).stats()
 
     @app.get(f"{API}/collections/{{name}}", tags=["collections"])
@@ -235,9 +254,9 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
     @app.post(f"{API}/collections/{{name}}/upsert", tags=["records"])
     def upsert(name: str, body: Upsert) -> dict[str, Any]:
         col = collection(name)
-        if (body.vectors is None) == (body.vectors_base64 is None):
-            raise errors.InvalidInputError("give exactly one of vectors or vectors_base64")
-        vectors = body.vectors if body.vectors is not None else decode_vectors(body.vectors_base64, col.dim)
+        if body.vectors is not None and body.vectors_base64 is not None:
+            raise errors.InvalidInputError("give vectors or vectors_base64, not both")
+        vectors = body.vectors if body.vectors_base64 is None else decode_vectors(body.vectors_base64, col.dim)
         n = col.upsert(body.ids, vectors, body.metadatas, body.documents, max_batch=max_batch)
         return _json({"upserted": n})
 
@@ -259,31 +278,37 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
     @app.post(f"{API}/collections/{{name}}/search", tags=["search"])
     def search(name: str, body: Search) -> dict[str, Any]:
         col = collection(name)
-        given = [x is not None for x in (body.vector, body.vectors, body.vectors_base64, body.query_ids)]
+        options = {"mode": body.mode, "fusion": body.fusion, "alpha": body.alpha, "norm": body.norm,
+                   "depth": body.depth}
+        given = [x is not None for x in (body.vector, body.vectors, body.vectors_base64, body.query_ids, body.text,
+                                         body.texts)]
         if body.text is not None:
-            if any(given[1:]):
+            if any(given[1:4]) or body.texts is not None:
                 raise errors.InvalidInputError("a text query takes at most one vector (field vector)")
-            return _json({"results": [col.search(body.vector, body.k, body.where, body.include, body.ef,
-                                                 text=body.text, fusion=body.fusion, alpha=body.alpha,
-                                                 norm=body.norm)]})
+            hits, notes = col.search_with_notes(body.vector, body.k, body.where, body.include, body.ef,
+                                                text=body.text, **options)
+            return _json({"results": [hits], "warnings": notes})
         if sum(given) != 1:
-            raise errors.InvalidInputError("give exactly one of vector, vectors, vectors_base64 or query_ids")
-        if body.query_ids is not None:
-            if len(body.query_ids) > max_batch:
-                raise errors.InvalidInputError(f"at most {max_batch} queries per request")
-            found = {r["id"]: r["embedding"] for r in col.get(body.query_ids, include=["embeddings"])}
-            missing = [i for i in body.query_ids if i not in found]
-            if missing:
-                raise errors.UnknownIdError(f"id {missing[0]!r} is not in collection {name!r}")
-            queries = [found[i] for i in body.query_ids]
-        else:
-            if body.vectors_base64 is not None:
-                queries = decode_vectors(body.vectors_base64, col.dim)
-            else:
-                queries = [body.vector] if body.vector is not None else body.vectors
-        if len(queries) > max_batch:
+            raise errors.InvalidInputError("give exactly one of vector, vectors, vectors_base64, query_ids, text or "
+                                           "texts")
+        n_queries = len(next(x for x in (body.vectors, body.query_ids, body.texts) if x is not None)) \
+            if body.vector is None and body.vectors_base64 is None else 1
+        if n_queries > max_batch:
             raise errors.InvalidInputError(f"at most {max_batch} queries per request")
-        results = col.search_batch(queries, body.k, body.where, body.include, body.ef)
-        return _json({"results": results})
+        if body.query_ids is not None:
+            return _json({"results": col.search_by_id(body.query_ids, body.k, body.where, body.include, body.ef),
+                          "warnings": []})
+        if body.texts is not None:
+            results, notes = col.search_batch_with_notes(None, body.k, body.where, body.include, body.ef,
+                                                         texts=body.texts, **options)
+            return _json({"results": results, "warnings": notes})
+        if body.vectors_base64 is not None:
+            queries = decode_vectors(body.vectors_base64, col.dim)
+            if len(queries) > max_batch:
+                raise errors.InvalidInputError(f"at most {max_batch} queries per request")
+        else:
+            queries = [body.vector] if body.vector is not None else body.vectors
+        results = col.search_batch(queries, body.k, body.where, body.include, body.ef, mode=body.mode)
+        return _json({"results": results, "warnings": []})
 
     return app

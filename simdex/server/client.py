@@ -12,11 +12,14 @@ import http.client
 import json
 import threading
 import urllib.parse
+import warnings
 from typing import Any
 
 import numpy as np
 
 from .. import errors
+from .._validate import check_texts
+from ..store.api import CollectionAPI, DatabaseAPI
 
 API = "/api/v1"
 
@@ -43,7 +46,7 @@ def _vectors_field(vectors: Any, single: bool = False) -> dict[str, Any]:
     return {"vectors_base64": base64.b64encode(arr.astype("<f4").tobytes()).decode("ascii")}
 
 
-class Client:
+class Client(DatabaseAPI):
     """Connect to a ``simdex serve`` server at ``url`` (e.g. ``http://127.0.0.1:8000``).
 
     Each thread keeps one persistent (keep-alive) connection. Vectors travel as base64 float32, not JSON numbers.
@@ -112,17 +115,18 @@ class Client:
     def list_collections(self) -> list[str]:
         return [c["name"] for c in self._request("GET", f"{API}/collections")["collections"]]
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw", *,
-                          exist_ok: bool = False, text: bool = False, window_field: str | None = None,
-                          label_field: str | None = None, **params: Any) -> RemoteCollection:
+    def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", index: str = "hnsw", *,
+                          exist_ok: bool = False, text: bool = False, embedder: Any = None,
+                          window_field: str | None = None, label_field: str | None = None,
+                          **params: Any) -> RemoteCollection:
+        if embedder is not None and not isinstance(embedder, str):
+            raise errors.InvalidTypeError("over HTTP, embedder is a name the server knows (\"minilm\" or "
+                                          "\"st:<model>\"); an Embedder object can only be used in process")
         self._request("POST", f"{API}/collections", {"name": name, "dim": dim, "metric": metric, "index": index,
                                                      "params": params, "exist_ok": exist_ok, "text": text,
-                                                     "window_field": window_field, "label_field": label_field})
+                                                     "embedder": embedder, "window_field": window_field,
+                                                     "label_field": label_field})
         return RemoteCollection(self, name)
-
-    def get_or_create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
-                                 **params: Any) -> RemoteCollection:
-        return self.create_collection(name, dim, metric, index, exist_ok=True, **params)
 
     def get_collection(self, name: str) -> RemoteCollection:
         self._request("GET", f"{API}/collections/{urllib.parse.quote(name, safe='')}")
@@ -132,8 +136,8 @@ class Client:
         self._request("DELETE", f"{API}/collections/{urllib.parse.quote(name, safe='')}")
 
 
-class RemoteCollection:
-    """The :class:`~simdex.Collection` API of one collection on a server."""
+class RemoteCollection(CollectionAPI):
+    """The :class:`~simdex.store.api.CollectionAPI` of one collection on a server."""
 
     def __init__(self, client: Client, name: str) -> None:
         self._client = client
@@ -143,13 +147,24 @@ class RemoteCollection:
     def _post(self, verb: str, body: dict[str, Any]) -> Any:
         return self._client._request("POST", f"{self._base}/{verb}", body)
 
+    def _search(self, body: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        reply = self._post("search", body)
+        for note in reply.get("warnings") or ():
+            warnings.warn(errors.TruncatedTextWarning(note), stacklevel=3)
+        return reply["results"]
+
     def stats(self) -> dict[str, Any]:
         return self._client._request("GET", self._base)
 
-    def upsert(self, ids: Any, vectors: Any, metadatas: Any = None, documents: Any = None) -> int:
-        return self._post("upsert", {"ids": list(ids) if not isinstance(ids, str) else [ids],
-                                     **_vectors_field(vectors), "metadatas": metadatas,
-                                     "documents": documents})["upserted"]
+    def upsert(self, ids: Any, vectors: Any = None, metadatas: Any = None, documents: Any = None, *,
+               max_batch: int | None = None) -> int:
+        ids = [ids] if isinstance(ids, str) else list(ids) if isinstance(ids, (list, tuple)) else ids
+        if max_batch is not None and isinstance(ids, list) and len(ids) > max_batch:
+            raise errors.InvalidInputError(f"a batch holds at most {max_batch} records; got {len(ids)}")
+        body = {"ids": ids, "metadatas": metadatas, "documents": documents}
+        if vectors is not None:
+            body.update(_vectors_field(vectors))
+        return self._post("upsert", body)["upserted"]
 
     def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
             include: Any = None) -> list[dict[str, Any]]:
@@ -162,26 +177,40 @@ class RemoteCollection:
     def count(self) -> int:
         return self._client._request("GET", f"{self._base}/count")["count"]
 
-    def __len__(self) -> int:
-        return self.count()
-
     def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
-               ef: int | None = None, *, text: str | None = None, fusion: str = "rrf", alpha: float = 0.5,
-               norm: str = "minmax") -> list[dict[str, Any]]:
+               ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
+               alpha: float = 0.5, norm: str = "minmax", depth: int | None = None) -> list[dict[str, Any]]:
+        body = {"k": k, "where": where, "include": include, "ef": ef, "mode": mode}
         if text is not None:
-            body = {"k": k, "where": where, "include": include, "ef": ef, "text": text, "fusion": fusion,
-                    "alpha": alpha, "norm": norm}
+            body.update({"text": text, "fusion": fusion, "alpha": alpha, "norm": norm, "depth": depth})
             if vector is not None:
                 body["vector"] = np.asarray(vector, np.float32).reshape(-1).tolist()
-            return self._post("search", body)["results"][0]
-        return self._post("search", {**_vectors_field(vector, single=True), "k": k, "where": where,
-                                     "include": include, "ef": ef})["results"][0]
+            return self._search(body)[0]
+        if vector is None:
+            raise errors.InvalidInputError("search needs a vector, a text, or both")
+        if np.ndim(vector) == 2 and np.shape(vector)[0] != 1:
+            raise errors.InvalidInputError(f"search takes one vector; got shape {np.shape(vector)} "
+                                           f"(use search_batch)")
+        if np.ndim(vector) == 2:
+            vector = np.asarray(vector)[0]
+        return self._search({**_vectors_field(vector, single=True), **body})[0]
 
-    def search_batch(self, vectors: Any, k: int = 10, where: Any = None, include: Any = None,
-                     ef: int | None = None) -> list[list[dict[str, Any]]]:
-        return self._post("search", {**_vectors_field(vectors), "k": k, "where": where, "include": include,
-                                     "ef": ef})["results"]
-
-    def search_by_id(self, ids: list[str], k: int = 10, where: Any = None, include: Any = None
+    def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
+                     ef: int | None = None, *, texts: Any = None, mode: str | None = None, fusion: str = "rrf",
+                     alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
                      ) -> list[list[dict[str, Any]]]:
-        return self._post("search", {"query_ids": ids, "k": k, "where": where, "include": include})["results"]
+        body = {"k": k, "where": where, "include": include, "ef": ef, "mode": mode}
+        if texts is not None:
+            if vectors is not None:
+                raise errors.InvalidInputError("give vectors or texts, not both")
+            texts = check_texts(texts, "texts")
+            return self._search({**body, "texts": texts, "fusion": fusion, "alpha": alpha, "norm": norm,
+                                 "depth": depth})
+        if vectors is None:
+            raise errors.InvalidInputError("search_batch needs vectors or texts")
+        return self._search({**_vectors_field(vectors), **body})
+
+    def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
+                     ef: int | None = None) -> list[list[dict[str, Any]]]:
+        return self._search({"query_ids": [ids] if isinstance(ids, str) else ids, "k": k, "where": where,
+                             "include": include, "ef": ef})

@@ -29,6 +29,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import warnings
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -38,19 +39,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import fileformat
-from .._validate import check_dim, check_positive_int, check_vectors
+from .._validate import check_dim, check_positive_int, check_texts, check_vectors
 from ..dense import FlatIndex, HNSWIndex, WindowIndex
-from ..errors import (CorruptDatabaseError, CorruptFileError, InvalidInputError, ReadOnlyError, StorageError,
-                      UnknownIdError)
+from ..errors import (CorruptDatabaseError, CorruptFileError, DimensionMismatchError, InvalidInputError,
+                      InvalidTypeError, ReadOnlyError, StorageError, TruncatedTextWarning, UnknownIdError)
 from ..index import Index, write_snapshot
 from . import records as rec
 from ._io import fsync_dir, storage_error
 from ._rwlock import RWLock
+from .api import SEARCH_MODES, CollectionAPI
 from .filters import label_value, window_bounds
 from .metadata import MetadataStore
 from .wal import CorruptLogError, WriteAheadLog
 
 if TYPE_CHECKING:
+    from ..embed import Embedder
     from ..sparse import SparseIndex
 
 log = logging.getLogger("simdex.store")
@@ -79,8 +82,15 @@ def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(include)
 
 
+def embedder_info(embedder: Embedder) -> dict[str, Any]:
+    """What a collection records of its embedder, to rebuild it on open and to refuse another model."""
+    return {"name": embedder.name, "dim": int(embedder.dim), "fingerprint": embedder.fingerprint,
+            "max_tokens": embedder.max_tokens, "normalized": bool(embedder.normalized)}
+
+
 def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text: Any = False,
-                 window_field: Any = None, label_field: Any = None) -> dict[str, Any]:
+                 window_field: Any = None, label_field: Any = None, embedder: Embedder | None = None
+                 ) -> dict[str, Any]:
     from .._validate import check_metric
     dim = check_dim(dim)
     metric = check_metric(metric)
@@ -101,8 +111,16 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
         if field is not None and (not isinstance(field, str) or not _FIELD.match(field)):
             raise InvalidInputError(f"{name} must be a metadata field name (letters, digits, '_', '-', '.' "
                                     f"between nested keys); got {field!r}")
+    if embedder is not None and embedder.dim != dim:
+        raise DimensionMismatchError(f"dim is {dim}, but the embedder {embedder.name!r} makes {embedder.dim}-d vectors")
     return {"dim": dim, "metric": metric, "index": index, "params": dict(params), "text": text,
-            "window_field": window_field, "label_field": label_field}
+            "window_field": window_field, "label_field": label_field,
+            "embedder": None if embedder is None else embedder_info(embedder)}
+
+
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        warnings.warn(TruncatedTextWarning(note), stacklevel=3)
 
 
 def _remove_present(index: Any, rids: np.ndarray) -> None:
@@ -124,7 +142,7 @@ def _field_values(metadatas: list[str], field: str) -> list[Any]:
     return out
 
 
-class Collection:
+class Collection(CollectionAPI):
     """Records with vectors, metadata and documents, searchable by vector with metadata filters.
 
     Obtain one from :meth:`simdex.Database.create_collection` or :meth:`~simdex.Database.get_collection`.
@@ -142,6 +160,11 @@ class Collection:
         # text=True: the documents are also indexed for BM25 (a SparseIndex keyed by rid, rebuilt from the
         # metadata store on open, so it needs no files of its own and nothing is lost in a crash)
         self.text: bool = bool(config.get("text", False))
+        # embedder: documents without vectors and text queries are embedded by it; loaded on first use (by its
+        # name), or attached by the database; one of another name, dimension or weights is refused
+        self.embedder_info: dict[str, Any] | None = config.get("embedder")
+        self._embedder: Embedder | None = None
+        self._embedder_lock = threading.Lock()
         self._sparse: SparseIndex | None = None
         # window_field: numeric range filters on that metadata field are answered by a WindowIndex keyed by rid
         # (like the BM25 index it has no files: it is rebuilt from the metadata store on open, its points first
@@ -517,14 +540,80 @@ class Collection:
             error = StorageError(f"{error}; {'; '.join(problems)}", errno=error.errno, path=error.filename)
         raise error from None
 
-    def upsert(self, ids: Any, vectors: Any, metadatas: Any = None, documents: Any = None, *,
-               max_batch: int | None = None) -> int:
-        """Insert records, or replace those whose id exists. Returns the number written.
+    # ---- the embedder -------------------------------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        """The collection's embedder (loaded on first use); InvalidInputError if it has none."""
+        if self._embedder is None:
+            info = self.embedder_info
+            if info is None:
+                raise InvalidInputError(f"collection {self.name!r} has no embedder; create it with "
+                                        f"embedder='minilm' to store and search text")
+            with self._embedder_lock:
+                if self._embedder is None:
+                    from ..embed import get_embedder
+                    try:
+                        embedder = get_embedder(info["name"])
+                    except InvalidInputError:
+                        raise InvalidInputError(
+                            f"collection {self.name!r} embeds with {info['name']!r}, which simdex cannot load by "
+                            f"name; attach it: db.get_collection({self.name!r}, embedder=...) or "
+                            f"simdex.connect(path, embedders={{{info['name']!r}: ...}})") from None
+                    self._check_embedder(embedder)
+                    self._embedder = embedder
+        return self._embedder
 
-        ``ids``: list of str; ``vectors``: (n, dim); ``metadatas``: list of JSON objects or None;
-        ``documents``: list of str/None or None. Durable when this returns (see the database's ``sync``).
-        """
+    def attach_embedder(self, embedder: Embedder) -> None:
+        """Use ``embedder`` (an instance of the model the collection was created with) for its texts."""
+        self._check_embedder(embedder)
+        self._embedder = embedder
+
+    def _check_embedder(self, embedder: Embedder) -> None:
+        info = self.embedder_info
+        if info is None:
+            raise InvalidInputError(f"collection {self.name!r} has no embedder")
+        got = embedder_info(embedder)
+        differ = [key for key in ("name", "dim", "fingerprint") if got[key] != info[key]]
+        if differ:
+            raise InvalidInputError(
+                f"collection {self.name!r} was embedded with {info['name']!r} (dim {info['dim']}, weights "
+                f"{info['fingerprint']}); the embedder given is {got['name']!r} (dim {got['dim']}, weights "
+                f"{got['fingerprint']}): vectors of different models must not be mixed")
+
+    def _vectors_for(self, ids: Any, vectors: Any, documents: Any) -> Any:
+        """``vectors``, with the rows that are None (or all, when it is None) embedded from ``documents``."""
+        partial = isinstance(vectors, (list, tuple)) and any(v is None for v in vectors)
+        if vectors is not None and not partial:
+            return vectors
+        if self.embedder_info is None:
+            raise InvalidInputError(f"vectors is required: collection {self.name!r} has no embedder (create it with "
+                                    f"embedder='minilm' to upsert documents alone)")
+        if documents is None:
+            raise InvalidInputError("give vectors, or documents for the collection's embedder to embed")
+        docs = check_texts(documents, "documents", allow_none=True)
+        n = len(ids) if isinstance(ids, (list, tuple)) else 1
+        if len(docs) != n or (partial and len(vectors) != n):
+            raise InvalidInputError(f"documents{' and vectors' if partial else ''} must have one entry per id ({n})")
+        rows = [i for i, v in enumerate(vectors) if v is None] if partial else list(range(n))
+        empty = [i for i in rows if docs[i] is None]
+        if empty:
+            raise InvalidInputError(f"documents[{empty[0]}] is None and there is no vector for ids[{empty[0]}]: "
+                                    f"nothing to embed")
+        embedded = self.embedder([docs[i] for i in rows])
+        if not partial:
+            return embedded
+        out = [v for v in vectors]
+        for j, i in enumerate(rows):
+            out[i] = embedded[j]
+        return out
+
+    def upsert(self, ids: Any, vectors: Any = None, metadatas: Any = None, documents: Any = None, *,
+               max_batch: int | None = None) -> int:
+        """See :meth:`CollectionAPI.upsert`. Durable when this returns (see the database's ``sync``)."""
         self._check_writable()
+        if max_batch is not None and isinstance(ids, (list, tuple)) and len(ids) > max_batch:
+            raise InvalidInputError(f"a batch holds at most {max_batch} records; got {len(ids)}")
+        vectors = self._vectors_for(ids, vectors, documents)  # embedding runs before any lock is taken
         batch = rec.check_upsert(ids, vectors, metadatas, documents, self.dim, self.metric == "cosine", max_batch)
         self._make_room_in_log()
         with self._writer:
@@ -615,20 +704,61 @@ class Collection:
             out["embedding"] = vector.tolist()
         return out
 
-    def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
-               ef: int | None = None, *, text: str | None = None, fusion: str = "rrf", alpha: float = 0.5,
-               norm: str = "minmax", depth: int | None = None) -> list[dict[str, Any]]:
-        """The k best records for one query, best first, as dicts with ``id`` and the ``include`` fields.
-        Fewer than k when fewer records match.
+    def _resolve_mode(self, mode: Any, has_vector: bool) -> str:
+        """The search mode of a text query (see :meth:`CollectionAPI.search`), checked against what the
+        collection has."""
+        if mode is None:
+            if has_vector or (self.embedder_info is not None and self.text):
+                mode = "hybrid"
+            elif self.embedder_info is not None:
+                mode = "dense"
+            elif self.text:
+                mode = "bm25"
+            else:
+                raise InvalidInputError(f"collection {self.name!r} has no text index and no embedder: search it by "
+                                        f"vector, or create it with text=True (BM25) or embedder='minilm'")
+        if mode not in SEARCH_MODES:
+            raise InvalidInputError(f"mode must be one of {SEARCH_MODES}; got {mode!r}")
+        if mode in ("bm25", "hybrid") and not self.text:
+            raise InvalidInputError(f"collection {self.name!r} has no text index (mode {mode!r} needs BM25); create "
+                                    f"it with text=True")
+        if mode in ("dense", "hybrid") and not has_vector and self.embedder_info is None:
+            raise InvalidInputError(f"collection {self.name!r} has no embedder (mode {mode!r} needs one to turn the "
+                                    f"text into a vector); pass a vector, or create it with embedder='minilm'")
+        if mode == "bm25" and has_vector:
+            raise InvalidInputError("mode 'bm25' takes no vector")
+        return mode
 
-        - ``vector`` only (shape (dim,) or (1, dim)): nearest neighbours; hits carry ``distance``.
-        - ``text`` only (collections created with ``text=True``): BM25 over the documents; hits carry ``score``.
-        - both: hybrid. The ``depth`` best of each (default ``max(k, 100)``) are fused
-          (:func:`simdex.sparse.fusion.fuse`): ``fusion="rrf"`` (reciprocal rank fusion) or ``"linear"``
-          (``alpha * dense + (1 - alpha) * BM25`` after ``norm`` = "minmax" or "zscore" normalisation of each
-          list; dense scores are negated distances); hits carry the fused ``score``.
-        """
+    def _embed_queries(self, texts: list[str], notes: list[str]) -> np.ndarray:
+        """(n, dim) query vectors of ``texts``; a note for each text the embedder truncates."""
+        embedder = self.embedder
+        if embedder.max_tokens:
+            counts = embedder.count_tokens(texts)
+            for i in np.flatnonzero(counts > embedder.max_tokens):
+                notes.append(f"query {int(i)} has {int(counts[i])} tokens; {embedder.name} reads only the first "
+                             f"{embedder.max_tokens}")
+        return check_vectors(embedder(texts, progress=False), self.dim, "embedded queries",
+                             normalize=self.metric == "cosine")
+
+    def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
+               ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
+               alpha: float = 0.5, norm: str = "minmax", depth: int | None = None) -> list[dict[str, Any]]:
+        """See :meth:`CollectionAPI.search`."""
+        hits, notes = self.search_with_notes(vector, k, where, include, ef, text=text, mode=mode, fusion=fusion,
+                                             alpha=alpha, norm=norm, depth=depth)
+        _warn(notes)
+        return hits
+
+    def search_with_notes(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
+                          ef: int | None = None, *, text: str | None = None, mode: str | None = None,
+                          fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
+                          ) -> tuple[list[dict[str, Any]], list[str]]:
+        """:meth:`search`, returning the warnings (truncated query text) instead of issuing them: the server puts
+        them in its response."""
+        notes: list[str] = []
         if text is None:
+            if mode is not None:
+                raise InvalidInputError("mode applies to text queries; give text=...")
             if vector is None:
                 raise InvalidInputError("search needs a vector, a text, or both")
             arr = np.asarray(vector) if not isinstance(vector, np.ndarray) else vector
@@ -636,12 +766,11 @@ class Collection:
                 arr = arr.reshape(1, -1)
             if arr.ndim != 2 or arr.shape[0] != 1:
                 raise InvalidInputError(f"search takes one vector; got shape {arr.shape} (use search_batch)")
-            return self.search_batch(arr, k, where, include, ef)[0]
+            return self.search_batch(arr, k, where, include, ef)[0], notes
         from ..sparse.fusion import FUSIONS, NORMS, fuse
-        if not self.text:
-            raise InvalidInputError(f"collection {self.name!r} has no text index; create it with text=True")
         if not isinstance(text, str):
-            raise InvalidInputError(f"text must be a str; got {type(text).__name__}")
+            raise InvalidTypeError(f"text must be a str; got {type(text).__name__}")
+        mode = self._resolve_mode(mode, vector is not None)
         if fusion not in FUSIONS:
             raise InvalidInputError(f"fusion must be one of {FUSIONS}; got {fusion!r}")
         if norm not in NORMS:
@@ -649,23 +778,27 @@ class Collection:
         k = check_positive_int(k, "k")
         depth = max(k, 100) if depth is None else check_positive_int(depth, "depth")
         include = check_include(include, DEFAULT_SEARCH_INCLUDE)
+        if ef is not None:
+            ef = check_positive_int(ef, "ef")
         q = None
         if vector is not None:
             q = check_vectors(np.asarray(vector).reshape(1, -1) if np.ndim(vector) == 1 else vector, self.dim,
                               "vector", normalize=self.metric == "cosine")
             if q.shape[0] != 1:
                 raise InvalidInputError(f"search takes one vector; got {q.shape[0]}")
-            if ef is not None:
-                ef = check_positive_int(ef, "ef")
+        elif mode in ("dense", "hybrid"):
+            q = self._embed_queries([text], notes)
+        if mode == "dense":
+            return self.search_batch(q, k, where, include, ef)[0], notes
         with self._rw.read():
             allowed = None if where is None else self._allowed(where)
-            ids, scores = self._text_candidates(text, k if q is None else depth, allowed)
-            if q is not None:
+            ids, scores = self._text_candidates(text, k if mode == "bm25" else depth, allowed)
+            if mode == "hybrid":
                 dist, drids = self._dense_candidates(q, depth, allowed, ef, 1)
                 keep = drids[0] >= 0
                 ids, scores = fuse((drids[0][keep], -dist[0][keep].astype(np.float64)), (ids, scores), k,
                                    fusion=fusion, alpha=alpha, norm=norm)
-            return self._hits(ids[None, :], scores[None, :], include, "score")[0]
+            return self._hits(ids[None, :], scores[None, :], include, "score")[0], notes
 
     def _text_candidates(self, text: str, n: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """BM25 top n (rids, scores) of ``text``; caller holds the read side."""
@@ -714,9 +847,39 @@ class Collection:
             out.append(hits)
         return out
 
-    def search_batch(self, vectors: Any, k: int = 10, where: Any = None, include: Any = None,
-                     ef: int | None = None) -> list[list[dict[str, Any]]]:
-        """:meth:`search` by vector for each row of ``vectors`` (nq, dim)."""
+    def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
+                     ef: int | None = None, *, texts: Any = None, mode: str | None = None, fusion: str = "rrf",
+                     alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
+                     ) -> list[list[dict[str, Any]]]:
+        """See :meth:`CollectionAPI.search_batch`."""
+        hits, notes = self.search_batch_with_notes(vectors, k, where, include, ef, texts=texts, mode=mode,
+                                                   fusion=fusion, alpha=alpha, norm=norm, depth=depth)
+        _warn(notes)
+        return hits
+
+    def search_batch_with_notes(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
+                                ef: int | None = None, *, texts: Any = None, mode: str | None = None,
+                                fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax",
+                                depth: int | None = None) -> tuple[list[list[dict[str, Any]]], list[str]]:
+        """:meth:`search_batch`, returning the warnings instead of issuing them."""
+        notes: list[str] = []
+        if texts is not None:
+            if vectors is not None:
+                raise InvalidInputError("give vectors or texts, not both")
+            texts = check_texts(texts, "texts")
+            if self._resolve_mode(mode, False) != "dense":
+                out = []
+                for text in texts:
+                    hits, more = self.search_with_notes(None, k, where, include, ef, text=text, mode=mode,
+                                                        fusion=fusion, alpha=alpha, norm=norm, depth=depth)
+                    out.append(hits)
+                    notes.extend(more)
+                return out, notes
+            vectors = self._embed_queries(texts, notes)
+        elif vectors is None:
+            raise InvalidInputError("search_batch needs vectors or texts")
+        elif mode is not None:
+            raise InvalidInputError("mode applies to text queries; give texts=...")
         q = check_vectors(vectors, self.dim, "vectors", normalize=self.metric == "cosine")
         k = check_positive_int(k, "k")
         include = check_include(include, DEFAULT_SEARCH_INCLUDE)
@@ -733,8 +896,20 @@ class Collection:
                 allowed = None if where is None else self._allowed(where)
                 dist, rids = self._dense_candidates(q, k, allowed, ef, threads)
             if rids.shape[1] == 0:
-                return [[] for _ in range(q.shape[0])]
-            return self._hits(rids, dist, include, "distance")
+                return [[] for _ in range(q.shape[0])], notes
+            return self._hits(rids, dist, include, "distance"), notes
+
+    def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
+                     ef: int | None = None) -> list[list[dict[str, Any]]]:
+        """See :meth:`CollectionAPI.search_by_id`."""
+        id_list = rec.check_record_ids(ids)
+        if not id_list:
+            raise InvalidInputError("ids is empty")
+        found = {r["id"]: r["embedding"] for r in self.get(id_list, include=["embeddings"])}
+        missing = [i for i in id_list if i not in found]
+        if missing:
+            raise UnknownIdError(f"id {missing[0]!r} is not in collection {self.name!r}")
+        return self.search_batch(np.array([found[i] for i in id_list], np.float32), k, where, include, ef)
 
     def _window_bounds(self, where: Any) -> tuple[float, float] | None:
         """(lo, hi) when ``where`` is a numeric range on the window field and the window index can answer it."""
@@ -792,7 +967,8 @@ class Collection:
         with self._rw.read():
             main = self._main
             return {"name": self.name, "dim": self.dim, "metric": self.metric, "index": self.index_kind,
-                    "params": self.params, "text": self.text, "count": len(self._growing) + (len(main) if main else 0),
+                    "params": self.params, "text": self.text, "embedder": self.embedder_info,
+                    "count": len(self._growing) + (len(main) if main else 0),
                     "indexed": len(main) if main else 0, "unindexed": len(self._growing),
                     "deleted_in_index": main._n_deleted if main else 0, "last_lsn": self._applied_lsn,
                     "checkpoint_lsn": self._manifest["lsn"] if self._manifest else 0,

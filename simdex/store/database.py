@@ -27,9 +27,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..errors import (CollectionExistsError, CollectionNotFoundError, DatabaseLockedError, ReadOnlyError,
-                      StorageError)
+from ..errors import (CollectionExistsError, CollectionNotFoundError, DatabaseLockedError, InvalidInputError,
+                      ReadOnlyError, StorageError)
 from ._io import fsync_dir, storage_error
+from .api import DatabaseAPI
 from .collection import Collection, check_config
 from .metadata import MetadataStore
 from .records import check_collection_name
@@ -38,7 +39,7 @@ from .wal import SYNC_MODES
 log = logging.getLogger("simdex.store")
 
 
-class Database:
+class Database(DatabaseAPI):
     """A database folder. Use :func:`simdex.connect` to open one.
 
     Parameters
@@ -57,11 +58,14 @@ class Database:
         When the optimizer folds new rows into the graph (rows), when it writes a checkpoint (bytes logged since
         the last one), and the size at which a new write-ahead log file is started (bytes; default a quarter of
         ``checkpoint_bytes``, 1-64 MiB: the log is cut back by whole files).
+    embedders : dict of name -> Embedder
+        Instances of models that simdex cannot load by name, for the collections created with them.
     """
 
     def __init__(self, path: str | os.PathLike, *, sync: str = "always", read_only: bool = False,
                  repair: bool = False, background: bool = True, merge_rows: int = 20_000,
-                 checkpoint_bytes: int = 64 << 20, log_segment_bytes: int | None = None) -> None:
+                 checkpoint_bytes: int = 64 << 20, log_segment_bytes: int | None = None,
+                 embedders: dict[str, Any] | None = None) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {SYNC_MODES}; got {sync!r}")
         self.path = Path(path)
@@ -72,6 +76,7 @@ class Database:
             log_segment_bytes = min(64 << 20, max(1 << 20, checkpoint_bytes // 4))
         self._collection_opts = {"merge_rows": merge_rows, "checkpoint_bytes": checkpoint_bytes,
                                  "log_segment_bytes": log_segment_bytes}
+        self._embedders = dict(embedders or {})
         self._lock = threading.RLock()
         self._closed = False
         if read_only and not (self.path / "collections").is_dir():
@@ -131,17 +136,22 @@ class Database:
 
     def _open_collection(self, folder: Path) -> Collection:
         config = json.loads((folder / "config.json").read_text())
-        return Collection(folder, folder.name, config, sync=self.sync, read_only=self.read_only,
-                          repair=self.repair, **self._collection_opts)
+        collection = Collection(folder, folder.name, config, sync=self.sync, read_only=self.read_only,
+                                repair=self.repair, **self._collection_opts)
+        info = config.get("embedder")
+        if info is not None and info["name"] in self._embedders:
+            collection.attach_embedder(self._embedders[info["name"]])
+        return collection
 
     # ---- the catalog ---------------------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
             raise ReadOnlyError(f"the database at {self.path} is closed")
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw", *,
-                          exist_ok: bool = False, text: bool = False, window_field: str | None = None,
-                          label_field: str | None = None, **params: Any) -> Collection:
+    def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", index: str = "hnsw", *,
+                          exist_ok: bool = False, text: bool = False, embedder: Any = None,
+                          window_field: str | None = None, label_field: str | None = None,
+                          **params: Any) -> Collection:
         """Create a collection of ``dim``-dimensional vectors. ``params`` go to the index (HNSW: M,
         ef_construction, ef_search, seed). With ``text`` the records' documents are also indexed for BM25, for
         ``search(text=...)`` and hybrid search. With ``window_field`` (a metadata key, e.g. ``"ts"``) a
@@ -150,20 +160,33 @@ class Database:
         ``$and``). With ``label_field`` (a metadata key holding a string, e.g. ``"lang"``) every value of that
         field with at least 2,000 records gets its own HNSW graph, built in the background, which answers
         ``where`` filters that are only that value (``{"lang": "de"}``). With ``exist_ok`` an existing
-        collection of the same configuration is returned instead of an error."""
+        collection of the same configuration is returned instead of an error. With ``embedder`` ("minilm", the
+        built-in offline all-MiniLM-L6-v2; "st:<model>" for sentence-transformers; or an
+        :class:`~simdex.embed.Embedder`) documents without vectors and text queries are embedded, ``dim`` comes
+        from the embedder, and the model is recorded with the collection (see :class:`DatabaseAPI`)."""
         self._check_open()
         if self.read_only:
             raise ReadOnlyError(f"the database at {self.path} is open read-only")
         name = check_collection_name(name)
-        config = check_config(dim, metric, index, params, text, window_field, label_field)
+        model = None
+        if embedder is not None:
+            from ..embed import get_embedder
+            model = self._embedders[embedder] if isinstance(embedder, str) and embedder in self._embedders \
+                else get_embedder(embedder)
+            dim = model.dim if dim is None else dim
+        elif dim is None:
+            raise InvalidInputError("dim is required (or give an embedder, whose dimension it then is)")
+        config = check_config(dim, metric, index, params, text, window_field, label_field, model)
         with self._lock:
             if name in self._collections:
                 existing = self._collections[name]
                 same = (existing.dim, existing.metric, existing.index_kind, existing.params, existing.text,
-                        existing.window_field, existing.label_field) == (
+                        existing.window_field, existing.label_field, existing.embedder_info) == (
                     config["dim"], config["metric"], config["index"], config["params"], config["text"],
-                    config["window_field"], config["label_field"])
+                    config["window_field"], config["label_field"], config["embedder"])
                 if exist_ok and same:
+                    if model is not None and existing._embedder is None:
+                        existing.attach_embedder(model)
                     return existing
                 raise CollectionExistsError(f"collection {name!r} already exists"
                                             + ("" if same else " with a different configuration"))
@@ -183,23 +206,24 @@ class Database:
                 raise storage_error(exc, "create the collection folder", final) from None
             fsync_dir(final.parent)
             collection = self._open_collection(final)
+            if model is not None:
+                collection.attach_embedder(model)
             self._collections[name] = collection
             return collection
 
-    def get_collection(self, name: str) -> Collection:
+    def get_collection(self, name: str, embedder: Any = None) -> Collection:
+        """The collection ``name``. ``embedder``: an :class:`~simdex.embed.Embedder` instance of the model it was
+        created with, for models simdex cannot load by name (checked against the recorded one)."""
         self._check_open()
         with self._lock:
             try:
-                return self._collections[name]
+                collection = self._collections[name]
             except KeyError:
                 raise CollectionNotFoundError(f"no collection named {name!r} (have: "
                                               f"{', '.join(sorted(self._collections)) or 'none'})") from None
-
-    def get_or_create_collection(self, name: str, dim: int, metric: str = "cosine", index: str = "hnsw",
-                                 text: bool = False, window_field: str | None = None,
-                                 label_field: str | None = None, **params: Any) -> Collection:
-        return self.create_collection(name, dim, metric, index, exist_ok=True, text=text, window_field=window_field,
-                                      label_field=label_field, **params)
+        if embedder is not None:
+            collection.attach_embedder(embedder)
+        return collection
 
     def list_collections(self) -> list[str]:
         self._check_open()

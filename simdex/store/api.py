@@ -1,0 +1,118 @@
+"""The collection and database interface, defined once.
+
+:class:`~simdex.store.Collection` (in process) and :class:`~simdex.server.client.RemoteCollection` (over HTTP)
+both implement :class:`CollectionAPI`; :class:`~simdex.store.Database` and :class:`~simdex.Client` both implement
+:class:`DatabaseAPI`. One test suite (``tests/test_collection_api.py``) runs against both, so code moves between
+``simdex.connect(path)`` and ``simdex.Client(url)`` unchanged: same methods, same results, same exceptions.
+
+Records are ``{"id": str, "metadata": dict, "document": str | None, "embedding": list[float], ...}`` dicts with
+the fields asked for in ``include``; search hits add ``distance`` (vector search; smaller is closer) or ``score``
+(text and hybrid search; larger is better).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+SEARCH_MODES = ("dense", "bm25", "hybrid")
+
+
+class CollectionAPI(ABC):
+    """What every collection offers, wherever it lives."""
+
+    name: str
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Configuration and state: dim, metric, index, embedder, count, indexed/unindexed rows, log position..."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """The number of records."""
+
+    def __len__(self) -> int:
+        return self.count()
+
+    @abstractmethod
+    def upsert(self, ids: Any, vectors: Any = None, metadatas: Any = None, documents: Any = None, *,
+               max_batch: int | None = None) -> int:
+        """Insert records, or replace those whose id exists; returns how many were written.
+
+        ``ids``: list of n str; ``vectors``: (n, dim) numbers, or None to embed the ``documents`` with the
+        collection's embedder (a list may also hold None rows: those are embedded); ``metadatas``: n JSON objects
+        or None; ``documents``: n str/None or None. ``max_batch`` refuses larger batches. Durable when it returns.
+        """
+
+    @abstractmethod
+    def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
+            include: Any = None) -> list[dict[str, Any]]:
+        """Records by id (in the given order, unknown ids left out) and/or ``where`` filter (in id order).
+        ``include``: any of "metadatas", "documents", "embeddings" (default metadatas and documents)."""
+
+    @abstractmethod
+    def delete(self, ids: Any = None, where: Any = None, *, missing_ok: bool = False) -> int:
+        """Delete by id, by ``where``, or both; unknown ids raise UnknownIdError unless ``missing_ok``. Returns
+        how many were deleted."""
+
+    @abstractmethod
+    def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
+               ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
+               alpha: float = 0.5, norm: str = "minmax", depth: int | None = None) -> list[dict[str, Any]]:
+        """The k best records for one query, best first.
+
+        - ``vector`` (dim,): nearest neighbours; hits carry ``distance``.
+        - ``text``: ``mode="dense"`` embeds it with the collection's embedder and searches by vector (hits carry
+          ``distance``); ``"bm25"`` ranks the documents by BM25 (collections with ``text=True``; hits carry
+          ``score``); ``"hybrid"`` fuses both lists (``fusion`` "rrf" or "linear" with ``alpha`` and ``norm``;
+          ``depth`` candidates from each; hits carry ``score``). The default mode is hybrid when the collection
+          has both an embedder and a text index, else whichever it has. ``text`` with ``vector``: hybrid with
+          that vector as the dense query.
+        - A query text longer than the embedder's limit is truncated, with a ``TruncatedTextWarning``.
+        """
+
+    @abstractmethod
+    def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
+                     ef: int | None = None, *, texts: Any = None, mode: str | None = None, fusion: str = "rrf",
+                     alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
+                     ) -> list[list[dict[str, Any]]]:
+        """:meth:`search` for each row of ``vectors`` (nq, dim), or for each of ``texts`` (list of str)."""
+
+    @abstractmethod
+    def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
+                     ef: int | None = None) -> list[list[dict[str, Any]]]:
+        """:meth:`search_batch` with the stored vectors of the records ``ids`` as the queries ("more like this");
+        an unknown id raises UnknownIdError."""
+
+
+class DatabaseAPI(ABC):
+    """What every database offers, embedded (:func:`simdex.connect`) or remote (:class:`simdex.Client`)."""
+
+    @abstractmethod
+    def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", index: str = "hnsw", *,
+                          exist_ok: bool = False, text: bool = False, embedder: Any = None,
+                          window_field: str | None = None, label_field: str | None = None,
+                          **params: Any) -> CollectionAPI:
+        """Create a collection of ``dim``-dimensional vectors (``dim`` may be left out when an ``embedder`` gives
+        it). ``embedder``: "minilm" (built in, offline), "st:<model>" (sentence-transformers), or an
+        :class:`~simdex.embed.Embedder` (embedded databases only): documents and text queries are then embedded
+        by it, and it is recorded with the collection (reopening with another model is refused). ``text``: also
+        index the documents for BM25 and hybrid search. ``params`` go to the index (HNSW: M, ef_construction,
+        ef_search, seed)."""
+
+    @abstractmethod
+    def get_collection(self, name: str) -> CollectionAPI:
+        """The collection ``name``; CollectionNotFoundError if there is none."""
+
+    def get_or_create_collection(self, name: str, dim: int | None = None, metric: str = "cosine",
+                                 index: str = "hnsw", **options: Any) -> CollectionAPI:
+        """:meth:`create_collection` with ``exist_ok=True``."""
+        return self.create_collection(name, dim, metric, index, exist_ok=True, **options)
+
+    @abstractmethod
+    def list_collections(self) -> list[str]:
+        """Names of the collections, sorted."""
+
+    @abstractmethod
+    def drop_collection(self, name: str) -> None:
+        """Delete a collection and its files."""
