@@ -243,3 +243,29 @@ def test_local_and_remote_give_the_same_results(tmp_path, glosses):
                             col.search_by_id(ids[40:42], k=3), col.stats()["embedder"]])
         database.close()
     assert answers[0] == answers[1]
+
+
+class OtherWords(HashWords):
+    fingerprint = "ffff0000"
+
+
+@pytest.mark.filterwarnings("ignore::simdex.errors.TruncatedTextWarning")
+def test_another_model_is_refused_and_a_custom_one_must_be_attached(tmp_path, glosses):
+    ids, _, _, docs = glosses
+    with simdex.connect(tmp_path / "db", background=False, embedders={"hash-words": WORDS}) as db:
+        db.create_collection("t", embedder="hash-words").upsert(ids[:20], documents=docs[:20])
+        with pytest.raises(InvalidInputError, match="unknown embedder 'nope'"):
+            db.create_collection("u", embedder="nope")
+        with pytest.raises(InvalidInputError, match="cannot load the embedder 'st:"):
+            db.create_collection("u", embedder="st:/no/such/model")
+    with pytest.raises(InvalidInputError, match="must not be mixed"):  # same name, other weights
+        simdex.connect(tmp_path / "db", background=False, embedders={"hash-words": OtherWords()})
+    with simdex.connect(tmp_path / "db", background=False) as db:
+        col = db.get_collection("t")
+        assert col.count() == 20  # reads and vector searches need no embedder
+        with pytest.raises(InvalidInputError, match="cannot load by name; attach it"):
+            col.search(text="a cat", mode="dense")
+        with pytest.raises(InvalidInputError, match="must not be mixed"):
+            db.get_collection("t", embedder=OtherWords())
+        col = db.get_collection("t", embedder=HashWords())
+        assert col.search(text=docs[4], k=1, include=[])[0]["id"] == ids[4]

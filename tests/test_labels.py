@@ -222,10 +222,11 @@ def test_collection_label_graphs_keep_writes_made_during_the_build(tmp_path, wor
         col = db.create_collection("docs", dim=384, label_field="lang", M=8, ef_construction=40)
         col.label_graph_min = 100
         col.upsert(ids, base[:n], [{"lang": "de" if i % 3 else "en"} for i in range(n)])
-        make = col._new_label_graph
+        side = col._label_side
+        build = side.build
         calls = []
 
-        def new_graph_with_writes():
+        def build_with_writes(snapshot, threads):
             # runs outside the collection's locks, between the cut and the swap: these writes must be replayed
             # into the new graphs
             if not calls:
@@ -233,9 +234,9 @@ def test_collection_label_graphs_keep_writes_made_during_the_build(tmp_path, wor
                 col.upsert(["late"], base[[n]], [{"lang": "en"}])
                 col.delete(["r0", "r1"])
                 col.upsert(["r2"], base[[2]], [{"lang": "en"}])  # was "de"
-            return make()
+            return build(snapshot, threads)
 
-        col._new_label_graph = new_graph_with_writes
+        side.build = build_with_writes
         assert col.build_label_graphs()
         en = sum(1 for i in range(n) if i % 3 == 0) - 1 + 2  # r0 deleted; late and r2 added
         graphs = col.stats()["label_graphs"]

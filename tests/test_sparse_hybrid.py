@@ -79,7 +79,7 @@ def test_text_index_follows_upserts_and_deletes_and_survives_a_crash(tmp_path, g
     assert all(h["id"] != ids[20] for h in col.search(text=texts[20], k=3))
     # BM25 statistics count deleted documents until their segments merge (as in Lucene); the index rebuilt on
     # recovery holds only live records, so merge before taking the expected rankings
-    col._sparse.merge(1)
+    col._text_side.index.merge(1)
     expected = [[h["id"] for h in col.search(text=texts[j], k=10)] for j in range(0, N, 97)]
     # simulate a crash: drop the objects without close(), which would checkpoint
     db._stop.set()

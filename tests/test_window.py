@@ -567,10 +567,11 @@ def test_collection_window_rebuild_keeps_writes_made_during_the_build(tmp_path, 
     with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
         col = db.create_collection("events", dim=384, window_field="t", M=8, ef_construction=40)
         col.upsert(ids, base[:n], [{"t": float(a)} for a in attrs[:n]])
-        make = col._new_window
+        side = col._window_side
+        build = side.build
         calls = []
 
-        def new_window_with_writes():
+        def build_with_writes(snapshot, threads):
             # runs outside the collection's locks, between the cut and the swap: these writes reach the old index
             # and must be replayed into the new one
             if not calls:
@@ -578,9 +579,9 @@ def test_collection_window_rebuild_keeps_writes_made_during_the_build(tmp_path, 
                 col.upsert(["late"], base[[n]], [{"t": 0.5}])
                 col.delete(["r0", "r1"])
                 col.upsert(["r2"], base[[2]], [{"t": 7.0}])
-            return make()
+            return build(snapshot, threads)
 
-        col._new_window = new_window_with_writes
+        side.build = build_with_writes
         assert col.needs_window_rebuild()
         assert col.rebuild_window()
         assert calls and col.stats()["window"]["buffered"] == 2 and col.stats()["window"]["built"] == n  # late, new r2
@@ -590,4 +591,4 @@ def test_collection_window_rebuild_keeps_writes_made_during_the_build(tmp_path, 
             assert f"r{gone}" not in [h["id"] for h in hits]
         assert [h["id"] for h in col.search(base[2], k=1, where={"t": {"$gt": 6}})] == ["r2"]
         assert "r2" not in [h["id"] for h in col.search(base[2], k=5, where={"t": {"$lte": 1.0}})]
-        assert len(col._window) == n - 2 + 1
+        assert len(col._window_side.index) == n - 2 + 1

@@ -56,7 +56,7 @@ class Client(DatabaseAPI):
         self.url = url.rstrip("/")
         parsed = urllib.parse.urlsplit(self.url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"url must look like http://host:port; got {url!r}")
+            raise errors.InvalidInputError(f"url must look like http://host:port; got {url!r}")
         self._https = parsed.scheme == "https"
         self._host, self._port = parsed.hostname, parsed.port
         self._prefix = parsed.path.rstrip("/")
@@ -106,7 +106,7 @@ class Client(DatabaseAPI):
         if isinstance(cls, type) and issubclass(cls, errors.SimdexError):
             raise cls(message)
         if resp.status in (401, 403):
-            raise PermissionError(f"{resp.status}: {message}")
+            raise errors.AccessDeniedError(f"{resp.status}: {message}")
         raise errors.SimdexError(f"HTTP {resp.status} {kind}: {message}")
 
     def health(self) -> dict[str, Any]:

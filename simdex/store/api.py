@@ -15,6 +15,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from ..errors import InvalidInputError
+
 SEARCH_MODES = ("dense", "bm25", "hybrid")
 
 
@@ -116,3 +118,29 @@ class DatabaseAPI(ABC):
     @abstractmethod
     def drop_collection(self, name: str) -> None:
         """Delete a collection and its files."""
+
+
+def resolve_mode(collection: str, mode: Any, has_vector: bool, has_embedder: bool, has_text: bool) -> str:
+    """The mode of a text query (see :meth:`CollectionAPI.search`), checked against what the collection has."""
+    if mode is None:
+        if has_vector or (has_embedder and has_text):
+            mode = "hybrid"
+        elif has_embedder:
+            mode = "dense"
+        elif has_text:
+            mode = "bm25"
+        else:
+            raise InvalidInputError(f"collection {collection!r} has no text index and no embedder: search it by "
+                                    f"vector, or create it with text=True (BM25) or embedder='minilm'")
+    if mode not in SEARCH_MODES:
+        raise InvalidInputError(f"mode must be one of {SEARCH_MODES}; got {mode!r}")
+    if mode in ("bm25", "hybrid") and not has_text:
+        raise InvalidInputError(f"collection {collection!r} has no text index (mode {mode!r} needs BM25); create "
+                                f"it with text=True")
+    if mode in ("dense", "hybrid") and not has_vector and not has_embedder:
+        raise InvalidInputError(f"collection {collection!r} has no embedder (mode {mode!r} needs one to turn the "
+                                f"text into a vector); pass a vector, or create it with embedder='minilm'")
+    if mode == "bm25" and has_vector:
+        raise InvalidInputError("mode 'bm25' takes no vector")
+    return mode
+

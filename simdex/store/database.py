@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import (CollectionExistsError, CollectionNotFoundError, DatabaseLockedError, InvalidInputError,
-                      ReadOnlyError, StorageError)
+                      ReadOnlyError, SimdexError, StorageError)
 from ._io import fsync_dir, storage_error
 from .api import DatabaseAPI
-from .collection import Collection, check_config
+from .collection import Collection
+from .config import check_config
 from .metadata import MetadataStore
 from .records import check_collection_name
 from .wal import SYNC_MODES
@@ -67,7 +68,7 @@ class Database(DatabaseAPI):
                  checkpoint_bytes: int = 64 << 20, log_segment_bytes: int | None = None,
                  embedders: dict[str, Any] | None = None) -> None:
         if sync not in SYNC_MODES:
-            raise ValueError(f"sync must be one of {SYNC_MODES}; got {sync!r}")
+            raise InvalidInputError(f"sync must be one of {SYNC_MODES}; got {sync!r}")
         self.path = Path(path)
         self.sync = sync
         self.read_only = read_only
@@ -171,8 +172,16 @@ class Database(DatabaseAPI):
         model = None
         if embedder is not None:
             from ..embed import get_embedder
-            model = self._embedders[embedder] if isinstance(embedder, str) and embedder in self._embedders \
-                else get_embedder(embedder)
+            if isinstance(embedder, str) and embedder in self._embedders:
+                model = self._embedders[embedder]
+            else:
+                try:
+                    model = get_embedder(embedder)
+                except SimdexError:
+                    raise
+                except Exception as exc:  # a missing package, a model that cannot be found or loaded
+                    raise InvalidInputError(f"cannot load the embedder {embedder!r}: {type(exc).__name__}: "
+                                            f"{exc}") from None
             dim = model.dim if dim is None else dim
         elif dim is None:
             raise InvalidInputError("dim is required (or give an embedder, whose dimension it then is)")
@@ -185,7 +194,7 @@ class Database(DatabaseAPI):
                     config["dim"], config["metric"], config["index"], config["params"], config["text"],
                     config["window_field"], config["label_field"], config["embedder"])
                 if exist_ok and same:
-                    if model is not None and existing._embedder is None:
+                    if model is not None and not existing._embedding.loaded:
                         existing.attach_embedder(model)
                     return existing
                 raise CollectionExistsError(f"collection {name!r} already exists"
@@ -276,12 +285,8 @@ class Database(DatabaseAPI):
                 if time.monotonic() < retry_at and not freed:
                     continue
                 try:
-                    if collection.needs_merge():
-                        collection.merge()
-                    if collection.needs_window_rebuild():
-                        collection.rebuild_window()
-                    if collection.needs_label_graphs():
-                        collection.build_label_graphs()
+                    for side in collection.due_rebuilds():
+                        collection.rebuild(side)
                     if collection.needs_checkpoint():
                         collection.checkpoint()
                     collection.background_error = None

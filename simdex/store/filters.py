@@ -21,9 +21,14 @@ Field paths and values are bound as SQL parameters, never spliced into the SQL t
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import re
+import threading
+from collections import OrderedDict
 from typing import Any
+
+import numpy as np
 
 from ..errors import FilterError
 
@@ -209,3 +214,49 @@ def label_value(where: Any, field: str) -> str | None:
             return None
         cond = cond["$eq"]
     return cond if isinstance(cond, str) else None
+
+
+def plan_where(where: Any, window_field: str | None, label_field: str | None) -> tuple[str, Any]:
+    """How a collection answers ``where``, decided once: ``("all", None)`` without a filter, ``("window", (lo,
+    hi))`` when it is only a range on the window field, ``("label", value)`` when it is only a string equality on
+    the label field, else ``("sql", where)`` (an allow-list from the metadata store)."""
+    if where is None:
+        return "all", None
+    if window_field is not None and (bounds := window_bounds(where, window_field)) is not None:
+        return "window", bounds
+    if label_field is not None and (value := label_value(where, label_field)) is not None:
+        return "label", value
+    return "sql", where
+
+
+class AllowCache:
+    """Allow-lists of recent ``where`` filters, each valid for one version of the data (the log position it was
+    evaluated at): a filter repeated across queries costs one SQLite query per write, not per search."""
+
+    def __init__(self, entries: int = 32) -> None:
+        self.entries = entries
+        self._masks: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, where: Any, version: int, n_rids: int, rids_where: Any) -> np.ndarray:
+        """Boolean mask over row ids ``0..n_rids-1`` of the records matching ``where`` at ``version``;
+        ``rids_where(where)`` evaluates it (and reports a malformed filter)."""
+        try:
+            key = json.dumps(where, sort_keys=True, allow_nan=True)
+        except (TypeError, ValueError):
+            key = None  # not JSON: rids_where reports what is wrong
+        with self._lock:
+            hit = self._masks.get(key) if key is not None else None
+            if hit is not None and hit[0] == version:
+                self._masks.move_to_end(key)
+                return hit[1]
+        # a mask indexed by rid: the indexes turn it into their slot masks with one gather
+        mask = np.zeros(n_rids, bool)
+        mask[rids_where(where)] = True
+        with self._lock:
+            self._masks[key] = (version, mask)
+            self._masks.move_to_end(key)
+            while len(self._masks) > self.entries:
+                self._masks.popitem(last=False)
+        return mask
+

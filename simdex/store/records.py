@@ -224,3 +224,18 @@ def decode(payload: bytes, lsn: int) -> LogOp:
                      metadatas, header["documents"])
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise CorruptFileError(f"log record {lsn} is unreadable ({exc})") from None
+
+def hit_record(id_: str, meta: str, doc: str | None, include: tuple[str, ...], vector: np.ndarray | None,
+               value: float | None = None, key: str = "distance") -> dict[str, Any]:
+    """One record as the API returns it: ``id``, ``value`` under ``key`` (a hit's distance or score) and the
+    ``include`` fields."""
+    out: dict[str, Any] = {"id": id_}
+    if value is not None:
+        out[key] = value
+    if "metadatas" in include:
+        out["metadata"] = json.loads(meta)
+    if "documents" in include:
+        out["document"] = doc
+    if vector is not None:
+        out["embedding"] = vector.tolist()
+    return out

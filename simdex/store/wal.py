@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import CorruptFileError, StorageError
+from ..errors import CorruptFileError, InvalidInputError, StorageError
 from ._io import fsync_dir, storage_error, write_all
 
 log = logging.getLogger("simdex.store")
@@ -75,7 +75,7 @@ class WriteAheadLog:
     def __init__(self, directory: str | os.PathLike, *, sync: str = "always", batch_interval: float = 0.01,
                  segment_bytes: int = 64 << 20, repair: bool = False, read_only: bool = False) -> None:
         if sync not in SYNC_MODES:
-            raise ValueError(f"sync must be one of {SYNC_MODES}; got {sync!r}")
+            raise InvalidInputError(f"sync must be one of {SYNC_MODES}; got {sync!r}")
         self.directory = Path(directory)
         self.sync_mode = sync
         self.batch_interval = batch_interval

@@ -1,0 +1,123 @@
+"""The record vectors of a collection: a *main* HNSW index over most rows and a small *growing* exact index over
+the newest ones.
+
+Writes only touch the growing part (and mark deletions in the main one), so they are cheap; the optimizer folds
+the growing rows into a copy of the main index and swaps the copy in (a :class:`~simdex.store.sides.SideIndex`
+rebuilt aside), so searches never wait for index building. Keyed by row id (rid): a rid's vector never changes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..dense import FlatIndex, HNSWIndex
+from .sides import SideIndex, remove_present
+
+
+class RecordVectors(SideIndex):
+    """Main graph + growing exact segment. ``index_kind`` "flat" keeps every row in the exact segment."""
+
+    def __init__(self, dim: int, metric: str, index_kind: str, params: dict[str, Any], merge_rows: int) -> None:
+        super().__init__()
+        self.dim, self.metric, self.index_kind, self.params = dim, metric, index_kind, params
+        self.merge_rows = merge_rows
+        self.main: HNSWIndex | None = None
+        self.growing = FlatIndex(dim, metric)
+        self.last_write = time.monotonic()
+
+    def reset(self, main: HNSWIndex | None = None, growing: FlatIndex | None = None) -> None:
+        self.main, self.growing = main, growing if growing is not None else FlatIndex(self.dim, self.metric)
+
+    # ---- writes (under the collection's write lock) ----------------------------------------------------------------
+    def add(self, rids, vectors, metadatas, documents) -> None:
+        self.growing.add_validated(vectors, rids)
+        self.last_write = time.monotonic()
+
+    def remove(self, rids) -> None:
+        if rids.size == 0:
+            return
+        in_growing = self.growing._idmap.lookup(rids) >= 0
+        if in_growing.any():
+            self.growing.remove(rids[in_growing])
+        rest = rids[~in_growing]
+        if rest.size and self.main is not None:
+            remove_present(self.main, rest)
+        self.record("remove", rids)
+
+    # ---- reads (under the read side) --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.growing) + (len(self.main) if self.main is not None else 0)
+
+    def vectors_of(self, rids: np.ndarray) -> np.ndarray:
+        out = np.empty((rids.shape[0], self.dim), np.float32)
+        in_growing = self.growing._idmap.lookup(rids) >= 0
+        if in_growing.any():
+            out[in_growing] = self.growing.get_vectors(rids[in_growing])
+        if (~in_growing).any():
+            out[~in_growing] = self.main.get_vectors(rids[~in_growing])
+        return out
+
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None, ef: int | None,
+               threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, rids), (nq, <= k) each, nearest first, -1 rids for no hit."""
+        parts = []
+        if allowed is None or allowed.any():
+            if self.main is not None and len(self.main):
+                parts.append(self.main.search(q, min(k, len(self.main)), ef=ef, filter=allowed, threads=threads))
+            if len(self.growing):
+                parts.append(self.growing.search(q, min(k, len(self.growing)), filter=allowed, threads=threads))
+        if not parts:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        dist = np.concatenate([p[0] for p in parts], axis=1)
+        rids = np.concatenate([p[1] for p in parts], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(rids, order, 1)
+
+    def stats(self) -> dict[str, Any]:
+        main = self.main
+        return {"count": len(self), "indexed": len(main) if main else 0, "unindexed": len(self.growing),
+                "deleted_in_index": main._n_deleted if main else 0}
+
+    # ---- the merge into the main graph, rebuilt aside ---------------------------------------------------------------
+    def needs_rebuild(self, idle_seconds: float = 0.5) -> bool:
+        if self.index_kind != "hnsw":
+            return False
+        n = len(self.growing)
+        main_n = self.main._n if self.main is not None else 0
+        if self.main is not None and self.main._n_deleted > 0.2 * max(main_n, 1):
+            return True
+        if n == 0:
+            return False
+        idle = time.monotonic() - self.last_write > idle_seconds
+        return n >= self.merge_rows or n >= max(2048, 0.05 * main_n) or idle
+
+    def snapshot(self) -> Any:
+        if self.index_kind != "hnsw":
+            return None
+        moved = self.growing.ids
+        base = self.main
+        if not moved.size and (base is None or base._n_deleted <= 0.2 * base._n):
+            return None
+        return moved, (self.growing.get_vectors(moved) if moved.size else None), base
+
+    def build(self, snap, threads) -> Any:
+        moved, vectors, base = snap
+        new = HNSWIndex(self.dim, self.metric, consolidate_threshold=1.0, **self.params) if base is None \
+            else base.copy()
+        if moved.size:
+            new.add(vectors, moved, threads=threads)
+        if new._n_deleted > 0.2 * new._n:
+            new.consolidate(threads=threads)
+        return new, moved
+
+    def replay(self, built, kind, args) -> None:
+        if kind == "remove":  # rows added meanwhile went to the growing segment: only deletions carry over
+            remove_present(built[0], args)
+
+    def install(self, built) -> None:
+        new, moved = built
+        remove_present(self.growing, moved)
+        self.main = new
