@@ -42,6 +42,24 @@ class CorruptFileError(SimdexError, OSError):
     """A saved file is truncated, damaged or not a simdex file."""
 
 
+class MissingFileError(SimdexError, FileNotFoundError):
+    """There is no file (or index folder) at the path given."""
+
+
+class UnknownKindError(SimdexError, OSError):
+    """A healthy simdex file holds a kind of index that this simdex version does not know (it was written by a
+    newer version, or by a plugin that is not installed). The file is not damaged."""
+
+
+class UnsupportedOperationError(SimdexError, TypeError):
+    """This kind of index does not support the operation (a build-once index cannot add or remove, a Bloom filter
+    cannot forget a set or keep chosen ids); the message says what to do instead. The index is unchanged."""
+
+
+class AccessDeniedError(SimdexError, PermissionError):
+    """The server refused the request: a missing or wrong API key (HTTP 401 / 403)."""
+
+
 class CollectionNotFoundError(SimdexError, KeyError):
     """No collection of that name exists."""
 
