@@ -1,8 +1,11 @@
-"""The ``simdex`` command line: ``serve``, ``import``, ``export``, ``info``, ``search``, ``bench``, ``demo``."""
+"""The ``simdex`` command line: ``serve``, ``import``, ``export``, ``info``, ``search``, ``dedup``, ``bench``,
+``demo``. Every failure ends in one ``simdex: error: ...`` line and a non-zero exit code (set SIMDEX_TRACEBACK=1
+for the traceback)."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import ipaddress
 import json
 import os
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._files import data_suffix, open_binary, open_text
 from .errors import SimdexError
 
 IMPORT_FORMATS = ("npy", "parquet", "jsonl")
@@ -110,13 +114,12 @@ def _read_records(path: Path, fmt: str, args: argparse.Namespace) -> Iterator[tu
     if fmt == "npy":
         if embed:
             raise _fail("--embed needs records with text: JSONL or Parquet, not .npy")
-        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
-        if vectors.ndim != 2:
-            raise _fail(f"{path}: expected a 2-D array of vectors, got shape {vectors.shape}")
+        vectors = _load_npy(path)
+        ids = _npy_ids(path, vectors.shape[0], args.id_prefix)
         for i in range(vectors.shape[0]):
-            yield f"{args.id_prefix}{i}", vectors[i], {}, None
+            yield ids[i], vectors[i], {}, None
     elif fmt == "jsonl":
-        with open(path, encoding="utf-8") as f:
+        with open_text(path) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -142,7 +145,7 @@ def _read_records(path: Path, fmt: str, args: argparse.Namespace) -> Iterator[tu
             import pyarrow.parquet as pq
         except ImportError:
             raise _fail("reading Parquet needs pyarrow: pip install pyarrow") from None
-        table = pq.ParquetFile(path)
+        table = pq.ParquetFile(open_binary(path))
         for batch in table.iter_batches(batch_size=4096):
             cols = batch.to_pydict()
             for field in (args.id_field, args.document_field if embed else args.vector_field):
@@ -151,21 +154,70 @@ def _read_records(path: Path, fmt: str, args: argparse.Namespace) -> Iterator[tu
             others = [c for c in cols if c not in (args.id_field, args.vector_field, args.document_field)]
             vectors = cols.get(args.vector_field)
             for j in range(batch.num_rows):
-                yield (str(cols[args.id_field][j]), None if vectors is None else vectors[j],
-                       {c: cols[c][j] for c in others},
+                if "metadata" in cols:  # what `simdex export` writes: the metadata object as JSON text
+                    meta = _metadata_column(cols["metadata"][j], path, j)
+                else:
+                    meta = {c: cols[c][j] for c in others}
+                yield (str(cols[args.id_field][j]), None if vectors is None else vectors[j], meta,
                        cols[args.document_field][j] if args.document_field in cols else None)
+
+
+def _metadata_column(value: Any, path: Path, row: int) -> dict:
+    if value is None:
+        return {}
+    meta = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(meta, dict):
+        raise _fail(f"{path}: row {row}: the metadata column holds {type(meta).__name__}, not a JSON object")
+    return meta
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    with open_binary(path) as f:
+        compressed = not isinstance(f, io.BufferedReader)
+        vectors = np.load(io.BytesIO(f.read()), allow_pickle=False) if compressed else None
+    if vectors is None:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    if vectors.ndim != 2:
+        raise _fail(f"{path}: expected a 2-D array of vectors, got shape {vectors.shape}")
+    return vectors
+
+
+def _ids_file(npy: Path) -> Path:
+    """The ids that `simdex export` writes beside a .npy of vectors (one per line, in row order)."""
+    name = npy.name
+    for suffix in (".gz", ".bz2", ".xz", ".npy"):
+        name = name.removesuffix(suffix)
+    return npy.with_name(name + ".ids.txt")
+
+
+def _npy_ids(path: Path, n: int, prefix: str) -> list[str]:
+    ids_path = _ids_file(path)
+    if not ids_path.exists():
+        return [f"{prefix}{i}" for i in range(n)]
+    ids = ids_path.read_text(encoding="utf-8").splitlines()
+    if len(ids) != n:
+        raise _fail(f"{ids_path} has {len(ids)} ids for the {n} vectors of {path}")
+    return ids
 
 
 def _count_records(path: Path, fmt: str) -> int | None:
     if fmt == "npy":
-        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+        return int(_load_npy(path).shape[0])
     if fmt == "parquet":
         try:
             import pyarrow.parquet as pq
-            return pq.ParquetFile(path).metadata.num_rows
+            return pq.ParquetFile(open_binary(path)).metadata.num_rows
         except ImportError:
             return None
     return None
+
+
+def _format_of(path: Path, given: str | None) -> str:
+    fmt = given or {".npy": "npy", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
+                    ".ndjson": "jsonl"}.get(data_suffix(path))
+    if fmt not in IMPORT_FORMATS:
+        raise _fail(f"cannot tell the format of {path}; give --format ({', '.join(IMPORT_FORMATS)})")
+    return fmt
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -174,10 +226,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.exists():
         raise _fail(f"no such file: {path}")
-    fmt = args.format or {".npy": "npy", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}.get(
-        path.suffix.lower())
-    if fmt not in IMPORT_FORMATS:
-        raise _fail(f"cannot tell the format of {path}; give --format ({', '.join(IMPORT_FORMATS)})")
+    fmt = _format_of(path, args.format)
     total = _count_records(path, fmt)
     with connect(args.path) as db:
         collection = None if args.collection not in db.list_collections() else db.get_collection(args.collection)
@@ -210,7 +259,11 @@ def cmd_import(args: argparse.Namespace) -> int:
                 if len(batch) >= args.batch_size:
                     flush()
             flush()
-        except SimdexError as exc:
+        except UnicodeDecodeError as exc:
+            raise _fail(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}; compressed files are read "
+                        f"when they are gzip, bzip2 or xz); import stopped after {done} records (those are "
+                        f"stored)") from None
+        except (SimdexError, ValueError, OSError) as exc:
             raise _fail(f"import stopped after {done} records (those are stored): {exc}") from None
         finally:
             bar.close()
@@ -223,10 +276,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ._progress import progress_bar
     from .store import connect
     out = Path(args.out)
-    fmt = args.format or {".npy": "npy", ".parquet": "parquet", ".jsonl": "jsonl"}.get(out.suffix.lower())
-    if fmt not in IMPORT_FORMATS:
-        raise _fail(f"cannot tell the format of {out}; give --format ({', '.join(IMPORT_FORMATS)})")
-    with connect(args.path, read_only=args.read_only) as db:
+    fmt = _format_of(out, args.format)
+    if data_suffix(out) != out.suffix.lower():
+        raise _fail(f"{out}: export writes uncompressed files (compress them afterwards; import reads them)")
+    with connect(args.path, read_only=True) as db:  # export only reads: a view, beside a running server too
         collection = db.get_collection(args.collection)
         total = collection.count()
         bar = progress_bar(total, f"export {args.collection}", True, unit="rec")
@@ -250,8 +303,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             bar.close()
             if sink is not None:
                 sink.close()
-        if fmt == "npy":
+        if fmt == "npy":  # the vectors, and their ids beside them; metadata and documents do not fit
             np.save(out, np.asarray(vectors, np.float32).reshape(-1, collection.dim))
+            _ids_file(out).write_text("".join(r["id"] + "\n" for r in rows), encoding="utf-8")
+            if any(r["metadata"] or r["document"] is not None for r in rows):
+                print(f"note: {out} holds the vectors and {_ids_file(out).name} the ids; metadata and documents "
+                      f"are only in .jsonl and .parquet exports", file=sys.stderr)
         elif fmt == "parquet":
             try:
                 import pyarrow as pa
@@ -317,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"simdex {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run the HTTP server and web console over a database folder")
+    p = sub.add_parser("serve", help="run the HTTP server and web console over a database folder",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--path", required=True, help="database folder (created if missing)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -329,7 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="create the WordNet demo collection if it is missing")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("import", help="import records from .npy, Parquet or JSONL into a collection")
+    p = sub.add_parser("import", help="import records from .npy, Parquet or JSONL into a collection",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Each JSONL line / Parquet row gives the record's id (--id-field), vector "
+                                   "(--vector-field; or --embed to embed the document), document "
+                                   "(--document-field) and metadata: the 'metadata' field (a JSON object, or JSON "
+                                   "text in Parquet) when there is one, else every other field. A .npy file holds "
+                                   "vectors; ids come from NAME.ids.txt beside it (what export writes) or "
+                                   "--id-prefix + row. Files may be gzip, bzip2 or xz compressed (.jsonl.gz).")
     p.add_argument("--path", required=True, help="database folder")
     p.add_argument("collection")
     p.add_argument("file")
@@ -347,12 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=2000)
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("export", help="export a collection to .npy, Parquet or JSONL")
+    p = sub.add_parser("export", help="export a collection to .npy (+ .ids.txt), Parquet or JSONL",
+                       description="The inverse of import for every format: JSONL and Parquet keep ids, vectors, "
+                                   "metadata and documents; .npy keeps vectors, with the ids in NAME.ids.txt.")
     p.add_argument("--path", required=True)
     p.add_argument("collection")
     p.add_argument("out")
     p.add_argument("--format", choices=IMPORT_FORMATS)
-    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--read-only", action="store_true",
+                   help="kept for old scripts: export always reads a consistent read-only view, which works while "
+                        "a server writes")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="describe a database folder or a saved index file")
@@ -393,8 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[argv.index("bench") + 1:])
     try:
         return args.func(args)
-    except SimdexError as exc:
-        raise _fail(str(exc)) from None
+    except (SimdexError, OSError, ValueError, KeyError, ImportError) as exc:
+        if os.environ.get("SIMDEX_TRACEBACK"):
+            raise
+        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise _fail(message if isinstance(exc, SimdexError) else f"{type(exc).__name__}: {message}") from None
 
 
 if __name__ == "__main__":

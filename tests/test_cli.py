@@ -96,3 +96,68 @@ def test_import_with_embed_then_search_by_text(tmp_path, capsys):
         assert main(["search", "--path", db, "g", "--text", docs[42], "--mode", mode, "-k", "3"]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
         assert len(lines) == 3 and lines[0].split()[2] == ids[42], (mode, lines)
+
+
+def _records(col) -> dict:
+    return {r["id"]: (r["metadata"], r["document"], r["embedding"])
+            for r in col.get(include=["metadatas", "documents", "embeddings"])}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "npy"])
+def test_export_and_import_are_inverse(tmp_path, sample, fmt):
+    """Export, re-import (compressed too), and the collection comes back: ids, vectors, and for JSONL and Parquet
+    metadata (nested, numbers, lists, null) and documents."""
+    import gzip
+
+    from simdex import connect
+    db = str(tmp_path / "db")
+    with connect(db) as database:
+        col = database.create_collection("src", dim=384, metric="cosine", index="flat")
+        col.upsert([f"r{i}" for i in range(50)], sample[:50],
+                   [{"pos": "nv"[i % 2], "n": i, "tags": ["a", i], "deep": {"x": None, "y": 1.5}} for i in range(50)],
+                   [f"doc {i}" if i % 3 else None for i in range(50)])
+        original = _records(col)
+    out = tmp_path / f"out.{fmt}"
+    assert main(["export", "--path", db, "src", str(out)]) == 0
+    packed = tmp_path / f"packed.{fmt}.gz"
+    packed.write_bytes(gzip.compress(out.read_bytes()))
+    if fmt == "npy":
+        (tmp_path / "packed.ids.txt").write_bytes((tmp_path / "out.ids.txt").read_bytes())
+    assert main(["import", "--path", db, "back", str(out)]) == 0
+    assert main(["import", "--path", db, "packed", str(packed)]) == 0
+    with connect(db, read_only=True) as database:
+        for name in ("back", "packed"):
+            got = _records(database.get_collection(name))
+            assert got.keys() == original.keys()
+            for i, (meta, doc, vec) in original.items():
+                assert np.allclose(got[i][2], vec, atol=1e-6)
+                if fmt != "npy":
+                    assert got[i][:2] == (meta, doc), (name, i)
+
+
+def test_compressed_input_and_clear_errors(tmp_path, sample, capsys):
+    import gzip
+    db = str(tmp_path / "db")
+    lines = "".join(json.dumps({"id": f"z{i}", "vector": v.tolist()}) + "\n" for i, v in enumerate(sample[:5]))
+    (tmp_path / "in.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    (tmp_path / "in.data").write_bytes(gzip.compress(lines.encode()))  # gzip under another name
+    assert main(["import", "--path", db, "a", str(tmp_path / "in.jsonl.gz")]) == 0
+    assert main(["import", "--path", db, "b", str(tmp_path / "in.data"), "--format", "jsonl"]) == 0
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"id": "x", "vector": [1, 2], "t": "caf\xe9"}\n')
+    with pytest.raises(SystemExit, match=r"latin1.jsonl is not UTF-8 text"):
+        main(["import", "--path", db, "c", str(tmp_path / "latin1.jsonl")])
+    with pytest.raises(SystemExit, match=r"^simdex: error: no index file at .*nowhere"):
+        main(["info", str(tmp_path / "nowhere" / "db")])
+
+
+def test_info_and_search_beside_a_writer(tmp_path, sample, capsys):
+    """While a process holds the database for writing (a server), info and search read a consistent view."""
+    from simdex import connect
+    db = str(tmp_path / "db")
+    with connect(db) as writer:
+        writer.create_collection("w", dim=384, index="flat").upsert(["a", "b"], sample[:2])
+        assert main(["info", db]) == 0
+        stats = json.loads(capsys.readouterr().out)
+        assert stats["view"]["age_s"] >= 0 and stats["collections"][0]["count"] == 2
+        assert main(["search", "--path", db, "w", "--id", "b", "-k", "1"]) == 0
+        assert capsys.readouterr().out.split()[2] == "b"

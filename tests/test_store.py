@@ -217,8 +217,9 @@ def test_second_writer_is_refused(tmp_path):
         out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
         assert out.returncode == 3, out.stderr
         assert "open for writing by another process" in out.stdout
-        with pytest.raises(DatabaseLockedError):
-            simdex.connect(path, read_only=True)
+        with simdex.connect(path, read_only=True) as view:  # a read-only view works beside the writer
+            stored = view.get_collection("c").get(["a"], include=["embeddings"])[0]["embedding"]
+            assert stored == pytest.approx([1 / 5 ** 0.5, 2 / 5 ** 0.5])  # cosine: stored unit length
     with simdex.connect(path, read_only=True) as ro:
         col = ro.get_collection("c")
         assert col.count() == 1
@@ -255,3 +256,49 @@ def test_background_optimizer_indexes_without_blocking(tmp_path, records):
         stats = col.stats()
         assert stats["unindexed"] == 0 and stats["indexed"] == 2000 and stats["background_error"] is None
         assert _recall(col.search_batch(queries, 10, ef=200), _exact_hits(vectors, ids, queries, 10)) >= 0.95
+
+
+_WRITER = """
+import sys, numpy as np, simdex
+db = simdex.connect(sys.argv[1], sync="off", merge_rows=200, checkpoint_bytes=60_000, log_segment_bytes=20_000)
+col = db.get_or_create_collection("c", dim=16, metric="l2", index="flat")
+rng = np.random.default_rng(0)
+for b in range(100_000):
+    col.upsert([f"b{b}-{j}" for j in range(20)], rng.random((20, 16), dtype=np.float32), [{"batch": b}] * 20)
+    if b % 7 == 6:
+        col.delete([f"b{b - 3}-0"])
+    print(b, flush=True)
+"""
+
+
+def test_read_only_views_beside_a_live_writer(tmp_path):
+    """Another process writes without pause (checkpoints and log cuts every few batches); read-only views opened
+    meanwhile each hold a consistent state: whole batches 0..m (with the deletes made by then), m at least the
+    last batch acknowledged before the view was opened."""
+    import subprocess
+    import sys
+    path = tmp_path / "db"
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        acked, target = -1, 40
+        for _ in range(6):
+            while acked < target:  # let some batches land between views
+                acked = int(writer.stdout.readline())
+            before, target = acked, acked + 15
+            with simdex.connect(path, read_only=True) as view:
+                col = view.get_collection("c")
+                got = {}
+                for r in col.get(include=["metadatas"]):
+                    got.setdefault(r["metadata"]["batch"], set()).add(r["id"])
+                last = max(got)
+                assert last >= before and sorted(got) == list(range(last + 1))
+                deleted = {b - 3 for b in range(last + 1) if b % 7 == 6}
+                for b, present in got.items():
+                    assert len(present) == 20 - (b in deleted), (b, len(present))
+                assert view.stats()["view"]["age_s"] >= 0
+                q = np.full((1, 16), 0.5, np.float32)
+                assert len(col.search(q, k=5, include=[])) == 5
+    finally:
+        writer.kill()
+        writer.wait()
+

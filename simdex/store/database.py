@@ -27,8 +27,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..errors import (CollectionExistsError, CollectionNotFoundError, DatabaseLockedError, InvalidInputError,
-                      ReadOnlyError, SimdexError, StorageError)
+from ..errors import (CollectionExistsError, CollectionNotFoundError, CorruptFileError, DatabaseLockedError,
+                      InvalidInputError, ReadOnlyError, SimdexError, StorageError)
 from ._io import fsync_dir, storage_error
 from .api import DatabaseAPI
 from .collection import Collection
@@ -38,6 +38,7 @@ from .records import check_collection_name
 from .wal import SYNC_MODES
 
 log = logging.getLogger("simdex.store")
+READ_VIEW_ATTEMPTS = 5
 
 
 class Database(DatabaseAPI):
@@ -50,7 +51,10 @@ class Database(DatabaseAPI):
         When a write is durable: ``always`` (fsync before returning; survives power loss), ``batch`` (fsync
         every 10 ms in the background), ``off`` (survives a killed process, not a power loss).
     read_only : bool
-        Open without changing anything (no lock against other readers; refused while a writer has it open).
+        Open a consistent view without changing anything and without taking the writer's lock, so it works while
+        another process (a server) writes: the newest checkpoint plus the log up to its last complete record, with
+        a private copy of the metadata store. The view does not follow later writes; ``stats()`` says how old it
+        is.
     repair : bool
         Cut damaged write-ahead logs back to their last good record instead of refusing to open.
     background : bool
@@ -83,7 +87,8 @@ class Database(DatabaseAPI):
         if read_only and not (self.path / "collections").is_dir():
             raise FileNotFoundError(f"no simdex database at {self.path}")
         (self.path / "collections").mkdir(parents=True, exist_ok=True) if not read_only else None
-        self._lock_fd = self._acquire_lock()
+        self._lock_fd = self._acquire_lock() if not read_only else None
+        self.opened_at = time.time()
         self._collections: dict[str, Collection] = {}
         try:
             self._cleanup_temporaries()
@@ -95,8 +100,7 @@ class Database(DatabaseAPI):
                 collection._closed = True
                 collection._wal.close()
                 collection._meta.close()
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            self._release_lock()
             raise
         self._stop = threading.Event()
         self._optimizer = None
@@ -107,10 +111,9 @@ class Database(DatabaseAPI):
     # ---- locking -------------------------------------------------------------------------------------------------
     def _acquire_lock(self) -> int:
         lock_path = self.path / "LOCK"
-        fd = os.open(lock_path, os.O_RDONLY if self.read_only and lock_path.exists() else os.O_RDWR | os.O_CREAT,
-                     0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if self.read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = ""
             try:
@@ -119,14 +122,20 @@ class Database(DatabaseAPI):
                 pass
             os.close(fd)
             raise DatabaseLockedError(f"the database at {self.path} is open for writing by another "
-                                      f"process{holder}; close it there first") from None
-        if not self.read_only:
-            try:  # who holds it, for the message above; a full disk must not keep the database from opening
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, str(os.getpid()).encode(), 0)
-            except OSError:
-                pass
+                                      f"process{holder}; close it there first, or open it with read_only=True "
+                                      f"(a consistent view that works beside the writer)") from None
+        try:  # who holds it, for the message above; a full disk must not keep the database from opening
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:
+            pass
         return fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _cleanup_temporaries(self) -> None:
         if self.read_only:
@@ -137,8 +146,18 @@ class Database(DatabaseAPI):
 
     def _open_collection(self, folder: Path) -> Collection:
         config = json.loads((folder / "config.json").read_text())
-        collection = Collection(folder, folder.name, config, sync=self.sync, read_only=self.read_only,
-                                repair=self.repair, **self._collection_opts)
+        for attempt in range(READ_VIEW_ATTEMPTS if self.read_only else 1):
+            try:
+                collection = Collection(folder, folder.name, config, sync=self.sync, read_only=self.read_only,
+                                        repair=self.repair, **self._collection_opts)
+                break
+            except (CorruptFileError, FileNotFoundError) as exc:
+                # a read-only view races the writer: a checkpoint may replace the files being read, or cut the log
+                # past them; a fresh look finds the next consistent state. Real damage fails every time.
+                if attempt + 1 == READ_VIEW_ATTEMPTS or not self.read_only:
+                    raise
+                log.info("%s: read-only view raced a writer (%s); looking again", folder, exc)
+                time.sleep(0.05 * (attempt + 1))
         info = config.get("embedder")
         if info is not None and info["name"] in self._embedders:
             collection.attach_embedder(self._embedders[info["name"]])
@@ -308,8 +327,15 @@ class Database(DatabaseAPI):
                     collection.background_error = message
 
     def stats(self) -> dict[str, Any]:
-        return {"path": str(self.path), "read_only": self.read_only, "sync": self.sync,
-                "collections": [c.stats() for c in self._collections.values()]}
+        out = {"path": str(self.path), "read_only": self.read_only, "sync": self.sync,
+               "collections": [c.stats() for c in self._collections.values()]}
+        if self.read_only:
+            newest = max((c.last_write_time() or 0.0 for c in self._collections.values()), default=0.0)
+            out["view"] = {"opened_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.opened_at)),
+                           "age_s": round(time.time() - self.opened_at, 3),
+                           "newest_write_age_s": round(time.time() - newest, 3) if newest else None,
+                           "note": "a consistent read-only view as of opening: later writes are not in it"}
+        return out
 
     # ---- lifecycle -----------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -322,8 +348,7 @@ class Database(DatabaseAPI):
         for collection in self._collections.values():
             collection.close()
         self._closed = True
-        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        os.close(self._lock_fd)
+        self._release_lock()
 
     def __enter__(self) -> Database:
         return self

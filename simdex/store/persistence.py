@@ -105,10 +105,7 @@ class Durable:
         if self.read_only:
             # work on a private copy, so that the log tail can be applied without touching any file
             self._ro_copy = Path(tempfile.mkdtemp(prefix="simdex-readonly-"))
-            for suffix in ("", "-wal"):
-                source = self.path / f"meta.sqlite{suffix}"
-                if source.exists():
-                    shutil.copy2(source, self._ro_copy / source.name)
+            _snapshot_sqlite(live, self._ro_copy / "meta.sqlite")
             live = self._ro_copy / "meta.sqlite"
         problem = None
         try:
@@ -324,4 +321,30 @@ class Durable:
             self._meta.close()
         if getattr(self, "_ro_copy", None) is not None:
             shutil.rmtree(self._ro_copy, ignore_errors=True)
+
+    def last_write_time(self) -> float | None:
+        """When the newest log record was written (the log file's modification time), or None."""
+        try:
+            return max(path.stat().st_mtime for _, path in self._wal._files) if self._wal._files else None
+        except OSError:
+            return None
+
+
+def _snapshot_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy of the SQLite store at ``source`` (a writer may be using it: the backup API copies one
+    committed state), or of its files where SQLite cannot open it read-only."""
+    if not source.exists():
+        return
+    try:
+        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+            src.close()
+    except sqlite3.Error:  # e.g. a log file left without its index by a crash: copy the files as they are
+        for suffix in ("", "-wal"):
+            if Path(f"{source}{suffix}").exists():
+                shutil.copy2(f"{source}{suffix}", f"{target}{suffix}")
 
