@@ -32,9 +32,9 @@ def test_recall_on_20k_slices(built):
     _, ids = index.search(ds.queries, 10, ef=ef)
     r = datasets.recall_at_k(ids, ds.ground_truth, 10, ds.base, ds.queries, ds.metric)
     assert r >= 0.95, f"{ds.name}: recall@10 {r:.3f} at ef={ef}"
-    # more ef never hurts much, and a tiny ef is worse: the knob works
+    # the knob works: a tiny ef (the beam no wider than k) finds strictly fewer true neighbours on 300 queries
     _, ids_low = index.search(ds.queries, 10, ef=10)
-    assert datasets.recall_at_k(ids_low, ds.ground_truth, 10) < r + 1e-9
+    assert datasets.recall_at_k(ids_low, ds.ground_truth, 10) < r - 0.005
     stats = index.graph_stats()
     assert stats["min_degree"] >= 1 and stats["levels"] >= 2
 

@@ -160,9 +160,15 @@ def test_collection_label_field_answers_equality_filters(tmp_path, wordnet_pos):
     def hit_ids(rows):
         return [[h["id"] for h in row] for row in rows]
 
+    counts = {p: sum(m.get("pos") == p for m in metas) for p in ("adj", "noun", "verb")}
+    # the cutoff sits between the rarest value and the others, whatever the slice holds: the rarest value is
+    # scanned exactly, every other one gets its own graph
+    cutoff = sorted(counts.values())[1]
+    rarest = min(counts, key=counts.get)
+    assert rarest not in ("noun", "verb")  # the checks below walk the graphs of these two
     with simdex.connect(path, background=False, sync="off") as db:
         col = db.create_collection("glosses", dim=384, label_field="pos", M=12, ef_construction=80)
-        col.label_graph_min = 350
+        col.label_graph_min = cutoff
         col.upsert(ids, base, metas)
         with pytest.raises(InvalidInputError, match="label_field"):
             db.create_collection("bad", dim=384, label_field="a b")
@@ -172,9 +178,8 @@ def test_collection_label_field_answers_equality_filters(tmp_path, wordnet_pos):
         assert exact == truth("verb")
         assert col.needs_label_graphs()
         db.optimize()
-        counts = {p: sum(m.get("pos") == p for m in metas) for p in ("adj", "noun", "verb")}
-        assert counts["adj"] < 350 <= counts["verb"]
-        assert col.stats()["label_graphs"] == {p: c for p, c in counts.items() if c >= 350}
+        assert col.stats()["label_graphs"] == {p: c for p, c in counts.items() if c >= cutoff}
+        assert len(col.stats()["label_graphs"]) == 2
         assert not col.needs_label_graphs()
         sql_filters = []
         allowed = col._allowed
@@ -185,7 +190,7 @@ def test_collection_label_field_answers_equality_filters(tmp_path, wordnet_pos):
             assert all(metas[int(i[1:])]["pos"] == pos for row in got for i in row)
         assert sql_filters == [], "an equality on the label field went through the SQL allow-list"
         # a value without a graph (too few records) and other filters take the SQL path and stay exact
-        assert hit_ids(col.search_batch(queries, k=10, where={"pos": "adj"})) == truth("adj")
+        assert hit_ids(col.search_batch(queries, k=10, where={"pos": rarest})) == truth(rarest)
         assert hit_ids(col.search_batch(queries, k=10, where={"pos": 3}))[0] == \
             [ids[j] for j in members_truth(base, queries[:1], np.array([[m.get("pos") == 3 for m in metas]]), 10,
                                            "cosine")[0]]
@@ -207,9 +212,9 @@ def test_collection_label_field_answers_equality_filters(tmp_path, wordnet_pos):
         col = db.get_collection("glosses")
         assert col.label_field == "pos" and col.stats()["label_graphs"] == {}
         assert hit_ids(col.search_batch(queries, k=10, where={"pos": "noun"})) == truth("noun", exclude={"g5"})
-        col.label_graph_min = 350
+        col.label_graph_min = cutoff
         db.optimize()
-        assert set(col.stats()["label_graphs"]) == {p for p, c in counts.items() if c >= 350}
+        assert set(col.stats()["label_graphs"]) == {p for p, c in counts.items() if c >= cutoff}
         assert recall(hit_ids(col.search_batch(queries, k=10, where={"pos": "noun"})), after) >= 0.95
 
 

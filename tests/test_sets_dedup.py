@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -51,7 +52,17 @@ def test_dedup_bloom_mode_flags_later_duplicates(docs):
     true_dups[[j for _, j in truth]] = True
     flagged = ~result.keep
     assert (flagged & true_dups).sum() / true_dups.sum() >= 0.9
-    assert not flagged[:600][~true_dups[:600]].any() or (flagged & ~true_dups).sum() <= 5
+    # documents under the threshold are flagged when a band of theirs collides with an earlier document's: with
+    # b bands of r rows that happens with probability 1 - (1 - s^r)^b at Jaccard s. The expected count follows
+    # from each document's exact best Jaccard with an earlier one (Bloom false positives at 1e-4 add nothing
+    # measurable); allow four standard deviations
+    pairs, sims = similarity_join(shingle(docs, 5), 0.3)
+    best = np.zeros(len(docs))
+    np.maximum.at(best, pairs[:, 1], sims)
+    b, r = result.stats["bands"], result.stats["rows"]
+    p = 1 - (1 - best[~true_dups] ** r) ** b
+    expected, spread = p.sum(), np.sqrt((p * (1 - p)).sum())
+    assert (flagged & ~true_dups).sum() <= expected + 4 * spread + 1, (expected, spread)
     assert result.stats["index_bytes"] < 64 * 1024
 
 
@@ -100,9 +111,9 @@ def test_cli_and_reader_errors(tmp_path, capsys):
     nofield.write_text('{"body": "x"}\n')
     with pytest.raises(InvalidInputError, match="text"):
         list(read_documents([nofield]))
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    with pytest.MonkeyPatch.context() as patch:  # as where pyarrow is not installed: its import fails
+        for name in ("pyarrow", "pyarrow.parquet"):
+            patch.setitem(sys.modules, name, None)
         with pytest.raises(ImportError, match="pyarrow"):
             list(read_documents([tmp_path / "x.parquet"]))

@@ -43,8 +43,14 @@ def test_linear_by_hand_and_alpha_extremes():
     assert ids.tolist() == [1, 3, 2, 4]
     assert linear(dense, sparse, alpha=1.0)[0][:3].tolist() == [1, 2, 3]
     assert linear(dense, sparse, alpha=0.0)[0][0] == 3
-    zs_ids, zs = linear(dense, sparse, 2, alpha=0.5, norm="zscore")
-    assert zs_ids.shape == (2,) and np.all(np.diff(zs) <= 0)
+    # z-scores by hand: dense (-0.1, -0.3, -0.5) -> (+z, 0, -z) with z = 0.2 / std = 1.2247; sparse (12, 2) ->
+    # (+1, -1); a document missing from a run takes that run's lowest z-score
+    z = 0.2 / np.std([-0.1, -0.3, -0.5])
+    by_hand = {1: 0.5 * z - 0.5, 2: -0.5, 3: -0.5 * z + 0.5, 4: -0.5 * z - 0.5}
+    zs_ids, zs = linear(dense, sparse, 4, alpha=0.5, norm="zscore")
+    assert zs_ids.tolist() == [1, 3, 2, 4]
+    assert dict(zip(zs_ids.tolist(), zs.tolist())) == pytest.approx(by_hand)
+    assert linear(dense, sparse, 2, alpha=0.5, norm="zscore")[0].tolist() == [1, 3]
 
 
 def test_fusion_of_real_runs_prefers_agreement(wordnet_small):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,6 +12,8 @@ import pytest
 import simdex
 from simdex import datasets
 from simdex.errors import InvalidInputError
+
+from ._crash import run_then_kill
 
 pytest.importorskip("Stemmer", reason="text collections need PyStemmer (simdex[text])")
 
@@ -64,33 +65,42 @@ def test_text_vector_and_hybrid_search(tmp_path, glosses):
         assert col.search(text="qqxyzzy unknownish", k=3) == []
 
 
+_TEXT_WRITER = """
+import json, sys, numpy as np, simdex
+path, vectors, texts = sys.argv[1], np.load(sys.argv[2]), json.load(open(sys.argv[3]))
+n = len(texts)
+ids = [f"g{i:05d}" for i in range(n)]
+db = simdex.connect(path, background=False, sync="always")
+col = db.create_collection("g", dim=384, text=True)
+col.upsert(ids[:1000], vectors[:1000], None, texts[:1000])
+db.checkpoint()
+col.upsert(ids[1000:], vectors[1000:], None, texts[1000:])  # only in the log
+col.delete(ids[:10])
+col.upsert([ids[20]], vectors[20:21], None, ["zymurgy is the chemistry of fermentation"])
+checks = [col.search(text=texts[5], k=3)[0]["id"] != ids[5], col.search(text="zymurgy", k=1)[0]["id"] == ids[20],
+          all(h["id"] != ids[20] for h in col.search(text=texts[20], k=3))]
+# BM25 statistics count deleted documents until their segments merge (as in Lucene); the index rebuilt on
+# recovery holds only live records, so merge before taking the expected rankings
+col._text_side.index.merge(1)
+print(json.dumps({"checks": checks, "expected": [[h["id"] for h in col.search(text=texts[j], k=10)]
+                                                 for j in range(0, n, 97)]}))
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
 def test_text_index_follows_upserts_and_deletes_and_survives_a_crash(tmp_path, glosses):
     ids, vectors, texts = glosses
     path = tmp_path / "db"
-    db = _open(path, sync="always")
-    col = db.create_collection("g", dim=384, text=True)
-    col.upsert(ids[:1000], vectors[:1000], None, texts[:1000])
-    db.checkpoint()
-    col.upsert(ids[1000:], vectors[1000:], None, texts[1000:])  # only in the log
-    col.delete(ids[:10])
-    col.upsert([ids[20]], vectors[20:21], None, ["zymurgy is the chemistry of fermentation"])
-    assert col.search(text=texts[5], k=3)[0]["id"] != ids[5]
-    assert col.search(text="zymurgy", k=1)[0]["id"] == ids[20]
-    assert all(h["id"] != ids[20] for h in col.search(text=texts[20], k=3))
-    # BM25 statistics count deleted documents until their segments merge (as in Lucene); the index rebuilt on
-    # recovery holds only live records, so merge before taking the expected rankings
-    col._text_side.index.merge(1)
-    expected = [[h["id"] for h in col.search(text=texts[j], k=10)] for j in range(0, N, 97)]
-    # simulate a crash: drop the objects without close(), which would checkpoint
-    db._stop.set()
-    for c in db._collections.values():
-        c._wal.close()
-    os.close(db._lock_fd)
-    del db, col
-    with _open(path) as db2:
+    np.save(tmp_path / "vectors.npy", vectors)
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    out = json.loads(run_then_kill(_TEXT_WRITER, str(path), str(tmp_path / "vectors.npy"),
+                                   str(tmp_path / "texts.json"))[0])
+    assert all(out["checks"]), out["checks"]  # the text index followed the upserts and deletes
+    with _open(path) as db2:  # after a SIGKILL: rebuilt from the recovered records
         col2 = db2.get_collection("g")
         assert col2.text and col2.count() == N - 10
-        assert [[h["id"] for h in col2.search(text=texts[j], k=10)] for j in range(0, N, 97)] == expected
+        assert [[h["id"] for h in col2.search(text=texts[j], k=10)] for j in range(0, N, 97)] == out["expected"]
         assert col2.search(text="zymurgy", k=1)[0]["id"] == ids[20]
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import simdex
-from simdex.errors import (CollectionExistsError, CollectionNotFoundError, DatabaseLockedError, DimensionMismatchError,
+from simdex.errors import (CollectionExistsError, CollectionNotFoundError, DimensionMismatchError,
                            DuplicateIdError, InvalidInputError, ReadOnlyError, UnknownIdError)
 from simdex.store.filters import FilterError
 
+from ._crash import run_then_kill
 from .conftest import numpy_knn
 
 POS = ("n", "v", "a", "r")
@@ -178,31 +179,37 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path):
         assert not (tmp_path / "x").exists() and not (tmp_path / "db" / "x").exists()
 
 
+_RECOVERY_WRITER = """
+import json, sys, numpy as np, simdex
+path, data = sys.argv[1], np.load(sys.argv[2])
+vectors, queries = data[:2000], data[2000:]
+ids = [f"doc-{i:05d}" for i in range(2000)]
+db = simdex.connect(path, background=False, sync="always")
+col = db.create_collection("words", dim=384, M=12, ef_construction=80)
+col.upsert(ids[:1000], vectors[:1000], [{"i": i} for i in range(1000)])
+db.optimize()
+db.checkpoint()
+col.upsert(ids[1000:], vectors[1000:], [{"i": i} for i in range(1000, 2000)])  # only in the log
+col.delete(ids[:100])
+print(json.dumps([[h["id"] for h in r] for r in col.search_batch(queries, k=10, ef=400)]))
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
 def test_reopen_recovers_log_and_checkpoints(tmp_path, records):
+    """A writer killed (SIGKILL) after a checkpoint and more writes in the log: on reopen the log is replayed
+    onto the checkpoint and the searches give what they gave before the crash."""
     ids, vectors, metas, docs, queries = records
     path = tmp_path / "db"
-    db = _open(path, sync="always")
-    col = db.create_collection("words", dim=384, M=12, ef_construction=80)
-    col.upsert(ids[:1000], vectors[:1000], metas[:1000], docs[:1000])
-    db.optimize()
-    db.checkpoint()
-    col.upsert(ids[1000:], vectors[1000:], metas[1000:], docs[1000:])  # only in the log
-    col.delete(ids[:100])
-    expected = col.search_batch(queries, k=10, ef=400)
-    # simulate a crash: drop the objects without close(), which would checkpoint
-    db._stop.set()
-    for c in db._collections.values():
-        c._wal.close()
-    os.close(db._lock_fd)
-    del db, col
-
+    np.save(tmp_path / "data.npy", np.concatenate([vectors, queries]))
+    expected = json.loads(run_then_kill(_RECOVERY_WRITER, str(path), str(tmp_path / "data.npy"))[0])
     with _open(path) as db2:
         col2 = db2.get_collection("words")
         assert col2.count() == len(ids) - 100
         assert any("replayed" in note for note in col2.recovery_notes)
-        assert [[h["id"] for h in r] for r in col2.search_batch(queries, k=10, ef=400)] == \
-               [[h["id"] for h in r] for r in expected]
-        assert col2.get([ids[0]]) == [] and col2.get([ids[1500]])[0]["metadata"] == metas[1500]
+        assert [[h["id"] for h in r] for r in col2.search_batch(queries, k=10, ef=400)] == expected
+        assert col2.get([ids[0]]) == [] and col2.get([ids[1500]])[0]["metadata"] == {"i": 1500}
 
 
 def test_second_writer_is_refused(tmp_path):
@@ -302,3 +309,35 @@ def test_read_only_views_beside_a_live_writer(tmp_path):
         writer.kill()
         writer.wait()
 
+
+
+def test_closed_and_read_only_databases_refuse_clearly(tmp_path, records):
+    ids, vectors, metas, docs, queries = records
+    path = tmp_path / "db"
+    db = _open(path)
+    col = db.create_collection("c", dim=384, index="flat")
+    col.upsert(ids[:5], vectors[:5])
+    db.close()
+    for call in (lambda: col.count(), lambda: col.get(ids[:1]), lambda: col.search(vectors[0]),
+                 lambda: col.upsert(["x"], vectors[:1]), lambda: col.stats()):
+        with pytest.raises(InvalidInputError, match="closed"):
+            call()
+    with pytest.raises(ReadOnlyError, match="closed"):
+        db.get_collection("c")
+    with simdex.connect(path, read_only=True) as ro:
+        for call in (lambda: ro.drop_collection("c"), lambda: ro.checkpoint(), lambda: ro.optimize(),
+                     lambda: ro.get_collection("c").checkpoint(), lambda: ro.get_collection("c").delete(["a"])):
+            with pytest.raises(ReadOnlyError):
+                call()
+        assert ro.get_collection("c").count() == 5
+
+
+def test_optimize_wait_idle_leaves_nothing_unindexed(tmp_path, records):
+    ids, vectors, metas, docs, queries = records
+    with simdex.connect(tmp_path / "db", sync="off", merge_rows=100) as db:  # the background optimizer runs
+        col = db.create_collection("c", dim=384, M=8, ef_construction=40)
+        for s in range(0, 1000, 100):
+            col.upsert(ids[s:s + 100], vectors[s:s + 100])
+        db.optimize(wait_idle=True)
+        stats = col.stats()
+        assert stats["unindexed"] == 0 and stats["indexed"] == 1000

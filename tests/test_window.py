@@ -329,7 +329,7 @@ def test_custom_factory_base(wordnet, tmp_path):
 
 
 @pytest.mark.parametrize("mmap", [True, False])
-def test_save_load_round_trip(hnsw_window, wordnet, tmp_path, mmap):
+def test_save_load_round_trip(wordnet, tmp_path, mmap):
     base, attrs, queries = wordnet
     n = 1500
     index = WindowIndex(base.shape[1], "cosine", leaf_size=LEAF, base_params={"M": 8, "ef_construction": 40})

@@ -237,13 +237,19 @@ class Collection(Durable, CollectionAPI):
         self._embedding.attach(embedder)
 
     # ---- reads ---------------------------------------------------------------------------------------------------
+    def _check_readable(self) -> None:
+        if self._closed:
+            raise InvalidInputError(f"collection {self.name!r} is closed (its database was closed)")
+
     def count(self) -> int:
+        self._check_readable()
         with self._rw.read():
             return len(self._vectors)
 
     def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
             include: Any = None) -> list[dict[str, Any]]:
         """See :meth:`CollectionAPI.get`."""
+        self._check_readable()
         include = check_include(include, DEFAULT_GET_INCLUDE)
         id_list = None if ids is None else rec.check_record_ids(ids)
         if limit is not None:
@@ -277,6 +283,7 @@ class Collection(Durable, CollectionAPI):
                           ) -> tuple[list[dict[str, Any]], list[str]]:
         """:meth:`search`, returning the warnings (truncated query text) instead of issuing them: the server puts
         them in its response."""
+        self._check_readable()
         notes: list[str] = []
         if text is None:
             if mode is not None:
@@ -363,6 +370,7 @@ class Collection(Durable, CollectionAPI):
                                 fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax",
                                 depth: int | None = None) -> tuple[list[list[dict[str, Any]]], list[str]]:
         """:meth:`search_batch`, returning the warnings instead of issuing them."""
+        self._check_readable()
         notes: list[str] = []
         if texts is not None:
             if vectors is not None:
@@ -458,6 +466,7 @@ class Collection(Durable, CollectionAPI):
             self._label_side.min_records = value
 
     def stats(self) -> dict[str, Any]:
+        self._check_readable()
         with self._rw.read():
             out = {"name": self.name, "dim": self.dim, "metric": self.metric, "index": self.index_kind,
                    "params": self.params, "text": self.text, "embedder": self.embedder_info,

@@ -278,15 +278,25 @@ class Database(DatabaseAPI):
 
     # ---- maintenance ---------------------------------------------------------------------------------------------
     def optimize(self, wait_idle: bool = False) -> None:
-        """Index all unindexed rows now (what the background thread does over time)."""
+        """Index all unindexed rows now (what the background thread does over time): fold new rows into the
+        graphs, build the window trees and label graphs that are due. With ``wait_idle`` a rebuild the background
+        thread has in progress is waited for too, so that afterwards nothing is being built."""
+        self._check_open()
+        if self.read_only:
+            raise ReadOnlyError(f"the database at {self.path} is open read-only")
         for collection in list(self._collections.values()):
             collection.merge()
             if collection.needs_window_rebuild():
                 collection.rebuild_window()
             collection.build_label_graphs()
+            if wait_idle:
+                for side in collection._sides:
+                    with side.maintenance:  # held by a rebuild in progress
+                        pass
 
     def checkpoint(self) -> None:
         """Write checkpoints of every collection and cut their logs."""
+        self._check_open()
         for collection in list(self._collections.values()):
             collection.checkpoint()
 
