@@ -18,6 +18,7 @@ from .. import datasets
 from .._numba import cpu_count
 from . import write_report
 from .peers import ADAPTERS, available
+from ._common import pyplot
 
 DEFAULT_EFS = (10, 12, 14, 16, 18, 20, 24, 28, 32, 36, 40, 44, 48, 56, 64, 72, 80, 96, 112, 128, 144, 160, 176, 200,
                224, 256, 288, 320, 360, 400, 450, 512, 640, 800)
@@ -213,9 +214,7 @@ def format_report(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
     for ax, th, title in ((axes[0], "qps_1thread", "1 thread"), (axes[1], "qps_all", f"{report['threads']} threads")):
         for r in report["results"]:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import datasets
+from ._common import pyplot
 
 FILTER_POS = "verb"
 
@@ -375,11 +376,8 @@ def save(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     json_path = out / "db-wordnet.json"
     json_path.write_text(json.dumps(report, indent=1))
     png_path = out / "db-wordnet.png"
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return json_path, png_path
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, kind in zip(axes, ("plain", "filtered")):

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import datasets
 from .ann import _machine
+from ._common import pyplot
 
 DIM = 384
 
@@ -210,9 +211,7 @@ def format_report(r: dict) -> str:
 
 
 def save(report: dict, out_dir: Path) -> tuple[Path, Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "disk-spann.json"
     json_path.write_text(json.dumps(report, indent=1))

@@ -30,6 +30,7 @@ import numpy as np
 from .. import datasets
 from . import write_report
 from .._numba import cpu_count
+from ._common import pyplot, recall
 
 MIN_COS, MEAN_COS = 0.999, 0.9999
 
@@ -259,9 +260,8 @@ def demo(n_queries: int = 1000, k: int = 10, ef: int = 64) -> dict[str, Any]:
         build_s = time.perf_counter() - t0
         truth = data.ground_truth[:n_queries, :k]
 
-        def recall(hits) -> float:
-            return float(np.mean([len({int(h["id"]) for h in row} & set(t.tolist())) / k
-                                  for row, t in zip(hits, truth)]))
+        def recall_of(hits) -> float:
+            return recall([np.array([int(h["id"]) for h in row], np.int64) for row in hits], truth)
         t0 = time.perf_counter()
         by_text = col.search_batch(texts=texts[n_base:n_base + n_queries], k=k, ef=ef, mode="dense", include=[])
         text_s = time.perf_counter() - t0
@@ -270,7 +270,7 @@ def demo(n_queries: int = 1000, k: int = 10, ef: int = 64) -> dict[str, Any]:
         vector_s = time.perf_counter() - t0
         db.close()
     res = {"base": n_base, "queries": n_queries, "k": k, "ef": ef, "graph_build_s": build_s,
-           "recall_text": recall(by_text), "recall_vector": recall(by_vector),
+           "recall_text": recall_of(by_text), "recall_vector": recall_of(by_vector),
            "ms_per_text_query": 1000 * text_s / n_queries, "ms_per_vector_query": 1000 * vector_s / n_queries}
     print(f"demo: recall@{k} by text {res['recall_text']:.4f}, by reference vector {res['recall_vector']:.4f}",
           flush=True)
@@ -331,9 +331,7 @@ def _format_embedder(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Texts/s of MiniLM and sentence-transformers per thread count, and docs/s of the import variants."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     panels = [p for p in ("speed", "import") if p in report and report[p]]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], panels):

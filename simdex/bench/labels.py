@@ -39,7 +39,8 @@ import numpy as np
 
 from .. import datasets
 from . import write_report
-from .window import _budgeted, _knn_at_most, postfilter_hnsw, recall
+from ._common import pyplot, recall
+from .window import _budgeted, _knn_at_most, postfilter_hnsw
 
 EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 POST_FACTORS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -248,9 +249,7 @@ def format_report(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     names = [r["method"] for r in report["rows"]]
     bars = ax.barh(names, [r["qps"] for r in report["rows"]],

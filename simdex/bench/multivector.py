@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ._common import pyplot, recall
+
 CLS_ID, SEP_ID = 101, 102
 MAX_TOKENS = 256  # the model's max_seq_length: longer texts are truncated
 
@@ -125,11 +127,6 @@ TOKEN_KS = (1, 2, 4, 8, 16, 32, 64, 128)
 RECALL_TARGETS = (0.8, 0.9, 0.95)
 
 
-def _recall(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean |found ∩ exact| / |exact| over queries (ids; -1 never matches)."""
-    return float(np.mean([np.isin(e, f[f >= 0]).mean() for f, e in zip(found, exact)]))
-
-
 def _candidates_for(points: list[dict[str, float]], target: float, key: str = "recall@100") -> float | None:
     """Mean candidates needed to reach ``target`` recall, interpolated linearly in log(candidates) between
     the sweep points around it (None when the sweep never gets there)."""
@@ -197,15 +194,15 @@ def run_collection(name: str, docs: TokenSet, queries: TokenSet, data: dict[str,
         r100 = None
         if c >= k100:
             _, ids = index.search(q_rows, k100, offsets=q_off, method="muvera", candidates=c)
-            r100 = _recall(ids, ex_i)
+            r100 = recall(ids, ex_i)
         _, ids10 = index.search(q_rows, min(10, k100), offsets=q_off, method="muvera", candidates=c)
         res["muvera"].append({"param": c, "candidates": float(c), "recall@100": r100,
-                              "recall@10": _recall(ids10, ex10)})
+                              "recall@10": recall(ids10, ex10)})
     for tk in token_ks:
         _, ids, n_c = tok_index.search(q_rows, k100, offsets=q_off, method="tokens", token_k=tk,
                                        return_candidates=True)
-        res["tokens"].append({"param": tk, "candidates": float(n_c.mean()), "recall@100": _recall(ids, ex_i),
-                              "recall@10": _recall(ids[:, :10], ex10)})
+        res["tokens"].append({"param": tk, "candidates": float(n_c.mean()), "recall@100": recall(ids, ex_i),
+                              "recall@10": recall(ids[:, :10], ex10)})
     for key in ("muvera", "tokens"):
         for p in res[key]:
             r100 = "  -  " if p["recall@100"] is None else f"{p['recall@100']:.3f}"
@@ -221,7 +218,7 @@ def run_collection(name: str, docs: TokenSet, queries: TokenSet, data: dict[str,
     rec = min(recommended, nd)
     res["recommended_candidates"] = rec
     _, ids10 = index.search(q_rows, 10, offsets=q_off, method="muvera", candidates=rec)
-    res["recommended_recall@10"] = _recall(ids10, ex10)
+    res["recommended_recall@10"] = recall(ids10, ex10)
     lat = {"exact": lambda qs: index.search(qs.tokens.astype(np.float32), 10, offsets=qs.offsets, method="exact"),
            "muvera": lambda qs: index.search(qs.tokens.astype(np.float32), 10, offsets=qs.offsets, method="muvera",
                                              candidates=rec),
@@ -267,7 +264,7 @@ def run_collection(name: str, docs: TokenSet, queries: TokenSet, data: dict[str,
             red.add(docs.tokens, offsets=docs.offsets, weights=w)
             r_s, r_i = red.search(sub_rows, k100, offsets=sub_off, method="exact")
             row = {"setting": label, "stored_vectors": red.num_vectors, "bytes": red.nbytes,
-                   "recall@10": _recall(r_i[:, :10], ex10[:nr]), "recall@100": _recall(r_i, ex_i[:nr])}
+                   "recall@10": recall(r_i[:, :10], ex10[:nr]), "recall@100": recall(r_i, ex_i[:nr])}
             if sub_data is not None:
                 row["nDCG@10"] = _ndcg(sub_data, r_s, r_i)["nDCG@10"]
             res["reductions"].append(row)
@@ -344,61 +341,8 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_markdown(report: dict[str, Any]) -> str:
-    """The tables of docs/benchmarks-multivector.md, from a report."""
-    out = []
-    for name, r in report["collections"].items():
-        out.append(f"### {name}: {r['documents']:,} documents ({r['mean_doc_vectors']:.1f} vectors each), "
-                   f"{r['queries']} queries ({r['mean_query_vectors']:.1f} vectors each)\n")
-        out.append(f"Build: MUVERA (FDE dim {r['fde_dim']:,}, HNSW) {r['build_muvera_s']:.1f} s; token-level HNSW over "
-                   f"{r['doc_vectors']:,} vectors {r['build_tokens_s']:.1f} s. Exact top-100 for all queries in one "
-                   f"batch: {r['exact_batch_s']:.1f} s.\n")
-        out.append("| method | parameter | documents re-ranked / query | recall@100 | recall@10 |")
-        out.append("|---|---|---|---|---|")
-        for key, pname in (("muvera", "candidates"), ("tokens", "k' per query vector")):
-            for p in r[key]:
-                r100 = "-" if p["recall@100"] is None else f"{p['recall@100']:.3f}"
-                out.append(f"| {key} | {pname} {p['param']} | {p['candidates']:.1f} | {r100} | {p['recall@10']:.3f} |")
-        out.append("")
-        out.append("| recall@100 target | MUVERA candidates | token heuristic candidates | ratio |")
-        out.append("|---|---|---|---|")
-        for target, v in r["candidates_at_recall@100"].items():
-            f = lambda x: "not reached" if x is None else f"{x:.0f}"
-            ratio = "-" if v["ratio_tokens_over_muvera"] is None else f"**{v['ratio_tokens_over_muvera']:.2f}x**"
-            out.append(f"| {target} | {f(v['muvera'])} | {f(v['tokens'])} | {ratio} |")
-        out.append("")
-        lat = r["latency_ms"]
-        out.append(f"Latency, one query per call, k=10 (mean of {report.get('latency_queries', '')} queries): exact "
-                   f"{lat['exact']:.1f} ms, MUVERA ({r['recommended_candidates']} candidates) {lat['muvera']:.2f} ms "
-                   f"(**{r['latency_speedup_muvera_vs_exact']:.1f}x** faster than exact; recall@10 "
-                   f"**{r['recommended_recall@10']:.3f}**), token heuristic (k'=8) {lat['tokens']:.2f} ms.\n")
-        if "ndcg" in r:
-            out.append("| system | nDCG@10 | MAP | R@100 |")
-            out.append("|---|---|---|---|")
-            for system, m in r["ndcg"].items():
-                out.append(f"| {system} | {m['nDCG@10']:.4f} | {m['MAP']:.4f} | {m['R@100']:.4f} |")
-            out.append("")
-        if "reductions" in r:
-            has_ndcg = any("nDCG@10" in row for row in r["reductions"])
-            out.append(f"Index-time reduction, searched exactly on the first {r['reduction_queries']} queries; recall "
-                       f"against exact Chamfer on the full index:\n")
-            out.append("| index-time reduction | stored vectors | MiB | recall@10 | recall@100 |"
-                       + (" nDCG@10 |" if has_ndcg else ""))
-            out.append("|---|---|---|---|---|" + ("---|" if has_ndcg else ""))
-            out.append(f"| none (float16) | {r['doc_vectors']:,} | {r['doc_vectors'] * 768 / 2**20:.1f} | 1.000 | 1.000 |"
-                       + (f" {r['reduction_ndcg_full_index']:.4f} |" if has_ndcg else ""))
-            for row in r["reductions"]:
-                out.append(f"| {row['setting']} | {row['stored_vectors']:,} | {row['bytes'] / 2**20:.1f} | "
-                           f"{row['recall@10']:.3f} | {row['recall@100']:.3f} |"
-                           + (f" {row['nDCG@10']:.4f} |" if has_ndcg else ""))
-            out.append("")
-    return "\n".join(out)
-
-
 def save(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(report["collections"])
     tag = "" if names == ["cranfield", "cacm", "glosses"] else "-" + "-".join(names)

@@ -27,6 +27,7 @@ from .. import datasets
 from .._numba import cpu_count
 from . import write_report
 from .ann import _machine
+from ._common import pyplot
 
 EFS = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 200, 256, 320, 400)
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -381,9 +382,7 @@ def format_report(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     parts = [p for p in ("graph", "ivf", "binary") if p in report]
     fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.8), squeeze=False)
     for ax, part in zip(axes[0], parts):

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import datasets
 from .ann import _machine
+from ._common import pyplot, recall
 
 GT_DEPTH = 100
 SWITCH_INTERVAL = 0.0002
@@ -62,11 +63,6 @@ def live_truth(top: np.ndarray, dead: np.ndarray, k: int) -> np.ndarray:
         raise RuntimeError("ground truth too shallow for this many deletions")
     pos = np.argsort(~alive, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(top, pos, 1)
-
-
-def recall_rows(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    k = truth.shape[1]
-    return np.array([len(set(f[:k].tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)])
 
 
 # ---- adapters ----------------------------------------------------------------------------------------------------
@@ -132,8 +128,10 @@ class _Hnswlib:
         pass
 
     def search(self, q: np.ndarray, k: int) -> np.ndarray:
-        id_of = self.id_of
-        return id_of[self.index.knn_query(q, k, num_threads=1)[0].astype(np.int64)]
+        labels = self.index.knn_query(q, k, num_threads=1)[0].astype(np.int64)
+        # read the map after the query: a label can be returned only once its insert has begun, and the insert
+        # publishes the longer map before it starts (read before the query, the map could be too short)
+        return self.id_of[labels]
 
 
 ADAPTERS = {"simdex": _Simdex, "hnswlib": _Hnswlib}
@@ -154,7 +152,7 @@ def _run_one(lib: str, ds: datasets.Dataset, top: np.ndarray, p: dict, log: Call
 
     def measure() -> float:
         found = np.concatenate([adapter.search(queries[i:i + 1], k) for i in range(queries.shape[0])])
-        return float(recall_rows(found, live_truth(top, dead, k)).mean())
+        return recall(found[:, :k], live_truth(top, dead, k))
 
     adapter.search(queries[:1], k)  # JIT
     fresh = measure()
@@ -330,9 +328,7 @@ def format_report(report: dict) -> str:
 
 def save(report: dict, out_dir: Path) -> tuple[Path, Path]:
     """Write ``streaming-<dataset>.json`` and a PNG of recall per cycle for every library."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"streaming-{report['dataset']}.json"

@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import datasets
 from . import write_report
+from ._common import pyplot, recall
 
 SELECTIVITIES = (0.001, 0.01, 0.1, 0.5)
 WINDOW_EFS = (10, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -70,11 +71,6 @@ def window_ground_truth(base: np.ndarray, metric: str, queries: np.ndarray, attr
                 part = np.argpartition(dw[r], kk - 1)[:kk]
                 out[s].append(part[np.argsort(dw[r][part], kind="stable")])
     return out
-
-
-def recall(found: np.ndarray, truth: list[np.ndarray]) -> float:
-    scores = [len(set(f[f >= 0].tolist()) & set(t.tolist())) / t.size for f, t in zip(found, truth) if t.size]
-    return float(np.mean(scores)) if scores else 1.0
 
 
 def _budgeted(answer: Callable[[int, int], np.ndarray], nq: int, chunk: int, budget_s: float, min_queries: int
@@ -333,9 +329,7 @@ def format_report(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.8))
     methods = list(dict.fromkeys(r["method"] for r in report["rows"]))
     for m in methods:

@@ -1,0 +1,29 @@
+"""Pieces every benchmark uses: recall of returned ids against exact ones, and a headless matplotlib."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def recall(found: np.ndarray, truth: Sequence[np.ndarray] | np.ndarray) -> float:
+    """Mean over queries of |found row ∩ truth row| / |truth row|: ``found`` (nq, k) ids, -1 for no hit;
+    ``truth`` the exact ids of each query (rows may differ in length; a query with none is left out, and none at
+    all gives 1.0). For recall@k with ties to the k-th distance counted as hits, see
+    :func:`simdex.datasets.recall_at_k`."""
+    scores = [len(set(np.asarray(f)[np.asarray(f) >= 0].tolist()) & set(np.asarray(t).tolist())) / len(t)
+              for f, t in zip(found, truth) if len(t)]
+    return float(np.mean(scores)) if scores else 1.0
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files (no display), or None where matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
