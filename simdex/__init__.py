@@ -1,18 +1,21 @@
 """simdex: similarity search for dense vectors, sparse and text vectors, multi-vector documents and sets."""
 
 from .dense import FlatIndex, HNSWIndex, LabelIndex, VamanaIndex, WindowIndex
-from .errors import (CollectionExistsError, CollectionNotFoundError, CorruptDatabaseError, CorruptFileError,
-                     DatabaseLockedError, DimensionMismatchError, DuplicateIdError, InvalidInputError,
-                     InvalidTypeError, ReadOnlyError, SimdexError, StorageError, UnknownIdError)
-from .index import Index, load
+from .errors import (AccessDeniedError, CollectionExistsError, CollectionNotFoundError, CorruptDatabaseError,
+                     CorruptFileError, DatabaseLockedError, DimensionMismatchError, DuplicateIdError, InvalidInputError,
+                     InvalidTypeError, MissingFileError, ReadOnlyError, SimdexError, StorageError, UnknownIdError,
+                     UnknownKindError, UnsupportedOperationError)
+from .index import BaseIndex, Index, load
 from .store import Collection, Database, FilterError, connect
 
 __version__ = "0.1.0"
 
-__all__ = ["FlatIndex", "HNSWIndex", "LabelIndex", "VamanaIndex", "WindowIndex", "Index", "load", "connect",
-           "Database", "Collection", "Client", "SimdexError", "InvalidInputError", "InvalidTypeError", "DimensionMismatchError",
-           "DuplicateIdError", "UnknownIdError", "CorruptFileError", "CorruptDatabaseError", "CollectionExistsError",
-           "CollectionNotFoundError", "DatabaseLockedError", "ReadOnlyError", "StorageError", "FilterError", "__version__"]
+__all__ = ["FlatIndex", "HNSWIndex", "LabelIndex", "VamanaIndex", "WindowIndex", "BaseIndex", "Index", "load",
+           "connect", "Database", "Collection", "Client", "SimdexError", "InvalidInputError", "InvalidTypeError",
+           "DimensionMismatchError", "DuplicateIdError", "UnknownIdError", "CorruptFileError", "CorruptDatabaseError",
+           "MissingFileError", "UnknownKindError", "UnsupportedOperationError", "AccessDeniedError",
+           "CollectionExistsError", "CollectionNotFoundError", "DatabaseLockedError", "ReadOnlyError", "StorageError",
+           "FilterError", "__version__"]
 
 
 def __getattr__(name: str):

@@ -11,7 +11,7 @@ from ._numba import kernel
 
 @kernel
 def heap_replace_top(dist, ids, d, i):
-    """Replace the root with (d, i) and sift down. Caller ensures d < dist[0]."""
+    """Replace the root with (d, i) and sift it down (to keep the k best, the caller checks d < dist[0] first)."""
     k = dist.shape[0]
     pos = 0
     while True:
@@ -35,13 +35,12 @@ def heap_replace_top(dist, ids, d, i):
 def heap_push(dist, ids, n, d, i):
     """Push (d, i) onto the max-heap dist[:n], ids[:n] (the caller has checked there is room for n + 1)."""
     pos = n
-    while pos > 0:
-        parent = (pos - 1) >> 1
-        if dist[parent] >= d:
-            break
+    parent = (pos - 1) >> 1
+    while pos > 0 and dist[parent] < d:  # sift up past the smaller parents
         dist[pos] = dist[parent]
         ids[pos] = ids[parent]
         pos = parent
+        parent = (pos - 1) >> 1
     dist[pos] = d
     ids[pos] = i
 
@@ -53,22 +52,7 @@ def heap_sort_ascending(dist, ids):
     for end in range(n - 1, 0, -1):
         d, i = dist[end], ids[end]
         dist[end], ids[end] = dist[0], ids[0]
-        # sift d down in the heap of size `end`
-        pos = 0
-        while True:
-            left = 2 * pos + 1
-            if left >= end:
-                break
-            child = left
-            if left + 1 < end and dist[left + 1] > dist[left]:
-                child = left + 1
-            if dist[child] <= d:
-                break
-            dist[pos] = dist[child]
-            ids[pos] = ids[child]
-            pos = child
-        dist[pos] = d
-        ids[pos] = i
+        heap_replace_top(dist[:end], ids[:end], d, i)  # the last item, sifted down the heap of size `end`
 
 
 @kernel

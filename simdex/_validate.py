@@ -22,18 +22,32 @@ def check_metric(metric: Any) -> str:
     return metric.lower()
 
 
-def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+def check_positive_int(value: Any, name: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer (not a bool, float or str) of at least ``minimum`` (and at most ``maximum``, which bounds sizes
+    whose absurd values would be a failed allocation or an endless loop rather than an error)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise InvalidTypeError(f"{name} must be an integer; got {type(value).__name__} {value!r}")
     value = int(value)
     if value < minimum:
         raise InvalidInputError(f"{name} must be >= {minimum}; got {value}")
+    if maximum is not None and value > maximum:
+        raise InvalidInputError(f"{name} must be <= {maximum}; got {value}")
     return value
 
 
 # the largest vector dimension accepted: far above any embedding model, and small enough that one vector is an
 # allocation that cannot fail for its size alone
 MAX_DIM = 1 << 20
+
+
+# the largest graph degree accepted (HNSW M, Vamana R): far above any useful value (16-128), and small enough that
+# the adjacency rows of a few vectors are an allocation that cannot fail for their size alone
+MAX_DEGREE = 1 << 12
+
+
+# the most results, candidates or beam entries one query may ask for (k, ef, L, rerank): far beyond any use, so
+# that an absurd value (a size typed with too many zeros) is refused rather than a failed allocation
+MAX_RESULTS = 1 << 24
 
 
 def check_dim(dim: Any) -> int:
@@ -129,11 +143,79 @@ def check_ids(ids: Any, n: int | None = None, name: str = "ids", *, unique: bool
     return out
 
 
+def check_filter(allow: Any) -> np.ndarray:
+    """A search filter: a boolean mask indexed by id (returned as a 1-D bool array; ids beyond its length are not
+    allowed) or the ids that may be returned (returned as int64; ids not in the index are simply not allowed)."""
+    try:
+        arr = np.asarray(allow)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise InvalidInputError(f"filter could not be read as an array: {exc}") from None
+    if arr.dtype == np.bool_:
+        if arr.ndim != 1:
+            raise InvalidInputError(f"filter mask must be 1-D (indexed by id); got shape {arr.shape}")
+        return arr
+    return check_ids(_as_numeric_array(arr, "filter"), name="filter", unique=False)
+
+
 def check_k(k: Any, available: int) -> int:
     k = check_positive_int(k, "k")
     if k > available:
         raise InvalidInputError(f"k={k} is larger than the number of vectors in the index ({available})")
     return k
+
+
+def check_real(value: Any, name: str, low: float = -np.inf, high: float = np.inf, *, low_open: bool = False,
+               high_open: bool = False) -> float:
+    """A real number (not a bool, str or NaN) in the interval from ``low`` to ``high``, as a float; the bounds are
+    included unless ``low_open`` / ``high_open``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise InvalidTypeError(f"{name} must be a number; got {type(value).__name__} {value!r}")
+    v = float(value)
+    inside = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not inside:  # NaN is never inside
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise InvalidInputError(f"{name} must be in {interval}; got {value!r}")
+    return v
+
+
+def check_int(value: Any, name: str) -> int:
+    """Any integer (a seed, say), not a bool, float or str."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise InvalidTypeError(f"{name} must be an integer; got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def check_codes(codes: Any, code_size: int, name: str = "codes", *, single: bool = False,
+                allow_empty: bool = True) -> np.ndarray:
+    """Validate fixed-size byte codes (packed bits, quantizer codes): a C-contiguous uint8 array (n, code_size).
+    With ``single`` one code of shape (code_size,) is taken as a batch of one."""
+    arr = _as_numeric_array(codes, name)
+    if arr.dtype != np.uint8:
+        raise InvalidTypeError(f"{name} must be a uint8 array of shape (n, {code_size}); got dtype {arr.dtype}")
+    if single and arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2 or arr.shape[1] != code_size:
+        raise InvalidInputError(f"{name} must be a uint8 array of shape (n, {code_size}); got shape {arr.shape}")
+    if arr.shape[0] == 0 and not allow_empty:
+        raise InvalidInputError(f"{name} is empty (0 rows)")
+    return np.ascontiguousarray(arr)
+
+
+def check_signatures(signatures: Any, num_perm: int, name: str = "signatures") -> np.ndarray:
+    """MinHash signatures as C-contiguous uint32 (n, num_perm); a single (num_perm,) signature becomes
+    (1, num_perm)."""
+    arr = _as_numeric_array(signatures, name)
+    if arr.dtype.kind not in "iu":
+        raise InvalidTypeError(f"{name} must be an integer array (MinHash.signatures output); got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2 or arr.shape[1] != num_perm:
+        raise InvalidInputError(f"{name} must have shape (n, {num_perm}) for num_perm={num_perm}; got {arr.shape}")
+    if arr.dtype != np.uint32:
+        if arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF):
+            raise InvalidInputError(f"{name} values must fit in uint32")
+        arr = arr.astype(np.uint32)
+    return np.ascontiguousarray(arr)
 
 
 def check_csr_sets(indptr: Any, values: Any, name: str = "sets") -> tuple[np.ndarray, np.ndarray]:

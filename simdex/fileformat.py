@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorruptFileError
+from .errors import CorruptFileError, InvalidInputError, MissingFileError
 
 MAGIC = b"SIMDEX\x00\x01"
 FORMAT_VERSION = 1
@@ -55,6 +55,15 @@ def _crc32(buf: np.ndarray) -> int:
     for start in range(0, len(mv), _CRC_CHUNK):
         crc = zlib.crc32(mv[start:start + _CRC_CHUNK], crc)
     return crc
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a folder by its path (a folder's fsync makes the names created or renamed in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_arrays(path: str | os.PathLike, kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -99,25 +108,17 @@ def save_arrays(path: str | os.PathLike, kind: str, meta: dict[str, Any], arrays
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(path.parent if str(path.parent) else ".")
 
 
-def load_arrays(path: str | os.PathLike, *, mmap: bool = True, verify: bool = True,
-                expected_kind: str | None = None) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
-    """Read a file written by :func:`save_arrays`. Returns ``(kind, meta, arrays)``.
-
-    With ``mmap`` the arrays are read-only memory maps of the file; otherwise they are loaded into memory.
-    ``verify`` checks every array's CRC-32 (this reads the whole file once).
-    """
-    path = Path(path)
+def _read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The checked JSON header of a simdex file and the file's size."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise FileNotFoundError(f"no index file at {path}") from None
+        raise MissingFileError(f"no index file at {path}") from None
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a folder, not a simdex index file")
     with open(path, "rb") as f:
         prefix = f.read(_PREFIX.size)
         if len(prefix) < _PREFIX.size:
@@ -140,6 +141,27 @@ def load_arrays(path: str | os.PathLike, *, mmap: bool = True, verify: bool = Tr
     if version != FORMAT_VERSION:
         raise CorruptFileError(f"{path}: format version {version} is not supported (this simdex reads "
                                f"version {FORMAT_VERSION})")
+    return header, size
+
+
+def read_kind(path: str | os.PathLike) -> str:
+    """The kind of index a file holds (e.g. ``"HNSWIndex"``), from its checked header; the arrays are not read."""
+    header, _ = _read_header(Path(path))
+    kind = header.get("kind")
+    if not isinstance(kind, str):
+        raise CorruptFileError(f"{path}: malformed header (no index kind)")
+    return kind
+
+
+def load_arrays(path: str | os.PathLike, *, mmap: bool = True, verify: bool = True,
+                expected_kind: str | None = None) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+    """Read a file written by :func:`save_arrays`. Returns ``(kind, meta, arrays)``.
+
+    With ``mmap`` the arrays are read-only memory maps of the file; otherwise they are loaded into memory.
+    ``verify`` checks every array's CRC-32 (this reads the whole file once).
+    """
+    path = Path(path)
+    header, size = _read_header(path)
     kind = header.get("kind")
     if expected_kind is not None and kind != expected_kind:
         raise CorruptFileError(f"{path}: file holds a {kind}, not a {expected_kind}")

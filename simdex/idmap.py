@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validate import check_filter
 from .errors import DuplicateIdError, UnknownIdError
 
 
@@ -105,17 +106,13 @@ class IdMap:
         ``allow`` is a boolean mask indexed by id (ids beyond its length are not allowed) or an array of ids
         (ids not in the index are ignored, as in any set intersection).
         """
-        from ._validate import _as_numeric_array, check_ids  # local: avoid import cycle at module load
-        arr = np.asarray(allow)
+        arr = check_filter(allow)
         mask = np.zeros(self.num_slots, np.uint8)
         if arr.dtype == np.bool_:
-            if arr.ndim != 1:
-                raise ValueError(f"filter mask must be 1-D (indexed by id); got shape {arr.shape}")
             live = self.slot_ids >= 0
             inside = live & (self.slot_ids < arr.shape[0])
             mask[inside] = arr[self.slot_ids[inside]]
             return mask
-        arr = check_ids(_as_numeric_array(allow, "filter"), name="filter", unique=False)
         slots = self.lookup(arr)
         mask[slots[slots >= 0]] = 1
         return mask

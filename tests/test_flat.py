@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from simdex import FlatIndex
-from simdex.dense import _exact
+from simdex.core import exact as _exact
 from tests.conftest import numpy_knn
 
 

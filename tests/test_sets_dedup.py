@@ -117,3 +117,18 @@ def test_cli_and_reader_errors(tmp_path, capsys):
             patch.setitem(sys.modules, name, None)
         with pytest.raises(ImportError, match="pyarrow"):
             list(read_documents([tmp_path / "x.parquet"]))
+
+
+def test_reader_decompresses_by_content_not_name(tmp_path):
+    import bz2
+    import lzma
+    records = [{"id": f"d{i}", "text": f"document number {i} caf\u00e9"} for i in range(5)]
+    jsonl = "".join(json.dumps(r) + "\n" for r in records).encode()
+    (tmp_path / "a.jsonl.xz").write_bytes(lzma.compress(jsonl))
+    (tmp_path / "b.jsonl").write_bytes(bz2.compress(jsonl))  # bzip2 behind a plain name
+    (tmp_path / "c.txt").write_bytes(gzip.compress("first line\nsecond line\n".encode()))
+    for name in ("a.jsonl.xz", "b.jsonl"):
+        [(ids, texts)] = list(read_documents([tmp_path / name]))
+        assert ids == [r["id"] for r in records] and texts == [r["text"] for r in records]
+    [(ids, texts)] = list(read_documents([tmp_path / "c.txt"]))
+    assert texts == ["first line", "second line"] and ids[1].endswith("c.txt:2")

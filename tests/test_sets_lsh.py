@@ -25,9 +25,10 @@ def _pair_set(pairs: np.ndarray) -> set[tuple[int, int]]:
 
 
 def test_optimal_params():
-    assert optimal_params(0.8, 128) == (9, 13)  # datasketch's choice for the same inputs
-    b, r = optimal_params(0.8, 128, (0.05, 0.95))
+    assert optimal_params(0.8, 128, (0.5, 0.5)) == (9, 13)  # datasketch's choice for the same inputs
+    b, r = optimal_params(0.8, 128)  # the shared default weights false negatives (DEFAULT_WEIGHTS)
     assert b * r <= 128 and r < 13  # weighting false negatives buys recall with more, shorter bands
+    assert MinHashLSH().bands == LSHBloom().bands == b and MinHashLSH().threshold == LSHBloom().threshold == 0.8
     for b, r in [(9, 13), (16, 8)]:
         assert 0 < false_positive_area(0.8, b, r) < 0.8 and 0 < false_negative_area(0.8, b, r) < 0.2
 
@@ -143,7 +144,7 @@ def test_lshbloom_matches_index_with_few_false_positives(corpus, tmp_path):
     assert exact.sum() >= 50
     assert not (exact & ~flags).any(), "a Bloom filter has no false negatives"
     assert (flags & ~exact).sum() <= 5  # expected about 2.4 at 1e-3
-    assert bloom.memory_bytes < 0.5 * MinHashLSH(0.8, 128).memory_bytes + 200 * n
+    assert bloom.nbytes < 0.5 * MinHashLSH(0.8, 128).nbytes + 200 * n
     assert bloom.expected_fp_rate() <= 1e-3 * 1.01
     assert bloom.query(sig[:10]).all()
     bloom.save(tmp_path / "b.simdex")

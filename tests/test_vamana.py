@@ -132,7 +132,8 @@ def test_ten_cycles_of_churn_keep_recall(wordnet):
         index.remove(gone)
         index.add(base[gone], gone)
     assert index._n <= n + n // 10  # slots are recycled
-    assert dead_links(index) == 0 or index.graph_stats()["deleted"] > 0
+    index.consolidate()  # what is left of the tombstones: afterwards no edge may point at a removed node
+    assert index.graph_stats()["deleted"] == 0 and dead_links(index) == 0
     r = live_recall(index, base, queries, np.arange(n), L=32)
     assert r >= fresh - 0.02, (r, fresh)
 
@@ -350,30 +351,39 @@ def test_disk_mode_concurrent_search_during_updates(wordnet, tmp_path):
     index.add(base[:2000])
     removed = np.empty(0, np.int64)
     errors: list[BaseException] = []
-    stop = threading.Event()
+    stop, started, updating = threading.Event(), threading.Event(), threading.Event()
+    during = [0]  # searches that began and ended while the updates ran
 
     def searcher():
         try:
             while not stop.is_set():
                 dead = removed
+                began = updating.is_set()
                 _, ids = index.search(queries[:8], 10, threads=1)
                 assert not np.isin(ids, dead).any() and (ids >= 0).all()
+                during[0] += began and updating.is_set()
+                started.set()
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
+            started.set()
 
     t = threading.Thread(target=searcher)
     t.start()
+    started.wait(60)
     try:
+        updating.set()
         for c in range(4):
             gone = np.arange(c * 250, (c + 1) * 250)
             index.remove(gone)
             removed = np.union1d(removed, gone)
             index.add(base[2000 + c * 250:2000 + (c + 1) * 250], np.arange(2000 + c * 250, 2000 + (c + 1) * 250))
+        updating.clear()
     finally:
         stop.set()
         t.join()
         index.wait()
     assert not errors, errors[0]
+    assert during[0] > 0, "no search ran while the index was being updated"
     assert live_recall(index, base, queries, np.arange(1000, 3000), L=64) >= 0.95
 
 
@@ -397,25 +407,34 @@ def test_streaming_merge_folds_recent_inserts_and_deletes(wordnet, tmp_path):
     assert not np.isin(found, gone).any()
     assert recall(found, live[truth]) >= 0.95
     errors: list[BaseException] = []
-    stop = threading.Event()
+    stop, started, merging = threading.Event(), threading.Event(), threading.Event()
+    during = [0]  # searches that began and ended while the merge ran
 
     def searcher():
         try:
             while not stop.is_set():
+                began = merging.is_set()
                 _, ids = stream.search(queries[:8], 10, threads=1)
                 assert not np.isin(ids, gone).any() and (ids >= 0).all()
                 assert all(np.unique(row).size == 10 for row in ids)
+                during[0] += began and merging.is_set()
+                started.set()
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
+            started.set()
 
     t = threading.Thread(target=searcher)
     t.start()
+    started.wait(60)
     try:
+        merging.set()
         stream.merge()
+        merging.clear()
     finally:
         stop.set()
         t.join()
     assert not errors, errors[0]
+    assert during[0] > 0, "no search ran during the merge"
     assert len(stream.front) == 0 and len(disk) == live.size
     assert disk.graph_stats()["deleted"] == 0 and dead_links(disk) == 0
     _, found = stream.search(queries, 10, L=64)

@@ -22,9 +22,11 @@ import numpy as np
 from .. import datasets
 from .._numba import cpu_count, num_threads
 from ..sets import LSHBloom, MinHash, MinHashLSH, Shingler, jaccard
-from ..sets.dedup import DEFAULT_WEIGHTS, deduplicate, read_documents
+from ..sets.dedup import deduplicate, read_documents
 from ..sets.exact import similarity_join
+from ..sets.lsh import DEFAULT_WEIGHTS
 from ..sets.shingle import HashedSets
+from ._common import pyplot
 
 GCIDE = "text/gcide.jsonl.gz"
 _TOKEN = re.compile(r"[a-z0-9\u0080-\uffff]+")
@@ -280,8 +282,8 @@ def dedup(texts: list[str], threshold: float, ngram: int, num_perm: int, cache: 
         bloom = LSHBloom(threshold, num_perm, weights, capacity=n, fp_rate=fp_rate)
         bloom_flag = bloom.query_insert_keys(keys)
         negatives = int((~exact_flag).sum())
-        out[label] = {"bands": index.bands, "rows": index.rows, "index_bytes": index.memory_bytes,
-                      "bloom_bytes": bloom.memory_bytes, "memory_ratio": bloom.memory_bytes / index.memory_bytes,
+        out[label] = {"bands": index.bands, "rows": index.rows, "index_bytes": index.nbytes,
+                      "bloom_bytes": bloom.nbytes, "memory_ratio": bloom.nbytes / index.nbytes,
                       "missed_vs_index": int((exact_flag & ~bloom_flag).sum()),
                       "false_positives": int((bloom_flag & ~exact_flag).sum()), "negatives": negatives,
                       "false_positive_rate": int((bloom_flag & ~exact_flag).sum()) / max(negatives, 1),
@@ -373,11 +375,8 @@ def save(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path | None]:
     json_path.write_text(json.dumps(report, indent=1, default=float) + "\n")
     if "error" not in report:
         return json_path, None
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return json_path, None
     e = report["error"]
     fig, axes = plt.subplots(1, len(e["mse"]), figsize=(6 * len(e["mse"]), 4.2))

@@ -1,5 +1,5 @@
-"""Numba kernels of the Vamana / FreshDiskANN graph (Subramanya et al., "DiskANN", NeurIPS 2019; Singh et al.,
-"FreshDiskANN", 2021).
+"""Numba kernels that build and repair the Vamana / FreshDiskANN graph (Subramanya et al., "DiskANN", NeurIPS 2019;
+Singh et al., "FreshDiskANN", 2021); searching it is :mod:`simdex.core.graph` (``adj`` is its ``links0``).
 
 Graph layout (flat arrays, no Python objects):
 
@@ -23,51 +23,31 @@ thread update each target, pruning with RobustPrune when a list overflows.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 from numba import prange
 
-from .._numba import kernel
-from ..metrics import distance, l2sq
-from ._hnsw_kernels import gather_unvisited, next_tag, next_unexpanded, pool_insert, search_layer, search_layer_heap
-from .._heap import heap_sort_ascending
+from .._numba import kernel, prefetch_row
+from ..core.beam import contains, next_tag, pair_scratch, pool_scratch
+from ..core.graph import descend, flat_layers, search_layer
+from ..core.scorer import VECTOR_PREFETCH_LINES, implement
+from ..metrics import l2sq
+from ._hnsw_kernels import merge_in_links
 
-PREFETCH_LINES = 4
-L2 = 0
+
+class BuildL2(NamedTuple):
+    """Scorer of the build's searches (:mod:`simdex.core.scorer`): squared L2 between stored rows, one row at a
+    time with :func:`simdex.metrics.l2sq`, the distance RobustPrune and the other candidates are scored with."""
+
+    vectors: np.ndarray
 
 
-@kernel
-def beam_search_expanded(vectors, adj, q, entry, L, visited, tag, pool_d, pool_i, pool_done, fresh, exp_d,
-                         exp_i):
-    """Greedy beam search (the paper's GreedySearch) in squared L2 from ``entry`` with a pool of size L.
-
-    Records every expanded node with its distance in ``exp_d``/``exp_i`` (the visited set V that RobustPrune
-    chooses from), up to their capacity. Returns the number recorded.
-    """
-    n_exp = 0
-    cap = exp_i.shape[0]
-    pool_d[0] = l2sq(q, vectors[entry])
-    pool_i[0] = entry
-    pool_done[0] = False
-    size = 1
-    visited[entry] = tag
-    cur = 0
-    while cur < size:
-        pool_done[cur] = True
-        node = pool_i[cur]
-        if n_exp < cap:
-            exp_d[n_exp] = pool_d[cur]
-            exp_i[n_exp] = node
-            n_exp += 1
-        n_fresh = gather_unvisited(adj, node, visited, tag, vectors, PREFETCH_LINES, fresh)
-        lowest = size
-        for j in range(n_fresh):
-            nb = fresh[j]
-            size, pos = pool_insert(pool_d, pool_i, pool_done, size, L, l2sq(q, vectors[nb]), nb)
-            if 0 <= pos < lowest:
-                lowest = pos
-        cur = next_unexpanded(pool_done, size, cur, lowest)
-    return n_exp
+implement(BuildL2,
+          query=lambda sc, qi, t: sc.vectors[qi],
+          score=lambda sc, q, v: l2sq(q, sc.vectors[v]),
+          prefetch=lambda sc, v: prefetch_row(sc.vectors, v, VECTOR_PREFETCH_LINES))
 
 
 @kernel
@@ -108,14 +88,6 @@ def robust_prune(vectors, cand_d, cand_i, n, alpha2, R, occ, out_pos):
 
 
 @kernel
-def _contains(arr, n, x):
-    for j in range(n):
-        if arr[j] == x:
-            return True
-    return False
-
-
-@kernel
 def _prune_into_row(vectors, cand_d, cand_i, n, alpha2, R, row_out, d_out):
     """Sort n candidates, RobustPrune them and write the result as an adjacency row (+ the kept distances)."""
     order = np.argsort(cand_d[:n], kind="mergesort")
@@ -129,6 +101,18 @@ def _prune_into_row(vectors, cand_d, cand_i, n, alpha2, R, row_out, d_out):
         row_out[1 + j] = si[pos[j]]
         d_out[j] = sd[pos[j]]
     return count
+
+
+@kernel
+def _prune_in_place(vectors, adj, v, cand_d, cand_i, n, alpha2, R):
+    """RobustPrune n candidates of node v and replace its row with the result (entries first, then the degree, so
+    a concurrent reader never sees a degree covering unwritten entries)."""
+    row = np.empty(R + 1, np.int32)
+    row_d = np.empty(R, np.float32)
+    count = _prune_into_row(vectors, cand_d, cand_i, n, alpha2, R, row, row_d)
+    for j in range(count):
+        adj[v, 1 + j] = row[1 + j]
+    adj[v, 0] = count
 
 
 @kernel(parallel=True)
@@ -145,14 +129,11 @@ def link_batch(vectors, adj, state, nodes, entry, has_graph, L, R, alpha2, intra
     nthreads = visited.shape[0]
     exp_cap = 4 * L + 16
     cand_cap = exp_cap + adj.shape[1] + (nb if intra else 0)
-    pool_d = np.empty((nthreads, L), np.float32)
-    pool_i = np.empty((nthreads, L), np.int32)
-    pool_done = np.empty((nthreads, L), np.bool_)
-    fresh = np.empty((nthreads, adj.shape[1]), np.int32)
-    exp_d = np.empty((nthreads, exp_cap), np.float32)
-    exp_i = np.empty((nthreads, exp_cap), np.int32)
-    cand_d = np.empty((nthreads, cand_cap), np.float32)
-    cand_i = np.empty((nthreads, cand_cap), np.int32)
+    sc = BuildL2(vectors)
+    up, up_offset = flat_layers()
+    pool_d, pool_i, pool_done, fresh = pool_scratch(nthreads, L, adj.shape[1])
+    exp_d, exp_i = pair_scratch(nthreads, exp_cap)
+    cand_d, cand_i = pair_scratch(nthreads, cand_cap)
     for b in prange(nb):
         t = numba.get_thread_id()
         u = nodes[b]
@@ -160,19 +141,21 @@ def link_batch(vectors, adj, state, nodes, entry, has_graph, L, R, alpha2, intra
         n = 0
         if has_graph:
             tag = next_tag(visited, tags, t)
-            n_exp = beam_search_expanded(vectors, adj, q, entry, L, visited[t], tag, pool_d[t], pool_i[t],
-                                         pool_done[t], fresh[t], exp_d[t], exp_i[t])
-            for j in range(n_exp):
-                v = exp_i[t, j]
+            # the expanded nodes are the visited set V that RobustPrune chooses from (the first exp_cap of them)
+            ep, ep_d = descend(sc, q, up, up_offset, entry, 0, 0)
+            _, n_exp, ed, ei = search_layer(sc, q, adj, up, up_offset, 0, ep, ep_d, L, visited[t], tag, pool_d[t],
+                                            pool_i[t], pool_done[t], fresh[t], True, exp_d[t], exp_i[t])
+            for j in range(min(n_exp, exp_cap)):
+                v = ei[j]
                 if v != u and state[v] == 0:
-                    cand_d[t, n] = exp_d[t, j]
+                    cand_d[t, n] = ed[j]
                     cand_i[t, n] = v
                     n += 1
         if keep_old:
             n_searched = n
             for j in range(1, adj[u, 0] + 1):
                 v = adj[u, j]
-                if v != u and state[v] == 0 and not _contains(cand_i[t], n_searched, v):
+                if v != u and state[v] == 0 and not contains(cand_i[t], n_searched, v):
                     cand_d[t, n] = l2sq(q, vectors[v])
                     cand_i[t, n] = v
                     n += 1
@@ -215,24 +198,8 @@ def add_reverse_links(vectors, adj, state, R, alpha2, dst, src, dist, group_star
         lo = group_start[g]
         hi = group_start[g + 1]
         v = dst[lo]
-        deg = adj[v, 0]
-        cand_d = np.empty(deg + hi - lo, np.float32)
-        cand_i = np.empty(deg + hi - lo, np.int32)
-        n = 0
-        for j in range(1, deg + 1):
-            cand_i[n] = adj[v, j]
-            n += 1
-        n_old = n
-        for e in range(lo, hi):
-            s = src[e]
-            if not _contains(cand_i, n, s):
-                cand_i[n] = s
-                cand_d[n] = dist[e]
-                n += 1
-        if n <= room:
-            for j in range(n_old, n):
-                adj[v, 1 + j] = cand_i[j]
-            adj[v, 0] = n
+        fits, cand_d, cand_i, n, n_old = merge_in_links(adj, v, src, dist, lo, hi, room)
+        if fits:
             continue
         # overflow: drop dead neighbours, score the old ones and prune
         m = 0
@@ -243,12 +210,7 @@ def add_reverse_links(vectors, adj, state, R, alpha2, dst, src, dist, group_star
             cand_i[m] = x
             cand_d[m] = l2sq(vectors[v], vectors[x]) if j < n_old else cand_d[j]
             m += 1
-        row = np.empty(R + 1, np.int32)
-        row_d = np.empty(R, np.float32)
-        count = _prune_into_row(vectors, cand_d, cand_i, m, alpha2, R, row, row_d)
-        for j in range(count):
-            adj[v, 1 + j] = row[1 + j]
-        adj[v, 0] = count
+        _prune_in_place(vectors, adj, v, cand_d, cand_i, m, alpha2, R)
 
 
 @kernel(parallel=True)
@@ -274,101 +236,16 @@ def consolidate_deletes(vectors, adj, state, nodes, R, alpha2):
         for j in range(1, deg + 1):
             x = adj[p, j]
             if state[x] == 0:
-                if not _contains(cand_i, n, x):
+                if not contains(cand_i, n, x):
                     cand_i[n] = x
                     n += 1
             elif state[x] == 1:
                 for jj in range(1, adj[x, 0] + 1):
                     y = adj[x, jj]
-                    if state[y] == 0 and y != p and not _contains(cand_i, n, y):
+                    if state[y] == 0 and y != p and not contains(cand_i, n, y):
                         cand_i[n] = y
                         n += 1
         cand_d = np.empty(n, np.float32)
         for j in range(n):
             cand_d[j] = l2sq(vectors[p], vectors[cand_i[j]])
-        row = np.empty(R + 1, np.int32)
-        row_d = np.empty(R, np.float32)
-        count = _prune_into_row(vectors, cand_d, cand_i, n, alpha2, R, row, row_d)
-        for j in range(count):
-            adj[p, 1 + j] = row[1 + j]
-        adj[p, 0] = count
-
-
-@kernel
-def live_top_k(pool_d, pool_i, size, state, k, out_d, out_i):
-    """The first k live entries (``state[slot] == 0``) of a sorted pool of ``size`` into ``out_d``/``out_i``
-    (k,), padded with (inf, -1). The tombstone check happens here, at result time, so a delete is seen by every
-    later search."""
-    j = 0
-    for c in range(size):
-        if j == k:
-            break
-        if state[pool_i[c]] == 0:
-            out_d[j] = pool_d[c]
-            out_i[j] = pool_i[c]
-            j += 1
-    while j < k:
-        out_d[j] = np.inf
-        out_i[j] = -1
-        j += 1
-
-
-@kernel(parallel=True)
-def search_batch(vectors, metric, adj, state, entry, queries, k, L, out_d, out_i, visited, tags):
-    """k-NN of every query (parallel over queries): beam search with a pool of L over all nodes (tombstones
-    included: they still route), then the k best live ones of the pool. Writes internal distances and slots,
-    padded with (inf, -1)."""
-    nthreads = visited.shape[0]
-    pool_d = np.empty((nthreads, L), np.float32)
-    pool_i = np.empty((nthreads, L), np.int32)
-    pool_done = np.empty((nthreads, L), np.bool_)
-    fresh = np.empty((nthreads, adj.shape[1]), np.int32)
-    dummy_up = np.zeros((1, 1), np.int32)
-    dummy_off = np.zeros(1, np.int32)
-    for qi in prange(queries.shape[0]):
-        t = numba.get_thread_id()
-        q = queries[qi]
-        tag = next_tag(visited, tags, t)
-        ep_d = distance(metric, q, vectors[entry])
-        size = search_layer(vectors, metric, adj, dummy_up, dummy_off, 0, q, entry, ep_d, L, visited[t], tag,
-                            pool_d[t], pool_i[t], pool_done[t], fresh[t])
-        live_top_k(pool_d[t], pool_i[t], size, state, k, out_d[qi], out_i[qi])
-
-
-@kernel(parallel=True)
-def search_batch_filtered(vectors, metric, adj, state, entry, queries, k, L, allowed, out_d, out_i, visited,
-                          tags):
-    """k-NN among slots with ``allowed[slot] != 0`` (and live), parallel over queries: the search goes on until
-    L allowed nodes are collected (:func:`simdex.dense._hnsw_kernels.search_layer_heap`)."""
-    nthreads = visited.shape[0]
-    res_d = np.empty((nthreads, L), np.float32)
-    res_i = np.empty((nthreads, L), np.int32)
-    fresh = np.empty((nthreads, adj.shape[1]), np.int32)
-    dummy_up = np.zeros((1, 1), np.int32)
-    dummy_off = np.zeros(1, np.int32)
-    for qi in prange(queries.shape[0]):
-        t = numba.get_thread_id()
-        cand_d = np.empty(4 * L + 64, np.float32)
-        cand_i = np.empty(4 * L + 64, np.int32)
-        q = queries[qi]
-        tag = next_tag(visited, tags, t)
-        ep_d = distance(metric, q, vectors[entry])
-        n_res, cand_d, cand_i = search_layer_heap(vectors, metric, adj, dummy_up, dummy_off, 0, q, entry, ep_d,
-                                                  L, True, allowed, False, visited[t], tag, fresh[t], cand_d,
-                                                  cand_i, res_d[t], res_i[t])
-        heap_sort_ascending(res_d[t, :n_res], res_i[t, :n_res])
-        live_top_k(res_d[t], res_i[t], n_res, state, k, out_d[qi], out_i[qi])
-
-
-@kernel(parallel=True)
-def remap_rows(adj, remap):
-    """Rewrite neighbour slots through ``remap`` (old slot -> new slot) in place, dropping unmapped ones."""
-    for row in prange(adj.shape[0]):
-        deg = adj[row, 0]
-        m = 0
-        for j in range(1, deg + 1):
-            x = remap[adj[row, j]]
-            if x >= 0:
-                adj[row, 1 + m] = x
-                m += 1
-        adj[row, 0] = m
+        _prune_in_place(vectors, adj, p, cand_d, cand_i, n, alpha2, R)

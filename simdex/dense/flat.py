@@ -9,7 +9,7 @@ import numpy as np
 from .._numba import num_threads
 from ..index import Index, meta_int
 from ..metrics import to_public
-from ._exact import exact_knn, exact_knn_subset
+from ..core.exact import exact_knn, exact_knn_subset
 
 
 class FlatIndex(Index):

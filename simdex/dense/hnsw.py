@@ -2,7 +2,8 @@
 neighbor search using Hierarchical Navigable Small World graphs", 2018).
 
 The whole algorithm lives in two files: this one holds the arrays and the rules (validation, batching, deletes,
-persistence); :mod:`simdex.dense._hnsw_kernels` holds the numba kernels that build and search the graph.
+persistence); :mod:`simdex.dense._hnsw_kernels` holds the numba kernels that build the graph, and the graph search
+shared by every graph index (:mod:`simdex.core.graph`) searches it, scoring float32 vectors.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ import numpy as np
 
 from .._numba import num_threads
 from .._progress import progress_bar
-from .._validate import check_positive_int, check_threads
-from ..errors import CorruptFileError, InvalidInputError
+from .._validate import MAX_DEGREE, MAX_RESULTS, check_positive_int, check_real, check_threads
+from ..errors import CorruptFileError
 from ..idmap import IdMap
 from ..index import Index, meta_int
+from ..core import graph as G
+from ..core.beam import ScratchPool, thread_scratch
+from ..core.scorer import Vectors
 from ..metrics import to_public
 from . import _hnsw_kernels as K
-from ._exact import exact_knn_subset
+from ..core.exact import exact_knn_subset
 
 # Batches of parallel insertion grow with the graph (a batch never exceeds this fraction of the nodes already
 # linked, so each new point still sees a graph much larger than its batch) and are capped so the brute-force
@@ -31,30 +35,6 @@ _BATCH_MAX = 128
 _BATCH_FRACTION = 0.05
 # consolidation rebuilds the graph instead of repairing it when more than this fraction of the nodes is deleted
 _REBUILD_FRACTION = 0.5
-
-
-class _ScratchPool:
-    """Reusable per-thread visited arrays, so that back-to-back searches do not re-allocate them."""
-
-    def __init__(self) -> None:
-        self._free: list[tuple[np.ndarray, np.ndarray]] = []
-        self._lock = threading.Lock()
-
-    def take(self, nthreads: int, capacity: int) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            for i, (vis, tags) in enumerate(self._free):
-                if vis.shape[0] == nthreads and vis.shape[1] >= capacity:
-                    return self._free.pop(i)
-        return K.thread_scratch(nthreads, capacity)
-
-    def give(self, scratch: tuple[np.ndarray, np.ndarray]) -> None:
-        with self._lock:
-            self._free.append(scratch)
-            del self._free[:-4]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
 
 
 class HNSWIndex(Index):
@@ -89,14 +69,13 @@ class HNSWIndex(Index):
     def __init__(self, dim: int, metric: str = "l2", M: int = 16, ef_construction: int = 200,
                  ef_search: int = 64, seed: int = 0, consolidate_threshold: float = 0.1) -> None:
         super().__init__(dim, metric)
-        self.M = check_positive_int(M, "M", minimum=2)
+        self.M = check_positive_int(M, "M", minimum=2, maximum=MAX_DEGREE)
         self.M0 = 2 * self.M
         self.ef_construction = check_positive_int(ef_construction, "ef_construction")
         self.ef_search = check_positive_int(ef_search, "ef_search")
         self.seed = check_positive_int(seed, "seed", minimum=0)
-        if not 0.0 < float(consolidate_threshold) <= 1.0:
-            raise InvalidInputError(f"consolidate_threshold must be in (0, 1]; got {consolidate_threshold}")
-        self.consolidate_threshold = float(consolidate_threshold)
+        self.consolidate_threshold = check_real(consolidate_threshold, "consolidate_threshold", 0.0, 1.0,
+                                                low_open=True)
         self._level_mult = 1.0 / np.log(self.M)
         self._n = 0  # slots in use (live + deleted-not-yet-consolidated)
         self._n_up = 0  # upper-layer rows in use
@@ -110,7 +89,7 @@ class HNSWIndex(Index):
         self._up_offset = np.empty(0, np.int32)
         self._levels = np.empty(0, np.int8)
         self._deleted = np.empty(0, np.uint8)
-        self._scratch = _ScratchPool()
+        self._scratch = ScratchPool()
         self._write_lock = threading.RLock()
 
     # ---- storage helpers -----------------------------------------------------------------------------------------
@@ -200,7 +179,7 @@ class HNSWIndex(Index):
         fwd_d0 = np.zeros((_BATCH_MAX, self.M), np.float32)
         bar = progress_bar(n_new, "HNSW build", progress)
         with num_threads(threads) as nthreads:
-            visited, tags = K.thread_scratch(nthreads, self._vectors.shape[0])
+            visited, tags = thread_scratch(nthreads, self._vectors.shape[0])
             pos = 0
             while pos < n_new:
                 linked = self._n
@@ -274,7 +253,7 @@ class HNSWIndex(Index):
         distances : float32 (nq, k), ascending; ids : int64 (nq, k). Missing results are (inf, -1).
         """
         q, k, allowed, threads = self._check_search(queries, k, filter, threads)
-        ef = max(k, self.ef_search if ef is None else check_positive_int(ef, "ef"))
+        ef = max(k, self.ef_search if ef is None else check_positive_int(ef, "ef", maximum=MAX_RESULTS))
         nq = q.shape[0]
         out_d = np.empty((nq, k), np.float32)
         out_s = np.empty((nq, k), np.int32)
@@ -287,12 +266,7 @@ class HNSWIndex(Index):
         with num_threads(threads) as nthreads:
             nthreads = max(1, min(nthreads, nq))
             if allowed is None:
-                scratch = self._scratch.take(nthreads, self._n)
-                try:
-                    K.search_batch(self._vectors, self._metric_code, self._links0, self._links_up,
-                                   self._up_offset, self._entry, self._max_level, q, k, ef, out_d, out_s, *scratch)
-                finally:
-                    self._scratch.give(scratch)
+                self._search_graph(q, k, ef, ef, None, False, nthreads, out_d, out_s)
             else:
                 n_allowed = self._n - self._n_deleted if invert else int(np.count_nonzero(allowed))
                 if self._prefer_exact(n_allowed, ef):
@@ -300,13 +274,7 @@ class HNSWIndex(Index):
                         allowed = (allowed == 0).view(np.uint8)
                     out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], allowed, k)
                 else:
-                    scratch = self._scratch.take(nthreads, self._n)
-                    try:
-                        K.search_batch_filtered(self._vectors, self._metric_code, self._links0, self._links_up,
-                                                self._up_offset, self._entry, self._max_level, q, k, ef,
-                                                allowed, invert, out_d, out_s, *scratch)
-                    finally:
-                        self._scratch.give(scratch)
+                    self._search_graph(q, k, ef, ef, allowed, invert, nthreads, out_d, out_s)
         ids = np.where(out_s >= 0, self._idmap.slot_ids[np.maximum(out_s, 0)], -1)
         return to_public(self.metric, out_d), ids
 
@@ -327,9 +295,32 @@ class HNSWIndex(Index):
     def _ranges_kernel(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int,
                        dist: np.ndarray, slots: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]) -> None:
         """The kernel call of :meth:`_search_slot_ranges`, writing ``dist`` / ``slots``."""
-        K.search_batch_ranges(self._vectors, self._metric_code, self._links0, self._links_up, self._up_offset,
-                              self._entry, self._max_level, q, rows, lo, hi, self._deleted[:self._n], k, ef, dist,
-                              slots, *scratch)
+        sc, fin = self._searcher(q, ef, ef, scratch[0].shape[0])
+        G.search_batch_ranges(sc, fin, *self._graph(), rows, lo, hi, self._deleted[:self._n], k, ef, dist, slots,
+                              *scratch)
+
+    def _search_graph(self, q: np.ndarray, k: int, ef: int, n_rerank: int, allowed: np.ndarray | None,
+                      invert: bool, nthreads: int, out_d: np.ndarray, out_s: np.ndarray) -> None:
+        """Graph search of every query, writing internal distances and slots to ``out_d``/``out_s`` (nq, k): all
+        slots, or those with ``allowed[slot] != 0`` (``== 0`` with ``invert``)."""
+        sc, fin = self._searcher(q, ef, n_rerank, nthreads)
+        scratch = self._scratch.take(nthreads, self._n)
+        try:
+            if allowed is None:
+                G.search_batch(sc, fin, *self._graph(), k, ef, False, out_d, out_s, *scratch)
+            else:
+                G.search_batch_filtered(sc, fin, *self._graph(), k, ef, allowed, invert, out_d, out_s, *scratch)
+        finally:
+            self._scratch.give(scratch)
+
+    def _searcher(self, q: np.ndarray, ef: int, n_rerank: int, nthreads: int) -> tuple[Any, Any]:
+        """The scorer and the finisher of a graph search for queries ``q`` (:mod:`simdex.core.graph`): nodes are
+        scored from the float32 vectors and the pool's best are returned as they are (no re-ranking)."""
+        return Vectors(self._metric_code, q, self._vectors), G.TopK()
+
+    def _graph(self) -> tuple:
+        """The graph arguments of the search kernels (:mod:`simdex.core.graph`)."""
+        return self._links0, self._links_up, self._up_offset, self._entry, self._max_level
 
     def _prefer_exact(self, n_allowed: int, ef: int) -> bool:
         """Cost model for filtered search: a graph search that must collect ef allowed nodes expands about
@@ -350,10 +341,7 @@ class HNSWIndex(Index):
         which runs automatically once ``consolidate_threshold`` of the stored vectors are deleted."""
         slots = self._slots_for_removal(ids)
         with self._write_lock:
-            self._materialize()
-            self._deleted[slots] = 1
-            self._n_deleted += int(slots.shape[0])
-            self._idmap.release(slots)
+            self._tombstone(slots)
             if self._n_deleted > self.consolidate_threshold * self._n:
                 self.consolidate()
         return int(slots.shape[0])
@@ -433,7 +421,7 @@ class HNSWIndex(Index):
         for name in ("_vectors", "_links0", "_links_up", "_up_offset", "_levels", "_deleted"):
             setattr(clone, name, np.array(getattr(self, name)))
         clone._idmap = IdMap(np.array(self._idmap.slot_ids))
-        clone._scratch = _ScratchPool()
+        clone._scratch = ScratchPool()
         clone._write_lock = threading.RLock()
         return clone
 

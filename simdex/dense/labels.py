@@ -33,7 +33,7 @@ from ..errors import CorruptFileError, InvalidInputError
 from ..idmap import IdMap
 from ..index import meta_int
 from ..metrics import to_public
-from ._exact import exact_knn_subset
+from ..core.exact import exact_knn_subset
 from .hnsw import HNSWIndex
 
 MAX_LABEL = 2**31 - 1

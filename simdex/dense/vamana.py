@@ -34,15 +34,16 @@ import numpy as np
 
 from .._numba import num_threads
 from .._progress import progress_bar
-from .._validate import _as_numeric_array, check_ids, check_positive_int, check_threads
+from .._validate import MAX_DEGREE, MAX_RESULTS, check_filter, check_positive_int, check_real, check_threads
 from ..errors import CorruptFileError, InvalidInputError
 from ..idmap import IdMap
 from ..index import Index, meta_int, write_snapshot
+from ..core import graph as G
+from ..core.beam import ScratchPool, thread_scratch
+from ..core.scorer import Vectors
 from ..metrics import to_public
 from . import _vamana_kernels as K
-from ._exact import exact_knn_subset
-from ._hnsw_kernels import thread_scratch
-from .hnsw import _ScratchPool
+from ..core.exact import exact_knn_subset
 
 # Batches of parallel insertion: as in HNSWIndex, a batch is a small fraction of the nodes already linked so that
 # every new point still sees a graph much larger than its batch.
@@ -129,7 +130,7 @@ class VamanaIndex(Index):
                  alpha: float = 1.2, seed: int = 0, consolidate_threshold: float = 0.1,
                  background: bool = False) -> None:
         super().__init__(dim, metric)
-        self.R = check_positive_int(R, "R", minimum=2)
+        self.R = check_positive_int(R, "R", minimum=2, maximum=MAX_DEGREE)
         self.room = int(np.ceil(self.R * _SLACK))
         self.L_build = check_positive_int(L_build, "L_build")
         self.L_search = check_positive_int(L_search, "L_search")
@@ -137,9 +138,8 @@ class VamanaIndex(Index):
             raise InvalidInputError(f"alpha must be a number in [1, 4]; got {alpha!r}")
         self.alpha = float(alpha)
         self.seed = check_positive_int(seed, "seed", minimum=0)
-        if not 0.0 < float(consolidate_threshold) <= 1.0:
-            raise InvalidInputError(f"consolidate_threshold must be in (0, 1]; got {consolidate_threshold}")
-        self.consolidate_threshold = float(consolidate_threshold)
+        self.consolidate_threshold = check_real(consolidate_threshold, "consolidate_threshold", 0.0, 1.0,
+                                                low_open=True)
         self.background = bool(background)
         self._idmap = _SlotMap()
         self._n = 0  # slots in use: live + deleted + free
@@ -147,7 +147,7 @@ class VamanaIndex(Index):
         self._g = self._empty_graph(0)
         self._graph_lock = threading.RLock()  # structure: add, consolidate (taken before _write_lock)
         self._write_lock = threading.RLock()  # ids, states, counters: add, remove, consolidate's bookkeeping
-        self._scratch = _ScratchPool()
+        self._scratch = ScratchPool()
         # epoch-based reclamation of freed slots (see the module docstring)
         self._epoch_lock = threading.Lock()
         self._epoch = 0
@@ -384,7 +384,7 @@ class VamanaIndex(Index):
         distances : float32 (nq, k), ascending; ids : int64 (nq, k). Missing results are (inf, -1).
         """
         q, k, _, threads = self._check_search(queries, k, None, threads)
-        L = max(k, self.L_search if L is None else check_positive_int(L, "L"))
+        L = max(k, self.L_search if L is None else check_positive_int(L, "L", maximum=MAX_RESULTS))
         epoch = self._enter()
         try:
             g = self._g
@@ -409,33 +409,35 @@ class VamanaIndex(Index):
                 return out_d, out_s
             scratch = self._scratch.take(nthreads, cap)
             try:
+                # tombstones still route: the finisher drops them from the results
+                sc, fin, graph = Vectors(self._metric_code, q, g.vectors), G.LiveTopK(g.state), self._graph(g)
                 if allowed is None:
-                    K.search_batch(g.vectors, self._metric_code, g.adj, g.state, g.entry, q, k, L, out_d, out_s,
-                                   *scratch)
+                    G.search_batch(sc, fin, *graph, k, L, False, out_d, out_s, *scratch)
                 else:
-                    K.search_batch_filtered(g.vectors, self._metric_code, g.adj, g.state, g.entry, q, k, L, allowed,
-                                            out_d, out_s, *scratch)
+                    G.search_batch_filtered(sc, fin, *graph, k, L, allowed, False, out_d, out_s, *scratch)
             finally:
                 self._scratch.give(scratch)
         return out_d, out_s
+
+    @staticmethod
+    def _graph(g: _Graph) -> tuple:
+        """The graph arguments of the search kernels (:mod:`simdex.core.graph`): one flat layer."""
+        return (g.adj, *G.flat_layers(), g.entry, 0)
 
     @staticmethod
     def _filter_mask(g: _Graph, flt: Any) -> np.ndarray:
         """A uint8 mask over the snapshot's slots (1 = live and allowed) from a bool mask indexed by id or an
         array of ids; the same rules as :meth:`simdex.idmap.IdMap.allowed_mask`, read from the snapshot so that
         slots and mask always agree."""
-        arr = np.asarray(flt)
+        arr = check_filter(flt)
         sid = g.slot_ids
         live = (sid >= 0) & (g.state == LIVE)
         mask = np.zeros(sid.shape[0], np.uint8)
         if arr.dtype == np.bool_:
-            if arr.ndim != 1:
-                raise ValueError(f"filter mask must be 1-D (indexed by id); got shape {arr.shape}")
             inside = live & (sid < arr.shape[0])
             mask[inside] = arr[sid[inside]]
             return mask
-        ids = check_ids(_as_numeric_array(flt, "filter"), name="filter", unique=False)
-        mask[live & np.isin(sid, ids)] = 1
+        mask[live & np.isin(sid, arr)] = 1
         return mask
 
     def _prefer_exact(self, n_allowed: int, L: int, n_slots: int) -> bool:

@@ -8,7 +8,8 @@ Neighbor Search with Window Filters" (ICML 2024):
 - a segment tree with branching factor ``b`` splits the rows into ``b ** level`` equal blocks per level; every
   block larger than ``leaf_size`` holds its own base ANN index over its rows (by default an HNSW graph walked on
   LVQ-8 codes, :class:`~simdex.quant.HNSWQuantIndex`; or float32 :class:`HNSWIndex`, or any simdex
-  :class:`~simdex.index.Index` made by a factory);
+  :class:`~simdex.index.Index` made by a factory). The quant package builds on this one, so this module names
+  its base kinds and the index registry (:func:`~simdex.index.index_class`) finds their classes when needed;
 - a query plans how to cover ``[s, e)``: with an exact scan of the (contiguous) rows, with one search of a node
   that contains the rows and restricts it to them (the paper's post-filtering on a node only somewhat larger than
   the window: "optimized post-filtering" / the beta idea), or by splitting into the node's children. A small cost
@@ -30,20 +31,22 @@ from typing import Any
 import numpy as np
 
 from .._numba import num_threads
-from .._validate import _as_numeric_array, check_positive_int, check_threads
+from .._validate import _as_numeric_array, check_positive_int, check_real, check_threads
 from ..errors import CorruptFileError, InvalidInputError
 from ..idmap import IdMap
-from ..index import _REGISTRY, Index, meta_int
+from ..index import Index, index_class, meta_int, sub_arrays
 from ..metrics import to_public
 from . import _window_kernels as K
-from .flat import FlatIndex
 from .hnsw import HNSWIndex
 
-BASE_KINDS = ("hnsw", "hnsw-quant", "flat")
 DEFAULT_HNSW_PARAMS = {"M": 16, "ef_construction": 100}
 # quantized nodes keep their float vectors in RAM for re-ranking: a temporary file per node would be one open
 # memory map for each of the tree's nodes
 DEFAULT_QUANT_PARAMS = {**DEFAULT_HNSW_PARAMS, "codec": "lvq8", "vectors": "memory"}
+# base name -> (kind of the node index, resolved by simdex.index.index_class; its default parameters)
+BASES = {"hnsw": ("HNSWIndex", DEFAULT_HNSW_PARAMS), "hnsw-quant": ("HNSWQuantIndex", DEFAULT_QUANT_PARAMS),
+         "flat": ("FlatIndex", {})}
+BASE_KINDS = tuple(BASES)
 
 
 def check_attributes(attributes: Any, n: int, name: str = "attributes") -> np.ndarray:
@@ -147,8 +150,7 @@ class WindowIndex(Index):
                     raise InvalidInputError("a flat base index takes no parameters")
                 self.base_params = {}
             else:
-                defaults = DEFAULT_HNSW_PARAMS if base == "hnsw" else DEFAULT_QUANT_PARAMS
-                self.base_params = {**defaults, **(base_params or {})}
+                self.base_params = {**BASES[base][1], **(base_params or {})}
             self._factory = self._builtin_factory
             self._factory(dim, metric)  # validates the parameters now
         else:
@@ -157,9 +159,7 @@ class WindowIndex(Index):
         self.branching = check_positive_int(branching, "branching", minimum=2)
         self.leaf_size = check_positive_int(leaf_size, "leaf_size")
         self.ef_search = check_positive_int(ef_search, "ef_search")
-        if not 0.0 < float(rebuild_fraction) <= 1.0:
-            raise InvalidInputError(f"rebuild_fraction must be in (0, 1]; got {rebuild_fraction}")
-        self.rebuild_fraction = float(rebuild_fraction)
+        self.rebuild_fraction = check_real(rebuild_fraction, "rebuild_fraction", 0.0, 1.0, low_open=True)
         if not isinstance(auto_rebuild, bool):
             raise InvalidInputError(f"auto_rebuild must be True or False; got {auto_rebuild!r}")
         self.auto_rebuild = auto_rebuild
@@ -175,12 +175,7 @@ class WindowIndex(Index):
         self._write_lock = threading.RLock()
 
     def _builtin_factory(self, dim: int, metric: str) -> Index:
-        if self.base == "flat":
-            return FlatIndex(dim, metric)
-        if self.base == "hnsw-quant":
-            from ..quant.hnsw import HNSWQuantIndex  # the quant package builds on this one
-            return HNSWQuantIndex(dim, metric, **self.base_params)
-        return HNSWIndex(dim, metric, **self.base_params)
+        return index_class(BASES[self.base][0])(dim, metric, **self.base_params)
 
     # ---- introspection -------------------------------------------------------------------------------------------
     def _num_slots(self) -> int:
@@ -303,14 +298,11 @@ class WindowIndex(Index):
         ``"hnsw-quant"`` nodes share (else None)."""
         all_bounds = self._level_bounds(vectors.shape[0])
         factory, codes = self._factory, None
-        if self.base == "hnsw-quant" and all_bounds:
+        node_class = index_class(BASES[self.base][0]) if self.base in BASES else None
+        if all_bounds and hasattr(node_class, "shared_codec_factory"):
             # one codec for every node, trained once: then a row's code is the same in every level and the nodes
             # share one array of codes, as they share the vectors
-            from ..quant.hnsw import HNSWQuantIndex, training_sample
-            codec = HNSWQuantIndex(self.dim, self.metric, **self.base_params).codec
-            codec.train(training_sample(vectors, 0))
-            codes = codec.encode(vectors)
-            factory = functools.partial(HNSWQuantIndex, **{**self.base_params, "codec": codec})
+            factory, codes = node_class.shared_codec_factory(self.dim, self.metric, self.base_params, vectors)
         levels = []
         for bounds in all_bounds:
             nodes: list[Index | None] = []
@@ -491,10 +483,7 @@ class WindowIndex(Index):
         more than half of the stored points are removed the tree is rebuilt without them."""
         slots = self._slots_for_removal(ids)
         with self._write_lock:
-            self._materialize()
-            self._deleted[slots] = 1
-            self._n_deleted += int(slots.shape[0])
-            self._idmap.release(slots)
+            self._tombstone(slots)
             built = np.sort(slots[slots < self._n_built])
             for bounds, nodes in self._levels:
                 owner = np.searchsorted(bounds, built, "right") - 1
@@ -606,19 +595,16 @@ class WindowIndex(Index):
                         raise CorruptFileError(f"tree node {level}/{j} of {size} rows has no index")
                     nodes.append(None)
                     continue
-                target = _REGISTRY.get(spec["kind"])
-                if target is None or target is WindowIndex:
+                target = index_class(spec["kind"])
+                if target is None or not issubclass(target, Index) or target is WindowIndex:
                     raise CorruptFileError(f"tree node {level}/{j}: unknown index kind {spec['kind']!r}")
-                prefix = f"node{level}_{j}."
-                sub = {name[len(prefix):]: arr for name, arr in arrays.items() if name.startswith(prefix)}
+                sub = sub_arrays(arrays, f"node{level}_{j}")
                 for name, whole in (("vectors", index._vectors), ("codes", index._codes)):
                     if spec.get(f"shared_{name}") is True:
                         if name in sub or whole is None or bounds[j + 1] > whole.shape[0]:
                             raise CorruptFileError(f"tree node {level}/{j}: shared {name} do not fit")
                         sub[name] = whole[int(bounds[j]):int(bounds[j + 1])]
-                node = target._from_state(spec["meta"], sub)
-                node._idmap = IdMap(sub["slot_ids"])
-                node._check_loaded()
+                node = target._restore(spec["meta"], sub)
                 live = node._idmap.live_ids()
                 if node.dim != index.dim or node.metric != index.metric or \
                         (live.size and (live.min() < 0 or live.max() >= size)):

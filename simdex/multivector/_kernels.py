@@ -16,7 +16,7 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from .._numba import kernel
-from ..quant._scalar_kernels import affine_score
+from ..core.codes import affine_score
 
 
 @intrinsic

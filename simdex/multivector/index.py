@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from .._numba import num_threads
-from .._validate import _as_numeric_array, check_k, check_positive_int, check_threads, check_vectors
+from .._validate import (MAX_RESULTS, _as_numeric_array, check_k, check_positive_int, check_real, check_threads,
+                         check_vectors)
 from ..dense import FlatIndex, HNSWIndex
 from ..errors import CorruptFileError, DimensionMismatchError, InvalidInputError
-from ..idmap import IdMap
-from ..index import _REGISTRY, Index, meta_int
+from ..index import Index, index_class, meta_int, sub_arrays
 from ..quant.codec import Codec, make_codec
 from ..quant.scalar import AffineCodec
 from . import _kernels as K
@@ -210,9 +210,7 @@ class MultiVectorIndex(Index):
         self.fde_index_kind = fde_index
         self.M = check_positive_int(M, "M", minimum=2)
         self.ef_construction = check_positive_int(ef_construction, "ef_construction")
-        if not 0.0 < float(keep_fraction) <= 1.0:
-            raise InvalidInputError(f"keep_fraction must be in (0, 1]; got {keep_fraction}")
-        self.keep_fraction = float(keep_fraction)
+        self.keep_fraction = check_real(keep_fraction, "keep_fraction", 0.0, 1.0, low_open=True)
         self.max_vectors = None if max_vectors is None else check_positive_int(max_vectors, "max_vectors")
         self.seed = check_positive_int(seed, "seed", minimum=0)
         self.codec: Codec | None = None
@@ -285,13 +283,8 @@ class MultiVectorIndex(Index):
         Everything is validated before anything changes: a call that raises leaves the index as it was.
         """
         rows, off = check_sets(documents, self.dim, offsets)
-        n = off.shape[0] - 1
-        if ids is None:
-            new_ids = self._idmap.new_ids(n)
-        else:
-            from .._validate import check_ids
-            new_ids = check_ids(ids, n)
-            self._idmap.check_absent(new_ids)
+        new_ids = self._new_ids(off.shape[0] - 1, ids)
+        n = new_ids.shape[0]
         if weights is not None:
             w = _as_numeric_array(weights, "weights")
             if w.shape != (rows.shape[0],) or not np.isfinite(w).all():
@@ -367,6 +360,9 @@ class MultiVectorIndex(Index):
         if method not in METHODS:
             raise InvalidInputError(f"method must be one of {METHODS}; got {method!r}")
         threads = check_threads(threads)
+        # checked whatever the method, as every argument is
+        ef = None if ef is None else check_positive_int(ef, "ef", maximum=MAX_RESULTS)
+        token_k = check_positive_int(token_k, "token_k", maximum=MAX_RESULTS)
         nq = q_off.shape[0] - 1
         with num_threads(threads):
             if method == "exact":
@@ -374,11 +370,12 @@ class MultiVectorIndex(Index):
             if method == "muvera":
                 if self._fde is None:
                     raise InvalidInputError("this index has no FDE index (fde_index='none'); use method='exact'")
-                n_cand = max(k, 100) if candidates is None else check_positive_int(candidates, "candidates")
+                n_cand = max(k, 100) if candidates is None else check_positive_int(candidates, "candidates",
+                                                                                    maximum=MAX_RESULTS)
                 n_cand = min(n_cand, self._fde.ntotal)
                 fde = self.encoder.encode_queries(q, q_off)
                 if isinstance(self._fde, HNSWIndex):
-                    ef_ = n_cand if ef is None else max(n_cand, check_positive_int(ef, "ef"))
+                    ef_ = n_cand if ef is None else max(n_cand, ef)
                     _, slots = self._fde.search(fde, n_cand, ef=ef_, threads=_sub_threads(nq, threads))
                 else:
                     _, slots = self._fde.search(fde, n_cand)
@@ -392,8 +389,8 @@ class MultiVectorIndex(Index):
             else:
                 if self._tokens is None:
                     raise InvalidInputError("method='tokens' needs token_index=True when the index is created")
-                token_k = min(check_positive_int(token_k, "token_k"), self._tokens.ntotal)
-                ef_ = None if ef is None else max(token_k, check_positive_int(ef, "ef"))  # None: the graph's ef_search
+                token_k = min(token_k, self._tokens.ntotal)
+                ef_ = None if ef is None else max(token_k, ef)  # None: the graph's ef_search
                 _, rows = self._tokens.search(q, token_k, ef=ef_, threads=_sub_threads(q.shape[0], threads))
                 doc = np.where(rows >= 0, np.searchsorted(self._offsets, rows, side="right") - 1, -1)
                 qi = np.repeat(np.arange(nq), np.diff(q_off) * token_k)
@@ -514,21 +511,16 @@ class MultiVectorIndex(Index):
                 arrays.update({f"{prefix}.{k}": v for k, v in sub_arrays.items()})
         return meta, arrays
 
-    @staticmethod
-    def _sub(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-        p = prefix + "."
-        return {k[len(p):]: v for k, v in arrays.items() if k.startswith(p)}
-
     @classmethod
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MultiVectorIndex:
-        encoder = MuveraEncoder.from_state(meta["encoder"], cls._sub(arrays, "enc"))
+        encoder = MuveraEncoder.from_state(meta["encoder"], sub_arrays(arrays, "enc"))
         max_vectors = meta["max_vectors"]
         index = cls(meta_int(meta, "dim", 1), storage=meta["storage"], encoder=encoder,
                     fde_index=meta["fde_index"], token_index=False, M=meta_int(meta, "M", 2),
                     ef_construction=meta_int(meta, "ef_construction", 1), keep_fraction=float(meta["keep_fraction"]),
                     max_vectors=None if max_vectors is None else int(max_vectors), seed=meta_int(meta, "seed"))
         if "codec" in meta:
-            index.codec = Codec.from_state(meta["codec"], cls._sub(arrays, "codec"))
+            index.codec = Codec.from_state(meta["codec"], sub_arrays(arrays, "codec"))
             if not isinstance(index.codec, AffineCodec) or index.codec.dim != index.dim:
                 raise CorruptFileError("the stored codec does not fit the index")
         elif index.storage not in ("float16", "float32"):
@@ -554,14 +546,10 @@ class MultiVectorIndex(Index):
             if state is None:
                 setattr(index, attr, None)
                 continue
-            target = _REGISTRY.get(state["kind"])
+            target = index_class(state["kind"])
             if target not in (HNSWIndex, FlatIndex):
                 raise CorruptFileError(f"unexpected sub-index kind {state['kind']!r}")
-            sub_arrays = cls._sub(arrays, prefix)
-            sub = target._from_state(state["meta"], sub_arrays)
-            sub._idmap = IdMap(sub_arrays["slot_ids"])
-            sub._check_loaded()
-            setattr(index, attr, sub)
+            setattr(index, attr, target._restore(state["meta"], sub_arrays(arrays, prefix)))
         if bool(meta["token_index"]) != (index._tokens is not None):
             raise CorruptFileError("token index flag does not match the stored arrays")
         return index

@@ -1,16 +1,12 @@
-"""Numba kernels of the SPANN-style disk index: closure assignment of vectors to posting lists at build time,
-the scatter of codes into the list-ordered posting file, and the search over the probed lists (LVQ / int8 codes,
-duplicates skipped, exact re-ranking from the float32 vector file)."""
+"""Numba kernels of the SPANN-style disk index: closure assignment of vectors to posting lists at build time and
+the scatter of codes into the list-ordered posting file. Its search is the list scan of :mod:`simdex.core.lists`
+(LVQ / int8 codes, duplicates skipped, exact re-ranking from the float32 vector file)."""
 
 from __future__ import annotations
 
-import numba
-import numpy as np
 from numba import prange
 
 from .._numba import kernel
-from ._ivf_kernels import _finish, _offer
-from ._scalar_kernels import affine_score
 
 
 @kernel(parallel=True)
@@ -59,32 +55,3 @@ def scatter_codes(assign, codes, start, cursor, out_codes, out_slots):
             cursor[lst] = pos + 1
             out_codes[pos, :] = codes[i]
             out_slots[pos] = start + i
-
-
-@kernel(parallel=True)
-def search_lists(qts, qcs, bits, half, probes, offsets, codes, codes_f, slots, seen, stamp0, cap, k, metric,
-                 queries, vectors, out_d, out_i):
-    """Scan the probed lists (-1: pruned) of every query on codes, skip entries whose vector was already scored
-    for this query (closure duplicates it into several lists), re-rank the best ``cap`` from ``vectors``.
-
-    ``seen`` (threads, n_slots) int32 persists between calls so that a one-query search does not pay for
-    clearing it: query qi marks slots with ``stamp0 + qi``, which the caller keeps unique across calls."""
-    nthreads = seen.shape[0]
-    heap_d = np.empty((nthreads, cap), np.float32)
-    heap_i = np.empty((nthreads, cap), np.int32)
-    for qi in prange(qts.shape[0]):
-        t = numba.get_thread_id()
-        stamp = stamp0 + qi
-        n = 0
-        for p in range(probes.shape[1]):
-            lst = probes[qi, p]
-            if lst < 0:
-                continue
-            for e in range(offsets[lst], offsets[lst + 1]):
-                slot = slots[e]
-                if seen[t, slot] == stamp:
-                    continue
-                seen[t, slot] = stamp
-                d = affine_score(qts[qi], qcs[qi], codes, codes_f, e, bits, half)
-                n = _offer(heap_d[t], heap_i[t], n, cap, d, slot)
-        _finish(heap_d[t], heap_i[t], n, k, True, metric, queries[qi], vectors, out_d[qi], out_i[qi])

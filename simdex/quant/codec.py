@@ -14,6 +14,10 @@ A codec turns float32 vectors (n, dim) into fixed-size byte codes (n, code_size)
 
 Codecs are parameters of indexes (``HNSWQuantIndex(codec="lvq8")``, ``IVFIndex(codec="pq16")``); the structures
 that use them call their numba kernels directly and only use the Python methods for training, encoding and tests.
+
+Every concrete codec class registers itself under its ``name`` when its module is imported (``simdex.quant``
+imports them all before anything can use this module), and :func:`make_codec` and :meth:`Codec.from_state` look
+codecs up in that registry: this module imports none of the codec modules, which all import it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._validate import check_dim, check_metric, check_vectors
+from .._validate import check_codes, check_dim, check_metric, check_vectors
 from ..errors import CorruptFileError, InvalidInputError
 
 _CODECS: dict[str, type[Codec]] = {}
@@ -37,7 +41,8 @@ class Codec(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _CODECS[cls.name] = cls
+        if "name" in cls.__dict__:  # concrete codecs name themselves; shared bases (AffineCodec) do not
+            _CODECS[cls.name] = cls
 
     def __init__(self, dim: int, metric: str = "l2") -> None:
         self.dim = check_dim(dim)
@@ -94,11 +99,7 @@ class Codec(abc.ABC):
             raise InvalidInputError(f"{type(self).__name__} is not trained; call train(x) first")
 
     def _check_codes(self, codes: Any) -> np.ndarray:
-        arr = np.asarray(codes)
-        if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != self.code_size:
-            raise InvalidInputError(f"codes must be a uint8 array of shape (n, {self.code_size}); got {arr.dtype} "
-                                    f"{arr.shape}")
-        return np.ascontiguousarray(arr)
+        return check_codes(codes, self.code_size)
 
     # ---- persistence ---------------------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -118,6 +119,12 @@ class Codec(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def _from_params(cls, dim: int, metric: str, meta: dict[str, Any]) -> Codec: ...
+
+    @classmethod
+    def _from_spec(cls, spec: str, dim: int, metric: str) -> Codec | None:
+        """The codec a short name (lower case) stands for, if it names this class; else None. By default the
+        class's ``name``; parameterised names (``"lvq4"``, ``"pq16"``) are parsed by their classes."""
+        return cls(dim, metric) if spec == cls.name else None
 
     @staticmethod
     def from_state(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Codec:
@@ -158,24 +165,9 @@ def make_codec(spec: Any, dim: int, metric: str) -> Codec:
         return spec
     if not isinstance(spec, str):
         raise InvalidInputError(f"codec must be a name or a Codec; got {type(spec).__name__}")
-    from .binary import BinaryCodec
-    from .pq import OPQCodec, PQCodec
-    from .scalar import FlatCodec, Int8Codec, LVQCodec
-    name = spec.lower()
-    if name == "int8":
-        return Int8Codec(dim, metric)
-    if name == "flat":
-        return FlatCodec(dim, metric)
-    if name == "lvq8":
-        return LVQCodec(dim, metric, bits=8)
-    if name == "lvq4":
-        return LVQCodec(dim, metric, bits=4)
-    if name == "lvq4x8":
-        return LVQCodec(dim, metric, bits=4, residual_bits=8)
-    if name == "binary":
-        return BinaryCodec(dim, metric)
-    for prefix, cls in (("opq", OPQCodec), ("pq", PQCodec)):
-        if name.startswith(prefix) and name[len(prefix):].isdigit():
-            return cls(dim, metric, m=int(name[len(prefix):]))
+    for cls in _CODECS.values():
+        codec = cls._from_spec(spec.lower(), dim, metric)
+        if codec is not None:
+            return codec
     raise InvalidInputError(f"unknown codec {spec!r}; expected int8, flat, lvq8, lvq4, lvq4x8, pq<m>, opq<m> or "
                             f"binary")

@@ -16,19 +16,22 @@ works on the float vectors and re-encodes the survivors.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .._numba import num_threads
-from .._validate import check_positive_int, check_vectors
-from ..dense._exact import exact_knn_subset
+from .._validate import MAX_RESULTS, check_positive_int, check_vectors
+from ..core.exact import exact_knn_subset
 from ..dense.hnsw import HNSWIndex
 from ..errors import CorruptFileError, InvalidInputError
 from ..idmap import IdMap
 from ..index import meta_int
 from ..metrics import to_public
-from . import _graph_kernels as GK
+from ..core import graph as G
+from ._scorers import AffineCodes, Rerank
 from ._storage import disk_array, drop_pages
 from .codec import Codec, make_codec
 from .scalar import AffineCodec, LVQCodec
@@ -97,6 +100,16 @@ class HNSWQuantIndex(HNSWIndex):
     def __repr__(self) -> str:
         return (f"HNSWQuantIndex(dim={self.dim}, metric={self.metric!r}, codec={self.codec!r}, "
                 f"ntotal={self.ntotal})")
+
+    @classmethod
+    def shared_codec_factory(cls, dim: int, metric: str, params: dict[str, Any], vectors: np.ndarray
+                             ) -> tuple[Callable[[int, str], HNSWQuantIndex], np.ndarray]:
+        """For an index made of many of these over slices of the same rows (:class:`~simdex.dense.WindowIndex`):
+        a factory of indexes with ``params`` that all share one codec, trained here on ``vectors``, and the codes
+        of all ``vectors``, which the nodes can then share as they share the rows."""
+        codec = cls(dim, metric, **params).codec
+        codec.train(training_sample(vectors, 0))
+        return functools.partial(cls, **{**params, "codec": codec}), codec.encode(vectors)
 
     # ---- storage -------------------------------------------------------------------------------------------------
     def _new_vectors(self, rows: int) -> np.ndarray:
@@ -205,8 +218,9 @@ class HNSWQuantIndex(HNSWIndex):
         are exact with ``rerank_from="vectors"``.
         """
         q, k, allowed, threads = self._check_search(queries, k, filter, threads)
-        ef = max(k, self.ef_search if ef is None else check_positive_int(ef, "ef"))
-        n_rerank = max(k, self.rerank if rerank is None else check_positive_int(rerank, "rerank"))
+        ef = max(k, self.ef_search if ef is None else check_positive_int(ef, "ef", maximum=MAX_RESULTS))
+        n_rerank = max(k, self.rerank if rerank is None else check_positive_int(rerank, "rerank",
+                                                                                maximum=MAX_RESULTS))
         nq = q.shape[0]
         out_d = np.empty((nq, k), np.float32)
         out_s = np.empty((nq, k), np.int32)
@@ -225,35 +239,26 @@ class HNSWQuantIndex(HNSWIndex):
         ids = np.where(out_s >= 0, self._idmap.slot_ids[np.maximum(out_s, 0)], -1)
         return to_public(self.metric, out_d), ids
 
-    def _search_graph(self, q: np.ndarray, k: int, ef: int, n_rerank: int, allowed: np.ndarray | None,
-                      invert: bool, nthreads: int, out_d: np.ndarray, out_s: np.ndarray) -> None:
-        use_filter = allowed is not None
-        mask = allowed if use_filter else np.zeros(1, np.uint8)
-        scratch = self._scratch.take(nthreads, self._n)
-        try:
-            GK.search_batch_codes(*self._code_args(q, ef, k, n_rerank), mask, use_filter, invert, out_d, out_s,
-                                  *scratch)
-        finally:
-            self._scratch.give(scratch)
-
     def _ranges_kernel(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int,
                        dist: np.ndarray, slots: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]) -> None:
         """As :meth:`HNSWIndex._ranges_kernel`, traversing the codes and re-ranking ``rerank`` candidates."""
         sub = np.ascontiguousarray(q[rows])  # prepare only the queries that search this graph
-        GK.search_batch_codes_ranges(*self._code_args(sub, ef, k, max(k, self.rerank)),
-                                     np.arange(rows.shape[0], dtype=np.int64), lo, hi, self._deleted[:self._n],
-                                     dist, slots, *scratch)
+        sc, fin = self._searcher(sub, ef, max(k, self.rerank), scratch[0].shape[0])
+        G.search_batch_ranges(sc, fin, *self._graph(), np.arange(rows.shape[0], dtype=np.int64), lo, hi,
+                              self._deleted[:self._n], k, ef, dist, slots, *scratch)
 
-    def _code_args(self, q: np.ndarray, ef: int, k: int, n_rerank: int) -> tuple:
-        """The leading arguments of the code-traversal kernels: prepared queries, codes, graph, re-ranking."""
+    def _searcher(self, q: np.ndarray, ef: int, n_rerank: int, nthreads: int) -> tuple[AffineCodes, Rerank]:
+        """The graph search's scorer (the codes) and finisher (re-ranking ``n_rerank`` candidates as
+        ``rerank_from`` says), see :mod:`simdex.quant._scorers`."""
         codec = self.codec
         qt, qc = codec.prepare(q)
-        mean = codec.mean if isinstance(codec, LVQCodec) else np.zeros(self.dim, np.float32)
-        res_bits = codec.residual_bits if isinstance(codec, LVQCodec) else 0
-        return (qt, qc, self._codes, self._codes.view(np.float32), codec.bits, codec.half, self._links0,
-                self._links_up, self._up_offset, self._entry, self._max_level, ef, k, min(n_rerank, ef),
-                _RERANK_MODES[self.rerank_from], self._metric_code, q, self._vectors, mean, res_bits,
-                codec.residual_offset)
+        codes_f = self._codes.view(np.float32)
+        lvq = isinstance(codec, LVQCodec)
+        mean = codec.mean if lvq else np.zeros(self.dim, np.float32)
+        return (AffineCodes(qt, qc, self._codes, codes_f, codec.bits, codec.half),
+                Rerank(_RERANK_MODES[self.rerank_from], min(n_rerank, ef), self._metric_code, q, self._vectors,
+                       self._codes, codes_f, mean, codec.bits, codec.half, codec.residual_bits if lvq else 0,
+                       codec.residual_offset, np.empty((nthreads, self.dim), np.float32)))
 
     # ---- remove --------------------------------------------------------------------------------------------------
     def consolidate(self, threads: int | None = None) -> None:

@@ -22,13 +22,15 @@ import numba
 import numpy as np
 
 from .._numba import num_threads
-from .._validate import check_positive_int, check_vectors
+from .._validate import MAX_RESULTS, check_positive_int, check_real, check_vectors
 from ..errors import CorruptFileError, InvalidInputError
 from ..index import Index, meta_int
 from ..metrics import IP, METRIC_CODES, pairwise, to_public
-from ..dense._exact import exact_knn_subset
-from . import _ivf_kernels as IK
+from ..core.exact import exact_knn_subset
+from ..core.lists import scan_lists, select_probes
+from ..core.scorer import Vectors
 from ._kmeans import kmeans
+from ._scorers import AffineCodes, BinaryCodes, IVFPQCodes
 from ._storage import disk_array
 from .binary import BinaryCodec
 from .codec import Codec, expect_array, make_codec
@@ -37,6 +39,7 @@ from .scalar import AffineCodec, FlatCodec
 
 _TRAIN_PER_LIST = 256  # coarse training vectors per list (as FAISS; 64 lost 5 points of recall at nprobe 16)
 _TRAIN_MAX = 200_000
+_MAX_LISTS = 1 << 24  # far above any useful nlist; bounds the list offsets allocated at construction
 
 
 # up to this nprobe the lists are picked by an insertion kernel (5-7x faster than np.argpartition at nprobe <= 8,
@@ -74,7 +77,7 @@ class IVFIndex(Index):
                  rerank: int = 0, vectors: str = "disk", seed: int = 0, consolidate_threshold: float = 0.1,
                  storage_dir: str | None = None) -> None:
         super().__init__(dim, metric)
-        self.nlist = check_positive_int(nlist, "nlist")
+        self.nlist = check_positive_int(nlist, "nlist", maximum=_MAX_LISTS)
         self.nprobe = check_positive_int(nprobe, "nprobe")
         self.rerank = check_positive_int(rerank, "rerank", minimum=0)
         self.seed = check_positive_int(seed, "seed", minimum=0)
@@ -84,9 +87,8 @@ class IVFIndex(Index):
             raise InvalidInputError("rerank needs the float vectors: use vectors='disk' or 'memory'")
         self.vector_storage = vectors
         self.storage_dir = storage_dir
-        if not 0.0 < float(consolidate_threshold) <= 1.0:
-            raise InvalidInputError(f"consolidate_threshold must be in (0, 1]; got {consolidate_threshold}")
-        self.consolidate_threshold = float(consolidate_threshold)
+        self.consolidate_threshold = check_real(consolidate_threshold, "consolidate_threshold", 0.0, 1.0,
+                                                low_open=True)
         if isinstance(codec, str) and codec.lower() == "pq":
             codec = f"pq{max(1, self.dim // 8)}"
         self.codec: Codec = make_codec(codec, self.dim, self.metric)
@@ -155,7 +157,8 @@ class IVFIndex(Index):
         self._precompute()
 
     def _precompute(self) -> None:
-        """(nlist, m, 256) term ||r||^2 + 2 <c, r> of L2 IVF-PQ distances (see :func:`_ivf_kernels.search_pq`)."""
+        """(nlist, m, 256) term ||r||^2 + 2 <c, r> of L2 IVF-PQ distances (see
+        :class:`simdex.quant._scorers.IVFPQCodes`)."""
         codec = self.codec
         if not (self._residual and METRIC_CODES[self.metric] != IP):
             self._precomputed = np.zeros((1, 1, 1), np.float32)
@@ -237,7 +240,8 @@ class IVFIndex(Index):
         """
         q, k, allowed, threads = self._check_search(queries, k, filter, threads)
         nprobe = min(self.nlist, self.nprobe if nprobe is None else check_positive_int(nprobe, "nprobe"))
-        rerank = self.rerank if rerank is None else check_positive_int(rerank, "rerank", minimum=0)
+        rerank = self.rerank if rerank is None else check_positive_int(rerank, "rerank", minimum=0,
+                                                                       maximum=MAX_RESULTS)
         if rerank and self.vector_storage == "none":
             raise InvalidInputError("this index keeps no float vectors to re-rank with")
         nq = q.shape[0]
@@ -270,7 +274,7 @@ class IVFIndex(Index):
         if nprobe <= _SELECT_PROBES_MAX and nprobe < self.nlist:
             probes = np.empty((q.shape[0], nprobe), np.int64)
             probe_d = np.empty((q.shape[0], nprobe), np.float32)
-            IK.select_probes(np.ascontiguousarray(coarse, np.float32), nprobe, probes, probe_d)
+            select_probes(np.ascontiguousarray(coarse, np.float32), nprobe, probes, probe_d)
         else:
             if nprobe < self.nlist:
                 probes = np.argpartition(coarse, nprobe - 1, axis=1)[:, :nprobe]
@@ -283,38 +287,36 @@ class IVFIndex(Index):
         cap = max(k, rerank)
         do_rerank = bool(rerank) and not isinstance(self.codec, FlatCodec)
         vectors = self._vectors if self.vector_storage != "none" else np.zeros((1, self.dim), np.float32)
-        metric = self._metric_code
-        codec = self.codec
         # the per-thread scratch is sized here: numba.get_num_threads() inside a kernel stops numba caching it
         nthreads = numba.get_num_threads()
+        scan_lists(self._list_scorer(q, probe_d, nthreads), nthreads, probes, self._offsets, self._slots, cap, k,
+                   mask, use_filter, invert, np.zeros((1, 0), np.int32), 0, do_rerank, self._metric_code, q, vectors,
+                   out_d, out_s)
+
+    def _list_scorer(self, q: np.ndarray, probe_d: np.ndarray, nthreads: int) -> Any:
+        """How the list scan (:func:`simdex.core.lists.scan_lists`) scores entries for queries ``q`` whose probed
+        lists are at coarse distances ``probe_d``: the codec's scorer (:mod:`simdex.quant._scorers`)."""
+        codec = self.codec
         if isinstance(codec, PQCodec):
-            IK.search_pq(nthreads, metric, codec.transform(q), probes, probe_d, self._offsets, self._codes,
-                         self._slots, codec.centroids_t, self._precomputed, METRIC_CODES[self.metric] != IP, cap, k,
-                         do_rerank, q, vectors, mask, use_filter, invert, out_d, out_s)
-        elif isinstance(codec, AffineCodec):
+            m, _, ks = codec.centroids_t.shape
+            return IVFPQCodes(codec.transform(q), codec.centroids_t, self._precomputed,
+                              METRIC_CODES[self.metric] != IP, probe_d, self._codes,
+                              np.empty((nthreads, m, ks), np.float32), np.empty((nthreads, m, ks), np.float32))
+        if isinstance(codec, AffineCodec):
             qt, qc = codec.prepare(q)
-            IK.search_affine(nthreads, qt, qc, codec.bits, codec.half, probes, self._offsets, self._codes,
-                             self._codes.view(np.float32), self._slots, cap, k, do_rerank, metric, q, vectors,
-                             mask, use_filter, invert, out_d, out_s)
-        elif isinstance(codec, FlatCodec):
-            IK.search_flat(nthreads, metric, probes, self._offsets, self._codes.view(np.float32), self._slots, cap,
-                           k, q, out_d, out_s, mask, use_filter, invert)
-        elif isinstance(codec, BinaryCodec):
-            IK.search_binary(nthreads, codec.encode_words(q), probes, self._offsets, self._codes.view(np.uint64),
-                             self._slots, cap, k, do_rerank, metric, q, vectors, mask, use_filter, invert, out_d,
-                             out_s)
-        else:  # pragma: no cover - make_codec only builds the kinds above
-            raise InvalidInputError(f"IVFIndex cannot search codec {codec!r}")
+            return AffineCodes(qt, qc, self._codes, self._codes.view(np.float32), codec.bits, codec.half)
+        if isinstance(codec, FlatCodec):
+            return Vectors(self._metric_code, q, self._codes.view(np.float32))
+        if isinstance(codec, BinaryCodec):
+            return BinaryCodes(codec.encode_words(q), self._codes.view(np.uint64))
+        raise InvalidInputError(f"IVFIndex cannot search codec {codec!r}")  # pragma: no cover - make_codec
 
     # ---- remove --------------------------------------------------------------------------------------------------
     def remove(self, ids: Any) -> int:
         """Remove vectors by id; compacts the lists once ``consolidate_threshold`` of the slots are deleted."""
         slots = self._slots_for_removal(ids)
         with self._write_lock:
-            self._materialize()
-            self._deleted[slots] = 1
-            self._n_deleted += int(slots.shape[0])
-            self._idmap.release(slots)
+            self._tombstone(slots)
             if self._n_deleted > self.consolidate_threshold * self._n:
                 self.consolidate()
         return int(slots.shape[0])

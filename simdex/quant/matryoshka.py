@@ -21,8 +21,7 @@ import numpy as np
 from .._validate import check_positive_int
 from ..dense.flat import FlatIndex
 from ..errors import CorruptFileError, InvalidInputError
-from ..idmap import IdMap
-from ..index import _REGISTRY, Index, meta_int
+from ..index import Index, index_class, meta_int, sub_arrays
 from ..metrics import to_public
 from .ivf import IVFIndex
 
@@ -109,8 +108,10 @@ class MatryoshkaIndex(Index):
         q, k, allowed, threads = self._check_search(queries, k, filter, threads)
         r = min(self.ntotal, max(k, self.rerank if rerank is None else check_positive_int(rerank, "rerank")))
         kwargs: dict[str, Any] = {"threads": threads}
-        if self.nlist and nprobe is not None:
-            kwargs["nprobe"] = nprobe
+        if nprobe is not None:  # checked here even when there is no IVF to probe (nlist=0)
+            nprobe = check_positive_int(nprobe, "nprobe")
+            if self.nlist:
+                kwargs["nprobe"] = nprobe
         if allowed is not None:
             kwargs["filter"] = allowed.astype(bool)  # inner ids are slots, so a slot mask is an id mask there
         _, cand = self._inner.search(self._prefixes(q, self._rotation), r, **kwargs)
@@ -167,13 +168,10 @@ class MatryoshkaIndex(Index):
             if rotation.dtype != np.float32 or rotation.shape != (dim, dim):
                 raise ValueError("rotation array has the wrong dtype or shape")
             index._rotation = rotation
-        inner_cls = _REGISTRY.get(meta["inner_kind"])
-        if inner_cls is None or inner_cls is cls:
+        inner_cls = index_class(meta["inner_kind"])
+        if inner_cls is None or inner_cls is cls or not issubclass(inner_cls, Index):
             raise ValueError(f"unknown inner index kind {meta['inner_kind']!r}")
-        inner_arrays = {name[len("inner."):]: arr for name, arr in arrays.items() if name.startswith("inner.")}
-        inner = inner_cls._from_state(meta["inner"], inner_arrays)
-        inner._idmap = IdMap(inner_arrays["slot_ids"])
-        inner._check_loaded()
+        inner = inner_cls._restore(meta["inner"], sub_arrays(arrays, "inner"))
         if inner.dim != index.prefix:
             raise ValueError("the inner index does not match the prefix length")
         index._inner = inner

@@ -134,6 +134,12 @@ class PQCodec(Codec):
         self._centroids_t = None
 
     @classmethod
+    def _from_spec(cls, spec: str, dim: int, metric: str) -> PQCodec | None:
+        """``"pq<m>"`` (``"opq<m>"`` for OPQ): m sub-quantizers."""
+        m = spec[len(cls.name):]
+        return cls(dim, metric, m=int(m)) if spec.startswith(cls.name) and m.isdigit() else None
+
+    @classmethod
     def _from_params(cls, dim: int, metric: str, meta: dict[str, Any]) -> PQCodec:
         return cls(dim, metric, m=int(meta["m"]), iterations=int(meta["iterations"]), seed=int(meta["seed"]))
 

@@ -216,6 +216,14 @@ class LVQCodec(AffineCodec):
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self.mean = expect_array(arrays, "mean", (self.dim,), np.float32)
 
+    # the short names of make_codec: bits of the primary level, bits of the residual level
+    SPECS = {"lvq8": (8, 0), "lvq4": (4, 0), "lvq4x8": (4, 8)}
+
+    @classmethod
+    def _from_spec(cls, spec: str, dim: int, metric: str) -> LVQCodec | None:
+        bits = cls.SPECS.get(spec)
+        return None if bits is None else cls(dim, metric, bits=bits[0], residual_bits=bits[1])
+
     @classmethod
     def _from_params(cls, dim: int, metric: str, meta: dict[str, Any]) -> LVQCodec:
         return cls(dim, metric, bits=int(meta["bits"]), residual_bits=int(meta["residual_bits"]))

@@ -26,7 +26,9 @@ list order) and ``vectors.f32`` (float32, one row per vector, normalised for cos
 from __future__ import annotations
 
 import math
+import operator
 import os
+import shutil
 import zlib
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,16 @@ import numpy as np
 
 from .._numba import num_threads
 from .._progress import progress_bar
-from .._validate import check_ids, check_k, check_metric, check_positive_int, check_threads, check_vectors
-from ..errors import CorruptFileError, InvalidInputError
-from ..fileformat import load_arrays, save_arrays
+from .._validate import (MAX_RESULTS, check_ids, check_k, check_metric, check_positive_int, check_real,
+                         check_threads, check_vectors)
+from ..errors import CorruptFileError, InvalidInputError, MissingFileError, UnsupportedOperationError
+from ..fileformat import fsync_path, load_arrays, read_kind, save_arrays
+from ..index import FOLDER_HEADER, BaseIndex, meta_int
+from ..core.lists import scan_lists
 from ..metrics import METRIC_CODES, to_public
 from . import _spann_kernels as SK
 from ._kmeans import assign, kmeans
+from ._scorers import AffineCodes
 from ._storage import drop_pages
 from .codec import Codec, make_codec
 from .scalar import AffineCodec
@@ -68,13 +74,22 @@ def _sqdist(x: np.ndarray, c: np.ndarray, cn: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0, out=d)
 
 
-class SPANNIndex:
-    """A read-only disk index built by :meth:`build` and opened by :meth:`open`.
+
+def _prune_factor(eps: float) -> np.float32:
+    """(1 + eps)^2 as float32: distances are compared squared. Any eps above 1e18 (inf included) keeps every list."""
+    return np.float32((1.0 + min(eps, 1e18)) ** 2)
+
+class SPANNIndex(BaseIndex):
+    """A read-only disk index built by :meth:`build` and opened by :meth:`open` (or :meth:`load`).
 
     Search: ``distances, ids = index.search(queries, k, nprobe=64, eps=0.6, rerank=64)``; distances float32
     (nq, k) ascending in simdex's public convention (:mod:`simdex.metrics`), ids int64, padded with (inf, -1).
     Memory held by the process: centroids (nlist x dim float32), list offsets, the slot of every posting entry
     (int32), public ids (int64 per vector) and a per-thread visited table (int32 per vector): see :attr:`nbytes`.
+
+    Under the index contract (:mod:`simdex.index`) it is build-once: ``add`` and ``remove`` raise
+    :class:`~simdex.errors.UnsupportedOperationError` (build a new index instead); ``save(path)`` copies the
+    index's folder to ``path``.
     """
 
     kind = "SPANNIndex"
@@ -92,7 +107,7 @@ class SPANNIndex:
         self._cnorms = np.einsum("ij,ij->i", self.centroids, self.centroids)
         self.offsets = np.ascontiguousarray(arrays["offsets"])
         self.slots = np.ascontiguousarray(arrays["slots"])
-        self.ids = np.ascontiguousarray(arrays["ids"])
+        self._ids = np.ascontiguousarray(arrays["ids"])
         self._list_crc = arrays["list_crc"]
         self._block_crc = arrays["block_crc"]
         self._postings = postings
@@ -130,10 +145,11 @@ class SPANNIndex:
         if n == 0 or dim == 0:
             raise InvalidInputError(f"data is empty (shape {shape})")
         list_size = check_positive_int(list_size, "list_size")
-        max_replicas = check_positive_int(max_replicas, "max_replicas")
+        max_replicas = check_positive_int(max_replicas, "max_replicas", maximum=1024)
         chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
-        if not (0.0 <= float(closure_eps) and 0.0 <= float(eps)):
-            raise InvalidInputError(f"closure_eps and eps must be >= 0; got {closure_eps}, {eps}")
+        nprobe, rerank = check_positive_int(nprobe, "nprobe"), check_positive_int(rerank, "rerank")
+        sample, seed = check_positive_int(sample, "sample"), check_positive_int(seed, "seed", minimum=0)
+        closure_eps, eps = check_real(closure_eps, "closure_eps", 0.0), check_real(eps, "eps", 0.0)
         public_ids = np.arange(n, dtype=np.int64) if ids is None else check_ids(ids, n)
         folder = Path(path)
         if (folder / "index.sdx").exists():
@@ -252,9 +268,7 @@ class SPANNIndex:
         vmm.flush()
         del pmm, vmm
         for p in (post_path, vec_path):
-            fd = os.open(p, os.O_RDONLY)
-            os.fsync(fd)
-            os.close(fd)
+            fsync_path(p)
         codec_meta, codec_arrays = coder.state()
         meta = {"dim": dim, "metric": metric, "count": n, "entries": total, "nlist": nlist, "n_top": n_top,
                 "list_size": list_size, "closure_eps": float(closure_eps), "max_replicas": max_replicas,
@@ -273,20 +287,27 @@ class SPANNIndex:
         """Open a built index. The small in-memory part is always checksummed; ``verify=True`` also checks every
         posting list and vector block (reads the whole files; :meth:`verify` does it later)."""
         folder = Path(path)
-        _, meta, arrays = load_arrays(folder / "index.sdx", mmap=False, verify=True, expected_kind=cls.kind)
+        if not folder.is_dir():
+            raise MissingFileError(f"no SPANN index folder at {folder}")
+        _, meta, arrays = load_arrays(folder / FOLDER_HEADER, mmap=False, verify=True, expected_kind=cls.kind)
         try:
             dim, n, total, nlist = (int(meta[k]) for k in ("dim", "count", "entries", "nlist"))
+            meta_int(meta, "nprobe", 1), meta_int(meta, "rerank", 1), check_real(meta["eps"], "eps", 0.0)
             codec = Codec.from_state(meta["codec"], {k[6:]: v for k, v in arrays.items() if k.startswith("codec.")})
             if not isinstance(codec, AffineCodec) or codec.dim != dim:
                 raise ValueError(f"codec {codec!r} does not fit the index")
-            want = {"centroids": (nlist, dim), "offsets": (nlist + 1,), "slots": (total,), "ids": (n,),
-                    "list_crc": (nlist,)}
-            for name, shape in want.items():
-                if arrays[name].shape != shape:
-                    raise ValueError(f"array {name!r} has shape {arrays[name].shape}, expected {shape}")
+            rows = max(1, _BLOCK // (4 * dim))
+            want = {"centroids": ((nlist, dim), np.float32), "offsets": ((nlist + 1,), np.int64),
+                    "slots": ((total,), np.int32), "ids": ((n,), np.int64), "list_crc": ((nlist,), np.uint32),
+                    "block_crc": ((-(-n // rows),), np.uint32)}
+            for name, (shape, dtype) in want.items():
+                if arrays[name].shape != shape or arrays[name].dtype != dtype:
+                    raise ValueError(f"array {name!r} has shape {arrays[name].shape} {arrays[name].dtype}, "
+                                     f"expected {shape} {np.dtype(dtype)}")
             if "tops" in arrays:  # the top level of the clustering (absent in files of older builds)
                 ls = arrays["leaf_start"]
-                if arrays["tops"].ndim != 2 or arrays["tops"].shape[1] != dim or \
+                if arrays["tops"].ndim != 2 or arrays["tops"].shape[1] != dim or arrays["tops"].dtype != np.float32 \
+                        or ls.dtype != np.int64 or \
                         ls.shape != (arrays["tops"].shape[0] + 1,) or ls[0] != 0 or ls[-1] != nlist or \
                         (np.diff(ls) < 0).any():
                     raise ValueError("the top-level clustering (tops, leaf_start) is inconsistent")
@@ -322,6 +343,58 @@ class SPANNIndex:
         for b, start in enumerate(range(0, self.ntotal, rows)):
             if _crc(np.asarray(self._vectors[start:start + rows])) != int(self._block_crc[b]):
                 raise CorruptFileError(f"{self.path}: vector block {b} (rows {start}..) is corrupted")
+
+    # ---- the index contract --------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> SPANNIndex:
+        """:meth:`open` under the index contract's name and defaults: ``path`` is the index folder (or its
+        ``index.sdx``); ``verify`` checks every posting list and vector block; without ``mmap`` the postings and
+        vectors are read into memory."""
+        folder = Path(path)
+        if folder.is_file():  # the folder's header, or a file of another kind
+            kind = read_kind(folder)
+            if kind != cls.kind:
+                raise CorruptFileError(f"{path}: file holds a {kind}, not a {cls.kind}")
+            folder = folder.parent
+        index = cls.open(folder, verify)
+        if not mmap:
+            index._postings, index._vectors = np.array(index._postings), np.array(index._vectors)
+        return index
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Copy the index to the folder ``path`` (created; must not hold an index yet). The header is written
+        last, so an interrupted copy is a folder without an index, never a damaged one."""
+        folder = Path(path)
+        if folder.resolve() == self.path.resolve():
+            return
+        if (folder / FOLDER_HEADER).exists():
+            raise InvalidInputError(f"{folder} already holds an index")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, arr in (("postings.u8", self._postings), ("vectors.f32", self._vectors)):
+            if isinstance(arr, np.memmap):
+                shutil.copyfile(self.path / name, folder / name)
+            else:  # loaded with mmap=False
+                arr.tofile(folder / name)
+        shutil.copyfile(self.path / FOLDER_HEADER, folder / FOLDER_HEADER)
+
+    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+        raise UnsupportedOperationError("SPANNIndex is built once (SPANNIndex.build) and cannot add vectors; "
+                                        "build a new index with them")
+
+    def remove(self, ids: Any) -> int:
+        raise UnsupportedOperationError("SPANNIndex is built once (SPANNIndex.build) and cannot remove vectors; "
+                                        "build a new index without them, or filter its results")
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Public ids, one per vector, in vector order (read-only; not a copy)."""
+        return self._ids
+
+    def __contains__(self, id_: int) -> bool:
+        try:
+            return bool((self._ids == operator.index(id_)).any())
+        except TypeError:
+            return False
 
     # ---- properties ----------------------------------------------------------------------------------------------
     @property
@@ -360,14 +433,12 @@ class SPANNIndex:
         q = check_vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
         k = check_k(k, self.ntotal)
         nprobe = min(self.nlist, self.nprobe if nprobe is None else check_positive_int(nprobe, "nprobe"))
-        eps = self.eps if eps is None else float(eps)
-        if not eps >= 0:
-            raise InvalidInputError(f"eps must be >= 0; got {eps}")
-        cap = max(k, self.rerank if rerank is None else check_positive_int(rerank, "rerank"))
+        eps = self.eps if eps is None else check_real(eps, "eps", 0.0)
+        cap = max(k, self.rerank if rerank is None else check_positive_int(rerank, "rerank", maximum=MAX_RESULTS))
         threads = check_threads(threads)
         probes, pd = self._nearest_lists(q, nprobe)
         # pruning compares distances, not squared distances: (1 + eps) on the distance is (1 + eps)^2 here
-        probes[pd > (1.0 + eps) ** 2 * pd[:, :1]] = -1
+        probes[pd > _prune_factor(eps) * pd[:, :1]] = -1
         qt, qc = self.codec.prepare(q)
         nq = q.shape[0]
         out_d = np.empty((nq, k), np.float32)
@@ -379,9 +450,11 @@ class SPANNIndex:
             stamp0 = self._stamp
             self._stamp += nq
             postings = np.asarray(self._postings)  # a plain ndarray view: numba caches kernels typed on those
-            SK.search_lists(qt, qc, self.codec.bits, self.codec.half, probes, self.offsets, postings,
-                            postings.view(np.float32), self.slots, self._seen, stamp0, cap, k,
-                            METRIC_CODES[self.metric], q, np.asarray(self._vectors), out_d, out_s)
+            # entries already scored for a query are skipped (``seen``): closure stores a vector in several lists
+            sc = AffineCodes(qt, qc, postings, postings.view(np.float32), self.codec.bits, self.codec.half)
+            scan_lists(sc, self._seen.shape[0], probes, self.offsets, self.slots, cap, k, np.zeros(1, np.uint8),
+                       False, False, self._seen, stamp0, True, METRIC_CODES[self.metric], q,
+                       np.asarray(self._vectors), out_d, out_s)
         ids = np.where(out_s >= 0, self.ids[np.maximum(out_s, 0)], -1)
         return to_public(self.metric, out_d), ids
 
@@ -414,9 +487,9 @@ class SPANNIndex:
         """How many lists each query would read after pruning (for tuning ``eps``)."""
         q = check_vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
         nprobe = min(self.nlist, self.nprobe if nprobe is None else check_positive_int(nprobe, "nprobe"))
-        eps = self.eps if eps is None else float(eps)
+        eps = self.eps if eps is None else check_real(eps, "eps", 0.0)
         d = np.sort(_sqdist(q, self.centroids, self._cnorms), axis=1)[:, :nprobe]
-        return (d <= (1.0 + eps) ** 2 * d[:, :1]).sum(1)
+        return (d <= _prune_factor(eps) * d[:, :1]).sum(1)
 
     def release_pages(self) -> None:
         """Unmap the file pages search has touched from this process (they stay in the OS page cache)."""

@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 
 from .._numba import num_threads
-from .._validate import check_ids, check_metric, check_positive_int, check_vectors
+from .._validate import MAX_RESULTS, check_ids, check_metric, check_positive_int, check_vectors
 from ..dense.vamana import VamanaIndex, _Graph
-from ..errors import CorruptFileError, InvalidInputError
-from . import _vamana_kernels as QK
+from ..errors import CorruptFileError, InvalidInputError, UnsupportedOperationError
+from ..index import BaseIndex
+from ..core import graph as G
+from ._scorers import AffineCodes, ExactExpanded, PQCodes
 from ._storage import drop_pages
 from .codec import Codec, make_codec
 from .pq import PQCodec
@@ -163,20 +165,18 @@ class VamanaDiskIndex(VamanaIndex):
         out_s = np.empty((nq, k), np.int32)
         codec = self.codec
         if isinstance(codec, PQCodec):
-            kind, tables = 0, codec.tables(q)
-            qt, qc, bits, half = np.zeros((1, 1), np.float32), np.zeros((1, 3), np.float32), 8, 0
+            sc = PQCodes(codec.tables(q), g.codes)
         else:
-            kind, tables = 1, np.zeros((1, 1, 1), np.float32)
             qt, qc = codec.prepare(q)
-            bits, half = codec.bits, codec.half
-        codes = g.codes
+            sc = AffineCodes(qt, qc, g.codes, g.codes.view(np.float32), codec.bits, codec.half)
+        # the beam is ordered by code distances; the result is the best expanded nodes by exact distance, from the
+        # vectors read with their links (the first 4 L + 16 live ones: a bound kept from the fixed-size list)
+        fin = ExactExpanded(self._metric_code, q, g.vectors, g.state, 4 * L + 16)
         with num_threads(threads) as nthreads:
             nthreads = max(1, min(nthreads, nq))
             scratch = self._scratch.take(nthreads, g.vectors.shape[0])
             try:
-                QK.search_batch_codes(kind, tables, qt, qc, codes, codes.view(np.float32) if codes.shape[1] % 4 == 0
-                                      else np.zeros((1, 3), np.float32), bits, half, self._metric_code, q,
-                                      g.vectors, g.adj, g.state, g.entry, k, L, out_d, out_s, *scratch)
+                G.search_batch(sc, fin, *self._graph(g), k, L, True, out_d, out_s, *scratch)
             finally:
                 self._scratch.give(scratch)
         return out_d, out_s
@@ -222,7 +222,7 @@ class VamanaDiskIndex(VamanaIndex):
 
 
 
-class StreamingVamanaIndex:
+class StreamingVamanaIndex(BaseIndex):
     """FreshDiskANN's update path: a large :class:`VamanaDiskIndex` (long-term, vectors and graph on disk), a small
     in-memory :class:`~simdex.dense.VamanaIndex` that takes new inserts, and a delete list; :meth:`merge` (the
     paper's StreamingMerge) folds both into the disk index.
@@ -238,8 +238,11 @@ class StreamingVamanaIndex:
       de-duplicated); adds and removes wait for it.
 
     Unlike the paper, the merge updates the memory-mapped file in place rather than writing a new copy of it in
-    one sequential pass, and the pieces are not persisted together (save the disk index after a merge).
+    one sequential pass, and the pieces are not persisted together: ``save`` and ``load`` raise
+    :class:`~simdex.errors.UnsupportedOperationError` (``merge()``, then save the disk index).
     """
+
+    kind = "StreamingVamanaIndex"
 
     def __init__(self, disk: VamanaDiskIndex, merge_threshold: int = 10_000) -> None:
         if not isinstance(disk, VamanaDiskIndex):
@@ -263,6 +266,23 @@ class StreamingVamanaIndex:
     @property
     def ids(self) -> np.ndarray:
         return np.concatenate([self.disk.ids, self.front.ids])
+
+    def __contains__(self, id_: int) -> bool:
+        return id_ in self.disk or id_ in self.front
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory by both parts (see :attr:`VamanaDiskIndex.nbytes`)."""
+        return self.disk.nbytes + self.front.nbytes
+
+    def save(self, path: Any) -> None:
+        raise UnsupportedOperationError("a StreamingVamanaIndex is not saved as one file: call merge(), then save "
+                                        "its disk index (index.disk.save(path))")
+
+    @classmethod
+    def load(cls, path: Any, mmap: bool = True, verify: bool = True) -> StreamingVamanaIndex:
+        raise UnsupportedOperationError("a StreamingVamanaIndex is not saved as one file: load its disk index "
+                                        "(VamanaDiskIndex.load(path)) and wrap it: StreamingVamanaIndex(disk)")
 
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
         """Insert vectors (n, dim) into the in-memory part; returns their ids. Merges once it is full."""
@@ -293,6 +313,7 @@ class StreamingVamanaIndex:
     def search(self, queries: Any, k: int, *, L: int | None = None, threads: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours (nq, k) over both parts: (distances float32, ids int64), (inf, -1) padded."""
+        k = check_positive_int(k, "k", maximum=MAX_RESULTS)
         front, disk = self.front, self.disk
         parts = []
         for part in (disk, front):

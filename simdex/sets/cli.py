@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from .dedup import DEFAULT_BATCH, DEFAULT_WEIGHTS, deduplicate, read_documents
+from .dedup import DEFAULT_BATCH, deduplicate, read_documents
+from .lsh import DEFAULT_NUM_PERM, DEFAULT_THRESHOLD, DEFAULT_WEIGHTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,12 +22,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "duplicates.txt (Bloom mode) and summary.json into --out.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help=".jsonl/.json/.ndjson (optionally .gz), .parquet (needs pyarrow) or text (one document a line)")
-    p.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity of duplicates (default 0.8)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"Jaccard similarity of duplicates (default {DEFAULT_THRESHOLD})")
     p.add_argument("--ngram", type=int, default=5, help="shingle length in words (or characters) (default 5)")
     p.add_argument("--unit", choices=("word", "char"), default="word", help="shingle unit (default word)")
-    p.add_argument("--num-perm", type=int, default=128, help="MinHash values per document (default 128)")
+    p.add_argument("--num-perm", type=int, default=DEFAULT_NUM_PERM,
+                   help=f"MinHash values per document (default {DEFAULT_NUM_PERM})")
     p.add_argument("--weights", type=float, nargs=2, default=DEFAULT_WEIGHTS, metavar=("FP", "FN"),
-                   help="false positive / false negative weights for choosing bands and rows (default 0.05 0.95)")
+                   help="false positive / false negative weights for choosing bands and rows "
+                        f"(default {DEFAULT_WEIGHTS[0]} {DEFAULT_WEIGHTS[1]}, as in MinHashLSH and LSHBloom)")
     p.add_argument("--bloom", action="store_true", help="LSHBloom: fixed memory, no exact verification")
     p.add_argument("--fp-rate", type=float, default=1e-4, help="LSHBloom overall false positive rate (default 1e-4)")
     p.add_argument("--capacity", type=int, default=None, help="LSHBloom: documents to size the filters for "

@@ -17,8 +17,6 @@ Empty documents (no tokens) are kept and never clustered.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 import queue
@@ -33,21 +31,18 @@ from typing import Any
 
 import numpy as np
 
+from .._files import data_suffix, open_text
 from .._numba import kernel, num_threads
 from .._progress import progress_bar
 from .._validate import check_positive_int, check_threads
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, MissingFileError
 from .bloom import LSHBloom
 from .exact import pair_jaccard
-from .lsh import MinHashLSH, check_threshold
+from .lsh import DEFAULT_NUM_PERM, DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, MinHashLSH, check_threshold
 from .minhash import MinHash
 from .shingle import HashedSets, Shingler
 
 DEFAULT_BATCH = 20_000
-# Candidates are verified exactly, so a false positive costs one set intersection while a false negative is a
-# missed duplicate: weight the banding towards recall (at t = 0.8, 128 values: 16 bands of 8 rows, P(candidate)
-# = 0.95 at J = 0.8 and 0.99 at J = 0.85).
-DEFAULT_WEIGHTS = (0.05, 0.95)
 
 
 @dataclass
@@ -85,24 +80,19 @@ class DedupResult:
 
 
 # ---- input --------------------------------------------------------------------------------------------------------
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
-
-
 def _format_of(path: Path) -> str:
-    name = path.name.lower().removesuffix(".gz")
-    if name.endswith((".jsonl", ".ndjson", ".json")):
+    suffix = data_suffix(path)
+    if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
-    if name.endswith(".parquet"):
+    if suffix == ".parquet":
         return "parquet"
     return "text"
 
 
 def read_documents(paths: Iterable[str | os.PathLike], *, text_field: str = "text", id_field: str = "id",
                    batch_size: int = DEFAULT_BATCH) -> Iterator[tuple[list[str], list[str]]]:
-    """Yield batches ``(ids, texts)`` from JSONL (``.jsonl``/``.json``/``.ndjson``, optionally ``.gz``), Parquet
+    """Yield batches ``(ids, texts)`` from JSONL (``.jsonl``/``.json``/``.ndjson``; gzip, bzip2 or xz compressed
+    files are told by their first bytes), Parquet
     (needs pyarrow) or plain text files (one document per line; id ``path:line``). A JSON record without
     ``id_field`` gets the id ``path:line``."""
     ids: list[str] = []
@@ -110,7 +100,7 @@ def read_documents(paths: Iterable[str | os.PathLike], *, text_field: str = "tex
     for raw_path in paths:
         path = Path(raw_path)
         if not path.exists():
-            raise FileNotFoundError(f"input file not found: {path}")
+            raise MissingFileError(f"input file not found: {path}")
         fmt = _format_of(path)
         if fmt == "parquet":
             try:
@@ -133,7 +123,7 @@ def read_documents(paths: Iterable[str | os.PathLike], *, text_field: str = "tex
                     yield ids, texts
                     ids, texts = [], []
             continue
-        with _open_text(path) as f:
+        with open_text(path, errors="replace") as f:
             for lineno, line_text in enumerate(f, 1):
                 if fmt == "jsonl":
                     if not line_text.strip():
@@ -205,11 +195,10 @@ def _union_find(n, pairs):
 
 
 # ---- the pipeline -------------------------------------------------------------------------------------------------
-def deduplicate(batches: Iterable[tuple[list[str], list[str]]], *, threshold: float = 0.8, ngram: int = 5,
-                unit: str = "word", num_perm: int = 128, bloom: bool = False, fp_rate: float = 1e-4,
-                capacity: int | None = None, weights: tuple[float, float] = DEFAULT_WEIGHTS, seed: int = 1,
-                threads: int | None = None,
-                progress: bool | None = None, total: int | None = None,
+def deduplicate(batches: Iterable[tuple[list[str], list[str]]], *, threshold: float = DEFAULT_THRESHOLD,
+                ngram: int = 5, unit: str = "word", num_perm: int = DEFAULT_NUM_PERM, bloom: bool = False,
+                fp_rate: float = 1e-4, capacity: int | None = None, weights: tuple[float, float] = DEFAULT_WEIGHTS,
+                seed: int = 1, threads: int | None = None, progress: bool | None = None, total: int | None = None,
                 spill_dir: str | os.PathLike | None = None) -> DedupResult:
     """Near-duplicate detection over batches of ``(ids, texts)`` (e.g. from :func:`read_documents`).
 
@@ -275,7 +264,7 @@ def deduplicate(batches: Iterable[tuple[list[str], list[str]]], *, threshold: fl
             keep = ~flags
             cluster = np.arange(n, dtype=np.int64)
             pairs = np.stack([np.flatnonzero(flags), np.full(int(flags.sum()), -1)], axis=1).astype(np.int64)
-            stats.update(index_bytes=bloom_index.memory_bytes, bloom_probes=bloom_index.num_probes,
+            stats.update(index_bytes=bloom_index.nbytes, bloom_probes=bloom_index.num_probes,
                          bloom_expected_fp_rate=bloom_index.expected_fp_rate())
         else:
             t4 = time.perf_counter()
@@ -293,7 +282,7 @@ def deduplicate(batches: Iterable[tuple[list[str], list[str]]], *, threshold: fl
             cluster = _union_find(n, pairs) if n else np.zeros(0, np.int64)
             keep = cluster == np.arange(n)
             t6 = time.perf_counter()
-            stats.update(index_bytes=lsh.memory_bytes, candidates=int(candidates.shape[0]),
+            stats.update(index_bytes=lsh.nbytes, candidates=int(candidates.shape[0]),
                          verified_pairs=int(pairs.shape[0]), bucket_s=t5 - t4, verify_s=t6 - t5,
                          spill_bytes=int(indptr[-1]) * 8)
             del values

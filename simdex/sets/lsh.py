@@ -13,19 +13,19 @@ past a quarter of it, so interleaved insert/query stays amortised O(log n) per l
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import numpy as np
 
-from .. import fileformat
 from .._numba import num_threads
-from .._validate import check_ids, check_positive_int, check_threads
-from ..errors import CorruptFileError, InvalidInputError, InvalidTypeError
+from .._validate import check_ids, check_int, check_positive_int, check_signatures, check_threads
+from ..errors import InvalidInputError, InvalidTypeError
 from ..idmap import IdMap
+from ..index import BaseIndex, deprecated_alias
 from . import _lsh_kernels as LK
 from . import _minhash_kernels as MK
 from ._hashing import derive_seed
+from .minhash import MAX_NUM_PERM
 
 _MIN_TAIL = 1024
 
@@ -36,6 +36,16 @@ def _integrate(f, a: float, b: float, steps: int = 1000) -> float:
     x = np.linspace(a, b, steps + 1)
     y = f(x)
     return float(np.sum((y[1:] + y[:-1]) * 0.5) * (b - a) / steps)
+
+
+# The defaults of every banded-LSH entry point (MinHashLSH, LSHBloom, deduplicate, ``simdex dedup``), kept here once.
+# The banding is weighted towards recall: a false positive costs one exact check (or, in LSHBloom, one document
+# dropped that the fp_rate budget already allows for), while a false negative is a duplicate missed for good. At
+# t = 0.8 and 128 values this gives 16 bands of 8 rows: P(candidate) = 0.95 at J = 0.8 and 0.99 at J = 0.85, where
+# balanced weights (datasketch's default) give 9 x 13 and P = 0.40 at J = 0.8.
+DEFAULT_THRESHOLD = 0.8
+DEFAULT_NUM_PERM = 128
+DEFAULT_WEIGHTS = (0.05, 0.95)
 
 
 def false_positive_area(threshold: float, b: int, r: int) -> float:
@@ -67,10 +77,10 @@ def check_weights(weights: Any) -> tuple[float, float]:
 
 
 @functools.lru_cache(maxsize=256)
-def optimal_params(threshold: float, num_perm: int, weights: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int]:
+def optimal_params(threshold: float, num_perm: int, weights: tuple[float, float] = DEFAULT_WEIGHTS) -> tuple[int, int]:
     """(bands, rows) with bands * rows <= num_perm minimising the weighted false positive/negative areas."""
     threshold = check_threshold(threshold)
-    num_perm = check_positive_int(num_perm, "num_perm")
+    num_perm = check_positive_int(num_perm, "num_perm", maximum=MAX_NUM_PERM)
     w_fp, w_fn = check_weights(weights)
     best, best_err = (1, 1), np.inf
     for b in range(1, num_perm + 1):
@@ -81,29 +91,13 @@ def optimal_params(threshold: float, num_perm: int, weights: tuple[float, float]
     return best
 
 
-def check_signatures(signatures: Any, num_perm: int, name: str = "signatures") -> np.ndarray:
-    """Signatures as C-contiguous uint32 (n, num_perm); a single (num_perm,) signature becomes (1, num_perm)."""
-    arr = np.asarray(signatures)
-    if arr.dtype == object or arr.dtype.kind not in "iu":
-        raise InvalidTypeError(f"{name} must be an integer array (MinHash.signatures output); got dtype {arr.dtype}")
-    if arr.ndim == 1:
-        arr = arr.reshape(1, -1)
-    if arr.ndim != 2 or arr.shape[1] != num_perm:
-        raise InvalidInputError(f"{name} must have shape (n, {num_perm}) for num_perm={num_perm}; got {arr.shape}")
-    if arr.dtype != np.uint32:
-        if arr.size and (arr.min() < 0 or arr.max() > 0xFFFFFFFF):
-            raise InvalidInputError(f"{name} values must fit in uint32")
-        arr = arr.astype(np.uint32)
-    return np.ascontiguousarray(arr)
-
-
 class Banding:
     """The (bands, rows) split of a signature and the seeded hash of each band to a 64-bit key."""
 
-    def __init__(self, threshold: float, num_perm: int, weights: Any = (0.5, 0.5), params: Any = None,
+    def __init__(self, threshold: float, num_perm: int, weights: Any = DEFAULT_WEIGHTS, params: Any = None,
                  seed: int = 1) -> None:
         self.threshold = check_threshold(threshold)
-        self.num_perm = check_positive_int(num_perm, "num_perm")
+        self.num_perm = check_positive_int(num_perm, "num_perm", maximum=MAX_NUM_PERM)
         self.weights = check_weights(weights)
         if params is None:
             self.bands, self.rows = optimal_params(self.threshold, self.num_perm, self.weights)
@@ -115,7 +109,7 @@ class Banding:
             self.bands, self.rows = check_positive_int(b, "bands"), check_positive_int(r, "rows")
             if self.bands * self.rows > self.num_perm:
                 raise InvalidInputError(f"bands * rows = {self.bands * self.rows} exceeds num_perm={self.num_perm}")
-        self.seed = int(seed)
+        self.seed = check_int(seed, "seed")
         self._key_seed = derive_seed(self.seed, 20)
 
     def keys(self, signatures: Any, threads: int | None = None) -> np.ndarray:
@@ -135,21 +129,24 @@ class Banding:
                 "bands": self.bands, "rows": self.rows, "seed": self.seed}
 
 
-class MinHashLSH:
+class MinHashLSH(BaseIndex):
     """Index of MinHash signatures answering "which stored sets probably have Jaccard >= threshold with this one".
 
     Parameters: ``threshold`` in (0, 1); ``num_perm``: signature length (must match the signatures);
-    ``weights=(w_fp, w_fn)`` for the parameter choice, or explicit ``params=(bands, rows)``.
+    ``weights=(w_fp, w_fn)`` for the parameter choice, or explicit ``params=(bands, rows)``. The defaults
+    (threshold 0.8, 128 values, weights 0.05/0.95) are shared by every LSH entry point: :data:`DEFAULT_WEIGHTS`.
 
-    Verbs are batch-first: ``insert(signatures, ids=None) -> ids``, ``query(signatures) -> (indptr, ids)`` (CSR:
-    candidates of query i are ``ids[indptr[i]:indptr[i+1]]``, ascending), ``remove(ids)``, ``candidate_pairs()``
-    for a self-join, ``save(path)`` / ``MinHashLSH.load(path)``. Memory: 16 bytes per band per set plus the id map
-    (see :attr:`memory_bytes`). A call that raises leaves the index unchanged.
+    Verbs are batch-first (the index contract of :mod:`simdex.index`): ``insert(signatures, ids=None) -> ids``
+    (also named ``add``), ``query(signatures) -> (indptr, ids)`` (CSR: candidates of query i are
+    ``ids[indptr[i]:indptr[i+1]]``, ascending), ``remove(ids)``, ``candidate_pairs()`` for a self-join,
+    ``save(path)`` / ``MinHashLSH.load(path)``. Memory: 16 bytes per band per set plus the id map (see
+    :attr:`nbytes`). A call that raises leaves the index unchanged.
     """
 
     kind = "MinHashLSH"
 
-    def __init__(self, threshold: float = 0.9, num_perm: int = 128, weights: Any = (0.5, 0.5), *,
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, num_perm: int = DEFAULT_NUM_PERM,
+                 weights: Any = DEFAULT_WEIGHTS, *,
                  params: Any = None, seed: int = 1) -> None:
         self.banding = Banding(threshold, num_perm, weights, params, seed)
         self._idmap = IdMap()
@@ -164,35 +161,29 @@ class MinHashLSH:
     bands = property(lambda self: self.banding.bands)
     rows = property(lambda self: self.banding.rows)
 
-    def __len__(self) -> int:
-        return len(self._idmap)
-
-    def __contains__(self, id_: int) -> bool:
-        return bool(self._idmap.lookup(np.array([id_], np.int64))[0] >= 0)
-
     def __repr__(self) -> str:
         return (f"MinHashLSH(threshold={self.threshold}, num_perm={self.num_perm}, bands={self.bands}, "
                 f"rows={self.rows}, size={len(self)})")
 
     @property
-    def memory_bytes(self) -> int:
+    def nbytes(self) -> int:
         """Bytes held by the index's arrays (keys, sorted keys and slots, id map)."""
         idm = self._idmap
         return int(self._keys.nbytes + self._sorted_keys.nbytes + self._sorted_slots.nbytes + idm.slot_ids.nbytes
                    + idm._sorted_ids.nbytes + idm._sorted_slots.nbytes)
+
+    memory_bytes = deprecated_alias("nbytes")
 
     # ---- verbs ---------------------------------------------------------------------------------------------------
     def insert(self, signatures: Any, ids: Any = None, *, threads: int | None = None) -> np.ndarray:
         """Add signatures (n, num_perm); ``ids`` default to the next free integers. Returns the int64 ids."""
         threads = check_threads(threads)
         keys = self.banding.keys(signatures, threads)
-        if ids is None:
-            new_ids = self._idmap.new_ids(keys.shape[0])
-        else:
-            new_ids = check_ids(ids, keys.shape[0])
-            self._idmap.check_absent(new_ids)
+        new_ids = self._new_ids(keys.shape[0], ids)
         self.insert_keys(keys, new_ids, threads=threads)
         return new_ids
+
+    add = insert
 
     def insert_keys(self, keys: np.ndarray, ids: np.ndarray, *, threads: int | None = None) -> None:
         """Add precomputed band keys (n, bands) uint64 with new, unique int64 ids (validated by the caller)."""
@@ -252,6 +243,7 @@ class MinHashLSH:
     def candidate_pairs(self, *, max_bucket: int = 2000) -> np.ndarray:
         """All distinct id pairs (m, 2) sharing a band, smaller id first. Buckets with more than ``max_bucket``
         members contribute only the pairs of their first member (still connecting them all)."""
+        max_bucket = min(check_positive_int(max_bucket, "max_bucket"), np.iinfo(np.int64).max)
         if self._n_sorted < self._keys.shape[0]:
             self._merge_tail()
         alive = self._idmap.slot_ids >= 0
@@ -264,26 +256,19 @@ class MinHashLSH:
         return np.unique(pairs, axis=0) if pairs.shape[0] else pairs
 
     # ---- persistence ---------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index to ``path`` (atomically, simdex file format; removed slots are dropped)."""
-        live = self._idmap.slot_ids >= 0
-        fileformat.save_arrays(path, self.kind, self.banding._meta(),
-                               {"keys": self._keys[live], "ids": self._idmap.slot_ids[live]})
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        live = self._idmap.slot_ids >= 0  # removed slots are not saved
+        return self.banding._meta(), {"keys": self._keys[live], "ids": self._idmap.slot_ids[live]}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, verify: bool = True) -> MinHashLSH:
-        _, meta, arrays = fileformat.load_arrays(path, mmap=False, verify=verify, expected_kind=cls.kind)
-        try:
-            index = cls(meta["threshold"], meta["num_perm"], tuple(meta["weights"]),
-                        params=(meta["bands"], meta["rows"]), seed=meta["seed"])
-            keys, ids = arrays["keys"], arrays["ids"]
-            if keys.dtype != np.uint64 or keys.ndim != 2 or keys.shape[1] != index.bands \
-                    or ids.shape != (keys.shape[0],) or ids.dtype != np.int64:
-                raise ValueError("keys/ids arrays have the wrong dtype or shape")
-            ids = check_ids(ids, keys.shape[0])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptFileError(f"{path}: inconsistent MinHashLSH file ({exc})") from None
-        index._keys = np.ascontiguousarray(keys)
-        index._idmap = IdMap(ids)
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> MinHashLSH:
+        index = cls(meta["threshold"], meta["num_perm"], tuple(meta["weights"]), params=(meta["bands"], meta["rows"]),
+                    seed=meta["seed"])
+        keys, ids = arrays["keys"], arrays["ids"]
+        if keys.dtype != np.uint64 or keys.ndim != 2 or keys.shape[1] != index.bands \
+                or ids.shape != (keys.shape[0],) or ids.dtype != np.int64:
+            raise ValueError("keys/ids arrays have the wrong dtype or shape")
+        index._keys = np.array(keys)
+        index._idmap = IdMap(check_ids(ids, keys.shape[0]))  # a copy: removal changes it in place
         index._merge_tail()
         return index

@@ -20,6 +20,8 @@ from ._hashing import derive_seed
 from .shingle import HashedSets, as_hashed_sets
 
 METHODS = ("oph", "oph-rotation", "kperm")
+# the longest signature accepted: far beyond the useful (128-1024), and it bounds MinHashLSH's parameter search
+MAX_NUM_PERM = 8192
 
 
 class MinHash:
@@ -36,11 +38,11 @@ class MinHash:
     """
 
     def __init__(self, num_perm: int = 128, *, method: str = "oph", seed: int = 1) -> None:
-        self.num_perm = check_positive_int(num_perm, "num_perm")
+        self.num_perm = check_positive_int(num_perm, "num_perm", maximum=MAX_NUM_PERM)
         if method not in METHODS:
             raise InvalidInputError(f"method must be one of {METHODS}; got {method!r}")
         self.method = method
-        self.seed = int(seed)
+        self.seed = check_positive_int(seed, "seed", minimum=0)
         self._element_seed = derive_seed(self.seed, 10)
         self._densify_seed = derive_seed(self.seed, 11)
         self._probes = K.probe_table(self.num_perm, self._densify_seed)

@@ -11,17 +11,16 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
 
-from .. import fileformat
 from .._numba import num_threads
-from .._validate import check_ids, check_k, check_positive_int, check_threads, check_vectors
-from ..errors import CorruptFileError, InvalidInputError, InvalidTypeError
+from .._validate import (MAX_DIM, MAX_RESULTS, check_codes, check_ids, check_k, check_positive_int, check_threads,
+                         check_vectors)
+from ..errors import InvalidInputError
 from ..idmap import IdMap
-from ..index import Index, meta_int
+from ..index import BaseIndex, Index, meta_int
 from . import _simhash_kernels as SK
 
 
@@ -33,6 +32,7 @@ def simhash(vectors: Any, nbits: int = 64, *, seed: int = 0) -> np.ndarray:
     """SimHash codes of vectors (n, dim): uint8 (n, ceil(nbits / 8)), bit i of a vector = sign of its projection
     on hyperplane i (little-endian bit order within bytes). Equal ``seed`` and dim give comparable codes."""
     nbits = check_positive_int(nbits, "nbits")
+    seed = check_positive_int(seed, "seed", minimum=0)
     x = np.asarray(vectors)
     if x.ndim != 2:
         raise InvalidInputError(f"vectors must be a 2-D array (n, dim); got shape {x.shape}")
@@ -60,12 +60,12 @@ class SimHashLSH(Index):
     def __init__(self, dim: int, num_tables: int = 16, bits_per_table: int = 10, probes: int = 8, *,
                  seed: int = 0) -> None:
         super().__init__(dim, "cosine")
-        self.num_tables = check_positive_int(num_tables, "num_tables")
+        self.num_tables = check_positive_int(num_tables, "num_tables", maximum=1 << 12)
         self.bits_per_table = check_positive_int(bits_per_table, "bits_per_table")
         if self.bits_per_table > 64:
             raise InvalidInputError(f"bits_per_table must be <= 64; got {self.bits_per_table}")
-        self.probes = check_positive_int(probes, "probes", minimum=0)
-        self.seed = int(seed)
+        self.probes = check_positive_int(probes, "probes", minimum=0, maximum=MAX_RESULTS)
+        self.seed = check_positive_int(seed, "seed", minimum=0)
         self._planes = _hyperplanes(self.dim, self.num_tables * self.bits_per_table, self.seed)
         self._vectors = np.empty((0, self.dim), np.float32)
         self._keys = np.empty((0, self.num_tables), np.uint64)
@@ -77,6 +77,13 @@ class SimHashLSH(Index):
 
     def _num_slots(self) -> int:
         return self._vectors.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory: vectors, hyperplanes, table keys and their sorted copies, ids."""
+        arrays = (self._vectors, self._planes, self._keys, self._sorted_keys, self._sorted_slots,
+                  self._idmap.slot_ids, self._idmap._sorted_ids, self._idmap._sorted_slots)
+        return int(sum(a.nbytes for a in arrays))
 
     def _table_keys(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         proj = np.ascontiguousarray(x @ self._planes)
@@ -103,7 +110,8 @@ class SimHashLSH(Index):
         """k nearest by cosine among the candidates: (distances float32 (nq, k) = 1 - cos, ids int64 (nq, k));
         id -1 and distance inf where fewer than k candidates were found."""
         q, k, allowed, threads = self._check_search(queries, k, filter, threads)
-        probes = self.probes if probes is None else check_positive_int(probes, "probes", minimum=0)
+        probes = self.probes if probes is None else check_positive_int(probes, "probes", minimum=0,
+                                                                       maximum=MAX_RESULTS)
         usable = (self._idmap.slot_ids >= 0).astype(np.uint8)
         if allowed is not None:
             usable &= allowed
@@ -151,67 +159,60 @@ class SimHashLSH(Index):
         return index
 
 
-class HammingIndex:
-    """Exact k-NN by Hamming distance over binary codes of ``nbits`` bits, given packed as uint8 (n, nbits / 8)
-    (e.g. from :func:`simhash` or ``np.packbits``). ``search`` returns (distances int32, ids int64), nearest first;
-    missing results have id -1 and distance 2**31 - 1. Memory: ``ceil(nbits / 64) * 8`` bytes per code."""
+class HammingIndex(BaseIndex):
+    """Exact k-NN by Hamming distance over binary codes of ``nbits`` bits, given packed as uint8 (n, code_size)
+    with ``code_size = ceil(nbits / 8)`` (e.g. from :func:`simhash` or ``np.packbits``). ``search`` returns
+    (distances int32, ids int64), nearest first; missing results have id -1 and distance 2**31 - 1. Memory
+    (:attr:`nbytes`): ``ceil(nbits / 64) * 8`` bytes per code plus the id map."""
 
     kind = "HammingIndex"
 
     def __init__(self, nbits: int) -> None:
-        self.nbits = check_positive_int(nbits, "nbits")
-        self.nbytes = (self.nbits + 7) // 8
-        self._words = (self.nbytes + 7) // 8
+        self.nbits = check_positive_int(nbits, "nbits", maximum=MAX_DIM)
+        self.code_size = (self.nbits + 7) // 8
+        self._words = (self.code_size + 7) // 8
         self._codes = np.empty((0, self._words), np.uint64)
         self._idmap = IdMap()
-
-    def __len__(self) -> int:
-        return len(self._idmap)
-
-    @property
-    def ntotal(self) -> int:
-        return len(self._idmap)
 
     def __repr__(self) -> str:
         return f"HammingIndex(nbits={self.nbits}, ntotal={self.ntotal})"
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory: the codes (padded to 64-bit words) and the id map."""
+        idm = self._idmap
+        return int(self._codes.nbytes + idm.slot_ids.nbytes + idm._sorted_ids.nbytes + idm._sorted_slots.nbytes)
+
     def _pack(self, codes: Any, name: str) -> np.ndarray:
-        arr = np.asarray(codes)
-        if arr.dtype != np.uint8:
-            raise InvalidTypeError(f"{name} must be packed bits as uint8 (n, {self.nbytes}); got dtype {arr.dtype}")
-        if arr.ndim == 1:
-            arr = arr.reshape(1, -1)
-        if arr.ndim != 2 or arr.shape[1] != self.nbytes:
-            raise InvalidInputError(f"{name} must have shape (n, {self.nbytes}) for nbits={self.nbits}; "
-                                    f"got {arr.shape}")
-        if arr.shape[0] == 0:
-            raise InvalidInputError(f"{name} is empty (0 rows)")
+        arr = check_codes(codes, self.code_size, name, single=True, allow_empty=False)
         padded = np.zeros((arr.shape[0], self._words * 8), np.uint8)
-        padded[:, :self.nbytes] = arr
+        padded[:, :self.code_size] = arr
         if self.nbits % 8:  # bits beyond nbits must not count
-            padded[:, self.nbytes - 1] &= np.uint8((1 << (self.nbits % 8)) - 1)
+            padded[:, self.code_size - 1] &= np.uint8((1 << (self.nbits % 8)) - 1)
         return padded.view("<u8").astype(np.uint64)
 
     def add(self, codes: Any, ids: Any = None) -> np.ndarray:
         packed = self._pack(codes, "codes")
-        if ids is None:
-            new_ids = self._idmap.new_ids(packed.shape[0])
-        else:
-            new_ids = check_ids(ids, packed.shape[0])
-            self._idmap.check_absent(new_ids)
+        new_ids = self._new_ids(packed.shape[0], ids)
         self._codes = np.concatenate([self._codes, packed])
         self._idmap.append(new_ids)
         return new_ids
 
-    def search(self, queries: Any, k: int, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Any, k: int, *, filter: Any = None, threads: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest codes of each query code: (distances int32 (nq, k), ids int64 (nq, k)). ``filter``: a
+        boolean mask indexed by id or an array of allowed ids, as for every index."""
         q = self._pack(queries, "queries")
         if self.ntotal == 0:
             raise InvalidInputError("the index is empty; add codes before searching")
         k = check_k(k, self.ntotal)
+        threads = check_threads(threads)
         usable = (self._idmap.slot_ids >= 0).astype(np.uint8)
+        if filter is not None:
+            usable &= self._idmap.allowed_mask(filter)
         dist = np.empty((q.shape[0], k), np.int32)
         slots = np.empty((q.shape[0], k), np.int64)
-        with num_threads(check_threads(threads)):
+        with num_threads(threads):
             SK.hamming_knn(q, self._codes, usable, k, self._words * 64, dist, slots)
         ids = np.where(slots >= 0, self._idmap.slot_ids[np.maximum(slots, 0)], -1)
         return dist, ids
@@ -225,24 +226,18 @@ class HammingIndex:
 
     def get_codes(self, ids: Any) -> np.ndarray:
         slots = self._idmap.slots_of(check_ids(ids))
-        return np.ascontiguousarray(self._codes[slots]).view(np.uint8)[:, :self.nbytes].copy()
+        return np.ascontiguousarray(self._codes[slots]).view(np.uint8)[:, :self.code_size].copy()
 
-    def save(self, path: str | os.PathLike) -> None:
-        fileformat.save_arrays(path, self.kind, {"nbits": self.nbits},
-                               {"codes": self._codes, "ids": self._idmap.slot_ids})
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"nbits": self.nbits}, {"codes": self._codes, "ids": self._idmap.slot_ids}
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, verify: bool = True) -> HammingIndex:
-        _, meta, arrays = fileformat.load_arrays(path, mmap=False, verify=verify, expected_kind=cls.kind)
-        try:
-            index = cls(meta_int(meta, "nbits", 1))
-            codes, ids = arrays["codes"], arrays["ids"]
-            if codes.dtype != np.uint64 or codes.ndim != 2 or codes.shape[1] != index._words \
-                    or ids.shape != (codes.shape[0],):
-                raise ValueError("codes/ids arrays have the wrong dtype or shape")
-            ids = check_ids(ids, codes.shape[0])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptFileError(f"{path}: inconsistent HammingIndex file ({exc})") from None
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> HammingIndex:
+        index = cls(meta_int(meta, "nbits", 1))
+        codes, ids = arrays["codes"], arrays["ids"]
+        if codes.dtype != np.uint64 or codes.ndim != 2 or codes.shape[1] != index._words \
+                or ids.shape != (codes.shape[0],):
+            raise ValueError("codes/ids arrays have the wrong dtype or shape")
         index._codes = np.array(codes)
-        index._idmap = IdMap(ids)
+        index._idmap = IdMap(check_ids(ids, codes.shape[0]))
         return index

@@ -175,17 +175,6 @@ class Vocabulary:
     def get(self, term: str, default: int = -1) -> int:
         return self._ids.get(term, default)
 
-    def ids_of(self, docs: list[list[str]], *, grow: bool) -> list[np.ndarray]:
-        """Term ids of each token list. With ``grow`` new terms get ids; else unknown terms are dropped."""
-        ids = self._ids
-        if grow:
-            add = self.add
-            out = [np.fromiter((ids[t] if t in ids else add(t) for t in d), np.int64, len(d)) for d in docs]
-            if self.df.shape[0] < len(self.terms):
-                self.df = np.concatenate([self.df, np.zeros(len(self.terms) - self.df.shape[0], np.int64)])
-            return out
-        return [np.array([ids[t] for t in d if t in ids], np.int64) for d in docs]
-
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The terms as UTF-8 bytes + offsets (the file format stores no strings)."""
         raw = [t.encode("utf-8") for t in self.terms]

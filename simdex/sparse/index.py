@@ -18,19 +18,17 @@ documents end in score ``-inf`` and id ``-1``. A call that raises leaves the ind
 from __future__ import annotations
 
 import itertools
-import math
 import numbers
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .. import fileformat
 from .._numba import num_threads
-from .._validate import check_ids, check_positive_int, check_threads
-from ..errors import CorruptFileError, InvalidInputError, InvalidTypeError
+from .._validate import MAX_RESULTS, check_ids, check_positive_int, check_real, check_threads
+from ..errors import InvalidInputError, InvalidTypeError
 from ..idmap import IdMap
+from ..index import BaseIndex
 from . import _kernels as K
 from . import _postings as P
 from .analyzer import Analyzer, Vocabulary
@@ -104,7 +102,7 @@ class _Segment:
         return terms, docs, vals
 
 
-class SparseIndex:
+class SparseIndex(BaseIndex):
     """Inverted index with BM25 or dot-product scoring, compressed block postings and block-max pruning.
 
     Parameters: ``scoring`` ("bm25" or "dot"); ``k1``, ``b`` (BM25); ``analyzer`` (an :class:`Analyzer`, a dict of
@@ -120,9 +118,7 @@ class SparseIndex:
                  max_segments: int = 8) -> None:
         if scoring not in SCORINGS:
             raise InvalidInputError(f"scoring must be one of {SCORINGS}; got {scoring!r}")
-        for name, v, lo, hi in (("k1", k1, 0.0, math.inf), ("b", b, 0.0, 1.0)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (lo <= float(v) <= hi):
-                raise InvalidInputError(f"{name} must be a number in [{lo}, {hi}]; got {v!r}")
+        k1, b = check_real(k1, "k1", 0.0), check_real(b, "b", 0.0, 1.0)
         range_size = check_positive_int(range_size, "range_size")
         if range_size & (range_size - 1):
             raise InvalidInputError(f"range_size must be a power of two; got {range_size}")
@@ -149,23 +145,18 @@ class SparseIndex:
         self._pending_terms: list[str] = []
 
     # ---- introspection -------------------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self._idmap)
-
-    @property
-    def ntotal(self) -> int:
-        return len(self._idmap)
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self._idmap.live_ids()
-
     @property
     def num_segments(self) -> int:
         return len(self._segments)
 
-    def __contains__(self, id_: int) -> bool:
-        return bool(self._idmap.lookup(np.array([id_], np.int64))[0] >= 0)
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory: the postings of every segment, the document frequencies, the id map, and the
+        vocabulary's terms (counted as their UTF-8 bytes plus 8 per term, not Python's object overhead)."""
+        idm = self._idmap
+        terms = sum(len(t.encode("utf-8")) + 8 for t in self.vocabulary.terms)
+        return int(sum(s.nbytes() for s in self._segments) + self._df.nbytes + idm.slot_ids.nbytes
+                   + idm._sorted_ids.nbytes + idm._sorted_slots.nbytes + terms)
 
     def __repr__(self) -> str:
         return (f"SparseIndex(scoring={self.scoring!r}, ntotal={self.ntotal}, terms={len(self.vocabulary)}, "
@@ -344,11 +335,7 @@ class SparseIndex:
         n = self._count(documents, "documents")
         if n == 0:
             raise InvalidInputError("documents is empty")
-        if ids is None:
-            new_ids = self._idmap.new_ids(n)
-        else:
-            new_ids = check_ids(ids, n)
-            self._idmap.check_absent(new_ids)
+        new_ids = self._new_ids(n, ids)
         if self.scoring == "bm25":
             if self._csr_parts(documents) is not None or not isinstance(documents, (list, tuple)):
                 raise InvalidTypeError("a bm25 index takes a list of texts or token lists")
@@ -553,7 +540,7 @@ class SparseIndex:
         the current k-th score are skipped (1.0: exact). ``filter``: a boolean mask indexed by id or an array of
         allowed ids. Ties are broken by internal slot (older documents first).
         """
-        k = check_positive_int(k, "k")
+        k = check_positive_int(k, "k", maximum=MAX_RESULTS)
         if method not in METHODS:
             raise InvalidInputError(f"method must be one of {METHODS}; got {method!r}")
         if isinstance(approx, bool) or not isinstance(approx, numbers.Real) or not (1.0 <= float(approx) < 1e6):
@@ -596,8 +583,7 @@ class SparseIndex:
                          nchunks)
 
     # ---- persistence ---------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the index to one file (atomically) in the format of :mod:`simdex.fileformat`."""
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta = {"scoring": self.scoring, "k1": self.k1, "b": self.b, "range_shift": self.range_shift,
                 "max_segments": self.max_segments,
                 "analyzer": self.analyzer.config() if self.analyzer is not None else None,
@@ -606,33 +592,27 @@ class SparseIndex:
         for i, s in enumerate(self._segments):
             for name in _SEGMENT_ARRAYS:
                 arrays[f"s{i}.{name}"] = s.arrays[name]
-        fileformat.save_arrays(path, self.kind, meta, arrays)
+        return meta, arrays
 
     @classmethod
-    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> SparseIndex:
-        """Load an index written by :meth:`save`; with ``mmap`` the postings stay memory-mapped (read-only)."""
-        _, meta, arrays = fileformat.load_arrays(path, mmap=mmap, verify=verify, expected_kind=cls.kind)
-        try:
-            index = cls(meta["scoring"], k1=meta["k1"], b=meta["b"], range_size=1 << int(meta["range_shift"]),
-                        max_segments=meta["max_segments"], analyzer=meta["analyzer"])
-            index.vocabulary = Vocabulary.from_arrays(arrays["vocab_bytes"], arrays["vocab_offsets"],
-                                                      np.zeros(len(arrays["vocab_offsets"]) - 1, np.int64))
-            index._df = np.zeros(len(index.vocabulary), np.int64)
-            index._idmap = IdMap(np.array(arrays["slot_ids"], np.int64))
-            base = 0
-            for i, n_docs in enumerate(meta["segments"]):
-                seg_arrays = {name: arrays[f"s{i}.{name}"] for name in _SEGMENT_ARRAYS}
-                seg = _Segment(int(n_docs), seg_arrays, base=base)
-                index._check_segment(seg)
-                index._segments.append(seg)
-                index._account(seg, +1)
-                base += seg.n_docs
-            if base != index._idmap.num_slots:
-                raise ValueError("segments do not cover the slots")
-        except CorruptFileError:
-            raise
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
-            raise CorruptFileError(f"{path}: inconsistent sparse index file ({exc!r})") from None
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> SparseIndex:
+        """The index of a saved file; with ``load(mmap=True)`` the postings stay memory-mapped (read-only)."""
+        index = cls(meta["scoring"], k1=meta["k1"], b=meta["b"], range_size=1 << int(meta["range_shift"]),
+                    max_segments=meta["max_segments"], analyzer=meta["analyzer"])
+        index.vocabulary = Vocabulary.from_arrays(arrays["vocab_bytes"], arrays["vocab_offsets"],
+                                                  np.zeros(len(arrays["vocab_offsets"]) - 1, np.int64))
+        index._df = np.zeros(len(index.vocabulary), np.int64)
+        index._idmap = IdMap(np.array(arrays["slot_ids"], np.int64))
+        base = 0
+        for i, n_docs in enumerate(meta["segments"]):
+            seg_arrays = {name: arrays[f"s{i}.{name}"] for name in _SEGMENT_ARRAYS}
+            seg = _Segment(int(n_docs), seg_arrays, base=base)
+            index._check_segment(seg)
+            index._segments.append(seg)
+            index._account(seg, +1)
+            base += seg.n_docs
+        if base != index._idmap.num_slots:
+            raise ValueError("segments do not cover the slots")
         return index
 
     def _check_segment(self, seg: _Segment) -> None:

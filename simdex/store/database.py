@@ -29,7 +29,8 @@ from typing import Any
 
 from ..errors import (CollectionExistsError, CollectionNotFoundError, CorruptFileError, DatabaseLockedError,
                       InvalidInputError, ReadOnlyError, SimdexError, StorageError)
-from ._io import fsync_dir, storage_error
+from ..fileformat import fsync_path
+from ._io import storage_error
 from .api import DatabaseAPI
 from .collection import Collection
 from .config import check_config
@@ -232,7 +233,7 @@ class Database(DatabaseAPI):
             except (OSError, sqlite3.Error) as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise storage_error(exc, "create the collection folder", final) from None
-            fsync_dir(final.parent)
+            fsync_path(final.parent)
             collection = self._open_collection(final)
             if model is not None:
                 collection.attach_embedder(model)
@@ -270,7 +271,7 @@ class Database(DatabaseAPI):
             del self._collections[name]
             gone = self.path / "collections" / f".dropped-{name}-{uuid.uuid4().hex[:8]}"
             os.replace(collection.path, gone)
-            fsync_dir(gone.parent)
+            fsync_path(gone.parent)
             shutil.rmtree(gone, ignore_errors=True)
 
     def __contains__(self, name: str) -> bool:

@@ -27,9 +27,10 @@ import numpy as np
 from .. import fileformat
 from ..dense import FlatIndex, HNSWIndex
 from ..errors import CorruptDatabaseError, CorruptFileError, ReadOnlyError, StorageError
+from ..fileformat import fsync_path
 from ..index import Index, write_snapshot
 from . import records as rec
-from ._io import fsync_dir, storage_error
+from ._io import storage_error
 from .metadata import MetadataStore
 from .wal import CorruptLogError, WriteAheadLog
 
@@ -289,7 +290,7 @@ class Durable:
             os.replace(current, self.path / (MANIFEST + ".prev"))
         os.replace(tmp, current)
         try:
-            fsync_dir(self.path)
+            fsync_path(self.path)
         except OSError as exc:  # the switch is made; if it is lost in a crash, the previous checkpoint is intact
             log.warning("%s: fsync of the folder after the manifest switch failed: %s", self.path, exc)
 

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import CorruptFileError, InvalidInputError, StorageError
-from ._io import fsync_dir, storage_error, write_all
+from ..fileformat import fsync_path
+from ._io import storage_error, write_all
 
 log = logging.getLogger("simdex.store")
 
@@ -220,7 +221,7 @@ class WriteAheadLog:
         try:
             fh = open(path, "ab", buffering=0)
             if new:
-                fsync_dir(self.directory)
+                fsync_path(self.directory)
             size = os.fstat(fh.fileno()).st_size
         except OSError as exc:
             if fh is not None:
@@ -401,7 +402,7 @@ class WriteAheadLog:
                 self.repaired.append(f"removed {path} (its records are covered by the checkpoint)")
             self._files = []
             self._last_lsn = self._durable_lsn = next_lsn - 1
-            fsync_dir(self.directory)
+            fsync_path(self.directory)
 
     def truncate_before(self, lsn: int) -> None:
         """Delete whole log files whose records all precede ``lsn`` (they are covered by a checkpoint). Raises
@@ -420,7 +421,7 @@ class WriteAheadLog:
             finally:
                 if removed:
                     try:
-                        fsync_dir(self.directory)
+                        fsync_path(self.directory)
                     except OSError:
                         pass  # the files are gone from this process's view; a crash may bring one back, harmlessly
 

@@ -8,7 +8,7 @@ import numba
 
 from .._heap import merge_block_topk, new_heaps, sort_heaps
 from ..metrics import METRIC_CODES, pairwise
-from ._subset_kernels import subset_topk
+from .subset import subset_topk
 
 # One distance block holds at most this many float32 entries (64 MiB).
 BLOCK_ENTRIES = 1 << 24

@@ -1,0 +1,47 @@
+"""Scoring a prepared float query against one affine code (int8, LVQ): the kernel the scalar codecs
+(:mod:`simdex.quant.scalar`) and multi-vector documents stored as codes (:mod:`simdex.multivector`) share.
+
+Row layout of an affine code: bytes 0..11 hold three float32 (``a0`` scale, ``a1`` offset, ``a2`` squared norm of
+the reconstruction, or 0 for inner products), then the primary code (one byte per dimension for 8 bits; for 4 bits
+byte j holds dimension j in its low nibble and j + half in its high nibble, so both halves of the query are read
+contiguously and the loop vectorises), then an optional 8-bit residual code, then zero padding to a multiple of 4
+bytes. A prepared query is ``qt`` (float32, the dimension padded to the code's layout) and ``qc = [c0, qs, w]``;
+the internal distance of vector v is ``c0 + a2 + w * (a0 * <qt, code_v> + a1 * qs)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._numba import kernel
+
+HEADER = 12  # bytes of the three float32 in front of every affine code
+
+
+@kernel
+def dot8(qt, row):
+    s = np.float32(0.0)
+    for i in range(qt.shape[0]):
+        s += qt[i] * np.float32(row[HEADER + i])
+    return s
+
+
+@kernel
+def dot4(qt, row, half):
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    for j in range(half):
+        b = row[HEADER + j]
+        s0 += qt[j] * np.float32(b & 15)
+        s1 += qt[half + j] * np.float32(b >> 4)
+    return s0 + s1
+
+
+@kernel
+def affine_score(qt, qc, codes, codes_f, v, bits, half):
+    """Internal distance between a prepared query and coded vector ``v``."""
+    if bits == 8:
+        dot = dot8(qt, codes[v])
+    else:
+        dot = dot4(qt, codes[v], half)
+    return qc[0] + codes_f[v, 2] + qc[2] * (codes_f[v, 0] * dot + codes_f[v, 1] * qc[1])

@@ -1,0 +1,166 @@
+"""Scorers: how a search loop scores one stored row against one query, chosen when the loop is compiled.
+
+Every search loop of simdex (the graph search of :mod:`simdex.core.graph`, the list scan of
+:mod:`simdex.core.lists`) is written once and takes a *scorer*: a ``typing.NamedTuple`` holding the arrays that
+scoring reads (float32 vectors, codes and their prepared queries, lookup tables). numba types each NamedTuple
+class on its own, so a loop compiles once per scorer family with that family's code inlined: the choice costs
+nothing per node (usearch's compiled metric callback; FAISS's codec beside the structure that uses it).
+
+A family gives its class these functions with :func:`implement` (:class:`Vectors` below; the codecs in
+:mod:`simdex.quant._scorers`), each taking the arguments named here:
+
+- ``query(sc, qi, t)``: what scoring query ``qi`` needs, prepared once per query (a float row, a prepared code
+  query, a lookup table); ``t`` is the thread, for per-thread scratch the scorer holds.
+- ``score(sc, q, v)``: the internal distance (float32, smaller is closer) of stored row ``v``.
+- ``score4(sc, q, a, b, c, d)``: four rows at once (default: four ``score`` calls).
+- ``prefetch(sc, v)``: start reading row ``v`` before it is scored (default: nothing).
+- ``list_query(sc, q, qi, p, lst)``: the query state for scanning inverted list ``lst``, the query's probe p
+  (default: ``q``).
+
+The last step of a graph search is chosen the same way, by a *finisher* NamedTuple (:mod:`simdex.core.graph`):
+
+- ``finish(fin, qi, t, cand_d, cand_i, n, out_d, out_i)``: write query qi's results (``out_d``/``out_i``, (k,))
+  from its n candidates, nearest first.
+
+The kernels that use a scorer are cached like every kernel, and numba checks only the cached function's own file:
+after changing a family's functions, clear ``simdex/core/__pycache__``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+from numba.extending import overload
+
+from .._numba import FASTMATH, kernel, prefetch_row
+from ..metrics import distance, distance4
+
+_IMPLS: dict[tuple[str, type], Callable] = {}
+_DEFAULTS: dict[str, Callable | None] = {}
+
+
+def implement(cls: type, **functions: Callable) -> None:
+    """Give the NamedTuple class ``cls`` the named functions (plain Python functions or lambdas, compiled into
+    the kernels that call them), e.g. ``implement(MyScorer, query=..., score=...)``."""
+    for name, fn in functions.items():
+        if name not in _DEFAULTS:
+            raise ValueError(f"unknown scorer function {name!r}; known: {sorted(_DEFAULTS)}")
+        _IMPLS[name, cls] = fn
+
+
+def dispatched(default: Callable | None = None) -> Callable[[Callable], Callable]:
+    """Make the decorated stub callable from kernels: numba types a call with the function that the first
+    argument's class was given by :func:`implement` (else ``default``; with neither, a typing error naming the
+    class)."""
+
+    def wrap(stub: Callable) -> Callable:
+        name = stub.__name__
+        _DEFAULTS[name] = default
+
+        def typer(*args):
+            cls = getattr(args[0], "instance_class", None)
+            impl = _IMPLS.get((name, cls), default)
+            if impl is None:
+                raise TypeError(f"{cls} has no {name} (see simdex.core.scorer.implement)")
+            return impl
+
+        typer.__signature__ = inspect.signature(stub)  # numba wants the stub's arguments, by name
+        overload(stub, jit_options={"fastmath": FASTMATH})(typer)
+        return stub
+
+    return wrap
+
+
+def _score4_default(sc, q, a, b, c, d):
+    return score(sc, q, a), score(sc, q, b), score(sc, q, c), score(sc, q, d)
+
+
+@dispatched()
+def query(sc, qi, t):
+    """The prepared query ``qi`` (see the module docstring)."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+@dispatched()
+def score(sc, q, v):
+    """Internal distance of stored row ``v`` to the prepared query ``q``."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+@dispatched(_score4_default)
+def score4(sc, q, a, b, c, d):
+    """Internal distances of rows a, b, c, d."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+@dispatched(lambda sc, v: None)
+def prefetch(sc, v):
+    """Start reading what ``score`` of row ``v`` will read."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+@dispatched(lambda sc, q, qi, p, lst: q)
+def list_query(sc, q, qi, p, lst):
+    """The query state for scanning inverted list ``lst`` (probe p of query qi)."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+@dispatched()
+def finish(fin, qi, t, cand_d, cand_i, n, out_d, out_i):
+    """Write query qi's results from its n ascending candidates (thread t)."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+class Vectors(NamedTuple):
+    """float32 rows: ``queries`` (nq, dim) against ``vectors`` (n, dim), in the internal ``metric`` of
+    :mod:`simdex.metrics` (squared L2, or minus the inner product). Four rows are scored in one pass."""
+
+    metric: int
+    queries: np.ndarray
+    vectors: np.ndarray
+
+
+# cache lines of a float32 row to request before scoring it (a 384-d row is 24 lines; the first few start the
+# stream)
+VECTOR_PREFETCH_LINES = 4
+
+implement(Vectors,
+          query=lambda sc, qi, t: sc.queries[qi],
+          score=lambda sc, q, v: distance(sc.metric, q, sc.vectors[v]),
+          score4=lambda sc, q, a, b, c, d: distance4(sc.metric, q, sc.vectors[a], sc.vectors[b], sc.vectors[c],
+                                                     sc.vectors[d]),
+          prefetch=lambda sc, v: prefetch_row(sc.vectors, v, VECTOR_PREFETCH_LINES))
+
+
+@kernel
+def sort_prefix(cand_d, cand_i, r):
+    """Sort the first r (distance, id) pairs by distance, stably (equal distances keep their order): insertion
+    for the few dozen a re-ranking sorts, which arrive nearly sorted; a merge sort for more."""
+    if r > 64:
+        order = np.argsort(cand_d[:r], kind="mergesort")
+        cand_d[:r] = cand_d[:r][order]
+        cand_i[:r] = cand_i[:r][order]
+        return
+    for j in range(1, r):
+        d = cand_d[j]
+        v = cand_i[j]
+        p = j - 1
+        while p >= 0 and cand_d[p] > d:
+            cand_d[p + 1] = cand_d[p]
+            cand_i[p + 1] = cand_i[p]
+            p -= 1
+        cand_d[p + 1] = d
+        cand_i[p + 1] = v
+
+
+@kernel
+def rescore(metric, q, vectors, cand_d, cand_i, r):
+    """Re-score the first r candidates from their float32 ``vectors`` (full precision) and sort them."""
+    for j in range(r):
+        prefetch_row(vectors, cand_i[j], VECTOR_PREFETCH_LINES)
+    for j in range(r):
+        cand_d[j] = distance(metric, q, vectors[cand_i[j]])
+    sort_prefix(cand_d, cand_i, r)
