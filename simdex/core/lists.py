@@ -17,7 +17,7 @@ from numba import prange
 from .._heap import copy_padded, heap_push, heap_replace_top, heap_sort_ascending
 from .._numba import kernel
 from .beam import pair_scratch
-from .scorer import list_query, query, rescore, score
+from .scorer import list_query, query, rescore, scan_score
 
 
 @kernel(parallel=True)
@@ -102,7 +102,7 @@ def scan_lists(sc, nthreads, probes, offsets, slots, cap, k, allowed, use_filter
                     if seen[t, slot] == stamp:
                         continue
                     seen[t, slot] = stamp
-                d = score(sc, lq, e)
+                d = scan_score(sc, lq, e)
                 # skipping the heap for entries that cannot enter it is the common case once it is full
                 if n < cap or d < heap_d[t, 0]:
                     n = offer(heap_d[t], heap_i[t], n, cap, d, slot)

@@ -51,14 +51,17 @@ def implement(cls: type, **functions: Callable) -> None:
         _IMPLS[name, cls] = fn
 
 
-def dispatched(default: Callable | None = None) -> Callable[[Callable], Callable]:
+def dispatched(default: Callable | None = None, *, inline: bool = False,
+               same_as: str | None = None) -> Callable[[Callable], Callable]:
     """Make the decorated stub callable from kernels: numba types a call with the function that the first
     argument's class was given by :func:`implement` (else ``default``; with neither, a typing error naming the
-    class)."""
+    class). With ``inline`` the function is inlined into its caller at numba's IR level; with ``same_as`` the
+    stub calls the functions given under that other name."""
 
     def wrap(stub: Callable) -> Callable:
-        name = stub.__name__
-        _DEFAULTS[name] = default
+        name = same_as or stub.__name__
+        if same_as is None:
+            _DEFAULTS[name] = default
 
         def typer(*args):
             cls = getattr(args[0], "instance_class", None)
@@ -68,7 +71,7 @@ def dispatched(default: Callable | None = None) -> Callable[[Callable], Callable
             return impl
 
         typer.__signature__ = inspect.signature(stub)  # numba wants the stub's arguments, by name
-        overload(stub, jit_options={"fastmath": FASTMATH})(typer)
+        overload(stub, jit_options={"fastmath": FASTMATH}, inline="always" if inline else "never")(typer)
         return stub
 
     return wrap
@@ -93,6 +96,16 @@ def score(sc, q, v):
 @dispatched(_score4_default)
 def score4(sc, q, a, b, c, d):
     """Internal distances of rows a, b, c, d."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+# The inverted-list scan's per-entry work is a few instructions: called as a function (LLVM kept it out of line), its
+# scoring ran IVF-PQ at half the speed of the per-codec loops it replaced, so it is inlined at numba's IR level.
+# The graph search calls the plain ``score``: inlined there, HNSW over LVQ codes ran a third slower in
+# `python -m simdex.bench quant` (which inlining level suits the graph loop is still open: see docs/architecture.md).
+@dispatched(inline=True, same_as="score")
+def scan_score(sc, q, v):
+    """``score``, inlined into the list scan (:mod:`simdex.core.lists`)."""
     raise NotImplementedError("called from numba kernels only")
 
 
