@@ -84,7 +84,7 @@ def test_filtered_bench_exact_rows_are_exact_and_auto_keeps_recall(tmp_path):
     assert (tmp_path / "filtered-wordnet-minilm-384.json").exists()
 
 
-def test_window_bench_small(tmp_path):
+def test_window_bench_small_postfilter_peer_hnswlib_where_installed(tmp_path):
     from simdex.bench import window
     report = window.run("wordnet-minilm-384", n_base=3000, n_queries=30, leaf_size=256, M=8, ef_construction=40,
                         budget_s=0.2, min_queries=10, out_dir=tmp_path, log=lambda *_: None)
@@ -105,7 +105,7 @@ def test_window_bench_small(tmp_path):
     assert (tmp_path / "window-wordnet-minilm-384.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_labels_bench_small(tmp_path):
+def test_labels_bench_small_postfilter_peer_hnswlib_where_installed(tmp_path):
     from simdex.bench import labels
     report = labels.run("fashion-mnist-784", n_base=3000, n_queries=40, M=8, ef_construction=40, label_graph_min=250,
                         budget_s=0.2, min_queries=10, out_dir=tmp_path, log=lambda *_: None)

@@ -1,5 +1,7 @@
-"""The streaming benchmark (Vamana vs hnswlib under delete/re-insert cycles with a concurrent search thread) and
-the SSD-resident Vamana benchmark run end to end on small slices and report what they promise."""
+"""The streaming benchmark (Vamana under delete/re-insert cycles with a concurrent search thread; side by side with
+hnswlib only where hnswlib is installed: it is in the bench extra, not the test extra, because it builds from source
+with a C++ compiler) and the SSD-resident Vamana benchmark run end to end on small slices and report what they
+promise."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 from simdex.bench import streaming, vamana_disk
 
 
-def test_streaming_bench_small(tmp_path):
+def test_streaming_bench_small_with_hnswlib_where_installed(tmp_path):
     # hnswlib is the side-by-side peer where it is installed (the bench extra; it needs a C++ compiler)
     libs = ("simdex", "hnswlib") if importlib.util.find_spec("hnswlib") else ("simdex",)
     report = streaming.run("wordnet-minilm-384", n_base=2000, n_queries=100, cycles=2, chunks=3, R=16, L_build=32,
