@@ -281,7 +281,8 @@ for b in range(100_000):
 def test_read_only_views_beside_a_live_writer(tmp_path):
     """Another process writes without pause (checkpoints and log cuts every few batches); read-only views opened
     meanwhile each hold a consistent state: whole batches 0..m (with the deletes made by then), m at least the
-    last batch acknowledged before the view was opened."""
+    last batch acknowledged before the view was opened. (Each upsert and each delete is one write: a view holds a
+    prefix of the writes.)"""
     import subprocess
     import sys
     path = tmp_path / "db"
@@ -299,9 +300,13 @@ def test_read_only_views_beside_a_live_writer(tmp_path):
                     got.setdefault(r["metadata"]["batch"], set()).add(r["id"])
                 last = max(got)
                 assert last >= before and sorted(got) == list(range(last + 1))
-                deleted = {b - 3 for b in range(last + 1) if b % 7 == 6}
+                # the delete that follows batch b's upsert is a write of its own: a view may fall between the two,
+                # so the last batch's delete may or may not be in it; every earlier one must be
+                deleted = {b - 3 for b in range(last) if b % 7 == 6}
+                pending = {last - 3} if last % 7 == 6 else set()
                 for b, present in got.items():
-                    assert len(present) == 20 - (b in deleted), (b, len(present))
+                    allowed = {19, 20} if b in pending else {20 - (b in deleted)}
+                    assert len(present) in allowed, (b, len(present), last)
                 assert view.stats()["view"]["age_s"] >= 0
                 q = np.full((1, 16), 0.5, np.float32)
                 assert len(col.search(q, k=5, include=[])) == 5
