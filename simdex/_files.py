@@ -24,6 +24,16 @@ def data_suffix(path: str | os.PathLike) -> str:
     return path.suffix.lower()
 
 
+# the data format each file suffix names (under any compression suffix)
+_FORMATS = {".npy": "npy", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+
+
+def data_format(path: str | os.PathLike) -> str | None:
+    """``"jsonl"``, ``"parquet"`` or ``"npy"`` as the name of ``path`` says (``a.ndjson.gz`` -> ``"jsonl"``), else
+    None."""
+    return _FORMATS.get(data_suffix(path))
+
+
 def open_binary(path: str | os.PathLike) -> IO[bytes]:
     """``path`` opened for reading bytes, decompressed when it is gzip, bzip2 or xz."""
     with open(path, "rb") as f:

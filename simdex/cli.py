@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._files import data_suffix, open_binary, open_text
+from ._files import data_format, data_suffix, open_binary, open_text
 from .errors import SimdexError
 
 IMPORT_FORMATS = ("npy", "parquet", "jsonl")
@@ -213,8 +213,7 @@ def _count_records(path: Path, fmt: str) -> int | None:
 
 
 def _format_of(path: Path, given: str | None) -> str:
-    fmt = given or {".npy": "npy", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl",
-                    ".ndjson": "jsonl"}.get(data_suffix(path))
+    fmt = given or data_format(path)
     if fmt not in IMPORT_FORMATS:
         raise _fail(f"cannot tell the format of {path}; give --format ({', '.join(IMPORT_FORMATS)})")
     return fmt

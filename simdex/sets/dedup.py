@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .._files import data_suffix, open_text
+from .._files import data_format, open_text
 from .._numba import kernel, num_threads
 from .._progress import progress_bar
 from .._validate import check_positive_int, check_threads
@@ -81,12 +81,8 @@ class DedupResult:
 
 # ---- input --------------------------------------------------------------------------------------------------------
 def _format_of(path: Path) -> str:
-    suffix = data_suffix(path)
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    if suffix == ".parquet":
-        return "parquet"
-    return "text"
+    fmt = data_format(path)
+    return fmt if fmt in ("jsonl", "parquet") else "text"
 
 
 def read_documents(paths: Iterable[str | os.PathLike], *, text_field: str = "text", id_field: str = "id",

@@ -436,9 +436,6 @@ class Collection(Durable, CollectionAPI):
     def rebuild(self, side: SideIndex, threads: int | None = None) -> bool:
         return not self.read_only and rebuild_aside(side, self._rw, threads)
 
-    def needs_merge(self) -> bool:
-        return self._vectors in self.due_rebuilds()
-
     def merge(self, threads: int | None = None) -> bool:
         """Fold the growing rows into (a copy of) the main HNSW index and swap it in; compact deletions."""
         return self.rebuild(self._vectors, threads)

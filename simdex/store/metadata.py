@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..fileformat import fsync_path
 from .filters import compile_where
 
 _SCHEMA = """
@@ -35,6 +36,17 @@ def _chunks(seq: list, size: int = _CHUNK) -> Iterable[list]:
     for start in range(0, len(seq), size):
         yield seq[start:start + size]
 
+
+
+def copy_database(source: sqlite3.Connection, target: str | Path) -> None:
+    """Copy one committed state of the open SQLite database ``source`` into ``target`` with SQLite's backup API
+    (a writer may go on meanwhile), then close ``source``."""
+    dst = sqlite3.connect(target)
+    try:
+        source.backup(dst)
+    finally:
+        dst.close()
+        source.close()
 
 class MetadataStore:
     def __init__(self, path: str | Path) -> None:
@@ -132,15 +144,8 @@ class MetadataStore:
         """Write a consistent copy of the store to ``path`` (fsynced). Callers keep writers out meanwhile."""
         path = Path(path)
         path.unlink(missing_ok=True)
-        source = self._connect()
-        target = sqlite3.connect(path)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-            source.close()
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
+        copy_database(self._connect(), path)
+        fsync_path(path)
 
     def check(self) -> str | None:
         """None if SQLite's quick integrity check passes, else what it found."""
@@ -162,8 +167,7 @@ class MetadataStore:
             MetadataStore(tmp).close()
         else:
             shutil.copyfile(snapshot, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_path(tmp)
         for suffix in ("-wal", "-shm"):
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
         os.replace(tmp, path)

@@ -31,7 +31,7 @@ from ..fileformat import fsync_path
 from ..index import Index, write_snapshot
 from . import records as rec
 from ._io import storage_error
-from .metadata import MetadataStore
+from .metadata import MetadataStore, copy_database
 from .wal import CorruptLogError, WriteAheadLog
 
 log = logging.getLogger("simdex.store")
@@ -337,13 +337,7 @@ def _snapshot_sqlite(source: Path, target: Path) -> None:
     if not source.exists():
         return
     try:
-        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-        dst = sqlite3.connect(target)
-        try:
-            src.backup(dst)
-        finally:
-            dst.close()
-            src.close()
+        copy_database(sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=30), target)
     except sqlite3.Error:  # e.g. a log file left without its index by a crash: copy the files as they are
         for suffix in ("", "-wal"):
             if Path(f"{source}{suffix}").exists():
