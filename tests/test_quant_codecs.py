@@ -57,6 +57,26 @@ def test_adc_equals_decoded_distances(wordnet, metric, name):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("name", ["int8", "lvq8", "lvq4"])
+def test_four_row_scoring_equals_one_row(wordnet, name):
+    """The graph search scores neighbours four at a time (affine_score4): same distances as one at a time, for
+    8-bit and nibble-packed 4-bit rows."""
+    from simdex.core.codes import affine_score, affine_score4
+
+    x, q = wordnet
+    c = make_codec(name, x.shape[1], "l2").train(x)
+    codes = c.encode(x[:64])
+    codes_f = codes.view(np.float32)
+    qt, qc = c.prepare(q[:3])
+    rows = np.random.default_rng(0).permutation(64)[:8].reshape(2, 4)
+    for i in range(3):
+        for a, b, r3, r4 in rows:
+            four = affine_score4(qt[i], qc[i], codes, codes_f, a, b, r3, r4, c.bits, c.half)
+            one = [affine_score(qt[i], qc[i], codes, codes_f, v, c.bits, c.half) for v in (a, b, r3, r4)]
+            np.testing.assert_allclose(four, one, rtol=1e-5, atol=1e-5)
+            assert len(set(np.round(one, 4))) > 1  # four different rows, so a kernel that scores one row fails
+
+
 def test_lvq_residual_distances(wordnet):
     """The primary level of LVQ-4x8 is what traversal scores; the two levels together are nearly exact."""
     x, q = wordnet

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from numba.extending import overload
 
-from .._numba import FASTMATH, kernel, prefetch_row
+from .._numba import FASTMATH, inlined, kernel, prefetch_row
 from ..metrics import distance, distance4
 
 _IMPLS: dict[tuple[str, type], Callable] = {}
@@ -70,8 +70,13 @@ def dispatched(default: Callable | None = None, *, inline: bool = False,
                 raise TypeError(f"{cls} has no {name} (see simdex.core.scorer.implement)")
             return impl
 
+        def inline_here(expr, caller_info, callee_info) -> bool:
+            # a default is a forward to other scorer functions (four ``score`` calls, or nothing): inlined, it
+            # adds no call level of its own
+            return inline or (name, callee_info.signature.args[0].instance_class) not in _IMPLS
+
         typer.__signature__ = inspect.signature(stub)  # numba wants the stub's arguments, by name
-        overload(stub, jit_options={"fastmath": FASTMATH}, inline="always" if inline else "never")(typer)
+        overload(stub, jit_options={"fastmath": FASTMATH}, inline=inline_here)(typer)
         return stub
 
     return wrap
@@ -101,8 +106,9 @@ def score4(sc, q, a, b, c, d):
 
 # The inverted-list scan's per-entry work is a few instructions: called as a function (LLVM kept it out of line), its
 # scoring ran IVF-PQ at half the speed of the per-codec loops it replaced, so it is inlined at numba's IR level.
-# The graph search calls the plain ``score``: inlined there, HNSW over LVQ codes ran a third slower in
-# `python -m simdex.bench quant` (which inlining level suits the graph loop is still open: see docs/architecture.md).
+# The graph search calls ``score``/``score4`` as functions (inlined into it, HNSW over LVQ codes ran a third
+# slower); what keeps that fast is one call level per scored row: a family's functions inline the kernels they
+# call (:func:`simdex._numba.inlined`), and a default (``score4`` as four ``score`` calls) is inlined itself.
 @dispatched(inline=True, same_as="score")
 def scan_score(sc, q, v):
     """``score``, inlined into the list scan (:mod:`simdex.core.lists`)."""
@@ -140,11 +146,14 @@ class Vectors(NamedTuple):
 # stream)
 VECTOR_PREFETCH_LINES = 4
 
+_distance = inlined(distance)
+_distance4 = inlined(distance4)
+
 implement(Vectors,
           query=lambda sc, qi, t: sc.queries[qi],
-          score=lambda sc, q, v: distance(sc.metric, q, sc.vectors[v]),
-          score4=lambda sc, q, a, b, c, d: distance4(sc.metric, q, sc.vectors[a], sc.vectors[b], sc.vectors[c],
-                                                     sc.vectors[d]),
+          score=lambda sc, q, v: _distance(sc.metric, q, sc.vectors[v]),
+          score4=lambda sc, q, a, b, c, d: _distance4(sc.metric, q, sc.vectors[a], sc.vectors[b], sc.vectors[c],
+                                                      sc.vectors[d]),
           prefetch=lambda sc, v: prefetch_row(sc.vectors, v, VECTOR_PREFETCH_LINES))
 
 

@@ -23,8 +23,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .._heap import copy_padded
-from .._numba import prefetch_row
-from ..core.codes import affine_score
+from .._numba import inlined, prefetch_row
+from ..core.codes import affine_score, affine_score4
 from ..core.scorer import implement, rescore, sort_prefix
 from ._binary_kernels import hamming
 from ._pq_kernels import adc_lookup, adc_table
@@ -47,9 +47,13 @@ class AffineCodes(NamedTuple):
     half: int
 
 
+_affine_score4 = inlined(affine_score4)
+
 implement(AffineCodes,
           query=lambda sc, qi, t: (sc.qts[qi], sc.qcs[qi]),
           score=lambda sc, q, v: affine_score(q[0], q[1], sc.codes, sc.codes_f, v, sc.bits, sc.half),
+          score4=lambda sc, q, a, b, c, d: _affine_score4(q[0], q[1], sc.codes, sc.codes_f, a, b, c, d, sc.bits,
+                                                         sc.half),
           prefetch=lambda sc, v: prefetch_row(sc.codes, v, CODE_PREFETCH_LINES))
 
 
@@ -119,9 +123,11 @@ class BinaryCodes(NamedTuple):
     words: np.ndarray
 
 
+_hamming = inlined(hamming)
+
 implement(BinaryCodes,
           query=lambda sc, qi, t: sc.qwords[qi],
-          score=lambda sc, q, v: np.float32(hamming(q, sc.words[v])))
+          score=lambda sc, q, v: np.float32(_hamming(q, sc.words[v])))
 
 
 class Rerank(NamedTuple):
