@@ -44,7 +44,7 @@ class ScratchPool:
             self._free.clear()
 
 
-@kernel
+@kernel(inline="always")
 def next_tag(visited, tags, t):
     """Advance thread t's visited-generation counter, clearing the array when the uint16 counter wraps."""
     tag = tags[t] + 1
@@ -55,7 +55,7 @@ def next_tag(visited, tags, t):
     return np.uint16(tag)
 
 
-@kernel
+@kernel(inline="always")
 def pool_scratch(nthreads, ef, width):
     """Per-thread rows of a beam search: pool distances, nodes and expanded flags (nthreads, ef), and room for
     one node's neighbours (nthreads, width)."""
@@ -63,7 +63,7 @@ def pool_scratch(nthreads, ef, width):
     return pool_d, pool_i, np.empty((nthreads, ef), np.bool_), np.empty((nthreads, width), np.int32)
 
 
-@kernel
+@kernel(inline="always")
 def pair_scratch(nthreads, size):
     """Per-thread rows of (distance, node) pairs: float32 and int32 (nthreads, size)."""
     return np.empty((nthreads, size), np.float32), np.empty((nthreads, size), np.int32)
@@ -149,8 +149,9 @@ def record(exp_d, exp_i, n, d, node):
     if n == exp_d.shape[0]:
         grown_d = np.empty(2 * n + 16, np.float32)
         grown_i = np.empty(2 * n + 16, np.int32)
-        grown_d[:n] = exp_d
-        grown_i[:n] = exp_i
+        for j in range(n):  # element loops: a slice copy compiles numba's shape-error message (a second cold)
+            grown_d[j] = exp_d[j]
+            grown_i[j] = exp_i[j]
         exp_d = grown_d
         exp_i = grown_i
     exp_d[n] = d
@@ -167,8 +168,9 @@ def candidate_push(cand_d, cand_i, n, d, node):
     if n == cand_d.shape[0]:
         grown_d = np.empty(2 * n, np.float32)
         grown_i = np.empty(2 * n, np.int32)
-        grown_d[:n] = cand_d
-        grown_i[:n] = cand_i
+        for j in range(n):
+            grown_d[j] = cand_d[j]
+            grown_i[j] = cand_i[j]
         cand_d = grown_d
         cand_i = grown_i
     heap_push(cand_d, cand_i, n, -d, node)

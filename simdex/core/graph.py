@@ -24,12 +24,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numba
 import numpy as np
-from numba import prange
 
 from .._heap import copy_padded, heap_sort_ascending
-from .._numba import kernel
+from .._numba import kernel, run_threads
 from .beam import (candidate_pop, consider, gather_unvisited, next_tag, next_unexpanded, open_range, pair_scratch,
                    pool_offer, pool_scratch, record)
 from .scorer import finish, implement, prefetch, query, score, score4
@@ -67,6 +65,11 @@ implement(TopK, finish=_topk_finish)
 implement(LiveTopK, finish=_live_finish)
 
 
+# Layer 0 as a typed value, not a literal: numba compiles a callee once per argument type, and a literal 0 is a type
+# of its own (a second compilation of the whole search loop, about a second on a fresh install).
+GROUND = np.int64(0)
+
+
 @kernel
 def flat_layers():
     """``links_up`` and ``up_offset`` of a graph without upper layers (Vamana)."""
@@ -94,7 +97,7 @@ def greedy_descend(sc, q, links_up, up_offset, ep, ep_d, top_layer, stop_layer):
     return ep, ep_d
 
 
-@kernel
+@kernel(inline="always")
 def descend(sc, q, links_up, up_offset, entry, max_level, stop_layer):
     """Score the entry point and walk greedily down to layer ``stop_layer + 1``: (start node, its distance)."""
     return greedy_descend(sc, q, links_up, up_offset, entry, score(sc, q, entry), max_level, stop_layer)
@@ -115,8 +118,8 @@ def search_layer(sc, q, links0, links_up, up_offset, layer, ep, ep_d, ef, visite
     pool_d[0] = ep_d
     pool_i[0] = ep
     pool_done[0] = False
-    size = 1
-    n_exp = 0
+    size = np.int64(1)  # not literals: numba would compile the callees once more for a literal first value
+    n_exp = np.int64(0)
     visited[ep] = tag
     cur = 0
     while cur < size:
@@ -190,30 +193,33 @@ def search_layer_heap(sc, q, links0, links_up, up_offset, layer, ep, ep_d, ef, u
     return n_res, cand_d, cand_i
 
 
-@kernel(parallel=True)
-def search_batch(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, expanded, out_d, out_i, visited,
-                 tags):
-    """k-NN of every query of ``sc`` (parallel over queries): descend the upper layers, beam-search the ground
-    layer with a pool of ef, and let the finisher ``fin`` write row qi of ``out_d``/``out_i`` (nq, k) from the
-    pool, or with ``expanded`` from the expanded nodes in order (see :func:`search_layer`).
-
-    ``visited`` and ``tags`` have one row per thread of the current numba thread count.
-    """
-    nthreads = visited.shape[0]
-    pool_d, pool_i, pool_done, fresh = pool_scratch(nthreads, ef, links0.shape[1])
-    exp_d, exp_i = pair_scratch(nthreads, 4 * ef + 16 if expanded else 0)
-    for qi in prange(out_d.shape[0]):
-        t = numba.get_thread_id()
+@kernel
+def search_rows(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, expanded, out_d, out_i, visited,
+                tags, t, lo, hi):
+    """k-NN of queries lo..hi-1 of ``sc`` on thread slot t (see :func:`search_batch`)."""
+    pool_d, pool_i, pool_done, fresh = pool_scratch(1, ef, links0.shape[1])
+    exp_d, exp_i = pair_scratch(1, 4 * ef + 16 if expanded else 0)
+    for qi in range(lo, hi):
         q = query(sc, qi, t)
         tag = next_tag(visited, tags, t)
-        ep, ep_d = descend(sc, q, links_up, up_offset, entry, max_level, 0)
-        size, n_exp, ed, ei = search_layer(sc, q, links0, links_up, up_offset, 0, ep, ep_d, ef, visited[t], tag,
-                                           pool_d[t], pool_i[t], pool_done[t], fresh[t], expanded, exp_d[t],
-                                           exp_i[t])
+        ep, ep_d = descend(sc, q, links_up, up_offset, entry, max_level, GROUND)
+        size, n_exp, ed, ei = search_layer(sc, q, links0, links_up, up_offset, GROUND, ep, ep_d, ef, visited[t], tag,
+                                           pool_d[0], pool_i[0], pool_done[0], fresh[0], expanded, exp_d[0],
+                                           exp_i[0])
         if expanded:
             finish(fin, qi, t, ed, ei, n_exp, out_d[qi, :k], out_i[qi, :k])
         else:
-            finish(fin, qi, t, pool_d[t], pool_i[t], size, out_d[qi, :k], out_i[qi, :k])
+            finish(fin, qi, t, pool_d[0], pool_i[0], size, out_d[qi, :k], out_i[qi, :k])
+
+
+def search_batch(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, expanded, out_d, out_i, visited,
+                 tags) -> None:
+    """k-NN of every query of ``sc``: descend the upper layers, beam-search the ground layer with a pool of ef,
+    and let the finisher ``fin`` write row qi of ``out_d``/``out_i`` (nq, k) from the pool, or with ``expanded``
+    from the expanded nodes in order (see :func:`search_layer`). The queries are spread over one thread per row
+    of ``visited``/``tags`` (:func:`simdex._numba.run_threads`)."""
+    run_threads(search_rows, out_d.shape[0], visited.shape[0], sc, fin, links0, links_up, up_offset, entry,
+                max_level, k, ef, expanded, out_d, out_i, visited, tags)
 
 
 @kernel
@@ -225,42 +231,51 @@ def filtered_query(sc, fin, qi, t, links0, links_up, up_offset, entry, max_level
     cand_i = np.empty(4 * ef + 64, np.int32)
     q = query(sc, qi, t)
     tag = next_tag(visited, tags, t)
-    ep, ep_d = descend(sc, q, links_up, up_offset, entry, max_level, 0)
-    n_res, cand_d, cand_i = search_layer_heap(sc, q, links0, links_up, up_offset, 0, ep, ep_d, ef, True, allowed,
+    ep, ep_d = descend(sc, q, links_up, up_offset, entry, max_level, GROUND)
+    n_res, cand_d, cand_i = search_layer_heap(sc, q, links0, links_up, up_offset, GROUND, ep, ep_d, ef, True, allowed,
                                               invert, visited[t], tag, fresh, cand_d, cand_i, res_d, res_i)
     heap_sort_ascending(res_d[:n_res], res_i[:n_res])
     finish(fin, qi, t, res_d, res_i, n_res, out_d[:k], out_i[:k])
 
 
-@kernel(parallel=True)
-def search_batch_filtered(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, allowed, invert, out_d,
-                          out_i, visited, tags):
-    """k-NN of every query restricted to slots with ``allowed[slot] != 0`` (``== 0`` with ``invert``), parallel
-    over queries (:func:`filtered_query`)."""
-    nthreads = visited.shape[0]
-    res_d, res_i, _, fresh = pool_scratch(nthreads, ef, links0.shape[1])
-    for qi in prange(out_d.shape[0]):
-        t = numba.get_thread_id()
+@kernel
+def filtered_rows(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, allowed, invert, out_d, out_i,
+                  visited, tags, t, lo, hi):
+    """:func:`filtered_query` for queries lo..hi-1 on thread slot t (see :func:`search_batch_filtered`)."""
+    res_d, res_i, _, fresh = pool_scratch(1, ef, links0.shape[1])
+    for qi in range(lo, hi):
         filtered_query(sc, fin, qi, t, links0, links_up, up_offset, entry, max_level, k, ef, allowed, invert,
-                       visited, tags, fresh[t], res_d[t], res_i[t], out_d[qi], out_i[qi])
+                       visited, tags, fresh[0], res_d[0], res_i[0], out_d[qi], out_i[qi])
 
 
-@kernel(parallel=True)
+def search_batch_filtered(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, allowed, invert, out_d,
+                          out_i, visited, tags) -> None:
+    """k-NN of every query restricted to slots with ``allowed[slot] != 0`` (``== 0`` with ``invert``), the
+    queries spread over one thread per row of ``visited``/``tags`` (:func:`filtered_query`)."""
+    run_threads(filtered_rows, out_d.shape[0], visited.shape[0], sc, fin, links0, links_up, up_offset, entry,
+                max_level, k, ef, allowed, invert, out_d, out_i, visited, tags)
+
+
+@kernel
+def range_rows(sc, fin, links0, links_up, up_offset, entry, max_level, rows, lo, hi, deleted, k, ef, out_d, out_i,
+               visited, tags, t, first, last):
+    """:func:`search_batch_ranges` for r in first..last-1 on thread slot t."""
+    res_d, res_i, _, fresh = pool_scratch(1, ef, links0.shape[1])
+    mask = np.zeros(deleted.shape[0], np.uint8)
+    for r in range(first, last):
+        open_range(mask, deleted, lo[r], hi[r])
+        filtered_query(sc, fin, np.int64(rows[r]), t, links0, links_up, up_offset, entry, max_level, k, ef, mask,
+                       False, visited, tags, fresh[0], res_d[0], res_i[0], out_d[r], out_i[r])
+        mask[lo[r]:hi[r]] = 0
+
+
 def search_batch_ranges(sc, fin, links0, links_up, up_offset, entry, max_level, rows, lo, hi, deleted, k, ef,
-                        out_d, out_i, visited, tags):
+                        out_d, out_i, visited, tags) -> None:
     """k-NN of query ``rows[r]`` of ``sc`` among the slots ``lo[r] <= slot < hi[r]`` whose ``deleted`` byte is 0,
-    for every r in parallel; the finisher writes row r of ``out_d``/``out_i`` (len(rows), k).
+    for every r; the finisher writes row r of ``out_d``/``out_i`` (len(rows), k).
 
     One call serves a whole batch of queries with different ranges of one graph (a window index node): each
     thread keeps a slot mask and opens the query's range in it for the search (:func:`open_range`).
     """
-    nthreads = visited.shape[0]
-    res_d, res_i, _, fresh = pool_scratch(nthreads, ef, links0.shape[1])
-    masks = np.zeros((nthreads, deleted.shape[0]), np.uint8)
-    for r in prange(rows.shape[0]):
-        t = numba.get_thread_id()
-        mask = masks[t]
-        open_range(mask, deleted, lo[r], hi[r])
-        filtered_query(sc, fin, rows[r], t, links0, links_up, up_offset, entry, max_level, k, ef, mask, False,
-                       visited, tags, fresh[t], res_d[t], res_i[t], out_d[r], out_i[r])
-        mask[lo[r]:hi[r]] = 0
+    run_threads(range_rows, rows.shape[0], visited.shape[0], sc, fin, links0, links_up, up_offset, entry,
+                max_level, rows, lo, hi, deleted, k, ef, out_d, out_i, visited, tags)

@@ -159,13 +159,10 @@ implement(Vectors,
 
 @kernel
 def sort_prefix(cand_d, cand_i, r):
-    """Sort the first r (distance, id) pairs by distance, stably (equal distances keep their order): insertion
-    for the few dozen a re-ranking sorts, which arrive nearly sorted; a merge sort for more."""
-    if r > 64:
-        order = np.argsort(cand_d[:r], kind="mergesort")
-        cand_d[:r] = cand_d[:r][order]
-        cand_i[:r] = cand_i[:r][order]
-        return
+    """Sort the first r (distance, id) pairs by distance, stably (equal distances keep their order), by insertion:
+    for the candidates a re-ranking or a link pruning sorts, a few dozen to a few hundred that arrive nearly
+    sorted. Arbitrary orders of many pairs: :func:`sort_pairs`. (Both are written out rather than
+    ``np.argsort(kind="mergesort")``, whose compilation alone took a second of a fresh install's first add.)"""
     for j in range(1, r):
         d = cand_d[j]
         v = cand_i[j]
@@ -176,6 +173,54 @@ def sort_prefix(cand_d, cand_i, r):
             p -= 1
         cand_d[p + 1] = d
         cand_i[p + 1] = v
+
+
+@kernel
+def sort_pairs(cand_d, cand_i, r):
+    """:func:`sort_prefix` for pairs in any order: a bottom-up stable merge sort (runs of 16 sorted by insertion
+    first)."""
+    run = 16
+    for lo in range(0, r, run):
+        hi = min(lo + run, r)
+        for j in range(lo + 1, hi):
+            d = cand_d[j]
+            v = cand_i[j]
+            p = j - 1
+            while p >= lo and cand_d[p] > d:
+                cand_d[p + 1] = cand_d[p]
+                cand_i[p + 1] = cand_i[p]
+                p -= 1
+            cand_d[p + 1] = d
+            cand_i[p + 1] = v
+    src_d = np.empty(r, np.float32)
+    src_i = np.empty(r, np.int32)
+    for j in range(r):
+        src_d[j] = cand_d[j]
+        src_i[j] = cand_i[j]
+    dst_d = np.empty(r, np.float32)
+    dst_i = np.empty(r, np.int32)
+    width = run
+    while width < r:
+        for lo in range(0, r, 2 * width):
+            mid = min(lo + width, r)
+            hi = min(lo + 2 * width, r)
+            a, b = lo, mid
+            for o in range(lo, hi):
+                # the right item only when strictly nearer: ties keep the earlier item first (stable)
+                if b < hi and (a >= mid or src_d[b] < src_d[a]):
+                    dst_d[o] = src_d[b]
+                    dst_i[o] = src_i[b]
+                    b += 1
+                else:
+                    dst_d[o] = src_d[a]
+                    dst_i[o] = src_i[a]
+                    a += 1
+        src_d, dst_d = dst_d, src_d
+        src_i, dst_i = dst_i, src_i
+        width *= 2
+    for j in range(r):
+        cand_d[j] = src_d[j]
+        cand_i[j] = src_i[j]
 
 
 @kernel

@@ -16,15 +16,19 @@ and lets one thread update each target, pruning with the same heuristic when a l
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
 from .._numba import kernel
 from ..core.beam import contains, next_tag, pair_scratch, pool_insert, pool_scratch
 from ..core.graph import descend, search_layer
-from ..core.scorer import Vectors
+from ..core.scorer import Vectors, sort_pairs, sort_prefix
 from ..metrics import distance
+
+
+# ``expanded=False`` as a typed value: the searches pass a bool, and a literal False would compile the whole search
+# loop a second time
+NO_RECORD = np.bool_(False)
 
 
 @kernel
@@ -52,10 +56,12 @@ def select_neighbors(vectors, metric, cand_d, cand_i, n_cand, m, out):
     return count
 
 
-@kernel(parallel=True)
-def connect_batch(vectors, metric, links0, links_up, up_offset, levels, deleted, entry, max_level, has_graph,
-                  batch_start, batch_end, ef, m, fwd_d0, fwd_dup, visited, tags):
-    """Phase A of batch insertion: choose out-links of the new nodes batch_start..batch_end-1.
+@kernel
+def connect_rows(vectors, metric, links0, links_up, up_offset, levels, deleted, entry, max_level, has_graph,
+                 batch_start, batch_end, ef, m, fwd_d0, fwd_dup, visited, tags, t, lo, hi):
+    """Phase A of batch insertion for the batch positions lo..hi-1, on thread slot t: choose out-links of the new
+    nodes batch_start+lo..batch_start+hi-1 of the batch batch_start..batch_end-1 (the caller spreads the batch
+    over threads with :func:`simdex._numba.run_threads`).
 
     Reads only the graph as it was before the batch (no existing node links to a new one yet); the batch's own
     nodes are added as candidates by brute force. Writes the new nodes' adjacency rows and the distances of the
@@ -65,17 +71,15 @@ def connect_batch(vectors, metric, links0, links_up, up_offset, levels, deleted,
     a call and would compete with this kernel's threads for the cores.
     """
     nb = batch_end - batch_start
-    nthreads = visited.shape[0]
     cap = ef + nb
-    pool_d, pool_i, pool_done, fresh = pool_scratch(nthreads, cap, links0.shape[1])
-    sel_d, sel_i = pair_scratch(nthreads, cap)
-    chosen = np.empty((nthreads, m), np.int32)
-    intra = np.empty((nthreads, nb), np.float32)
-    for b in prange(nb):
-        t = numba.get_thread_id()
+    pool_d, pool_i, pool_done, fresh = pool_scratch(1, cap, links0.shape[1])
+    sel_d, sel_i = pair_scratch(1, cap)
+    chosen = np.empty(m, np.int32)
+    intra = np.empty(nb, np.float32)
+    for b in range(lo, hi):
         _connect_one(vectors, metric, links0, links_up, up_offset, levels, deleted, entry, max_level, has_graph,
                      batch_start, nb, b, ef, m, fwd_d0, fwd_dup, visited, tags, t,
-                     pool_d[t], pool_i[t], pool_done[t], fresh[t], sel_d[t], sel_i[t], chosen[t], intra[t])
+                     pool_d[0], pool_i[0], pool_done[0], fresh[0], sel_d[0], sel_i[0], chosen, intra)
 
 
 @kernel
@@ -87,7 +91,7 @@ def _connect_one(vectors, metric, links0, links_up, up_offset, levels, deleted, 
     sc = Vectors(metric, vectors, vectors)
     u = batch_start + b
     q = vectors[u]
-    level_u = levels[u]
+    level_u = np.int64(levels[u])
     for c in range(nb):
         if c != b:
             intra[c] = distance(metric, q, vectors[batch_start + c])
@@ -100,7 +104,7 @@ def _connect_one(vectors, metric, links0, links_up, up_offset, levels, deleted, 
         if has_graph and layer <= max_level:
             tag = next_tag(visited, tags, t)
             size, _, _, _ = search_layer(sc, q, links0, links_up, up_offset, layer, ep, ep_d, ef, visited[t], tag,
-                                         pool_d, pool_i, pool_done, fresh, False, sel_d[:0], sel_i[:0])
+                                         pool_d, pool_i, pool_done, fresh, NO_RECORD, sel_d[:0], sel_i[:0])
             # the next layer starts from the nearest node of the old graph; never from a node of this batch,
             # whose links other threads are writing
             ep = pool_i[0]
@@ -108,7 +112,7 @@ def _connect_one(vectors, metric, links0, links_up, up_offset, levels, deleted, 
         # the batch's own nodes that reach this layer are candidates too
         for c in range(nb):
             if c != b and levels[batch_start + c] >= layer:
-                size, _ = pool_insert(pool_d, pool_i, pool_done, size, cap, intra[c], batch_start + c)
+                size, _ = pool_insert(pool_d, pool_i, pool_done, size, cap, intra[c], np.int32(batch_start + c))
         n_sel = 0
         for c in range(size):
             if deleted[pool_i[c]] == 0:
@@ -163,8 +167,9 @@ def merge_in_links(links, row, src, dist, lo, hi, room):
     deg = links[row, 0]
     cand_d = np.empty(deg + hi - lo, np.float32)
     cand_i = np.empty(deg + hi - lo, np.int32)
-    cand_i[:deg] = links[row, 1:deg + 1]
-    n = deg
+    for j in range(deg):
+        cand_i[j] = links[row, 1 + j]
+    n = np.int64(deg)
     for e in range(lo, hi):
         s = src[e]
         if not contains(cand_i, n, s):
@@ -179,15 +184,17 @@ def merge_in_links(links, row, src, dist, lo, hi, room):
     return fits, cand_d, cand_i, n, deg
 
 
-@kernel(parallel=True)
-def add_reverse_links(vectors, metric, links, up_offset, layer, cap, dst, src_node, dist, group_start):
-    """Phase B: link each target ``dst`` back to its new in-neighbours, one thread per target.
+@kernel
+def add_reverse_links(vectors, metric, links, up_offset, layer, cap, dst, src_node, dist, group_start, t, first,
+                      last):
+    """Phase B for the groups first..last-1: link each target ``dst`` back to its new in-neighbours (groups are
+    spread over threads with :func:`simdex._numba.run_threads`; ``t`` is unused, every group writes only its
+    target's row).
 
     Edges are sorted by target; group g spans dst[group_start[g]:group_start[g+1]]. When the target's list
     overflows, its old and new neighbours are pooled, sorted by distance and pruned with the heuristic.
     """
-    n_groups = group_start.shape[0] - 1
-    for g in prange(n_groups):
+    for g in range(first, last):
         lo = group_start[g]
         hi = group_start[g + 1]
         v = dst[lo]
@@ -197,11 +204,9 @@ def add_reverse_links(vectors, metric, links, up_offset, layer, cap, dst, src_no
             continue
         for j in range(n_old):
             cand_d[j] = distance(metric, vectors[v], vectors[cand_i[j]])
-        order = np.argsort(cand_d[:n], kind="mergesort")
-        sorted_d = cand_d[:n][order]
-        sorted_i = cand_i[:n][order]
+        sort_prefix(cand_d, cand_i, n)
         chosen = np.empty(cap, np.int32)
-        count = select_neighbors(vectors, metric, sorted_d, sorted_i, n, cap, chosen)
+        count = select_neighbors(vectors, metric, cand_d, cand_i, n, cap, chosen)
         links[row, 0] = count
         for j in range(count):
             links[row, 1 + j] = chosen[j]
@@ -244,9 +249,8 @@ def repair_deleted(vectors, metric, links, up_offset, layer, nodes, deleted, cap
         cand_d = np.empty(n, np.float32)
         for j in range(n):
             cand_d[j] = distance(metric, vectors[p], vectors[cand_i[j]])
-        order = np.argsort(cand_d, kind="mergesort")
-        sorted_d = cand_d[order]
-        sorted_i = cand_i[:n][order]
+        sort_pairs(cand_d, cand_i, n)
+        sorted_d, sorted_i = cand_d, cand_i
         chosen = np.empty(cap, np.int32)
         count = select_neighbors(vectors, metric, sorted_d, sorted_i, n, cap, chosen)
         # The heuristic alone leaves fewer links than the node had (its list had grown through reverse links);

@@ -14,7 +14,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .._numba import num_threads
+from .._numba import num_threads, run_threads
 from .._progress import progress_bar
 from .._validate import MAX_DEGREE, MAX_RESULTS, check_positive_int, check_real, check_threads
 from ..errors import CorruptFileError
@@ -32,6 +32,7 @@ from ..core.exact import exact_knn_subset
 # distances inside a batch stay a small part of the work.
 _BATCH_MIN = 32
 _BATCH_MAX = 128
+_CONNECT_CHUNK = 4  # new nodes handed to a thread at a time
 _BATCH_FRACTION = 0.05
 # consolidation rebuilds the graph instead of repairing it when more than this fraction of the nodes is deleted
 _REBUILD_FRACTION = 0.5
@@ -185,12 +186,12 @@ class HNSWIndex(Index):
                 linked = self._n
                 size = int(min(_BATCH_MAX, max(_BATCH_MIN, linked * _BATCH_FRACTION), n_new - pos))
                 s, e = start + pos, start + pos + size
-                with numba.parallel_chunksize(1):  # per-node costs vary: hand out nodes dynamically
-                    K.connect_batch(self._vectors, self._metric_code, self._links0, self._links_up, self._up_offset,
-                                    self._levels, self._deleted, max(self._entry, 0), self._max_level,
-                                    self._entry >= 0, s, e, self.ef_construction, self.M, fwd_d0, fwd_dup,
-                                    visited, tags)
-                self._link_back(s, e, fwd_d0, fwd_dup)
+                # per-node costs vary (levels, neighbourhoods): nodes are handed out a few at a time
+                run_threads(K.connect_rows, e - s, nthreads, self._vectors, self._metric_code, self._links0,
+                            self._links_up, self._up_offset, self._levels, self._deleted, max(self._entry, 0),
+                            self._max_level, self._entry >= 0, s, e, self.ef_construction, self.M, fwd_d0, fwd_dup,
+                            visited, tags, chunk=_CONNECT_CHUNK)
+                self._link_back(s, e, fwd_d0, fwd_dup, nthreads)
                 top = int(np.argmax(self._levels[s:e]))
                 if self._levels[s + top] > self._max_level:
                     self._entry = s + top
@@ -203,7 +204,7 @@ class HNSWIndex(Index):
                 bar.update(size)
         bar.close()
 
-    def _link_back(self, s: int, e: int, fwd_d0: np.ndarray, fwd_dup: np.ndarray) -> None:
+    def _link_back(self, s: int, e: int, fwd_d0: np.ndarray, fwd_dup: np.ndarray, nthreads: int) -> None:
         """Phase B of a batch: add the reverse links of the batch's out-links, layer by layer."""
         nodes_all = np.arange(s, e, dtype=np.int64)
         top = int(self._levels[s:e].max())
@@ -228,8 +229,8 @@ class HNSWIndex(Index):
             order = np.argsort(dst, kind="stable")
             dst, src, dist = dst[order], src[order], dist[order]
             group_start = np.concatenate([[0], np.flatnonzero(dst[1:] != dst[:-1]) + 1, [n_edges]])
-            K.add_reverse_links(self._vectors, self._metric_code, links, self._up_offset, layer, cap,
-                                dst, src, dist, group_start.astype(np.int64))
+            run_threads(K.add_reverse_links, len(group_start) - 1, nthreads, self._vectors, self._metric_code, links,
+                        self._up_offset, layer, cap, dst, src, dist, group_start.astype(np.int64), chunk=256)
 
     # ---- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, ef: int | None = None, filter: Any = None,
