@@ -15,11 +15,14 @@ __all__ = ["FlatIndex", "HNSWIndex", "LabelIndex", "VamanaIndex", "WindowIndex",
            "DimensionMismatchError", "DuplicateIdError", "UnknownIdError", "CorruptFileError", "CorruptDatabaseError",
            "MissingFileError", "UnknownKindError", "UnsupportedOperationError", "AccessDeniedError",
            "CollectionExistsError", "CollectionNotFoundError", "DatabaseLockedError", "ReadOnlyError", "StorageError",
-           "FilterError", "__version__"]
+           "FilterError", "warmup", "__version__"]
 
 
 def __getattr__(name: str):
     if name == "Client":  # the HTTP client is light, but keep `import simdex` free of networking imports
         from .server.client import Client
         return Client
+    if name == "warmup":
+        from ._warmup import warmup
+        return warmup
     raise AttributeError(f"module 'simdex' has no attribute {name!r}")

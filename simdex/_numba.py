@@ -15,6 +15,10 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from . import _cache
+
+_cache.install()  # before any kernel below or in other modules is decorated
+
 # fastmath lets LLVM reorder float reductions into SIMD lanes. Inputs are validated as finite, so the
 # no-NaN/no-inf assumptions it adds are true.
 FASTMATH = True

@@ -1,5 +1,5 @@
-"""The ``simdex`` command line: ``serve``, ``import``, ``export``, ``info``, ``search``, ``dedup``, ``bench``,
-``demo``. Every failure ends in one ``simdex: error: ...`` line and a non-zero exit code (set SIMDEX_TRACEBACK=1
+"""The ``simdex`` command line: ``serve``, ``import``, ``export``, ``info``, ``search``, ``dedup``, ``warmup``,
+``bench``, ``demo``. Every failure ends in one ``simdex: error: ...`` line and a non-zero exit code (set SIMDEX_TRACEBACK=1
 for the traceback)."""
 
 from __future__ import annotations
@@ -50,10 +50,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host) and not api_key:
         raise _fail(f"binding to {args.host} exposes the database to the network: give --api-key (or set "
                     f"SIMDEX_API_KEY), or bind to 127.0.0.1")
+    warming = None if args.no_warmup else _warmup_for_serving()
     db = connect(args.path, sync=args.sync)
     if args.demo:
         demo_collection(db)
     _warm_embedders(db)
+    if warming is not None:
+        from ._warmup import describe
+        took = warming.result()
+        if any(took.values()):
+            print(describe(took), flush=True)
     app = create_app(db, api_key=api_key, max_body_bytes=args.max_body_mb << 20, max_batch=args.max_batch)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"simdex {__version__}: database {Path(args.path).resolve()} "
@@ -63,6 +69,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
         db.close()
+    return 0
+
+
+def _warmup_for_serving():
+    """Compile what serving needs (in worker processes) while the database opens, so that the first requests do
+    not wait on the compiler; the caller waits for the returned future before listening. Nothing to do (a quick
+    check) when the kernel cache is warm."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ._warmup import is_warm, warmup
+    groups = ("hnsw", "database", "embed")
+    if not all(is_warm(g) for g in groups):
+        print(f"simdex: compiling kernels for the first start ({', '.join(g for g in groups if not is_warm(g))}; "
+              f"once per install, see `simdex warmup`)", flush=True)
+    pool = ThreadPoolExecutor(1)  # its thread only waits on the worker processes
+    future = pool.submit(warmup, groups, processes=max(2, min(4, os.cpu_count() or 1)),
+                         progress=False)
+    pool.shutdown(wait=False)
+    return future
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from ._cache import cache_dir
+    from ._warmup import GROUPS, describe, warmup
+    groups = None if args.groups == "all" else [g for g in args.groups.split(",") if g]
+    took = warmup(groups, processes=args.processes, force=args.force, progress=not args.no_progress)
+    print(describe(took))
+    print(f"kernel cache: {cache_dir()}  (groups: {', '.join(GROUPS)})")
     return 0
 
 
@@ -384,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=10_000)
     p.add_argument("--log-level", default="warning")
     p.add_argument("--demo", action="store_true", help="create the WordNet demo collection if it is missing")
+    p.add_argument("--no-warmup", action="store_true", help="do not compile the kernels before serving")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("import", help="import records from .npy, Parquet or JSONL into a collection",
@@ -446,6 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from .bench.__main__ import build_parser as bench_parser
+    p = sub.add_parser("warmup", help="compile simdex's kernels now (in a few processes) instead of on first use",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--groups", default="all", help="comma-separated: hnsw, database, embed, quant, sets, sparse")
+    p.add_argument("--processes", type=int, default=None, help="at once (default: CPU count, at most 4)")
+    p.add_argument("--force", action="store_true", help="also groups already warm")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_warmup)
+
     bench_parser(sub.add_parser("bench", help="benchmarks against peer libraries (see python -m simdex.bench)"))
     from .sets.cli import register as register_sets, run as run_sets
     register_sets(sub).set_defaults(func=run_sets)

@@ -77,7 +77,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     disk.add_argument("--sample", type=int, default=100_000, help="vectors the clustering is trained on")
     disk.add_argument("--work-dir", default="/tmp/simdex-disk", help="where the set and the index are written")
     disk.add_argument("--out", default="bench-results")
-    sub.add_parser("startup", help="import time and first-call JIT compile time (cold and warm cache)")
+    startup = sub.add_parser("startup", help="first-call times and compile share in fresh processes: cold cache, "
+                                             "warm cache, and after `simdex warmup`")
+    startup.add_argument("--scenarios", default="hnsw,database,text,dedup,cli-search")
+    startup.add_argument("--modes", default="cold,warm,warmup")
+    startup.add_argument("--profile", type=int, default=0, metavar="N",
+                         help="list the N kernels that took longest to compile in each cold run")
+    startup.add_argument("--out", default="bench-results")
     db = sub.add_parser("db", help="database upsert throughput and search latency vs Chroma and LanceDB")
     db.add_argument("--libs", default="simdex,simdex-http,chroma,chroma-http,lancedb")
     db.add_argument("--n-base", type=int, default=None, help="first N WordNet records (default: all 107,659)")
@@ -273,9 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.bench == "startup":
         from .startup import format_startup, measure
-        result = measure()
+        result = measure(tuple(args.scenarios.split(",")), tuple(args.modes.split(",")), args.profile)
         print(format_startup(result))
-        print(json.dumps(result))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        command = "python -m simdex.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        (Path(args.out) / "startup.json").write_text(json.dumps({"command": command, **result}, indent=1))
+        print(f"wrote {Path(args.out) / 'startup.json'}")
         return 0
     if args.bench == "db":
         from . import db as dbbench

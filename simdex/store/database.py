@@ -66,12 +66,16 @@ class Database(DatabaseAPI):
         ``checkpoint_bytes``, 1-64 MiB: the log is cut back by whole files).
     embedders : dict of name -> Embedder
         Instances of models that simdex cannot load by name, for the collections created with them.
+    warm : bool
+        For a long-lived program on a fresh install: compile the kernels a database runs in a separate process
+        (``simdex warmup --groups hnsw,database``) while this one loads and serves, instead of each on its first
+        call. Nothing when the kernel cache is already warm.
     """
 
     def __init__(self, path: str | os.PathLike, *, sync: str = "always", read_only: bool = False,
                  repair: bool = False, background: bool = True, merge_rows: int = 20_000,
                  checkpoint_bytes: int = 64 << 20, log_segment_bytes: int | None = None,
-                 embedders: dict[str, Any] | None = None) -> None:
+                 embedders: dict[str, Any] | None = None, warm: bool = False) -> None:
         if sync not in SYNC_MODES:
             raise InvalidInputError(f"sync must be one of {SYNC_MODES}; got {sync!r}")
         self.path = Path(path)
@@ -91,6 +95,10 @@ class Database(DatabaseAPI):
         self._lock_fd = self._acquire_lock() if not read_only else None
         self.opened_at = time.time()
         self._collections: dict[str, Collection] = {}
+        self._warmer = None
+        if warm:
+            from .._warmup import warm_in_background
+            self._warmer = warm_in_background(("hnsw", "database"))
         try:
             self._cleanup_temporaries()
             for folder in sorted((self.path / "collections").iterdir()):
