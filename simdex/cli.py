@@ -1,6 +1,6 @@
 """The ``simdex`` command line: ``serve``, ``import``, ``export``, ``info``, ``search``, ``dedup``, ``warmup``,
-``bench``, ``demo``. Every failure ends in one ``simdex: error: ...`` line and a non-zero exit code (set SIMDEX_TRACEBACK=1
-for the traceback)."""
+``bench``, ``demo``. Every failure ends in one ``simdex: error: ...`` line and a non-zero exit code (set
+SIMDEX_TRACEBACK=1 for the traceback)."""
 
 from __future__ import annotations
 
@@ -100,10 +100,10 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_collection(db, name: str = "wordnet") -> None:
+def demo_collection(db, name: str = "wordnet", limit: int | None = None) -> None:
     """Create the demo collection from real data: the WordNet glosses and their all-MiniLM-L6-v2 embeddings in
     ../shared/data, searchable by text (the built-in MiniLM embeds queries; BM25 over the glosses; hybrid by
-    default)."""
+    default). ``limit``: only the first records (tests)."""
     if name in db.list_collections():
         existing = db.get_collection(name)
         if existing.embedder_info is not None and existing.text:
@@ -115,6 +115,8 @@ def demo_collection(db, name: str = "wordnet") -> None:
     vectors = np.load(datasets.data_dir() / "wordnet-minilm" / "vectors.npy").astype(np.float32)
     collection = db.create_collection(name, metric="cosine", embedder="minilm", text=True)
     ids, metas, docs = datasets.wordnet_records()
+    if limit is not None:
+        ids, metas, docs, vectors = ids[:limit], metas[:limit], docs[:limit], vectors[:limit]
     bar = progress_bar(len(ids), f"demo collection {name!r}", True, unit="rec")
     for s in range(0, len(ids), 5000):  # the glosses come with their MiniLM vectors: nothing to embed
         collection.upsert(ids[s:s + 5000], vectors[s:s + 5000], metas[s:s + 5000], docs[s:s + 5000])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
+import httpx
 import uvicorn
 
 
@@ -36,3 +39,10 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def live_http(app) -> Iterator[httpx.Client]:
+    """An HTTP client of ``app`` served by a real uvicorn server (the whole stack, as a client meets it)."""
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as http:
+        yield http

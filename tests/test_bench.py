@@ -53,13 +53,15 @@ def test_bench_cli_help_and_unknown_library():
 
 
 def test_startup_measurement():
-    # the report's shape only: how much the cache saves is for the benchmark to say (a wall-clock ordering of two
-    # processes on a shared machine is not a test)
+    # what the report says, not how fast: the cold process compiled kernels, the warm one (same cache) none; a
+    # wall-clock ordering of two processes on a shared machine is not a test
     from simdex.bench.startup import format_startup, measure
-    result = measure()
-    assert set(result) == {"cold", "warm"}
-    assert all(v > 0 for side in result.values() for k, v in side.items() if k.endswith("_s"))
-    assert "cold" in format_startup(result)
+    result = measure(("cli-search",), ("cold", "warm"), profile=3)
+    runs = result["scenarios"]["cli-search"]
+    assert set(runs) == {"cold", "warm"} and list(runs["cold"]["steps"]) == ["import simdex", "simdex search"]
+    assert runs["cold"]["compile_s"] > 0 and runs["cold"]["top"] and runs["cold"]["top"][0]["signatures"] >= 1
+    assert runs["warm"]["compile_s"] == 0
+    assert "simdex search" in format_startup(result)
 
 
 def test_cli_info(tmp_path):

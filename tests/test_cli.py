@@ -161,3 +161,24 @@ def test_info_and_search_beside_a_writer(tmp_path, sample, capsys):
         assert stats["view"]["age_s"] >= 0 and stats["collections"][0]["count"] == 2
         assert main(["search", "--path", db, "w", "--id", "b", "-k", "1"]) == 0
         assert capsys.readouterr().out.split()[2] == "b"
+
+
+def test_the_demo_collection_that_make_run_serves(tmp_path, capsys):
+    """`make run` = `simdex serve --demo`: the demo collection from the WordNet data, searchable by text (dense,
+    BM25, hybrid), created once, and re-created when an older version of it has no text search."""
+    import simdex
+    from simdex import datasets
+    from simdex.cli import demo_collection
+
+    with simdex.connect(tmp_path / "db") as db:
+        db.create_collection("wordnet", 384, "cosine")  # as an earlier version created it: no text search
+        demo_collection(db, limit=3000)
+        col = db.get_collection("wordnet")
+        assert col.count() == 3000 and col.text and col.embedder_info is not None
+        assert "predates text search" in capsys.readouterr().out
+        ids, _, docs = datasets.wordnet_records()
+        for mode in ("dense", "bm25", "hybrid"):
+            hits = col.search(text=docs[17], k=3, mode=mode)
+            assert hits[0]["id"] == ids[17], mode  # a gloss finds itself by its own text
+        demo_collection(db, limit=3000)  # present and current: left as it is
+        assert col.count() == 3000 and "created demo" not in capsys.readouterr().out

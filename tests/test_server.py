@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import schemathesis
-from fastapi.testclient import TestClient
 
 import simdex
 from simdex.errors import (CollectionExistsError, CollectionNotFoundError, DimensionMismatchError,
@@ -17,7 +16,7 @@ from simdex.errors import (CollectionExistsError, CollectionNotFoundError, Dimen
 from simdex.server.app import create_app
 from simdex.store.filters import FilterError
 
-from ._live import LiveServer
+from ._live import LiveServer, live_http
 from .conftest import numpy_knn
 
 
@@ -77,58 +76,59 @@ def test_client_round_trip_equals_embedded(db, words):
 
 def test_error_statuses_and_nothing_changes(db):
     app = create_app(db, max_body_bytes=20_000, max_batch=50)
-    http = TestClient(app)
-    assert http.post("/api/v1/collections", json={"name": "c", "dim": 3, "metric": "l2"}).status_code == 201
-    ok = {"ids": ["a", "b"], "vectors": [[1, 0, 0], [0, 1, 0]], "metadatas": [{"x": 1}, None]}
-    assert http.post("/api/v1/collections/c/upsert", json=ok).json() == {"upserted": 2}
+    with live_http(app) as http:
+        assert http.post("/api/v1/collections", json={"name": "c", "dim": 3, "metric": "l2"}).status_code == 201
+        ok = {"ids": ["a", "b"], "vectors": [[1, 0, 0], [0, 1, 0]], "metadatas": [{"x": 1}, None]}
+        assert http.post("/api/v1/collections/c/upsert", json=ok).json() == {"upserted": 2}
 
-    cases = [
-        ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors": [[1, 2]]}, 400, "dimension"),
-        ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors": [[1, "x", 2]]}, 422, "vectors"),
-        ("post", "/api/v1/collections/c/upsert", {"ids": ["z", "z"], "vectors": [[1, 2, 3]] * 2}, 409, "more than"),
-        ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors": [[1, 2, 3]], "extra": 1}, 422, "extra"),
-        ("post", "/api/v1/collections/c/upsert", {"ids": [f"i{i}" for i in range(51)],
-                                                  "vectors": [[1, 2, 3]] * 51}, 400, "at most 50"),
-        ("post", "/api/v1/collections/c/upsert", {"ids": ["z"] * 2000, "vectors": [[1.5, 2.5, 3.5]] * 2000},
-         413, "limit"),
-        ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors_base64": "!!"}, 400, "not valid base64"),
-        ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors_base64": "AAAAAA=="}, 400, "whole number"),
-        ("post", "/api/v1/collections/c/upsert", {"ids": ["z"]}, 400, "vectors is required"),
-        ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors_base64": "AADAfwAAAAAAAAAA"}, 400, "nan"),
-        ("post", "/api/v1/collections/c/search", {"vector": [1, 0, 0], "k": 0}, 422, "k"),
-        ("post", "/api/v1/collections/c/search", {"k": 1}, 400, "exactly one of"),
-        ("post", "/api/v1/collections/c/search", {"vector": [1, 0, 0], "where": {"x": {"$foo": 1}}}, 400,
-         r"where.x.$foo"),
-        ("post", "/api/v1/collections/c/search", {"query_ids": ["nope"]}, 404, "nope"),
-        ("post", "/api/v1/collections/c/delete", {"ids": ["nope"]}, 404, "nope"),
-        ("post", "/api/v1/collections/nope/get", {}, 404, "nope"),
-        ("delete", "/api/v1/collections/..%2Fc", None, 404, "no such endpoint"),
-        ("post", "/api/v1/collections", {"name": "../x", "dim": 3}, 400, "invalid collection name"),
-        ("post", "/api/v1/collections", {"name": "c", "dim": 3}, 409, "already exists"),
-        ("post", "/api/v1/collections", {"name": "d", "dim": -1}, 400, "dim"),
-        ("post", "/api/v1/collections", {"name": "d", "dim": 10 ** 18}, 400, "dim must be <="),
-        ("post", "/api/v1/collections", {"name": "d", "dim": 3, "params": {"M": "big"}}, 400, "M"),
-    ]
-    for method, url, body, status, needle in cases:
-        response = getattr(http, method)(url, json=body) if body is not None else getattr(http, method)(url)
-        assert response.status_code == status, (url, body, response.text)
-        error = response.json()["error"]
-        assert needle.lower() in error["message"].lower(), (url, error)
-    raw = http.post("/api/v1/collections/c/upsert", content=b"{not json", headers={"content-type": "application/json"})
-    assert raw.status_code == 422 and "error" in raw.json()
-    assert http.get("/api/v1/collections").json()["collections"][0]["count"] == 2
-    assert http.post("/api/v1/collections/c/get", json={}).json()["records"] == [
-        {"id": "a", "metadata": {"x": 1}, "document": None}, {"id": "b", "metadata": {}, "document": None}]
-    assert sorted(p.name for p in (db.path / "collections").iterdir()) == ["c"]
+        cases = [
+            ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors": [[1, 2]]}, 400, "dimension"),
+            ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors": [[1, "x", 2]]}, 422, "vectors"),
+            ("post", "/api/v1/collections/c/upsert", {"ids": ["z", "z"], "vectors": [[1, 2, 3]] * 2}, 409, "more than"),
+            ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors": [[1, 2, 3]], "extra": 1}, 422, "extra"),
+            ("post", "/api/v1/collections/c/upsert", {"ids": [f"i{i}" for i in range(51)],
+                                                      "vectors": [[1, 2, 3]] * 51}, 400, "at most 50"),
+            ("post", "/api/v1/collections/c/upsert", {"ids": ["z"] * 2000, "vectors": [[1.5, 2.5, 3.5]] * 2000},
+             413, "limit"),
+            ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors_base64": "!!"}, 400, "not valid base64"),
+            ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors_base64": "AAAAAA=="}, 400, "whole number"),
+            ("post", "/api/v1/collections/c/upsert", {"ids": ["z"]}, 400, "vectors is required"),
+            ("post", "/api/v1/collections/c/upsert", {"ids": ["z"], "vectors_base64": "AADAfwAAAAAAAAAA"}, 400, "nan"),
+            ("post", "/api/v1/collections/c/search", {"vector": [1, 0, 0], "k": 0}, 422, "k"),
+            ("post", "/api/v1/collections/c/search", {"k": 1}, 400, "exactly one of"),
+            ("post", "/api/v1/collections/c/search", {"vector": [1, 0, 0], "where": {"x": {"$foo": 1}}}, 400,
+             r"where.x.$foo"),
+            ("post", "/api/v1/collections/c/search", {"query_ids": ["nope"]}, 404, "nope"),
+            ("post", "/api/v1/collections/c/delete", {"ids": ["nope"]}, 404, "nope"),
+            ("post", "/api/v1/collections/nope/get", {}, 404, "nope"),
+            ("delete", "/api/v1/collections/..%2Fc", None, 404, "no such endpoint"),
+            ("post", "/api/v1/collections", {"name": "../x", "dim": 3}, 400, "invalid collection name"),
+            ("post", "/api/v1/collections", {"name": "c", "dim": 3}, 409, "already exists"),
+            ("post", "/api/v1/collections", {"name": "d", "dim": -1}, 400, "dim"),
+            ("post", "/api/v1/collections", {"name": "d", "dim": 10 ** 18}, 400, "dim must be <="),
+            ("post", "/api/v1/collections", {"name": "d", "dim": 3, "params": {"M": "big"}}, 400, "M"),
+        ]
+        for method, url, body, status, needle in cases:
+            response = getattr(http, method)(url, json=body) if body is not None else getattr(http, method)(url)
+            assert response.status_code == status, (url, body, response.text)
+            error = response.json()["error"]
+            assert needle.lower() in error["message"].lower(), (url, error)
+        raw = http.post("/api/v1/collections/c/upsert", content=b"{not json",
+                        headers={"content-type": "application/json"})
+        assert raw.status_code == 422 and "error" in raw.json()
+        assert http.get("/api/v1/collections").json()["collections"][0]["count"] == 2
+        assert http.post("/api/v1/collections/c/get", json={}).json()["records"] == [
+            {"id": "a", "metadata": {"x": 1}, "document": None}, {"id": "b", "metadata": {}, "document": None}]
+        assert sorted(p.name for p in (db.path / "collections").iterdir()) == ["c"]
 
 
 def test_api_key(db):
-    http = TestClient(create_app(db, api_key="s3cret"))
-    assert http.get("/api/v1/collections").status_code == 401
-    assert http.get("/api/v1/collections", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert http.get("/api/v1/collections", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    assert http.get("/api/v1/collections", headers={"X-API-Key": "s3cret"}).status_code == 200
-    assert http.get("/healthz").status_code == 200 and http.get("/").status_code == 200
+    with live_http(create_app(db, api_key="s3cret")) as http:
+        assert http.get("/api/v1/collections").status_code == 401
+        assert http.get("/api/v1/collections", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert http.get("/api/v1/collections", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert http.get("/api/v1/collections", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert http.get("/healthz").status_code == 200 and http.get("/").status_code == 200
 
 
 def test_serve_refuses_public_bind_without_key(tmp_path, capsys):
