@@ -4,8 +4,8 @@ writes (plus, at most, the one write in flight, whole or not at all), and its se
 force over that content.
 
 The writer applies a deterministic random sequence of upserts and deletes (batches of 1-200 records, real WordNet
-embeddings) to two collections, ``graph`` (HNSW, with background merges and checkpoints forced to happen often)
-and ``exact`` (flat index), and prints ``ok <n> <collection>`` after write ``n`` returns, or ``fail <n>
+embeddings) to one collection per index kind: ``graph`` (HNSW), ``graph-lvq8`` and ``graph-int8`` (HNSW over
+codes), each with background merges and checkpoints forced to happen often, and ``exact`` (flat index), and prints ``ok <n> <collection>`` after write ``n`` returns, or ``fail <n>
 <collection>`` when it raised :class:`~simdex.errors.StorageError` (a failed write must never appear). The parent
 replays the same sequence into a model, kills the writer at a random moment, reopens the database and compares.
 
@@ -32,7 +32,14 @@ from typing import Any
 
 import numpy as np
 
-COLLECTIONS = ("graph", "exact")
+# the collections the writer keeps, one per index kind of the database: name -> (index kind, its parameters)
+COLLECTION_KINDS = {
+    "graph": ("hnsw", {"M": 8, "ef_construction": 40}),
+    "graph-lvq8": ("hnsw-lvq8", {"M": 8, "ef_construction": 40}),
+    "graph-int8": ("hnsw-int8", {"M": 8, "ef_construction": 40}),
+    "exact": ("flat", {}),
+}
+COLLECTIONS = tuple(COLLECTION_KINDS)
 POOL_IDS = 3_000
 
 
@@ -75,7 +82,7 @@ def child(db_path: str, pool_path: str, seed: int) -> None:
     pool = np.load(pool_path)
     db = connect(db_path, sync="always", merge_rows=300, checkpoint_bytes=400_000)
     cols = {name: db.get_or_create_collection(name, pool.shape[1], "cosine", index=kind, **params)
-            for name, kind, params in (("graph", "hnsw", {"M": 8, "ef_construction": 40}), ("exact", "flat", {}))}
+            for name, (kind, params) in COLLECTION_KINDS.items()}
     print("ready", flush=True)
     for n, op in enumerate(operations(seed, pool.shape[0]), 1):
         for name in COLLECTIONS:

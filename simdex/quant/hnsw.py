@@ -153,6 +153,17 @@ class HNSWQuantIndex(HNSWIndex):
         read back on demand): after a build, the resident set then holds only what search touches."""
         drop_pages(self._vectors)
 
+    def keep_vectors_in(self, storage_dir: str | None) -> None:
+        """Move the float32 vectors to an unlinked file in ``storage_dir`` (with ``vectors="disk"``; for an index
+        just loaded with ``mmap=False``, which reads them into memory) and keep later ones there, their pages out
+        of this process's resident set."""
+        self.storage_dir = storage_dir
+        if self.vector_storage == "disk":
+            vectors = self._new_vectors(self._vectors.shape[0])
+            vectors[:] = self._vectors
+            self._vectors = vectors
+            self.drop_vector_pages()
+
     @classmethod
     def from_hnsw(cls, index: HNSWIndex, codec: Any = "lvq8", **kwargs: Any) -> HNSWQuantIndex:
         """An index over codes that reuses the graph of a float32 :class:`HNSWIndex` (no rebuild): the vectors

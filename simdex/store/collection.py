@@ -76,7 +76,8 @@ class Collection(Durable, CollectionAPI):
         self._fsyncer: ThreadPoolExecutor | None = None
         self._maintenance = threading.Lock()  # one checkpoint at a time
         self._closed = False
-        self._vectors = RecordVectors(self.dim, self.metric, self.index_kind, self.params, merge_rows)
+        self._vectors = RecordVectors(self.dim, self.metric, self.index_kind, self.params, merge_rows,
+                                      None if read_only else str(path))
         self._text_side: TextSide | None = None
         self._window_side: WindowSide | None = None
         self._label_side: LabelSide | None = None

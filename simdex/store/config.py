@@ -15,8 +15,36 @@ if TYPE_CHECKING:
 INCLUDE_CHOICES = ("metadatas", "documents", "embeddings", "distances")
 DEFAULT_SEARCH_INCLUDE = ("metadatas", "documents", "distances")
 DEFAULT_GET_INCLUDE = ("metadatas", "documents")
-INDEX_KINDS = ("hnsw", "flat")
 HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
+# A collection's index kind: the main index that the optimizer builds aside from the newest rows and swaps in
+# (:class:`~simdex.store.vectors.RecordVectors`), its constructor's fixed arguments and the parameters a user may
+# set; "flat" has no main index (exact search over every row).
+MAIN_INDEXES: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+    "hnsw": ("HNSWIndex", {}, HNSW_PARAMS),
+    "hnsw-lvq8": ("HNSWQuantIndex", {"codec": "lvq8"}, HNSW_PARAMS + ("rerank",)),
+    "hnsw-int8": ("HNSWQuantIndex", {"codec": "int8"}, HNSW_PARAMS + ("rerank",)),
+}
+INDEX_KINDS = (*MAIN_INDEXES, "flat")
+
+
+def main_index_class(index: str) -> type[HNSWIndex]:
+    """The class of the main index of kind ``index`` (not "flat")."""
+    if MAIN_INDEXES[index][0] == "HNSWIndex":
+        return HNSWIndex
+    from ..quant import HNSWQuantIndex  # the store sits above every index family
+    return HNSWQuantIndex
+
+
+def new_main_index(dim: int, metric: str, index: str, params: dict[str, Any],
+                   storage_dir: str | None = None) -> HNSWIndex:
+    """An empty main index of kind ``index`` with the collection's ``params``. Consolidation runs on copies built
+    aside, never under readers, so the index never consolidates by itself. A code index keeps its float32 vectors
+    (for building and re-ranking) in unlinked files in ``storage_dir`` (the collection's folder: the disk the
+    database is on, not a temporary folder that may be memory)."""
+    fixed = dict(MAIN_INDEXES[index][1])
+    if fixed:
+        fixed["storage_dir"] = storage_dir
+    return main_index_class(index)(dim, metric, consolidate_threshold=1.0, **fixed, **params)
 
 
 def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -37,11 +65,13 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
     metric = check_metric(metric)
     if index not in INDEX_KINDS:
         raise InvalidInputError(f"index must be one of {INDEX_KINDS}; got {index!r}")
-    unknown = set(params) - (set(HNSW_PARAMS) if index == "hnsw" else set())
+    allowed = MAIN_INDEXES[index][2] if index in MAIN_INDEXES else ()
+    unknown = set(params) - set(allowed)
     if unknown:
-        raise InvalidInputError(f"unknown parameter(s) for a {index} index: {sorted(unknown)}")
-    if index == "hnsw":
-        HNSWIndex(dim, metric, **params)  # validates the values
+        raise InvalidInputError(f"unknown parameter(s) for a {index} index: {sorted(unknown)}; it takes "
+                                f"{list(allowed) or 'none'}")
+    if index in MAIN_INDEXES:
+        new_main_index(dim, metric, index, params)  # validates the values
     if not isinstance(text, bool):
         raise InvalidInputError(f"text must be True or False; got {text!r}")
     if text:

@@ -181,8 +181,11 @@ class Database(DatabaseAPI):
                           exist_ok: bool = False, text: bool = False, embedder: Any = None,
                           window_field: str | None = None, label_field: str | None = None,
                           **params: Any) -> Collection:
-        """Create a collection of ``dim``-dimensional vectors. ``params`` go to the index (HNSW: M,
-        ef_construction, ef_search, seed). With ``text`` the records' documents are also indexed for BM25, for
+        """Create a collection of ``dim``-dimensional vectors. ``index``: "hnsw" (float32 vectors), "hnsw-lvq8"
+        or "hnsw-int8" (the graph walked on 8-bit LVQ / int8 codes, a quarter of the memory per vector, the best
+        candidates re-ranked from the float32 vectors kept in a file; :class:`~simdex.quant.HNSWQuantIndex`), or
+        "flat" (exact search over every row). ``params`` go to the index (M, ef_construction, ef_search, seed;
+        for the code kinds also rerank). With ``text`` the records' documents are also indexed for BM25, for
         ``search(text=...)`` and hybrid search. With ``window_field`` (a metadata key, e.g. ``"ts"``) a
         :class:`~simdex.dense.WindowIndex` over that numeric field answers ``where`` filters that are only a
         range on it (``{"ts": {"$gte": a, "$lte": b}}``, ``$gt``/``$lt``/``$eq``, or their

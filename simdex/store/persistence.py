@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from .. import fileformat
-from ..dense import FlatIndex, HNSWIndex
+from ..dense import FlatIndex
 from ..errors import CorruptDatabaseError, CorruptFileError, ReadOnlyError, StorageError
 from ..fileformat import fsync_path
 from ..index import Index, write_snapshot
 from . import records as rec
 from ._io import storage_error
+from .config import MAIN_INDEXES, main_index_class
 from .metadata import MetadataStore, copy_database
 from .wal import CorruptLogError, WriteAheadLog
 
@@ -172,9 +173,13 @@ class Durable:
         main = None
         if manifest.get("main"):
             main = Index.load(self.path / manifest["main"], mmap=False)
-            if not isinstance(main, HNSWIndex) or main.dim != self.dim:
-                raise CorruptFileError("main index has the wrong kind or dimension")
+            kind = self._vectors.index_kind
+            if kind not in MAIN_INDEXES or type(main) is not main_index_class(kind) or main.dim != self.dim:
+                raise CorruptFileError(f"main index is a {main.kind} of dimension {main.dim}, not the {kind!r} "
+                                       f"index of this {self.dim}-d collection")
             main.consolidate_threshold = 1.0  # consolidation happens on copies, never under readers
+            if hasattr(main, "keep_vectors_in"):  # a code index: its vectors in files beside the collection, as built
+                main.keep_vectors_in(self._vectors.storage_dir)
             _, _, tomb = fileformat.load_arrays(self.path / manifest["tomb"], mmap=False)
             deleted = tomb["deleted"]
             if deleted.shape != (main._n,):

@@ -14,16 +14,21 @@ from typing import Any
 import numpy as np
 
 from ..dense import FlatIndex, HNSWIndex
+from .config import new_main_index
 from .sides import SideIndex, remove_present
 
 
 class RecordVectors(SideIndex):
-    """Main graph + growing exact segment. ``index_kind`` "flat" keeps every row in the exact segment."""
+    """Main graph + growing exact segment. ``index_kind``: a kind of :data:`~simdex.store.config.MAIN_INDEXES`
+    (HNSW over float32 vectors or over LVQ-8 / int8 codes), or "flat", which keeps every row in the exact
+    segment."""
 
-    def __init__(self, dim: int, metric: str, index_kind: str, params: dict[str, Any], merge_rows: int) -> None:
+    def __init__(self, dim: int, metric: str, index_kind: str, params: dict[str, Any], merge_rows: int,
+                 storage_dir: str | None = None) -> None:
         super().__init__()
         self.dim, self.metric, self.index_kind, self.params = dim, metric, index_kind, params
         self.merge_rows = merge_rows
+        self.storage_dir = storage_dir  # where a code index keeps its float32 vectors (unlinked files)
         self.main: HNSWIndex | None = None
         self.growing = FlatIndex(dim, metric)
         self.last_write = time.monotonic()
@@ -83,7 +88,7 @@ class RecordVectors(SideIndex):
 
     # ---- the merge into the main graph, rebuilt aside ---------------------------------------------------------------
     def needs_rebuild(self, idle_seconds: float = 0.5) -> bool:
-        if self.index_kind != "hnsw":
+        if self.index_kind == "flat":
             return False
         n = len(self.growing)
         main_n = self.main._n if self.main is not None else 0
@@ -95,7 +100,7 @@ class RecordVectors(SideIndex):
         return n >= self.merge_rows or n >= max(2048, 0.05 * main_n) or idle
 
     def snapshot(self) -> Any:
-        if self.index_kind != "hnsw":
+        if self.index_kind == "flat":
             return None
         moved = self.growing.ids
         base = self.main
@@ -105,8 +110,8 @@ class RecordVectors(SideIndex):
 
     def build(self, snap, threads) -> Any:
         moved, vectors, base = snap
-        new = HNSWIndex(self.dim, self.metric, consolidate_threshold=1.0, **self.params) if base is None \
-            else base.copy()
+        new = new_main_index(self.dim, self.metric, self.index_kind, self.params, self.storage_dir) \
+            if base is None else base.copy()
         if moved.size:
             new.add(vectors, moved, threads=threads)
         if new._n_deleted > 0.2 * new._n:
