@@ -91,10 +91,11 @@ def test_crud_and_search_matches_brute_force(tmp_path, records, kind):
         assert col.delete(["doc-00500"], missing_ok=True) == 0
 
 
-def test_filters_equal_brute_force(tmp_path, records):
+@pytest.mark.parametrize("kind", GRAPH_KINDS)
+def test_filters_equal_brute_force(tmp_path, records, kind):
     ids, vectors, metas, docs, queries = records
     with _open(tmp_path / "db") as db:
-        col = db.create_collection("words", dim=384)
+        col = db.create_collection("words", dim=384, index=kind)
         col.upsert(ids, vectors, metas, docs)
         db.optimize()
         cases = [
