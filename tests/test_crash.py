@@ -24,7 +24,7 @@ def test_full_disk_and_kills_lose_nothing(tmp_path, wordnet_small):
         pytest.skip("the full-disk rounds mount a size-limited tmpfs, which needs root; "
                     "tests/test_storage_faults.py injects the same faults without it")
     stats = crash.run(tmp_path, wordnet_small.base[:2_000], wordnet_small.queries[:20], kills=4, seed=11,
-                      max_wait=3.0, progress=False, disk_full=1.0, fs_size=64 << 20)
+                      max_wait=3.0, progress=False, disk_full=1.0, fs_size=160 << 20)
     summary = stats.summary()
     assert not stats.failures, stats.failures
     assert stats.full_disk_rounds == 4 and stats.failed_writes > 0, summary  # the disk did fill up

@@ -195,3 +195,37 @@ def test_checksummed_but_inconsistent_graph_is_rejected(wordnet_small, tmp_path,
     _resave(path, mutate)
     with pytest.raises(CorruptFileError):
         HNSWIndex.load(path)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "hnsw-lvq8"])
+def test_copy_is_consistent_while_another_thread_removes(kind):
+    """The database copies its main index while its writer deletes from it: every copy must be one state of the
+    index (tombstones, ids and the deletion count in step), never a mix of two."""
+    import threading
+
+    from simdex.quant import HNSWQuantIndex
+    x = np.random.default_rng(0).standard_normal((3000, 32)).astype(np.float32)
+    cls = HNSWIndex if kind == "hnsw" else HNSWQuantIndex
+    index = cls(32, "l2", M=8, ef_construction=32, consolidate_threshold=1.0)
+    index.add(x)
+    stop = threading.Event()
+
+    def remover():
+        for i in np.random.default_rng(1).permutation(3000)[:2500]:
+            if stop.is_set():
+                return
+            index.remove([int(i)])
+
+    thread = threading.Thread(target=remover)
+    thread.start()
+    try:
+        for _ in range(40):
+            clone = index.copy()
+            n = clone._n
+            dead = clone._deleted[:n] != 0
+            assert clone._n_deleted == int(dead.sum())
+            np.testing.assert_array_equal(clone._idmap.slot_ids[:n] < 0, dead)
+            assert len(clone._idmap) == n - int(dead.sum())
+    finally:
+        stop.set()
+        thread.join()

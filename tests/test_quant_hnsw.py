@@ -87,3 +87,24 @@ def test_bad_parameters():
         index.search(np.ones((1, 16)), 3, rerank=0)
     with pytest.raises(InvalidInputError, match="codec is fixed"):
         index.train(np.ones((5, 16)))
+
+
+def test_copy_is_independent_and_of_the_same_kind(wordnet_20k, tmp_path):
+    """The database merges new rows into a copy of its main index: the copy must be an index over codes too
+    (its vectors in a file, as the original's), equal to the original, and changing it must not touch it."""
+    import mmap
+    x, q = wordnet_20k.base[:3000], wordnet_20k.queries[:20]
+    index = HNSWQuantIndex(x.shape[1], "cosine", M=8, ef_construction=64, codec="lvq8", storage_dir=str(tmp_path))
+    index.add(x[:2000])
+    before = index.search(q, 10)
+    clone = index.copy()
+    assert type(clone) is HNSWQuantIndex
+    np.testing.assert_array_equal(clone.search(q, 10)[1], before[1])
+    clone.add(x[2000:], ids=np.arange(2000, 3000))
+    clone.remove(np.arange(50))
+    assert len(index) == 2000 and len(clone) == 2950
+    np.testing.assert_array_equal(index.search(q, 10)[1], before[1])
+    base = clone._vectors
+    while base is not None and not isinstance(base, (np.memmap, mmap.mmap)):
+        base = base.base
+    assert base is not None  # file-backed, not a copy in memory

@@ -4,8 +4,9 @@ writes (plus, at most, the one write in flight, whole or not at all), and its se
 force over that content.
 
 The writer applies a deterministic random sequence of upserts and deletes (batches of 1-200 records, real WordNet
-embeddings) to one collection per index kind: ``graph`` (HNSW), ``graph-lvq8`` and ``graph-int8`` (HNSW over
-codes), each with background merges and checkpoints forced to happen often, and ``exact`` (flat index), and prints ``ok <n> <collection>`` after write ``n`` returns, or ``fail <n>
+embeddings) to one collection per index kind: ``graph`` (HNSW), ``graph-lvq8`` and ``graph-int8`` (HNSW
+over codes), each with background merges and checkpoints forced to happen often, and ``exact`` (flat index), and
+prints ``ok <n> <collection>`` after write ``n`` returns, or ``fail <n>
 <collection>`` when it raised :class:`~simdex.errors.StorageError` (a failed write must never appear). The parent
 replays the same sequence into a model, kills the writer at a random moment, reopens the database and compares.
 
@@ -244,7 +245,7 @@ def _fill_disk(folder: Path, leave: int) -> Path:
 
 
 def run(workdir: str | os.PathLike, pool: np.ndarray, queries: np.ndarray, kills: int, seed: int = 0,
-        max_wait: float = 4.0, progress: bool = True, disk_full: float = 0.0, fs_size: int = 64 << 20
+        max_wait: float = 4.0, progress: bool = True, disk_full: float = 0.0, fs_size: int = 160 << 20
         ) -> CrashStats:
     """Kill a writer ``kills`` times; verify after each. ``pool``: (n, dim) unit vectors used as record vectors.
     With ``disk_full`` > 0, the database is on a tmpfs of ``fs_size`` bytes (needs root), and that fraction of

@@ -416,15 +416,28 @@ class HNSWIndex(Index):
         self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k not in ("_write_lock",)})
 
     def copy(self) -> HNSWIndex:
-        """An independent deep copy (for copy-on-write updates while others keep searching the original)."""
-        clone = HNSWIndex.__new__(HNSWIndex)
-        clone.__dict__.update(self.__dict__)
-        for name in ("_vectors", "_links0", "_links_up", "_up_offset", "_levels", "_deleted"):
-            setattr(clone, name, np.array(getattr(self, name)))
-        clone._idmap = IdMap(np.array(self._idmap.slot_ids))
-        clone._scratch = ScratchPool()
-        clone._write_lock = threading.RLock()
-        return clone
+        """An independent deep copy (for copy-on-write updates while others keep searching the original).
+
+        Taken under the write lock: a ``remove`` meanwhile (the database deletes from its main index while the
+        optimizer copies it) would otherwise land between the copies of the arrays, leaving the copy's tombstones,
+        ids and deletion count out of step (numpy releases the GIL while it copies large arrays)."""
+        with self._write_lock:
+            clone = type(self).__new__(type(self))  # a subclass's copy stays one (HNSWQuantIndex)
+            clone.__dict__.update(self.__dict__)
+            for name in ("_links0", "_links_up", "_up_offset", "_levels", "_deleted"):
+                setattr(clone, name, np.array(getattr(self, name)))
+            clone._vectors = self._copy_vectors()
+            clone._idmap = IdMap(np.array(self._idmap.slot_ids))
+            clone._scratch = ScratchPool()
+            clone._write_lock = threading.RLock()
+            self._copy_extra(clone)
+            return clone
+
+    def _copy_extra(self, clone: HNSWIndex) -> None:
+        """Copy a subclass's own arrays into ``clone`` (under the write lock of :meth:`copy`)."""
+
+    def _copy_vectors(self) -> np.ndarray:
+        return np.array(self._vectors)
 
     # ---- access --------------------------------------------------------------------------------------------------
     def get_vectors(self, ids: Any) -> np.ndarray:

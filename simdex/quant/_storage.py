@@ -3,6 +3,8 @@ mapped, so that they occupy page cache (reclaimable, shared) rather than the pro
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 
 import numpy as np
@@ -12,7 +14,15 @@ def disk_array(rows: int, dim: int, directory: str | None = None) -> np.ndarray:
     """A zeroed float32 (rows, dim) array backed by an unlinked temporary file in ``directory`` (default: the
     system's temporary folder). The file disappears when the last view of the array is garbage-collected."""
     with tempfile.TemporaryFile(dir=directory, prefix="simdex-vectors-") as f:
-        f.truncate(max(rows, 1) * dim * 4)
+        size = max(rows, 1) * dim * 4
+        try:
+            # reserve the blocks now: a sparse file on a full disk would kill the process with SIGBUS at the first
+            # write through the mapping, instead of this OSError (ENOSPC) here
+            os.posix_fallocate(f.fileno(), 0, size)
+        except (AttributeError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            f.truncate(size)  # no fallocate here (the platform, or the file system)
         mm = np.memmap(f, np.float32, mode="r+", shape=(max(rows, 1), dim))
     return np.asarray(mm)[:rows]
 

@@ -159,8 +159,10 @@ class HNSWQuantIndex(HNSWIndex):
         of this process's resident set."""
         self.storage_dir = storage_dir
         if self.vector_storage == "disk":
-            vectors = self._new_vectors(self._vectors.shape[0])
-            vectors[:] = self._vectors
+            try:
+                vectors = self._copy_vectors()
+            except OSError:  # no room for the file (a full disk): they stay in memory, and the index works
+                return
             self._vectors = vectors
             self.drop_vector_pages()
 
@@ -285,13 +287,13 @@ class HNSWQuantIndex(HNSWIndex):
             self._vectors = vectors
             self._codes = self.codec.encode(vectors) if n else np.zeros((0, self.codec.code_size), np.uint8)
 
-    def copy(self) -> HNSWQuantIndex:
-        clone = super().copy()
-        vectors = clone._new_vectors(self._vectors.shape[0])
-        vectors[:] = self._vectors
-        clone._vectors = vectors
+    def _copy_extra(self, clone: HNSWIndex) -> None:
         clone._codes = np.array(self._codes)
-        return clone  # type: ignore[return-value]
+
+    def _copy_vectors(self) -> np.ndarray:
+        vectors = self._new_vectors(self._vectors.shape[0])  # on disk for vectors="disk", never a copy in memory
+        vectors[:] = self._vectors
+        return vectors
 
     # ---- persistence ---------------------------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
