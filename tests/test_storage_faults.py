@@ -471,3 +471,26 @@ def test_writes_wait_for_a_checkpoint_when_the_log_outgrows_failing_checkpoints(
     assert col._manifest["gen"] > gen and not col.needs_checkpoint()
     db.close()
     _reopen_and_check(tmp_path / "db", model, queries, batch + 2)
+
+
+def test_code_collection_merge_on_a_full_disk(tmp_path, monkeypatch):
+    """A collection over codes keeps its float32 vectors in files: when there is no room for them the merge fails
+    with a StorageError naming the cause, searches go on over what is there, and the merge succeeds once there is
+    room again."""
+    x = np.random.default_rng(0).standard_normal((1500, 32)).astype(np.float32)
+    ids = [f"r{i}" for i in range(1500)]
+    with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
+        col = db.create_collection("c", 32, "l2", index="hnsw-lvq8", M=8, ef_construction=32)
+        col.upsert(ids, x)
+
+        def no_room(fd, offset, length):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "posix_fallocate", no_room)
+        with pytest.raises(StorageError, match="the disk is full"):
+            db.optimize()
+        assert col.stats()["indexed"] == 0 and col.count() == 1500
+        assert col.search(x[7], k=1)[0]["id"] == "r7"  # exact over the unindexed rows
+        monkeypatch.undo()
+        db.optimize()
+        assert col.stats()["indexed"] == 1500 and col.search(x[7], k=1)[0]["id"] == "r7"

@@ -435,7 +435,10 @@ class Collection(Durable, CollectionAPI):
         return [side for side in self._sides if side.needs_rebuild()]
 
     def rebuild(self, side: SideIndex, threads: int | None = None) -> bool:
-        return not self.read_only and rebuild_aside(side, self._rw, threads)
+        try:
+            return not self.read_only and rebuild_aside(side, self._rw, threads)
+        except OSError as exc:  # a code index's vector file on a full disk: retried later; said as elsewhere
+            raise storage_error(exc, "rebuild an index (its files) in", self.path) from exc
 
     def merge(self, threads: int | None = None) -> bool:
         """Fold the growing rows into (a copy of) the main HNSW index and swap it in; compact deletions."""
