@@ -16,6 +16,7 @@ works on the float vectors and re-encodes the survivors.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -96,6 +97,7 @@ class HNSWQuantIndex(HNSWIndex):
         self.storage_dir = storage_dir
         self._codes = np.zeros((0, self.codec.code_size), np.uint8)
         self._vectors = self._new_vectors(0)
+        self.trained_rows = 0  # how many vectors the codec was trained on (see retrain)
 
     def __repr__(self) -> str:
         return (f"HNSWQuantIndex(dim={self.dim}, metric={self.metric!r}, codec={self.codec!r}, "
@@ -181,6 +183,7 @@ class HNSWQuantIndex(HNSWIndex):
             if live.shape[0] > _TRAIN_SAMPLE:
                 live = np.sort(np.random.default_rng(index.seed).choice(live, _TRAIN_SAMPLE, replace=False))
             q.codec.train(src[live])
+            q.trained_rows = int(np.count_nonzero(live))
         q._vectors = q._new_vectors(n)
         q._vectors[:] = src
         q._codes = q.codec.encode(src) if n else np.zeros((0, q.codec.code_size), np.uint8)
@@ -199,10 +202,35 @@ class HNSWQuantIndex(HNSWIndex):
             raise InvalidInputError("the index already holds vectors; its codec is fixed")
         sample = check_vectors(x, self.dim, "training vectors", normalize=self.metric == "cosine")
         self.codec.train(sample)
+        self.trained_rows = sample.shape[0]
+
+    def wants_retraining(self, growth: float = 4.0) -> bool:
+        """Whether the index holds ``growth`` times the rows its codec was trained on, and that was fewer than
+        the training sample's size (see :meth:`retrain`)."""
+        return self.trained_rows < _TRAIN_SAMPLE and len(self) >= growth * max(self.trained_rows, 1)
+
+    def retrain(self) -> None:
+        """Train a new codec of the same kind on (a sample of up to 100,000 of) the vectors held now and re-encode
+        them all; the graph stays. For an index that grew far past the rows its codec was trained on: an int8
+        codec's per-dimension ranges come from its training rows, and values outside them are clipped (a database
+        collection trains on its first few hundred rows). O(n * dim)."""
+        with self._write_lock:
+            n = self._n
+            live = np.flatnonzero(self._deleted[:n] == 0)
+            if live.size == 0:
+                return
+            self._materialize()
+            codec = copy.deepcopy(self.codec)  # a copy of this index may share the old one
+            codec.train(training_sample(np.asarray(self._vectors[live]), self.seed))
+            self._codes[:n] = codec.encode(self._vectors[:n])
+            self.codec = codec
+            self.trained_rows = int(live.size)
 
     def _insert(self, x: np.ndarray, new_ids: np.ndarray, threads: int | None, progress: bool | None) -> None:
         if not self.codec.is_trained:
-            self.codec.train(training_sample(x, self.seed))
+            sample = training_sample(x, self.seed)
+            self.codec.train(sample)
+            self.trained_rows = sample.shape[0]
         codes = self.codec.encode(x)
         self._reserve(x.shape[0], 0)
         self._codes[self._n:self._n + x.shape[0]] = codes
@@ -300,6 +328,7 @@ class HNSWQuantIndex(HNSWIndex):
         meta, arrays = super()._state()
         codec_meta, codec_arrays = self.codec.state()
         meta.update({"codec": codec_meta, "rerank": self.rerank, "rerank_from": self.rerank_from,
+                     "trained_rows": self.trained_rows,
                      "vector_storage": self.vector_storage})
         arrays["codes"] = self._codes[:self._n]
         arrays.update({f"codec.{name}": arr for name, arr in codec_arrays.items()})
@@ -314,6 +343,7 @@ class HNSWQuantIndex(HNSWIndex):
             raise CorruptFileError(f"codec {codec!r} does not fit the index")
         index.codec = codec
         index.rerank = meta_int(meta, "rerank", 1)
+        index.trained_rows = meta_int(meta, "trained_rows", 0) if "trained_rows" in meta else index._n
         if meta["rerank_from"] not in _RERANK_MODES or meta["vector_storage"] not in ("disk", "memory"):
             raise CorruptFileError("bad rerank_from or vector_storage in file header")
         if meta["rerank_from"] == "residual" and not (isinstance(codec, LVQCodec) and codec.residual_bits):

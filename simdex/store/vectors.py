@@ -114,6 +114,8 @@ class RecordVectors(SideIndex):
             if base is None else base.copy()
         if moved.size:
             new.add(vectors, moved, threads=threads)
+        if getattr(new, "wants_retraining", lambda: False)():
+            new.retrain()  # codes trained on the first merge's few rows: trained again as the collection grows
         if new._n_deleted > 0.2 * new._n:
             new.consolidate(threads=threads)
         return new, moved
