@@ -49,7 +49,7 @@ def _recall(hits, truth):
 
 
 # every kind of main index a collection can have (the graph over float32 vectors, over LVQ-8 or int8 codes)
-GRAPH_KINDS = ["hnsw", "hnsw-lvq8", "hnsw-int8"]
+GRAPH_KINDS = ["hnsw", "hnsw-lvq8"]
 
 
 @pytest.mark.parametrize("kind", GRAPH_KINDS)

@@ -204,10 +204,13 @@ class HNSWQuantIndex(HNSWIndex):
         self.codec.train(sample)
         self.trained_rows = sample.shape[0]
 
-    def wants_retraining(self, growth: float = 4.0) -> bool:
-        """Whether the index holds ``growth`` times the rows its codec was trained on, and that was fewer than
-        the training sample's size (see :meth:`retrain`)."""
-        return self.trained_rows < _TRAIN_SAMPLE and len(self) >= growth * max(self.trained_rows, 1)
+    def wants_retraining(self, growth: float = 2.0, small: int = 4096) -> bool:
+        """Whether the codec was trained on fewer rows than the training sample holds and the index has grown
+        since: by ``growth`` times, or at all while it was trained on fewer than ``small`` rows (a few hundred rows
+        give an int8 codec ranges that clip many later rows; re-encoding a small index costs little). See
+        :meth:`retrain`."""
+        trained, n = self.trained_rows, len(self)
+        return trained < _TRAIN_SAMPLE and (n >= growth * max(trained, 1) or (trained < small and n > trained))
 
     def retrain(self) -> None:
         """Train a new codec of the same kind on (a sample of up to 100,000 of) the vectors held now and re-encode

@@ -182,9 +182,9 @@ class Database(DatabaseAPI):
                           window_field: str | None = None, label_field: str | None = None,
                           **params: Any) -> Collection:
         """Create a collection of ``dim``-dimensional vectors. ``index``: "hnsw" (float32 vectors), "hnsw-lvq8"
-        or "hnsw-int8" (the graph walked on 8-bit LVQ / int8 codes, a quarter of the memory per vector, the best
-        candidates re-ranked from the float32 vectors kept in a file; :class:`~simdex.quant.HNSWQuantIndex`), or
-        "flat" (exact search over every row). ``params`` go to the index (M, ef_construction, ef_search, seed;
+        (the graph walked on 8-bit LVQ codes, a quarter of the memory per vector, the best candidates re-ranked
+        from the float32 vectors kept in a file; :class:`~simdex.quant.HNSWQuantIndex`), or "flat" (exact search
+        over every row). ``params`` go to the index (M, ef_construction, ef_search, seed;
         for the code kinds also rerank). With ``text`` the records' documents are also indexed for BM25, for
         ``search(text=...)`` and hybrid search. With ``window_field`` (a metadata key, e.g. ``"ts"``) a
         :class:`~simdex.dense.WindowIndex` over that numeric field answers ``where`` filters that are only a
