@@ -4,8 +4,8 @@ writes (plus, at most, the one write in flight, whole or not at all), and its se
 force over that content.
 
 The writer applies a deterministic random sequence of upserts and deletes (batches of 1-200 records, real WordNet
-embeddings) to one collection per index kind: ``graph`` (HNSW), ``graph-lvq8`` (HNSW over LVQ-8 codes),
-each with background merges and checkpoints forced to happen often, and ``exact`` (flat index), and
+embeddings) to one collection per index kind: ``graph`` (HNSW), ``graph-lvq8`` and ``graph-int8`` (HNSW
+over codes), each with background merges and checkpoints forced to happen often, and ``exact`` (flat index), and
 prints ``ok <n> <collection>`` after write ``n`` returns, or ``fail <n>
 <collection>`` when it raised :class:`~simdex.errors.StorageError` (a failed write must never appear). The parent
 replays the same sequence into a model, kills the writer at a random moment, reopens the database and compares.
@@ -38,6 +38,7 @@ COLLECTION_KINDS = {
     "graph": ("hnsw", {"M": 8, "ef_construction": 40}),
     # the verification searches with ef 64: the code collections re-rank all 64 candidates from float32
     "graph-lvq8": ("hnsw-lvq8", {"M": 8, "ef_construction": 40, "rerank": 64}),
+    "graph-int8": ("hnsw-int8", {"M": 8, "ef_construction": 40, "rerank": 64}),
     "exact": ("flat", {}),
 }
 COLLECTIONS = tuple(COLLECTION_KINDS)

@@ -99,8 +99,8 @@ class DatabaseAPI(ABC):
         it). ``embedder``: "minilm" (built in, offline), "st:<model>" (sentence-transformers), or an
         :class:`~simdex.embed.Embedder` (embedded databases only): documents and text queries are then embedded
         by it, and it is recorded with the collection (reopening with another model is refused). ``text``: also
-        index the documents for BM25 and hybrid search. ``index``: "hnsw", "hnsw-lvq8" (HNSW walked on LVQ-8
-        codes, re-ranked from float32) or "flat" (exact). ``params`` go to the index (M, ef_construction,
+        index the documents for BM25 and hybrid search. ``index``: "hnsw", "hnsw-lvq8", "hnsw-int8" (HNSW walked
+        on codes, re-ranked from float32) or "flat" (exact). ``params`` go to the index (M, ef_construction,
         ef_search, seed; for the code kinds also rerank)."""
 
     @abstractmethod

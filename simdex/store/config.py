@@ -22,8 +22,7 @@ HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
 MAIN_INDEXES: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "hnsw": ("HNSWIndex", {}, HNSW_PARAMS),
     "hnsw-lvq8": ("HNSWQuantIndex", {"codec": "lvq8"}, HNSW_PARAMS + ("rerank",)),
-    # "hnsw-int8" is held back: in two CI runs of the crash test an int8 collection answered with recall@10 0.68
-    # and 0.86 once, which no local run reproduced (issue 23)
+    "hnsw-int8": ("HNSWQuantIndex", {"codec": "int8"}, HNSW_PARAMS + ("rerank",)),
 }
 INDEX_KINDS = (*MAIN_INDEXES, "flat")
 

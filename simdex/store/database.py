@@ -182,9 +182,9 @@ class Database(DatabaseAPI):
                           window_field: str | None = None, label_field: str | None = None,
                           **params: Any) -> Collection:
         """Create a collection of ``dim``-dimensional vectors. ``index``: "hnsw" (float32 vectors), "hnsw-lvq8"
-        (the graph walked on 8-bit LVQ codes, a quarter of the memory per vector, the best candidates re-ranked
-        from the float32 vectors kept in a file; :class:`~simdex.quant.HNSWQuantIndex`), or "flat" (exact search
-        over every row). ``params`` go to the index (M, ef_construction, ef_search, seed;
+        or "hnsw-int8" (the graph walked on 8-bit LVQ / int8 codes, a quarter of the memory per vector, the best
+        candidates re-ranked from the float32 vectors kept in a file; :class:`~simdex.quant.HNSWQuantIndex`), or
+        "flat" (exact search over every row). ``params`` go to the index (M, ef_construction, ef_search, seed;
         for the code kinds also rerank). With ``text`` the records' documents are also indexed for BM25, for
         ``search(text=...)`` and hybrid search. With ``window_field`` (a metadata key, e.g. ``"ts"``) a
         :class:`~simdex.dense.WindowIndex` over that numeric field answers ``where`` filters that are only a
@@ -292,7 +292,8 @@ class Database(DatabaseAPI):
     def optimize(self, wait_idle: bool = False) -> None:
         """Index all unindexed rows now (what the background thread does over time): fold new rows into the
         graphs, build the window trees and label graphs that are due. With ``wait_idle`` a rebuild the background
-        thread has in progress is waited for too, so that afterwards nothing is being built."""
+        thread has in progress is waited for too, so that afterwards nothing is being built. (A collection over codes
+        builds its first index once 1,000 rows wait, to train its codec on; fewer are searched exactly.)"""
         self._check_open()
         if self.read_only:
             raise ReadOnlyError(f"the database at {self.path} is open read-only")
