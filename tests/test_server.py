@@ -227,3 +227,43 @@ def test_openapi_fuzz_never_500(tmp_path):
             run()
         assert not failures, failures[:3]
         assert len(statuses) > 100 and any(s < 300 for s in statuses) and any(400 <= s < 500 for s in statuses)
+
+
+def test_serve_warms_kernels_once_then_starts_at_once(tmp_path):
+    """`simdex serve` (what `make run` starts) on a fresh install compiles what serving needs while the database
+    opens, then serves; the next start finds the kernels warm and says nothing about compiling."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from ._live import free_port
+
+    env = {**os.environ, "SIMDEX_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("SIMDEX_NO_BACKGROUND_WARMUP", None)
+
+    def start() -> str:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "simdex", "serve", "--path", str(tmp_path / "db"), "--port",
+                                 str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()["status"] == "ok":
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.5)
+            else:
+                raise AssertionError("the server did not start")
+        finally:
+            proc.terminate()
+            out = proc.communicate(timeout=60)[0]
+        return out
+
+    first = start()
+    assert "compiling kernels for the first start" in first and "kernels ready" in first, first
+    second = start()
+    assert "compiling" not in second and "web console" in second, second
