@@ -477,6 +477,7 @@ def test_code_collection_merge_on_a_full_disk(tmp_path, monkeypatch):
     """A collection over codes keeps its float32 vectors in files: when there is no room for them the merge fails
     with a StorageError naming the cause, searches go on over what is there, and the merge succeeds once there is
     room again."""
+    monkeypatch.setenv("SIMDEX_EXPERIMENTAL", "1")  # the code kinds are experimental (simdex.store.config)
     x = np.random.default_rng(0).standard_normal((1500, 32)).astype(np.float32)
     ids = [f"r{i}" for i in range(1500)]
     with simdex.connect(tmp_path / "db", background=False, sync="off") as db:

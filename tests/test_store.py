@@ -48,8 +48,22 @@ def _recall(hits, truth):
     return found / sum(len(t) for t in truth)
 
 
-# every kind of main index a collection can have (the graph over float32 vectors, over LVQ-8 or int8 codes)
+# every kind of main index a collection can have (the graph over float32 vectors, over LVQ-8 or int8 codes; the
+# code kinds are experimental: opted into here)
 GRAPH_KINDS = ["hnsw", "hnsw-lvq8", "hnsw-int8"]
+
+
+@pytest.fixture(autouse=True)
+def _experimental_kinds(monkeypatch):
+    monkeypatch.setenv("SIMDEX_EXPERIMENTAL", "1")
+
+
+def test_code_kinds_are_experimental(tmp_path, monkeypatch):
+    monkeypatch.delenv("SIMDEX_EXPERIMENTAL")
+    with _open(tmp_path / "db") as db:
+        with pytest.raises(simdex.InvalidInputError, match="experimental"):
+            db.create_collection("c", dim=8, index="hnsw-lvq8")
+        assert db.list_collections() == []
 
 
 @pytest.mark.parametrize("kind", GRAPH_KINDS)

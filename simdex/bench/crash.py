@@ -41,6 +41,8 @@ COLLECTION_KINDS = {
     "graph-int8": ("hnsw-int8", {"M": 8, "ef_construction": 40, "rerank": 64}),
     "exact": ("flat", {}),
 }
+if not os.environ.get("SIMDEX_EXPERIMENTAL"):  # the code kinds are experimental (simdex.store.config)
+    del COLLECTION_KINDS["graph-lvq8"], COLLECTION_KINDS["graph-int8"]
 COLLECTIONS = tuple(COLLECTION_KINDS)
 POOL_IDS = 3_000
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from .._validate import check_dim, check_metric
@@ -25,6 +26,10 @@ MAIN_INDEXES: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "hnsw-int8": ("HNSWQuantIndex", {"codec": "int8"}, HNSW_PARAMS + ("rerank",)),
 }
 INDEX_KINDS = (*MAIN_INDEXES, "flat")
+# Built and tested, but held back behind SIMDEX_EXPERIMENTAL=1: in two CI runs of the crash test a collection over
+# codes answered one round's searches after a kill with recall@10 0.68 (int8) and 0.82 (LVQ-8), which no local run
+# reproduced (issue 23; docs/reliability.md).
+EXPERIMENTAL_KINDS = ("hnsw-lvq8", "hnsw-int8")
 
 
 def main_index_class(index: str) -> type[HNSWIndex]:
@@ -65,6 +70,9 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
     metric = check_metric(metric)
     if index not in INDEX_KINDS:
         raise InvalidInputError(f"index must be one of {INDEX_KINDS}; got {index!r}")
+    if index in EXPERIMENTAL_KINDS and not os.environ.get("SIMDEX_EXPERIMENTAL"):
+        raise InvalidInputError(f"index {index!r} is experimental: after a crash, a collection over codes has answered "
+                                f"with low recall in tests not yet explained; set SIMDEX_EXPERIMENTAL=1 to use it")
     allowed = MAIN_INDEXES[index][2] if index in MAIN_INDEXES else ()
     unknown = set(params) - set(allowed)
     if unknown:
