@@ -150,10 +150,6 @@ def is_warm(group: str) -> bool:
     return _marker(group).exists()
 
 
-def _quiet_worker() -> None:
-    os.environ["SIMDEX_NO_BACKGROUND_WARMUP"] = "1"  # the groups' own databases warm nothing in the background
-
-
 def _run_group(group: str) -> tuple[str, float]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="simdex-warmup-") as tmp:
@@ -177,8 +173,6 @@ def warmup(groups: Iterable[str] | None = None, *, processes: int | None = None,
     took = {g: 0.0 for g in names if g not in todo}
     if not todo:
         return took
-    with _STARTED_LOCK:
-        _STARTED.update(GROUPS)  # no background warm-up beside this one (the groups open databases)
     processes = processes or min(os.cpu_count() or 1, 4)
     bar = progress_bar(len(todo), "compiling simdex kernels", progress, unit="group")
     if processes == 1:
@@ -187,8 +181,7 @@ def warmup(groups: Iterable[str] | None = None, *, processes: int | None = None,
             bar.update(1)
     else:
         # fresh interpreters (spawn): a forked child would inherit numba's and BLAS's threads in an unknown state
-        with ProcessPoolExecutor(min(processes, len(todo)), mp_context=get_context("spawn"),
-                                 initializer=_quiet_worker) as pool:
+        with ProcessPoolExecutor(min(processes, len(todo)), mp_context=get_context("spawn")) as pool:
             for future in as_completed([pool.submit(_run_group, g) for g in todo]):
                 group, seconds = future.result()
                 took[group] = seconds
@@ -210,17 +203,14 @@ def warm_in_background(groups: Iterable[str] = ("hnsw", "database")) -> subproce
     child runs on its own core; a kernel it has cached by the time this process first calls it loads in
     milliseconds, one it has not yet reached is compiled here as usual. It finishes its work if this process
     exits first (the cache is written atomically)."""
-    if os.environ.get("SIMDEX_NO_BACKGROUND_WARMUP"):
-        return None
-    with _STARTED_LOCK:
+    with _STARTED_LOCK:  # once per process, however many databases it opens
         todo = [g for g in groups if g not in _STARTED and not is_warm(g)]
         _STARTED.update(todo)
     if not todo:
         return None
     return subprocess.Popen([sys.executable, "-m", "simdex", "warmup", "--groups", ",".join(todo), "--no-progress",
                              "--processes", "1"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "SIMDEX_NO_BACKGROUND_WARMUP": "1"},
-                            start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def describe(took: dict[str, Any]) -> str:

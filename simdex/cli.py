@@ -80,9 +80,10 @@ def _warmup_for_serving():
 
     from ._warmup import is_warm, warmup
     groups = ("hnsw", "database", "embed")
-    if not all(is_warm(g) for g in groups):
-        print(f"simdex: compiling kernels for the first start ({', '.join(g for g in groups if not is_warm(g))}; "
-              f"once per install, see `simdex warmup`)", flush=True)
+    cold = [g for g in groups if not is_warm(g)]
+    if cold:
+        print(f"simdex: compiling kernels for the first start ({', '.join(cold)}; once per install, see "
+              f"`simdex warmup`)", flush=True)
     pool = ThreadPoolExecutor(1)  # its thread only waits on the worker processes
     future = pool.submit(warmup, groups, processes=max(2, min(4, os.cpu_count() or 1)),
                          progress=False)

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-# No background warm-up processes from the tests (simdex._warmup.warm_in_background): the suite compiles what it uses
-# anyway; tests/test_startup.py checks the warm-up itself with a kernel cache of its own.
-os.environ.setdefault("SIMDEX_NO_BACKGROUND_WARMUP", "1")
-
-from simdex import datasets  # noqa: E402
+from simdex import datasets
 
 SLICE_BASE = 20_000
 SLICE_QUERIES = 300

@@ -242,7 +242,6 @@ def test_serve_warms_kernels_once_then_starts_at_once(tmp_path):
     from ._live import free_port
 
     env = {**os.environ, "SIMDEX_CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("SIMDEX_NO_BACKGROUND_WARMUP", None)
 
     def start() -> str:
         port = free_port()

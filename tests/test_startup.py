@@ -111,8 +111,7 @@ again = db._warmer is not None
 db.close()
 print(json.dumps({"started": started, "code": code, "warm": warm, "again": again}))
 """ % (str(tmp_path / "db"), str(tmp_path / "db"))
-    env_code = "import os; os.environ.pop('SIMDEX_NO_BACKGROUND_WARMUP', None)\n" + code
-    got = _run(env_code, PACKAGE.parent, tmp_path / "cache")
+    got = _run(code, PACKAGE.parent, tmp_path / "cache")
     assert got == {"started": True, "code": 0, "warm": {"hnsw": True, "database": True}, "again": False}
 
 

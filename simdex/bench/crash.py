@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ..store.config import CODE_KINDS, experimental_enabled
+
 # the collections the writer keeps, one per index kind of the database: name -> (index kind, its parameters)
 COLLECTION_KINDS = {
     "graph": ("hnsw", {"M": 8, "ef_construction": 40}),
@@ -41,8 +43,8 @@ COLLECTION_KINDS = {
     "graph-int8": ("hnsw-int8", {"M": 8, "ef_construction": 40, "rerank": 64}),
     "exact": ("flat", {}),
 }
-if not os.environ.get("SIMDEX_EXPERIMENTAL"):  # the code kinds are experimental (simdex.store.config)
-    del COLLECTION_KINDS["graph-lvq8"], COLLECTION_KINDS["graph-int8"]
+if not experimental_enabled():  # the kinds over codes are experimental (simdex.store.config)
+    COLLECTION_KINDS = {name: spec for name, spec in COLLECTION_KINDS.items() if spec[0] not in CODE_KINDS}
 COLLECTIONS = tuple(COLLECTION_KINDS)
 POOL_IDS = 3_000
 

@@ -163,11 +163,17 @@ def sort_prefix(cand_d, cand_i, r):
     for the candidates a re-ranking or a link pruning sorts, a few dozen to a few hundred that arrive nearly
     sorted. Arbitrary orders of many pairs: :func:`sort_pairs`. (Both are written out rather than
     ``np.argsort(kind="mergesort")``, whose compilation alone took a second of a fresh install's first add.)"""
-    for j in range(1, r):
+    _insertion_sort(cand_d, cand_i, 0, r)
+
+
+@kernel(inline="always")
+def _insertion_sort(cand_d, cand_i, lo, hi):
+    """Stable insertion sort of the pairs lo..hi-1 by distance."""
+    for j in range(lo + 1, hi):
         d = cand_d[j]
         v = cand_i[j]
         p = j - 1
-        while p >= 0 and cand_d[p] > d:
+        while p >= lo and cand_d[p] > d:
             cand_d[p + 1] = cand_d[p]
             cand_i[p + 1] = cand_i[p]
             p -= 1
@@ -181,17 +187,7 @@ def sort_pairs(cand_d, cand_i, r):
     first)."""
     run = 16
     for lo in range(0, r, run):
-        hi = min(lo + run, r)
-        for j in range(lo + 1, hi):
-            d = cand_d[j]
-            v = cand_i[j]
-            p = j - 1
-            while p >= lo and cand_d[p] > d:
-                cand_d[p + 1] = cand_d[p]
-                cand_i[p + 1] = cand_i[p]
-                p -= 1
-            cand_d[p + 1] = d
-            cand_i[p + 1] = v
+        _insertion_sort(cand_d, cand_i, lo, min(lo + run, r))
     src_d = np.empty(r, np.float32)
     src_i = np.empty(r, np.int32)
     for j in range(r):

@@ -250,15 +250,14 @@ def repair_deleted(vectors, metric, links, up_offset, layer, nodes, deleted, cap
         for j in range(n):
             cand_d[j] = distance(metric, vectors[p], vectors[cand_i[j]])
         sort_pairs(cand_d, cand_i, n)
-        sorted_d, sorted_i = cand_d, cand_i
         chosen = np.empty(cap, np.int32)
-        count = select_neighbors(vectors, metric, sorted_d, sorted_i, n, cap, chosen)
+        count = select_neighbors(vectors, metric, cand_d, cand_i, n, cap, chosen)
         # The heuristic alone leaves fewer links than the node had (its list had grown through reverse links);
         # top it up with the nearest unchosen candidates so that deletions do not thin the graph out.
         target = min(deg, n)
         c = 0
         while count < target and c < n:
-            x = sorted_i[c]
+            x = cand_i[c]
             if not contains(chosen, count, x):
                 chosen[count] = x
                 count += 1

@@ -182,12 +182,12 @@ class Database(DatabaseAPI):
                           window_field: str | None = None, label_field: str | None = None,
                           **params: Any) -> Collection:
         """Create a collection of ``dim``-dimensional vectors. ``index``: "hnsw" (float32 vectors), "hnsw-lvq8"
-        or "hnsw-int8" (experimental: SIMDEX_EXPERIMENTAL=1; the graph walked on 8-bit LVQ / int8 codes, a quarter of the memory per vector, the best
-        candidates re-ranked from the float32 vectors kept in a file; :class:`~simdex.quant.HNSWQuantIndex`), or
-        "flat" (exact search over every row). ``params`` go to the index (M, ef_construction, ef_search, seed;
-        for the code kinds also rerank). With ``text`` the records' documents are also indexed for BM25, for
-        ``search(text=...)`` and hybrid search. With ``window_field`` (a metadata key, e.g. ``"ts"``) a
-        :class:`~simdex.dense.WindowIndex` over that numeric field answers ``where`` filters that are only a
+        or "hnsw-int8" (experimental: SIMDEX_EXPERIMENTAL=1; the graph walked on 8-bit LVQ / int8 codes, a quarter
+        of the memory per vector, the best candidates re-ranked from the float32 vectors kept in a file;
+        :class:`~simdex.quant.HNSWQuantIndex`), or "flat" (exact search over every row). ``params`` go to the
+        index (M, ef_construction, ef_search, seed; for the code kinds also rerank). With ``text`` the records'
+        documents are also indexed for BM25, for ``search(text=...)`` and hybrid search. With ``window_field`` (a
+        metadata key, e.g. ``"ts"``) a :class:`~simdex.dense.WindowIndex` over that numeric field answers ``where`` filters that are only a
         range on it (``{"ts": {"$gte": a, "$lte": b}}``, ``$gt``/``$lt``/``$eq``, or their
         ``$and``). With ``label_field`` (a metadata key holding a string, e.g. ``"lang"``) every value of that
         field with at least 2,000 records gets its own HNSW graph, built in the background, which answers

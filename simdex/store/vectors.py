@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..dense import FlatIndex, HNSWIndex
-from .config import MAIN_INDEXES, new_main_index
+from .config import CODE_KINDS, new_main_index
 from .sides import SideIndex, remove_present
 
 # A codec trained on a handful of rows encodes the others badly (int8 trained on one row: recall@10 0.03 on
@@ -108,8 +108,7 @@ class RecordVectors(SideIndex):
 
     def _too_few_to_train(self, n: int) -> bool:
         """Whether ``n`` growing rows are too few to build the first code index from (FIRST_CODE_BUILD_ROWS)."""
-        return self.main is None and bool(MAIN_INDEXES[self.index_kind][1]) and \
-            n < min(self.merge_rows, FIRST_CODE_BUILD_ROWS)
+        return self.main is None and self.index_kind in CODE_KINDS and n < min(self.merge_rows, FIRST_CODE_BUILD_ROWS)
 
     def snapshot(self) -> Any:
         if self.index_kind == "flat" or self._too_few_to_train(len(self.growing)):
