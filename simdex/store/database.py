@@ -187,9 +187,9 @@ class Database(DatabaseAPI):
         :class:`~simdex.quant.HNSWQuantIndex`), or "flat" (exact search over every row). ``params`` go to the
         index (M, ef_construction, ef_search, seed; for the code kinds also rerank). With ``text`` the records'
         documents are also indexed for BM25, for ``search(text=...)`` and hybrid search. With ``window_field`` (a
-        metadata key, e.g. ``"ts"``) a :class:`~simdex.dense.WindowIndex` over that numeric field answers ``where`` filters that are only a
-        range on it (``{"ts": {"$gte": a, "$lte": b}}``, ``$gt``/``$lt``/``$eq``, or their
-        ``$and``). With ``label_field`` (a metadata key holding a string, e.g. ``"lang"``) every value of that
+        metadata key, e.g. ``"ts"``) a :class:`~simdex.dense.WindowIndex` over that numeric field answers
+        ``where`` filters that are only a range on it (``{"ts": {"$gte": a, "$lte": b}}``, ``$gt``/``$lt``/``$eq``,
+        or their ``$and``). With ``label_field`` (a metadata key holding a string, e.g. ``"lang"``) every value of that
         field with at least 2,000 records gets its own HNSW graph, built in the background, which answers
         ``where`` filters that are only that value (``{"lang": "de"}``). With ``exist_ok`` an existing
         collection of the same configuration is returned instead of an error. With ``embedder`` ("minilm", the
