@@ -401,7 +401,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
-    demo_main(args.dataset, args.ef, args.threads)
+    demo_main(args.dataset, args.ef, args.threads, args.limit)
     return 0
 
 
@@ -481,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="wordnet-minilm-384")
     p.add_argument("--ef", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None,
+                   help="index only the first LIMIT base vectors (and at most LIMIT queries): a quick look")
     p.set_defaults(func=cmd_demo)
 
     from .bench.__main__ import build_parser as bench_parser

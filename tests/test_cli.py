@@ -182,3 +182,20 @@ def test_the_demo_collection_that_make_run_serves(tmp_path, capsys):
             assert hits[0]["id"] == ids[17], mode  # a gloss finds itself by its own text
         demo_collection(db, limit=3000)  # present and current: left as it is
         assert col.count() == 3000 and "created demo" not in capsys.readouterr().out
+
+
+def test_the_ann_demo_on_a_slice(capsys):
+    """`make demo` = `simdex demo`, here on a 2,000-vector slice of WordNet: recall against the slice's brute force,
+    and the example query printed with its own gloss (the query glosses follow all base glosses in the data)."""
+    from simdex import datasets
+    from simdex.demo import _glosses
+
+    assert main(["demo", "--limit", "2000", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    recall = float(out.split("recall@10 = ")[1].split()[0])
+    assert recall >= 0.95, out  # HNSW M=16, ef_construction=200 over 2,000 rows at ef 64: near exact
+    n_base = datasets.load("wordnet-minilm-384").base.shape[0]
+    query_gloss = _glosses(n_base + 1)[n_base]
+    assert f"query: {query_gloss[:100]}" in out
+    with pytest.raises(SystemExit, match="limit must be at least 10"):
+        main(["demo", "--limit", "5"])
