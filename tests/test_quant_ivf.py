@@ -130,3 +130,32 @@ def test_probed_lists_are_the_nearest(wordnet_20k, ivfpq, nprobe):
     for row, found in zip(probes, ids):
         members = np.concatenate([slots[offsets[lst]:offsets[lst + 1]] for lst in row])
         assert np.isin(found[found >= 0], members).all()
+
+
+def test_copy_is_independent_and_retrain_keeps_every_vector(wordnet_small, tmp_path):
+    """What a database collection does with its IVF index: merge new rows into a copy (the original, which
+    searches go on reading, must not change), and train the lists again once the index has outgrown the rows it
+    was trained on."""
+    x, q = wordnet_small.base[:3000], wordnet_small.queries[:50]
+    index = IVFIndex(384, "cosine", nlist=16, codec="pq48", rerank=50)
+    index.add(x[:500], np.arange(500))
+    assert index.trained_rows == 500 and not index.wants_retraining()
+    grown = index.copy()
+    grown.add(x[500:], np.arange(500, 3000))
+    grown.remove(np.arange(10))
+    assert len(index) == 500 and 0 in index and 500 not in index
+    assert np.allclose(index.get_vectors(np.arange(500)), x[:500] / np.linalg.norm(x[:500], axis=1, keepdims=True),
+                       atol=1e-6)
+    assert grown.wants_retraining()  # trained on 500 rows, holds 2,990
+    kept = grown.get_vectors(np.arange(10, 3000))
+    grown.retrain(nlist=64)
+    assert grown.nlist == 64 and grown.trained_rows == 2990 and not grown.wants_retraining()
+    assert np.array_equal(np.sort(grown.ids), np.arange(10, 3000))
+    assert np.allclose(grown.get_vectors(np.arange(10, 3000)), kept, atol=1e-6)  # cosine: normalized again
+    # every list probed and the best 50 by code re-ranked: near exact against brute force over the live rows
+    _, ids = grown.search(q, 10, nprobe=64)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    truth = np.argsort(-(qn @ kept.T), axis=1)[:, :10] + 10
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]) >= 0.95
+    grown.save(tmp_path / "ivf.sdx")
+    assert IVFIndex.load(tmp_path / "ivf.sdx").trained_rows == 2990

@@ -11,6 +11,7 @@ import pytest
 import simdex
 from simdex.errors import (CollectionExistsError, CollectionNotFoundError, DimensionMismatchError,
                            DuplicateIdError, InvalidInputError, ReadOnlyError, UnknownIdError)
+from simdex.store.config import MAIN_INDEXES, main_index_class
 from simdex.store.filters import FilterError
 
 from ._crash import run_then_kill
@@ -48,9 +49,15 @@ def _recall(hits, truth):
     return found / sum(len(t) for t in truth)
 
 
-# every kind of main index a collection can have (the graph over float32 vectors, over LVQ-8 or int8 codes; the
-# code kinds are experimental: opted into here)
-GRAPH_KINDS = ["hnsw", "hnsw-lvq8", "hnsw-int8"]
+# every kind of main index a collection can have (the graph over float32 vectors, over LVQ-8 or int8 codes, IVF
+# over PQ codes; the graphs over codes are experimental: opted into here)
+MAIN_KINDS = list(MAIN_INDEXES)
+TRAINED = [kind for kind in MAIN_KINDS if MAIN_INDEXES[kind].trained]
+
+
+def _build_params(kind, M, ef_construction):
+    """The build parameters of a test collection of ``kind``: a graph's M and ef_construction; IVF's defaults."""
+    return {"M": M, "ef_construction": ef_construction} if "M" in MAIN_INDEXES[kind].params else {}
 
 
 @pytest.fixture(autouse=True)
@@ -66,18 +73,18 @@ def test_code_kinds_are_experimental(tmp_path, monkeypatch):
         assert db.list_collections() == []
 
 
-@pytest.mark.parametrize("kind", GRAPH_KINDS)
+@pytest.mark.parametrize("kind", MAIN_KINDS)
 def test_crud_and_search_matches_brute_force(tmp_path, records, kind):
     ids, vectors, metas, docs, queries = records
     with _open(tmp_path / "db") as db:
-        col = db.create_collection("words", dim=384, metric="cosine", index=kind, M=16, ef_construction=100)
+        col = db.create_collection("words", dim=384, metric="cosine", index=kind, **_build_params(kind, 16, 100))
         assert col.upsert(ids, vectors, metas, docs) == len(ids)
         assert col.count() == len(ids)
         truth = _exact_hits(vectors, ids, queries, 10)
         assert _recall(col.search_batch(queries, k=10), truth) == 1.0  # exact while unindexed
         db.optimize()
         assert col.stats()["indexed"] == len(ids) and col.stats()["index"] == kind
-        assert type(col._vectors.main).__name__ == ("HNSWIndex" if kind == "hnsw" else "HNSWQuantIndex")
+        assert type(col._vectors.main) is main_index_class(kind)
         hits = col.search_batch(queries, k=10, ef=100)
         assert _recall(hits, truth) >= 0.95
         first = hits[0][0]
@@ -105,7 +112,7 @@ def test_crud_and_search_matches_brute_force(tmp_path, records, kind):
         assert col.delete(["doc-00500"], missing_ok=True) == 0
 
 
-@pytest.mark.parametrize("kind", GRAPH_KINDS)
+@pytest.mark.parametrize("kind", MAIN_KINDS)
 def test_filters_equal_brute_force(tmp_path, records, kind):
     ids, vectors, metas, docs, queries = records
     with _open(tmp_path / "db") as db:
@@ -206,7 +213,7 @@ path, data, kind = sys.argv[1], np.load(sys.argv[2]), sys.argv[3]
 vectors, queries = data[:2000], data[2000:]
 ids = [f"doc-{i:05d}" for i in range(2000)]
 db = simdex.connect(path, background=False, sync="always")
-col = db.create_collection("words", dim=384, index=kind, M=12, ef_construction=80)
+col = db.create_collection("words", dim=384, index=kind, **json.loads(sys.argv[4]))
 col.upsert(ids[:1000], vectors[:1000], [{"i": i} for i in range(1000)])
 db.optimize()
 db.checkpoint()
@@ -218,21 +225,22 @@ sys.stdin.read()
 """
 
 
-@pytest.mark.parametrize("kind", GRAPH_KINDS)
+@pytest.mark.parametrize("kind", MAIN_KINDS)
 def test_reopen_recovers_log_and_checkpoints(tmp_path, records, kind):
     """A writer killed (SIGKILL) after a checkpoint and more writes in the log: on reopen the log is replayed
     onto the checkpoint and the searches give what they gave before the crash."""
     ids, vectors, metas, docs, queries = records
     path = tmp_path / "db"
     np.save(tmp_path / "data.npy", np.concatenate([vectors, queries]))
-    expected = json.loads(run_then_kill(_RECOVERY_WRITER, str(path), str(tmp_path / "data.npy"), kind)[0])
+    params = json.dumps(_build_params(kind, 12, 80))
+    expected = json.loads(run_then_kill(_RECOVERY_WRITER, str(path), str(tmp_path / "data.npy"), kind, params)[0])
     with _open(path) as db2:
         col2 = db2.get_collection("words")
         assert col2.count() == len(ids) - 100
         assert any("replayed" in note for note in col2.recovery_notes)
         assert [[h["id"] for h in r] for r in col2.search_batch(queries, k=10, ef=400)] == expected
         assert col2.get([ids[0]]) == [] and col2.get([ids[1500]])[0]["metadata"] == {"i": 1500}
-        if kind != "hnsw":  # the code index's float32 vectors stay in a file after the restart, not in memory
+        if kind != "hnsw":  # an index over codes keeps its float32 vectors in a file after the restart, not in memory
             import mmap
             base = col2._vectors.main._vectors
             while base is not None and not isinstance(base, (np.memmap, mmap.mmap)):
@@ -376,13 +384,13 @@ def test_optimize_wait_idle_leaves_nothing_unindexed(tmp_path, records):
         assert stats["unindexed"] == 0 and stats["indexed"] == 1000
 
 
-@pytest.mark.parametrize("kind", ["hnsw-lvq8", "hnsw-int8"])
+@pytest.mark.parametrize("kind", TRAINED)
 def test_code_index_waits_for_rows_to_train_on(tmp_path, records, kind):
     """A codec trained on one row encodes the others as nearly nothing (int8: recall@10 0.03): the first code
     index is built only once enough rows wait, and searches are exact until then; later merges train it again."""
     ids, vectors, metas, docs, queries = records
     with _open(tmp_path / "db") as db:
-        col = db.create_collection("words", dim=384, index=kind, M=8, ef_construction=40)
+        col = db.create_collection("words", dim=384, index=kind, **_build_params(kind, 8, 40))
         col.upsert(ids[:1], vectors[:1])
         db.optimize()  # a merge now would train the codec on one row
         assert col.stats()["indexed"] == 0
@@ -395,3 +403,30 @@ def test_code_index_waits_for_rows_to_train_on(tmp_path, records, kind):
         main = col._vectors.main
         assert col.stats()["indexed"] == len(ids) and main.trained_rows == len(ids)
         assert _recall(col.search_batch(queries, k=10, ef=64), _exact_hits(vectors, ids, queries, 10)) >= 0.9
+
+
+def test_ivf_collection_sizes_its_lists_and_keeps_codes_in_memory(tmp_path, records):
+    """An ivf-pq collection: the lists follow its size as it grows (trained again at merges), its memory holds
+    PQ codes, not the float32 vectors, and ``ef`` is the number of lists probed."""
+    from simdex.store.config import sized_params
+    ids, vectors, metas, docs, queries = records
+    truth = _exact_hits(vectors, ids, queries, 10)
+    with _open(tmp_path / "db") as db:
+        col = db.create_collection("words", dim=384, index="ivf-pq")
+        nlists = []
+        for s in range(0, len(ids), 500):
+            col.upsert(ids[s:s + 500], vectors[s:s + 500])
+            db.optimize()
+            if col._vectors.main is not None:
+                nlists.append(col._vectors.main.nlist)
+        main = col._vectors.main
+        assert col.stats()["indexed"] == len(ids) and nlists[0] < nlists[-1]
+        assert main.nlist == sized_params("ivf-pq", {}, len(ids))["nlist"] and main.trained_rows == len(ids)
+        assert main.nbytes < vectors.nbytes / 4  # 48-byte codes instead of 1,536 bytes of float32 per vector
+        assert _recall(col.search_batch(queries, k=10, ef=1), truth) < \
+            _recall(col.search_batch(queries, k=10, ef=main.nlist), truth)
+        assert _recall(col.search_batch(queries, k=10, ef=main.nlist), truth) >= 0.95
+    with _open(tmp_path / "db") as db:  # and after a restart, with the same lists and probes
+        col = db.get_collection("words")
+        assert col._vectors.main.nlist == main.nlist and col._vectors.main.nprobe == main.nprobe
+        assert _recall(col.search_batch(queries, k=10), truth) >= 0.85

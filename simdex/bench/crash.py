@@ -5,7 +5,8 @@ force over that content.
 
 The writer applies a deterministic random sequence of upserts and deletes (batches of 1-200 records, real WordNet
 embeddings) to one collection per index kind: ``graph`` (HNSW), ``graph-lvq8`` and ``graph-int8`` (HNSW
-over codes), each with background merges and checkpoints forced to happen often, and ``exact`` (flat index), and
+over codes, experimental), ``ivf-pq`` (IVF over PQ codes), each with background merges and checkpoints forced to
+happen often, and ``exact`` (flat index), and
 prints ``ok <n> <collection>`` after write ``n`` returns, or ``fail <n>
 <collection>`` when it raised :class:`~simdex.errors.StorageError` (a failed write must never appear). The parent
 replays the same sequence into a model, kills the writer at a random moment, reopens the database and compares.
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..store.config import CODE_KINDS, experimental_enabled
+from ..store.config import EXPERIMENTAL_KINDS, experimental_enabled
 
 # the collections the writer keeps, one per index kind of the database: name -> (index kind, its parameters)
 COLLECTION_KINDS = {
@@ -41,10 +42,12 @@ COLLECTION_KINDS = {
     # the verification searches with ef 64: the code collections re-rank all 64 candidates from float32
     "graph-lvq8": ("hnsw-lvq8", {"M": 8, "ef_construction": 40, "rerank": 64}),
     "graph-int8": ("hnsw-int8", {"M": 8, "ef_construction": 40, "rerank": 64}),
+    # the verification's ef 64 probes 64 lists: all of them at this size (fewer than 1,000 lists up to 250k rows)
+    "ivf-pq": ("ivf-pq", {}),
     "exact": ("flat", {}),
 }
 if not experimental_enabled():  # the kinds over codes are experimental (simdex.store.config)
-    COLLECTION_KINDS = {name: spec for name, spec in COLLECTION_KINDS.items() if spec[0] not in CODE_KINDS}
+    COLLECTION_KINDS = {name: spec for name, spec in COLLECTION_KINDS.items() if spec[0] not in EXPERIMENTAL_KINDS}
 COLLECTIONS = tuple(COLLECTION_KINDS)
 POOL_IDS = 3_000
 

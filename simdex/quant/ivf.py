@@ -15,6 +15,7 @@ vectors are compacted.
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Any
 
@@ -22,8 +23,9 @@ import numba
 import numpy as np
 
 from .._numba import num_threads
-from .._validate import MAX_RESULTS, check_positive_int, check_real, check_vectors
+from .._validate import MAX_RESULTS, check_positive_int, check_real, check_threads, check_vectors
 from ..errors import CorruptFileError, InvalidInputError
+from ..idmap import IdMap
 from ..index import Index, meta_int
 from ..metrics import IP, METRIC_CODES, pairwise, to_public
 from ..core.exact import exact_knn_subset
@@ -103,6 +105,7 @@ class IVFIndex(Index):
         self._deleted = np.zeros(0, np.uint8)
         self._vectors = self._new_vectors(0)
         self._write_lock = threading.RLock()
+        self.trained_rows = 0  # the vectors the quantizers were trained from (see retrain)
 
     def __repr__(self) -> str:
         return (f"IVFIndex(dim={self.dim}, metric={self.metric!r}, nlist={self.nlist}, codec={self.codec!r}, "
@@ -134,7 +137,35 @@ class IVFIndex(Index):
         """Train the coarse quantizer and the codec on sample vectors (n, dim). Only before the first add."""
         if self._n:
             raise InvalidInputError("the index already holds vectors; it cannot be retrained")
-        self._train(check_vectors(x, self.dim, "training vectors", normalize=self.metric == "cosine"), progress)
+        sample = check_vectors(x, self.dim, "training vectors", normalize=self.metric == "cosine")
+        self._train(sample, progress)
+        self.trained_rows = sample.shape[0]
+
+    def wants_retraining(self, growth: float = 2.0, small: int = 4096) -> bool:
+        """Whether the index has grown ``growth`` times past the rows its quantizers were trained from, or at all
+        while those were fewer than ``small`` (a database collection trains on its first rows); see
+        :meth:`retrain`."""
+        trained, n = self.trained_rows, len(self)
+        return self.vector_storage != "none" and trained < _TRAIN_MAX and \
+            (n >= growth * max(trained, 1) or (trained < small and n > trained))
+
+    def retrain(self, nlist: int | None = None, threads: int | None = None) -> None:
+        """Train the coarse quantizer (with ``nlist`` lists, default unchanged) and a new codec of the same kind
+        on the vectors held now, and rebuild every list: for an index that grew far past the rows it was trained
+        on. Needs the float vectors (``vectors="disk"`` or ``"memory"``). O(n * dim), plus the training."""
+        if self.vector_storage == "none":
+            raise InvalidInputError("retraining needs the float vectors; this index keeps none (vectors='none')")
+        with self._write_lock:
+            ids = self.ids
+            fresh = IVFIndex(self.dim, self.metric, nlist=self.nlist if nlist is None else nlist,
+                             codec=copy.deepcopy(self.codec), nprobe=self.nprobe,
+                             rerank=self.rerank, vectors=self.vector_storage, seed=self.seed,
+                             consolidate_threshold=self.consolidate_threshold, storage_dir=self.storage_dir)
+            if ids.size:
+                fresh.add(self.get_vectors(ids), ids, threads=threads)
+            for name, value in vars(fresh).items():
+                if name != "_write_lock":
+                    setattr(self, name, value)
 
     def _train(self, x: np.ndarray, progress: bool | None) -> None:
         rng = np.random.default_rng(self.seed)
@@ -182,13 +213,16 @@ class IVFIndex(Index):
         return assign(x, cent)[0]
 
     # ---- add -----------------------------------------------------------------------------------------------------
-    def add(self, vectors: Any, ids: Any = None, *, progress: bool | None = None) -> np.ndarray:
+    def add(self, vectors: Any, ids: Any = None, *, threads: int | None = None,
+            progress: bool | None = None) -> np.ndarray:
         """Add vectors (n, dim); returns their ids. The first add trains the index if :meth:`train` was not
-        called (it needs at least 1 vector; quality needs many more than ``nlist``)."""
+        called (it needs at least 1 vector; quality needs many more than ``nlist``). ``threads`` bounds the
+        threads of the training, assignment and encoding (default: all)."""
         x, new_ids = self._check_add(vectors, ids)
-        with self._write_lock:
+        with self._write_lock, num_threads(check_threads(threads)):
             if not self.is_trained:
                 self._train(x, progress)
+                self.trained_rows = x.shape[0]
             labels = self._assign(x)
             codes = self.codec.encode(x - self.centroids[labels] if self._residual else x)
             self._materialize()
@@ -321,8 +355,9 @@ class IVFIndex(Index):
                 self.consolidate()
         return int(slots.shape[0])
 
-    def consolidate(self) -> None:
-        """Drop deleted entries from the lists and compact the slots."""
+    def consolidate(self, threads: int | None = None) -> None:
+        """Drop deleted entries from the lists and compact the slots (a memory-bound pass: ``threads`` is
+        accepted for the index contract)."""
         with self._write_lock:
             if self._n_deleted == 0:
                 return
@@ -344,6 +379,29 @@ class IVFIndex(Index):
             self._n = int(live.sum())
             self._deleted = np.zeros(self._n, np.uint8)
             self._n_deleted = 0
+
+    def copy(self) -> IVFIndex:
+        """An independent copy, cheap: the arrays that later calls change in place (the tombstones, the ids) are
+        copied; the others (codes, lists, the vector file) are shared, as every change replaces them."""
+        with self._write_lock:
+            clone = type(self).__new__(type(self))
+            clone.__dict__.update(self.__dict__)
+            clone._deleted = np.array(self._deleted)
+            clone._idmap = IdMap(np.array(self._idmap.slot_ids))
+            clone._write_lock = threading.RLock()
+            return clone
+
+    def keep_vectors_in(self, storage_dir: str | None) -> None:
+        """Keep the float32 vectors in an unlinked file in ``storage_dir`` (with ``vectors="disk"``), moving them
+        there now if they were read into memory (an index loaded with ``mmap=False``)."""
+        self.storage_dir = storage_dir
+        if self.vector_storage == "disk" and self._n:
+            try:
+                vectors = self._new_vectors(self._vectors.shape[0])
+            except OSError:  # no room for the file (a full disk): they stay in memory, and the index works
+                return
+            vectors[:] = self._vectors
+            self._vectors = vectors
 
     # ---- access --------------------------------------------------------------------------------------------------
     def get_vectors(self, ids: Any) -> np.ndarray:
@@ -368,7 +426,8 @@ class IVFIndex(Index):
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta = {"nlist": self.nlist, "nprobe": self.nprobe, "rerank": self.rerank, "seed": self.seed,
                 "vector_storage": self.vector_storage, "consolidate_threshold": self.consolidate_threshold,
-                "count": self._n, "deleted": self._n_deleted, "trained": self.is_trained}
+                "count": self._n, "deleted": self._n_deleted, "trained": self.is_trained,
+                "trained_rows": self.trained_rows}
         arrays = {"centroids": self.centroids, "offsets": self._offsets, "codes": self._codes, "slots": self._slots,
                   "deleted": self._deleted}
         if self.vector_storage != "none":
@@ -407,6 +466,7 @@ class IVFIndex(Index):
         if index.vector_storage != "none":
             index._vectors = arrays["vectors"]
         index._n, index._n_deleted = n, n_deleted
+        index.trained_rows = meta_int(meta, "trained_rows") if "trained_rows" in meta else n
         if trained:
             index._precompute()
         return index

@@ -71,6 +71,8 @@ class CollectionAPI(ABC):
           has both an embedder and a text index, else whichever it has. ``text`` with ``vector``: hybrid with
           that vector as the dense query.
         - A query text longer than the embedder's limit is truncated, with a ``TruncatedTextWarning``.
+        - ``ef``: the search breadth of the collection's index (HNSW's candidate list; the lists an ivf-pq
+          collection probes); larger finds more of the true neighbours, slower.
         """
 
     @abstractmethod
@@ -100,8 +102,9 @@ class DatabaseAPI(ABC):
         :class:`~simdex.embed.Embedder` (embedded databases only): documents and text queries are then embedded
         by it, and it is recorded with the collection (reopening with another model is refused). ``text``: also
         index the documents for BM25 and hybrid search. ``index``: "hnsw", "hnsw-lvq8", "hnsw-int8" (HNSW walked
-        on codes, re-ranked from float32) or "flat" (exact). ``params`` go to the index (M, ef_construction,
-        ef_search, seed; for the code kinds also rerank)."""
+        on codes, re-ranked from float32), "ivf-pq" (IVF over PQ codes, re-ranked from float32) or "flat" (exact).
+        ``params`` go to the index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for
+        ivf-pq nlist, nprobe, codec, rerank, seed)."""
 
     @abstractmethod
     def get_collection(self, name: str) -> CollectionAPI:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import math
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._validate import check_dim, check_metric
-from ..dense import HNSWIndex
 from ..errors import DimensionMismatchError, InvalidInputError
 from .embedding import embedder_info
 
@@ -17,45 +18,92 @@ INCLUDE_CHOICES = ("metadatas", "documents", "embeddings", "distances")
 DEFAULT_SEARCH_INCLUDE = ("metadatas", "documents", "distances")
 DEFAULT_GET_INCLUDE = ("metadatas", "documents")
 HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
+IVF_PARAMS = ("nlist", "nprobe", "codec", "rerank", "seed")
+
+
+class MainKind(NamedTuple):
+    """A kind of main index: its class (``module:Class``), the constructor's fixed arguments, the parameters a user
+    may set, the search keyword that a collection's ``ef`` (search breadth) sets, whether it trains on its rows
+    (then the first build waits for rows to train on and later builds retrain it as the collection grows), and
+    whether it is held back behind SIMDEX_EXPERIMENTAL=1."""
+    cls: str
+    fixed: dict[str, Any]
+    params: tuple[str, ...]
+    breadth: str = "ef"
+    trained: bool = False
+    experimental: bool = False
+
+
 # A collection's index kind: the main index that the optimizer builds aside from the newest rows and swaps in
-# (:class:`~simdex.store.vectors.RecordVectors`), its constructor's fixed arguments and the parameters a user may
-# set; "flat" has no main index (exact search over every row).
-# A kind with a codec is HNSW over codes (HNSWQuantIndex).
-MAIN_INDEXES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
-    "hnsw": ({}, HNSW_PARAMS),
-    "hnsw-lvq8": ({"codec": "lvq8"}, HNSW_PARAMS + ("rerank",)),
-    "hnsw-int8": ({"codec": "int8"}, HNSW_PARAMS + ("rerank",)),
+# (:class:`~simdex.store.vectors.RecordVectors`); "flat" has no main index (exact search over every row).
+# The kinds over LVQ-8 / int8 codes are built and tested, but held back: in two CI runs of the crash test a
+# collection over codes answered one round's searches after a kill with recall@10 0.68 (int8) and 0.82 (LVQ-8),
+# which no local run reproduced (issue 23; docs/reliability.md).
+MAIN_INDEXES: dict[str, MainKind] = {
+    "hnsw": MainKind("simdex.dense:HNSWIndex", {}, HNSW_PARAMS),
+    "hnsw-lvq8": MainKind("simdex.quant:HNSWQuantIndex", {"codec": "lvq8"}, HNSW_PARAMS + ("rerank",),
+                          trained=True, experimental=True),
+    "hnsw-int8": MainKind("simdex.quant:HNSWQuantIndex", {"codec": "int8"}, HNSW_PARAMS + ("rerank",),
+                          trained=True, experimental=True),
+    # IVF over PQ codes of the residuals, the float32 vectors in a file for re-ranking: RAM per record is the
+    # code (dim / 8 bytes by default) plus a few ids
+    "ivf-pq": MainKind("simdex.quant:IVFIndex", {"vectors": "disk"}, IVF_PARAMS, breadth="nprobe", trained=True),
 }
 INDEX_KINDS = (*MAIN_INDEXES, "flat")
-# The kinds over codes are built and tested, but held back behind SIMDEX_EXPERIMENTAL=1: in two CI runs of the crash
-# test a collection over codes answered one round's searches after a kill with recall@10 0.68 (int8) and 0.82
-# (LVQ-8), which no local run reproduced (issue 23; docs/reliability.md).
-CODE_KINDS = tuple(kind for kind, (fixed, _) in MAIN_INDEXES.items() if "codec" in fixed)
+EXPERIMENTAL_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.experimental)
+TRAINED_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.trained)
+# re-ranked candidates of an ivf-pq collection unless set: every returned distance is then exact up to k = 100
+IVF_RERANK = 100
 
 
 def experimental_enabled() -> bool:
-    """Whether SIMDEX_EXPERIMENTAL opens the experimental collection kinds (:data:`CODE_KINDS`)."""
+    """Whether SIMDEX_EXPERIMENTAL opens the experimental collection kinds (:data:`EXPERIMENTAL_KINDS`)."""
     return bool(os.environ.get("SIMDEX_EXPERIMENTAL"))
 
 
-def main_index_class(index: str) -> type[HNSWIndex]:
+def main_index_class(index: str) -> type:
     """The class of the main index of kind ``index`` (not "flat")."""
-    if index not in CODE_KINDS:
-        return HNSWIndex
-    from ..quant import HNSWQuantIndex  # the store sits above every index family
-    return HNSWQuantIndex
+    module, name = MAIN_INDEXES[index].cls.split(":")
+    return getattr(importlib.import_module(module), name)  # the store sits above every index family
+
+
+def sized_params(index: str, params: dict[str, Any], rows: int) -> dict[str, Any]:
+    """``params`` with the defaults that depend on the collection's size filled in: an ivf-pq collection's
+    ``nlist`` (about 2 sqrt(rows), 16 to 65,536) and ``nprobe`` (a quarter of the lists, at least 16), unless set."""
+    if index != "ivf-pq":
+        return dict(params)
+    out = dict(params)
+    nlist = out.setdefault("nlist", int(min(max(round(2 * math.sqrt(max(rows, 1))), 16), 1 << 16)))
+    out.setdefault("nprobe", max(16, nlist // 4))
+    out.setdefault("codec", "pq")
+    out.setdefault("rerank", IVF_RERANK)
+    return out
+
+
+def retrain(main: Any, index: str, params: dict[str, Any], threads: int | None) -> None:
+    """Train ``main`` (of kind ``index``) again on the rows it holds now: an IVF index also gets the number of
+    lists and probes for its size (:func:`sized_params`)."""
+    if index != "ivf-pq":
+        main.retrain()
+        return
+    sized = sized_params(index, params, len(main))
+    main.retrain(nlist=sized["nlist"], threads=threads)
+    main.nprobe = sized["nprobe"]
 
 
 def new_main_index(dim: int, metric: str, index: str, params: dict[str, Any],
-                   storage_dir: str | None = None) -> HNSWIndex:
-    """An empty main index of kind ``index`` with the collection's ``params``. Consolidation runs on copies built
-    aside, never under readers, so the index never consolidates by itself. A code index keeps its float32 vectors
-    (for building and re-ranking) in unlinked files in ``storage_dir`` (the collection's folder: the disk the
-    database is on, not a temporary folder that may be memory)."""
-    fixed = dict(MAIN_INDEXES[index][0])
-    if fixed:
+                   storage_dir: str | None = None, rows: int = 0) -> Any:
+    """An empty main index of kind ``index`` with the collection's ``params`` (and the defaults for ``rows`` rows,
+    :func:`sized_params`). Consolidation runs on copies built aside, never under readers, so the index never
+    consolidates by itself. An index over codes keeps its float32 vectors (for building and re-ranking) in
+    unlinked files in ``storage_dir`` (the collection's folder: the disk the database is on, not a temporary
+    folder that may be memory)."""
+    spec = MAIN_INDEXES[index]
+    fixed = dict(spec.fixed)
+    if spec.trained:
         fixed["storage_dir"] = storage_dir
-    return main_index_class(index)(dim, metric, consolidate_threshold=1.0, **fixed, **params)
+    return main_index_class(index)(dim, metric, consolidate_threshold=1.0, **fixed,
+                                   **sized_params(index, params, rows))
 
 
 def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -76,10 +124,10 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
     metric = check_metric(metric)
     if index not in INDEX_KINDS:
         raise InvalidInputError(f"index must be one of {INDEX_KINDS}; got {index!r}")
-    if index in CODE_KINDS and not experimental_enabled():
+    if index in EXPERIMENTAL_KINDS and not experimental_enabled():
         raise InvalidInputError(f"index {index!r} is experimental: after a crash, a collection over codes has answered "
                                 f"with low recall in tests not yet explained; set SIMDEX_EXPERIMENTAL=1 to use it")
-    allowed = MAIN_INDEXES[index][1] if index in MAIN_INDEXES else ()
+    allowed = MAIN_INDEXES[index].params if index in MAIN_INDEXES else ()
     unknown = set(params) - set(allowed)
     if unknown:
         raise InvalidInputError(f"unknown parameter(s) for a {index} index: {sorted(unknown)}; it takes "

@@ -184,8 +184,10 @@ class Database(DatabaseAPI):
         """Create a collection of ``dim``-dimensional vectors. ``index``: "hnsw" (float32 vectors), "hnsw-lvq8"
         or "hnsw-int8" (experimental: SIMDEX_EXPERIMENTAL=1; the graph walked on 8-bit LVQ / int8 codes, a quarter
         of the memory per vector, the best candidates re-ranked from the float32 vectors kept in a file;
-        :class:`~simdex.quant.HNSWQuantIndex`), or "flat" (exact search over every row). ``params`` go to the
-        index (M, ef_construction, ef_search, seed; for the code kinds also rerank). With ``text`` the records'
+        :class:`~simdex.quant.HNSWQuantIndex`), "ivf-pq" (IVF lists of PQ codes, re-ranked from the float32 vectors
+        kept in a file; :class:`~simdex.quant.IVFIndex`; the number of lists and probes follow the collection's
+        size unless set), or "flat" (exact search over every row). ``params`` go to the index (M, ef_construction,
+        ef_search, seed; for the code kinds also rerank; for ivf-pq nlist, nprobe, codec, rerank, seed). With ``text`` the records'
         documents are also indexed for BM25, for ``search(text=...)`` and hybrid search. With ``window_field`` (a
         metadata key, e.g. ``"ts"``) a :class:`~simdex.dense.WindowIndex` over that numeric field answers
         ``where`` filters that are only a range on it (``{"ts": {"$gte": a, "$lte": b}}``, ``$gt``/``$lt``/``$eq``,

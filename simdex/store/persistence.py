@@ -178,7 +178,7 @@ class Durable:
                 raise CorruptFileError(f"main index is a {main.kind} of dimension {main.dim}, not the {kind!r} "
                                        f"index of this {self.dim}-d collection")
             main.consolidate_threshold = 1.0  # consolidation happens on copies, never under readers
-            if hasattr(main, "keep_vectors_in"):  # a code index: its vectors in files beside the collection, as built
+            if hasattr(main, "keep_vectors_in"):  # an index over codes: its vectors in files beside the collection
                 main.keep_vectors_in(self._vectors.storage_dir)
             _, _, tomb = fileformat.load_arrays(self.path / manifest["tomb"], mmap=False)
             deleted = tomb["deleted"]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..dense import HNSWIndex, WindowIndex
+from .config import HNSW_PARAMS
 
 if TYPE_CHECKING:
     from ._rwlock import RWLock
@@ -225,7 +226,8 @@ class LabelSide(SideIndex):
         super().__init__()
         self._rw = rw
         self.field, self.dim, self.metric = field, dim, metric
-        self.params = {k: v for k, v in params.items() if k != "seed"}
+        # the label graphs are float32 HNSW graphs, whatever the collection's main index: its HNSW parameters
+        self.params = {k: v for k, v in params.items() if k in HNSW_PARAMS and k != "seed"}
         self.min_records = LABEL_GRAPH_MIN
         self.graphs: dict[str, HNSWIndex] = {}
         self._values_of, self._vectors_of, self._applied_lsn = values_of, vectors_of, applied_lsn

@@ -13,19 +13,19 @@ from typing import Any
 
 import numpy as np
 
-from ..dense import FlatIndex, HNSWIndex
-from .config import CODE_KINDS, new_main_index
+from ..dense import FlatIndex
+from .config import MAIN_INDEXES, TRAINED_KINDS, new_main_index, retrain
 from .sides import SideIndex, remove_present
 
 # A codec trained on a handful of rows encodes the others badly (int8 trained on one row: recall@10 0.03 on
-# WordNet), and the first build of a code index trains its codec: it waits for this many rows (fewer are searched
-# exactly), and later merges train it again as the collection grows (HNSWQuantIndex.wants_retraining).
+# WordNet), and the first build of an index that trains (codes, IVF lists) trains it: it waits for this many rows
+# (fewer are searched exactly), and later merges train it again as the collection grows (``wants_retraining``).
 FIRST_CODE_BUILD_ROWS = 1000
 
 
 class RecordVectors(SideIndex):
-    """Main graph + growing exact segment. ``index_kind``: a kind of :data:`~simdex.store.config.MAIN_INDEXES`
-    (HNSW over float32 vectors or over LVQ-8 / int8 codes), or "flat", which keeps every row in the exact
+    """Main index + growing exact segment. ``index_kind``: a kind of :data:`~simdex.store.config.MAIN_INDEXES`
+    (HNSW over float32 vectors or over LVQ-8 / int8 codes, IVF-PQ), or "flat", which keeps every row in the exact
     segment."""
 
     def __init__(self, dim: int, metric: str, index_kind: str, params: dict[str, Any], merge_rows: int,
@@ -34,11 +34,11 @@ class RecordVectors(SideIndex):
         self.dim, self.metric, self.index_kind, self.params = dim, metric, index_kind, params
         self.merge_rows = merge_rows
         self.storage_dir = storage_dir  # where a code index keeps its float32 vectors (unlinked files)
-        self.main: HNSWIndex | None = None
+        self.main: Any = None  # an index of the kind's class (config.MAIN_INDEXES): the index contract plus copy()
         self.growing = FlatIndex(dim, metric)
         self.last_write = time.monotonic()
 
-    def reset(self, main: HNSWIndex | None = None, growing: FlatIndex | None = None) -> None:
+    def reset(self, main: Any = None, growing: FlatIndex | None = None) -> None:
         self.main, self.growing = main, growing if growing is not None else FlatIndex(self.dim, self.metric)
 
     # ---- writes (under the collection's write lock) ----------------------------------------------------------------
@@ -75,8 +75,13 @@ class RecordVectors(SideIndex):
         """(distances, rids), (nq, <= k) each, nearest first, -1 rids for no hit."""
         parts = []
         if allowed is None or allowed.any():
-            if self.main is not None and len(self.main):
-                parts.append(self.main.search(q, min(k, len(self.main)), ef=ef, filter=allowed, threads=threads))
+            main = self.main
+            if main is not None and len(main):
+                kk = min(k, len(main))
+                options = {} if ef is None else {MAIN_INDEXES[self.index_kind].breadth: ef}
+                if getattr(main, "rerank", 0):  # an index over codes: the distances it returns are exact
+                    options["rerank"] = max(kk, main.rerank)
+                parts.append(main.search(q, kk, filter=allowed, threads=threads, **options))
             if len(self.growing):
                 parts.append(self.growing.search(q, min(k, len(self.growing)), filter=allowed, threads=threads))
         if not parts:
@@ -108,7 +113,8 @@ class RecordVectors(SideIndex):
 
     def _too_few_to_train(self, n: int) -> bool:
         """Whether ``n`` growing rows are too few to build the first code index from (FIRST_CODE_BUILD_ROWS)."""
-        return self.main is None and self.index_kind in CODE_KINDS and n < min(self.merge_rows, FIRST_CODE_BUILD_ROWS)
+        return self.main is None and self.index_kind in TRAINED_KINDS and \
+            n < min(self.merge_rows, FIRST_CODE_BUILD_ROWS)
 
     def snapshot(self) -> Any:
         if self.index_kind == "flat" or self._too_few_to_train(len(self.growing)):
@@ -121,12 +127,13 @@ class RecordVectors(SideIndex):
 
     def build(self, snap, threads) -> Any:
         moved, vectors, base = snap
-        new = new_main_index(self.dim, self.metric, self.index_kind, self.params, self.storage_dir) \
+        new = new_main_index(self.dim, self.metric, self.index_kind, self.params, self.storage_dir, len(moved)) \
             if base is None else base.copy()
         if moved.size:
             new.add(vectors, moved, threads=threads)
         if getattr(new, "wants_retraining", lambda: False)():
-            new.retrain()  # codes trained on the first merge's few rows: trained again as the collection grows
+            # trained on the first merge's few rows: trained again as the collection grows
+            retrain(new, self.index_kind, self.params, threads)
         if new._n_deleted > 0.2 * new._n:
             new.consolidate(threads=threads)
         return new, moved
