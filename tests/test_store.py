@@ -430,3 +430,22 @@ def test_ivf_collection_sizes_its_lists_and_keeps_codes_in_memory(tmp_path, reco
         col = db.get_collection("words")
         assert col._vectors.main.nlist == main.nlist and col._vectors.main.nprobe == main.nprobe
         assert _recall(col.search_batch(queries, k=10), truth) >= 0.85
+
+
+@pytest.mark.parametrize("kind, params", [("hnsw-lvq8", {"M": 8, "rerank": 60}), ("ivf-pq", {"nlist": 32})])
+def test_side_indexes_beside_every_main_kind(tmp_path, records, kind, params):
+    """The label graphs and the window tree are float32 HNSW graphs whatever the main index is: they take the
+    collection's HNSW parameters and ignore the others (an ivf-pq collection's nlist, a code collection's rerank)."""
+    ids, vectors, metas, docs, queries = records
+    with _open(tmp_path / "db") as db:
+        col = db.create_collection("words", dim=384, index=kind, label_field="pos", window_field="year", **params)
+        col.label_graph_min = 100
+        col.upsert(ids, vectors, metas)
+        db.optimize()
+        assert set(col.stats()["label_graphs"]) == set(POS) and col.stats()["window"] is not None
+        for where, keep in (({"pos": "v"}, lambda m: m["pos"] == "v"),
+                            ({"year": {"$gte": 2000, "$lt": 2010}}, lambda m: 2000 <= m["year"] < 2010)):
+            mask = np.array([keep(m) for m in metas])
+            hits = col.search_batch(queries, k=10, where=where, ef=100)
+            assert all(keep(h["metadata"]) for row in hits for h in row)
+            assert _recall(hits, _exact_hits(vectors, ids, queries, 10, mask)) >= 0.9
