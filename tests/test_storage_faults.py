@@ -473,15 +473,17 @@ def test_writes_wait_for_a_checkpoint_when_the_log_outgrows_failing_checkpoints(
     _reopen_and_check(tmp_path / "db", model, queries, batch + 2)
 
 
-def test_code_collection_merge_on_a_full_disk(tmp_path, monkeypatch):
-    """A collection over codes keeps its float32 vectors in files: when there is no room for them the merge fails
-    with a StorageError naming the cause, searches go on over what is there, and the merge succeeds once there is
-    room again."""
+@pytest.mark.parametrize("kind, params", [("hnsw-lvq8", {"M": 8, "ef_construction": 32}), ("ivf-pq", {}),
+                                           ("vamana-disk", {"R": 16, "L_build": 32, "codec": "pq8"})])
+def test_code_collection_merge_on_a_full_disk(tmp_path, monkeypatch, kind, params):
+    """A collection over codes keeps its float32 vectors (a vamana-disk one also its links) in files: when there is
+    no room for them the merge fails with a StorageError naming the cause (not SIGBUS at a write through a sparse
+    mapping), searches go on over what is there, and the merge succeeds once there is room again."""
     monkeypatch.setenv("SIMDEX_EXPERIMENTAL", "1")  # the code kinds are experimental (simdex.store.config)
     x = np.random.default_rng(0).standard_normal((1500, 32)).astype(np.float32)
     ids = [f"r{i}" for i in range(1500)]
     with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
-        col = db.create_collection("c", 32, "l2", index="hnsw-lvq8", M=8, ef_construction=32)
+        col = db.create_collection("c", 32, "l2", index=kind, **params)
         col.upsert(ids, x)
 
         def no_room(fd, offset, length):

@@ -56,8 +56,12 @@ TRAINED = [kind for kind in MAIN_KINDS if MAIN_INDEXES[kind].trained]
 
 
 def _build_params(kind, M, ef_construction):
-    """The build parameters of a test collection of ``kind``: a graph's M and ef_construction; IVF's defaults."""
-    return {"M": M, "ef_construction": ef_construction} if "M" in MAIN_INDEXES[kind].params else {}
+    """The build parameters of a test collection of ``kind``: an HNSW graph's M and ef_construction, the like for
+    a Vamana graph (its degree R is HNSW's 2 M on the base layer); IVF's defaults."""
+    params = MAIN_INDEXES[kind].params
+    if "M" in params:
+        return {"M": M, "ef_construction": ef_construction}
+    return {"R": 2 * M, "L_build": ef_construction} if "R" in params else {}
 
 
 @pytest.fixture(autouse=True)
@@ -240,9 +244,10 @@ def test_reopen_recovers_log_and_checkpoints(tmp_path, records, kind):
         assert any("replayed" in note for note in col2.recovery_notes)
         assert [[h["id"] for h in r] for r in col2.search_batch(queries, k=10, ef=400)] == expected
         assert col2.get([ids[0]]) == [] and col2.get([ids[1500]])[0]["metadata"] == {"i": 1500}
-        if kind != "hnsw":  # an index over codes keeps its float32 vectors in a file after the restart, not in memory
+        if MAIN_INDEXES[kind].trained:  # an index over codes keeps its float32 vectors in a file after a restart
             import mmap
-            base = col2._vectors.main._vectors
+            main = col2._vectors.main
+            base = main._g.vectors if hasattr(main, "_g") else main._vectors  # (a Vamana graph's arrays)
             while base is not None and not isinstance(base, (np.memmap, mmap.mmap)):
                 base = base.base
             assert base is not None

@@ -440,3 +440,30 @@ def test_streaming_merge_folds_recent_inserts_and_deletes(wordnet, tmp_path):
     _, found = stream.search(queries, 10, L=64)
     assert recall(found, live[truth]) >= 0.95
     np.testing.assert_array_equal(np.sort(stream.ids), live)
+
+
+def test_disk_mode_copy_retrain_and_vectors_kept_in_a_file(wordnet, tmp_path):
+    """What a vamana-disk database collection does: merges into a copy (the original unchanged), trains its codec
+    again once it outgrew the rows it was trained on, and keeps vectors and links in a file after a restart."""
+    base, queries = wordnet
+    index = VamanaDiskIndex(base.shape[1], "cosine", R=24, L_build=48, codec="pq48", storage_dir=str(tmp_path))
+    index.add(base[:300])
+    assert index.trained_rows == 300 and not index.wants_retraining()
+    grown = index.copy()
+    grown.add(base[300:3000], np.arange(300, 3000))
+    assert len(index) == 300 and len(grown) == 3000 and _file_backed(grown._g.vectors)
+    assert grown.wants_retraining()
+    old_codes = grown._g.codes[:3000].copy()
+    before = live_recall(grown, base, queries, np.arange(3000), L=32)
+    grown.retrain()
+    assert grown.trained_rows == 3000 and not grown.wants_retraining()
+    assert (grown._g.codes[:3000] != old_codes).any()
+    np.testing.assert_array_equal(index._g.codes[:300], old_codes[:300])  # the original keeps its codes
+    assert live_recall(grown, base, queries, np.arange(3000), L=32) >= max(before, 0.9)
+    path = tmp_path / "d.sdx"
+    grown.save(path)
+    loaded = VamanaDiskIndex.load(path, mmap=False)
+    assert loaded.trained_rows == 3000 and not _file_backed(loaded._g.vectors)
+    loaded.keep_vectors_in(str(tmp_path))
+    assert _file_backed(loaded._g.vectors) and _file_backed(loaded._g.adj)
+    np.testing.assert_array_equal(loaded.search(queries, 10)[1], grown.search(queries, 10)[1])

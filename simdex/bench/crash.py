@@ -5,9 +5,9 @@ force over that content.
 
 The writer applies a deterministic random sequence of upserts and deletes (batches of 1-200 records, real WordNet
 embeddings) to one collection per index kind: ``graph`` (HNSW), ``graph-lvq8`` and ``graph-int8`` (HNSW
-over codes, experimental), ``ivf-pq`` (IVF over PQ codes), each with background merges and checkpoints forced to
-happen often, and ``exact`` (flat index), and
-prints ``ok <n> <collection>`` after write ``n`` returns, or ``fail <n>
+over codes, experimental), ``ivf-pq`` (IVF over PQ codes), ``vamana`` and ``vamana-disk`` (a Vamana graph, in
+memory, and in a file walked on PQ codes), each with background merges and checkpoints forced to happen often,
+and ``exact`` (flat index), and prints ``ok <n> <collection>`` after write ``n`` returns, or ``fail <n>
 <collection>`` when it raised :class:`~simdex.errors.StorageError` (a failed write must never appear). The parent
 replays the same sequence into a model, kills the writer at a random moment, reopens the database and compares.
 
@@ -44,6 +44,8 @@ COLLECTION_KINDS = {
     "graph-int8": ("hnsw-int8", {"M": 8, "ef_construction": 40, "rerank": 64}),
     # the verification's ef 64 probes 64 lists: all of them at this size (fewer than 1,000 lists up to 250k rows)
     "ivf-pq": ("ivf-pq", {}),
+    "vamana": ("vamana", {"R": 16, "L_build": 40}),
+    "vamana-disk": ("vamana-disk", {"R": 16, "L_build": 40}),
     "exact": ("flat", {}),
 }
 if not experimental_enabled():  # the kinds over codes are experimental (simdex.store.config)

@@ -545,6 +545,27 @@ class VamanaIndex(Index):
         self._n, self._n_deleted = other._n, other._n_deleted
         self._scratch.clear()
 
+    def copy(self) -> VamanaIndex:
+        """An independent deep copy (for copy-on-write updates while others keep searching the original), its
+        vectors and links in storage of its own (a subclass's file); taken while no writer changes the graph."""
+        with self._graph_lock, self._write_lock:
+            g = self._g
+            clone = type(self).__new__(type(self))
+            clone.__dict__.update(self.__dict__)
+            vectors, adj = self._new_storage(g.vectors.shape[0])
+            vectors[:self._n], adj[:self._n] = g.vectors[:self._n], g.adj[:self._n]
+            clone._g = _Graph(vectors, adj, np.array(g.state), np.array(g.slot_ids), g.entry,
+                              None if g.codes is None else np.array(g.codes))
+            clone._idmap = _SlotMap(np.array(self._idmap.slot_ids))
+            clone._graph_lock, clone._write_lock = threading.RLock(), threading.RLock()
+            clone._scratch = ScratchPool()
+            # no search runs on the copy yet: every slot freed here is free to reuse there
+            clone._epoch_lock, clone._epoch, clone._readers = threading.Lock(), 0, {}
+            freed = [slots for _, slots in self._pending]
+            clone._pending = [(-1, np.concatenate(freed))] if freed else []
+            clone._bg, clone._bg_error = None, None
+            return clone
+
     def _params(self) -> dict[str, Any]:
         return {"dim": self.dim, "metric": self.metric, "R": self.R, "L_build": self.L_build,
                 "L_search": self.L_search, "alpha": self.alpha, "seed": self.seed,

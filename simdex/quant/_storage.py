@@ -6,23 +6,28 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
+
+
+def reserve(f: Any, size: int) -> None:
+    """Make the open file ``f`` ``size`` bytes long with its blocks reserved now: a sparse file on a full disk
+    would kill the process with SIGBUS at the first write through a mapping of it, instead of an OSError (ENOSPC)
+    here. Falls back to a sparse file where the platform or file system cannot reserve."""
+    try:
+        os.posix_fallocate(f.fileno(), 0, size)
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        f.truncate(size)
 
 
 def disk_array(rows: int, dim: int, directory: str | None = None) -> np.ndarray:
     """A zeroed float32 (rows, dim) array backed by an unlinked temporary file in ``directory`` (default: the
     system's temporary folder). The file disappears when the last view of the array is garbage-collected."""
     with tempfile.TemporaryFile(dir=directory, prefix="simdex-vectors-") as f:
-        size = max(rows, 1) * dim * 4
-        try:
-            # reserve the blocks now: a sparse file on a full disk would kill the process with SIGBUS at the first
-            # write through the mapping, instead of this OSError (ENOSPC) here
-            os.posix_fallocate(f.fileno(), 0, size)
-        except (AttributeError, OSError) as exc:
-            if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            f.truncate(size)  # no fallocate here (the platform, or the file system)
+        reserve(f, max(rows, 1) * dim * 4)
         mm = np.memmap(f, np.float32, mode="r+", shape=(max(rows, 1), dim))
     return np.asarray(mm)[:rows]
 

@@ -139,6 +139,24 @@ class Codec(abc.ABC):
         return codec
 
 
+TRAIN_SAMPLE = 100_000  # rows a codec is trained on at most
+
+
+def training_sample(x: np.ndarray, seed: int, limit: int = TRAIN_SAMPLE) -> np.ndarray:
+    """The rows a codec is trained on: all of ``x``, or a sorted random sample of ``limit`` of them."""
+    if x.shape[0] <= limit:
+        return x
+    return x[np.sort(np.random.default_rng(seed).choice(x.shape[0], limit, replace=False))]
+
+
+def outgrew_training(trained: int, n: int, limit: int = TRAIN_SAMPLE, growth: float = 2.0, small: int = 4096) -> bool:
+    """Whether an index holding ``n`` rows, whose quantizer was trained on ``trained`` of them, should train it
+    again: it was trained on fewer rows than it could be (``limit``), and the index has grown ``growth`` times
+    since, or at all while those were fewer than ``small`` (a few hundred rows give an int8 codec ranges that clip
+    many later rows, and a database collection trains on its first rows; re-encoding a small index costs little)."""
+    return trained < limit and (n >= growth * max(trained, 1) or (trained < small and n > trained))
+
+
 def expect_array(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """``arrays[name]`` as a contiguous in-memory array, checked against shape and dtype (ValueError if not)."""
     arr = arrays[name]

@@ -34,18 +34,10 @@ from ..metrics import to_public
 from ..core import graph as G
 from ._scorers import AffineCodes, Rerank
 from ._storage import disk_array, drop_pages
-from .codec import Codec, make_codec
+from .codec import TRAIN_SAMPLE, Codec, make_codec, outgrew_training, training_sample
 from .scalar import AffineCodec, LVQCodec
 
-_TRAIN_SAMPLE = 100_000
 _RERANK_MODES = {"none": 0, "vectors": 1, "residual": 2}
-
-
-def training_sample(x: np.ndarray, seed: int) -> np.ndarray:
-    """The rows a codec is trained on: all of ``x``, or a sorted random sample of 100,000 of them."""
-    if x.shape[0] <= _TRAIN_SAMPLE:
-        return x
-    return x[np.sort(np.random.default_rng(seed).choice(x.shape[0], _TRAIN_SAMPLE, replace=False))]
 
 
 class HNSWQuantIndex(HNSWIndex):
@@ -180,8 +172,8 @@ class HNSWQuantIndex(HNSWIndex):
         src = index._vectors[:n]
         if not q.codec.is_trained:
             live = np.flatnonzero(index._deleted[:n] == 0)
-            if live.shape[0] > _TRAIN_SAMPLE:
-                live = np.sort(np.random.default_rng(index.seed).choice(live, _TRAIN_SAMPLE, replace=False))
+            if live.shape[0] > TRAIN_SAMPLE:
+                live = np.sort(np.random.default_rng(index.seed).choice(live, TRAIN_SAMPLE, replace=False))
             q.codec.train(src[live])
             q.trained_rows = int(np.count_nonzero(live))
         q._vectors = q._new_vectors(n)
@@ -204,13 +196,10 @@ class HNSWQuantIndex(HNSWIndex):
         self.codec.train(sample)
         self.trained_rows = sample.shape[0]
 
-    def wants_retraining(self, growth: float = 2.0, small: int = 4096) -> bool:
-        """Whether the codec was trained on fewer rows than the training sample holds and the index has grown
-        since: by ``growth`` times, or at all while it was trained on fewer than ``small`` rows (a few hundred rows
-        give an int8 codec ranges that clip many later rows; re-encoding a small index costs little). See
-        :meth:`retrain`."""
-        trained, n = self.trained_rows, len(self)
-        return trained < _TRAIN_SAMPLE and (n >= growth * max(trained, 1) or (trained < small and n > trained))
+    def wants_retraining(self) -> bool:
+        """Whether the index has outgrown the rows its codec was trained on
+        (:func:`~simdex.quant.codec.outgrew_training`); see :meth:`retrain`."""
+        return outgrew_training(self.trained_rows, len(self))
 
     def retrain(self) -> None:
         """Train a new codec of the same kind on (a sample of up to 100,000 of) the vectors held now and re-encode

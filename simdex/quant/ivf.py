@@ -35,7 +35,7 @@ from ._kmeans import kmeans
 from ._scorers import AffineCodes, BinaryCodes, IVFPQCodes
 from ._storage import disk_array
 from .binary import BinaryCodec
-from .codec import Codec, expect_array, make_codec
+from .codec import Codec, expect_array, make_codec, outgrew_training
 from .pq import KS, PQCodec
 from .scalar import AffineCodec, FlatCodec
 
@@ -141,13 +141,10 @@ class IVFIndex(Index):
         self._train(sample, progress)
         self.trained_rows = sample.shape[0]
 
-    def wants_retraining(self, growth: float = 2.0, small: int = 4096) -> bool:
-        """Whether the index has grown ``growth`` times past the rows its quantizers were trained from, or at all
-        while those were fewer than ``small`` (a database collection trains on its first rows); see
-        :meth:`retrain`."""
-        trained, n = self.trained_rows, len(self)
-        return self.vector_storage != "none" and trained < _TRAIN_MAX and \
-            (n >= growth * max(trained, 1) or (trained < small and n > trained))
+    def wants_retraining(self) -> bool:
+        """Whether the index has outgrown the rows its lists and codec were trained on
+        (:func:`~simdex.quant.codec.outgrew_training`); see :meth:`retrain`."""
+        return self.vector_storage != "none" and outgrew_training(self.trained_rows, len(self), _TRAIN_MAX)
 
     def retrain(self, nlist: int | None = None, threads: int | None = None) -> None:
         """Train the coarse quantizer (with ``nlist`` lists, default unchanged) and a new codec of the same kind

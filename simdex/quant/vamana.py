@@ -17,6 +17,7 @@ A filtered search reads full vectors for every node it scores (the in-memory ind
 
 from __future__ import annotations
 
+import copy
 import re
 import tempfile
 import threading
@@ -26,17 +27,16 @@ import numpy as np
 
 from .._numba import num_threads
 from .._validate import MAX_RESULTS, check_ids, check_metric, check_positive_int, check_vectors
-from ..dense.vamana import VamanaIndex, _Graph
+from ..dense.vamana import LIVE, VamanaIndex, _Graph
 from ..errors import CorruptFileError, InvalidInputError, UnsupportedOperationError
-from ..index import BaseIndex
+from ..index import BaseIndex, meta_int
 from ..core import graph as G
 from ._scorers import AffineCodes, ExactExpanded, PQCodes
-from ._storage import drop_pages
-from .codec import Codec, make_codec
+from ._storage import drop_pages, reserve
+from .codec import Codec, make_codec, outgrew_training, training_sample
 from .pq import PQCodec
 from .scalar import AffineCodec
 
-_TRAIN_SAMPLE = 100_000
 _PAGE = 4096
 
 
@@ -47,7 +47,7 @@ def disk_graph_storage(rows: int, dim: int, width: int, directory: str | None = 
     r = max(rows, 1)
     offset = -(-r * dim * 4 // _PAGE) * _PAGE
     with tempfile.TemporaryFile(dir=directory, prefix="simdex-vamana-") as f:
-        f.truncate(offset + r * width * 4)
+        reserve(f, offset + r * width * 4)
         vectors = np.memmap(f, np.float32, mode="r+", shape=(r, dim))
         adj = np.memmap(f, np.int32, mode="r+", offset=offset, shape=(r, width))
     return np.asarray(vectors)[:rows], np.asarray(adj)[:rows]
@@ -95,6 +95,7 @@ class VamanaDiskIndex(VamanaIndex):
         if not isinstance(self.codec, (PQCodec, AffineCodec)):
             raise InvalidInputError(f"VamanaDiskIndex navigates on PQ, int8 or LVQ codes; got {self.codec!r}")
         self.storage_dir = storage_dir
+        self.trained_rows = 0  # the vectors the codec was trained on (see retrain)
         super().__init__(dim, metric, R=R, L_build=L_build, L_search=L_search, alpha=alpha, seed=seed,
                          consolidate_threshold=consolidate_threshold, background=background)
 
@@ -115,11 +116,9 @@ class VamanaDiskIndex(VamanaIndex):
 
     def _write_vectors(self, g: _Graph, slots: np.ndarray, x: np.ndarray) -> None:
         if not self.codec.is_trained:
-            sample = x
-            if x.shape[0] > _TRAIN_SAMPLE:
-                rng = np.random.default_rng(self.seed)
-                sample = x[np.sort(rng.choice(x.shape[0], _TRAIN_SAMPLE, replace=False))]
+            sample = training_sample(x, self.seed)
             self.codec.train(sample)
+            self.trained_rows = sample.shape[0]
         g.codes[slots] = self.codec.encode(x)
         g.vectors[slots] = x
 
@@ -134,7 +133,48 @@ class VamanaDiskIndex(VamanaIndex):
         """Train the codec on sample vectors (n, dim) before the first add (otherwise the first add trains it)."""
         if self._n:
             raise InvalidInputError("the index already holds vectors; its codec is fixed")
-        self.codec.train(check_vectors(x, self.dim, "training vectors", normalize=self.metric == "cosine"))
+        sample = check_vectors(x, self.dim, "training vectors", normalize=self.metric == "cosine")
+        self.codec.train(sample)
+        self.trained_rows = sample.shape[0]
+
+    def wants_retraining(self) -> bool:
+        """Whether the index has outgrown the rows its codec was trained on
+        (:func:`~simdex.quant.codec.outgrew_training`); see :meth:`retrain`."""
+        return outgrew_training(self.trained_rows, len(self))
+
+    def retrain(self) -> None:
+        """Train a new codec of the same kind on (a sample of up to 100,000 of) the live vectors and re-encode
+        every node; the graph stays. For an index that grew far past the rows its codec was trained on (a
+        database collection trains on its first rows). O(n * dim), reading the vectors from the file."""
+        with self._graph_lock, self._write_lock:
+            g = self._g
+            live = np.flatnonzero(g.state[:self._n] == LIVE)
+            if live.size == 0:
+                return
+            self._materialize()
+            g = self._g
+            codec = copy.deepcopy(self.codec)  # a copy of this index may share the old one
+            codec.train(training_sample(np.asarray(g.vectors[live]), self.seed))
+            codes = self._grow_codes(None, g.vectors.shape[0])
+            for start in range(0, self._n, 65536):
+                codes[start:start + 65536] = codec.encode(np.asarray(g.vectors[start:min(start + 65536, self._n)]))
+            self.codec = codec
+            self._publish(codes=codes)
+            self.trained_rows = int(live.size)
+            self._scratch.clear()
+
+    def keep_vectors_in(self, storage_dir: str | None) -> None:
+        """Keep the vectors and links in an unlinked file in ``storage_dir``, moving them there now if they were
+        read into memory (an index loaded with ``mmap=False``)."""
+        self.storage_dir = storage_dir
+        with self._graph_lock, self._write_lock:
+            g = self._g
+            try:
+                vectors, adj = self._new_storage(g.vectors.shape[0])
+            except OSError:  # no room for the file (a full disk): they stay in memory, and the index works
+                return
+            vectors[:self._n], adj[:self._n] = g.vectors[:self._n], g.adj[:self._n]
+            self._publish(vectors=vectors, adj=adj)
 
     @property
     def nbytes(self) -> int:
@@ -189,6 +229,7 @@ class VamanaDiskIndex(VamanaIndex):
         meta, arrays = super()._state()
         codec_meta, codec_arrays = self.codec.state()
         meta["codec"] = codec_meta
+        meta["trained_rows"] = self.trained_rows
         arrays["codes"] = self._g.codes[:self._n]
         arrays.update({f"codec.{name}": arr for name, arr in codec_arrays.items()})
         return meta, arrays
@@ -199,7 +240,9 @@ class VamanaDiskIndex(VamanaIndex):
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> VamanaDiskIndex:
         codec = Codec.from_state(meta["codec"], {name[6:]: arr for name, arr in arrays.items()
                                                  if name.startswith("codec.")})
-        return super()._from_state({**meta, "codec": codec}, arrays)  # type: ignore[return-value]
+        index = super()._from_state({**meta, "codec": codec}, arrays)
+        index.trained_rows = meta_int(meta, "trained_rows") if "trained_rows" in meta else index._n
+        return index  # type: ignore[return-value]
 
     @classmethod
     def _params_from_meta(cls, meta: dict[str, Any]) -> dict[str, Any]:

@@ -71,8 +71,8 @@ class CollectionAPI(ABC):
           has both an embedder and a text index, else whichever it has. ``text`` with ``vector``: hybrid with
           that vector as the dense query.
         - A query text longer than the embedder's limit is truncated, with a ``TruncatedTextWarning``.
-        - ``ef``: the search breadth of the collection's index (HNSW's candidate list; the lists an ivf-pq
-          collection probes); larger finds more of the true neighbours, slower.
+        - ``ef``: the search breadth of the collection's index (HNSW's candidate list, a Vamana graph's L; the
+          lists an ivf-pq collection probes); larger finds more of the true neighbours, slower.
         """
 
     @abstractmethod
@@ -102,9 +102,10 @@ class DatabaseAPI(ABC):
         :class:`~simdex.embed.Embedder` (embedded databases only): documents and text queries are then embedded
         by it, and it is recorded with the collection (reopening with another model is refused). ``text``: also
         index the documents for BM25 and hybrid search. ``index``: "hnsw", "hnsw-lvq8", "hnsw-int8" (HNSW walked
-        on codes, re-ranked from float32), "ivf-pq" (IVF over PQ codes, re-ranked from float32) or "flat" (exact).
-        ``params`` go to the index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for
-        ivf-pq nlist, nprobe, codec, rerank, seed)."""
+        on codes, re-ranked from float32), "ivf-pq" (IVF over PQ codes, re-ranked from float32), "vamana",
+        "vamana-disk" (a Vamana graph in memory; in a file, walked on PQ codes) or "flat" (exact). ``params`` go
+        to the index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for ivf-pq nlist,
+        nprobe, codec, rerank, seed; for the Vamana kinds R, L_build, L_search, alpha, seed, and codec on disk)."""
 
     @abstractmethod
     def get_collection(self, name: str) -> CollectionAPI:

@@ -19,6 +19,7 @@ DEFAULT_SEARCH_INCLUDE = ("metadatas", "documents", "distances")
 DEFAULT_GET_INCLUDE = ("metadatas", "documents")
 HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
 IVF_PARAMS = ("nlist", "nprobe", "codec", "rerank", "seed")
+VAMANA_PARAMS = ("R", "L_build", "L_search", "alpha", "seed")
 
 
 class MainKind(NamedTuple):
@@ -48,6 +49,12 @@ MAIN_INDEXES: dict[str, MainKind] = {
     # IVF over PQ codes of the residuals, the float32 vectors in a file for re-ranking: RAM per record is the
     # code (dim / 8 bytes by default) plus a few ids
     "ivf-pq": MainKind("simdex.quant:IVFIndex", {"vectors": "disk"}, IVF_PARAMS, breadth="nprobe", trained=True),
+    # a Vamana graph (DiskANN) with FreshDiskANN inserts, float32 vectors in memory
+    "vamana": MainKind("simdex.dense:VamanaIndex", {}, VAMANA_PARAMS, breadth="L"),
+    # the same graph with its vectors and links in a file and PQ codes in memory (DiskANN's SSD layout): search
+    # walks the codes and ranks what it expands by the vectors read from the file
+    "vamana-disk": MainKind("simdex.quant:VamanaDiskIndex", {}, VAMANA_PARAMS + ("codec",), breadth="L",
+                            trained=True),
 }
 INDEX_KINDS = (*MAIN_INDEXES, "flat")
 EXPERIMENTAL_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.experimental)

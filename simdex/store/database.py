@@ -186,8 +186,11 @@ class Database(DatabaseAPI):
         of the memory per vector, the best candidates re-ranked from the float32 vectors kept in a file;
         :class:`~simdex.quant.HNSWQuantIndex`), "ivf-pq" (IVF lists of PQ codes, re-ranked from the float32 vectors
         kept in a file; :class:`~simdex.quant.IVFIndex`; the number of lists and probes follow the collection's
-        size unless set), or "flat" (exact search over every row). ``params`` go to the index (M, ef_construction,
-        ef_search, seed; for the code kinds also rerank; for ivf-pq nlist, nprobe, codec, rerank, seed). With ``text`` the records'
+        size unless set), "vamana" (a Vamana graph with FreshDiskANN updates; :class:`~simdex.dense.VamanaIndex`),
+        "vamana-disk" (its vectors and links in a file, walked on PQ codes in memory;
+        :class:`~simdex.quant.VamanaDiskIndex`), or "flat" (exact search over every row). ``params`` go to the
+        index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for ivf-pq nlist, nprobe, codec,
+        rerank, seed; for the Vamana kinds R, L_build, L_search, alpha, seed, and codec on disk). With ``text`` the records'
         documents are also indexed for BM25, for ``search(text=...)`` and hybrid search. With ``window_field`` (a
         metadata key, e.g. ``"ts"``) a :class:`~simdex.dense.WindowIndex` over that numeric field answers
         ``where`` filters that are only a range on it (``{"ts": {"$gte": a, "$lte": b}}``, ``$gt``/``$lt``/``$eq``,

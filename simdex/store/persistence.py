@@ -182,11 +182,12 @@ class Durable:
                 main.keep_vectors_in(self._vectors.storage_dir)
             _, _, tomb = fileformat.load_arrays(self.path / manifest["tomb"], mmap=False)
             deleted = tomb["deleted"]
-            if deleted.shape != (main._n,):
+            slot_ids = main._idmap.slot_ids
+            if deleted.shape != slot_ids.shape:
                 raise CorruptFileError("tombstone file does not match the main index")
-            newly = (deleted != 0) & (main._deleted[:main._n] == 0)
+            newly = (deleted != 0) & (slot_ids >= 0)  # deleted since the main index file was written
             if newly.any():
-                main.remove(main._idmap.slot_ids[np.flatnonzero(newly)])
+                main.remove(slot_ids[np.flatnonzero(newly)])
             self._saved_main = (main, manifest["main"])
         self._vectors.reset(main, growing)
 
@@ -231,7 +232,11 @@ class Durable:
                         return False
                     self._last_gen = gen
                     main = self._vectors.main
-                    main_snapshot = main.snapshot() if main is not None else None
+                    # the main index's file is written once; later checkpoints write only which of its slots
+                    # hold no live record any more (tombstones; for a Vamana graph also its freed slots)
+                    reuse_main = main is not None and self._saved_main is not None and self._saved_main[0] is main
+                    main_snapshot = main.snapshot() if main is not None and not reuse_main else None
+                    tombstones = None if main is None else (main._idmap.slot_ids < 0).astype(np.uint8)
                     growing_snapshot = self._vectors.growing.snapshot()
                     next_rid = self._next_rid
                     # the metadata copy must be at exactly this lsn: writers wait for the read side to apply
@@ -242,7 +247,7 @@ class Durable:
                 written.append(self.path / body["growing"])
                 write_snapshot(written[-1], growing_snapshot)
                 if main is not None:
-                    if self._saved_main is not None and self._saved_main[0] is main:
+                    if reuse_main:
                         body["main"] = self._saved_main[1]
                     else:
                         body["main"] = f"main-{gen}.sdx"
@@ -250,7 +255,7 @@ class Durable:
                         write_snapshot(written[-1], main_snapshot)
                     body["tomb"] = f"tomb-{gen}.sdx"
                     written.append(self.path / body["tomb"])
-                    fileformat.save_arrays(written[-1], "Tombstones", {}, {"deleted": main_snapshot[2]["deleted"]})
+                    fileformat.save_arrays(written[-1], "Tombstones", {}, {"deleted": tombstones})
                 self._meta.make_durable()
                 self._write_manifest(body)
             except (OSError, sqlite3.Error) as exc:

@@ -21,6 +21,8 @@ from .sides import SideIndex, remove_present
 # WordNet), and the first build of an index that trains (codes, IVF lists) trains it: it waits for this many rows
 # (fewer are searched exactly), and later merges train it again as the collection grows (``wants_retraining``).
 FIRST_CODE_BUILD_ROWS = 1000
+# and never fewer than a PQ codec's 256 centroids per sub-quantizer
+MIN_TRAINING_ROWS = 256
 
 
 class RecordVectors(SideIndex):
@@ -114,7 +116,7 @@ class RecordVectors(SideIndex):
     def _too_few_to_train(self, n: int) -> bool:
         """Whether ``n`` growing rows are too few to build the first code index from (FIRST_CODE_BUILD_ROWS)."""
         return self.main is None and self.index_kind in TRAINED_KINDS and \
-            n < min(self.merge_rows, FIRST_CODE_BUILD_ROWS)
+            n < max(min(self.merge_rows, FIRST_CODE_BUILD_ROWS), MIN_TRAINING_ROWS)
 
     def snapshot(self) -> Any:
         if self.index_kind == "flat" or self._too_few_to_train(len(self.growing)):
