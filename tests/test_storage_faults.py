@@ -497,3 +497,34 @@ def test_code_collection_merge_on_a_full_disk(tmp_path, monkeypatch, kind, param
         monkeypatch.undo()
         db.optimize()
         assert col.stats()["indexed"] == 1500 and col.search(x[7], k=1)[0]["id"] == "r7"
+
+
+@pytest.mark.parametrize("kind, params", [("hnsw-lvq8", {"M": 8, "ef_construction": 32}), ("ivf-pq", {}),
+                                           ("vamana-disk", {"R": 16, "L_build": 32, "codec": "pq8"})])
+def test_code_collection_reopens_on_a_full_disk(tmp_path, monkeypatch, kind, params):
+    """A collection over codes maps its main index from the checkpoint when it opens and moves the float32
+    vectors file to file. With no room for that file it keeps them in memory instead: deletes, which change the
+    index, must not need a file then (a failure there would leave a logged delete unapplied)."""
+    monkeypatch.setenv("SIMDEX_EXPERIMENTAL", "1")
+    x = np.random.default_rng(0).standard_normal((1500, 32)).astype(np.float32)
+    ids = [f"r{i}" for i in range(1500)]
+    with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
+        col = db.create_collection("c", 32, "l2", index=kind, **params)
+        col.upsert(ids, x)
+        db.optimize()
+        db.checkpoint()
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
+        col = db.get_collection("c")
+        assert col.stats()["indexed"] == 1500
+        assert col.delete(ids[:100]) == 100 and col.count() == 1400
+        assert col.search(x[7], k=1)[0]["id"] != "r7" and col.search(x[700], k=1)[0]["id"] == "r700"
+    monkeypatch.undo()
+    with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
+        col = db.get_collection("c")
+        assert col.count() == 1400 and col.search(x[700], k=1)[0]["id"] == "r700"
+        assert col.delete(ids[100:200]) == 100

@@ -25,20 +25,35 @@ def reserve(f: Any, size: int) -> None:
 
 def disk_array(rows: int, dim: int, directory: str | None = None) -> np.ndarray:
     """A zeroed float32 (rows, dim) array backed by an unlinked temporary file in ``directory`` (default: the
-    system's temporary folder). The file disappears when the last view of the array is garbage-collected."""
+    system's temporary folder). The file disappears when the last view of the array is garbage-collected. No file
+    for no rows (an empty index, which may be opened on a full disk)."""
+    if rows == 0:
+        return np.zeros((0, dim), np.float32)
     with tempfile.TemporaryFile(dir=directory, prefix="simdex-vectors-") as f:
         reserve(f, max(rows, 1) * dim * 4)
         mm = np.memmap(f, np.float32, mode="r+", shape=(max(rows, 1), dim))
     return np.asarray(mm)[:rows]
 
 
-def drop_pages(arr: np.ndarray) -> None:
-    """Unmap a file-backed array's pages from this process (they stay in the page cache and are faulted back in
-    on demand), so the resident set holds only what is touched afterwards. No-op for in-memory arrays."""
+def file_mapping(arr: np.ndarray) -> Any:
+    """The mmap.mmap under a file-backed array (a view of an np.memmap), or None for an in-memory array."""
     import mmap
     base = arr
     while base is not None and not isinstance(base, (np.memmap, mmap.mmap)):
         base = getattr(base, "base", None)
     mm = getattr(base, "_mmap", base) if base is not None else None
-    if isinstance(mm, mmap.mmap) and hasattr(mm, "madvise"):
+    return mm if isinstance(mm, mmap.mmap) else None
+
+
+def file_backed(arr: np.ndarray) -> bool:
+    """Whether ``arr`` lives in a memory-mapped file (not in the process's own memory)."""
+    return file_mapping(arr) is not None
+
+
+def drop_pages(arr: np.ndarray) -> None:
+    """Unmap a file-backed array's pages from this process (they stay in the page cache and are faulted back in
+    on demand), so the resident set holds only what is touched afterwards. No-op for in-memory arrays."""
+    import mmap
+    mm = file_mapping(arr)
+    if mm is not None and hasattr(mm, "madvise"):
         mm.madvise(mmap.MADV_DONTNEED)

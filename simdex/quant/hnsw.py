@@ -148,17 +148,18 @@ class HNSWQuantIndex(HNSWIndex):
         drop_pages(self._vectors)
 
     def keep_vectors_in(self, storage_dir: str | None) -> None:
-        """Move the float32 vectors to an unlinked file in ``storage_dir`` (with ``vectors="disk"``; for an index
-        just loaded with ``mmap=False``, which reads them into memory) and keep later ones there, their pages out
-        of this process's resident set."""
+        """Move the float32 vectors to an unlinked file of this index in ``storage_dir`` (with
+        ``vectors="disk"``) and keep later ones there, their pages out of this process's resident set; the
+        codes and the graph come into memory. For an index just loaded: with ``mmap=True`` the vectors go from
+        file to file, never all in memory."""
         self.storage_dir = storage_dir
         if self.vector_storage == "disk":
             try:
-                vectors = self._copy_vectors()
-            except OSError:  # no room for the file (a full disk): they stay in memory, and the index works
-                return
-            self._vectors = vectors
+                self._vectors = self._copy_vectors()
+            except OSError:  # no room for a file (a full disk): in memory, so that later changes need none
+                self._vectors = np.array(self._vectors)
             self.drop_vector_pages()
+        self._materialize()
 
     @classmethod
     def from_hnsw(cls, index: HNSWIndex, codec: Any = "lvq8", **kwargs: Any) -> HNSWQuantIndex:

@@ -389,16 +389,19 @@ class IVFIndex(Index):
             return clone
 
     def keep_vectors_in(self, storage_dir: str | None) -> None:
-        """Keep the float32 vectors in an unlinked file in ``storage_dir`` (with ``vectors="disk"``), moving them
-        there now if they were read into memory (an index loaded with ``mmap=False``)."""
+        """Keep the float32 vectors in an unlinked file of this index in ``storage_dir`` (with
+        ``vectors="disk"``), moving them there now (from memory, or file to file for an index loaded with
+        ``mmap=True``), and bring the codes and lists into memory."""
         self.storage_dir = storage_dir
         if self.vector_storage == "disk" and self._n:
             try:
                 vectors = self._new_vectors(self._vectors.shape[0])
-            except OSError:  # no room for the file (a full disk): they stay in memory, and the index works
-                return
-            vectors[:] = self._vectors
+            except OSError:  # no room for a file (a full disk): in memory, so that later changes need none
+                vectors = np.array(self._vectors)
+            else:
+                vectors[:] = self._vectors
             self._vectors = vectors
+        self._materialize()  # the codes and lists into memory (an index loaded with mmap=True maps them)
 
     # ---- access --------------------------------------------------------------------------------------------------
     def get_vectors(self, ids: Any) -> np.ndarray:

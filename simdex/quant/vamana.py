@@ -32,7 +32,7 @@ from ..errors import CorruptFileError, InvalidInputError, UnsupportedOperationEr
 from ..index import BaseIndex, meta_int
 from ..core import graph as G
 from ._scorers import AffineCodes, ExactExpanded, PQCodes
-from ._storage import drop_pages, reserve
+from ._storage import file_mapping, drop_pages, file_backed, reserve
 from .codec import Codec, make_codec, outgrew_training, training_sample
 from .pq import PQCodec
 from .scalar import AffineCodec
@@ -43,8 +43,11 @@ _PAGE = 4096
 def disk_graph_storage(rows: int, dim: int, width: int, directory: str | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Zeroed vectors float32 (rows, dim) and adjacency int32 (rows, width), two page-aligned blocks of one
-    unlinked temporary file in ``directory`` (default: the system's temporary folder), memory-mapped."""
-    r = max(rows, 1)
+    unlinked temporary file in ``directory`` (default: the system's temporary folder), memory-mapped; no file for
+    no rows."""
+    if rows == 0:
+        return np.zeros((0, dim), np.float32), np.zeros((0, width), np.int32)
+    r = rows
     offset = -(-r * dim * 4 // _PAGE) * _PAGE
     with tempfile.TemporaryFile(dir=directory, prefix="simdex-vamana-") as f:
         reserve(f, offset + r * width * 4)
@@ -57,11 +60,8 @@ def advise_random(arr: np.ndarray) -> None:
     """Tell the kernel a file-backed array is read at random (no readahead; pages are brought in one at a time,
     not in large folios), as graph search reads it. No-op for in-memory arrays."""
     import mmap
-    base = arr
-    while base is not None and not isinstance(base, (np.memmap, mmap.mmap)):
-        base = getattr(base, "base", None)
-    mm = getattr(base, "_mmap", base) if base is not None else None
-    if isinstance(mm, mmap.mmap) and hasattr(mm, "madvise"):
+    mm = file_mapping(arr)
+    if mm is not None and hasattr(mm, "madvise"):
         mm.madvise(mmap.MADV_RANDOM)
 
 
@@ -164,17 +164,22 @@ class VamanaDiskIndex(VamanaIndex):
             self._scratch.clear()
 
     def keep_vectors_in(self, storage_dir: str | None) -> None:
-        """Keep the vectors and links in an unlinked file in ``storage_dir``, moving them there now if they were
-        read into memory (an index loaded with ``mmap=False``)."""
+        """Keep the vectors and links in an unlinked file of this index in ``storage_dir``, moving them there now
+        (from memory, or file to file for an index loaded with ``mmap=True``)."""
         self.storage_dir = storage_dir
         with self._graph_lock, self._write_lock:
             g = self._g
+            if file_backed(g.vectors) and g.vectors.flags.writeable:
+                return  # already in a file of its own
             try:
                 vectors, adj = self._new_storage(g.vectors.shape[0])
-            except OSError:  # no room for the file (a full disk): they stay in memory, and the index works
-                return
-            vectors[:self._n], adj[:self._n] = g.vectors[:self._n], g.adj[:self._n]
-            self._publish(vectors=vectors, adj=adj)
+            except OSError:  # no room for a file (a full disk): in memory, so that later changes need none
+                vectors, adj = np.array(g.vectors), np.array(g.adj)
+            else:
+                vectors[:self._n], adj[:self._n] = g.vectors[:self._n], g.adj[:self._n]
+            self._publish(vectors=vectors, adj=adj, state=np.array(g.state))
+            if not self._idmap.slot_ids.flags.writeable:
+                self._idmap.slot_ids = np.array(self._idmap.slot_ids)
 
     @property
     def nbytes(self) -> int:

@@ -172,8 +172,11 @@ class Durable:
             raise CorruptFileError("growing segment has the wrong kind or dimension")
         main = None
         if manifest.get("main"):
-            main = Index.load(self.path / manifest["main"], mmap=False)
             kind = self._vectors.index_kind
+            # an index over codes is mapped from its file: keep_vectors_in below moves its float32 vectors file
+            # to file, so they are never all in this process's memory at once (larger-than-memory collections)
+            on_disk = kind in MAIN_INDEXES and MAIN_INDEXES[kind].trained
+            main = Index.load(self.path / manifest["main"], mmap=on_disk)
             if kind not in MAIN_INDEXES or type(main) is not main_index_class(kind) or main.dim != self.dim:
                 raise CorruptFileError(f"main index is a {main.kind} of dimension {main.dim}, not the {kind!r} "
                                        f"index of this {self.dim}-d collection")
