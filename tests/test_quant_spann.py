@@ -148,3 +148,24 @@ def test_bad_input(wordnet_20k, built, tmp_path):
         SPANNIndex.build(tmp_path / "x", bad, "cosine", chunk_rows=256, progress=False)
     with pytest.raises(InvalidInputError, match="int8 or LVQ"):
         SPANNIndex.build(tmp_path / "y", ds.base[:1000], "cosine", codec="pq8", progress=False)
+
+
+@pytest.mark.parametrize("share", [0.5, 0.001])
+def test_filter_equals_brute_force_over_the_allowed(wordnet_20k, built, share):
+    """``filter`` (ids or a bool mask by id): only allowed ids come back; a wide filter scans the lists (with the
+    disallowed entries skipped), a narrow one is searched exactly."""
+    ds = wordnet_20k
+    index, ids, _ = built
+    rows = np.flatnonzero(np.random.default_rng(5).random(ids.shape[0]) < share)
+    q = ds.queries[:50]
+    base = ds.base[rows] / np.linalg.norm(ds.base[rows], axis=1, keepdims=True)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    truth = ids[rows][np.argsort(-(qn @ base.T), axis=1)[:, :10]]
+    mask = np.zeros(ids.max() + 1, bool)
+    mask[ids[rows]] = True
+    for flt in (ids[rows], mask):
+        _, got = index.search(q, 10, filter=flt)
+        found = got[got >= 0]
+        assert np.isin(found, ids[rows]).all()
+        hits = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)])
+        assert hits >= (0.9 if share > 0.01 else 1.0)  # exact over few allowed: equal to brute force

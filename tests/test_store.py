@@ -247,6 +247,7 @@ def test_reopen_recovers_log_and_checkpoints(tmp_path, records, kind):
         if MAIN_INDEXES[kind].trained:  # an index over codes keeps its float32 vectors in a file after a restart
             import mmap
             main = col2._vectors.main
+            main = getattr(main, "spann", main)  # (a build-once collection's index)
             base = main._g.vectors if hasattr(main, "_g") else main._vectors  # (a Vamana graph's arrays)
             while base is not None and not isinstance(base, (np.memmap, mmap.mmap)):
                 base = base.base
@@ -454,3 +455,49 @@ def test_side_indexes_beside_every_main_kind(tmp_path, records, kind, params):
             hits = col.search_batch(queries, k=10, where=where, ef=100)
             assert all(keep(h["metadata"]) for row in hits for h in row)
             assert _recall(hits, _exact_hits(vectors, ids, queries, 10, mask)) >= 0.9
+
+
+def test_build_once_collection_merges_by_building_anew(tmp_path, records, monkeypatch):
+    """A spann collection's index is built once: new rows wait in the growing segment until they are a tenth of
+    the index, then a merge builds a new index from every live row into a new folder; writes made during that
+    build are kept, and the old folder goes once no checkpoint names it."""
+    ids, vectors, metas, docs, queries = records
+    with _open(tmp_path / "db") as db:
+        col = db.create_collection("words", dim=384, index="spann", list_size=32)
+        col.upsert(ids[:1500], vectors[:1500])
+        db.optimize()
+        first = col._vectors.main.folder
+        col.upsert(ids[1500:1600], vectors[1500:1600])
+        assert not col._vectors.needs_rebuild()  # 100 new rows: fewer than a tenth of 1,500
+        col._vectors.last_write -= 60
+        assert col._vectors.needs_rebuild()  # ... but more than 1% once the writes have stopped
+        col.upsert(ids[1600:1700], vectors[1600:1700])
+        assert col._vectors.needs_rebuild()  # 200: more than a tenth
+        side = col._vectors
+        build = side.build
+
+        def build_with_writes(snapshot, threads):
+            out = build(snapshot, threads)
+            # outside the collection's locks, between the cut and the swap: these must reach the new index
+            col.upsert(["late"], queries[:1])
+            col.delete([ids[0], ids[1550]])  # a row of the old index and one the build moved from the growing part
+            return out
+
+        monkeypatch.setattr(side, "build", build_with_writes)
+        db.optimize()
+        monkeypatch.undo()
+        main = col._vectors.main
+        assert main.folder != first and col.count() == 1700 - 2 + 1
+        assert col.search(queries[0], k=1)[0]["id"] == "late"
+        hits = col.search_batch(queries, k=10, ef=64)
+        assert all(h["id"] not in (ids[0], ids[1550]) for row in hits for h in row)
+        keep = np.array([i not in (0, 1550) for i in range(1700)])
+        assert _recall(col.search_batch(queries[1:], k=10, ef=64),
+                       _exact_hits(vectors[:1700], ids[:1700], queries[1:], 10, keep)) >= 0.9
+        db.checkpoint()
+        folder = tmp_path / "db" / "collections" / "words"
+        assert (folder / main.folder).is_dir() and not (folder / first).exists()
+    with _open(tmp_path / "db") as db:
+        col = db.get_collection("words")
+        assert col.count() == 1699 and col._vectors.main.folder == main.folder
+        assert col.search(queries[0], k=1)[0]["id"] == "late" and not col.get([ids[0]])

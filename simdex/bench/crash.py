@@ -6,10 +6,11 @@ force over that content.
 The writer applies a deterministic random sequence of upserts and deletes (batches of 1-200 records, real WordNet
 embeddings) to one collection per index kind: ``graph`` (HNSW), ``graph-lvq8`` and ``graph-int8`` (HNSW
 over codes, experimental), ``ivf-pq`` (IVF over PQ codes), ``vamana`` and ``vamana-disk`` (a Vamana graph, in
-memory, and in a file walked on PQ codes), each with background merges and checkpoints forced to happen often,
-and ``exact`` (flat index), and prints ``ok <n> <collection>`` after write ``n`` returns, or ``fail <n>
-<collection>`` when it raised :class:`~simdex.errors.StorageError` (a failed write must never appear). The parent
-replays the same sequence into a model, kills the writer at a random moment, reopens the database and compares.
+memory, and in a file walked on PQ codes), ``spann`` (built once: merges build a new one), each with background
+merges and checkpoints forced to happen often, and ``exact`` (flat index), and prints ``ok <n> <collection>``
+after write ``n`` returns, or ``fail <n> <collection>`` when it raised :class:`~simdex.errors.StorageError` (a
+failed write must never appear). The parent replays the same sequence into a model, kills the writer at a random
+moment, reopens the database and compares.
 
 With ``disk_full`` > 0 the database lives on a size-limited tmpfs (needs root) and that fraction of the rounds
 fills the disk to within a few KiB while the writer runs, holds it full for a while, frees the space and checks
@@ -46,6 +47,8 @@ COLLECTION_KINDS = {
     "ivf-pq": ("ivf-pq", {}),
     "vamana": ("vamana", {"R": 16, "L_build": 40}),
     "vamana-disk": ("vamana-disk", {"R": 16, "L_build": 40}),
+    # built once: each merge builds a new index from every row into a new folder
+    "spann": ("spann", {"list_size": 32}),
     "exact": ("flat", {}),
 }
 if not experimental_enabled():  # the kinds over codes are experimental (simdex.store.config)
@@ -120,6 +123,7 @@ class CrashStats:
     writes_after_freeing: int = 0  # acknowledged after the space was freed, in the same process
     recovery_seconds: list[float] = field(default_factory=list)
     min_graph_recall: float = 1.0
+    min_recall_by_collection: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -129,7 +133,9 @@ class CrashStats:
                 "full_disk_rounds": self.full_disk_rounds, "failed_writes": self.failed_writes,
                 "writes_after_freeing": self.writes_after_freeing,
                 "recovery_seconds_median": float(np.median(rec)), "recovery_seconds_max": float(rec.max()),
-                "min_graph_recall_at_10": self.min_graph_recall, "failures": self.failures}
+                "min_graph_recall_at_10": self.min_graph_recall,
+                "min_recall_at_10_by_collection": {k: round(v, 3) for k, v in self.min_recall_by_collection.items()},
+                "failures": self.failures}
 
 
 def _state(collection) -> dict[str, tuple[list[float], dict]]:
@@ -180,6 +186,7 @@ def verify(col, model_before: dict, model_after: dict, pool: np.ndarray, queries
         kth = true_d[:, k - 1] + 1e-5
         recall = np.mean([sum(h["distance"] <= kth[qi] for h in row) / k for qi, row in enumerate(hits)])
         stats.min_graph_recall = min(stats.min_graph_recall, float(recall))
+        stats.min_recall_by_collection[name] = min(stats.min_recall_by_collection.get(name, 1.0), float(recall))
         for qi, hit_row in enumerate(hits):
             wrong = [h["id"] for h in hit_row
                      if abs(h["distance"] - (1.0 - float(pool[found[h["id"]][0]] @ queries[qi]))) > 1e-4]

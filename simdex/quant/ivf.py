@@ -68,8 +68,8 @@ class IVFIndex(Index):
     consolidate_threshold : float, default 0.1
 
     The index is trained on the first ``add`` (or by :meth:`train`): k-means on up to ``256 * nlist`` vectors,
-    then the codec on the residuals (k-means on up to ``256 * nlist``). Memory in RAM per vector: ``code_size + 4`` (slot) plus ids, with the
-    float32 vectors on disk.
+    then the codec on the residuals (k-means on up to ``256 * nlist``). Memory in RAM per vector: ``code_size + 4``
+    (slot) plus ids, with the float32 vectors on disk.
     """
 
     kind = "IVFIndex"

@@ -42,7 +42,9 @@ from .._validate import (MAX_RESULTS, check_ids, check_k, check_metric, check_po
 from ..errors import CorruptFileError, InvalidInputError, MissingFileError, UnsupportedOperationError
 from ..fileformat import fsync_path, load_arrays, read_kind, save_arrays
 from ..index import FOLDER_HEADER, BaseIndex, meta_int
+from ..core.exact import exact_knn_subset
 from ..core.lists import scan_lists
+from ..idmap import IdMap
 from ..metrics import METRIC_CODES, to_public
 from . import _spann_kernels as SK
 from ._kmeans import assign, kmeans
@@ -120,6 +122,7 @@ class SPANNIndex(BaseIndex):
         self._leaf_start = np.ascontiguousarray(arrays["leaf_start"]) if "tops" in arrays else None
         self._tnorms = np.einsum("ij,ij->i", self._tops, self._tops) if self._tops is not None else None
         self.top_probe = _TOP_PROBE
+        self._idmap: IdMap | None = None  # id -> vector, built on the first filtered search
 
     # ---- build ---------------------------------------------------------------------------------------------------
     @classmethod
@@ -427,20 +430,44 @@ class SPANNIndex(BaseIndex):
 
     # ---- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, nprobe: int | None = None, eps: float | None = None,
-               rerank: int | None = None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               rerank: int | None = None, filter: Any = None, threads: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours: read the lists of the ``nprobe`` nearest centroids whose distance is within
-        ``(1 + eps)`` of the nearest's, score their codes, re-rank the best ``rerank`` (>= k) exactly."""
+        ``(1 + eps)`` of the nearest's, score their codes, re-rank the best ``rerank`` (>= k) exactly.
+        ``filter`` (a bool array indexed by id, or an array of ids): only these ids may be returned (exact search
+        over them when they are few)."""
         q = check_vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
         k = check_k(k, self.ntotal)
+        allowed = None if filter is None else self._slots_map().allowed_mask(filter)
+        return self.search_masked(q, k, nprobe, eps, rerank, allowed, False, threads)
+
+    def _slots_map(self) -> IdMap:
+        if self._idmap is None:
+            self._idmap = IdMap(np.array(self._ids))
+        return self._idmap
+
+    def search_masked(self, q: np.ndarray, k: int, nprobe: int | None, eps: float | None, rerank: int | None,
+                     allowed: np.ndarray | None, invert: bool, threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` of checked queries ``q`` among the vectors (slots) where the uint8 mask ``allowed``
+        is non-zero (zero with ``invert``; None: all): for an owner that keeps its own tombstones (a database
+        collection's build-once index)."""
         nprobe = min(self.nlist, self.nprobe if nprobe is None else check_positive_int(nprobe, "nprobe"))
         eps = self.eps if eps is None else check_real(eps, "eps", 0.0)
         cap = max(k, self.rerank if rerank is None else check_positive_int(rerank, "rerank", maximum=MAX_RESULTS))
         threads = check_threads(threads)
+        nq = q.shape[0]
+        if allowed is not None and not invert:
+            n_allowed = int(np.count_nonzero(allowed))
+            if n_allowed <= max(4 * k, self.ntotal * nprobe / max(1, self.nlist)):
+                # few allowed vectors: exact search over them beats reading lists that hold few of them
+                with num_threads(threads):
+                    d, s = exact_knn_subset(self.metric, q, self._vectors, allowed, k)
+                ids = np.where(s >= 0, self.ids[np.maximum(s, 0)], -1)
+                return to_public(self.metric, d), ids
         probes, pd = self._nearest_lists(q, nprobe)
         # pruning compares distances, not squared distances: (1 + eps) on the distance is (1 + eps)^2 here
         probes[pd > _prune_factor(eps) * pd[:, :1]] = -1
         qt, qc = self.codec.prepare(q)
-        nq = q.shape[0]
         out_d = np.empty((nq, k), np.float32)
         out_s = np.empty((nq, k), np.int32)
         with num_threads(threads) as nthreads:
@@ -452,9 +479,10 @@ class SPANNIndex(BaseIndex):
             postings = np.asarray(self._postings)  # a plain ndarray view: numba caches kernels typed on those
             # entries already scored for a query are skipped (``seen``): closure stores a vector in several lists
             sc = AffineCodes(qt, qc, postings, postings.view(np.float32), self.codec.bits, self.codec.half)
-            scan_lists(sc, self._seen.shape[0], probes, self.offsets, self.slots, cap, k, np.zeros(1, np.uint8),
-                       False, False, self._seen, stamp0, True, METRIC_CODES[self.metric], q,
-                       np.asarray(self._vectors), out_d, out_s)
+            scan_lists(sc, self._seen.shape[0], probes, self.offsets, self.slots, cap, k,
+                       np.zeros(1, np.uint8) if allowed is None else allowed, allowed is not None, invert,
+                       self._seen, stamp0, True, METRIC_CODES[self.metric], q, np.asarray(self._vectors), out_d,
+                       out_s)
         ids = np.where(out_s >= 0, self.ids[np.maximum(out_s, 0)], -1)
         return to_public(self.metric, out_d), ids
 

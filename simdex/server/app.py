@@ -67,12 +67,14 @@ class CreateCollection(_Strict):
     dim: int | None = Field(None, description="vector dimension (may be left out when an embedder gives it)")
     metric: str = Field("cosine", description="l2, ip or cosine")
     index: str = Field("hnsw", description="hnsw, hnsw-lvq8, hnsw-int8 (HNSW over codes), ivf-pq, vamana, "
-                                           "vamana-disk or flat (exact)")
+                                           "vamana-disk, spann or flat (exact)")
     params: dict[str, Any] = Field(default_factory=dict, description="index parameters (HNSW: M, ef_construction, "
                                                                      "ef_search, seed; over codes also rerank; "
                                                                      "ivf-pq: nlist, nprobe, codec, rerank, seed; "
                                                                      "Vamana: R, L_build, L_search, alpha, seed, "
-                                                                     "codec)")
+                                                                     "codec; spann: list_size, nprobe, eps, "
+                                                                     "rerank, codec, max_replicas, closure_eps, "
+                                                                     "seed)")
     exist_ok: bool = False
     text: bool = Field(False, description="also index the records' documents for BM25 text and hybrid search")
     embedder: str | None = Field(None, description="embed documents and text queries: \"minilm\" (built in, "

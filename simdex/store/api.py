@@ -103,9 +103,11 @@ class DatabaseAPI(ABC):
         by it, and it is recorded with the collection (reopening with another model is refused). ``text``: also
         index the documents for BM25 and hybrid search. ``index``: "hnsw", "hnsw-lvq8", "hnsw-int8" (HNSW walked
         on codes, re-ranked from float32), "ivf-pq" (IVF over PQ codes, re-ranked from float32), "vamana",
-        "vamana-disk" (a Vamana graph in memory; in a file, walked on PQ codes) or "flat" (exact). ``params`` go
-        to the index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for ivf-pq nlist,
-        nprobe, codec, rerank, seed; for the Vamana kinds R, L_build, L_search, alpha, seed, and codec on disk)."""
+        "vamana-disk" (a Vamana graph in memory; in a file, walked on PQ codes), "spann" (built once; merges build
+        a new one) or "flat" (exact). ``params`` go to the index (M, ef_construction, ef_search, seed; for the
+        code kinds also rerank; for ivf-pq nlist, nprobe, codec, rerank, seed; for the Vamana kinds R, L_build,
+        L_search, alpha, seed, and codec on disk; for spann list_size, nprobe, eps, rerank, codec, max_replicas,
+        closure_eps, seed)."""
 
     @abstractmethod
     def get_collection(self, name: str) -> CollectionAPI:

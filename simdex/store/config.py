@@ -20,18 +20,21 @@ DEFAULT_GET_INCLUDE = ("metadatas", "documents")
 HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
 IVF_PARAMS = ("nlist", "nprobe", "codec", "rerank", "seed")
 VAMANA_PARAMS = ("R", "L_build", "L_search", "alpha", "seed")
+SPANN_PARAMS = ("list_size", "nprobe", "eps", "rerank", "codec", "max_replicas", "closure_eps", "seed")
 
 
 class MainKind(NamedTuple):
     """A kind of main index: its class (``module:Class``), the constructor's fixed arguments, the parameters a user
     may set, the search keyword that a collection's ``ef`` (search breadth) sets, whether it trains on its rows
-    (then the first build waits for rows to train on and later builds retrain it as the collection grows), and
+    (then the first build waits for rows to train on and later builds retrain it as the collection grows),
+    whether it is built once (a merge builds a new one from every row: :mod:`simdex.store.buildonce`), and
     whether it is held back behind SIMDEX_EXPERIMENTAL=1."""
     cls: str
     fixed: dict[str, Any]
     params: tuple[str, ...]
     breadth: str = "ef"
     trained: bool = False
+    rebuilds: bool = False
     experimental: bool = False
 
 
@@ -55,6 +58,10 @@ MAIN_INDEXES: dict[str, MainKind] = {
     # walks the codes and ranks what it expands by the vectors read from the file
     "vamana-disk": MainKind("simdex.quant:VamanaDiskIndex", {}, VAMANA_PARAMS + ("codec",), breadth="L",
                             trained=True),
+    # SPANN (posting lists of LVQ codes in a file, vectors in a file): built once, so new rows wait in the
+    # growing segment and a merge builds a new index from every row (an LSM store's compaction)
+    "spann": MainKind("simdex.store.buildonce:SPANNMain", {}, SPANN_PARAMS, breadth="nprobe", trained=True,
+                      rebuilds=True),
 }
 INDEX_KINDS = (*MAIN_INDEXES, "flat")
 EXPERIMENTAL_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.experimental)
@@ -139,7 +146,10 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
     if unknown:
         raise InvalidInputError(f"unknown parameter(s) for a {index} index: {sorted(unknown)}; it takes "
                                 f"{list(allowed) or 'none'}")
-    if index in MAIN_INDEXES:
+    if index in MAIN_INDEXES and MAIN_INDEXES[index].rebuilds:
+        from .buildonce import check_build_params
+        check_build_params(params, dim, metric)
+    elif index in MAIN_INDEXES:
         new_main_index(dim, metric, index, params)  # validates the values
     if not isinstance(text, bool):
         raise InvalidInputError(f"text must be True or False; got {text!r}")

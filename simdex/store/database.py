@@ -188,12 +188,15 @@ class Database(DatabaseAPI):
         kept in a file; :class:`~simdex.quant.IVFIndex`; the number of lists and probes follow the collection's
         size unless set), "vamana" (a Vamana graph with FreshDiskANN updates; :class:`~simdex.dense.VamanaIndex`),
         "vamana-disk" (its vectors and links in a file, walked on PQ codes in memory;
-        :class:`~simdex.quant.VamanaDiskIndex`), or "flat" (exact search over every row). ``params`` go to the
-        index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for ivf-pq nlist, nprobe, codec,
-        rerank, seed; for the Vamana kinds R, L_build, L_search, alpha, seed, and codec on disk). With ``text`` the records'
-        documents are also indexed for BM25, for ``search(text=...)`` and hybrid search. With ``window_field`` (a
-        metadata key, e.g. ``"ts"``) a :class:`~simdex.dense.WindowIndex` over that numeric field answers
-        ``where`` filters that are only a range on it (``{"ts": {"$gte": a, "$lte": b}}``, ``$gt``/``$lt``/``$eq``,
+        :class:`~simdex.quant.VamanaDiskIndex`), "spann" (:class:`~simdex.quant.SPANNIndex`, built once: new rows
+        wait in the exactly searched growing segment until they are a tenth of the index, then a merge builds a
+        new one from every row; :mod:`simdex.store.buildonce`), or "flat" (exact search over every row).
+        ``params`` go to the index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for ivf-pq
+        nlist, nprobe, codec, rerank, seed; for the Vamana kinds R, L_build, L_search, alpha, seed, and codec on
+        disk; for spann list_size, nprobe, eps, rerank, codec, max_replicas, closure_eps, seed). With ``text`` the
+        records' documents are also indexed for BM25, for ``search(text=...)`` and hybrid search. With
+        ``window_field`` (a metadata key, e.g. ``"ts"``) a :class:`~simdex.dense.WindowIndex` over that numeric field
+        answers ``where`` filters that are only a range on it (``{"ts": {"$gte": a, "$lte": b}}``, ``$gt``/``$lt``/``$eq``,
         or their ``$and``). With ``label_field`` (a metadata key holding a string, e.g. ``"lang"``) every value of that
         field with at least 2,000 records gets its own HNSW graph, built in the background, which answers
         ``where`` filters that are only that value (``{"lang": "de"}``). With ``exist_ok`` an existing

@@ -176,7 +176,8 @@ class Durable:
             # an index over codes is mapped from its file: keep_vectors_in below moves its float32 vectors file
             # to file, so they are never all in this process's memory at once (larger-than-memory collections)
             on_disk = kind in MAIN_INDEXES and MAIN_INDEXES[kind].trained
-            main = Index.load(self.path / manifest["main"], mmap=on_disk)
+            main = main_index_class(kind).load(self.path / manifest["main"], mmap=on_disk) \
+                if kind in MAIN_INDEXES else Index.load(self.path / manifest["main"])
             if kind not in MAIN_INDEXES or type(main) is not main_index_class(kind) or main.dim != self.dim:
                 raise CorruptFileError(f"main index is a {main.kind} of dimension {main.dim}, not the {kind!r} "
                                        f"index of this {self.dim}-d collection")
@@ -237,8 +238,10 @@ class Durable:
                     main = self._vectors.main
                     # the main index's file is written once; later checkpoints write only which of its slots
                     # hold no live record any more (tombstones; for a Vamana graph also its freed slots)
-                    reuse_main = main is not None and self._saved_main is not None and self._saved_main[0] is main
-                    main_snapshot = main.snapshot() if main is not None and not reuse_main else None
+                    # (a build-once index was written into its folder when it was built, and is never changed)
+                    saved = self._saved_main[1] if self._saved_main is not None and self._saved_main[0] is main \
+                        else getattr(main, "folder", None)
+                    main_snapshot = main.snapshot() if main is not None and saved is None else None
                     tombstones = None if main is None else (main._idmap.slot_ids < 0).astype(np.uint8)
                     growing_snapshot = self._vectors.growing.snapshot()
                     next_rid = self._next_rid
@@ -250,8 +253,8 @@ class Durable:
                 written.append(self.path / body["growing"])
                 write_snapshot(written[-1], growing_snapshot)
                 if main is not None:
-                    if reuse_main:
-                        body["main"] = self._saved_main[1]
+                    if saved is not None:
+                        body["main"] = saved
                     else:
                         body["main"] = f"main-{gen}.sdx"
                         written.append(self.path / body["main"])
@@ -315,6 +318,13 @@ class Durable:
         for path in [*self.path.glob("*.sdx"), *self.path.glob("meta-*.sqlite")]:
             if path.name not in keep:
                 path.unlink(missing_ok=True)
+        # the folders of build-once indexes: the live one and one being built are not in a manifest yet (read in
+        # this order: a build installed in between is then seen as one or the other)
+        building = self._vectors.building
+        keep.update((building, getattr(self._vectors.main, "folder", None)))
+        for path in self.path.glob("spann-*"):
+            if path.name not in keep and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
     def _close_storage(self) -> None:
         """Checkpoint (a failure is logged: the log is replayed on open), then close the log and SQLite."""

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..dense import FlatIndex
+from . import buildonce
 from .config import MAIN_INDEXES, TRAINED_KINDS, new_main_index, retrain
 from .sides import SideIndex, remove_present
 
@@ -37,6 +38,7 @@ class RecordVectors(SideIndex):
         self.merge_rows = merge_rows
         self.storage_dir = storage_dir  # where a code index keeps its float32 vectors (unlinked files)
         self.main: Any = None  # an index of the kind's class (config.MAIN_INDEXES): the index contract plus copy()
+        self.building: str | None = None  # the folder a build-once index is being built into
         self.growing = FlatIndex(dim, metric)
         self.last_write = time.monotonic()
 
@@ -111,6 +113,10 @@ class RecordVectors(SideIndex):
         if self._too_few_to_train(n):
             return False
         idle = time.monotonic() - self.last_write > idle_seconds
+        if self.main is not None and MAIN_INDEXES[self.index_kind].rebuilds:
+            # a build reads every row: wait for the growing segment to be a share of the index (whatever
+            # merge_rows says)
+            return n >= buildonce.REBUILD_GROWTH * main_n or (idle and n >= buildonce.IDLE_REBUILD_GROWTH * main_n)
         return n >= self.merge_rows or n >= max(2048, 0.05 * main_n) or idle
 
     def _too_few_to_train(self, n: int) -> bool:
@@ -129,6 +135,10 @@ class RecordVectors(SideIndex):
 
     def build(self, snap, threads) -> Any:
         moved, vectors, base = snap
+        if MAIN_INDEXES[self.index_kind].rebuilds:
+            self.building = buildonce.next_folder(self.storage_dir)  # kept from the checkpoints' clean-up
+            return buildonce.build_main(self.dim, self.metric, self.params, self.storage_dir, base, moved, vectors,
+                                        self.building), moved
         new = new_main_index(self.dim, self.metric, self.index_kind, self.params, self.storage_dir, len(moved)) \
             if base is None else base.copy()
         if moved.size:
@@ -141,10 +151,11 @@ class RecordVectors(SideIndex):
         return new, moved
 
     def replay(self, built, kind, args) -> None:
-        if kind == "remove":  # rows added meanwhile went to the growing segment: only deletions carry over
-            remove_present(built[0], args)
+        if kind == "remove" and built[0] is not None:  # rows added meanwhile went to the growing segment: only
+            remove_present(built[0], args)            # deletions carry over
 
     def install(self, built) -> None:
         new, moved = built
         remove_present(self.growing, moved)
         self.main = new
+        self.building = None
