@@ -349,6 +349,8 @@ def run(workdir: str | os.PathLike, pool: np.ndarray, queries: np.ndarray, kills
                 break
     finally:
         bar.close()
+        if stats.failures and db_path.exists():  # the database as the failing check found it, to look into
+            shutil.copytree(db_path, workdir / "failed-db", dirs_exist_ok=True)
         if disk is not None:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
     return stats
