@@ -189,3 +189,27 @@ def make_codec(spec: Any, dim: int, metric: str) -> Codec:
             return codec
     raise InvalidInputError(f"unknown codec {spec!r}; expected int8, flat, lvq8, lvq4, lvq4x8, pq<m>, opq<m> or "
                             f"binary")
+
+
+class TrainedOnFirstRows:
+    """Mixin of an index over codes whose codec an untrained index trains on its first add (a database collection:
+    its first rows): :meth:`train` before that, and when to train it again as the index grows. The index keeps
+    ``codec``, ``trained_rows`` (how many rows the codec was trained on), ``_n``, ``dim`` and ``metric``, and
+    implements ``retrain``."""
+
+    codec: Codec
+    trained_rows: int
+
+    def train(self, x: Any) -> None:
+        """Train the codec on sample vectors (n, dim) before the first add (otherwise the first add trains it)."""
+        if self._n:  # type: ignore[attr-defined]
+            raise InvalidInputError("the index already holds vectors; its codec is fixed")
+        sample = check_vectors(x, self.dim, "training vectors",  # type: ignore[attr-defined]
+                               normalize=self.metric == "cosine")  # type: ignore[attr-defined]
+        self.codec.train(sample)
+        self.trained_rows = sample.shape[0]
+
+    def wants_retraining(self) -> bool:
+        """Whether the index has outgrown the rows its codec was trained on (:func:`outgrew_training`); see
+        ``retrain``."""
+        return outgrew_training(self.trained_rows, len(self))  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .._numba import num_threads
-from .._validate import MAX_RESULTS, check_positive_int, check_vectors
+from .._validate import MAX_RESULTS, check_positive_int
 from ..core.exact import exact_knn_subset
 from ..dense.hnsw import HNSWIndex
 from ..errors import CorruptFileError, InvalidInputError
@@ -34,13 +34,13 @@ from ..metrics import to_public
 from ..core import graph as G
 from ._scorers import AffineCodes, Rerank
 from ._storage import disk_array, drop_pages
-from .codec import TRAIN_SAMPLE, Codec, make_codec, outgrew_training, training_sample
+from .codec import TRAIN_SAMPLE, Codec, TrainedOnFirstRows, make_codec, training_sample
 from .scalar import AffineCodec, LVQCodec
 
 _RERANK_MODES = {"none": 0, "vectors": 1, "residual": 2}
 
 
-class HNSWQuantIndex(HNSWIndex):
+class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
     """Approximate k-NN on an HNSW graph whose traversal uses int8 / LVQ codes.
 
     Parameters
@@ -189,19 +189,6 @@ class HNSWQuantIndex(HNSWIndex):
         return q
 
     # ---- add -----------------------------------------------------------------------------------------------------
-    def train(self, x: Any) -> None:
-        """Train the codec on sample vectors (n, dim) before the first add (otherwise the first add trains it)."""
-        if self._n:
-            raise InvalidInputError("the index already holds vectors; its codec is fixed")
-        sample = check_vectors(x, self.dim, "training vectors", normalize=self.metric == "cosine")
-        self.codec.train(sample)
-        self.trained_rows = sample.shape[0]
-
-    def wants_retraining(self) -> bool:
-        """Whether the index has outgrown the rows its codec was trained on
-        (:func:`~simdex.quant.codec.outgrew_training`); see :meth:`retrain`."""
-        return outgrew_training(self.trained_rows, len(self))
-
     def retrain(self) -> None:
         """Train a new codec of the same kind on (a sample of up to 100,000 of) the vectors held now and re-encode
         them all; the graph stays. For an index that grew far past the rows its codec was trained on: an int8

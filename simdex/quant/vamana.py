@@ -33,7 +33,7 @@ from ..index import BaseIndex, meta_int
 from ..core import graph as G
 from ._scorers import AffineCodes, ExactExpanded, PQCodes
 from ._storage import file_mapping, drop_pages, file_backed, reserve
-from .codec import Codec, make_codec, outgrew_training, training_sample
+from .codec import Codec, TrainedOnFirstRows, make_codec, training_sample
 from .pq import PQCodec
 from .scalar import AffineCodec
 
@@ -65,7 +65,7 @@ def advise_random(arr: np.ndarray) -> None:
         mm.madvise(mmap.MADV_RANDOM)
 
 
-class VamanaDiskIndex(VamanaIndex):
+class VamanaDiskIndex(TrainedOnFirstRows, VamanaIndex):
     """Vamana graph with full vectors and adjacency on disk (memory-mapped) and compressed codes in memory.
 
     Parameters
@@ -128,19 +128,6 @@ class VamanaDiskIndex(VamanaIndex):
             raise InvalidInputError(f"the first add trains the PQ codec and needs at least 256 vectors; got "
                                     f"{x.shape[0]} (or call train(x) first)")
         return x, new_ids
-
-    def train(self, x: Any) -> None:
-        """Train the codec on sample vectors (n, dim) before the first add (otherwise the first add trains it)."""
-        if self._n:
-            raise InvalidInputError("the index already holds vectors; its codec is fixed")
-        sample = check_vectors(x, self.dim, "training vectors", normalize=self.metric == "cosine")
-        self.codec.train(sample)
-        self.trained_rows = sample.shape[0]
-
-    def wants_retraining(self) -> bool:
-        """Whether the index has outgrown the rows its codec was trained on
-        (:func:`~simdex.quant.codec.outgrew_training`); see :meth:`retrain`."""
-        return outgrew_training(self.trained_rows, len(self))
 
     def retrain(self) -> None:
         """Train a new codec of the same kind on (a sample of up to 100,000 of) the live vectors and re-encode
