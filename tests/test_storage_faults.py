@@ -474,7 +474,8 @@ def test_writes_wait_for_a_checkpoint_when_the_log_outgrows_failing_checkpoints(
 
 
 @pytest.mark.parametrize("kind, params", [("hnsw-lvq8", {"M": 8, "ef_construction": 32}), ("ivf-pq", {}),
-                                           ("vamana-disk", {"R": 16, "L_build": 32, "codec": "pq8"})])
+                                           ("vamana-disk", {"R": 16, "L_build": 32, "codec": "pq8"}),
+                                           ("spann", {"list_size": 32})])
 def test_code_collection_merge_on_a_full_disk(tmp_path, monkeypatch, kind, params):
     """A collection over codes keeps its float32 vectors (a vamana-disk one also its links) in files: when there is
     no room for them the merge fails with a StorageError naming the cause (not SIGBUS at a write through a sparse
@@ -500,7 +501,8 @@ def test_code_collection_merge_on_a_full_disk(tmp_path, monkeypatch, kind, param
 
 
 @pytest.mark.parametrize("kind, params", [("hnsw-lvq8", {"M": 8, "ef_construction": 32}), ("ivf-pq", {}),
-                                           ("vamana-disk", {"R": 16, "L_build": 32, "codec": "pq8"})])
+                                           ("vamana-disk", {"R": 16, "L_build": 32, "codec": "pq8"}),
+                                           ("spann", {"list_size": 32})])
 def test_code_collection_reopens_on_a_full_disk(tmp_path, monkeypatch, kind, params):
     """A collection over codes maps its main index from the checkpoint when it opens and moves the float32
     vectors file to file. With no room for that file it keeps them in memory instead: deletes, which change the

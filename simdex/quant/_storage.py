@@ -23,6 +23,15 @@ def reserve(f: Any, size: int) -> None:
         f.truncate(size)
 
 
+def reserved_memmap(path: str | os.PathLike, dtype: Any, shape: tuple[int, ...]) -> np.memmap:
+    """A new zeroed file at ``path`` of ``shape`` ``dtype``, its blocks reserved (:func:`reserve`: an OSError on a
+    full disk now, not SIGBUS at a write later), memory-mapped for writing."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    with open(path, "w+b") as f:
+        reserve(f, max(size, 1))
+        return np.memmap(f, dtype, mode="r+", shape=shape)
+
+
 def disk_array(rows: int, dim: int, directory: str | None = None) -> np.ndarray:
     """A zeroed float32 (rows, dim) array backed by an unlinked temporary file in ``directory`` (default: the
     system's temporary folder). The file disappears when the last view of the array is garbage-collected. No file

@@ -49,7 +49,7 @@ from ..metrics import METRIC_CODES, to_public
 from . import _spann_kernels as SK
 from ._kmeans import assign, kmeans
 from ._scorers import AffineCodes
-from ._storage import drop_pages
+from ._storage import drop_pages, reserved_memmap
 from .codec import Codec, make_codec
 from .scalar import AffineCodec
 
@@ -202,7 +202,7 @@ class SPANNIndex(BaseIndex):
 
         # 2. pass over the data: closure assignment, and the normalised float32 copy for re-ranking
         vec_path, post_path = folder / "vectors.f32", folder / "postings.u8"
-        vmm = np.memmap(vec_path, np.float32, mode="w+", shape=(n, dim))
+        vmm = reserved_memmap(vec_path, np.float32, (n, dim))
         table = np.empty((n, max_replicas), np.int32)
         ntop = min(_TOPS_PER_VECTOR, n_top)
         bar = progress_bar(n, "SPANN assignment", progress, unit="vec")
@@ -242,7 +242,7 @@ class SPANNIndex(BaseIndex):
         offsets = np.zeros(nlist + 1, np.int64)
         offsets[1:] = np.cumsum(sizes)
         total = int(offsets[-1])
-        pmm = np.memmap(post_path, np.uint8, mode="w+", shape=(max(total, 1), coder.code_size))
+        pmm = reserved_memmap(post_path, np.uint8, (max(total, 1), coder.code_size))
         slots = np.empty(total, np.int32)
         cursor = offsets[:-1].copy()
         bar = progress_bar(n, "SPANN postings", progress, unit="vec")
