@@ -347,17 +347,20 @@ class HNSWIndex(Index):
                 self.consolidate()
         return int(slots.shape[0])
 
-    def consolidate(self, threads: int | None = None) -> None:
+    def consolidate(self, threads: int | None = None, rebuild: bool = False) -> None:
         """Repair the graph around deleted nodes and compact the arrays (FreshDiskANN-style consolidation).
 
         Every live node that linked to a deleted node re-selects its links among its live neighbours and the
-        deleted nodes' live neighbours; then deleted slots are dropped and the rest renumbered. O(n) time.
+        deleted nodes' live neighbours; then deleted slots are dropped and the rest renumbered. O(n) time. With
+        ``rebuild`` (and whenever more than half the nodes are deleted) a fresh graph of the live vectors is built
+        instead: slower (a build), but under heavy churn repeated one-hop repairs wear a graph down (a database
+        collection's graph after many rounds of churn: recall@10 0.67 repaired, 0.96 rebuilt, at ef 64).
         """
         with self._write_lock:
             if self._n_deleted == 0:
                 return
             self._materialize()
-            if self._n_deleted > _REBUILD_FRACTION * self._n:
+            if rebuild or self._n_deleted > _REBUILD_FRACTION * self._n:
                 self._rebuild(threads)
                 return
             n = self._n

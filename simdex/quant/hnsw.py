@@ -282,13 +282,13 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
                        codec.residual_offset, np.empty((nthreads, self.dim), np.float32)))
 
     # ---- remove --------------------------------------------------------------------------------------------------
-    def consolidate(self, threads: int | None = None) -> None:
-        """Repair the graph around deleted nodes and compact (see :meth:`HNSWIndex.consolidate`); the surviving
-        vectors are re-encoded, which gives the same codes as before."""
+    def consolidate(self, threads: int | None = None, rebuild: bool = False) -> None:
+        """Repair (or ``rebuild``) the graph around deleted nodes and compact (see :meth:`HNSWIndex.consolidate`);
+        the surviving vectors are re-encoded, which gives the same codes as before."""
         with self._write_lock:
             if self._n_deleted == 0:
                 return
-            super().consolidate(threads)
+            super().consolidate(threads, rebuild)
             n = self._n
             vectors = self._new_vectors(n)
             vectors[:] = self._vectors[:n]

@@ -147,7 +147,10 @@ class RecordVectors(SideIndex):
             # trained on the first merge's few rows: trained again as the collection grows
             retrain(new, self.index_kind, self.params, threads)
         if new._n_deleted > 0.2 * new._n:
-            new.consolidate(threads=threads)
+            if MAIN_INDEXES[self.index_kind].fresh_consolidation:
+                new.consolidate(threads=threads, rebuild=True)
+            else:
+                new.consolidate(threads=threads)
         return new, moved
 
     def replay(self, built, kind, args) -> None:
