@@ -124,3 +124,20 @@ def test_labels_bench_small_postfilter_peer_hnswlib_where_installed(tmp_path):
     assert set(report["ratios"]) == peers
     assert "| labels |" in labels.format_report(report)
     assert (tmp_path / "labels-fashion-mnist-784.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_db_bench_every_collection_kind():
+    """`python -m simdex.bench db --libs simdex,simdex-ivf-pq,...` on a small slice: every kind of collection is
+    built through the database API and swept up to the target recall, and the kinds over codes hold a fraction of
+    the float32 HNSW collection's memory."""
+    from simdex.bench import db
+    kinds = ("simdex", "simdex-ivf-pq", "simdex-vamana", "simdex-vamana-disk", "simdex-spann")
+    report = db.run(n_base=2000, n_queries=20, libs=kinds, progress=False)
+    engines = report["engines"]
+    for name in kinds:
+        assert engines[name]["sweeps"]["plain"]["at_target"] is not None, name
+        assert engines[name]["sweeps"]["filtered"]["at_target"] is not None, name
+    float_ram = engines["simdex"]["index_ram_bytes"]
+    for name in ("simdex-ivf-pq", "simdex-vamana-disk", "simdex-spann"):
+        assert engines[name]["index_ram_bytes"] < float_ram / 4, name
+    assert "simdex-spann" in db.format_report(report)

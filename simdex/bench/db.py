@@ -78,12 +78,17 @@ def _start_server(argv: list[str], ready: Any, what: str, timeout: float = 120.0
 class SimdexEngine(Engine):
     name = "simdex"
     params = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+    index: dict[str, Any] = {"M": 16, "ef_construction": 200}  # the collection's index kind and parameters
 
     def __init__(self, path: Path, dim: int, threads: int | None) -> None:
         super().__init__(path, dim, threads)
         from ..store import connect
         self.db = connect(path, sync="always", background=False)
-        self.col = self.db.create_collection("bench", dim, "cosine", M=16, ef_construction=200)
+        self.col = self.db.create_collection("bench", dim, "cosine", **self.index)
+
+    def index_ram_bytes(self) -> int:
+        """Bytes the collection's main index holds in memory (not its memory-mapped files)."""
+        return int(self.col._vectors.main.nbytes)
 
     def upsert(self, ids, vectors, metas, docs):
         self.col.upsert(ids, vectors, metas, docs)
@@ -246,8 +251,20 @@ class LanceEngine(Engine):
         return q.to_arrow().column("id").to_pylist()
 
 
+def _kind_engine(kind: str, param_name: str, params: tuple[int, ...], **build: Any) -> type[SimdexEngine]:
+    """A simdex engine whose collection has main index ``kind`` (``ef`` sets ``param_name``)."""
+    return type(f"SimdexEngine_{kind}", (SimdexEngine,), {"name": f"simdex-{kind}", "param_name": param_name,
+                                                         "params": params, "index": {"index": kind, **build}})
+
+
 ENGINES = {"simdex": SimdexEngine, "simdex-http": SimdexHttpEngine, "chroma": ChromaEngine,
-           "chroma-http": ChromaHttpEngine, "lancedb": LanceEngine}
+           "chroma-http": ChromaHttpEngine, "lancedb": LanceEngine,
+           # the other index kinds of a collection (see simdex.store.config.MAIN_INDEXES)
+           "simdex-ivf-pq": _kind_engine("ivf-pq", "nprobe", (8, 16, 32, 64, 96, 128, 192, 256)),
+           "simdex-vamana": _kind_engine("vamana", "L", (10, 16, 24, 32, 48, 64, 96, 128, 192, 256), R=32),
+           "simdex-vamana-disk": _kind_engine("vamana-disk", "L", (10, 16, 24, 32, 48, 64, 96, 128, 192, 256),
+                                              R=32),
+           "simdex-spann": _kind_engine("spann", "nprobe", (8, 16, 32, 64, 96, 128, 192, 256))}
 
 
 def _truth(base: np.ndarray, queries: np.ndarray, mask: np.ndarray | None, k: int) -> np.ndarray:
@@ -292,6 +309,8 @@ def run(n_base: int | None = None, n_queries: int = 1000, libs: tuple[str, ...] 
             indexed_s = time.perf_counter() - t0
             result: dict[str, Any] = {"upsert_seconds": upsert_s, "upsert_per_second": n / upsert_s,
                                       "time_to_indexed_seconds": indexed_s, "sweeps": {}}
+            if hasattr(engine, "index_ram_bytes"):
+                result["index_ram_bytes"] = engine.index_ram_bytes()
             id_pos = {i: j for j, i in enumerate(ids)}
             for filtered in (False, True):
                 points = []
@@ -350,14 +369,15 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"wordnet-minilm-384: {report['n_base']:,} records, {report['n_queries']} single queries, "
              f"k={report['k']}, upsert batches of {report['batch']}, filter pos={FILTER_POS} "
              f"({report['filter_selectivity']:.1%} of records)", "",
-             f"{'engine':10s} {'upsert rec/s':>13s} {'indexed (s)':>12s} {'plain p50/p99 ms @ recall':>30s} "
-             f"{'filtered p50/p99 ms @ recall':>30s}"]
+             f"{'engine':18s} {'upsert rec/s':>13s} {'indexed (s)':>12s} {'index RAM MiB':>14s} "
+             f"{'plain p50/p99 ms @ recall':>30s} {'filtered p50/p99 ms @ recall':>30s}"]
     for name, r in report["engines"].items():
         cells = []
         for kind in ("plain", "filtered"):
             at = r["sweeps"][kind]["at_target"]
             cells.append(f"{at['p50_ms']:.2f}/{at['p99_ms']:.2f} @ {at['recall']:.3f}" if at else "target not reached")
-        lines.append(f"{name:10s} {r['upsert_per_second']:13,.0f} {r['time_to_indexed_seconds']:12.1f} "
+        ram = f"{r['index_ram_bytes'] / 2**20:.1f}" if "index_ram_bytes" in r else "-"
+        lines.append(f"{name:18s} {r['upsert_per_second']:13,.0f} {r['time_to_indexed_seconds']:12.1f} {ram:>14s} "
                      f"{cells[0]:>30s} {cells[1]:>30s}")
     if report.get("ratios"):
         lines.append("")
