@@ -48,6 +48,8 @@ def test_memory_and_built_index_matches_from_hnsw(wordnet_20k, graph):
     # same graph as the float index (same seed and data), so the same search results
     twin = HNSWQuantIndex.from_hnsw(graph, codec="lvq8")
     np.testing.assert_array_equal(index.search(ds.queries, 10)[1], twin.search(ds.queries, 10)[1])
+    # trained on every live row of the graph (it counted the rows' slot numbers once, so one short: slot 0)
+    assert twin.trained_rows == index.trained_rows == len(graph)
     # RAM: codes + graph, float vectors on disk
     assert index.nbytes < 0.35 * graph.nbytes
     assert index.disk_nbytes == ds.base.shape[0] * ds.dim * 4

@@ -463,6 +463,10 @@ def test_build_once_collection_merges_by_building_anew(tmp_path, records, monkey
     build are kept, and the old folder goes once no checkpoint names it."""
     ids, vectors, metas, docs, queries = records
     with _open(tmp_path / "db") as db:
+        # bad build parameters are refused when the collection is created, not at its first merge
+        for bad, message in (({"codec": "pq16"}, "int8 or LVQ codes"), ({"list_size": 0}, "list_size")):
+            with pytest.raises(InvalidInputError, match=message):
+                db.create_collection("bad", dim=384, index="spann", **bad)
         col = db.create_collection("words", dim=384, index="spann", list_size=32)
         col.upsert(ids[:1500], vectors[:1500])
         db.optimize()

@@ -100,7 +100,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     crash.add_argument("--disk-full", type=float, default=0.0,
                        help="fraction of rounds that fill the disk up while the writer runs (a tmpfs; needs root)")
     crash.add_argument("--fs-size-mb", type=int, default=160,
-                       help="size of that tmpfs (MiB; four collections, two keeping their vectors in files too)")
+                       help="size of that tmpfs (MiB; one collection per index kind, most keeping files of "
+                            "their own)")
     crash.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     crash.add_argument("--out", default="bench-results", help="folder for crash.json")
     filt = sub.add_parser("filtered", help="filtered HNSW search: exact scan vs graph traversal by selectivity")

@@ -142,11 +142,11 @@ class Codec(abc.ABC):
 TRAIN_SAMPLE = 100_000  # rows a codec is trained on at most
 
 
-def training_sample(x: np.ndarray, seed: int, limit: int = TRAIN_SAMPLE) -> np.ndarray:
-    """The rows a codec is trained on: all of ``x``, or a sorted random sample of ``limit`` of them."""
-    if x.shape[0] <= limit:
+def training_sample(x: np.ndarray, seed: int) -> np.ndarray:
+    """The rows a codec is trained on: all of ``x``, or a sorted random sample of ``TRAIN_SAMPLE`` of them."""
+    if x.shape[0] <= TRAIN_SAMPLE:
         return x
-    return x[np.sort(np.random.default_rng(seed).choice(x.shape[0], limit, replace=False))]
+    return x[np.sort(np.random.default_rng(seed).choice(x.shape[0], TRAIN_SAMPLE, replace=False))]
 
 
 def outgrew_training(trained: int, n: int, limit: int = TRAIN_SAMPLE, growth: float = 2.0, small: int = 4096) -> bool:

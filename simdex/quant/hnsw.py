@@ -34,7 +34,7 @@ from ..metrics import to_public
 from ..core import graph as G
 from ._scorers import AffineCodes, Rerank
 from ._storage import disk_array, drop_pages
-from .codec import TRAIN_SAMPLE, Codec, TrainedOnFirstRows, make_codec, training_sample
+from .codec import Codec, TrainedOnFirstRows, make_codec, training_sample
 from .scalar import AffineCodec, LVQCodec
 
 _RERANK_MODES = {"none": 0, "vectors": 1, "residual": 2}
@@ -172,11 +172,9 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
         n = index._n
         src = index._vectors[:n]
         if not q.codec.is_trained:
-            live = np.flatnonzero(index._deleted[:n] == 0)
-            if live.shape[0] > TRAIN_SAMPLE:
-                live = np.sort(np.random.default_rng(index.seed).choice(live, TRAIN_SAMPLE, replace=False))
+            live = training_sample(np.flatnonzero(index._deleted[:n] == 0), index.seed)
             q.codec.train(src[live])
-            q.trained_rows = int(np.count_nonzero(live))
+            q.trained_rows = int(live.shape[0])
         q._vectors = q._new_vectors(n)
         q._vectors[:] = src
         q._codes = q.codec.encode(src) if n else np.zeros((0, q.codec.code_size), np.uint8)

@@ -81,6 +81,33 @@ def _prune_factor(eps: float) -> np.float32:
     """(1 + eps)^2 as float32: distances are compared squared. Any eps above 1e18 (inf included) keeps every list."""
     return np.float32((1.0 + min(eps, 1e18)) ** 2)
 
+_OPTION_CHECKS: dict[str, Any] = {
+    "list_size": lambda v: check_positive_int(v, "list_size"),
+    "closure_eps": lambda v: check_real(v, "closure_eps", 0.0),
+    "max_replicas": lambda v: check_positive_int(v, "max_replicas", maximum=1024),
+    "nprobe": lambda v: check_positive_int(v, "nprobe"),
+    "eps": lambda v: check_real(v, "eps", 0.0),
+    "rerank": lambda v: check_positive_int(v, "rerank"),
+    "sample": lambda v: check_positive_int(v, "sample"),
+    "chunk_rows": lambda v: check_positive_int(v, "chunk_rows"),
+    "seed": lambda v: check_positive_int(v, "seed", minimum=0),
+}
+
+
+def check_build_options(dim: int, metric: str, **options: Any) -> dict[str, Any]:
+    """The given options of :meth:`SPANNIndex.build`, checked (an error names a bad one), in the order given;
+    ``codec`` becomes the codec. For a caller that builds later (a database collection, at its first merge)."""
+    return {name: _codec(value, dim, metric) if name == "codec" else _OPTION_CHECKS[name](value)
+            for name, value in options.items()}
+
+
+def _codec(spec: Any, dim: int, metric: str) -> AffineCodec:
+    codec = make_codec(spec, dim, metric)
+    if not isinstance(codec, AffineCodec):
+        raise InvalidInputError(f"SPANNIndex stores int8 or LVQ codes; got {codec!r}")
+    return codec
+
+
 class SPANNIndex(BaseIndex):
     """A read-only disk index built by :meth:`build` and opened by :meth:`open` (or :meth:`load`).
 
@@ -147,12 +174,10 @@ class SPANNIndex(BaseIndex):
         n, dim = int(shape[0]), int(shape[1])
         if n == 0 or dim == 0:
             raise InvalidInputError(f"data is empty (shape {shape})")
-        list_size = check_positive_int(list_size, "list_size")
-        max_replicas = check_positive_int(max_replicas, "max_replicas", maximum=1024)
-        chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
-        nprobe, rerank = check_positive_int(nprobe, "nprobe"), check_positive_int(rerank, "rerank")
-        sample, seed = check_positive_int(sample, "sample"), check_positive_int(seed, "seed", minimum=0)
-        closure_eps, eps = check_real(closure_eps, "closure_eps", 0.0), check_real(eps, "eps", 0.0)
+        opts = check_build_options(dim, metric, list_size=list_size, closure_eps=closure_eps,
+                                   max_replicas=max_replicas, nprobe=nprobe, eps=eps, rerank=rerank, codec=codec,
+                                   sample=sample, chunk_rows=chunk_rows, seed=seed)
+        list_size, closure_eps, max_replicas, nprobe, eps, rerank, coder, sample, chunk_rows, seed = opts.values()
         public_ids = np.arange(n, dtype=np.int64) if ids is None else check_ids(ids, n)
         folder = Path(path)
         if (folder / "index.sdx").exists():
@@ -168,9 +193,6 @@ class SPANNIndex(BaseIndex):
             xs[s:s + chunk_rows] = check_vectors(np.asarray(data[take[s:s + chunk_rows]]), dim, "vectors",
                                                  normalize=normalize)
             drop_pages(data)  # random rows touch a page each: unmapped again, or they add up to the whole file
-        coder = make_codec(codec, dim, metric)
-        if not isinstance(coder, AffineCodec):
-            raise InvalidInputError(f"SPANNIndex stores int8 or LVQ codes; got {coder!r}")
         if not coder.is_trained:
             coder.train(xs)
         nlist = max(1, min(xs.shape[0], -(-n // list_size)))

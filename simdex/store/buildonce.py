@@ -174,17 +174,5 @@ def build_main(dim: int, metric: str, params: dict[str, Any], storage_dir: str, 
 
 def check_build_params(params: dict[str, Any], dim: int, metric: str) -> None:
     """Refuse bad SPANN build parameters when the collection is created, not at its first merge."""
-    from .._validate import check_positive_int, check_real
-    from ..quant.codec import make_codec
-    for name in ("list_size", "nprobe", "rerank"):
-        if name in params:
-            check_positive_int(params[name], name)
-    if "max_replicas" in params:
-        check_positive_int(params["max_replicas"], "max_replicas", maximum=1024)
-    if "seed" in params:
-        check_positive_int(params["seed"], "seed", minimum=0)
-    for name in ("eps", "closure_eps"):
-        if name in params:
-            check_real(params[name], name, 0.0)
-    if "codec" in params:
-        make_codec(params["codec"], dim, metric)
+    from ..quant.spann import check_build_options
+    check_build_options(dim, metric, **params)

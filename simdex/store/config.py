@@ -43,8 +43,9 @@ class MainKind(NamedTuple):
 # A collection's index kind: the main index that the optimizer builds aside from the newest rows and swaps in
 # (:class:`~simdex.store.vectors.RecordVectors`); "flat" has no main index (exact search over every row).
 # The kinds over LVQ-8 / int8 codes are built and tested, but held back: in two CI runs of the crash test a
-# collection over codes answered one round's searches after a kill with recall@10 0.68 (int8) and 0.82 (LVQ-8),
-# which no local run reproduced (issue 23; docs/reliability.md).
+# collection over codes answered one round's searches after a kill with recall@10 0.68 (int8) and 0.82 (LVQ-8).
+# A local reproduction traced such a failure to a graph worn down by repairs (fresh_consolidation below); until
+# CI confirms that was the whole cause they stay behind SIMDEX_EXPERIMENTAL=1 (issue 23; docs/reliability.md).
 MAIN_INDEXES: dict[str, MainKind] = {
     # an HNSW graph is consolidated by a fresh build: a collection's churn (a merge consolidates once a fifth of
     # the graph is tombstones) wore a repaired graph down to recall@10 0.67 at ef 64 in the crash bench
@@ -143,8 +144,9 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
     if index not in INDEX_KINDS:
         raise InvalidInputError(f"index must be one of {INDEX_KINDS}; got {index!r}")
     if index in EXPERIMENTAL_KINDS and not experimental_enabled():
-        raise InvalidInputError(f"index {index!r} is experimental: after a crash, a collection over codes has answered "
-                                f"with low recall in tests not yet explained; set SIMDEX_EXPERIMENTAL=1 to use it")
+        raise InvalidInputError(f"index {index!r} is experimental: after a crash, collections over codes answered with "
+                                f"low recall in tests, a cause is fixed but not yet confirmed; set "
+                                f"SIMDEX_EXPERIMENTAL=1 to use it")
     allowed = MAIN_INDEXES[index].params if index in MAIN_INDEXES else ()
     unknown = set(params) - set(allowed)
     if unknown:

@@ -173,12 +173,12 @@ class Durable:
         main = None
         if manifest.get("main"):
             kind = self._vectors.index_kind
+            if kind not in MAIN_INDEXES:
+                raise CorruptFileError(f"the checkpoint names a main index, but this collection's index is {kind!r}")
             # an index over codes is mapped from its file: keep_vectors_in below moves its float32 vectors file
             # to file, so they are never all in this process's memory at once (larger-than-memory collections)
-            on_disk = kind in MAIN_INDEXES and MAIN_INDEXES[kind].trained
-            main = main_index_class(kind).load(self.path / manifest["main"], mmap=on_disk) \
-                if kind in MAIN_INDEXES else Index.load(self.path / manifest["main"])
-            if kind not in MAIN_INDEXES or type(main) is not main_index_class(kind) or main.dim != self.dim:
+            main = main_index_class(kind).load(self.path / manifest["main"], mmap=MAIN_INDEXES[kind].trained)
+            if type(main) is not main_index_class(kind) or main.dim != self.dim:
                 raise CorruptFileError(f"main index is a {main.kind} of dimension {main.dim}, not the {kind!r} "
                                        f"index of this {self.dim}-d collection")
             main.consolidate_threshold = 1.0  # consolidation happens on copies, never under readers

@@ -28,8 +28,8 @@ MIN_TRAINING_ROWS = 256
 
 class RecordVectors(SideIndex):
     """Main index + growing exact segment. ``index_kind``: a kind of :data:`~simdex.store.config.MAIN_INDEXES`
-    (HNSW over float32 vectors or over LVQ-8 / int8 codes, IVF-PQ), or "flat", which keeps every row in the exact
-    segment."""
+    (HNSW over float32 vectors or codes, IVF-PQ, Vamana in memory or on disk, SPANN built once), or "flat", which
+    keeps every row in the exact segment."""
 
     def __init__(self, dim: int, metric: str, index_kind: str, params: dict[str, Any], merge_rows: int,
                  storage_dir: str | None = None) -> None:
