@@ -27,6 +27,17 @@ class DuplicateIdError(InvalidInputError):
     """An id is given twice in one call, or is already in the index."""
 
 
+class DuplicateDocumentError(InvalidInputError):
+    """A collection created with ``dedup={..., "on_duplicate": "reject"}`` refused a batch because some of its
+    documents nearly duplicate stored ones (or earlier ones in the batch); nothing of the batch was written.
+    ``duplicates`` maps each refused id to the id of the record it nearly duplicates (None where a Bloom filter
+    found it, which keeps no ids)."""
+
+    def __init__(self, message: str, duplicates: dict[str, str | None] | None = None) -> None:
+        super().__init__(message)
+        self.duplicates = dict(duplicates or {})
+
+
 class FilterError(InvalidInputError):
     """A ``where`` filter is malformed; the message starts with the path of the bad part."""
 

@@ -122,7 +122,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     _filtered_bench_options(lab)
     lab.add_argument("--label-graph-min", type=int, default=2000, help="points a label needs for its own graph")
     sets = sub.add_parser("sets", help="MinHash / MinHash LSH / LSHBloom vs datasketch on gcide")
-    sets.add_argument("--parts", default="throughput,error,dedup", help="comma-separated: throughput,error,dedup")
+    sets.add_argument("--parts", default="throughput,error,dedup",
+                      help="comma-separated: throughput,error,dedup,write (dedup on write through the database)")
+    sets.add_argument("--planted", type=int, default=2500, help="write: near-copies of gcide entries appended")
+    sets.add_argument("--batch", type=int, default=1000, help="write: records per upsert")
     sets.add_argument("--num-perm", type=int, default=128)
     sets.add_argument("--repeats", type=int, default=3)
     sets.add_argument("--datasketch-docs", type=int, default=20_000, help="documents for datasketch throughput")
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         report = sets_bench.run(num_perm=args.num_perm, repeats=args.repeats, ds_docs=args.datasketch_docs,
                                 pairs_per_point=args.pairs, threshold=args.threshold, ngram=args.ngram,
                                 fp_rate=args.fp_rate, out_dir=Path(args.out), with_datasketch=not args.no_datasketch,
-                                parts=tuple(args.parts.split(",")))
+                                parts=tuple(args.parts.split(",")), planted=args.planted, batch=args.batch)
         _record(sets_bench, report, args.out, argv)
         return 0
     if args.bench == "ir":

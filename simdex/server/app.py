@@ -29,7 +29,8 @@ API = "/api/v1"
 
 _STATUS = [
     (errors.CollectionNotFoundError, 404), (errors.UnknownIdError, 404),
-    (errors.CollectionExistsError, 409), (errors.DuplicateIdError, 409), (errors.ReadOnlyError, 409),
+    (errors.CollectionExistsError, 409), (errors.DuplicateIdError, 409), (errors.DuplicateDocumentError, 409),
+    (errors.ReadOnlyError, 409),
     (errors.DatabaseLockedError, 409),
     (errors.InvalidInputError, 400), (errors.InvalidTypeError, 400), (errors.CorruptFileError, 500),
 ]
@@ -84,6 +85,9 @@ class CreateCollection(_Strict):
                                                        "answers, e.g. \"ts\"")
     label_field: str | None = Field(None, description="string metadata field whose equality filters per-value "
                                                       "graphs answer, e.g. \"lang\"")
+    dedup: dict[str, Any] | None = Field(None, description="near-duplicate control on write: {\"field\": "
+                                                           "\"document\", \"threshold\": 0.9, \"on_duplicate\": "
+                                                           "\"reject\" | \"flag\" | \"keep\"}")
 
 
 B64_HELP = ("the vectors as base64 of little-endian float32, row-major (n x dim): about 60x faster to send and "
@@ -203,6 +207,9 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
             return JSONResponse({"error": {"type": "StorageError", "message": str(exc)}}, status_code=status,
                                 headers={"Retry-After": "10"})
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
+        if isinstance(exc, errors.DuplicateDocumentError):
+            return JSONResponse({"error": {"type": type(exc).__name__, "message": str(exc),
+                                           "duplicates": exc.duplicates}}, status_code=status)
         return _error(status, type(exc).__name__, str(exc))
 
     @app.exception_handler(RequestValidationError)
@@ -246,7 +253,7 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
     def create_collection(body: CreateCollection) -> dict[str, Any]:
         return db.create_collection(body.name, body.dim, body.metric, body.index, exist_ok=body.exist_ok,
                                     text=body.text, embedder=body.embedder, window_field=body.window_field,
-                                    label_field=body.label_field, **body.params).stats()
+                                    label_field=body.label_field, dedup=body.dedup, **body.params).stats()
 
     @app.get(f"{API}/collections/{{name}}", tags=["collections"])
     def get_collection(name: str) -> dict[str, Any]:

@@ -103,6 +103,8 @@ class Client(DatabaseAPI):
         cls = getattr(errors, kind, None)
         if cls is errors.StorageError:  # 507: the disk is full on the server (503: another storage failure)
             raise errors.StorageError(message, errno=errno.ENOSPC if resp.status == 507 else None)
+        if cls is errors.DuplicateDocumentError:
+            raise cls(message, err.get("duplicates"))
         if isinstance(cls, type) and issubclass(cls, errors.SimdexError):
             raise cls(message)
         if resp.status in (401, 403):
@@ -118,14 +120,14 @@ class Client(DatabaseAPI):
     def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", index: str = "hnsw", *,
                           exist_ok: bool = False, text: bool = False, embedder: Any = None,
                           window_field: str | None = None, label_field: str | None = None,
-                          **params: Any) -> RemoteCollection:
+                          dedup: dict[str, Any] | None = None, **params: Any) -> RemoteCollection:
         if embedder is not None and not isinstance(embedder, str):
             raise errors.InvalidTypeError("over HTTP, embedder is a name the server knows (\"minilm\" or "
                                           "\"st:<model>\"); an Embedder object can only be used in process")
         self._request("POST", f"{API}/collections", {"name": name, "dim": dim, "metric": metric, "index": index,
                                                      "params": params, "exist_ok": exist_ok, "text": text,
                                                      "embedder": embedder, "window_field": window_field,
-                                                     "label_field": label_field})
+                                                     "label_field": label_field, "dedup": dedup})
         return RemoteCollection(self, name)
 
     def get_collection(self, name: str) -> RemoteCollection:

@@ -21,43 +21,48 @@ def _lower_bound(keys, lo, hi, key):
 
 
 @kernel
-def _collect(qkeys, sorted_keys, sorted_slots, tail_keys, tail_first_slot, slot_alive, out, start):
+def _collect_run(key, keys, slots, slot_alive, out, pos, counting):
+    """Append the live slots of the sorted run ``keys``/``slots`` (one band) whose key equals ``key``."""
+    n = keys.shape[0]
+    p = _lower_bound(keys, 0, n, key)
+    while p < n and keys[p] == key:
+        s = slots[p]
+        if slot_alive[s]:
+            if not counting:
+                out[pos] = s
+            pos += 1
+        p += 1
+    return pos
+
+
+@kernel
+def _collect(qkeys, sorted_keys, sorted_slots, tail_keys, tail_slots, slot_alive, out, start):
     """Slots sharing a band key with query ``qkeys`` (bands,) appended at out[start:]; returns the new end.
-    With ``out`` of length 0 it only counts."""
-    bands = qkeys.shape[0]
-    n_sorted = sorted_keys.shape[1]
+    Two sorted runs per band are searched: the main one and the recent tail. With ``out`` of length 0 it only
+    counts."""
     pos = start
     counting = out.shape[0] == 0
-    for b in range(bands):
-        key = qkeys[b]
-        p = _lower_bound(sorted_keys[b], 0, n_sorted, key)
-        while p < n_sorted and sorted_keys[b, p] == key:
-            s = sorted_slots[b, p]
-            if slot_alive[s]:
-                if not counting:
-                    out[pos] = s
-                pos += 1
-            p += 1
-        for t in range(tail_keys.shape[0]):
-            if tail_keys[t, b] == key and slot_alive[tail_first_slot + t]:
-                if not counting:
-                    out[pos] = tail_first_slot + t
-                pos += 1
+    for b in range(qkeys.shape[0]):
+        pos = _collect_run(qkeys[b], sorted_keys[b], sorted_slots[b], slot_alive, out, pos, counting)
+        pos = _collect_run(qkeys[b], tail_keys[b], tail_slots[b], slot_alive, out, pos, counting)
     return pos
 
 
 @kernel(parallel=True)
-def count_candidates(qkeys, sorted_keys, sorted_slots, tail_keys, tail_first_slot, slot_alive, counts):
+def count_candidates(qkeys, sorted_keys, sorted_slots, tail_keys, tail_slots, slot_alive, counts):
     empty = np.empty(0, np.int64)
     for i in numba.prange(qkeys.shape[0]):
-        counts[i] = _collect(qkeys[i], sorted_keys, sorted_slots, tail_keys, tail_first_slot, slot_alive, empty, 0)
+        counts[i] = _collect(qkeys[i], sorted_keys, sorted_slots, tail_keys, tail_slots, slot_alive, empty, 0)
 
 
 @kernel(parallel=True)
-def fill_candidates(qkeys, sorted_keys, sorted_slots, tail_keys, tail_first_slot, slot_alive, indptr, out, uniq):
+def fill_candidates(qkeys, sorted_keys, sorted_slots, tail_keys, tail_slots, slot_alive, indptr, out, uniq):
     """Fill candidates (with repeats across bands) then sort and de-duplicate each query's run in place."""
     for i in numba.prange(qkeys.shape[0]):
-        end = _collect(qkeys[i], sorted_keys, sorted_slots, tail_keys, tail_first_slot, slot_alive, out, indptr[i])
+        if indptr[i + 1] == indptr[i]:  # counted none (the usual answer in dedup): no second search
+            uniq[i] = 0
+            continue
+        end = _collect(qkeys[i], sorted_keys, sorted_slots, tail_keys, tail_slots, slot_alive, out, indptr[i])
         seg = out[indptr[i]:end]
         if seg.shape[0] == 0:
             uniq[i] = 0

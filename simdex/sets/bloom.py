@@ -111,9 +111,11 @@ class LSHBloom(BaseIndex):
         return 1 - (1 - per_band) ** self.bands
 
     def _run(self, signatures: Any, query: bool, insert: bool, threads: int | None) -> np.ndarray:
-        keys = self.banding.keys(signatures, check_threads(threads))
+        return self._run_keys(self.banding.keys(signatures, check_threads(threads)), query, insert)
+
+    def _run_keys(self, keys: np.ndarray, query: bool, insert: bool) -> np.ndarray:
         out = np.zeros(keys.shape[0], np.bool_)
-        LK.bloom_query_insert(self._bits, keys, self.num_probes, query, insert, out)
+        LK.bloom_query_insert(self._bits, np.ascontiguousarray(keys, np.uint64), self.num_probes, query, insert, out)
         if insert:
             self.count += keys.shape[0]
         return out
@@ -143,12 +145,17 @@ class LSHBloom(BaseIndex):
         """Streaming dedup: bool (n,) duplicate flags, each row checked against all sets inserted before it."""
         return self._run(signatures, True, True, threads)
 
+    def query_keys(self, keys: np.ndarray) -> np.ndarray:
+        """:meth:`query` on precomputed band keys (n, bands) uint64."""
+        return self._run_keys(keys, True, False)
+
+    def insert_keys(self, keys: np.ndarray) -> None:
+        """:meth:`insert` on precomputed band keys (n, bands) uint64."""
+        self._run_keys(keys, False, True)
+
     def query_insert_keys(self, keys: np.ndarray) -> np.ndarray:
         """:meth:`query_insert` on precomputed band keys (n, bands) uint64."""
-        out = np.zeros(keys.shape[0], np.bool_)
-        LK.bloom_query_insert(self._bits, np.ascontiguousarray(keys, np.uint64), self.num_probes, True, True, out)
-        self.count += keys.shape[0]
-        return out
+        return self._run_keys(keys, True, True)
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta = {**self.banding._meta(), "capacity": self.capacity, "fp_rate": self.fp_rate,

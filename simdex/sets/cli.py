@@ -19,9 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Streams the inputs, shingles each document, sketches it with MinHash and finds near "
                     "duplicates by banded LSH (verified by exact Jaccard) or, with --bloom, by LSHBloom in fixed "
                     "memory. Writes keep.txt (ids to keep, input order), clusters.jsonl (LSH mode) or "
-                    "duplicates.txt (Bloom mode) and summary.json into --out.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                    "duplicates.txt (Bloom mode) and summary.json into --out. With --path and --collection it reads "
+                    "the documents (or a string metadata field, --text-field) of a database collection instead, "
+                    "through a read-only view (a server may keep writing).")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help=".jsonl/.json/.ndjson (optionally .gz), .parquet (needs pyarrow) or text (one document a line)")
+    p.add_argument("--path", default=None, help="a simdex database folder (with --collection)")
+    p.add_argument("--collection", default=None, help="deduplicate this collection of --path: its documents, or "
+                                                      "the metadata field named by --text-field")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"Jaccard similarity of duplicates (default {DEFAULT_THRESHOLD})")
     p.add_argument("--ngram", type=int, default=5, help="shingle length in words (or characters) (default 5)")
@@ -35,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--fp-rate", type=float, default=1e-4, help="LSHBloom overall false positive rate (default 1e-4)")
     p.add_argument("--capacity", type=int, default=None, help="LSHBloom: documents to size the filters for "
                    "(default: counted from the inputs)")
-    p.add_argument("--text-field", default="text", help="JSON/Parquet field holding the text (default text)")
+    p.add_argument("--text-field", default=None, help="JSON/Parquet field holding the text (default text); for a "
+                                                      "collection, a string metadata field (default: the documents)")
     p.add_argument("--id-field", default="id", help="JSON/Parquet field holding the id (default id; else path:line)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="documents per batch (default 20000)")
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
@@ -67,10 +73,30 @@ def _count_documents(paths: list[str]) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``simdex dedup`` with parsed arguments; returns the exit status."""
-    need_count = (args.bloom and args.capacity is None) or (not args.no_progress and sys.stderr.isatty())
-    total = _count_documents(args.inputs) if need_count else None
-    batches = read_documents(args.inputs, text_field=args.text_field, id_field=args.id_field,
-                             batch_size=args.batch_size)
+    if (args.path is None) != (args.collection is None):
+        print("simdex dedup: error: --path and --collection go together", file=sys.stderr)
+        return 2
+    if bool(args.inputs) == (args.collection is not None):
+        print("simdex dedup: error: give input files, or --path and --collection (not both)", file=sys.stderr)
+        return 2
+    database = None
+    if args.collection is not None:
+        from ..store import connect
+        from ..store.dedup import collection_texts
+        try:
+            database = connect(args.path, read_only=True)
+            total = database.get_collection(args.collection).count()
+        except Exception as exc:  # a missing folder or collection, a damaged database: said plainly
+            print(f"simdex dedup: error: {exc}", file=sys.stderr)
+            if database is not None:
+                database.close()
+            return 2
+        batches = collection_texts(database.get_collection(args.collection), args.text_field, args.batch_size)
+    else:
+        need_count = (args.bloom and args.capacity is None) or (not args.no_progress and sys.stderr.isatty())
+        total = _count_documents(args.inputs) if need_count else None
+        batches = read_documents(args.inputs, text_field=args.text_field or "text", id_field=args.id_field,
+                                 batch_size=args.batch_size)
     try:
         result = deduplicate(batches, threshold=args.threshold, ngram=args.ngram, unit=args.unit,
                              num_perm=args.num_perm, bloom=args.bloom, fp_rate=args.fp_rate,
@@ -79,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
         print(f"simdex dedup: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if database is not None:
+            database.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ids = result.ids
@@ -94,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
             for c, members in enumerate(result.clusters()):
                 f.write(json.dumps({"cluster": c, "keep": ids[members[0]],
                                     "duplicates": [ids[m] for m in members[1:]]}) + "\n")
-    summary = {"inputs": args.inputs, "documents": result.n_documents, "duplicates": result.n_duplicates,
+    summary = {"inputs": args.inputs or [f"{args.path}:{args.collection}"], "documents": result.n_documents,
+               "duplicates": result.n_duplicates,
                "kept": int(result.keep.sum()), **result.stats}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     mode = "LSHBloom" if args.bloom else f"MinHash LSH ({result.stats['bands']} bands x {result.stats['rows']} rows)"

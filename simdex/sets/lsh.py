@@ -150,10 +150,22 @@ class MinHashLSH(BaseIndex):
                  params: Any = None, seed: int = 1) -> None:
         self.banding = Banding(threshold, num_perm, weights, params, seed)
         self._idmap = IdMap()
-        self._keys = np.empty((0, self.banding.bands), np.uint64)  # per slot
+        self._key_buffer = np.empty((0, self.banding.bands), np.uint64)  # per slot; rows past _n_keys are spare
+        self._n_keys = 0
         self._n_sorted = 0
         self._sorted_keys = np.empty((self.banding.bands, 0), np.uint64)
         self._sorted_slots = np.empty((self.banding.bands, 0), np.int64)
+        self._sorted_tail: tuple[np.ndarray, np.ndarray] | None = None  # the tail's own sorted run, until it grows
+
+    @property
+    def _keys(self) -> np.ndarray:
+        return self._key_buffer[:self._n_keys]
+
+    @_keys.setter
+    def _keys(self, keys: np.ndarray) -> None:
+        self._key_buffer = np.ascontiguousarray(keys, np.uint64)
+        self._n_keys = keys.shape[0]
+        self._sorted_tail = None
 
     # ---- introspection -------------------------------------------------------------------------------------------
     threshold = property(lambda self: self.banding.threshold)
@@ -169,8 +181,9 @@ class MinHashLSH(BaseIndex):
     def nbytes(self) -> int:
         """Bytes held by the index's arrays (keys, sorted keys and slots, id map)."""
         idm = self._idmap
-        return int(self._keys.nbytes + self._sorted_keys.nbytes + self._sorted_slots.nbytes + idm.slot_ids.nbytes
-                   + idm._sorted_ids.nbytes + idm._sorted_slots.nbytes)
+        tail = sum(a.nbytes for a in self._sorted_tail) if self._sorted_tail is not None else 0
+        return int(self._key_buffer.nbytes + tail + self._sorted_keys.nbytes + self._sorted_slots.nbytes
+                   + idm.slot_ids.nbytes + idm._sorted_ids.nbytes + idm._sorted_slots.nbytes)
 
     memory_bytes = deprecated_alias("nbytes")
 
@@ -187,7 +200,14 @@ class MinHashLSH(BaseIndex):
 
     def insert_keys(self, keys: np.ndarray, ids: np.ndarray, *, threads: int | None = None) -> None:
         """Add precomputed band keys (n, bands) uint64 with new, unique int64 ids (validated by the caller)."""
-        self._keys = np.concatenate([self._keys, keys]) if self._keys.shape[0] else np.array(keys, np.uint64)
+        n, grow = self._n_keys, keys.shape[0]
+        if n + grow > self._key_buffer.shape[0]:  # amortised growth: a stream of small batches stays linear
+            bigger = np.empty((max(n + grow, 2 * n), self.bands), np.uint64)
+            bigger[:n] = self._key_buffer[:n]
+            self._key_buffer = bigger
+        self._key_buffer[n:n + grow] = keys
+        self._n_keys = n + grow
+        self._sorted_tail = None
         self._idmap.append(ids)
         if self._keys.shape[0] - self._n_sorted > max(_MIN_TAIL, self._n_sorted // 4):
             self._merge_tail()
@@ -198,6 +218,16 @@ class MinHashLSH(BaseIndex):
         self._sorted_keys = np.take_along_axis(self._keys.T, order, axis=1)
         self._sorted_slots = order.astype(np.int64, copy=False)
         self._n_sorted = self._keys.shape[0]
+        self._sorted_tail = None
+
+    def _tail_run(self) -> tuple[np.ndarray, np.ndarray]:
+        """The keys added since the last merge as a second sorted run per band (with absolute slots), so that a
+        lookup is a binary search in both runs; sorted again only after the tail grew."""
+        if self._sorted_tail is None:
+            tail = self._keys[self._n_sorted:].T
+            order = np.argsort(tail, axis=1)
+            self._sorted_tail = (np.take_along_axis(tail, order, axis=1), order.astype(np.int64) + self._n_sorted)
+        return self._sorted_tail
 
     def query(self, signatures: Any, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Candidates sharing a band with each query signature: ``(indptr int64 (nq+1,), ids int64)``."""
@@ -207,15 +237,15 @@ class MinHashLSH(BaseIndex):
     def query_keys(self, qkeys: np.ndarray, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         nq = qkeys.shape[0]
         alive = self._idmap.slot_ids >= 0
-        tail = self._keys[self._n_sorted:]
+        tail_keys, tail_slots = self._tail_run()
         counts = np.empty(nq, np.int64)
         with num_threads(threads):
-            LK.count_candidates(qkeys, self._sorted_keys, self._sorted_slots, tail, self._n_sorted, alive, counts)
+            LK.count_candidates(qkeys, self._sorted_keys, self._sorted_slots, tail_keys, tail_slots, alive, counts)
             indptr = np.zeros(nq + 1, np.int64)
             np.cumsum(counts, out=indptr[1:])
             slots = np.empty(int(indptr[-1]), np.int64)
             uniq = np.empty(nq, np.int64)
-            LK.fill_candidates(qkeys, self._sorted_keys, self._sorted_slots, tail, self._n_sorted, alive, indptr,
+            LK.fill_candidates(qkeys, self._sorted_keys, self._sorted_slots, tail_keys, tail_slots, alive, indptr,
                                slots, uniq)
         # each query's run holds its unique candidates first (fill_candidates compacts in place); drop the rest
         offset_in_run = np.arange(slots.shape[0]) - np.repeat(indptr[:-1], counts)

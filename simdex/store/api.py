@@ -96,7 +96,7 @@ class DatabaseAPI(ABC):
     def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", index: str = "hnsw", *,
                           exist_ok: bool = False, text: bool = False, embedder: Any = None,
                           window_field: str | None = None, label_field: str | None = None,
-                          **params: Any) -> CollectionAPI:
+                          dedup: dict[str, Any] | None = None, **params: Any) -> CollectionAPI:
         """Create a collection of ``dim``-dimensional vectors (``dim`` may be left out when an ``embedder`` gives
         it). ``embedder``: "minilm" (built in, offline), "st:<model>" (sentence-transformers), or an
         :class:`~simdex.embed.Embedder` (embedded databases only): documents and text queries are then embedded
@@ -107,7 +107,17 @@ class DatabaseAPI(ABC):
         a new one) or "flat" (exact). ``params`` go to the index (M, ef_construction, ef_search, seed; for the
         code kinds also rerank; for ivf-pq nlist, nprobe, codec, rerank, seed; for the Vamana kinds R, L_build,
         L_search, alpha, seed, and codec on disk; for spann list_size, nprobe, eps, rerank, codec, max_replicas,
-        closure_eps, seed)."""
+        closure_eps, seed).
+
+        ``dedup``: near-duplicate control on write, e.g. ``{"field": "document", "threshold": 0.9,
+        "on_duplicate": "flag"}``. Each upserted text (the document, or a string metadata ``field``) is compared by
+        MinHash LSH with the stored ones and the batch's earlier ones, candidates verified by exact Jaccard of
+        their ``ngram``-word shingles (``unit`` "word" or "char"); a text at or above ``threshold`` (in (0, 1]) is
+        a duplicate, and ``on_duplicate`` says what happens: "reject" (the batch is refused with
+        DuplicateDocumentError naming each duplicate; nothing is written), "flag" (written, with the metadata key
+        ``duplicate_of`` holding the id of the record it duplicates) or "keep" (written as is; counted in
+        ``stats()["dedup"]``). ``bloom=True`` (with ``capacity`` and ``fp_rate``) uses LSHBloom instead: fixed
+        memory, no exact verification, no id named. Also ``num_perm`` and ``seed``."""
 
     @abstractmethod
     def get_collection(self, name: str) -> CollectionAPI:

@@ -33,6 +33,7 @@ from ._io import storage_error
 from ._rwlock import RWLock
 from .api import CollectionAPI, resolve_mode
 from .config import DEFAULT_GET_INCLUDE, DEFAULT_SEARCH_INCLUDE, check_include
+from .dedup import DedupSide
 from .embedding import EmbedderSlot, warn_truncated
 from .filters import AllowCache, plan_where
 from .persistence import Durable
@@ -49,7 +50,8 @@ class Collection(Durable, CollectionAPI):
     Obtain one from :meth:`simdex.Database.create_collection` or :meth:`~simdex.Database.get_collection`. The
     configuration: ``text`` (BM25 over the documents), ``embedder`` (documents and text queries embedded by it),
     ``window_field`` (range filters on that numeric field answered by a window index), ``label_field`` (equality
-    filters on that string field answered by one graph per frequent value).
+    filters on that string field answered by one graph per frequent value), ``dedup`` (near-duplicate texts found
+    on write and rejected, flagged or counted: :mod:`.dedup`).
     """
 
     def __init__(self, path: Path, name: str, config: dict[str, Any], *, sync: str, read_only: bool,
@@ -64,6 +66,7 @@ class Collection(Durable, CollectionAPI):
         self.embedder_info: dict[str, Any] | None = config.get("embedder")
         self.window_field: str | None = config.get("window_field")
         self.label_field: str | None = config.get("label_field")
+        self.dedup: dict[str, Any] | None = config.get("dedup")
         self.read_only = read_only
         self.checkpoint_bytes = checkpoint_bytes
         self.log_segment_bytes = log_segment_bytes
@@ -81,6 +84,7 @@ class Collection(Durable, CollectionAPI):
         self._text_side: TextSide | None = None
         self._window_side: WindowSide | None = None
         self._label_side: LabelSide | None = None
+        self._dedup_side: DedupSide | None = None
         self._sides: list[SideIndex] = [self._vectors]
         self._saved_main: tuple[Any, str] | None = None
         self._manifest: dict[str, Any] | None = None
@@ -100,8 +104,12 @@ class Collection(Durable, CollectionAPI):
             self._label_side = LabelSide(self.label_field, self.dim, self.metric, self.params,
                                          lambda: self._meta.text_field(self.label_field), self._vectors.vectors_of,
                                          lambda: self._applied_lsn, self._rw)
-        self._sides = [s for s in (self._vectors, self._text_side, self._window_side, self._label_side)
-                       if s is not None]
+        if self.dedup is not None:
+            field = self.dedup["field"]
+            rids, texts = self._meta.documents() if field == "document" else self._meta.text_field(field)
+            self._dedup_side = DedupSide(self.dedup, rids, texts)
+        self._sides = [s for s in (self._vectors, self._text_side, self._window_side, self._label_side,
+                                   self._dedup_side) if s is not None]
 
     # ---- applying logged operations (caller holds the write side, or is recovering) ------------------------------
     def _apply_metadata(self, lsn: int, op: rec.LogOp) -> None:
@@ -192,11 +200,17 @@ class Collection(Durable, CollectionAPI):
             raise InvalidInputError(f"a batch holds at most {max_batch} records; got {len(ids)}")
         vectors = self._embedding.vectors_for(ids, vectors, documents)  # embedding runs before any lock is taken
         batch = rec.check_upsert(ids, vectors, metadatas, documents, self.dim, self.metric == "cosine", max_batch)
+        dedup = self._dedup_side
+        sketch = None if dedup is None else \
+            dedup.sketch(dedup.texts_of(batch.metadatas, batch.documents, len(batch.ids)))  # no lock held
         self._make_room_in_log()
         with self._writer:
             existing = self._meta.current_rids(batch.ids)
             old = np.array([existing.get(i, -1) for i in batch.ids], np.int64)
             rids = np.arange(self._next_rid, self._next_rid + len(batch.ids), dtype=np.int64)
+            if dedup is not None:
+                batch.metadatas = dedup.check(sketch, batch.ids, batch.metadatas, rids, old[old >= 0],
+                                              self._meta.fetch)
             self._next_rid += len(batch.ids)
             op = rec.LogOp(rec.UPSERT, batch.ids, rids, old, batch.vectors, batch.metadatas, batch.documents)
             self._log_and_apply(rec.encode_upsert(batch, rids, old), op)
@@ -476,8 +490,8 @@ class Collection(Durable, CollectionAPI):
                    "log_bytes": self._wal.size_bytes(), "read_only": self.read_only,
                    "storage_error": self._wal.error, "background_error": self.background_error,
                    "window_field": self.window_field, "window": None, "label_field": self.label_field,
-                   "label_graphs": {}}
-            for side in (self._window_side, self._label_side):
+                   "label_graphs": {}, "dedup": None}
+            for side in (self._window_side, self._label_side, self._dedup_side):
                 if side is not None:
                     out.update(side.stats())
             return out

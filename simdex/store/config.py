@@ -137,8 +137,8 @@ def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text: Any = False,
-                 window_field: Any = None, label_field: Any = None, embedder: Embedder | None = None
-                 ) -> dict[str, Any]:
+                 window_field: Any = None, label_field: Any = None, embedder: Embedder | None = None,
+                 dedup: Any = None) -> dict[str, Any]:
     dim = check_dim(dim)
     metric = check_metric(metric)
     if index not in INDEX_KINDS:
@@ -169,6 +169,7 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
                                     f"between nested keys); got {field!r}")
     if embedder is not None and embedder.dim != dim:
         raise DimensionMismatchError(f"dim is {dim}, but the embedder {embedder.name!r} makes {embedder.dim}-d vectors")
+    from .dedup import check_dedup
     return {"dim": dim, "metric": metric, "index": index, "params": dict(params), "text": text,
             "window_field": window_field, "label_field": label_field,
-            "embedder": None if embedder is None else embedder_info(embedder)}
+            "embedder": None if embedder is None else embedder_info(embedder), "dedup": check_dedup(dedup)}

@@ -180,7 +180,7 @@ class Database(DatabaseAPI):
     def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", index: str = "hnsw", *,
                           exist_ok: bool = False, text: bool = False, embedder: Any = None,
                           window_field: str | None = None, label_field: str | None = None,
-                          **params: Any) -> Collection:
+                          dedup: dict[str, Any] | None = None, **params: Any) -> Collection:
         """Create a collection of ``dim``-dimensional vectors. ``index``: "hnsw" (float32 vectors), "hnsw-lvq8"
         or "hnsw-int8" (experimental: SIMDEX_EXPERIMENTAL=1; the graph walked on 8-bit LVQ / int8 codes, a quarter
         of the memory per vector, the best candidates re-ranked from the float32 vectors kept in a file;
@@ -203,7 +203,8 @@ class Database(DatabaseAPI):
         collection of the same configuration is returned instead of an error. With ``embedder`` ("minilm", the
         built-in offline all-MiniLM-L6-v2; "st:<model>" for sentence-transformers; or an
         :class:`~simdex.embed.Embedder`) documents without vectors and text queries are embedded, ``dim`` comes
-        from the embedder, and the model is recorded with the collection (see :class:`DatabaseAPI`)."""
+        from the embedder, and the model is recorded with the collection (see :class:`DatabaseAPI`). With ``dedup``
+        each upsert is checked for near-duplicate texts (see :class:`DatabaseAPI` and :mod:`simdex.store.dedup`)."""
         self._check_open()
         if self.read_only:
             raise ReadOnlyError(f"the database at {self.path} is open read-only")
@@ -224,14 +225,14 @@ class Database(DatabaseAPI):
             dim = model.dim if dim is None else dim
         elif dim is None:
             raise InvalidInputError("dim is required (or give an embedder, whose dimension it then is)")
-        config = check_config(dim, metric, index, params, text, window_field, label_field, model)
+        config = check_config(dim, metric, index, params, text, window_field, label_field, model, dedup)
         with self._lock:
             if name in self._collections:
                 existing = self._collections[name]
                 same = (existing.dim, existing.metric, existing.index_kind, existing.params, existing.text,
-                        existing.window_field, existing.label_field, existing.embedder_info) == (
+                        existing.window_field, existing.label_field, existing.embedder_info, existing.dedup) == (
                     config["dim"], config["metric"], config["index"], config["params"], config["text"],
-                    config["window_field"], config["label_field"], config["embedder"])
+                    config["window_field"], config["label_field"], config["embedder"], config["dedup"])
                 if exist_ok and same:
                     if model is not None and not existing._embedding.loaded:
                         existing.attach_embedder(model)
