@@ -480,7 +480,6 @@ def test_code_collection_merge_on_a_full_disk(tmp_path, monkeypatch, kind, param
     """A collection over codes keeps its float32 vectors (a vamana-disk one also its links) in files: when there is
     no room for them the merge fails with a StorageError naming the cause (not SIGBUS at a write through a sparse
     mapping), searches go on over what is there, and the merge succeeds once there is room again."""
-    monkeypatch.setenv("SIMDEX_EXPERIMENTAL", "1")  # the code kinds are experimental (simdex.store.config)
     x = np.random.default_rng(0).standard_normal((1500, 32)).astype(np.float32)
     ids = [f"r{i}" for i in range(1500)]
     with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
@@ -507,7 +506,6 @@ def test_code_collection_reopens_on_a_full_disk(tmp_path, monkeypatch, kind, par
     """A collection over codes maps its main index from the checkpoint when it opens and moves the float32
     vectors file to file. With no room for that file it keeps them in memory instead: deletes, which change the
     index, must not need a file then (a failure there would leave a logged delete unapplied)."""
-    monkeypatch.setenv("SIMDEX_EXPERIMENTAL", "1")
     x = np.random.default_rng(0).standard_normal((1500, 32)).astype(np.float32)
     ids = [f"r{i}" for i in range(1500)]
     with simdex.connect(tmp_path / "db", background=False, sync="off") as db:

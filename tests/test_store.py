@@ -50,7 +50,7 @@ def _recall(hits, truth):
 
 
 # every kind of main index a collection can have (the graph over float32 vectors, over LVQ-8 or int8 codes, IVF
-# over PQ codes; the graphs over codes are experimental: opted into here)
+# over PQ codes, the Vamana graphs, SPANN)
 MAIN_KINDS = list(MAIN_INDEXES)
 TRAINED = [kind for kind in MAIN_KINDS if MAIN_INDEXES[kind].trained]
 
@@ -62,19 +62,6 @@ def _build_params(kind, M, ef_construction):
     if "M" in params:
         return {"M": M, "ef_construction": ef_construction}
     return {"R": 2 * M, "L_build": ef_construction} if "R" in params else {}
-
-
-@pytest.fixture(autouse=True)
-def _experimental_kinds(monkeypatch):
-    monkeypatch.setenv("SIMDEX_EXPERIMENTAL", "1")
-
-
-def test_code_kinds_are_experimental(tmp_path, monkeypatch):
-    monkeypatch.delenv("SIMDEX_EXPERIMENTAL")
-    with _open(tmp_path / "db") as db:
-        with pytest.raises(simdex.InvalidInputError, match="experimental"):
-            db.create_collection("c", dim=8, index="hnsw-lvq8")
-        assert db.list_collections() == []
 
 
 @pytest.mark.parametrize("kind", MAIN_KINDS)

@@ -5,7 +5,7 @@ force over that content.
 
 The writer applies a deterministic random sequence of upserts and deletes (batches of 1-200 records, real WordNet
 embeddings) to one collection per index kind: ``graph`` (HNSW), ``graph-lvq8`` and ``graph-int8`` (HNSW
-over codes, experimental), ``ivf-pq`` (IVF over PQ codes), ``vamana`` and ``vamana-disk`` (a Vamana graph, in
+over codes), ``ivf-pq`` (IVF over PQ codes), ``vamana`` and ``vamana-disk`` (a Vamana graph, in
 memory, and in a file walked on PQ codes), ``spann`` (built once: merges build a new one), each with background
 merges and checkpoints forced to happen often, and ``exact`` (flat index), and prints ``ok <n> <collection>``
 after write ``n`` returns, or ``fail <n> <collection>`` when it raised :class:`~simdex.errors.StorageError` (a
@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from ..store.config import EXPERIMENTAL_KINDS, experimental_enabled
 
 # the collections the writer keeps, one per index kind of the database: name -> (index kind, its parameters)
 COLLECTION_KINDS = {
@@ -51,8 +50,6 @@ COLLECTION_KINDS = {
     "spann": ("spann", {"list_size": 32}),
     "exact": ("flat", {}),
 }
-if not experimental_enabled():  # the kinds over codes are experimental (simdex.store.config)
-    COLLECTION_KINDS = {name: spec for name, spec in COLLECTION_KINDS.items() if spec[0] not in EXPERIMENTAL_KINDS}
 COLLECTIONS = tuple(COLLECTION_KINDS)
 POOL_IDS = 3_000
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._validate import check_dim, check_metric
@@ -27,33 +26,27 @@ class MainKind(NamedTuple):
     """A kind of main index: its class (``module:Class``), the constructor's fixed arguments, the parameters a user
     may set, the search keyword that a collection's ``ef`` (search breadth) sets, whether it trains on its rows
     (then the first build waits for rows to train on and later builds retrain it as the collection grows),
-    whether it is built once (a merge builds a new one from every row: :mod:`simdex.store.buildonce`), and
-    whether it is held back behind SIMDEX_EXPERIMENTAL=1."""
+    and whether it is built once (a merge builds a new one from every row: :mod:`simdex.store.buildonce`)."""
     cls: str
     fixed: dict[str, Any]
     params: tuple[str, ...]
     breadth: str = "ef"
     trained: bool = False
     rebuilds: bool = False
-    experimental: bool = False
     # consolidate by building a fresh graph, not by repairing the old one (HNSWIndex.consolidate(rebuild=True))
     fresh_consolidation: bool = False
 
 
 # A collection's index kind: the main index that the optimizer builds aside from the newest rows and swaps in
 # (:class:`~simdex.store.vectors.RecordVectors`); "flat" has no main index (exact search over every row).
-# The kinds over LVQ-8 / int8 codes are built and tested, but held back: in two CI runs of the crash test a
-# collection over codes answered one round's searches after a kill with recall@10 0.68 (int8) and 0.82 (LVQ-8).
-# A local reproduction traced such a failure to a graph worn down by repairs (fresh_consolidation below); until
-# CI confirms that was the whole cause they stay behind SIMDEX_EXPERIMENTAL=1 (issue 23; docs/reliability.md).
 MAIN_INDEXES: dict[str, MainKind] = {
     # an HNSW graph is consolidated by a fresh build: a collection's churn (a merge consolidates once a fifth of
     # the graph is tombstones) wore a repaired graph down to recall@10 0.67 at ef 64 in the crash bench
     "hnsw": MainKind("simdex.dense:HNSWIndex", {}, HNSW_PARAMS, fresh_consolidation=True),
     "hnsw-lvq8": MainKind("simdex.quant:HNSWQuantIndex", {"codec": "lvq8"}, HNSW_PARAMS + ("rerank",),
-                          trained=True, experimental=True, fresh_consolidation=True),
+                          trained=True, fresh_consolidation=True),
     "hnsw-int8": MainKind("simdex.quant:HNSWQuantIndex", {"codec": "int8"}, HNSW_PARAMS + ("rerank",),
-                          trained=True, experimental=True, fresh_consolidation=True),
+                          trained=True, fresh_consolidation=True),
     # IVF over PQ codes of the residuals, the float32 vectors in a file for re-ranking: RAM per record is the
     # code (dim / 8 bytes by default) plus a few ids
     "ivf-pq": MainKind("simdex.quant:IVFIndex", {"vectors": "disk"}, IVF_PARAMS, breadth="nprobe", trained=True),
@@ -69,15 +62,9 @@ MAIN_INDEXES: dict[str, MainKind] = {
                       rebuilds=True),
 }
 INDEX_KINDS = (*MAIN_INDEXES, "flat")
-EXPERIMENTAL_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.experimental)
 TRAINED_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.trained)
 # re-ranked candidates of an ivf-pq collection unless set: every returned distance is then exact up to k = 100
 IVF_RERANK = 100
-
-
-def experimental_enabled() -> bool:
-    """Whether SIMDEX_EXPERIMENTAL opens the experimental collection kinds (:data:`EXPERIMENTAL_KINDS`)."""
-    return bool(os.environ.get("SIMDEX_EXPERIMENTAL"))
 
 
 def main_index_class(index: str) -> type:
@@ -143,10 +130,6 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
     metric = check_metric(metric)
     if index not in INDEX_KINDS:
         raise InvalidInputError(f"index must be one of {INDEX_KINDS}; got {index!r}")
-    if index in EXPERIMENTAL_KINDS and not experimental_enabled():
-        raise InvalidInputError(f"index {index!r} is experimental: after a crash, collections over codes answered with "
-                                f"low recall in tests, a cause is fixed but not yet confirmed; set "
-                                f"SIMDEX_EXPERIMENTAL=1 to use it")
     allowed = MAIN_INDEXES[index].params if index in MAIN_INDEXES else ()
     unknown = set(params) - set(allowed)
     if unknown:

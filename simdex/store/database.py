@@ -182,8 +182,8 @@ class Database(DatabaseAPI):
                           window_field: str | None = None, label_field: str | None = None,
                           dedup: dict[str, Any] | None = None, **params: Any) -> Collection:
         """Create a collection of ``dim``-dimensional vectors. ``index``: "hnsw" (float32 vectors), "hnsw-lvq8"
-        or "hnsw-int8" (experimental: SIMDEX_EXPERIMENTAL=1; the graph walked on 8-bit LVQ / int8 codes, a quarter
-        of the memory per vector, the best candidates re-ranked from the float32 vectors kept in a file;
+        or "hnsw-int8" (the graph walked on 8-bit LVQ / int8 codes, a quarter of the memory per vector, the best
+        candidates re-ranked from the float32 vectors kept in a file;
         :class:`~simdex.quant.HNSWQuantIndex`), "ivf-pq" (IVF lists of PQ codes, re-ranked from the float32 vectors
         kept in a file; :class:`~simdex.quant.IVFIndex`; the number of lists and probes follow the collection's
         size unless set), "vamana" (a Vamana graph with FreshDiskANN updates; :class:`~simdex.dense.VamanaIndex`),
