@@ -129,10 +129,10 @@ def test_labels_bench_small_postfilter_peer_hnswlib_where_installed(tmp_path):
 def test_db_bench_every_collection_kind():
     """`python -m simdex.bench db --libs simdex,simdex-ivf-pq,...` on a small slice: every kind of collection is
     built through the database API and swept up to the target recall, and the kinds over codes hold a fraction of
-    the float32 HNSW collection's memory."""
+    the float32 HNSW collection's memory; the same indexes used from the library find the same neighbours."""
     from simdex.bench import db
-    kinds = ("simdex", "simdex-ivf-pq", "simdex-vamana", "simdex-vamana-disk", "simdex-spann")
-    report = db.run(n_base=2000, n_queries=20, libs=kinds, progress=False)
+    kinds = ("simdex", "simdex-ivf-pq", "simdex-vamana", "simdex-vamana-disk", "simdex-spann", "simdex-hnsw-lvq8")
+    report = db.run(n_base=2000, n_queries=20, libs=kinds + ("lib-hnsw", "lib-spann"), progress=False)
     engines = report["engines"]
     for name in kinds:
         assert engines[name]["sweeps"]["plain"]["at_target"] is not None, name
@@ -140,4 +140,9 @@ def test_db_bench_every_collection_kind():
     float_ram = engines["simdex"]["index_ram_bytes"]
     for name in ("simdex-ivf-pq", "simdex-vamana-disk", "simdex-spann"):
         assert engines[name]["index_ram_bytes"] < float_ram / 4, name
-    assert "simdex-spann" in db.format_report(report)
+    assert engines["simdex-hnsw-lvq8"]["index_ram_bytes"] < 0.4 * float_ram
+    cost = report["database_cost"]
+    assert set(cost) == {"hnsw", "spann"}
+    for kind in cost:  # the collection's index is the library's, built from the same rows in one merge
+        assert cost[kind]["plain"] and all(p["recall"] == p["library_recall"] for p in cost[kind]["plain"])
+    assert "simdex-spann" in db.format_report(report) and "library" in db.format_report(report)

@@ -87,7 +87,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     db = sub.add_parser("db", help="database upsert throughput and search latency vs Chroma and LanceDB")
     db.add_argument("--libs", default="simdex,simdex-http,chroma,chroma-http,lancedb",
                     help="comma-separated: simdex, simdex-http, chroma, chroma-http, lancedb, and simdex-ivf-pq, "
-                         "simdex-vamana, simdex-vamana-disk, simdex-spann (collections of the other index kinds)")
+                         "simdex-vamana, simdex-vamana-disk, simdex-spann, simdex-hnsw-lvq8, simdex-hnsw-int8 "
+                         "(collections of the other index kinds); lib-hnsw, lib-ivf-pq, ... (each kind's index "
+                         "used directly from the library, for the database's cost)")
     db.add_argument("--n-base", type=int, default=None, help="first N WordNet records (default: all 107,659)")
     db.add_argument("--n-queries", type=int, default=1000)
     db.add_argument("--batch", type=int, default=1000, help="records per upsert call")

@@ -257,6 +257,58 @@ def _kind_engine(kind: str, param_name: str, params: tuple[int, ...], **build: A
                                                          "params": params, "index": {"index": kind, **build}})
 
 
+class LibraryEngine(Engine):
+    """A collection kind's index used directly from the library, without the database: the same class and
+    parameters (:func:`simdex.store.config.new_main_index`, SPANN's build), every vector added at once (a
+    collection's merge does the same when the rows arrive before it runs), ids mapped back to the record ids."""
+
+    kind = "hnsw"
+    index: dict[str, Any] = {"M": 16, "ef_construction": 200}
+
+    def __init__(self, path: Path, dim: int, threads: int | None) -> None:
+        super().__init__(path, dim, threads)
+        self._ids: list[str] = []
+        self._parts: list[np.ndarray] = []
+        self._verb: list[bool] = []
+
+    def upsert(self, ids, vectors, metas, docs):
+        self._ids.extend(ids)
+        self._parts.append(np.array(vectors, np.float32))
+        self._verb.extend(m["pos"] == FILTER_POS for m in metas)
+
+    def finish_indexing(self):
+        from ..store.config import MAIN_INDEXES, new_main_index
+        x = np.concatenate(self._parts)
+        self._parts = []
+        self.path.mkdir(parents=True, exist_ok=True)
+        if MAIN_INDEXES[self.kind].rebuilds:
+            from ..quant import SPANNIndex
+            self.lib = SPANNIndex.build(self.path / "spann", x, "cosine", progress=False,
+                                        **{"list_size": 64, **self.index})
+        else:
+            self.lib = new_main_index(self.dim, "cosine", self.kind, self.index, str(self.path), x.shape[0])
+            self.lib.add(x, threads=self.threads)
+        self._breadth = MAIN_INDEXES[self.kind].breadth
+        self._allowed = np.flatnonzero(np.array(self._verb))
+
+    def index_ram_bytes(self) -> int:
+        return int(self.lib.nbytes)
+
+    def search(self, query, k, param, filtered):
+        _, found = self.lib.search(query[None], k, filter=self._allowed if filtered else None, threads=1,
+                                   **{self._breadth: param})
+        return [self._ids[i] for i in found[0].tolist() if i >= 0]
+
+
+def _library_engine(collection_engine: type[SimdexEngine]) -> type[LibraryEngine]:
+    """The library counterpart of a collection engine: its kind and parameters, the same effort sweep."""
+    build = dict(collection_engine.index)
+    kind = build.pop("index", "hnsw")
+    return type(f"LibraryEngine_{kind}", (LibraryEngine,), {"name": f"lib-{kind}", "kind": kind, "index": build,
+                                                             "param_name": collection_engine.param_name,
+                                                             "params": collection_engine.params})
+
+
 ENGINES = {"simdex": SimdexEngine, "simdex-http": SimdexHttpEngine, "chroma": ChromaEngine,
            "chroma-http": ChromaHttpEngine, "lancedb": LanceEngine,
            # the other index kinds of a collection (see simdex.store.config.MAIN_INDEXES)
@@ -264,7 +316,12 @@ ENGINES = {"simdex": SimdexEngine, "simdex-http": SimdexHttpEngine, "chroma": Ch
            "simdex-vamana": _kind_engine("vamana", "L", (10, 16, 24, 32, 48, 64, 96, 128, 192, 256), R=32),
            "simdex-vamana-disk": _kind_engine("vamana-disk", "L", (10, 16, 24, 32, 48, 64, 96, 128, 192, 256),
                                               R=32),
-           "simdex-spann": _kind_engine("spann", "nprobe", (8, 16, 32, 64, 96, 128, 192, 256))}
+           "simdex-spann": _kind_engine("spann", "nprobe", (8, 16, 32, 64, 96, 128, 192, 256)),
+           "simdex-hnsw-lvq8": _kind_engine("hnsw-lvq8", "ef", SimdexEngine.params, M=16, ef_construction=200),
+           "simdex-hnsw-int8": _kind_engine("hnsw-int8", "ef", SimdexEngine.params, M=16, ef_construction=200)}
+# each collection kind's index used directly from the library (lib-hnsw, lib-ivf-pq, ...): the database's cost
+ENGINES.update({_library_engine(engine).name: _library_engine(engine) for name, engine in list(ENGINES.items())
+                if name == "simdex" or (name.startswith("simdex-") and name != "simdex-http")})
 
 
 def _truth(base: np.ndarray, queries: np.ndarray, mask: np.ndarray | None, k: int) -> np.ndarray:
@@ -325,7 +382,7 @@ def run(n_base: int | None = None, n_queries: int = 1000, libs: tuple[str, ...] 
                         lat[qi] = time.perf_counter() - t
                         hits += len({id_pos[f] for f in found} & set(truth[filtered][qi].tolist()))
                     recall = hits / (k * len(queries))
-                    points.append({engine.param_name: param, "recall": recall,
+                    points.append({engine.param_name: param, "recall": recall, "qps": len(queries) / lat.sum(),
                                    "p50_ms": float(np.percentile(lat, 50) * 1e3),
                                    "p99_ms": float(np.percentile(lat, 99) * 1e3)})
                     if progress:
@@ -341,7 +398,36 @@ def run(n_base: int | None = None, n_queries: int = 1000, libs: tuple[str, ...] 
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     report["ratios"] = _ratios(report)
+    report["database_cost"] = _database_cost(report)
     return report
+
+
+def _database_cost(report: dict[str, Any]) -> dict[str, Any]:
+    """Each collection kind against its index used directly (``lib-<kind>``), at the same search effort: the
+    ratio of single-query QPS (collection / library) and the recall difference, plain and filtered."""
+    engines = report["engines"]
+    out: dict[str, Any] = {}
+    for name, r in engines.items():
+        if not name.startswith("lib-"):
+            continue
+        kind = name[4:]
+        mine = engines.get("simdex" if kind == "hnsw" else f"simdex-{kind}")
+        if mine is None:
+            continue
+        rows = {}
+        for sweep in ("plain", "filtered"):
+            lib_points = {p[_effort_key(p)]: p for p in r["sweeps"][sweep]["points"]}
+            pairs = [(p, lib_points[p[_effort_key(p)]]) for p in mine["sweeps"][sweep]["points"]
+                     if p[_effort_key(p)] in lib_points]
+            rows[sweep] = [{"effort": a[_effort_key(a)], "qps_ratio": a["qps"] / b["qps"],
+                            "recall": a["recall"], "library_recall": b["recall"]} for a, b in pairs]
+        out[kind] = rows
+    return out
+
+
+def _effort_key(point: dict[str, Any]) -> str:
+    """The effort key of a sweep point (ef, L or nprobe)."""
+    return next(key for key in ("ef", "L", "nprobe") if key in point)
 
 
 def _ratios(report: dict[str, Any]) -> dict[str, Any]:
@@ -353,7 +439,7 @@ def _ratios(report: dict[str, Any]) -> dict[str, Any]:
             continue
         me = engines[mine]
         for peer, r in engines.items():
-            if peer.startswith("simdex"):
+            if peer.startswith("simdex") or peer.startswith("lib-"):
                 continue
             row = {"upsert_throughput": me["upsert_per_second"] / r["upsert_per_second"],
                    "time_to_indexed": me["time_to_indexed_seconds"] / r["time_to_indexed_seconds"]}
@@ -388,6 +474,15 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"  {peer:22s} upsert {fmt['upsert_throughput']}, indexed time {fmt['time_to_indexed']}, "
                          f"p99 plain {fmt['p99_plain']}, p99 filtered {fmt['p99_filtered']}, "
                          f"p50 plain {fmt['p50_plain']}, p50 filtered {fmt['p50_filtered']}")
+    if report.get("database_cost"):
+        lines.append("")
+        lines.append("collection / the same index used from the library, single queries at the same effort: QPS "
+                     "ratio (target >= 0.9x), recall collection vs library")
+        for kind, rows in report["database_cost"].items():
+            for sweep, points in rows.items():
+                cells = ", ".join(f"{p['effort']}: {p['qps_ratio']:.2f}x {p['recall']:.3f}/{p['library_recall']:.3f}"
+                                  for p in points)
+                lines.append(f"  {kind:12s} {sweep:8s} {cells}")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import already_checked
 from ..dense import FlatIndex
 from . import buildonce
 from .config import MAIN_INDEXES, TRAINED_KINDS, new_main_index, retrain
@@ -77,6 +78,19 @@ class RecordVectors(SideIndex):
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None, ef: int | None,
                threads: int | None) -> tuple[np.ndarray, np.ndarray]:
         """(distances, rids), (nq, <= k) each, nearest first, -1 rids for no hit."""
+        with already_checked(q):  # by the collection
+            parts = self._search_parts(q, k, allowed, ef, threads)
+        if not parts:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        if len(parts) == 1:  # everything indexed (or nothing yet): already the k nearest, in order
+            return parts[0]
+        dist = np.concatenate([p[0] for p in parts], axis=1)
+        rids = np.concatenate([p[1] for p in parts], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(rids, order, 1)
+
+    def _search_parts(self, q: np.ndarray, k: int, allowed: np.ndarray | None, ef: int | None,
+                      threads: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
         parts = []
         if allowed is None or allowed.any():
             main = self.main
@@ -88,12 +102,7 @@ class RecordVectors(SideIndex):
                 parts.append(main.search(q, kk, filter=allowed, threads=threads, **options))
             if len(self.growing):
                 parts.append(self.growing.search(q, min(k, len(self.growing)), filter=allowed, threads=threads))
-        if not parts:
-            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
-        dist = np.concatenate([p[0] for p in parts], axis=1)
-        rids = np.concatenate([p[1] for p in parts], axis=1)
-        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(dist, order, 1), np.take_along_axis(rids, order, 1)
+        return parts
 
     def stats(self) -> dict[str, Any]:
         main = self.main
