@@ -24,12 +24,29 @@ from ..store.api import CollectionAPI, DatabaseAPI
 API = "/api/v1"
 
 
+class _NotJSON(errors.InvalidTypeError):
+    """A request body holds a value JSON cannot (raised before anything is sent)."""
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
-    return value
+    raise _NotJSON(f"a value of type {type(value).__name__}, which JSON cannot hold")
+
+
+def _json_path(value: Any, path: str) -> str | None:
+    """The path of the first value in ``value`` that JSON cannot hold (as the embedded API names it)."""
+    if isinstance(value, dict):
+        return next((p for k, v in value.items() if (p := _json_path(v, f"{path}.{k}")) is not None), None)
+    if isinstance(value, (list, tuple)):
+        return next((p for i, v in enumerate(value) if (p := _json_path(v, f"{path}[{i}]")) is not None), None)
+    try:
+        json.dumps(value, default=_plain)
+    except (TypeError, ValueError):
+        return path
+    return None
 
 
 def _vectors_field(vectors: Any, single: bool = False) -> dict[str, Any]:
@@ -75,7 +92,12 @@ class Client(DatabaseAPI):
         return conn
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body, default=_plain).encode()
+        try:
+            data = None if body is None else json.dumps(body, default=_plain).encode()
+        except ValueError as exc:  # a circular reference; _NotJSON passes through
+            if isinstance(exc, _NotJSON):
+                raise
+            raise _NotJSON(f"the request holds a value JSON cannot encode ({exc})") from None
         headers = {"Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
@@ -166,7 +188,11 @@ class RemoteCollection(CollectionAPI):
         body = {"ids": ids, "metadatas": metadatas, "documents": documents}
         if vectors is not None:
             body.update(_vectors_field(vectors))
-        return self._post("upsert", body)["upserted"]
+        try:
+            return self._post("upsert", body)["upserted"]
+        except _NotJSON as exc:  # nothing was sent: say where, as the embedded API does
+            where = _json_path(metadatas, "metadatas")
+            raise errors.InvalidTypeError(f"{where} has {exc}" if where else str(exc)) from None
 
     def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
             include: Any = None) -> list[dict[str, Any]]:

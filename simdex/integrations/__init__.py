@@ -1,0 +1,8 @@
+"""simdex inside RAG frameworks: each module adapts a simdex collection (embedded, or remote through
+:class:`simdex.Client`) to one framework's store interface.
+
+- :mod:`simdex.integrations.langchain`: ``SimdexVectorStore``, a LangChain ``VectorStore`` (extra
+  ``simdex[langchain]``).
+
+The modules import their framework on import; this package imports none of them.
+"""
