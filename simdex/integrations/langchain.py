@@ -26,6 +26,7 @@ from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from ..errors import InvalidInputError
+from ._target import open_database, release_database
 
 _INCLUDE = ["metadatas", "documents", "distances"]
 
@@ -38,7 +39,7 @@ class SimdexVectorStore(VectorStore):
     def __init__(self, collection: Any, embedding: Embeddings | None = None, *, owner: Any = None) -> None:
         self.collection = collection
         self._embedding = embedding
-        self._owner = owner  # a database this store opened, closed by close()
+        self._owner = owner  # a database connect() opened, let go of by close()
         stats = collection.stats()
         self.metric: str = stats["metric"]
         if embedding is None and stats.get("embedder") is None:
@@ -54,15 +55,7 @@ class SimdexVectorStore(VectorStore):
         ``url``, created when missing (of dimension ``dim``, by default that of ``embedding``'s vectors, else of the
         collection's embedder:
         ``embedder="minilm"`` in ``collection_options``, which also take ``index``, ``text``, ``dedup``...)."""
-        if (path is None) == (url is None):
-            raise InvalidInputError("give path= (an embedded database) or url= (a simdex server), not both")
-        if url is not None:
-            from ..server.client import Client
-            db = Client(url, api_key=api_key)
-            owner = None
-        else:
-            from ..store import connect
-            db = owner = connect(path)
+        db = open_database(path, url, api_key)
         try:
             names = db.list_collections()
             if collection_name in names:
@@ -71,16 +64,16 @@ class SimdexVectorStore(VectorStore):
                 if dim is None and embedding is not None:
                     dim = len(embedding.embed_query("dimension"))
                 collection = db.create_collection(collection_name, dim, metric, **collection_options)
-            return cls(collection, embedding, owner=owner)
+            return cls(collection, embedding, owner=db)
         except BaseException:
-            if owner is not None:
-                owner.close()
+            release_database(db)
             raise
 
     def close(self) -> None:
-        """Close the database this store opened (``connect(path=...)``); nothing for a given collection."""
+        """Let go of the database :meth:`connect` opened (closed when no other store in the process uses it);
+        nothing for a store made from a collection."""
         if self._owner is not None:
-            self._owner.close()
+            release_database(self._owner)
             self._owner = None
 
     @classmethod

@@ -29,6 +29,7 @@ from llama_index.core.vector_stores.types import (BasePydanticVectorStore, Filte
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from ..errors import InvalidInputError, UnsupportedOperationError
+from ._target import open_database, release_database
 
 _COMPARISONS = {FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt",
                 FilterOperator.GTE: "$gte", FilterOperator.LT: "$lt", FilterOperator.LTE: "$lte",
@@ -84,14 +85,12 @@ class SimdexLlamaVectorStore(BasePydanticVectorStore):
 
     _database: Any = PrivateAttr()
     _collection: Any = PrivateAttr(default=None)
-    _owned: bool = PrivateAttr(default=False)
     _create_options: dict[str, Any] = PrivateAttr(default_factory=dict)
 
-    def __init__(self, database: Any, collection_name: str = "llamaindex", metric: str = "cosine", *,
-                 owned: bool = False, **create_options: Any) -> None:
+    def __init__(self, database: Any, collection_name: str = "llamaindex", metric: str = "cosine",
+                 **create_options: Any) -> None:
         super().__init__(collection_name=collection_name, metric=metric)
         self._database = database
-        self._owned = owned
         self._create_options = create_options
         if collection_name in database.list_collections():
             self._collection = database.get_collection(collection_name)
@@ -103,13 +102,7 @@ class SimdexLlamaVectorStore(BasePydanticVectorStore):
         """The store over the embedded database at ``path`` or the server at ``url``; ``create_options`` go to
         ``create_collection`` when the first add creates the collection (``index``, ``text=True`` for hybrid
         and BM25 queries, ...)."""
-        if (path is None) == (url is None):
-            raise InvalidInputError("give path= (an embedded database) or url= (a simdex server), not both")
-        if url is not None:
-            from ..server.client import Client
-            return cls(Client(url, api_key=api_key), collection_name, metric, **create_options)
-        from ..store import connect
-        return cls(connect(path), collection_name, metric, owned=True, **create_options)
+        return cls(open_database(path, url, api_key), collection_name, metric, **create_options)
 
     @classmethod
     def class_name(cls) -> str:
@@ -121,10 +114,8 @@ class SimdexLlamaVectorStore(BasePydanticVectorStore):
         return self._collection
 
     def close(self) -> None:
-        """Close the database this store opened (``connect(path=...)``)."""
-        if self._owned:
-            self._database.close()
-            self._owned = False
+        """Let go of the database :meth:`connect` opened (closed when no other store in the process uses it)."""
+        release_database(self._database)
 
     # ---- writes --------------------------------------------------------------------------------------------------
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
