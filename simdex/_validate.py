@@ -103,7 +103,8 @@ def check_vectors(x: Any, dim: int, name: str = "vectors", *, normalize: bool = 
     float32, so float64 values beyond float32's range are caught), and zero vectors when ``normalize`` is set
     (cosine metric). With ``normalize`` the returned rows have unit L2 norm; the input is never modified.
     """
-    if x is getattr(_checked, "array", None) and x.shape[1] == dim:
+    trusted = getattr(_checked, "array", None)
+    if trusted is not None and x is trusted and x.shape[1] == dim:
         return x
     arr = _as_numeric_array(x, name)
     if arr.ndim != 2:

@@ -1,6 +1,6 @@
-"""Every Python code block of README.md runs as a newcomer would run it: in a fresh process and an empty folder,
-with the inputs the block assumes (``vectors``, ``queries``, ``texts``, ...) taken from the shared WordNet data,
-so that the README cannot drift from the code."""
+"""Every Python code block of README.md (and of the framework pages, docs/integrations/*.md) runs as a newcomer
+would run it: in a fresh process and an empty folder, with the inputs the block assumes (``vectors``, ``queries``,
+``texts``, ...) taken from the shared WordNet data, so that the documentation cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+PAGES = sorted((ROOT / "docs" / "integrations").glob("*.md"))
+PAGE_BLOCKS = [(page.stem, block) for page in PAGES
+               for block in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)]
 
 # what the blocks take as given: real vectors and texts (a block that needs another name fails, which is the point)
 PRELUDE = """
@@ -41,3 +45,16 @@ def test_readme_block_runs(tmp_path, number):
     done = subprocess.run([sys.executable, "-c", PRELUDE + block], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, f"README block {number}:\n{block}\n--- stderr ---\n{done.stderr[-3000:]}"
+
+
+def test_every_framework_page_has_an_example():
+    assert {p.stem for p in PAGES} == {"langchain", "llamaindex", "haystack"}
+    assert {name for name, _ in PAGE_BLOCKS} == {"langchain", "llamaindex", "haystack"}
+
+
+@pytest.mark.parametrize("name, block", PAGE_BLOCKS, ids=[name for name, _ in PAGE_BLOCKS])
+def test_framework_page_example_runs(tmp_path, name, block):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    done = subprocess.run([sys.executable, "-c", PRELUDE + block], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, f"docs/integrations/{name}.md:\n{block}\n--- stderr ---\n{done.stderr[-3000:]}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -340,3 +341,38 @@ class SimdexHybridRetriever:
         data["init_parameters"]["document_store"] = SimdexDocumentStore.from_dict(
             data["init_parameters"]["document_store"])
         return default_from_dict(cls, data)
+
+
+@component
+class SimdexTextEmbedder:
+    """Embeds a query text with a simdex embedder (``"minilm"``: built in, all-MiniLM-L6-v2, offline;
+    ``"st:<model>"``: sentence-transformers)."""
+
+    def __init__(self, model: str = "minilm") -> None:
+        self.model = model
+        self._embedder: Any = None
+
+    def warm_up(self) -> None:
+        if self._embedder is None:
+            from ..embed import get_embedder
+            self._embedder = get_embedder(self.model)
+
+    @component.output_types(embedding=list[float])
+    def run(self, text: str) -> dict[str, list[float]]:
+        self.warm_up()
+        return {"embedding": self._embedder([text], progress=False)[0].tolist()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(self, model=self.model)
+
+
+@component
+class SimdexDocumentEmbedder(SimdexTextEmbedder):
+    """Embeds documents' content with a simdex embedder (see :class:`SimdexTextEmbedder`), for writing them to a
+    :class:`SimdexDocumentStore`."""
+
+    @component.output_types(documents=list[Document])
+    def run(self, documents: list[Document]) -> dict[str, list[Document]]:  # type: ignore[override]
+        self.warm_up()
+        vectors = self._embedder([d.content or "" for d in documents], progress=False) if documents else []
+        return {"documents": [replace(d, embedding=v.tolist()) for d, v in zip(documents, vectors)]}

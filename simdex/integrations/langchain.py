@@ -31,6 +31,21 @@ from ._target import open_database, release_database
 _INCLUDE = ["metadatas", "documents", "distances"]
 
 
+class SimdexEmbeddings(Embeddings):
+    """A simdex embedder as LangChain ``Embeddings``: ``"minilm"`` (built in, all-MiniLM-L6-v2, offline),
+    ``"st:<model>"`` (sentence-transformers) or a :class:`simdex.embed.Embedder`."""
+
+    def __init__(self, model: Any = "minilm") -> None:
+        from ..embed import get_embedder
+        self.model = get_embedder(model)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.model(list(texts), progress=False).tolist() if texts else []
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.model([text], progress=False)[0].tolist()
+
+
 class SimdexVectorStore(VectorStore):
     """A LangChain vector store over the simdex collection ``collection`` (a
     :class:`~simdex.store.Collection` or a :class:`~simdex.server.client.RemoteCollection`). ``embedding`` embeds

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.schema import BaseNode, MetadataMode
 from llama_index.core.vector_stores.types import (BasePydanticVectorStore, FilterCondition, FilterOperator,
@@ -34,6 +35,35 @@ from ._target import open_database, release_database
 _COMPARISONS = {FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt",
                 FilterOperator.GTE: "$gte", FilterOperator.LT: "$lt", FilterOperator.LTE: "$lte",
                 FilterOperator.IN: "$in", FilterOperator.NIN: "$nin"}
+
+
+class SimdexEmbedding(BaseEmbedding):
+    """A simdex embedder as a LlamaIndex embedding model: ``"minilm"`` (built in, all-MiniLM-L6-v2, offline),
+    ``"st:<model>"`` (sentence-transformers) or a :class:`simdex.embed.Embedder`."""
+
+    _model: Any = PrivateAttr()
+
+    def __init__(self, model: Any = "minilm", **kwargs: Any) -> None:
+        from ..embed import get_embedder
+        embedder = get_embedder(model)
+        super().__init__(model_name=embedder.name, **kwargs)
+        self._model = embedder
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "SimdexEmbedding"
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
+        return self._model(list(texts), progress=False).tolist()
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._get_text_embeddings([text])[0]
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._get_text_embeddings([query])[0]
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
 
 
 def filters_to_where(filters: MetadataFilters | None) -> dict[str, Any] | None:
