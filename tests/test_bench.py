@@ -146,3 +146,16 @@ def test_db_bench_every_collection_kind():
     for kind in cost:  # the collection's index is the library's, built from the same rows in one merge
         assert cost[kind]["plain"] and all(p["recall"] == p["library_recall"] for p in cost[kind]["plain"])
     assert "simdex-spann" in db.format_report(report) and "library" in db.format_report(report)
+
+
+def test_integrations_bench_on_a_slice():
+    """`python -m simdex.bench integrations` on a slice: every framework store finds what the collection finds."""
+    from simdex.bench import integrations
+    report = integrations.run(n_base=1000, n_queries=20, stores=("direct", "langchain", "llamaindex", "haystack"))
+    rows = report["stores"]
+    assert set(rows) == {"direct", "langchain", "llamaindex", "haystack"}
+    assert rows["direct"]["recall"] > 0.9
+    for name in ("langchain", "llamaindex", "haystack"):
+        assert rows[name]["recall"] == rows["direct"]["recall"], name
+        assert f"{name} / direct" in report["ratios"]
+    assert "langchain / direct" in integrations.format_report(report)

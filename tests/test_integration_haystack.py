@@ -10,18 +10,17 @@ import zlib
 import numpy as np
 import pytest
 
-pytest.importorskip("haystack", reason="install simdex[haystack]")
-from haystack import Document, Pipeline  # noqa: E402
-from haystack.document_stores.types import DuplicatePolicy  # noqa: E402
-from haystack.errors import FilterError  # noqa: E402
-from haystack.testing.document_store import DocumentStoreBaseTests  # noqa: E402
+from haystack import Document, Pipeline
+from haystack.document_stores.types import DuplicatePolicy
+from haystack.errors import FilterError
+from haystack.testing.document_store import DocumentStoreBaseTests
 
-import simdex  # noqa: E402
-from simdex.integrations.haystack import (SimdexBM25Retriever, SimdexDocumentStore,  # noqa: E402
+import simdex
+from simdex.integrations.haystack import (SimdexBM25Retriever, SimdexDocumentStore,
                                           SimdexEmbeddingRetriever, SimdexHybridRetriever)
-from simdex.server.app import create_app  # noqa: E402
+from simdex.server.app import create_app
 
-from ._live import LiveServer  # noqa: E402
+from ._live import LiveServer
 
 
 class _Comparison:

@@ -10,16 +10,15 @@ import zlib
 import numpy as np
 import pytest
 
-pytest.importorskip("langchain_core", reason="install simdex[langchain]")
-from langchain_core.documents import Document  # noqa: E402
-from langchain_core.embeddings import Embeddings  # noqa: E402
-from langchain_tests.integration_tests import VectorStoreIntegrationTests  # noqa: E402
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
-import simdex  # noqa: E402
-from simdex.integrations.langchain import SimdexVectorStore  # noqa: E402
-from simdex.server.app import create_app  # noqa: E402
+import simdex
+from simdex.integrations.langchain import SimdexVectorStore
+from simdex.server.app import create_app
 
-from ._live import LiveServer  # noqa: E402
+from ._live import LiveServer
 
 
 class TestEmbeddedStore(VectorStoreIntegrationTests):

@@ -10,20 +10,19 @@ import zlib
 import numpy as np
 import pytest
 
-pytest.importorskip("llama_index.core", reason="install simdex[llamaindex]")
-from llama_index.core import Document, StorageContext, VectorStoreIndex  # noqa: E402
-from llama_index.core.embeddings import BaseEmbedding  # noqa: E402
-from llama_index.core.node_parser import SentenceSplitter  # noqa: E402
-from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode  # noqa: E402
-from llama_index.core.vector_stores.types import (FilterCondition, FilterOperator, MetadataFilter,  # noqa: E402
+from llama_index.core import Document, StorageContext, VectorStoreIndex
+from llama_index.core.embeddings import BaseEmbedding
+from llama_index.core.node_parser import SentenceSplitter
+from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+from llama_index.core.vector_stores.types import (FilterCondition, FilterOperator, MetadataFilter,
                                                   MetadataFilters, VectorStoreQuery, VectorStoreQueryMode)
 
-import simdex  # noqa: E402
-from simdex.errors import UnsupportedOperationError  # noqa: E402
-from simdex.integrations.llamaindex import SimdexLlamaVectorStore  # noqa: E402
-from simdex.server.app import create_app  # noqa: E402
+import simdex
+from simdex.errors import UnsupportedOperationError
+from simdex.integrations.llamaindex import SimdexLlamaVectorStore
+from simdex.server.app import create_app
 
-from ._live import LiveServer  # noqa: E402
+from ._live import LiveServer
 
 N = 300
 

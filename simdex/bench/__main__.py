@@ -137,6 +137,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     sets.add_argument("--fp-rate", type=float, default=1e-4)
     sets.add_argument("--no-datasketch", action="store_true")
     sets.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
+    integ = sub.add_parser("integrations", help="the RAG framework stores (LangChain, LlamaIndex, Haystack) against "
+                                                 "Collection.search and langchain-chroma: p50/p99 per query")
+    integ.add_argument("--n-base", type=int, default=20_000)
+    integ.add_argument("--n-queries", type=int, default=1000)
+    integ.add_argument("--k", type=int, default=4, help="results per query (LangChain's default)")
+    integ.add_argument("--stores", default=",".join(("direct", "langchain", "llamaindex", "haystack",
+                                                     "langchain-chroma")))
+    integ.add_argument("--out", default="bench-results")
     ir = sub.add_parser("ir", help="BM25 / dense / hybrid nDCG@10, MAP, R@100 on Cranfield and CACM, and BM25 "
                                    "build time and QPS on gcide, vs bm25s")
     ir.add_argument("--parts", default="effectiveness,speed", help="comma-separated: effectiveness,speed")
@@ -233,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
                                 codecs=tuple(c for c in args.codecs.split(",") if c),
                                 peers=tuple(p for p in args.peers.split(",") if p), nlist=args.nlist, m=args.m)
             _record(qbench, report, args.out, argv)
+        return 0
+    if args.bench == "integrations":
+        from . import integrations as integ_bench
+        report = integ_bench.run(args.n_base, args.n_queries, args.k, tuple(args.stores.split(",")))
+        _record(integ_bench, report, args.out, argv)
         return 0
     if args.bench == "sets":
         from . import sets as sets_bench
