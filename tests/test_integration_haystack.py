@@ -9,7 +9,6 @@ import zlib
 
 import numpy as np
 import pytest
-
 from haystack import Document, Pipeline
 from haystack.document_stores.types import DuplicatePolicy
 from haystack.errors import FilterError

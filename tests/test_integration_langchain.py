@@ -9,7 +9,6 @@ import zlib
 
 import numpy as np
 import pytest
-
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_tests.integration_tests import VectorStoreIntegrationTests

@@ -9,7 +9,6 @@ import zlib
 
 import numpy as np
 import pytest
-
 from llama_index.core import Document, StorageContext, VectorStoreIndex
 from llama_index.core.embeddings import BaseEmbedding
 from llama_index.core.node_parser import SentenceSplitter
