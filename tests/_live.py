@@ -46,3 +46,34 @@ def live_http(app) -> Iterator[httpx.Client]:
     """An HTTP client of ``app`` served by a real uvicorn server (the whole stack, as a client meets it)."""
     with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as http:
         yield http
+
+
+@contextlib.contextmanager
+def local_or_remote(kind: str, path, **options) -> Iterator:
+    """An embedded database at ``path`` (``kind`` "local"), or a ``simdex.Client`` of a live server over one
+    ("remote"): the two sides of the one database API. ``options`` go to ``simdex.connect``."""
+    import simdex
+    from simdex.server.app import create_app
+    from simdex.server.client import Client
+    database = simdex.connect(path, background=False, **options)
+    try:
+        if kind == "local":
+            yield database
+        else:
+            with LiveServer(create_app(database)) as live:
+                yield Client(live.url)
+    finally:
+        database.close()
+
+
+@contextlib.contextmanager
+def served_database(path) -> Iterator[LiveServer]:
+    """A live server over a fresh embedded database at ``path``."""
+    import simdex
+    from simdex.server.app import create_app
+    database = simdex.connect(path, background=False)
+    try:
+        with LiveServer(create_app(database)) as live:
+            yield live
+    finally:
+        database.close()

@@ -63,3 +63,11 @@ def numpy_knn(base: np.ndarray, queries: np.ndarray, k: int, metric: str) -> tup
         d = 1.0 - q @ x.T
     ids = np.argsort(d, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(d, ids, 1), ids
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    """A simdex server over a fresh database, shared by the tests of a module (each uses its own collections)."""
+    from ._live import served_database
+    with served_database(tmp_path_factory.mktemp("served") / "db") as live:
+        yield live

@@ -22,7 +22,7 @@ from simdex.server.client import Client, RemoteCollection
 from simdex.store import Collection, Database
 from simdex.store.api import CollectionAPI, DatabaseAPI
 
-from ._live import LiveServer
+from ._live import LiveServer, local_or_remote
 from .conftest import numpy_knn
 
 
@@ -63,13 +63,8 @@ def _same_hits(a: list[dict], b: list[dict]) -> bool:
 
 @pytest.fixture(params=["local", "remote"])
 def db(request, tmp_path):
-    database = simdex.connect(tmp_path / "db", background=False, embedders={"hash-words": WORDS})
-    if request.param == "local":
+    with local_or_remote(request.param, tmp_path / "db", embedders={"hash-words": WORDS}) as database:
         yield database
-    else:
-        with LiveServer(create_app(database)) as live:
-            yield Client(live.url)
-    database.close()
 
 
 @pytest.fixture(scope="module")

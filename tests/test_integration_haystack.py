@@ -17,9 +17,6 @@ from haystack.testing.document_store import DocumentStoreBaseTests
 import simdex
 from simdex.integrations.haystack import (SimdexBM25Retriever, SimdexDocumentStore,
                                           SimdexEmbeddingRetriever, SimdexHybridRetriever)
-from simdex.server.app import create_app
-
-from ._live import LiveServer
 
 
 class _Comparison:
@@ -53,19 +50,11 @@ class TestEmbeddedStore(_Comparison, DocumentStoreBaseTests):
         store.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    database = simdex.connect(tmp_path_factory.mktemp("served") / "db", background=False)
-    with LiveServer(create_app(database)) as live:
-        yield live
-    database.close()
-
-
 class TestServerStore(_Comparison, DocumentStoreBaseTests):
     @pytest.fixture
-    def document_store(self, server, request):
+    def document_store(self, live_server, request):
         name = f"h{zlib.crc32(request.node.name.encode())}"
-        store = SimdexDocumentStore(url=server.url, collection_name=name, embedding_dim=768)
+        store = SimdexDocumentStore(url=live_server.url, collection_name=name, embedding_dim=768)
         yield store
         store._database.drop_collection(name)
 

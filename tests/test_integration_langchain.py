@@ -15,9 +15,6 @@ from langchain_tests.integration_tests import VectorStoreIntegrationTests
 
 import simdex
 from simdex.integrations.langchain import SimdexVectorStore
-from simdex.server.app import create_app
-
-from ._live import LiveServer
 
 
 class TestEmbeddedStore(VectorStoreIntegrationTests):
@@ -30,19 +27,11 @@ class TestEmbeddedStore(VectorStoreIntegrationTests):
             store.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    database = simdex.connect(tmp_path_factory.mktemp("served") / "db", background=False)
-    with LiveServer(create_app(database)) as live:
-        yield live
-    database.close()
-
-
 class TestServerStore(VectorStoreIntegrationTests):
     @pytest.fixture()
-    def vectorstore(self, server, request):
+    def vectorstore(self, live_server, request):
         name = f"t{zlib.crc32(request.node.name.encode())}"  # a fresh, empty collection per test
-        store = SimdexVectorStore.connect(self.get_embeddings(), url=server.url, collection_name=name)
+        store = SimdexVectorStore.connect(self.get_embeddings(), url=live_server.url, collection_name=name)
         try:
             yield store
         finally:
@@ -72,11 +61,11 @@ def glosses(wordnet_small):
 
 
 @pytest.fixture(params=["embedded", "server"])
-def store_and_data(request, tmp_path, glosses, server):
+def store_and_data(request, tmp_path, glosses, live_server):
     texts, vectors, metas = glosses
     embedding = FixedEmbeddings(texts, vectors)
     where = {"path": str(tmp_path / "db")} if request.param == "embedded" else \
-        {"url": server.url, "collection_name": f"g{zlib.crc32(request.node.name.encode())}"}
+        {"url": live_server.url, "collection_name": f"g{zlib.crc32(request.node.name.encode())}"}
     store = SimdexVectorStore.from_texts(texts, embedding, metas, ids=[f"g{i}" for i in range(len(texts))], **where)
     try:
         yield store, texts, vectors, metas

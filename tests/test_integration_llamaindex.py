@@ -19,9 +19,6 @@ from llama_index.core.vector_stores.types import (FilterCondition, FilterOperato
 import simdex
 from simdex.errors import UnsupportedOperationError
 from simdex.integrations.llamaindex import SimdexLlamaVectorStore
-from simdex.server.app import create_app
-
-from ._live import LiveServer
 
 N = 300
 
@@ -47,20 +44,12 @@ def _nodes(glosses):
     return nodes
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    database = simdex.connect(tmp_path_factory.mktemp("served") / "db", background=False)
-    with LiveServer(create_app(database)) as live:
-        yield live
-    database.close()
-
-
 @pytest.fixture(params=["embedded", "server"])
-def store(request, tmp_path, server):
+def store(request, tmp_path, live_server):
     if request.param == "embedded":
         s = SimdexLlamaVectorStore.connect(path=str(tmp_path / "db"), text=True)
     else:
-        s = SimdexLlamaVectorStore.connect(url=server.url, text=True,
+        s = SimdexLlamaVectorStore.connect(url=live_server.url, text=True,
                                            collection_name=f"c{zlib.crc32(request.node.name.encode())}")
     yield s
     if request.param == "server" and s.client is not None:

@@ -9,12 +9,10 @@ import pytest
 
 import simdex
 from simdex.errors import CollectionExistsError, DuplicateDocumentError, InvalidInputError, InvalidTypeError
-from simdex.server.app import create_app
-from simdex.server.client import Client
 from simdex.sets import Shingler
 from simdex.sets.exact import similarity_join
 
-from ._live import LiveServer
+from ._live import local_or_remote
 from ._sets_data import gcide_texts, perturbed_copies
 
 DIM = 8
@@ -22,13 +20,8 @@ DIM = 8
 
 @pytest.fixture(params=["local", "remote"])
 def db(request, tmp_path):
-    database = simdex.connect(tmp_path / "db", background=False)
-    if request.param == "local":
+    with local_or_remote(request.param, tmp_path / "db") as database:
         yield database
-    else:
-        with LiveServer(create_app(database)) as live:
-            yield Client(live.url)
-    database.close()
 
 
 @pytest.fixture(scope="module")

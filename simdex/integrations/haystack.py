@@ -259,13 +259,28 @@ class SimdexDocumentStore:
         return [self._document(h, self._score(h)) for h in hits]
 
 
-def _store_dict(store: SimdexDocumentStore) -> dict[str, Any]:
-    return store.to_dict()
+class _StoreRetriever:
+    """What the retrievers share: their parameters, and (de)serialisation with their document store."""
+
+    document_store: SimdexDocumentStore
+    _params: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(self, document_store=self.document_store.to_dict(),
+                               **{name: getattr(self, name) for name in self._params})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        data["init_parameters"]["document_store"] = SimdexDocumentStore.from_dict(
+            data["init_parameters"]["document_store"])
+        return default_from_dict(cls, data)
 
 
 @component
-class SimdexEmbeddingRetriever:
+class SimdexEmbeddingRetriever(_StoreRetriever):
     """Retrieves the documents nearest to a query embedding from a :class:`SimdexDocumentStore`."""
+
+    _params = ("filters", "top_k", "return_embedding")
 
     def __init__(self, document_store: SimdexDocumentStore, *, filters: dict[str, Any] | None = None,
                  top_k: int = 10, return_embedding: bool = False) -> None:
@@ -279,20 +294,12 @@ class SimdexEmbeddingRetriever:
             query_embedding, filters=filters or self.filters, top_k=top_k or self.top_k,
             return_embedding=self.return_embedding)}
 
-    def to_dict(self) -> dict[str, Any]:
-        return default_to_dict(self, document_store=_store_dict(self.document_store), filters=self.filters,
-                               top_k=self.top_k, return_embedding=self.return_embedding)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SimdexEmbeddingRetriever:
-        data["init_parameters"]["document_store"] = SimdexDocumentStore.from_dict(
-            data["init_parameters"]["document_store"])
-        return default_from_dict(cls, data)
-
 
 @component
-class SimdexBM25Retriever:
+class SimdexBM25Retriever(_StoreRetriever):
     """Retrieves the documents best matching a query text by BM25 from a :class:`SimdexDocumentStore`."""
+
+    _params = ("filters", "top_k")
 
     def __init__(self, document_store: SimdexDocumentStore, *, filters: dict[str, Any] | None = None,
                  top_k: int = 10) -> None:
@@ -304,21 +311,13 @@ class SimdexBM25Retriever:
         return {"documents": self.document_store.bm25_retrieval(query, filters=filters or self.filters,
                                                                 top_k=top_k or self.top_k)}
 
-    def to_dict(self) -> dict[str, Any]:
-        return default_to_dict(self, document_store=_store_dict(self.document_store), filters=self.filters,
-                               top_k=self.top_k)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SimdexBM25Retriever:
-        data["init_parameters"]["document_store"] = SimdexDocumentStore.from_dict(
-            data["init_parameters"]["document_store"])
-        return default_from_dict(cls, data)
-
 
 @component
-class SimdexHybridRetriever:
+class SimdexHybridRetriever(_StoreRetriever):
     """Retrieves documents by BM25 and by embedding at once, the two lists fused in the database (reciprocal rank
     fusion by default), from a :class:`SimdexDocumentStore`."""
+
+    _params = ("filters", "top_k", "fusion", "alpha")
 
     def __init__(self, document_store: SimdexDocumentStore, *, filters: dict[str, Any] | None = None,
                  top_k: int = 10, fusion: str = "rrf", alpha: float = 0.5) -> None:
@@ -331,16 +330,6 @@ class SimdexHybridRetriever:
         return {"documents": self.document_store.hybrid_retrieval(
             query, query_embedding, filters=filters or self.filters, top_k=top_k or self.top_k,
             fusion=self.fusion, alpha=self.alpha)}
-
-    def to_dict(self) -> dict[str, Any]:
-        return default_to_dict(self, document_store=_store_dict(self.document_store), filters=self.filters,
-                               top_k=self.top_k, fusion=self.fusion, alpha=self.alpha)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SimdexHybridRetriever:
-        data["init_parameters"]["document_store"] = SimdexDocumentStore.from_dict(
-            data["init_parameters"]["document_store"])
-        return default_from_dict(cls, data)
 
 
 @component
