@@ -11,17 +11,17 @@ from .store import Collection, Database, FilterError, connect
 __version__ = "0.1.0"
 
 __all__ = ["FlatIndex", "HNSWIndex", "LabelIndex", "VamanaIndex", "WindowIndex", "BaseIndex", "Index", "load",
-           "connect", "Database", "Collection", "Client", "SimdexError", "InvalidInputError", "InvalidTypeError",
-           "DimensionMismatchError", "DuplicateIdError", "UnknownIdError", "CorruptFileError", "CorruptDatabaseError",
-           "MissingFileError", "UnknownKindError", "UnsupportedOperationError", "AccessDeniedError",
-           "CollectionExistsError", "CollectionNotFoundError", "DatabaseLockedError", "ReadOnlyError", "StorageError",
-           "FilterError", "warmup", "__version__"]
+           "connect", "Database", "Collection", "Client", "AsyncClient", "SimdexError", "InvalidInputError",
+           "InvalidTypeError", "DimensionMismatchError", "DuplicateIdError", "UnknownIdError", "CorruptFileError",
+           "CorruptDatabaseError", "MissingFileError", "UnknownKindError", "UnsupportedOperationError",
+           "AccessDeniedError", "CollectionExistsError", "CollectionNotFoundError", "DatabaseLockedError",
+           "ReadOnlyError", "StorageError", "FilterError", "warmup", "__version__"]
 
 
 def __getattr__(name: str):
-    if name == "Client":  # the HTTP client is light, but keep `import simdex` free of networking imports
-        from .server.client import Client
-        return Client
+    if name in ("Client", "AsyncClient"):  # light, but keep `import simdex` free of networking imports
+        from .server import client
+        return getattr(client, name)
     if name == "warmup":
         from ._warmup import warmup
         return warmup

@@ -5,6 +5,7 @@ embedded database and once through simdex.Client against a live server; plus wha
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 import numpy as np
@@ -140,3 +141,27 @@ def test_collection_embedder_receives_text(tmp_path):
         assert store.max_marginal_relevance_search("wet road", k=1)[0].id == "cars"
         with pytest.raises(simdex.InvalidInputError, match="no embedder"):
             SimdexVectorStore(db.create_collection("plain", 8))
+
+
+async def test_remote_async_methods_are_async_http(live_server, glosses, monkeypatch):
+    """Over a server the async methods send their own requests (simdex.AsyncClient), never the sync client's
+    (which would block the event loop); many run at once."""
+    texts, vectors, metas = glosses
+    store = SimdexVectorStore.connect(FixedEmbeddings(texts, vectors), url=live_server.url, collection_name="aio",
+                                      dim=vectors.shape[1])
+
+    def blocking(*args, **kwargs):
+        raise AssertionError("an async method called the synchronous client")
+
+    for verb in ("upsert", "search", "get", "delete"):
+        monkeypatch.setattr(store.collection, verb, blocking)
+    assert await store.aadd_texts(texts[:50], metas[:50], ids=[f"g{i}" for i in range(50)]) == \
+        [f"g{i}" for i in range(50)]
+    found = await asyncio.gather(*(store.asimilarity_search(texts[i], k=1) for i in range(20)))
+    assert [docs[0].id for docs in found] == [f"g{i}" for i in range(20)]
+    (doc, distance), = await store.asimilarity_search_with_score(texts[3], k=1, filter={"pos": metas[3]["pos"]})
+    assert doc.id == "g3" and doc.metadata == metas[3] and distance == pytest.approx(0, abs=1e-5)
+    assert (await store.asimilarity_search_by_vector(vectors[4].tolist(), k=1))[0].id == "g4"
+    assert [d.id for d in await store.aget_by_ids(["g7", "nope", "g1"])] == ["g7", "g1"]
+    await store.adelete(["g7", "nope"])
+    assert await store.aget_by_ids(["g7"]) == []

@@ -9,11 +9,13 @@ Records are ``(id, vector, metadata, document)``: a LangChain ``Document`` is th
 given, by the collection's own embedder (then only text crosses to the collection). ``filter`` is a simdex ``where``
 (``{"pos": "noun"}``, ``{"year": {"$gte": 2020}}``, ...). Scores of ``similarity_search_with_score`` are simdex
 distances (smaller is closer); ``similarity_search_with_relevance_scores`` turns them into [0, 1]. Re-adding an id
-overwrites its record. The async methods run the sync ones on a worker thread (LangChain's default).
+overwrites its record. Async methods: over a server they are real async HTTP (:class:`simdex.AsyncClient`); in
+process they run the sync ones on a worker thread (LangChain's default).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -55,6 +57,7 @@ class SimdexVectorStore(VectorStore):
         self.collection = collection
         self._embedding = embedding
         self._owner = owner  # a database connect() opened, let go of by close()
+        self._aio: tuple[Any, Any] | None = None  # (event loop, the collection through AsyncClient)
         stats = collection.stats()
         self.metric: str = stats["metric"]
         if embedding is None and stats.get("embedder") is None:
@@ -116,21 +119,25 @@ class SimdexVectorStore(VectorStore):
         the same id. Returns the ids."""
         return self._add(list(texts), metadatas, ids, None, **kwargs)
 
-    def _add(self, texts: list[str], metadatas: list[dict] | None, ids: list[str] | None,
-             vectors: np.ndarray | None, **kwargs: Any) -> list[str]:
-        if ids is None:
-            ids = [str(uuid.uuid4()) for _ in texts]
-        else:
-            ids = [str(uuid.uuid4()) if i is None else i for i in ids]
+    @staticmethod
+    def _records(texts: list[str], metadatas: list[dict] | None, ids: list[str] | None
+                 ) -> tuple[list[str], list[dict] | None]:
+        """The ids (new UUIDs where missing) and metadata copies of a batch, checked for one of each per text."""
+        ids = [str(uuid.uuid4()) for _ in texts] if ids is None else [str(uuid.uuid4()) if i is None else i
+                                                                      for i in ids]
         if len(ids) != len(texts) or (metadatas is not None and len(metadatas) != len(texts)):
             raise InvalidInputError(f"got {len(texts)} texts, {len(ids)} ids and "
                                     f"{'no' if metadatas is None else len(metadatas)} metadatas: one each per text")
+        return ids, None if metadatas is None else [dict(m) for m in metadatas]
+
+    def _add(self, texts: list[str], metadatas: list[dict] | None, ids: list[str] | None,
+             vectors: np.ndarray | None, **kwargs: Any) -> list[str]:
+        ids, metadatas = self._records(texts, metadatas, ids)
         if not texts:
             return []
         if vectors is None and self._embedding is not None:
             vectors = np.asarray(self._embedding.embed_documents(texts), np.float32)
-        self.collection.upsert(ids, vectors, [dict(m) for m in metadatas] if metadatas is not None else None,
-                               texts, **kwargs)
+        self.collection.upsert(ids, vectors, metadatas, texts, **kwargs)
         return ids
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
@@ -211,3 +218,76 @@ class SimdexVectorStore(VectorStore):
             raise InvalidInputError("max_marginal_relevance_search over a remote collection without a LangChain "
                                     "Embeddings needs a vector: use max_marginal_relevance_search_by_vector")
         return self.max_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter, **kwargs)
+
+    # ---- async: real async HTTP over a server ----------------------------------------------------------------------
+    def _async_collection(self) -> Any:
+        """The collection through :class:`simdex.AsyncClient` when it is remote (one per event loop: an HTTP pool
+        belongs to the loop it was made in); None in process."""
+        from ..server.client import AsyncClient, RemoteCollection
+        if not isinstance(self.collection, RemoteCollection):
+            return None
+        loop = asyncio.get_running_loop()
+        if self._aio is None or self._aio[0] is not loop:
+            client = self.collection._client
+            self._aio = (loop, AsyncClient(client.url, client.api_key, client.timeout).collection(
+                self.collection.name))
+        return self._aio[1]
+
+    async def aadd_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *,
+                         ids: list[str] | None = None, **kwargs: Any) -> list[str]:
+        remote = self._async_collection()
+        if remote is None:
+            return await super().aadd_texts(texts, metadatas, ids=ids, **kwargs)
+        texts = list(texts)
+        ids, metadatas = self._records(texts, metadatas, ids)
+        if not texts:
+            return []
+        vectors = None if self._embedding is None else \
+            np.asarray(await self._embedding.aembed_documents(texts), np.float32)
+        await remote.upsert(ids, vectors, metadatas, texts, **kwargs)
+        return ids
+
+    async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        remote = self._async_collection()
+        if remote is None:
+            return await super().adelete(ids, **kwargs)
+        if ids is None and "where" not in kwargs:
+            raise InvalidInputError("delete needs ids (or where=...)")
+        await remote.delete(ids, kwargs.get("where"), missing_ok=True)
+        return True
+
+    async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        remote = self._async_collection()
+        if remote is None:
+            return await super().aget_by_ids(ids)
+        return [self._document(r) for r in await remote.get(list(ids), include=["metadatas", "documents"])]
+
+    async def _asearch(self, remote: Any, query: str | None, vector: Any, k: int, filter: dict | None,
+                       **kwargs: Any) -> list[dict[str, Any]]:
+        if vector is None and self._embedding is not None:
+            vector = await self._embedding.aembed_query(query)
+        if vector is None:
+            return await remote.search(text=query, k=k, where=filter, include=_INCLUDE, mode="dense", **kwargs)
+        return await remote.search(np.asarray(vector, np.float32), k=k, where=filter, include=_INCLUDE, **kwargs)
+
+    async def asimilarity_search(self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
+                                 ) -> list[Document]:
+        remote = self._async_collection()
+        if remote is None:
+            return await super().asimilarity_search(query, k, filter=filter, **kwargs)
+        return [self._document(h) for h in await self._asearch(remote, query, None, k, filter, **kwargs)]
+
+    async def asimilarity_search_with_score(self, query: str, k: int = 4, filter: dict | None = None,
+                                            **kwargs: Any) -> list[tuple[Document, float]]:
+        remote = self._async_collection()
+        if remote is None:
+            return await super().asimilarity_search_with_score(query, k, filter=filter, **kwargs)
+        return [(self._document(h), float(h["distance"]))
+                for h in await self._asearch(remote, query, None, k, filter, **kwargs)]
+
+    async def asimilarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
+                                           **kwargs: Any) -> list[Document]:
+        remote = self._async_collection()
+        if remote is None:
+            return await super().asimilarity_search_by_vector(embedding, k, filter=filter, **kwargs)
+        return [self._document(h) for h in await self._asearch(remote, None, embedding, k, filter, **kwargs)]

@@ -13,6 +13,7 @@ import json
 import threading
 import urllib.parse
 import warnings
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,52 @@ def _vectors_field(vectors: Any, single: bool = False) -> dict[str, Any]:
     return {"vectors_base64": base64.b64encode(arr.astype("<f4").tobytes()).decode("ascii")}
 
 
+def _encode_body(body: Any) -> bytes | None:
+    try:
+        return None if body is None else json.dumps(body, default=_plain).encode()
+    except ValueError as exc:  # a circular reference; _NotJSON passes through
+        if isinstance(exc, _NotJSON):
+            raise
+        raise _NotJSON(f"the request holds a value JSON cannot encode ({exc})") from None
+
+
+def _headers(has_body: bool, api_key: str | None) -> dict[str, str]:
+    headers = {"Accept": "application/json"}
+    if has_body:
+        headers["Content-Type"] = "application/json"
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def _reply(status: int, raw: bytes) -> Any:
+    """The JSON of a response, or the exception the embedded API would have raised for it."""
+    if status < 400:
+        return json.loads(raw or b"null")
+    try:
+        err = json.loads(raw)["error"]
+        kind, message = err["type"], err["message"]
+    except (ValueError, KeyError, TypeError):
+        err, kind, message = {}, "HTTPError", raw.decode(errors="replace")[:500]
+    cls = getattr(errors, kind, None)
+    if cls is errors.StorageError:  # 507: the disk is full on the server (503: another storage failure)
+        raise errors.StorageError(message, errno=errno.ENOSPC if status == 507 else None)
+    if cls is errors.DuplicateDocumentError:
+        raise cls(message, err.get("duplicates"))
+    if isinstance(cls, type) and issubclass(cls, errors.SimdexError):
+        raise cls(message)
+    if status in (401, 403):
+        raise errors.AccessDeniedError(f"{status}: {message}")
+    raise errors.SimdexError(f"HTTP {status} {kind}: {message}")
+
+
+def _check_url(url: str) -> urllib.parse.SplitResult:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise errors.InvalidInputError(f"url must look like http://host:port; got {url!r}")
+    return parsed
+
+
 class Client(DatabaseAPI):
     """Connect to a ``simdex serve`` server at ``url`` (e.g. ``http://127.0.0.1:8000``).
 
@@ -71,9 +118,7 @@ class Client(DatabaseAPI):
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
         self.url = url.rstrip("/")
-        parsed = urllib.parse.urlsplit(self.url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise errors.InvalidInputError(f"url must look like http://host:port; got {url!r}")
+        parsed = _check_url(self.url)
         self._https = parsed.scheme == "https"
         self._host, self._port = parsed.hostname, parsed.port
         self._prefix = parsed.path.rstrip("/")
@@ -92,17 +137,8 @@ class Client(DatabaseAPI):
         return conn
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            data = None if body is None else json.dumps(body, default=_plain).encode()
-        except ValueError as exc:  # a circular reference; _NotJSON passes through
-            if isinstance(exc, _NotJSON):
-                raise
-            raise _NotJSON(f"the request holds a value JSON cannot encode ({exc})") from None
-        headers = {"Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = _encode_body(body)
+        headers = _headers(data is not None, self.api_key)
         for attempt in (0, 1):
             conn = self._connection(fresh=attempt > 0)
             try:
@@ -115,23 +151,7 @@ class Client(DatabaseAPI):
                 # the server closed an idle keep-alive connection: reconnect once
                 if attempt:
                     raise
-        if resp.status < 400:
-            return json.loads(raw or b"null")
-        try:
-            err = json.loads(raw)["error"]
-            kind, message = err["type"], err["message"]
-        except (ValueError, KeyError, TypeError):
-            kind, message = "HTTPError", raw.decode(errors="replace")[:500]
-        cls = getattr(errors, kind, None)
-        if cls is errors.StorageError:  # 507: the disk is full on the server (503: another storage failure)
-            raise errors.StorageError(message, errno=errno.ENOSPC if resp.status == 507 else None)
-        if cls is errors.DuplicateDocumentError:
-            raise cls(message, err.get("duplicates"))
-        if isinstance(cls, type) and issubclass(cls, errors.SimdexError):
-            raise cls(message)
-        if resp.status in (401, 403):
-            raise errors.AccessDeniedError(f"{resp.status}: {message}")
-        raise errors.SimdexError(f"HTTP {resp.status} {kind}: {message}")
+        return _reply(resp.status, raw)
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/healthz")
@@ -160,28 +180,50 @@ class Client(DatabaseAPI):
         self._request("DELETE", f"{API}/collections/{urllib.parse.quote(name, safe='')}")
 
 
-class RemoteCollection(CollectionAPI):
-    """The :class:`~simdex.store.api.CollectionAPI` of one collection on a server."""
+def _drive(steps: Generator[tuple[str, str, Any], Any, Any], request: Callable[..., Any]) -> Any:
+    """Run a verb's request steps (a generator yielding ``(method, path, body)`` and receiving each reply, or the
+    exception the request raised) with the synchronous ``request``."""
+    try:
+        call = next(steps)
+        while True:
+            try:
+                reply = request(*call)
+            except Exception as exc:
+                call = steps.throw(exc)
+            else:
+                call = steps.send(reply)
+    except StopIteration as done:
+        return done.value
 
-    def __init__(self, client: Client, name: str) -> None:
-        self._client = client
-        self.name = name
-        self._base = f"{API}/collections/{urllib.parse.quote(name, safe='')}"
 
-    def _post(self, verb: str, body: dict[str, Any]) -> Any:
-        return self._client._request("POST", f"{self._base}/{verb}", body)
+async def _adrive(steps: Generator[tuple[str, str, Any], Any, Any], request: Callable[..., Any]) -> Any:
+    """:func:`_drive` with an async ``request``."""
+    try:
+        call = next(steps)
+        while True:
+            try:
+                reply = await request(*call)
+            except Exception as exc:
+                call = steps.throw(exc)
+            else:
+                call = steps.send(reply)
+    except StopIteration as done:
+        return done.value
 
-    def _search(self, body: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        reply = self._post("search", body)
-        for note in reply.get("warnings") or ():
-            warnings.warn(errors.TruncatedTextWarning(note), stacklevel=3)
-        return reply["results"]
 
-    def stats(self) -> dict[str, Any]:
-        return self._client._request("GET", self._base)
+class _Steps:
+    """The HTTP requests of each collection verb, written once as generators (see :func:`_drive`): the
+    synchronous :class:`RemoteCollection` and the asynchronous :class:`AsyncRemoteCollection` run the same ones."""
 
-    def upsert(self, ids: Any, vectors: Any = None, metadatas: Any = None, documents: Any = None, *,
-               max_batch: int | None = None) -> int:
+    _base: str
+
+    def _stats(self):
+        return (yield "GET", self._base, None)
+
+    def _count(self):
+        return (yield "GET", f"{self._base}/count", None)["count"]
+
+    def _upsert(self, ids: Any, vectors: Any, metadatas: Any, documents: Any, max_batch: int | None):
         ids = [ids] if isinstance(ids, str) else list(ids) if isinstance(ids, (list, tuple)) else ids
         if max_batch is not None and isinstance(ids, list) and len(ids) > max_batch:
             raise errors.InvalidInputError(f"a batch holds at most {max_batch} records; got {len(ids)}")
@@ -189,31 +231,33 @@ class RemoteCollection(CollectionAPI):
         if vectors is not None:
             body.update(_vectors_field(vectors))
         try:
-            return self._post("upsert", body)["upserted"]
+            return (yield "POST", f"{self._base}/upsert", body)["upserted"]
         except _NotJSON as exc:  # nothing was sent: say where, as the embedded API does
             where = _json_path(metadatas, "metadatas")
             raise errors.InvalidTypeError(f"{where} has {exc}" if where else str(exc)) from None
 
-    def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
-            include: Any = None) -> list[dict[str, Any]]:
-        return self._post("get", {"ids": ids, "where": where, "limit": limit, "offset": offset,
-                                  "include": include})["records"]
+    def _get(self, ids: Any, where: Any, limit: int | None, offset: int, include: Any):
+        return (yield "POST", f"{self._base}/get", {"ids": ids, "where": where, "limit": limit, "offset": offset,
+                                                     "include": include})["records"]
 
-    def delete(self, ids: Any = None, where: Any = None, *, missing_ok: bool = False) -> int:
-        return self._post("delete", {"ids": ids, "where": where, "missing_ok": missing_ok})["deleted"]
+    def _delete(self, ids: Any, where: Any, missing_ok: bool):
+        return (yield "POST", f"{self._base}/delete", {"ids": ids, "where": where,
+                                                        "missing_ok": missing_ok})["deleted"]
 
-    def count(self) -> int:
-        return self._client._request("GET", f"{self._base}/count")["count"]
+    def _results(self, body: dict[str, Any]):
+        reply = yield "POST", f"{self._base}/search", body
+        for note in reply.get("warnings") or ():
+            warnings.warn(errors.TruncatedTextWarning(note), stacklevel=4)
+        return reply["results"]
 
-    def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
-               ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
-               alpha: float = 0.5, norm: str = "minmax", depth: int | None = None) -> list[dict[str, Any]]:
+    def _search(self, vector: Any, k: int, where: Any, include: Any, ef: int | None, text: str | None,
+                mode: str | None, fusion: str, alpha: float, norm: str, depth: int | None):
         body = {"k": k, "where": where, "include": include, "ef": ef, "mode": mode}
         if text is not None:
             body.update({"text": text, "fusion": fusion, "alpha": alpha, "norm": norm, "depth": depth})
             if vector is not None:
                 body["vector"] = np.asarray(vector, np.float32).reshape(-1).tolist()
-            return self._search(body)[0]
+            return (yield from self._results(body))[0]
         if vector is None:
             raise errors.InvalidInputError("search needs a vector, a text, or both")
         if np.ndim(vector) == 2 and np.shape(vector)[0] != 1:
@@ -221,24 +265,150 @@ class RemoteCollection(CollectionAPI):
                                            f"(use search_batch)")
         if np.ndim(vector) == 2:
             vector = np.asarray(vector)[0]
-        return self._search({**_vectors_field(vector, single=True), **body})[0]
+        return (yield from self._results({**_vectors_field(vector, single=True), **body}))[0]
 
-    def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
-                     ef: int | None = None, *, texts: Any = None, mode: str | None = None, fusion: str = "rrf",
-                     alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
-                     ) -> list[list[dict[str, Any]]]:
+    def _search_batch(self, vectors: Any, k: int, where: Any, include: Any, ef: int | None, texts: Any,
+                      mode: str | None, fusion: str, alpha: float, norm: str, depth: int | None):
         body = {"k": k, "where": where, "include": include, "ef": ef, "mode": mode}
         if texts is not None:
             if vectors is not None:
                 raise errors.InvalidInputError("give vectors or texts, not both")
             texts = check_texts(texts, "texts")
-            return self._search({**body, "texts": texts, "fusion": fusion, "alpha": alpha, "norm": norm,
-                                 "depth": depth})
+            return (yield from self._results({**body, "texts": texts, "fusion": fusion, "alpha": alpha,
+                                              "norm": norm, "depth": depth}))
         if vectors is None:
             raise errors.InvalidInputError("search_batch needs vectors or texts")
-        return self._search({**_vectors_field(vectors), **body})
+        return (yield from self._results({**_vectors_field(vectors), **body}))
+
+    def _search_by_id(self, ids: Any, k: int, where: Any, include: Any, ef: int | None):
+        return (yield from self._results({"query_ids": [ids] if isinstance(ids, str) else ids, "k": k,
+                                          "where": where, "include": include, "ef": ef}))
+
+
+class RemoteCollection(_Steps, CollectionAPI):
+    """The :class:`~simdex.store.api.CollectionAPI` of one collection on a server."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._client = client
+        self.name = name
+        self._base = f"{API}/collections/{urllib.parse.quote(name, safe='')}"
+
+    def _run(self, steps: Generator[tuple[str, str, Any], Any, Any]) -> Any:
+        return _drive(steps, self._client._request)
+
+    def stats(self) -> dict[str, Any]:
+        return self._run(self._stats())
+
+    def upsert(self, ids: Any, vectors: Any = None, metadatas: Any = None, documents: Any = None, *,
+               max_batch: int | None = None) -> int:
+        return self._run(self._upsert(ids, vectors, metadatas, documents, max_batch))
+
+    def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
+            include: Any = None) -> list[dict[str, Any]]:
+        return self._run(self._get(ids, where, limit, offset, include))
+
+    def delete(self, ids: Any = None, where: Any = None, *, missing_ok: bool = False) -> int:
+        return self._run(self._delete(ids, where, missing_ok))
+
+    def count(self) -> int:
+        return self._run(self._count())
+
+    def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
+               ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
+               alpha: float = 0.5, norm: str = "minmax", depth: int | None = None) -> list[dict[str, Any]]:
+        return self._run(self._search(vector, k, where, include, ef, text, mode, fusion, alpha, norm, depth))
+
+    def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
+                     ef: int | None = None, *, texts: Any = None, mode: str | None = None, fusion: str = "rrf",
+                     alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
+                     ) -> list[list[dict[str, Any]]]:
+        return self._run(self._search_batch(vectors, k, where, include, ef, texts, mode, fusion, alpha, norm,
+                                            depth))
 
     def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None) -> list[list[dict[str, Any]]]:
-        return self._search({"query_ids": [ids] if isinstance(ids, str) else ids, "k": k, "where": where,
-                             "include": include, "ef": ef})
+        return self._run(self._search_by_id(ids, k, where, include, ef))
+
+class AsyncClient:
+    """The async twin of :class:`Client` (``await`` every call; needs ``httpx``): ``get_collection`` /
+    ``create_collection`` give an :class:`AsyncRemoteCollection`, whose verbs are the :class:`RemoteCollection`
+    ones as coroutines. One connection pool per client; ``await client.aclose()`` when done (or ``async with``)."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
+        try:
+            import httpx
+        except ImportError:
+            raise ImportError("simdex.AsyncClient needs httpx: pip install httpx (or simdex[langchain])") from None
+        self.url = url.rstrip("/")
+        _check_url(self.url)
+        self.api_key = api_key
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+
+    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        data = _encode_body(body)
+        resp = await self._http.request(method, path, content=data, headers=_headers(data is not None,
+                                                                                      self.api_key))
+        return _reply(resp.status_code, resp.content)
+
+    async def list_collections(self) -> list[str]:
+        return [c["name"] for c in (await self._request("GET", f"{API}/collections"))["collections"]]
+
+    async def get_collection(self, name: str) -> AsyncRemoteCollection:
+        await self._request("GET", f"{API}/collections/{urllib.parse.quote(name, safe='')}")
+        return AsyncRemoteCollection(self, name)
+
+    def collection(self, name: str) -> AsyncRemoteCollection:
+        """The collection ``name`` without asking the server whether it exists (the first call will)."""
+        return AsyncRemoteCollection(self, name)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+
+class AsyncRemoteCollection(_Steps):
+    """One collection on a server, its verbs as coroutines (the same requests as :class:`RemoteCollection`)."""
+
+    def __init__(self, client: AsyncClient, name: str) -> None:
+        self._client = client
+        self.name = name
+        self._base = f"{API}/collections/{urllib.parse.quote(name, safe='')}"
+
+    async def _run(self, steps: Generator[tuple[str, str, Any], Any, Any]) -> Any:
+        return await _adrive(steps, self._client._request)
+
+    async def stats(self) -> dict[str, Any]:
+        return await self._run(self._stats())
+
+    async def count(self) -> int:
+        return await self._run(self._count())
+
+    async def upsert(self, ids: Any, vectors: Any = None, metadatas: Any = None, documents: Any = None, *,
+                     max_batch: int | None = None) -> int:
+        return await self._run(self._upsert(ids, vectors, metadatas, documents, max_batch))
+
+    async def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
+                  include: Any = None) -> list[dict[str, Any]]:
+        return await self._run(self._get(ids, where, limit, offset, include))
+
+    async def delete(self, ids: Any = None, where: Any = None, *, missing_ok: bool = False) -> int:
+        return await self._run(self._delete(ids, where, missing_ok))
+
+    async def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
+                     ef: int | None = None, *, text: str | None = None, mode: str | None = None,
+                     fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
+                     ) -> list[dict[str, Any]]:
+        return await self._run(self._search(vector, k, where, include, ef, text, mode, fusion, alpha, norm,
+                                            depth))
+
+    async def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
+                           ef: int | None = None, *, texts: Any = None, mode: str | None = None,
+                           fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax",
+                           depth: int | None = None) -> list[list[dict[str, Any]]]:
+        return await self._run(self._search_batch(vectors, k, where, include, ef, texts, mode, fusion, alpha,
+                                                  norm, depth))
