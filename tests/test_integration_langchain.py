@@ -127,6 +127,10 @@ def test_get_delete_and_bad_input_change_nothing(store_and_data):
     assert store.collection.count() == count and store.get_by_ids(["bad"]) == []
     store.delete(["g3", "not-there"])
     assert store.get_by_ids(["g3"]) == [] and store.collection.count() == count - 1
+    store.delete(where={"pos": "verb"})
+    assert store.collection.count() == count - 1 - sum(m["pos"] == "verb" for i, m in enumerate(metas) if i != 3)
+    store.delete()  # LangChain's "ids=None deletes all"
+    assert store.collection.count() == 0
 
 
 def test_collection_embedder_receives_text(tmp_path):

@@ -141,11 +141,15 @@ class SimdexVectorStore(VectorStore):
         return ids
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        """Delete the records ``ids`` (unknown ones are ignored); ``where=`` deletes by filter."""
-        if ids is None and "where" not in kwargs:
-            raise InvalidInputError("delete needs ids (or where=...)")
-        self.collection.delete(ids, kwargs.get("where"), missing_ok=True)
+        """Delete the records ``ids`` (unknown ones are ignored), those matching ``where=``, or, with neither,
+        every record (LangChain's convention)."""
+        self.collection.delete(ids, self._delete_where(ids, kwargs), missing_ok=True)
         return True
+
+    @staticmethod
+    def _delete_where(ids: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        where = kwargs.get("where")
+        return {} if ids is None and where is None else where
 
     # ---- reads ---------------------------------------------------------------------------------------------------
     @staticmethod
@@ -251,9 +255,7 @@ class SimdexVectorStore(VectorStore):
         remote = self._async_collection()
         if remote is None:
             return await super().adelete(ids, **kwargs)
-        if ids is None and "where" not in kwargs:
-            raise InvalidInputError("delete needs ids (or where=...)")
-        await remote.delete(ids, kwargs.get("where"), missing_ok=True)
+        await remote.delete(ids, self._delete_where(ids, kwargs), missing_ok=True)
         return True
 
     async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
