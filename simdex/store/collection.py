@@ -358,14 +358,16 @@ class Collection(Durable, CollectionAPI):
         rows = self._meta.fetch(found.tolist()) if found.size else {}
         vectors = self._vectors.vectors_of(found) if "embeddings" in include and found.size else None
         vec_of = {} if vectors is None else dict(zip(found.tolist(), vectors))
+        metas = dict(zip(rows, rec.decode_metadatas([row[1] for row in rows.values()]))) \
+            if "metadatas" in include else {}
         with_value = key != "distance" or "distances" in include
         out = []
         for r in range(rids.shape[0]):
             hits = []
             for v, rid in zip(values[r].tolist(), rids[r].tolist()):
                 if rid >= 0 and rid in rows:
-                    id_, meta, doc = rows[rid]
-                    hits.append(rec.hit_record(id_, meta, doc, include, vec_of.get(rid),
+                    id_, _, doc = rows[rid]
+                    hits.append(rec.hit_record(id_, metas.get(rid, "{}"), doc, include, vec_of.get(rid),
                                                v if with_value else None, key))
             out.append(hits)
         return out
