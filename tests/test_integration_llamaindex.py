@@ -5,6 +5,7 @@ and run VectorStoreIndex.from_documents(...) -> as_retriever().retrieve(...) end
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 import numpy as np
@@ -183,3 +184,28 @@ def test_vector_store_index_end_to_end(tmp_path, glosses):
     index.delete_ref_doc("gloss9")
     assert all(h.node.ref_doc_id != "gloss9" for h in index.as_retriever(similarity_top_k=5).retrieve(texts[9]))
     store.close()
+
+
+async def test_remote_async_methods_are_async_http(live_server, glosses, monkeypatch):
+    """Over a server, async_add / aquery / aget_nodes / adelete send their own requests (simdex.AsyncClient),
+    never the synchronous client's."""
+    texts, vectors, _ = glosses
+    store = SimdexLlamaVectorStore.connect(url=live_server.url, collection_name="aio", text=True)
+    nodes = _nodes(glosses)
+    store.add(nodes[:3])  # creates the collection (synchronously, once)
+
+    def blocking(*args, **kwargs):
+        raise AssertionError("an async method called the synchronous client")
+
+    for verb in ("upsert", "search", "get", "delete"):
+        monkeypatch.setattr(store.client, verb, blocking)
+    assert await store.async_add(nodes[3:]) == [f"n{i}" for i in range(3, N)]
+    results = await asyncio.gather(*(store.aquery(VectorStoreQuery(query_embedding=vectors[i].tolist(),
+                                                                   similarity_top_k=1)) for i in range(10)))
+    assert [r.ids[0] for r in results] == [f"n{i}" for i in range(10)]
+    text = await store.aquery(VectorStoreQuery(query_str=texts[8], similarity_top_k=1,
+                                               mode=VectorStoreQueryMode.TEXT_SEARCH))
+    assert text.ids == ["n8"]
+    assert [n.node_id for n in await store.aget_nodes(["n4", "n1"])] == ["n4", "n1"]
+    await store.adelete("doc1")  # n3, n4, n5
+    assert [n.node_id for n in await store.aget_nodes(["n3", "n4", "n6"])] == ["n6"]

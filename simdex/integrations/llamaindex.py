@@ -12,11 +12,13 @@ exist (its dimension that of the nodes' embeddings). ``MetadataFilters`` become 
 ``>``, ``>=``, ``<``, ``<=``, ``in``, ``nin`` and ``is_empty`` (absent or null), combined by ``and``, ``or`` and
 ``not``; the other operators raise :class:`~simdex.errors.UnsupportedOperationError` naming the operator. Query
 modes: ``default`` (vector), ``hybrid`` (vector and BM25 fused; the collection needs ``text=True``) and
-``text_search`` (BM25 alone).
+``text_search`` (BM25 alone). Over a server, ``async_add``, ``aquery``, ``adelete`` and ``aget_nodes`` are real
+async HTTP (:class:`simdex.AsyncClient`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,6 +118,7 @@ class SimdexLlamaVectorStore(BasePydanticVectorStore):
     _database: Any = PrivateAttr()
     _collection: Any = PrivateAttr(default=None)
     _create_options: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _aio: Any = PrivateAttr(default=None)  # (event loop, the collection through AsyncClient)
 
     def __init__(self, database: Any, collection_name: str = "llamaindex", metric: str = "cosine",
                  **create_options: Any) -> None:
@@ -152,6 +155,12 @@ class SimdexLlamaVectorStore(BasePydanticVectorStore):
         """Store ``nodes`` (each with its embedding); a node id already stored is replaced. Returns the ids."""
         if not nodes:
             return []
+        records = self._records(nodes)
+        self._collection.upsert(*records)
+        return records[0]
+
+    def _records(self, nodes: Sequence[BaseNode]) -> tuple[list[str], np.ndarray, list[dict], list[str]]:
+        """(ids, vectors, metadatas, texts) of ``nodes``; creates the collection on the first call."""
         missing = [n.node_id for n in nodes if n.embedding is None]
         if missing:
             raise InvalidInputError(f"node {missing[0]!r} has no embedding ({len(missing)} node(s) without one); "
@@ -162,9 +171,7 @@ class SimdexLlamaVectorStore(BasePydanticVectorStore):
                                                                        self.metric, **self._create_options)
         metadatas = [node_to_metadata_dict(n, remove_text=True, flat_metadata=self.flat_metadata) for n in nodes]
         texts = [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
-        ids = [n.node_id for n in nodes]
-        self._collection.upsert(ids, vectors, metadatas, texts)
-        return ids
+        return [n.node_id for n in nodes], vectors, metadatas, texts
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete every node of the source document ``ref_doc_id``."""
@@ -207,33 +214,87 @@ class SimdexLlamaVectorStore(BasePydanticVectorStore):
                                             "filter on metadata (or on doc_ids) instead")
         if self._collection is None:
             return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        search = self._search_keywords(query)
+        return self._result(self._collection.search(**search, **kwargs), search)
+
+    def _search_keywords(self, query: VectorStoreQuery) -> dict[str, Any]:
+        """The ``Collection.search`` keywords of ``query``."""
         where = filters_to_where(query.filters)
         if query.doc_ids:
             docs = {"ref_doc_id": {"$in": list(query.doc_ids)}}
             where = docs if where is None else {"$and": [where, docs]}
-        k = query.similarity_top_k
-        include = ["metadatas", "documents", "distances"]
+        out: dict[str, Any] = {"k": query.similarity_top_k, "where": where,
+                               "include": ["metadatas", "documents", "distances"]}
         mode = VectorStoreQueryMode(query.mode)
         if mode == VectorStoreQueryMode.DEFAULT:
             if query.query_embedding is None:
                 raise InvalidInputError("a default-mode query needs query_embedding")
-            hits = self._collection.search(np.asarray(query.query_embedding, np.float32), k=k, where=where,
-                                           include=include, **kwargs)
-            similarities = [1.0 - h["distance"] for h in hits]
+            out["vector"] = np.asarray(query.query_embedding, np.float32)
         elif mode in (VectorStoreQueryMode.HYBRID, VectorStoreQueryMode.TEXT_SEARCH):
             if not query.query_str:
                 raise InvalidInputError(f"a {mode.value} query needs query_str")
-            vector = None
+            out.update(text=query.query_str, mode="hybrid" if mode == VectorStoreQueryMode.HYBRID else "bm25")
             if mode == VectorStoreQueryMode.HYBRID and query.query_embedding is not None:
-                vector = np.asarray(query.query_embedding, np.float32)
-            options: dict[str, Any] = {"mode": "hybrid" if mode == VectorStoreQueryMode.HYBRID else "bm25"}
+                out["vector"] = np.asarray(query.query_embedding, np.float32)
             if query.alpha is not None and mode == VectorStoreQueryMode.HYBRID:
-                options.update(fusion="linear", alpha=float(query.alpha))
-            hits = self._collection.search(vector, k=k, where=where, include=include, text=query.query_str,
-                                           **options, **kwargs)
-            similarities = [h["score"] for h in hits]
+                out.update(fusion="linear", alpha=float(query.alpha))
         else:
             raise UnsupportedOperationError(f"query mode {mode.value!r} is not supported by the simdex store; use "
                                             f"default, hybrid or text_search")
+        return out
+
+    def _result(self, hits: list[dict[str, Any]], search: dict[str, Any]) -> VectorStoreQueryResult:
+        similarities = [h["score"] for h in hits] if "text" in search else [1.0 - h["distance"] for h in hits]
         return VectorStoreQueryResult(nodes=[self._node(h) for h in hits], similarities=similarities,
                                       ids=[h["id"] for h in hits])
+
+    # ---- async: real async HTTP over a server ----------------------------------------------------------------------
+    def _async_collection(self) -> Any:
+        """The collection through :class:`simdex.AsyncClient` when the store is on a server and the collection
+        exists (one per event loop); None otherwise."""
+        from ..server.client import AsyncClient, Client
+        if not isinstance(self._database, Client) or self._collection is None:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._aio is None or self._aio[0] is not loop:
+            client = self._database
+            self._aio = (loop, AsyncClient(client.url, client.api_key, client.timeout).collection(
+                self.collection_name))
+        return self._aio[1]
+
+    async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
+        """:meth:`add`; over a server the write is an async request (creating the collection, the first time,
+        is not)."""
+        if not nodes:
+            return []
+        records = self._records(nodes)
+        remote = self._async_collection()
+        if remote is None:
+            self._collection.upsert(*records)
+        else:
+            await remote.upsert(*records)
+        return records[0]
+
+    async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        remote = self._async_collection()
+        if remote is None:
+            return self.query(query, **kwargs)
+        if query.node_ids:
+            return self.query(query)  # raises, saying why
+        search = self._search_keywords(query)
+        return self._result(await remote.search(**search, **kwargs), search)
+
+    async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        remote = self._async_collection()
+        if remote is None:
+            self.delete(ref_doc_id, **delete_kwargs)
+        else:
+            await remote.delete(where={"ref_doc_id": ref_doc_id})
+
+    async def aget_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
+                         ) -> list[BaseNode]:
+        remote = self._async_collection()
+        if remote is None:
+            return self.get_nodes(node_ids, filters)
+        records = await remote.get(node_ids, filters_to_where(filters), include=["metadatas", "documents"])
+        return [self._node(r) for r in records]
