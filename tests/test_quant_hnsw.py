@@ -22,8 +22,10 @@ def recall(ds, ids):
     return datasets.recall_at_k(ids, ds.ground_truth, 10, ds.base, ds.queries, ds.metric)
 
 
+# ef 80: the float graph reaches recall@10 0.95-0.96 at ef 64 on this slice (seeds 0-2), too near the 0.95 asked of
+# the re-ranked codes for a test that must not depend on the build's luck
 @pytest.mark.parametrize("codec,rerank_from,ef,min_recall", [
-    ("lvq8", "vectors", 64, 0.95), ("int8", "vectors", 64, 0.95), ("lvq4", "vectors", 64, 0.9),
+    ("lvq8", "vectors", 80, 0.95), ("int8", "vectors", 80, 0.95), ("lvq4", "vectors", 64, 0.9),
     ("lvq4x8", "residual", 64, 0.9), ("lvq8", "none", 64, 0.93)])
 def test_recall_vs_brute_force(wordnet_20k, graph, codec, rerank_from, ef, min_recall):
     ds = wordnet_20k

@@ -51,7 +51,7 @@ def ivf_flat_recall(wordnet_20k):
     # exact scanning of the probed lists finds every true neighbour that lies in them: recall is at least the
     # share of the true neighbours that the 16 nearest lists hold, computed here from the index's own lists
     list_of_id = np.empty(len(index), np.int64)
-    list_of_id[index._slots] = np.repeat(np.arange(index.nlist), np.diff(index._offsets))  # ids are the slots here
+    list_of_id[index._idmap.slot_ids[index._slots]] = np.repeat(np.arange(index.nlist), np.diff(index._offsets))
     q = ds.queries / np.linalg.norm(ds.queries, axis=1, keepdims=True)  # as search prepares them
     probes = np.argsort(pairwise("cosine", q, index.centroids), axis=1)[:, :16]
     truth = ds.ground_truth[:, :10]
@@ -124,11 +124,11 @@ def test_probed_lists_are_the_nearest(wordnet_20k, ivfpq, nprobe):
     np.testing.assert_array_equal(probe_d, np.sort(coarse, axis=1)[:, :nprobe])
     np.testing.assert_array_equal(np.take_along_axis(coarse, probes, 1), probe_d)
     assert all(np.unique(row).size == nprobe for row in probes)
-    # and a search with that nprobe returns only vectors of those lists (ids are slots here: nothing removed)
+    # and a search with that nprobe returns only vectors of those lists
     _, ids = ivfpq.search(wordnet_20k.queries[:200], 10, nprobe=nprobe, rerank=0)
-    offsets, slots = ivfpq._offsets, ivfpq._slots
+    offsets, members_ids = ivfpq._offsets, ivfpq._idmap.slot_ids[ivfpq._slots]
     for row, found in zip(probes, ids):
-        members = np.concatenate([slots[offsets[lst]:offsets[lst + 1]] for lst in row])
+        members = np.concatenate([members_ids[offsets[lst]:offsets[lst + 1]] for lst in row])
         assert np.isin(found[found >= 0], members).all()
 
 

@@ -26,6 +26,7 @@ from ..core.scorer import Vectors
 from ..metrics import to_public
 from . import _hnsw_kernels as K
 from ..core.exact import exact_knn_subset
+from .calibration import RecallCalibrated, calibrating
 
 # Batches of parallel insertion grow with the graph (a batch never exceeds this fraction of the nodes already
 # linked, so each new point still sees a graph much larger than its batch) and are capped so the brute-force
@@ -38,7 +39,7 @@ _BATCH_FRACTION = 0.05
 _REBUILD_FRACTION = 0.5
 
 
-class HNSWIndex(Index):
+class HNSWIndex(RecallCalibrated, Index):
     """Approximate k-NN on a layered proximity graph.
 
     Parameters
@@ -131,6 +132,11 @@ class HNSWIndex(Index):
         if need_up > self._links_up.shape[0]:
             self._links_up = self._grow_to(self._links_up, max(need_up, int(self._links_up.shape[0] * 1.5)))
 
+    def _reserve_rows(self, n: int) -> None:
+        with self._write_lock:
+            self._materialize()
+            self._reserve(n, 0)
+
     @staticmethod
     def _grow_to(arr: np.ndarray, rows: int) -> np.ndarray:
         out = np.zeros((rows,) + arr.shape[1:], arr.dtype)  # zeros: saved files hold no stale bytes
@@ -138,6 +144,7 @@ class HNSWIndex(Index):
         return out
 
     # ---- add -----------------------------------------------------------------------------------------------------
+    @calibrating
     def add(self, vectors: Any, ids: Any = None, *, threads: int | None = None,
             progress: bool | None = None) -> np.ndarray:
         """Insert vectors (n, dim); returns their ids (int64). ``ids`` default to the next free integers.
@@ -234,7 +241,7 @@ class HNSWIndex(Index):
 
     # ---- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, ef: int | None = None, filter: Any = None,
-               threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               threads: int | None = None, target_recall: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Approximate k nearest neighbours of each query.
 
         Parameters
@@ -248,12 +255,16 @@ class HNSWIndex(Index):
             otherwise the graph is traversed through all nodes and only allowed ones are collected.
         threads : int, optional
             Threads for the batch (default: all).
+        target_recall : float in (0, 1], optional
+            Instead of ``ef``: the recall@k wanted; ef is read from the index's recall curve (measured on self-
+            queries the first time, :mod:`simdex.dense.calibration`).
 
         Returns
         -------
         distances : float32 (nq, k), ascending; ids : int64 (nq, k). Missing results are (inf, -1).
         """
         q, k, allowed, threads = self._check_search(queries, k, filter, threads)
+        ef = self._effort_for(target_recall, k, ef)
         ef = max(k, self.ef_search if ef is None else check_positive_int(ef, "ef", maximum=MAX_RESULTS))
         nq = q.shape[0]
         out_d = np.empty((nq, k), np.float32)
@@ -462,6 +473,7 @@ class HNSWIndex(Index):
                 "deleted": self._n_deleted, "consolidated": self._consolidated}
         arrays = {"vectors": self._vectors[:n], "links0": self._links0[:n], "links_up": self._links_up[:self._n_up],
                   "up_offset": self._up_offset[:n], "levels": self._levels[:n], "deleted": self._deleted[:n]}
+        meta.update(self._calibration_meta())
         return meta, arrays
 
     @classmethod
@@ -484,6 +496,7 @@ class HNSWIndex(Index):
         index._entry, index._max_level = int(meta["entry"]), int(meta["max_level"])
         index._n_deleted = meta_int(meta, "deleted")
         index._consolidated = meta_int(meta, "consolidated")
+        index._restore_calibration(meta)
         return index
 
     def _check_loaded(self) -> None:

@@ -44,6 +44,7 @@ from ..core.scorer import Vectors
 from ..metrics import to_public
 from . import _vamana_kernels as K
 from ..core.exact import exact_knn_subset
+from .calibration import RecallCalibrated, calibrating
 
 # Batches of parallel insertion: as in HNSWIndex, a batch is a small fraction of the nodes already linked so that
 # every new point still sees a graph much larger than its batch.
@@ -91,7 +92,7 @@ class _SlotMap(IdMap):
         self.slot_ids, self._sorted_ids, self._sorted_slots = slot_ids, sorted_ids, sorted_slots
 
 
-class VamanaIndex(Index):
+class VamanaIndex(RecallCalibrated, Index):
     """Approximate k-NN on a Vamana graph (DiskANN) with FreshDiskANN inserts, deletes and consolidation.
 
     Parameters
@@ -122,6 +123,8 @@ class VamanaIndex(Index):
     Memory per vector: ``4 * dim`` (float32 vector) ``+ 4 * (ceil(1.3 R) + 1)`` (out-list) ``+ 9`` (state, id) ``+ 16``
     (id index).
     """
+
+    _effort_param = "L"
 
     kind = "VamanaIndex"
     _volatile_arrays = ("vectors", "adj", "state")
@@ -206,6 +209,11 @@ class VamanaIndex(Index):
         if not self._idmap.slot_ids.flags.writeable:
             self._idmap.slot_ids = np.array(self._idmap.slot_ids)
 
+    def _reserve_rows(self, n: int) -> None:
+        with self._graph_lock, self._write_lock:
+            self._materialize()
+            self._reserve(n)
+
     def _reserve(self, rows: int) -> None:
         """Make room for ``rows`` more slots: new, larger arrays, filled and then published in one step."""
         g = self._g
@@ -252,6 +260,7 @@ class VamanaIndex(Index):
         return np.sort(np.concatenate(ready)) if ready else np.empty(0, np.int64)
 
     # ---- add -----------------------------------------------------------------------------------------------------
+    @calibrating
     def add(self, vectors: Any, ids: Any = None, *, threads: int | None = None,
             progress: bool | None = None) -> np.ndarray:
         """Insert vectors (n, dim); returns their ids (int64). ``ids`` default to the next free integers.
@@ -364,7 +373,8 @@ class VamanaIndex(Index):
 
     # ---- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, L: int | None = None, filter: Any = None,
-               threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               threads: int | None = None, target_recall: float | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Approximate k nearest neighbours of each query; safe to call while other threads add and remove.
 
         Parameters
@@ -378,12 +388,16 @@ class VamanaIndex(Index):
             traversed through all nodes and only allowed ones are collected.
         threads : int, optional
             Threads for the batch (default: all).
+        target_recall : float in (0, 1], optional
+            Instead of ``L``: the recall@k wanted, L read from the index's recall curve
+            (:mod:`simdex.dense.calibration`).
 
         Returns
         -------
         distances : float32 (nq, k), ascending; ids : int64 (nq, k). Missing results are (inf, -1).
         """
         q, k, _, threads = self._check_search(queries, k, None, threads)
+        L = self._effort_for(target_recall, k, L)
         L = max(k, self.L_search if L is None else check_positive_int(L, "L", maximum=MAX_RESULTS))
         epoch = self._enter()
         try:
@@ -616,6 +630,7 @@ class VamanaIndex(Index):
                 "seed": self.seed, "consolidate_threshold": self.consolidate_threshold, "count": n,
                 "entry": g.entry, "deleted": self._n_deleted}
         arrays = {"vectors": g.vectors[:n], "adj": g.adj[:n], "state": g.state[:n]}
+        meta.update(self._calibration_meta())
         return meta, arrays
 
     @classmethod
@@ -634,6 +649,7 @@ class VamanaIndex(Index):
             raise CorruptFileError(f"bad value for 'entry' in file header: {entry!r}")
         index._set_loaded_arrays(arrays, n, entry)
         index._n_deleted = meta_int(meta, "deleted")
+        index._restore_calibration(meta)
         return index
 
     @classmethod

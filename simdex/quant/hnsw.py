@@ -216,7 +216,7 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
 
     # ---- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, ef: int | None = None, rerank: int | None = None, filter: Any = None,
-               threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               threads: int | None = None, target_recall: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Approximate k nearest neighbours of each query.
 
         Parameters
@@ -230,6 +230,8 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
         filter : bool array indexed by id, or array of ids, optional
             Only these ids may be returned (exact search over them when they are few).
         threads : int, optional
+        target_recall : float in (0, 1], optional
+            Instead of ``ef``: the recall@k wanted (see :class:`~simdex.dense.HNSWIndex`).
 
         Returns
         -------
@@ -237,6 +239,7 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
         are exact with ``rerank_from="vectors"``.
         """
         q, k, allowed, threads = self._check_search(queries, k, filter, threads)
+        ef = self._effort_for(target_recall, k, ef)
         ef = max(k, self.ef_search if ef is None else check_positive_int(ef, "ef", maximum=MAX_RESULTS))
         n_rerank = max(k, self.rerank if rerank is None else check_positive_int(rerank, "rerank",
                                                                                 maximum=MAX_RESULTS))

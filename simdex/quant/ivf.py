@@ -31,6 +31,7 @@ from ..metrics import IP, METRIC_CODES, pairwise, to_public
 from ..core.exact import exact_knn_subset
 from ..core.lists import scan_lists, select_probes
 from ..core.scorer import Vectors
+from ..dense.calibration import RecallCalibrated, calibrating
 from ._kmeans import kmeans
 from ._scorers import AffineCodes, BinaryCodes, IVFPQCodes
 from ._storage import disk_array
@@ -48,7 +49,7 @@ _MAX_LISTS = 1 << 24  # far above any useful nlist; bounds the list offsets allo
 # even at 32); beyond it argpartition wins
 _SELECT_PROBES_MAX = 32
 
-class IVFIndex(Index):
+class IVFIndex(RecallCalibrated, Index):
     """Inverted-file index over codes.
 
     Parameters
@@ -71,6 +72,12 @@ class IVFIndex(Index):
     then the codec on the residuals (k-means on up to ``256 * nlist``). Memory in RAM per vector: ``code_size + 4``
     (slot) plus ids, with the float32 vectors on disk.
     """
+
+    _effort_param = "nprobe"
+
+    def _effort_grid(self, k: int) -> list[int]:
+        return sorted({min(self.nlist, p) for p in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+                                                    768, 1024)} | {self.nlist})
 
     kind = "IVFIndex"
     _volatile_arrays = ("deleted",)
@@ -210,6 +217,7 @@ class IVFIndex(Index):
         return assign(x, cent)[0]
 
     # ---- add -----------------------------------------------------------------------------------------------------
+    @calibrating
     def add(self, vectors: Any, ids: Any = None, *, threads: int | None = None,
             progress: bool | None = None) -> np.ndarray:
         """Add vectors (n, dim); returns their ids. The first add trains the index if :meth:`train` was not
@@ -263,13 +271,16 @@ class IVFIndex(Index):
 
     # ---- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, nprobe: int | None = None, rerank: int | None = None,
-               filter: Any = None, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate k nearest neighbours: scan the ``nprobe`` nearest lists.
+               filter: Any = None, threads: int | None = None, target_recall: float | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate k nearest neighbours: scan the ``nprobe`` nearest lists (or as many as the recall@k
+        ``target_recall`` needs, read from the index's recall curve: :mod:`simdex.dense.calibration`).
 
         Returns distances float32 (nq, k) ascending (exact when re-ranked, else code distances) and ids int64
         (nq, k), padded with (inf, -1).
         """
         q, k, allowed, threads = self._check_search(queries, k, filter, threads)
+        nprobe = self._effort_for(target_recall, k, nprobe)
         nprobe = min(self.nlist, self.nprobe if nprobe is None else check_positive_int(nprobe, "nprobe"))
         rerank = self.rerank if rerank is None else check_positive_int(rerank, "rerank", minimum=0,
                                                                        maximum=MAX_RESULTS)
@@ -435,6 +446,7 @@ class IVFIndex(Index):
         codec_meta, codec_arrays = self.codec.state()
         meta["codec"] = codec_meta
         arrays.update({f"codec.{name}": arr for name, arr in codec_arrays.items()})
+        meta.update(self._calibration_meta())
         return meta, arrays
 
     @classmethod
@@ -469,6 +481,7 @@ class IVFIndex(Index):
         index.trained_rows = meta_int(meta, "trained_rows") if "trained_rows" in meta else n
         if trained:
             index._precompute()
+        index._restore_calibration(meta)
         return index
 
     def _check_loaded(self) -> None:

@@ -128,6 +128,8 @@ class Search(_Strict):
     where: dict[str, Any] | None = None
     include: list[str] | None = None
     ef: int | None = Field(None, ge=1)
+    target_recall: float | None = Field(None, description="instead of ef: the recall@k wanted, in (0, 1]; the "
+                                                          "index picks its search breadth by its recall curve")
     text: str | None = Field(None, description="a text query: embedded (collections with an embedder), BM25 "
                                                "(collections created with text=true), or both fused (see mode); "
                                                "with vector: hybrid search")
@@ -292,7 +294,7 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
     def search(name: str, body: Search) -> dict[str, Any]:
         col = collection(name)
         options = {"mode": body.mode, "fusion": body.fusion, "alpha": body.alpha, "norm": body.norm,
-                   "depth": body.depth}
+                   "depth": body.depth, "target_recall": body.target_recall}
         given = [x is not None for x in (body.vector, body.vectors, body.vectors_base64, body.query_ids, body.text,
                                          body.texts)]
         if body.text is not None:
@@ -321,7 +323,8 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
                 raise errors.InvalidInputError(f"at most {max_batch} queries per request")
         else:
             queries = [body.vector] if body.vector is not None else body.vectors
-        results = col.search_batch(queries, body.k, body.where, body.include, body.ef, mode=body.mode)
+        results = col.search_batch(queries, body.k, body.where, body.include, body.ef, mode=body.mode,
+                                   target_recall=body.target_recall)
         return _json({"results": results, "warnings": []})
 
     return app

@@ -251,8 +251,9 @@ class _Steps:
         return reply["results"]
 
     def _search(self, vector: Any, k: int, where: Any, include: Any, ef: int | None, text: str | None,
-                mode: str | None, fusion: str, alpha: float, norm: str, depth: int | None):
-        body = {"k": k, "where": where, "include": include, "ef": ef, "mode": mode}
+                mode: str | None, fusion: str, alpha: float, norm: str, depth: int | None,
+                target_recall: float | None):
+        body = {"k": k, "where": where, "include": include, "ef": ef, "mode": mode, "target_recall": target_recall}
         if text is not None:
             body.update({"text": text, "fusion": fusion, "alpha": alpha, "norm": norm, "depth": depth})
             if vector is not None:
@@ -268,8 +269,9 @@ class _Steps:
         return (yield from self._results({**_vectors_field(vector, single=True), **body}))[0]
 
     def _search_batch(self, vectors: Any, k: int, where: Any, include: Any, ef: int | None, texts: Any,
-                      mode: str | None, fusion: str, alpha: float, norm: str, depth: int | None):
-        body = {"k": k, "where": where, "include": include, "ef": ef, "mode": mode}
+                      mode: str | None, fusion: str, alpha: float, norm: str, depth: int | None,
+                      target_recall: float | None):
+        body = {"k": k, "where": where, "include": include, "ef": ef, "mode": mode, "target_recall": target_recall}
         if texts is not None:
             if vectors is not None:
                 raise errors.InvalidInputError("give vectors or texts, not both")
@@ -315,15 +317,17 @@ class RemoteCollection(_Steps, CollectionAPI):
 
     def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
                ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
-               alpha: float = 0.5, norm: str = "minmax", depth: int | None = None) -> list[dict[str, Any]]:
-        return self._run(self._search(vector, k, where, include, ef, text, mode, fusion, alpha, norm, depth))
+               alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
+               target_recall: float | None = None) -> list[dict[str, Any]]:
+        return self._run(self._search(vector, k, where, include, ef, text, mode, fusion, alpha, norm, depth,
+                                      target_recall))
 
     def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None, *, texts: Any = None, mode: str | None = None, fusion: str = "rrf",
-                     alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
-                     ) -> list[list[dict[str, Any]]]:
+                     alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
+                     target_recall: float | None = None) -> list[list[dict[str, Any]]]:
         return self._run(self._search_batch(vectors, k, where, include, ef, texts, mode, fusion, alpha, norm,
-                                            depth))
+                                            depth, target_recall))
 
     def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None) -> list[list[dict[str, Any]]]:
@@ -401,14 +405,15 @@ class AsyncRemoteCollection(_Steps):
 
     async def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None, *, text: str | None = None, mode: str | None = None,
-                     fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
-                     ) -> list[dict[str, Any]]:
+                     fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
+                     target_recall: float | None = None) -> list[dict[str, Any]]:
         return await self._run(self._search(vector, k, where, include, ef, text, mode, fusion, alpha, norm,
-                                            depth))
+                                            depth, target_recall))
 
     async def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                            ef: int | None = None, *, texts: Any = None, mode: str | None = None,
                            fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax",
-                           depth: int | None = None) -> list[list[dict[str, Any]]]:
+                           depth: int | None = None, target_recall: float | None = None
+                           ) -> list[list[dict[str, Any]]]:
         return await self._run(self._search_batch(vectors, k, where, include, ef, texts, mode, fusion, alpha,
-                                                  norm, depth))
+                                                  norm, depth, target_recall))

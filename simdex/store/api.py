@@ -60,7 +60,8 @@ class CollectionAPI(ABC):
     @abstractmethod
     def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
                ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
-               alpha: float = 0.5, norm: str = "minmax", depth: int | None = None) -> list[dict[str, Any]]:
+               alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
+               target_recall: float | None = None) -> list[dict[str, Any]]:
         """The k best records for one query, best first.
 
         - ``vector`` (dim,): nearest neighbours; hits carry ``distance``.
@@ -73,13 +74,16 @@ class CollectionAPI(ABC):
         - A query text longer than the embedder's limit is truncated, with a ``TruncatedTextWarning``.
         - ``ef``: the search breadth of the collection's index (HNSW's candidate list, a Vamana graph's L; the
           lists an ivf-pq collection probes); larger finds more of the true neighbours, slower.
+        - ``target_recall`` (in (0, 1]) instead of ``ef``: the index picks the breadth that reaches that recall@k
+          by its recall curve, measured when it was built on vectors held out for it
+          (:mod:`simdex.dense.calibration`; not for spann collections).
         """
 
     @abstractmethod
     def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None, *, texts: Any = None, mode: str | None = None, fusion: str = "rrf",
-                     alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
-                     ) -> list[list[dict[str, Any]]]:
+                     alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
+                     target_recall: float | None = None) -> list[list[dict[str, Any]]]:
         """:meth:`search` for each row of ``vectors`` (nq, dim), or for each of ``texts`` (list of str)."""
 
     @abstractmethod

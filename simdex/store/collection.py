@@ -285,17 +285,18 @@ class Collection(Durable, CollectionAPI):
 
     def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
                ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
-               alpha: float = 0.5, norm: str = "minmax", depth: int | None = None) -> list[dict[str, Any]]:
+               alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
+               target_recall: float | None = None) -> list[dict[str, Any]]:
         """See :meth:`CollectionAPI.search`."""
         hits, notes = self.search_with_notes(vector, k, where, include, ef, text=text, mode=mode, fusion=fusion,
-                                             alpha=alpha, norm=norm, depth=depth)
+                                             alpha=alpha, norm=norm, depth=depth, target_recall=target_recall)
         warn_truncated(notes)
         return hits
 
     def search_with_notes(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
                           ef: int | None = None, *, text: str | None = None, mode: str | None = None,
-                          fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
-                          ) -> tuple[list[dict[str, Any]], list[str]]:
+                          fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
+                          target_recall: float | None = None) -> tuple[list[dict[str, Any]], list[str]]:
         """:meth:`search`, returning the warnings (truncated query text) instead of issuing them: the server puts
         them in its response."""
         self._check_readable()
@@ -310,7 +311,7 @@ class Collection(Durable, CollectionAPI):
                 arr = arr.reshape(1, -1)
             if arr.ndim != 2 or arr.shape[0] != 1:
                 raise InvalidInputError(f"search takes one vector; got shape {arr.shape} (use search_batch)")
-            return self.search_batch(arr, k, where, include, ef)[0], notes
+            return self.search_batch(arr, k, where, include, ef, target_recall=target_recall)[0], notes
         from ..sparse.fusion import FUSIONS, NORMS, fuse
         if not isinstance(text, str):
             raise InvalidTypeError(f"text must be a str; got {type(text).__name__}")
@@ -331,12 +332,12 @@ class Collection(Durable, CollectionAPI):
         elif mode in ("dense", "hybrid"):
             q = self._queries(self._embedding.queries([text], notes), "embedded query")
         if mode == "dense":
-            return self.search_batch(q, k, where, include, ef)[0], notes
+            return self.search_batch(q, k, where, include, ef, target_recall=target_recall)[0], notes
         with self._rw.read():
             allowed = None if where is None else self._allowed(where)
             ids, scores = self._text_candidates(text, k if mode == "bm25" else depth, allowed)
             if mode == "hybrid":
-                dist, drids = self._vectors.search(q, depth, allowed, ef, 1)
+                dist, drids = self._vectors.search(q, depth, allowed, ef, 1, target_recall)
                 keep = drids[0] >= 0
                 ids, scores = fuse((drids[0][keep], -dist[0][keep].astype(np.float64)), (ids, scores), k,
                                    fusion=fusion, alpha=alpha, norm=norm)
@@ -374,18 +375,20 @@ class Collection(Durable, CollectionAPI):
 
     def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None, *, texts: Any = None, mode: str | None = None, fusion: str = "rrf",
-                     alpha: float = 0.5, norm: str = "minmax", depth: int | None = None
-                     ) -> list[list[dict[str, Any]]]:
+                     alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
+                     target_recall: float | None = None) -> list[list[dict[str, Any]]]:
         """See :meth:`CollectionAPI.search_batch`."""
         hits, notes = self.search_batch_with_notes(vectors, k, where, include, ef, texts=texts, mode=mode,
-                                                   fusion=fusion, alpha=alpha, norm=norm, depth=depth)
+                                                   fusion=fusion, alpha=alpha, norm=norm, depth=depth,
+                                                   target_recall=target_recall)
         warn_truncated(notes)
         return hits
 
     def search_batch_with_notes(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                                 ef: int | None = None, *, texts: Any = None, mode: str | None = None,
                                 fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax",
-                                depth: int | None = None) -> tuple[list[list[dict[str, Any]]], list[str]]:
+                                depth: int | None = None, target_recall: float | None = None
+                                ) -> tuple[list[list[dict[str, Any]]], list[str]]:
         """:meth:`search_batch`, returning the warnings instead of issuing them."""
         self._check_readable()
         notes: list[str] = []
@@ -397,7 +400,8 @@ class Collection(Durable, CollectionAPI):
                 out = []
                 for text in texts:
                     hits, more = self.search_with_notes(None, k, where, include, ef, text=text, mode=mode,
-                                                        fusion=fusion, alpha=alpha, norm=norm, depth=depth)
+                                                        fusion=fusion, alpha=alpha, norm=norm, depth=depth,
+                                                        target_recall=target_recall)
                     out.append(hits)
                     notes.extend(more)
                 return out, notes
@@ -416,11 +420,16 @@ class Collection(Durable, CollectionAPI):
                                   self.label_field if self._label_side else None)
             graph = self._label_side.graph_for(arg) if how == "label" else None
             if how == "window":
+                if target_recall is not None:
+                    raise InvalidInputError("target_recall does not apply to a range filter on the window field "
+                                            "(the window index keeps no recall curve); give ef")
                 dist, rids = self._window_side.search(q, k, arg, ef, threads)
             elif graph is not None:
-                dist, rids = graph.search(q, min(k, len(graph)), ef=ef, threads=threads)
+                dist, rids = graph.search(q, min(k, len(graph)), ef=ef, threads=threads,
+                                          target_recall=target_recall)
             else:
-                dist, rids = self._vectors.search(q, k, None if where is None else self._allowed(where), ef, threads)
+                dist, rids = self._vectors.search(q, k, None if where is None else self._allowed(where), ef, threads,
+                                                  target_recall)
             if rids.shape[1] == 0:
                 return [[] for _ in range(q.shape[0])], notes
             return self._hits(rids, dist, include, "distance"), notes

@@ -33,6 +33,8 @@ class MainKind(NamedTuple):
     breadth: str = "ef"
     trained: bool = False
     rebuilds: bool = False
+    # whether the index keeps recall curves, so that a search may ask for a target recall instead of an effort
+    calibrated: bool = True
     # consolidate by building a fresh graph, not by repairing the old one (HNSWIndex.consolidate(rebuild=True))
     fresh_consolidation: bool = False
 
@@ -59,7 +61,7 @@ MAIN_INDEXES: dict[str, MainKind] = {
     # SPANN (posting lists of LVQ codes in a file, vectors in a file): built once, so new rows wait in the
     # growing segment and a merge builds a new index from every row (an LSM store's compaction)
     "spann": MainKind("simdex.store.buildonce:SPANNMain", {}, SPANN_PARAMS, breadth="nprobe", trained=True,
-                      rebuilds=True),
+                      rebuilds=True, calibrated=False),
 }
 INDEX_KINDS = (*MAIN_INDEXES, "flat")
 TRAINED_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.trained)

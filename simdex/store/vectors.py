@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from .._validate import already_checked
+from ..dense.calibration import check_target_recall
+from ..errors import InvalidInputError
 from ..dense import FlatIndex
 from . import buildonce
 from .config import MAIN_INDEXES, TRAINED_KINDS, new_main_index, retrain
@@ -76,10 +78,18 @@ class RecordVectors(SideIndex):
         return out
 
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None, ef: int | None,
-               threads: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, rids), (nq, <= k) each, nearest first, -1 rids for no hit."""
+               threads: int | None, target_recall: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, rids), (nq, <= k) each, nearest first, -1 rids for no hit. ``target_recall`` instead of
+        ``ef``: the main index picks its effort (the growing segment is searched exactly anyway)."""
+        if target_recall is not None:
+            check_target_recall(target_recall)
+            if ef is not None:
+                raise InvalidInputError("give ef or target_recall, not both")
+            if self.index_kind in MAIN_INDEXES and not MAIN_INDEXES[self.index_kind].calibrated:
+                raise InvalidInputError(f"a {self.index_kind} collection does not search by target_recall (its "
+                                        f"index has no recall curve); give ef")
         with already_checked(q):  # by the collection
-            parts = self._search_parts(q, k, allowed, ef, threads)
+            parts = self._search_parts(q, k, allowed, ef, threads, target_recall)
         if not parts:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
         if len(parts) == 1:  # everything indexed (or nothing yet): already the k nearest, in order
@@ -90,13 +100,15 @@ class RecordVectors(SideIndex):
         return np.take_along_axis(dist, order, 1), np.take_along_axis(rids, order, 1)
 
     def _search_parts(self, q: np.ndarray, k: int, allowed: np.ndarray | None, ef: int | None,
-                      threads: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+                      threads: int | None, target_recall: float | None) -> list[tuple[np.ndarray, np.ndarray]]:
         parts = []
         if allowed is None or allowed.any():
             main = self.main
             if main is not None and len(main):
                 kk = min(k, len(main))
-                options = {} if ef is None else {MAIN_INDEXES[self.index_kind].breadth: ef}
+                options: dict[str, Any] = {} if ef is None else {MAIN_INDEXES[self.index_kind].breadth: ef}
+                if target_recall is not None:
+                    options["target_recall"] = target_recall
                 if getattr(main, "rerank", 0):  # an index over codes: the distances it returns are exact
                     options["rerank"] = max(kk, main.rerank)
                 parts.append(main.search(q, kk, filter=allowed, threads=threads, **options))
