@@ -8,8 +8,9 @@ too. A target recall then maps to the smallest effort whose measured recall, les
 it, interpolated between grid points (the curve of the nearest measured k). Held-out queries matter: a vector
 already in a graph finds itself and the neighbours it was linked to, which made self-queries promise recall 0.97
 where real queries got 0.48 (GloVe, HNSW, ef 10). A target above what the index reaches at any effort (codes
-without re-ranking) gets the largest effort measured. The curves are saved with the index; :meth:`RecallCalibrated.info` reports them, and
-:meth:`RecallCalibrated.calibrate` measures them again on queries the caller gives.
+without re-ranking) gets the largest effort measured. The curves are saved with the index;
+:meth:`RecallCalibrated.info` reports them, and :meth:`RecallCalibrated.calibrate` measures them again on queries
+the caller gives.
 """
 
 from __future__ import annotations
