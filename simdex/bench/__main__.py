@@ -137,6 +137,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     sets.add_argument("--fp-rate", type=float, default=1e-4)
     sets.add_argument("--no-datasketch", action="store_true")
     sets.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
+    tr = sub.add_parser("target-recall", help="search(target_recall=t): the recall reached on real queries")
+    tr.add_argument("--dataset", action="append", choices=sorted(datasets.DATASETS),
+                    help="data set (repeatable; default: fashion-mnist-784, wordnet-minilm-384, glove-50)")
+    tr.add_argument("--index", default="hnsw,vamana,ivf-pq", help="comma-separated: hnsw, vamana, ivf-pq")
+    tr.add_argument("--n-queries", type=int, default=1000)
+    tr.add_argument("--out", default="bench-results")
     integ = sub.add_parser("integrations", help="the RAG framework stores (LangChain, LlamaIndex, Haystack) against "
                                                  "Collection.search and langchain-chroma: p50/p99 per query")
     integ.add_argument("--n-base", type=int, default=20_000)
@@ -241,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                                 codecs=tuple(c for c in args.codecs.split(",") if c),
                                 peers=tuple(p for p in args.peers.split(",") if p), nlist=args.nlist, m=args.m)
             _record(qbench, report, args.out, argv)
+        return 0
+    if args.bench == "target-recall":
+        from . import target_recall as tr_bench
+        names = tuple(args.dataset or ("fashion-mnist-784", "wordnet-minilm-384", "glove-50"))
+        report = tr_bench.run(names, tuple(args.index.split(",")), args.n_queries)
+        _record(tr_bench, report, args.out, argv)
         return 0
     if args.bench == "integrations":
         from . import integrations as integ_bench
