@@ -50,8 +50,8 @@ def run(names: tuple[str, ...], kinds: tuple[str, ...], n_queries: int = 1000,
             for target in targets:
                 _, ids = index.search(queries, 10, target_recall=target)
                 recall = datasets.recall_at_k(ids, truth, 10, base, queries, data.metric)
-                row["points"].append({"target": target, "effort": curve.effort_for(target), "recall": recall,
-                                      "met": target - 0.01 <= recall <= target + 0.02})
+                row["points"].append({"target": target, "effort": curve.effort_for(target), "recall": float(recall),
+                                      "met": bool(target - 0.01 <= recall <= target + 0.02)})
             report["results"].append(row)
             print(format_row(row), flush=True)
     return report
