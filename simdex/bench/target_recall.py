@@ -20,15 +20,16 @@ from .. import datasets
 TARGETS = (0.9, 0.95, 0.99)
 
 
-def _index(kind: str, dim: int, metric: str) -> Any:
+def _index(kind: str, dim: int, metric: str, rows: int) -> Any:
     from ..dense import HNSWIndex, VamanaIndex
     from ..quant import IVFIndex
+    from ..store.config import sized_params
     if kind == "hnsw":
         return HNSWIndex(dim, metric, M=16, ef_construction=200)
     if kind == "vamana":
         return VamanaIndex(dim, metric, R=32, L_build=64)
-    if kind == "ivf-pq":
-        return IVFIndex(dim, metric, nlist=1024, rerank=100)
+    if kind == "ivf-pq":  # as an ivf-pq collection of this size has it (PQ codes, the best 100 re-ranked)
+        return IVFIndex(dim, metric, vectors="memory", **sized_params("ivf-pq", {}, rows))
     raise ValueError(f"unknown index kind {kind!r}")
 
 
@@ -40,7 +41,7 @@ def run(names: tuple[str, ...], kinds: tuple[str, ...], n_queries: int = 1000,
         base, queries = np.ascontiguousarray(data.base), np.ascontiguousarray(data.queries[:n_queries])
         truth = data.ground_truth[:n_queries]
         for kind in kinds:
-            index = _index(kind, base.shape[1], data.metric)
+            index = _index(kind, base.shape[1], data.metric, base.shape[0])
             t = time.perf_counter()
             index.add(base)
             build_s = time.perf_counter() - t
