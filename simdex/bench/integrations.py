@@ -16,7 +16,6 @@ against brute force. The figure that counts: p50 of each against ``direct`` and 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import datasets
+from ._common import save_json
 
 STORES = ("direct", "langchain", "llamaindex", "haystack", "langchain-chroma")
 
@@ -157,7 +157,4 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def save(report: dict[str, Any], out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "integrations.json"
-    path.write_text(json.dumps(report, indent=1))
-    return path
+    return save_json(report, out, "integrations.json")

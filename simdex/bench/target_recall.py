@@ -8,7 +8,6 @@ target picked and the recall reached; the target is met when the recall lands in
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import datasets
+from ._common import save_json
 
 TARGETS = (0.9, 0.95, 0.99)
 
@@ -74,7 +74,4 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def save(report: dict[str, Any], out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "target-recall.json"
-    path.write_text(json.dumps(report, indent=1))
-    return path
+    return save_json(report, out, "target-recall.json")
