@@ -73,7 +73,7 @@ class IdMap:
         first_slot = self.num_slots
         self.slot_ids = np.concatenate([self.slot_ids, ids])
         slots = np.arange(first_slot, first_slot + ids.shape[0], dtype=np.int64)
-        if len(self) == 0 or (ids.size and ids.min() > self._sorted_ids[-1] and np.all(ids[1:] > ids[:-1])):
+        if ids.size == 0 or ((len(self) == 0 or ids.min() > self._sorted_ids[-1]) and np.all(ids[1:] > ids[:-1])):
             self._sorted_ids = np.concatenate([self._sorted_ids, ids])
             self._sorted_slots = np.concatenate([self._sorted_slots, slots])
             return

@@ -91,3 +91,20 @@ def test_collections_search_by_target_recall(tmp_path, fashion_small, side):
         spann.upsert(ids[:300], data.base[:300])
         with pytest.raises(simdex.InvalidInputError, match="spann"):
             spann.search(data.queries[0], 5, target_recall=0.9)
+
+
+def test_retraining_an_ivf_index_measures_its_curve_again(fashion_small):
+    """Retraining with another number of lists rebuilds the index in one add: the curve is measured again, on the
+    new lists (an nprobe of the old curve would mean another share of the lists)."""
+    data = fashion_small
+    index = IVFIndex(data.base.shape[1], data.metric, nlist=128, rerank=100)
+    index.add(data.base)
+    assert max(index.recall_curve(10).efforts) <= 128
+    index.retrain(nlist=16)
+    curve = index.recall_curve(10)
+    assert curve is not None and max(curve.efforts) <= 16 and curve.rows == data.base.shape[0] - 500
+    small = IVFIndex(data.base.shape[1], data.metric, nlist=32, rerank=100)
+    small.add(data.base)
+    small.remove(np.arange(1000, 5000))  # 1,000 left: too few to measure at the retrain
+    small.retrain(nlist=8)
+    assert small.recall_curve(10) is None

@@ -60,3 +60,16 @@ def test_filtered_scan_equals_numpy(metric, selectivity, wordnet_small):
         assert np.array_equal(i[:, :allowed.size], allowed[true_rows]), nq
         np.testing.assert_allclose(d[:, :allowed.size], true_d, rtol=1e-4, atol=1e-5)
         assert (i[:, allowed.size:] == -1).all() and np.isinf(d[:, allowed.size:]).all()
+
+
+def test_a_first_add_with_unsorted_ids_finds_them_all(fashion_small):
+    """The id map kept a first add's ids as they came, unsorted, as if sorted: lookups then missed ids (found by
+    IVFIndex.retrain, which re-adds the ids in storage order)."""
+    from simdex import FlatIndex, HNSWIndex
+    ids = np.random.default_rng(0).permutation(np.arange(100, 400))
+    for index in (FlatIndex(fashion_small.dim, fashion_small.metric),
+                  HNSWIndex(fashion_small.dim, fashion_small.metric)):
+        index.add(fashion_small.base[:300], ids)
+        assert np.array_equal(index.get_vectors(ids[::-1]), fashion_small.base[:300][::-1])
+        index.remove(ids[:150])
+        assert sorted(index.ids.tolist()) == sorted(ids[150:].tolist())

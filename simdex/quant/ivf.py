@@ -170,6 +170,8 @@ class IVFIndex(RecallCalibrated, Index):
             for name, value in vars(fresh).items():
                 if name != "_write_lock":
                     setattr(self, name, value)
+            if "_recall_curves" not in vars(fresh):  # too few rows to measure: the old lists' curves are wrong now
+                self._recall_curves = {}
 
     def _train(self, x: np.ndarray, progress: bool | None) -> None:
         rng = np.random.default_rng(self.seed)
