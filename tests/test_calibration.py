@@ -108,3 +108,15 @@ def test_retraining_an_ivf_index_measures_its_curve_again(fashion_small):
     small.remove(np.arange(1000, 5000))  # 1,000 left: too few to measure at the retrain
     small.retrain(nlist=8)
     assert small.recall_curve(10) is None
+
+
+def test_a_failed_measurement_never_fails_the_build(fashion_small, monkeypatch):
+    from simdex.dense import calibration
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("no room for the exact neighbours")
+
+    monkeypatch.setattr(calibration, "_exact_neighbours", no_memory)
+    index = simdex.HNSWIndex(fashion_small.base.shape[1], fashion_small.metric)
+    index.add(fashion_small.base)
+    assert len(index) == fashion_small.base.shape[0] and index.recall_curve(10) is None

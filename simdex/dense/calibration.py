@@ -16,6 +16,7 @@ the caller gives.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ import numpy as np
 
 from .._validate import check_vectors
 from ..errors import CorruptFileError, InvalidInputError
+
+log = logging.getLogger(__name__)
 
 SAMPLE_QUERIES = 500
 # an effort is chosen when its measured recall less this many standard errors (of the mean over the sample
@@ -139,7 +142,10 @@ def calibrating(add: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         self._calibrating = True
         try:
             add(self, x[~held], new_ids[~held], **options)
-            self.calibrate(x[held], threads=options.get("threads"))
+            try:
+                self.calibrate(x[held], threads=options.get("threads"))
+            except (MemoryError, OSError) as exc:  # the add must not fail for want of a curve
+                log.warning("measuring the recall curve failed (%s); the index has none", exc)
             add(self, x[held], new_ids[held], **options)
         finally:
             self._calibrating = False
