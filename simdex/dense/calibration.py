@@ -24,8 +24,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._heap import merge_block_topk, new_heaps, sort_heaps
 from .._validate import check_vectors
 from ..errors import CorruptFileError, InvalidInputError
+from ..metrics import pairwise
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,12 @@ CALIBRATION_KS = (1, 10, 100)
 _EXACT_CHUNK = 32_768
 
 
-def check_target_recall(target: Any) -> float:
+def check_target_recall(target: Any, effort: Any = None, effort_name: str = "ef") -> float:
+    """``target`` as a recall in (0, 1]; an explicit ``effort`` beside it is an error naming ``effort_name``."""
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < float(target) <= 1:
         raise InvalidInputError(f"target_recall must be a number in (0, 1]; got {target!r}")
+    if effort is not None:
+        raise InvalidInputError(f"give {effort_name} or target_recall, not both")
     return float(target)
 
 
@@ -89,25 +94,14 @@ class RecallCurve:
 
 
 def _exact_neighbours(index: Any, queries: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """The ids (nq, k) of the exact k nearest of ``ids`` to each query, nearest first, by the index's metric, in
-    chunks (the index's vectors are never all copied at once)."""
-    best_d = np.full((queries.shape[0], 0), np.inf, np.float32)
-    best_i = np.zeros((queries.shape[0], 0), np.int64)
-    sq_q = np.einsum("ij,ij->i", queries, queries)[:, None]
+    """The ids (nq, k) of the exact k nearest of ``ids`` to each query, nearest first, by the index's metric: the
+    index's vectors read in chunks (never all copied at once) and merged into one heap per query."""
+    heap_d, heap_i = new_heaps(queries.shape[0], k)
     for start in range(0, ids.shape[0], _EXACT_CHUNK):
-        part = ids[start:start + _EXACT_CHUNK]
-        vectors = index.get_vectors(part)
-        dots = queries @ vectors.T
-        if index.metric == "l2":
-            dist = sq_q - 2 * dots + np.einsum("ij,ij->i", vectors, vectors)[None, :]
-        else:  # ip, and cosine over unit vectors
-            dist = -dots
-        d = np.concatenate([best_d, dist.astype(np.float32)], axis=1)
-        i = np.concatenate([best_i, np.broadcast_to(part, dist.shape)], axis=1)
-        keep = np.argpartition(d, min(k, d.shape[1] - 1), axis=1)[:, :k] if d.shape[1] > k else \
-            np.argsort(d, axis=1)
-        best_d, best_i = np.take_along_axis(d, keep, 1), np.take_along_axis(i, keep, 1)
-    return np.take_along_axis(best_i, np.argsort(best_d, axis=1, kind="stable"), 1)
+        block = pairwise(index.metric, queries, index.get_vectors(ids[start:start + _EXACT_CHUNK]))
+        merge_block_topk(block, start, heap_d, heap_i)
+    sort_heaps(heap_d, heap_i)
+    return ids[heap_i]  # k <= len(ids): every slot of the heaps is filled
 
 
 def _needs_training(index: Any) -> bool:
@@ -217,9 +211,7 @@ class RecallCalibrated:
         it is searched at the grid's largest effort (nearly exact, and cheap at that size)."""
         if target_recall is None:
             return effort
-        target = check_target_recall(target_recall)
-        if effort is not None:
-            raise InvalidInputError(f"give {self._effort_param} or target_recall, not both")
+        target = check_target_recall(target_recall, effort, self._effort_param)
         curves = self._curves()
         if not curves:
             if len(self) < MIN_BUILD_ROWS:

@@ -82,9 +82,7 @@ class RecordVectors(SideIndex):
         """(distances, rids), (nq, <= k) each, nearest first, -1 rids for no hit. ``target_recall`` instead of
         ``ef``: the main index picks its effort (the growing segment is searched exactly anyway)."""
         if target_recall is not None:
-            check_target_recall(target_recall)
-            if ef is not None:
-                raise InvalidInputError("give ef or target_recall, not both")
+            check_target_recall(target_recall, ef)  # here too: no main index may be there to check it
             if self.index_kind in MAIN_INDEXES and not MAIN_INDEXES[self.index_kind].calibrated:
                 raise InvalidInputError(f"a {self.index_kind} collection does not search by target_recall (its "
                                         f"index has no recall curve); give ef")
