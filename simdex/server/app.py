@@ -55,8 +55,8 @@ def _json(content: Any, status_code: int = 200) -> Response:
                     status_code=status_code, media_type="application/json")
 
 
-def _error(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+def _error(status: int, kind: str, message: str, **details: Any) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message, **details}}, status_code=status)
 
 
 class _Strict(BaseModel):
@@ -209,10 +209,8 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
             return JSONResponse({"error": {"type": "StorageError", "message": str(exc)}}, status_code=status,
                                 headers={"Retry-After": "10"})
         status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
-        if isinstance(exc, errors.DuplicateDocumentError):
-            return JSONResponse({"error": {"type": type(exc).__name__, "message": str(exc),
-                                           "duplicates": exc.duplicates}}, status_code=status)
-        return _error(status, type(exc).__name__, str(exc))
+        details = {"duplicates": exc.duplicates} if isinstance(exc, errors.DuplicateDocumentError) else {}
+        return _error(status, type(exc).__name__, str(exc), **details)
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_: Request, exc: RequestValidationError):

@@ -85,13 +85,14 @@ def run(args: argparse.Namespace) -> int:
         from ..store.dedup import collection_texts
         try:
             database = connect(args.path, read_only=True)
-            total = database.get_collection(args.collection).count()
+            collection = database.get_collection(args.collection)
+            total = collection.count()
         except Exception as exc:  # a missing folder or collection, a damaged database: said plainly
             print(f"simdex dedup: error: {exc}", file=sys.stderr)
             if database is not None:
                 database.close()
             return 2
-        batches = collection_texts(database.get_collection(args.collection), args.text_field, args.batch_size)
+        batches = collection_texts(collection, args.text_field, args.batch_size)
     else:
         need_count = (args.bloom and args.capacity is None) or (not args.no_progress and sys.stderr.isatty())
         total = _count_documents(args.inputs) if need_count else None

@@ -212,11 +212,15 @@ class MinHashLSH(BaseIndex):
         if self._keys.shape[0] - self._n_sorted > max(_MIN_TAIL, self._n_sorted // 4):
             self._merge_tail()
 
-    def _merge_tail(self) -> None:
+    @staticmethod
+    def _sorted_run(keys: np.ndarray, first_slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows ``keys`` (of slots ``first_slot``...) as one sorted run per band: (keys, slots), (bands, n)."""
         # numpy's introsort (SIMD-accelerated in recent numpy) beats a jitted argsort several times over here
-        order = np.argsort(self._keys.T, axis=1)
-        self._sorted_keys = np.take_along_axis(self._keys.T, order, axis=1)
-        self._sorted_slots = order.astype(np.int64, copy=False)
+        order = np.argsort(keys.T, axis=1)
+        return np.take_along_axis(keys.T, order, axis=1), order.astype(np.int64, copy=False) + first_slot
+
+    def _merge_tail(self) -> None:
+        self._sorted_keys, self._sorted_slots = self._sorted_run(self._keys, 0)
         self._n_sorted = self._keys.shape[0]
         self._sorted_tail = None
 
@@ -224,9 +228,7 @@ class MinHashLSH(BaseIndex):
         """The keys added since the last merge as a second sorted run per band (with absolute slots), so that a
         lookup is a binary search in both runs; sorted again only after the tail grew."""
         if self._sorted_tail is None:
-            tail = self._keys[self._n_sorted:].T
-            order = np.argsort(tail, axis=1)
-            self._sorted_tail = (np.take_along_axis(tail, order, axis=1), order.astype(np.int64) + self._n_sorted)
+            self._sorted_tail = self._sorted_run(self._keys[self._n_sorted:], self._n_sorted)
         return self._sorted_tail
 
     def query(self, signatures: Any, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
