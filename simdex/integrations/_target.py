@@ -7,6 +7,7 @@ path uses one :class:`simdex.Database`, closed when the last of them is.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from typing import Any
@@ -44,3 +45,14 @@ def release_database(database: Any) -> None:
                     del _shared[key]
                     database.close()
                 return
+
+
+def async_collection(cached: tuple[Any, Any] | None, client: Any, name: str) -> tuple[Any, Any]:
+    """``(event loop, collection name through simdex.AsyncClient)`` for the server ``client`` (a simdex.Client)
+    talks to: ``cached`` again when it belongs to the running loop (an HTTP pool belongs to the loop it was made
+    in), else a new one."""
+    loop = asyncio.get_running_loop()
+    if cached is not None and cached[0] is loop:
+        return cached
+    from ..server.client import AsyncClient
+    return loop, AsyncClient(client.url, client.api_key, client.timeout).collection(name)

@@ -15,7 +15,6 @@ process they run the sync ones on a worker thread (LangChain's default).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -28,7 +27,7 @@ from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from ..errors import InvalidInputError
-from ._target import open_database, release_database
+from ._target import async_collection, open_database, release_database
 
 _INCLUDE = ["metadatas", "documents", "distances"]
 
@@ -227,14 +226,10 @@ class SimdexVectorStore(VectorStore):
     def _async_collection(self) -> Any:
         """The collection through :class:`simdex.AsyncClient` when it is remote (one per event loop: an HTTP pool
         belongs to the loop it was made in); None in process."""
-        from ..server.client import AsyncClient, RemoteCollection
+        from ..server.client import RemoteCollection
         if not isinstance(self.collection, RemoteCollection):
             return None
-        loop = asyncio.get_running_loop()
-        if self._aio is None or self._aio[0] is not loop:
-            client = self.collection._client
-            self._aio = (loop, AsyncClient(client.url, client.api_key, client.timeout).collection(
-                self.collection.name))
+        self._aio = async_collection(self._aio, self.collection._client, self.collection.name)
         return self._aio[1]
 
     async def aadd_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *,

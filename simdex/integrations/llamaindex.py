@@ -18,7 +18,6 @@ async HTTP (:class:`simdex.AsyncClient`).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +31,7 @@ from llama_index.core.vector_stores.types import (BasePydanticVectorStore, Filte
 from llama_index.core.vector_stores.utils import metadata_dict_to_node, node_to_metadata_dict
 
 from ..errors import InvalidInputError, UnsupportedOperationError
-from ._target import open_database, release_database
+from ._target import async_collection, open_database, release_database
 
 _COMPARISONS = {FilterOperator.EQ: "$eq", FilterOperator.NE: "$ne", FilterOperator.GT: "$gt",
                 FilterOperator.GTE: "$gte", FilterOperator.LT: "$lt", FilterOperator.LTE: "$lte",
@@ -252,14 +251,10 @@ class SimdexLlamaVectorStore(BasePydanticVectorStore):
     def _async_collection(self) -> Any:
         """The collection through :class:`simdex.AsyncClient` when the store is on a server and the collection
         exists (one per event loop); None otherwise."""
-        from ..server.client import AsyncClient, Client
+        from ..server.client import Client
         if not isinstance(self._database, Client) or self._collection is None:
             return None
-        loop = asyncio.get_running_loop()
-        if self._aio is None or self._aio[0] is not loop:
-            client = self._database
-            self._aio = (loop, AsyncClient(client.url, client.api_key, client.timeout).collection(
-                self.collection_name))
+        self._aio = async_collection(self._aio, self._database, self.collection_name)
         return self._aio[1]
 
     async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
