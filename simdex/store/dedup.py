@@ -30,6 +30,7 @@ from ..errors import DuplicateDocumentError, InvalidInputError, InvalidTypeError
 from ..sets import LSHBloom, MinHash, MinHashLSH, Shingler
 from ..sets.exact import pair_jaccard
 from ..sets.shingle import HashedSets
+from .records import encode_metadata
 from .sides import SideIndex, field_values, remove_present
 
 ACTIONS = ("reject", "flag", "keep")
@@ -161,7 +162,7 @@ class DedupSide(SideIndex):
             for j, of in found.items():
                 meta = json.loads(metadatas[j])
                 meta[FLAG_KEY] = of if of is not None else True
-                metadatas[j] = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
+                metadatas[j] = encode_metadata(meta, j)  # as every write encodes it (and within its size limit)
         self._prepared = (rids, sketch)
         return metadatas
 
