@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import datasets
-from ._common import save_json
+from ._common import recall, save_json
 
 STORES = ("direct", "langchain", "llamaindex", "haystack", "langchain-chroma")
 
@@ -68,17 +68,17 @@ def run(n_base: int = 20_000, n_queries: int = 1000, k: int = 4, stores: tuple[s
         id_pos = {i: j for j, i in enumerate(ids)}
         for name, search in searches.items():
             for qi in range(20):  # warm up
-                search(qi, queries[qi], query_texts[qi])
+                search(queries[qi], query_texts[qi])
             lat = np.empty(n_queries)
-            hits = 0
+            found = []
             for qi in range(n_queries):
                 t = time.perf_counter()
-                found = search(qi, queries[qi], query_texts[qi])
+                hits = search(queries[qi], query_texts[qi])
                 lat[qi] = time.perf_counter() - t
-                hits += len({id_pos[f] for f in found} & set(truth[qi].tolist()))
+                found.append([id_pos[h] for h in hits])
             report["stores"][name] = {"p50_us": float(np.percentile(lat, 50) * 1e6),
                                       "p99_us": float(np.percentile(lat, 99) * 1e6),
-                                      "recall": hits / (k * n_queries)}
+                                      "recall": recall(found, truth)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     rows = report["stores"]
@@ -92,7 +92,7 @@ def run(n_base: int = 20_000, n_queries: int = 1000, k: int = 4, stores: tuple[s
 
 def _build(stores: tuple[str, ...], scratch: Path, embedding: Any, ids: list[str], base: np.ndarray,
            metas: list[dict], docs: list[str], k: int) -> dict[str, Any]:
-    """One search function per store, ``search(query_number, vector, text) -> ids``."""
+    """One search function per store, ``search(vector, text) -> ids``."""
     from .. import connect
     out: dict[str, Any] = {}
     db = connect(scratch / "simdex", background=False)
@@ -102,11 +102,11 @@ def _build(stores: tuple[str, ...], scratch: Path, embedding: Any, ids: list[str
     col.merge()
     include = ["metadatas", "documents", "distances"]
     if "direct" in stores:
-        out["direct"] = lambda qi, v, t: [h["id"] for h in col.search(v, k, include=include)]
+        out["direct"] = lambda v, t: [h["id"] for h in col.search(v, k, include=include)]
     if "langchain" in stores:
         from ..integrations.langchain import SimdexVectorStore
         lc = SimdexVectorStore(col, embedding)
-        out["langchain"] = lambda qi, v, t: [d.id for d in lc.similarity_search(t, k)]
+        out["langchain"] = lambda v, t: [d.id for d in lc.similarity_search(t, k)]
     if "llamaindex" in stores:  # its own collection, written through LlamaIndex (nodes carry their fields)
         from llama_index.core.schema import TextNode
         from llama_index.core.vector_stores.types import VectorStoreQuery
@@ -117,8 +117,8 @@ def _build(stores: tuple[str, ...], scratch: Path, embedding: Any, ids: list[str
             li.add([TextNode(id_=ids[j], text=docs[j], metadata=metas[j], embedding=base[j].tolist())
                     for j in range(s, min(s + 5000, len(ids)))])
         li.client.merge()
-        out["llamaindex"] = lambda qi, v, t: li.query(VectorStoreQuery(query_embedding=v.tolist(),
-                                                                       similarity_top_k=k)).ids
+        out["llamaindex"] = lambda v, t: li.query(VectorStoreQuery(query_embedding=v.tolist(),
+                                                                   similarity_top_k=k)).ids
     if "haystack" in stores:  # its own collection too (inner product: the vectors are unit length)
         from haystack import Document
 
@@ -129,7 +129,7 @@ def _build(stores: tuple[str, ...], scratch: Path, embedding: Any, ids: list[str
                                 for j in range(s, min(s + 5000, len(ids)))])
         hs.collection.merge()
         retriever = SimdexEmbeddingRetriever(hs, top_k=k)
-        out["haystack"] = lambda qi, v, t: [d.id for d in retriever.run(query_embedding=v.tolist())["documents"]]
+        out["haystack"] = lambda v, t: [d.id for d in retriever.run(query_embedding=v.tolist())["documents"]]
     if "langchain-chroma" in stores:
         try:
             from langchain_chroma import Chroma
@@ -141,7 +141,7 @@ def _build(stores: tuple[str, ...], scratch: Path, embedding: Any, ids: list[str
                             collection_metadata={"hnsw:space": "cosine"})
             for s in range(0, len(ids), 5000):
                 chroma.add_texts(docs[s:s + 5000], metas[s:s + 5000], ids=ids[s:s + 5000])
-            out["langchain-chroma"] = lambda qi, v, t: [d.id for d in chroma.similarity_search(t, k)]
+            out["langchain-chroma"] = lambda v, t: [d.id for d in chroma.similarity_search(t, k)]
     return out
 
 
