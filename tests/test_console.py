@@ -11,8 +11,9 @@ Element ids of simdex/server/console/index.html that these tests use (keep them 
   ``text-mode`` (select: hybrid / dense / bm25, only the modes the collection supports), ``text-search-note``
   (why text search is off, when it is)
 - shared by every search: ``search-k`` (k), ``search-where`` (JSON filter)
-- ``advanced`` (a ``<details>``): ``search-mode`` (select: ``id`` / ``vector``), ``search-id``, ``search-vector``,
-  ``search-button`` (runs the id/vector search)
+- ``advanced`` (a ``<details>``): ``search-mode`` (select: ``id`` / ``vector``), ``search-id``, ``search-field``
+  (select: the main "vector" or a named vector field), ``search-vector`` (the pasted query: a JSON vector, set of
+  vectors or ``{term: weight}`` object), ``search-button`` (runs the id/vector search)
 - results: ``results`` (table: rank, id, distance or score, document (full text in ``title`` when cut), metadata),
   ``results-value`` (that column's header: "distance" or "score"), ``search-time``, ``warnings`` (notice, hidden
   when there are none), ``error`` (error messages)
@@ -26,6 +27,7 @@ import json
 import os
 import re
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -71,9 +73,17 @@ def served(tmp_path_factory, wordnet_rows, wordnet_small):
         col.upsert(ids, vectors, metas, docs)
         plain = db.create_collection("words_vectors_only", dim=384, M=12, ef_construction=64)
         plain.upsert(ids[:5], vectors[:5], metas[:5])
+        named = db.create_collection("words_fields", dim=384, fields={"terms": {"type": "sparse"},
+                                                                      "pair": {"type": "multivector", "dim": 384}})
+        named.upsert(ids, vectors, fields={"terms": _term_counts(docs),
+                                           "pair": [vectors[[i, (i + 1) % n]] for i in range(n)]})
         db.optimize()
         with LiveServer(create_app(db)) as live:
             yield live, ids, vectors, metas, docs, wordnet_small.queries[0]
+
+
+def _term_counts(docs):
+    return [{w: float(c) for w, c in Counter(d.lower().split()).items()} for d in docs]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +165,7 @@ def _text_search(page, text, k, where=None, mode=None):
 
 def test_lists_collections_and_shows_records_at_once(page, served):
     _, ids, *_ = served
-    expect(page.locator("#collections tbody tr")).to_have_count(2)
+    expect(page.locator("#collections tbody tr")).to_have_count(3)
     row = page.locator("#collections tbody tr").first.inner_text()
     assert "words" in row and "400" in row and "384" in row
     expect(page.locator("#collections tbody tr.selected")).to_contain_text("words")
@@ -293,6 +303,32 @@ def test_collection_without_text_search(page):
     page.locator("#collections tbody tr").first.click()  # "words": the list is sorted by name
     expect(page.locator("#search-text")).to_be_enabled()
     expect(page.locator("#page-info")).to_have_text("records 1-20 of 400")
+
+
+def test_search_a_named_vector_field(page, served):
+    """The pasted-vector search offers the collection's named fields; a sparse query's hits are the records with
+    the largest dot product, as numpy computes it."""
+    _, ids, _, _, docs, _ = served
+    page.locator("#collections tbody tr", has_text="words_fields").click()
+    expect(page.locator("#collection-detail")).to_contain_text("fields: terms (sparse, 400), pair (multivector "
+                                                               "384-d, 400)")
+    if page.locator("#advanced").get_attribute("open") is None:
+        page.click("#advanced > summary")
+    page.select_option("#search-mode", "vector")
+    page.select_option("#search-field", "terms")
+    expect(page.locator("#search-vector")).to_have_attribute("placeholder", re.compile("term"))
+    query = {"cat": 1.0, "wild": 0.5, "large": 0.25}
+    page.fill("#search-vector", json.dumps(query))
+    page.fill("#search-where", "")
+    page.fill("#search-k", "5")
+    page.click("#search-button")
+    expect(page.locator("#results tbody tr")).to_have_count(5)
+    expect(page.locator("#results-value")).to_have_text("score")
+    scores = np.array([sum(w * t.get(term, 0.0) for term, w in query.items()) for t in _term_counts(docs)])
+    order = np.lexsort((np.arange(len(ids)), -scores))[:5]
+    shown = [float(s) for s in _column(page, "results", 3)]
+    np.testing.assert_allclose(shown, scores[order], atol=1e-4)
+    _same_ranking(_column(page, "results", 2), shown, [ids[i] for i in order], scores[order].tolist())
 
 
 # ---- dense and hybrid text search: a collection with the built-in MiniLM embedder (all-MiniLM-L6-v2) ----------

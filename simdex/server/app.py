@@ -88,6 +88,10 @@ class CreateCollection(_Strict):
     dedup: dict[str, Any] | None = Field(None, description="near-duplicate control on write: {\"field\": "
                                                            "\"document\", \"threshold\": 0.9, \"on_duplicate\": "
                                                            "\"reject\" | \"flag\" | \"keep\"}")
+    fields: dict[str, dict[str, Any]] | None = Field(None, description="named vector fields beside the main "
+                                                                       "vector: {name: {\"type\": \"dense\" | "
+                                                                       "\"multivector\" | \"sparse\", \"dim\": "
+                                                                       "..., \"metric\": ..., \"index\": ...}}")
 
 
 B64_HELP = ("the vectors as base64 of little-endian float32, row-major (n x dim): about 60x faster to send and "
@@ -103,6 +107,10 @@ class Upsert(_Strict):
     vectors_base64: str | None = Field(None, description=B64_HELP)
     metadatas: list[dict[str, Any] | None] | None = None
     documents: list[str | None] | None = None
+    fields: dict[str, list[Any]] | None = Field(None, description="the named vector fields' values, {field: one "
+                                                                  "entry per id}: a vector (dense), a list of "
+                                                                  "vectors (multivector), a {term: weight} object "
+                                                                  "(sparse), or null")
 
 
 class Get(_Strict):
@@ -141,6 +149,9 @@ class Search(_Strict):
     fusion: str = Field("rrf", description="hybrid fusion: rrf or linear")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="linear fusion: weight of the vector part")
     norm: str = Field("minmax", description="linear fusion score normalisation: minmax or zscore")
+    queries: dict[str, Any] | list[dict[str, Any]] | None = Field(
+        None, description="queries of named vector fields, {field: query} (several are fused, with the BM25 ranking "
+                          "of text if given), or a list of such objects (one search each)")
 
 
 class _Guard:
@@ -253,7 +264,8 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
     def create_collection(body: CreateCollection) -> dict[str, Any]:
         return db.create_collection(body.name, body.dim, body.metric, body.index, exist_ok=body.exist_ok,
                                     text=body.text, embedder=body.embedder, window_field=body.window_field,
-                                    label_field=body.label_field, dedup=body.dedup, **body.params).stats()
+                                    label_field=body.label_field, dedup=body.dedup, fields=body.fields,
+                                    **body.params).stats()
 
     @app.get(f"{API}/collections/{{name}}", tags=["collections"])
     def get_collection(name: str) -> dict[str, Any]:
@@ -270,7 +282,7 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
         if body.vectors is not None and body.vectors_base64 is not None:
             raise errors.InvalidInputError("give vectors or vectors_base64, not both")
         vectors = body.vectors if body.vectors_base64 is None else decode_vectors(body.vectors_base64, col.dim)
-        n = col.upsert(body.ids, vectors, body.metadatas, body.documents, max_batch=max_batch)
+        n = col.upsert(body.ids, vectors, body.metadatas, body.documents, max_batch=max_batch, fields=body.fields)
         return _json({"upserted": n})
 
     @app.post(f"{API}/collections/{{name}}/get", tags=["records"])
@@ -295,6 +307,20 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
                    "depth": body.depth, "target_recall": body.target_recall}
         given = [x is not None for x in (body.vector, body.vectors, body.vectors_base64, body.query_ids, body.text,
                                          body.texts)]
+        if body.queries is not None:
+            if any(given[:4]) or body.texts is not None:
+                raise errors.InvalidInputError("queries takes no vector, vectors, query_ids or texts (put the main "
+                                               "vector in queries as \"vector\")")
+            batch = body.queries if isinstance(body.queries, list) else [body.queries]
+            if len(batch) > max_batch:
+                raise errors.InvalidInputError(f"at most {max_batch} queries per request")
+            results, notes = [], []
+            for queries in batch:
+                hits, more = col.search_with_notes(None, body.k, body.where, body.include, body.ef, text=body.text,
+                                                   queries=queries, **options)
+                results.append(hits)
+                notes.extend(more)
+            return _json({"results": results, "warnings": notes})
         if body.text is not None:
             if any(given[1:4]) or body.texts is not None:
                 raise errors.InvalidInputError("a text query takes at most one vector (field vector)")

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import errors
 from .._validate import check_texts
-from ..store.api import CollectionAPI, DatabaseAPI
+from ..store.api import MAIN_FIELD, CollectionAPI, DatabaseAPI, split_vectors
 
 API = "/api/v1"
 
@@ -162,14 +162,16 @@ class Client(DatabaseAPI):
     def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", index: str = "hnsw", *,
                           exist_ok: bool = False, text: bool = False, embedder: Any = None,
                           window_field: str | None = None, label_field: str | None = None,
-                          dedup: dict[str, Any] | None = None, **params: Any) -> RemoteCollection:
+                          dedup: dict[str, Any] | None = None, fields: dict[str, Any] | None = None,
+                          **params: Any) -> RemoteCollection:
         if embedder is not None and not isinstance(embedder, str):
             raise errors.InvalidTypeError("over HTTP, embedder is a name the server knows (\"minilm\" or "
                                           "\"st:<model>\"); an Embedder object can only be used in process")
         self._request("POST", f"{API}/collections", {"name": name, "dim": dim, "metric": metric, "index": index,
                                                      "params": params, "exist_ok": exist_ok, "text": text,
                                                      "embedder": embedder, "window_field": window_field,
-                                                     "label_field": label_field, "dedup": dedup})
+                                                     "label_field": label_field, "dedup": dedup,
+                                                     "fields": fields})
         return RemoteCollection(self, name)
 
     def get_collection(self, name: str) -> RemoteCollection:
@@ -223,11 +225,13 @@ class _Steps:
     def _count(self):
         return (yield "GET", f"{self._base}/count", None)["count"]
 
-    def _upsert(self, ids: Any, vectors: Any, metadatas: Any, documents: Any, max_batch: int | None):
+    def _upsert(self, ids: Any, vectors: Any, metadatas: Any, documents: Any, max_batch: int | None,
+                fields: Any = None):
         ids = [ids] if isinstance(ids, str) else list(ids) if isinstance(ids, (list, tuple)) else ids
         if max_batch is not None and isinstance(ids, list) and len(ids) > max_batch:
             raise errors.InvalidInputError(f"a batch holds at most {max_batch} records; got {len(ids)}")
-        body = {"ids": ids, "metadatas": metadatas, "documents": documents}
+        vectors, fields = split_vectors(vectors, fields)
+        body = {"ids": ids, "metadatas": metadatas, "documents": documents, "fields": fields}
         if vectors is not None:
             body.update(_vectors_field(vectors))
         try:
@@ -252,8 +256,14 @@ class _Steps:
 
     def _search(self, vector: Any, k: int, where: Any, include: Any, ef: int | None, text: str | None,
                 mode: str | None, fusion: str, alpha: float, norm: str, depth: int | None,
-                target_recall: float | None):
+                target_recall: float | None, field: str | None = None, queries: Any = None):
         body = {"k": k, "where": where, "include": include, "ef": ef, "mode": mode, "target_recall": target_recall}
+        if queries is not None or (field is not None and field != MAIN_FIELD):
+            if queries is not None and (vector is not None or field is not None):
+                raise errors.InvalidInputError("give queries (several fields, fused) or vector with field, not both")
+            return (yield from self._results({**body, "text": text, "fusion": fusion, "alpha": alpha, "norm": norm,
+                                              "depth": depth,
+                                              "queries": queries if queries is not None else {field: vector}}))[0]
         if text is not None:
             body.update({"text": text, "fusion": fusion, "alpha": alpha, "norm": norm, "depth": depth})
             if vector is not None:
@@ -270,8 +280,15 @@ class _Steps:
 
     def _search_batch(self, vectors: Any, k: int, where: Any, include: Any, ef: int | None, texts: Any,
                       mode: str | None, fusion: str, alpha: float, norm: str, depth: int | None,
-                      target_recall: float | None):
+                      target_recall: float | None, field: str | None = None):
         body = {"k": k, "where": where, "include": include, "ef": ef, "mode": mode, "target_recall": target_recall}
+        if field is not None and field != MAIN_FIELD:
+            if texts is not None or vectors is None:
+                raise errors.InvalidInputError(f"a search of field {field!r} takes its queries in vectors")
+            if isinstance(vectors, (dict, str)) or not hasattr(vectors, "__len__"):
+                raise errors.InvalidTypeError(f"vectors must be a list of queries for field {field!r}; got "
+                                              f"{type(vectors).__name__}")
+            return (yield from self._results({**body, "queries": [{field: q} for q in vectors]}))
         if texts is not None:
             if vectors is not None:
                 raise errors.InvalidInputError("give vectors or texts, not both")
@@ -302,8 +319,8 @@ class RemoteCollection(_Steps, CollectionAPI):
         return self._run(self._stats())
 
     def upsert(self, ids: Any, vectors: Any = None, metadatas: Any = None, documents: Any = None, *,
-               max_batch: int | None = None) -> int:
-        return self._run(self._upsert(ids, vectors, metadatas, documents, max_batch))
+               max_batch: int | None = None, fields: dict[str, Any] | None = None) -> int:
+        return self._run(self._upsert(ids, vectors, metadatas, documents, max_batch, fields))
 
     def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
             include: Any = None) -> list[dict[str, Any]]:
@@ -318,16 +335,17 @@ class RemoteCollection(_Steps, CollectionAPI):
     def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
                ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
                alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
-               target_recall: float | None = None) -> list[dict[str, Any]]:
+               target_recall: float | None = None, field: str | None = None,
+               queries: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return self._run(self._search(vector, k, where, include, ef, text, mode, fusion, alpha, norm, depth,
-                                      target_recall))
+                                      target_recall, field, queries))
 
     def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None, *, texts: Any = None, mode: str | None = None, fusion: str = "rrf",
                      alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
-                     target_recall: float | None = None) -> list[list[dict[str, Any]]]:
+                     target_recall: float | None = None, field: str | None = None) -> list[list[dict[str, Any]]]:
         return self._run(self._search_batch(vectors, k, where, include, ef, texts, mode, fusion, alpha, norm,
-                                            depth, target_recall))
+                                            depth, target_recall, field))
 
     def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None) -> list[list[dict[str, Any]]]:
@@ -393,8 +411,8 @@ class AsyncRemoteCollection(_Steps):
         return await self._run(self._count())
 
     async def upsert(self, ids: Any, vectors: Any = None, metadatas: Any = None, documents: Any = None, *,
-                     max_batch: int | None = None) -> int:
-        return await self._run(self._upsert(ids, vectors, metadatas, documents, max_batch))
+                     max_batch: int | None = None, fields: dict[str, Any] | None = None) -> int:
+        return await self._run(self._upsert(ids, vectors, metadatas, documents, max_batch, fields))
 
     async def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
                   include: Any = None) -> list[dict[str, Any]]:
@@ -406,14 +424,15 @@ class AsyncRemoteCollection(_Steps):
     async def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None, *, text: str | None = None, mode: str | None = None,
                      fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
-                     target_recall: float | None = None) -> list[dict[str, Any]]:
+                     target_recall: float | None = None, field: str | None = None,
+                     queries: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return await self._run(self._search(vector, k, where, include, ef, text, mode, fusion, alpha, norm,
-                                            depth, target_recall))
+                                            depth, target_recall, field, queries))
 
     async def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                            ef: int | None = None, *, texts: Any = None, mode: str | None = None,
                            fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax",
-                           depth: int | None = None, target_recall: float | None = None
-                           ) -> list[list[dict[str, Any]]]:
+                           depth: int | None = None, target_recall: float | None = None,
+                           field: str | None = None) -> list[list[dict[str, Any]]]:
         return await self._run(self._search_batch(vectors, k, where, include, ef, texts, mode, fusion, alpha,
-                                                  norm, depth, target_recall))
+                                                  norm, depth, target_recall, field))

@@ -15,9 +15,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, InvalidTypeError
 
 SEARCH_MODES = ("dense", "bm25", "hybrid")
+# the name of a record's main vector among its named vector fields (:mod:`simdex.store.fields`)
+MAIN_FIELD = "vector"
 
 
 class CollectionAPI(ABC):
@@ -38,19 +40,24 @@ class CollectionAPI(ABC):
 
     @abstractmethod
     def upsert(self, ids: Any, vectors: Any = None, metadatas: Any = None, documents: Any = None, *,
-               max_batch: int | None = None) -> int:
+               max_batch: int | None = None, fields: dict[str, Any] | None = None) -> int:
         """Insert records, or replace those whose id exists; returns how many were written.
 
         ``ids``: list of n str; ``vectors``: (n, dim) numbers, or None to embed the ``documents`` with the
         collection's embedder (a list may also hold None rows: those are embedded); ``metadatas``: n JSON objects
         or None; ``documents``: n str/None or None. ``max_batch`` refuses larger batches. Durable when it returns.
+        ``fields``: the values of the collection's named vector fields, ``{field: n entries}``: a vector
+        (dense; or an (n, dim) array), an (m, dim) set of vectors (multivector) or a ``{term: weight}`` dict
+        (sparse), None where a record has none. ``vectors`` may also be such a dict, the main vector under
+        "vector". A replaced record's fields are those of the new version only.
         """
 
     @abstractmethod
     def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
             include: Any = None) -> list[dict[str, Any]]:
         """Records by id (in the given order, unknown ids left out) and/or ``where`` filter (in id order).
-        ``include``: any of "metadatas", "documents", "embeddings" (default metadatas and documents)."""
+        ``include``: any of "metadatas", "documents", "embeddings", "fields" (the named vector fields' values;
+        default metadatas and documents)."""
 
     @abstractmethod
     def delete(self, ids: Any = None, where: Any = None, *, missing_ok: bool = False) -> int:
@@ -61,7 +68,8 @@ class CollectionAPI(ABC):
     def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
                ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
                alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
-               target_recall: float | None = None) -> list[dict[str, Any]]:
+               target_recall: float | None = None, field: str | None = None,
+               queries: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The k best records for one query, best first.
 
         - ``vector`` (dim,): nearest neighbours; hits carry ``distance``.
@@ -77,14 +85,21 @@ class CollectionAPI(ABC):
         - ``target_recall`` (in (0, 1]) instead of ``ef``: the index picks the breadth that reaches that recall@k
           by its recall curve, measured when it was built on vectors held out for it
           (:mod:`simdex.dense.calibration`; not for spann collections).
+        - ``field`` with ``vector``: search a named vector field instead of the main vector: a dense field's hits
+          carry ``distance``; a multivector field (``vector`` an (m, dim) set; Chamfer score) and a sparse field
+          (``vector`` a ``{term: weight}`` dict; dot product) carry ``score``.
+        - ``queries={field: query, ...}`` (the main vector as "vector"; a str there is embedded): one ranking per
+          field, ``depth`` deep, fused by ``fusion`` ("rrf", or "linear" for exactly two rankings) with the
+          BM25 ranking of ``text`` if given; hits carry ``score``. One entry alone is that field's search.
         """
 
     @abstractmethod
     def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None, *, texts: Any = None, mode: str | None = None, fusion: str = "rrf",
                      alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
-                     target_recall: float | None = None) -> list[list[dict[str, Any]]]:
-        """:meth:`search` for each row of ``vectors`` (nq, dim), or for each of ``texts`` (list of str)."""
+                     target_recall: float | None = None, field: str | None = None) -> list[list[dict[str, Any]]]:
+        """:meth:`search` for each row of ``vectors`` (nq, dim), or for each of ``texts`` (list of str); with
+        ``field``, for each query of that field in ``vectors`` (a list)."""
 
     @abstractmethod
     def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
@@ -100,7 +115,8 @@ class DatabaseAPI(ABC):
     def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", index: str = "hnsw", *,
                           exist_ok: bool = False, text: bool = False, embedder: Any = None,
                           window_field: str | None = None, label_field: str | None = None,
-                          dedup: dict[str, Any] | None = None, **params: Any) -> CollectionAPI:
+                          dedup: dict[str, Any] | None = None, fields: dict[str, Any] | None = None,
+                          **params: Any) -> CollectionAPI:
         """Create a collection of ``dim``-dimensional vectors (``dim`` may be left out when an ``embedder`` gives
         it). ``embedder``: "minilm" (built in, offline), "st:<model>" (sentence-transformers), or an
         :class:`~simdex.embed.Embedder` (embedded databases only): documents and text queries are then embedded
@@ -121,7 +137,14 @@ class DatabaseAPI(ABC):
         DuplicateDocumentError naming each duplicate; nothing is written), "flag" (written, with the metadata key
         ``duplicate_of`` holding the id of the record it duplicates) or "keep" (written as is; counted in
         ``stats()["dedup"]``). ``bloom=True`` (with ``capacity`` and ``fp_rate``) uses LSHBloom instead: fixed
-        memory, no exact verification, no id named. Also ``num_perm`` and ``seed``."""
+        memory, no exact verification, no id named. Also ``num_perm`` and ``seed``.
+
+        ``fields``: named vector fields beside the main vector (:mod:`simdex.store.fields`), ``{name: spec}``:
+        ``{"type": "dense", "dim": d, "metric": "cosine", "index": "hnsw", "params": {...}}`` (any index kind
+        but the build-once ones), ``{"type": "multivector", "dim": d, "params": {...}}`` (token sets; MUVERA
+        candidates re-ranked by exact Chamfer score; params storage, k_sim, d_proj, r_reps, M,
+        ef_construction, seed, candidates) or ``{"type": "sparse"}`` (``{term: weight}`` dicts; block-max
+        inverted index, dot product)."""
 
     @abstractmethod
     def get_collection(self, name: str) -> CollectionAPI:
@@ -139,6 +162,19 @@ class DatabaseAPI(ABC):
     @abstractmethod
     def drop_collection(self, name: str) -> None:
         """Delete a collection and its files."""
+
+
+def split_vectors(vectors: Any, fields: Any) -> tuple[Any, Any]:
+    """``vectors`` given as a dict ``{"vector": main, field: values, ...}`` -> (main vectors, fields)."""
+    if not isinstance(vectors, dict):
+        return vectors, fields
+    if fields is not None and not isinstance(fields, dict):
+        raise InvalidTypeError(f"fields must be a dict {{field: values}}; got {type(fields).__name__}")
+    named = {k: v for k, v in vectors.items() if k != MAIN_FIELD}
+    both = sorted(set(named) & set(fields or {}))
+    if both:
+        raise InvalidInputError(f"field(s) {both} given both in vectors and in fields")
+    return vectors.get(MAIN_FIELD), {**(fields or {}), **named} or None
 
 
 def resolve_mode(collection: str, mode: Any, has_vector: bool, has_embedder: bool, has_text: bool) -> str:

@@ -31,10 +31,11 @@ from ..errors import InvalidInputError, InvalidTypeError, ReadOnlyError, Storage
 from . import records as rec
 from ._io import storage_error
 from ._rwlock import RWLock
-from .api import CollectionAPI, resolve_mode
+from .api import MAIN_FIELD, CollectionAPI, resolve_mode, split_vectors
 from .config import DEFAULT_GET_INCLUDE, DEFAULT_SEARCH_INCLUDE, check_include
 from .dedup import DedupSide
 from .embedding import EmbedderSlot, warn_truncated
+from .fields import check_field_values, check_query, decode_blobs, new_field_side, value_as_json
 from .filters import AllowCache, plan_where
 from .persistence import Durable
 from .sides import LabelSide, SideIndex, TextSide, WindowSide, rebuild_aside
@@ -67,6 +68,7 @@ class Collection(Durable, CollectionAPI):
         self.window_field: str | None = config.get("window_field")
         self.label_field: str | None = config.get("label_field")
         self.dedup: dict[str, Any] | None = config.get("dedup")
+        self.fields: dict[str, dict[str, Any]] = config.get("fields") or {}
         self.read_only = read_only
         self.checkpoint_bytes = checkpoint_bytes
         self.log_segment_bytes = log_segment_bytes
@@ -85,6 +87,8 @@ class Collection(Durable, CollectionAPI):
         self._window_side: WindowSide | None = None
         self._label_side: LabelSide | None = None
         self._dedup_side: DedupSide | None = None
+        self._merge_rows = merge_rows
+        self._field_sides: dict[str, Any] = {}  # name -> the side index of a named vector field (.fields)
         self._sides: list[SideIndex] = [self._vectors]
         self._saved_main: tuple[Any, str] | None = None
         self._manifest: dict[str, Any] | None = None
@@ -108,13 +112,19 @@ class Collection(Durable, CollectionAPI):
             field = self.dedup["field"]
             rids, texts = self._meta.documents() if field == "document" else self._meta.text_field(field)
             self._dedup_side = DedupSide(self.dedup, rids, texts)
+        for name, spec in self.fields.items():
+            side = new_field_side(name, spec, self._merge_rows, None if self.read_only else str(self.path))
+            rids, blobs = self._meta.field_rows(name)
+            for start in range(0, rids.shape[0], 10_000):
+                side.add(rids[start:start + 10_000], decode_blobs(spec, blobs[start:start + 10_000]), None, None)
+            self._field_sides[name] = side
         self._sides = [s for s in (self._vectors, self._text_side, self._window_side, self._label_side,
-                                   self._dedup_side) if s is not None]
+                                   self._dedup_side, *self._field_sides.values()) if s is not None]
 
     # ---- applying logged operations (caller holds the write side, or is recovering) ------------------------------
     def _apply_metadata(self, lsn: int, op: rec.LogOp) -> None:
         if op.kind == rec.UPSERT:
-            self._meta.apply_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents)
+            self._meta.apply_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents, op.fields)
         else:
             self._meta.apply_delete(lsn, op.ids)
 
@@ -125,7 +135,12 @@ class Collection(Durable, CollectionAPI):
                 side.remove(gone)
         if op.kind == rec.UPSERT:
             for side in self._sides:
-                side.add(op.rids, op.vectors, op.metadatas, op.documents)
+                name = side.vector_field
+                if name is None:
+                    side.add(op.rids, op.vectors, op.metadatas, op.documents)
+                elif op.fields and name in op.fields:  # a named field's side takes its values
+                    values = op.fields[name]
+                    side.add(op.rids[values.at], values.data, None, None)
 
     # ---- writes --------------------------------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -136,7 +151,7 @@ class Collection(Durable, CollectionAPI):
 
     def _stage_metadata(self, lsn: int, op: rec.LogOp) -> None:
         if op.kind == rec.UPSERT:
-            self._meta.stage_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents)
+            self._meta.stage_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents, op.fields)
         else:
             self._meta.stage_delete(lsn, op.ids)
 
@@ -193,13 +208,15 @@ class Collection(Durable, CollectionAPI):
         raise error from None
 
     def upsert(self, ids: Any, vectors: Any = None, metadatas: Any = None, documents: Any = None, *,
-               max_batch: int | None = None) -> int:
+               max_batch: int | None = None, fields: dict[str, Any] | None = None) -> int:
         """See :meth:`CollectionAPI.upsert`. Durable when this returns (see the database's ``sync``)."""
         self._check_writable()
         if max_batch is not None and isinstance(ids, (list, tuple)) and len(ids) > max_batch:
             raise InvalidInputError(f"a batch holds at most {max_batch} records; got {len(ids)}")
+        vectors, fields = split_vectors(vectors, fields)
         vectors = self._embedding.vectors_for(ids, vectors, documents)  # embedding runs before any lock is taken
         batch = rec.check_upsert(ids, vectors, metadatas, documents, self.dim, self.metric == "cosine", max_batch)
+        batch.fields = check_field_values(self.fields, fields, len(batch.ids))
         dedup = self._dedup_side
         sketch = None if dedup is None else \
             dedup.sketch(dedup.texts_of(batch.metadatas, batch.documents, len(batch.ids)))  # no lock held
@@ -212,7 +229,8 @@ class Collection(Durable, CollectionAPI):
                 batch.metadatas = dedup.check(sketch, batch.ids, batch.metadatas, rids, old[old >= 0],
                                               self._meta.fetch)
             self._next_rid += len(batch.ids)
-            op = rec.LogOp(rec.UPSERT, batch.ids, rids, old, batch.vectors, batch.metadatas, batch.documents)
+            op = rec.LogOp(rec.UPSERT, batch.ids, rids, old, batch.vectors, batch.metadatas, batch.documents,
+                           batch.fields)
             self._log_and_apply(rec.encode_upsert(batch, rids, old), op)
         return len(batch.ids)
 
@@ -274,8 +292,17 @@ class Collection(Durable, CollectionAPI):
             rows = self._meta.get(id_list, where, limit, offset)
             vectors = self._vectors.vectors_of(np.array([r[1] for r in rows], np.int64)) \
                 if "embeddings" in include and rows else None
-        return [rec.hit_record(r[0], r[2], r[3], include, None if vectors is None else vectors[j])
+            values = self._field_values([r[1] for r in rows]) if "fields" in include else {}
+        return [rec.hit_record(r[0], r[2], r[3], include, None if vectors is None else vectors[j],
+                               fields=values.get(r[1], {}) if "fields" in include else None)
                 for j, r in enumerate(rows)]
+
+    def _field_values(self, rids: list[int]) -> dict[int, dict[str, Any]]:
+        """rid -> {field: value as the API returns it} of the named vector fields."""
+        stored = self._meta.fetch_fields(rids) if self.fields and rids else {}
+        return {rid: {name: value_as_json(self.fields[name], decode_blobs(self.fields[name], [blob])[0])
+                      for name, blob in sorted(values.items()) if name in self.fields}
+                for rid, values in stored.items()}
 
     def _resolve_mode(self, mode: Any, has_vector: bool) -> str:
         return resolve_mode(self.name, mode, has_vector, self.embedder_info is not None, self.text)
@@ -286,21 +313,27 @@ class Collection(Durable, CollectionAPI):
     def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
                ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
                alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
-               target_recall: float | None = None) -> list[dict[str, Any]]:
+               target_recall: float | None = None, field: str | None = None,
+               queries: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """See :meth:`CollectionAPI.search`."""
         hits, notes = self.search_with_notes(vector, k, where, include, ef, text=text, mode=mode, fusion=fusion,
-                                             alpha=alpha, norm=norm, depth=depth, target_recall=target_recall)
+                                             alpha=alpha, norm=norm, depth=depth, target_recall=target_recall,
+                                             field=field, queries=queries)
         warn_truncated(notes)
         return hits
 
     def search_with_notes(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
                           ef: int | None = None, *, text: str | None = None, mode: str | None = None,
                           fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
-                          target_recall: float | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+                          target_recall: float | None = None, field: str | None = None,
+                          queries: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
         """:meth:`search`, returning the warnings (truncated query text) instead of issuing them: the server puts
         them in its response."""
         self._check_readable()
         notes: list[str] = []
+        if queries is not None or (field is not None and field != MAIN_FIELD):
+            return self._search_fields(vector, field, queries, text, mode, k, where, include, ef, fusion, alpha,
+                                       norm, depth, target_recall, notes), notes
         if text is None:
             if mode is not None:
                 raise InvalidInputError("mode applies to text queries; give text=...")
@@ -343,6 +376,82 @@ class Collection(Durable, CollectionAPI):
                                    fusion=fusion, alpha=alpha, norm=norm)
             return self._hits(ids[None, :], scores[None, :], include, "score")[0], notes
 
+    def _search_fields(self, vector: Any, field: str | None, queries: dict[str, Any] | None, text: str | None,
+                       mode: str | None, k: int, where: Any, include: Any, ef: int | None, fusion: str,
+                       alpha: float, norm: str, depth: int | None, target_recall: float | None, notes: list[str]
+                       ) -> list[dict[str, Any]]:
+        """A search of one named field (``field`` with ``vector``), or of several fused (``queries``; with
+        ``text``, the BM25 ranking of the documents too)."""
+        from ..sparse.fusion import FUSIONS, NORMS, linear, rrf
+        if queries is None:
+            if vector is None:
+                raise InvalidInputError(f"a search of field {field!r} needs its query in vector")
+            if text is not None:
+                raise InvalidInputError("text with field: give the vector and the text in queries= to fuse them")
+            queries = {field: vector}
+        elif vector is not None or field is not None:
+            raise InvalidInputError("give queries (several fields, fused) or vector with field, not both")
+        if not isinstance(queries, dict) or not queries:
+            raise InvalidInputError("queries must be a non-empty dict {field: query}")
+        if mode is not None:
+            raise InvalidInputError("mode applies to text queries without fields; with queries, text adds BM25")
+        if text is not None and not isinstance(text, str):
+            raise InvalidTypeError(f"text must be a str; got {type(text).__name__}")
+        if text is not None and not self.text:
+            raise InvalidInputError(f"collection {self.name!r} has no text index for the text query; create it "
+                                    f"with text=True")
+        if fusion not in FUSIONS:
+            raise InvalidInputError(f"fusion must be one of {FUSIONS}; got {fusion!r}")
+        if norm not in NORMS:
+            raise InvalidInputError(f"norm must be one of {NORMS}; got {norm!r}")
+        k = check_positive_int(k, "k")
+        include = check_include(include, DEFAULT_SEARCH_INCLUDE)
+        ef = None if ef is None else check_positive_int(ef, "ef")
+        checked = {}
+        for name, query in queries.items():
+            if name == MAIN_FIELD:
+                if isinstance(query, str):
+                    query = self._embedding.queries([query], notes)
+                checked[name] = self._queries(np.asarray(query).reshape(1, -1) if np.ndim(query) == 1 else query,
+                                              "the query for field 'vector'")
+                if checked[name].shape[0] != 1:
+                    raise InvalidInputError("the query for field 'vector' must be one vector")
+            elif name in self.fields:
+                checked[name] = check_query(name, self.fields[name], query)
+            else:
+                raise InvalidInputError(f"unknown field {name!r}: this collection has "
+                                        f"{[MAIN_FIELD, *sorted(self.fields)]}")
+        fused = len(checked) + (text is not None) > 1
+        if fusion == "linear" and fused and len(checked) + (text is not None) != 2:
+            raise InvalidInputError("fusion='linear' fuses two rankings (alpha weighs the first); use 'rrf' for more")
+        n = max(k, 100) if depth is None and fused else (k if depth is None else check_positive_int(depth, "depth"))
+        with self._rw.read():
+            allowed = None if where is None else self._allowed(where)
+            runs, key = [], "score"
+            for name, q in checked.items():
+                side = self._vectors if name == MAIN_FIELD else self._field_sides[name]
+                if name == MAIN_FIELD or self.fields[name]["type"] == "dense":
+                    dist, rids = side.search(q, n, allowed, ef, 1, target_recall)
+                    keep = rids[0] >= 0
+                    runs.append((rids[0][keep], -dist[0][keep].astype(np.float64)))
+                    key = "distance"
+                else:
+                    if target_recall is not None:
+                        raise InvalidInputError(f"target_recall applies to dense fields; field {name!r} is "
+                                                f"{self.fields[name]['type']}")
+                    runs.append(side.search(q, n, allowed))
+                    key = "score"
+            if text is not None:
+                runs.append(self._text_candidates(text, n, allowed))
+            if not fused:
+                ids, scores = runs[0][0][:k], runs[0][1][:k]
+                values = -scores if key == "distance" else scores
+            else:
+                key = "score"
+                ids, values = rrf(runs, k) if fusion == "rrf" else linear(runs[0], runs[1], k, alpha=alpha,
+                                                                           norm=norm)
+            return self._hits(ids[None, :], values[None, :], include, key)[0]
+
     def _text_candidates(self, text: str, n: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """BM25 top n (rids, scores) of ``text``; caller holds the read side."""
         sparse = self._text_side.index if self._text_side is not None else None
@@ -359,6 +468,7 @@ class Collection(Durable, CollectionAPI):
         rows = self._meta.fetch(found.tolist()) if found.size else {}
         vectors = self._vectors.vectors_of(found) if "embeddings" in include and found.size else None
         vec_of = {} if vectors is None else dict(zip(found.tolist(), vectors))
+        fields_of = self._field_values(found.tolist()) if "fields" in include else None
         metas = dict(zip(rows, rec.decode_metadatas([row[1] for row in rows.values()]))) \
             if "metadatas" in include else {}
         with_value = key != "distance" or "distances" in include
@@ -369,29 +479,38 @@ class Collection(Durable, CollectionAPI):
                 if rid >= 0 and rid in rows:
                     id_, _, doc = rows[rid]
                     hits.append(rec.hit_record(id_, metas.get(rid, "{}"), doc, include, vec_of.get(rid),
-                                               v if with_value else None, key))
+                                               v if with_value else None, key,
+                                               None if fields_of is None else fields_of.get(rid, {})))
             out.append(hits)
         return out
 
     def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None, *, texts: Any = None, mode: str | None = None, fusion: str = "rrf",
                      alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
-                     target_recall: float | None = None) -> list[list[dict[str, Any]]]:
+                     target_recall: float | None = None, field: str | None = None) -> list[list[dict[str, Any]]]:
         """See :meth:`CollectionAPI.search_batch`."""
         hits, notes = self.search_batch_with_notes(vectors, k, where, include, ef, texts=texts, mode=mode,
                                                    fusion=fusion, alpha=alpha, norm=norm, depth=depth,
-                                                   target_recall=target_recall)
+                                                   target_recall=target_recall, field=field)
         warn_truncated(notes)
         return hits
 
     def search_batch_with_notes(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                                 ef: int | None = None, *, texts: Any = None, mode: str | None = None,
                                 fusion: str = "rrf", alpha: float = 0.5, norm: str = "minmax",
-                                depth: int | None = None, target_recall: float | None = None
-                                ) -> tuple[list[list[dict[str, Any]]], list[str]]:
+                                depth: int | None = None, target_recall: float | None = None,
+                                field: str | None = None) -> tuple[list[list[dict[str, Any]]], list[str]]:
         """:meth:`search_batch`, returning the warnings instead of issuing them."""
         self._check_readable()
         notes: list[str] = []
+        if field is not None and field != MAIN_FIELD:
+            if texts is not None or vectors is None:
+                raise InvalidInputError(f"a search of field {field!r} takes its queries in vectors")
+            if isinstance(vectors, (dict, str)) or not hasattr(vectors, "__len__"):
+                raise InvalidTypeError(f"vectors must be a list of queries for field {field!r}; got "
+                                       f"{type(vectors).__name__}")
+            return [self._search_fields(q, field, None, None, mode, k, where, include, ef, fusion, alpha, norm,
+                                        depth, target_recall, notes) for q in vectors], notes
         if texts is not None:
             if vectors is not None:
                 raise InvalidInputError("give vectors or texts, not both")
@@ -465,6 +584,13 @@ class Collection(Durable, CollectionAPI):
         except OSError as exc:  # a code index's vector file on a full disk: retried later; said as elsewhere
             raise storage_error(exc, "rebuild an index (its files) in", self.path) from exc
 
+    def index_all(self, threads: int | None = None) -> None:
+        """Index every unindexed row now: fold new rows into the main graph and the named fields' indexes, build
+        the window tree (when due) and the label graphs that are due."""
+        for side in self._sides:
+            if side is not self._window_side or side.needs_rebuild():
+                self.rebuild(side, threads)
+
     def merge(self, threads: int | None = None) -> bool:
         """Fold the growing rows into (a copy of) the main HNSW index and swap it in; compact deletions."""
         return self.rebuild(self._vectors, threads)
@@ -501,7 +627,8 @@ class Collection(Durable, CollectionAPI):
                    "log_bytes": self._wal.size_bytes(), "read_only": self.read_only,
                    "storage_error": self._wal.error, "background_error": self.background_error,
                    "window_field": self.window_field, "window": None, "label_field": self.label_field,
-                   "label_graphs": {}, "dedup": None}
+                   "label_graphs": {}, "dedup": None,
+                   "fields": {name: {**spec, **self._field_sides[name].stats()} for name, spec in self.fields.items()}}
             for side in (self._window_side, self._label_side, self._dedup_side):
                 if side is not None:
                     out.update(side.stats())

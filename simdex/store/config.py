@@ -13,7 +13,7 @@ from .embedding import embedder_info
 if TYPE_CHECKING:
     from ..embed import Embedder
 
-INCLUDE_CHOICES = ("metadatas", "documents", "embeddings", "distances")
+INCLUDE_CHOICES = ("metadatas", "documents", "embeddings", "distances", "fields")
 DEFAULT_SEARCH_INCLUDE = ("metadatas", "documents", "distances")
 DEFAULT_GET_INCLUDE = ("metadatas", "documents")
 HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
@@ -127,7 +127,7 @@ def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
 
 def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text: Any = False,
                  window_field: Any = None, label_field: Any = None, embedder: Embedder | None = None,
-                 dedup: Any = None) -> dict[str, Any]:
+                 dedup: Any = None, fields: Any = None) -> dict[str, Any]:
     dim = check_dim(dim)
     metric = check_metric(metric)
     if index not in INDEX_KINDS:
@@ -155,6 +155,7 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
     if embedder is not None and embedder.dim != dim:
         raise DimensionMismatchError(f"dim is {dim}, but the embedder {embedder.name!r} makes {embedder.dim}-d vectors")
     from .dedup import check_dedup
-    return {"dim": dim, "metric": metric, "index": index, "params": dict(params), "text": text,
+    from .fields import check_fields
+    return {"fields": check_fields(fields), "dim": dim, "metric": metric, "index": index, "params": dict(params), "text": text,
             "window_field": window_field, "label_field": label_field,
             "embedder": None if embedder is None else embedder_info(embedder), "dedup": check_dedup(dedup)}

@@ -180,7 +180,8 @@ class Database(DatabaseAPI):
     def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", index: str = "hnsw", *,
                           exist_ok: bool = False, text: bool = False, embedder: Any = None,
                           window_field: str | None = None, label_field: str | None = None,
-                          dedup: dict[str, Any] | None = None, **params: Any) -> Collection:
+                          dedup: dict[str, Any] | None = None, fields: dict[str, Any] | None = None,
+                          **params: Any) -> Collection:
         """Create a collection of ``dim``-dimensional vectors. ``index``: "hnsw" (float32 vectors), "hnsw-lvq8"
         or "hnsw-int8" (the graph walked on 8-bit LVQ / int8 codes, a quarter of the memory per vector, the best
         candidates re-ranked from the float32 vectors kept in a file;
@@ -225,14 +226,16 @@ class Database(DatabaseAPI):
             dim = model.dim if dim is None else dim
         elif dim is None:
             raise InvalidInputError("dim is required (or give an embedder, whose dimension it then is)")
-        config = check_config(dim, metric, index, params, text, window_field, label_field, model, dedup)
+        config = check_config(dim, metric, index, params, text, window_field, label_field, model, dedup, fields)
         with self._lock:
             if name in self._collections:
                 existing = self._collections[name]
                 same = (existing.dim, existing.metric, existing.index_kind, existing.params, existing.text,
-                        existing.window_field, existing.label_field, existing.embedder_info, existing.dedup) == (
+                        existing.window_field, existing.label_field, existing.embedder_info, existing.dedup,
+                        existing.fields) == (
                     config["dim"], config["metric"], config["index"], config["params"], config["text"],
-                    config["window_field"], config["label_field"], config["embedder"], config["dedup"])
+                    config["window_field"], config["label_field"], config["embedder"], config["dedup"],
+                    config["fields"])
                 if exist_ok and same:
                     if model is not None and not existing._embedding.loaded:
                         existing.attach_embedder(model)
@@ -307,10 +310,7 @@ class Database(DatabaseAPI):
         if self.read_only:
             raise ReadOnlyError(f"the database at {self.path} is open read-only")
         for collection in list(self._collections.values()):
-            collection.merge()
-            if collection.needs_window_rebuild():
-                collection.rebuild_window()
-            collection.build_label_graphs()
+            collection.index_all()
             if wait_idle:
                 for side in collection._sides:
                     with side.maintenance:  # held by a rebuild in progress

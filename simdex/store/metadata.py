@@ -13,12 +13,15 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..fileformat import fsync_path
 from .filters import compile_where
+
+if TYPE_CHECKING:
+    from .fields import FieldValues
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -28,6 +31,18 @@ CREATE TABLE IF NOT EXISTS records (
     document TEXT
 );
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- the values of the named vector fields (.fields), one row per record and field; a record's values go with its
+-- row version (rid), so replacing or deleting the record removes them
+CREATE TABLE IF NOT EXISTS field_values (
+    rid INTEGER NOT NULL,
+    field TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (rid, field)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS field_values_deleted AFTER DELETE ON records
+    BEGIN DELETE FROM field_values WHERE rid = OLD.rid; END;
+CREATE TRIGGER IF NOT EXISTS field_values_replaced AFTER UPDATE OF rid ON records WHEN OLD.rid != NEW.rid
+    BEGIN DELETE FROM field_values WHERE rid = OLD.rid; END;
 """
 _CHUNK = 900  # stay below SQLite's limit on bound parameters
 
@@ -94,12 +109,12 @@ class MetadataStore:
         return int(row[0]) if row and row[0] is not None else -1
 
     def apply_upsert(self, lsn: int, ids: list[str], rids: np.ndarray, metadatas: list[str],
-                     documents: list[str | None]) -> None:
+                     documents: list[str | None], fields: dict[str, FieldValues] | None = None) -> None:
         with self._writer:
-            self.stage_upsert(lsn, ids, rids, metadatas, documents)
+            self.stage_upsert(lsn, ids, rids, metadatas, documents, fields)
 
     def stage_upsert(self, lsn: int, ids: list[str], rids: np.ndarray, metadatas: list[str],
-                     documents: list[str | None]) -> None:
+                     documents: list[str | None], fields: dict[str, FieldValues] | None = None) -> None:
         """Write the rows in an open transaction: invisible to readers until :meth:`commit`."""
         self._begin()
         self._writer.executemany(
@@ -107,6 +122,9 @@ class MetadataStore:
             "ON CONFLICT(id) DO UPDATE SET rid=excluded.rid, metadata=excluded.metadata, "
             "document=excluded.document",
             zip(ids, rids.tolist(), metadatas, documents))
+        for name, values in (fields or {}).items():
+            self._writer.executemany("INSERT OR REPLACE INTO field_values (rid, field, value) VALUES (?, ?, ?)",
+                                     zip(rids[values.at].tolist(), [name] * values.at.shape[0], values.blobs()))
         self._set_lsn(lsn)
 
     def commit(self) -> None:
@@ -249,6 +267,22 @@ class MetadataStore:
         records a string equality ``where`` on that field can match."""
         rows = self._field_rows(field, ("text",))
         return np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows]
+
+    def field_rows(self, field: str) -> tuple[np.ndarray, list[bytes]]:
+        """(rids int64, stored values) of every record that has a value in the named vector field, in rid order."""
+        rows = self._writer.execute("SELECT rid, value FROM field_values WHERE field = ? ORDER BY rid",
+                                    (field,)).fetchall()
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows]
+
+    def fetch_fields(self, rids: Iterable[int]) -> dict[int, dict[str, bytes]]:
+        """rid -> {field: stored value} of the named vector fields those records have."""
+        out: dict[int, dict[str, bytes]] = {}
+        conn = self._reader()
+        for part in _chunks(list(dict.fromkeys(int(r) for r in rids))):
+            q = f"SELECT rid, field, value FROM field_values WHERE rid IN ({','.join('?' * len(part))})"
+            for rid, field, value in conn.execute(q, part):
+                out.setdefault(rid, {})[field] = value
+        return out
 
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM records").fetchone()[0])

@@ -11,13 +11,14 @@ import json
 import math
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .._validate import check_vectors
 from ..errors import CorruptFileError, DuplicateIdError, InvalidInputError, InvalidTypeError
+from .fields import FieldValues, from_log, log_header
 
 MAX_ID_LENGTH = 512
 MAX_METADATA_BYTES = 64 * 1024
@@ -138,6 +139,7 @@ class UpsertBatch:
     vectors: np.ndarray  # float32 (n, dim), unit length for cosine
     metadatas: list[str]  # JSON text
     documents: list[str | None]
+    fields: dict[str, FieldValues] = field(default_factory=dict)  # the named fields' values (.fields)
 
 
 def check_upsert(ids: Any, vectors: Any, metadatas: Any, documents: Any, dim: int, normalize: bool,
@@ -180,11 +182,14 @@ DELETE = b"D"
 
 def encode_upsert(batch: UpsertBatch, rids: np.ndarray, old_rids: np.ndarray) -> bytes:
     # the metadata texts are already compact JSON: they go in as JSON values (not re-escaped as strings)
-    header = (json.dumps({"ids": batch.ids, "rids": rids.tolist(), "old": old_rids.tolist(),
-                          "documents": batch.documents, "shape": list(batch.vectors.shape)},
-                         separators=(",", ":"))[:-1] + ',"metadata_values":[' + ",".join(batch.metadatas)
+    head: dict[str, Any] = {"ids": batch.ids, "rids": rids.tolist(), "old": old_rids.tolist(),
+                            "documents": batch.documents, "shape": list(batch.vectors.shape)}
+    tail = b""
+    if batch.fields:  # the named fields' values after the main vectors (.fields.log_header)
+        head["fields"], tail = log_header(batch.fields)
+    header = (json.dumps(head, separators=(",", ":"))[:-1] + ',"metadata_values":[' + ",".join(batch.metadatas)
               + "]}").encode()
-    return UPSERT + _LEN.pack(len(header)) + header + batch.vectors.astype("<f4", copy=False).tobytes()
+    return UPSERT + _LEN.pack(len(header)) + header + batch.vectors.astype("<f4", copy=False).tobytes() + tail
 
 
 def encode_delete(ids: list[str], rids: np.ndarray) -> bytes:
@@ -201,6 +206,7 @@ class LogOp:
     vectors: np.ndarray | None = None
     metadatas: list[str] | None = None
     documents: list[str | None] | None = None
+    fields: dict[str, FieldValues] | None = None
 
 
 def decode(payload: bytes, lsn: int) -> LogOp:
@@ -215,18 +221,23 @@ def decode(payload: bytes, lsn: int) -> LogOp:
         if kind != UPSERT:
             raise ValueError(f"unknown record kind {kind!r}")
         shape = tuple(header["shape"])
-        vectors = np.frombuffer(payload, "<f4", offset=5 + n).reshape(shape).astype(np.float32)
+        count = int(np.prod(shape))
+        vectors = np.frombuffer(payload, "<f4", count=count, offset=5 + n).reshape(shape).astype(np.float32)
+        fields = from_log(header["fields"], payload, 5 + n + 4 * count) if "fields" in header else None
+        if fields is None and len(payload) != 5 + n + 4 * count:
+            raise ValueError(f"{len(payload) - 5 - n - 4 * count} bytes after the vectors")
         if "metadata_values" in header:
             metadatas = [_to_json(m) for m in header["metadata_values"]]  # the same text encode_metadata made
         else:  # records written before metadata went in as values
             metadatas = header["metadatas"]
         return LogOp(kind, header["ids"], rids, np.asarray(header["old"], np.int64), vectors,
-                     metadatas, header["documents"])
+                     metadatas, header["documents"], fields)
     except (ValueError, KeyError, TypeError, struct.error) as exc:
         raise CorruptFileError(f"log record {lsn} is unreadable ({exc})") from None
 
 def hit_record(id_: str, meta: str | dict[str, Any], doc: str | None, include: tuple[str, ...],
-               vector: np.ndarray | None, value: float | None = None, key: str = "distance") -> dict[str, Any]:
+               vector: np.ndarray | None, value: float | None = None, key: str = "distance",
+               fields: dict[str, Any] | None = None) -> dict[str, Any]:
     """One record as the API returns it: ``id``, ``value`` under ``key`` (a hit's distance or score) and the
     ``include`` fields. ``meta``: the metadata's JSON text, or already decoded (:func:`decode_metadatas`)."""
     out: dict[str, Any] = {"id": id_}
@@ -238,6 +249,8 @@ def hit_record(id_: str, meta: str | dict[str, Any], doc: str | None, include: t
         out["document"] = doc
     if vector is not None:
         out["embedding"] = vector.tolist()
+    if fields is not None:
+        out["fields"] = fields
     return out
 
 

@@ -62,6 +62,9 @@ class SideIndex:
     can replay them.
     """
 
+    # the named vector field (.fields) whose values the index takes, instead of the record's main vector
+    vector_field: str | None = None
+
     def __init__(self) -> None:
         self.maintenance = threading.Lock()  # one rebuild at a time
         self._pending: list[tuple[str, Any]] | None = None
