@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -21,6 +23,7 @@ import pytest
 
 import simdex
 from simdex import datasets
+from simdex.embed import Embedder
 from simdex.errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
 from simdex.sparse.fusion import rrf
 
@@ -241,3 +244,100 @@ def test_fields_survive_restart_merges_and_log_replay(tmp_path, records):
         assert got["terms"] == {"zebra": 2.5} and np.shape(got["sents"]) == (3, 384)
         assert [h["id"] for h in col.search({"zebra": 1.0}, k=3, field="terms")] == ["new"]
     shutil.rmtree(path)
+
+
+# ---- changing the embedding model without downtime (issue 23, part 5) -----------------------------------------------
+class Words(Embedder):
+    """Bag of hashed words (``dim``-d, unit length): a stand-in model, so that the mechanics are tested without
+    MiniLM's cost; ``pause`` seconds per call make a fill slow enough to be seen in progress."""
+
+    max_tokens, normalized = 0, True
+
+    def __init__(self, dim: int, pause: float = 0.0) -> None:
+        self.dim, self.pause, self.name = dim, pause, f"words-{dim}"
+
+    @property
+    def fingerprint(self) -> str:
+        return f"w{self.dim}"
+
+    def _count_tokens(self, texts) -> np.ndarray:
+        return np.array([len(t.split()) for t in texts], np.int64)
+
+    def _embed(self, texts, batch_size, progress, threads) -> np.ndarray:
+        time.sleep(self.pause)
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().split():
+                h = zlib.crc32(word.encode())
+                out[i, h % self.dim] += 1.0 if (h >> 16) & 1 else -1.0
+            out[i, 0] += 1e-3
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+OLD, NEW = Words(48), Words(32, pause=0.4)
+MODELS = {"words-48": OLD, "words-32": NEW}
+
+
+@pytest.fixture(params=["local", "remote"])
+def db_models(request, tmp_path):
+    with local_or_remote(request.param, tmp_path / "db", embedders=MODELS) as database:
+        yield database
+
+
+def _text_truth(model, docs, ids, text, k):
+    x = model(docs, progress=False).astype(np.float64)
+    q = model([text], progress=False)[0].astype(np.float64)
+    order = np.lexsort((np.array(ids), 1 - x @ q))[:k]
+    return [ids[j] for j in order]
+
+
+def test_change_the_embedding_model_without_downtime(db_models, records):
+    ids, _, docs, *_ = records
+    col = db_models.create_collection("m", embedder="words-48", text=True, index="flat")
+    col.upsert(ids[:200], documents=docs[:200])
+    query = docs[17]
+    assert [h["id"] for h in col.search(text=query, k=5, mode="dense")] == _text_truth(OLD, docs[:200], ids[:200],
+                                                                                         query, 5)
+    info = col.add_field("new", {"index": "flat"}, embedder="words-32")
+    assert info["dim"] == 32 and info["embedder"]["name"] == "words-32"
+    with pytest.raises(InvalidInputError, match=r"filled for \d+ of 200 documents"):
+        col.use_field("new")  # still filling: text queries stay on the old model
+    col.upsert(ids[200:N], documents=docs[200:N])  # writes go on, embedded by both models
+    assert [h["id"] for h in col.search(text=query, k=5, mode="dense")] == _text_truth(OLD, docs, ids, query, 5)
+    assert col.wait_for_field("new", timeout=120)
+    fill = col.stats()["fields"]["new"]["fill"]
+    assert fill["state"] == "complete" and fill["done"] == fill["total"] == N
+    stored = {r["id"]: r["fields"]["new"] for r in col.get(ids[::40], include=["fields"])}
+    np.testing.assert_allclose([stored[i] for i in ids[::40]], NEW(docs[::40], progress=False), rtol=1e-6)
+    col.use_field("new")
+    assert col.stats()["text_field"] == "new"
+    assert [h["id"] for h in col.search(text=query, k=5, mode="dense")] == _text_truth(NEW, docs, ids, query, 5)
+    assert col.search(text=query, k=5)  # hybrid: the new field fused with BM25
+    with pytest.raises(InvalidInputError, match="switch them first"):
+        col.drop_field("new")
+    with pytest.raises(InvalidInputError, match="cannot be dropped"):
+        col.drop_field("vector")
+    col.use_field("vector")
+    col.drop_field("new")
+    assert "new" not in col.stats()["fields"] and "fields" not in col.get(ids[:1])[0]
+    assert col.get(ids[:1], include=["fields"])[0]["fields"] == {}
+    with pytest.raises(InvalidInputError, match="unknown field"):
+        col.search([0.0] * 32, field="new")
+
+
+def test_a_fill_resumes_after_a_restart(tmp_path, records):
+    ids, _, docs, *_ = records
+    path = tmp_path / "db"
+    with simdex.connect(path, embedders=MODELS) as db:
+        col = db.create_collection("m", embedder="words-48")
+        col.upsert(ids, documents=docs)
+        col.add_field("new", embedder="words-32")
+    # closed while filling (each batch of 256 takes 0.4 s): the fill goes on when the collection opens again
+    with simdex.connect(path, embedders=MODELS) as db:
+        col = db.get_collection("m")
+        assert col.stats()["fields"]["new"]["embedder"]["name"] == "words-32"
+        assert col.stats()["fields"]["new"]["fill"]["done"] < N
+        assert col.wait_for_field("new", timeout=120)
+        assert col.stats()["fields"]["new"]["fill"]["done"] == N
+        got = col.get(ids, include=["fields"])
+        np.testing.assert_allclose([r["fields"]["new"] for r in got], NEW(docs, progress=False), rtol=1e-6)

@@ -113,6 +113,18 @@ class Upsert(_Strict):
                                                                   "(sparse), or null")
 
 
+class AddField(_Strict):
+    name: str = Field(description="the field's name")
+    spec: dict[str, Any] | None = Field(None, description="as in create_collection's fields: type, dim, metric, "
+                                                          "index, params")
+    embedder: str | None = Field(None, description="fill the field from the stored documents with this model "
+                                                   "(\"minilm\" or \"st:<model>\"), in the background")
+
+
+class UseField(_Strict):
+    force: bool = Field(False, description="switch even while the field is still being filled")
+
+
 class Get(_Strict):
     ids: list[str] | None = None
     where: dict[str, Any] | None = None
@@ -284,6 +296,20 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
         vectors = body.vectors if body.vectors_base64 is None else decode_vectors(body.vectors_base64, col.dim)
         n = col.upsert(body.ids, vectors, body.metadatas, body.documents, max_batch=max_batch, fields=body.fields)
         return _json({"upserted": n})
+
+    @app.post(f"{API}/collections/{{name}}/fields", tags=["collections"], status_code=201)
+    def add_field(name: str, body: AddField) -> dict[str, Any]:
+        return _json(collection(name).add_field(body.name, body.spec, embedder=body.embedder))
+
+    @app.post(f"{API}/collections/{{name}}/fields/{{field}}/use", tags=["collections"])
+    def use_field(name: str, field: str, body: UseField) -> dict[str, Any]:
+        collection(name).use_field(field, force=body.force)
+        return _json({"text_field": field})
+
+    @app.delete(f"{API}/collections/{{name}}/fields/{{field}}", tags=["collections"])
+    def drop_field(name: str, field: str) -> dict[str, Any]:
+        collection(name).drop_field(field)
+        return _json({"dropped": field})
 
     @app.post(f"{API}/collections/{{name}}/get", tags=["records"])
     def get(name: str, body: Get) -> dict[str, Any]:

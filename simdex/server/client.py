@@ -240,6 +240,18 @@ class _Steps:
             where = _json_path(metadatas, "metadatas")
             raise errors.InvalidTypeError(f"{where} has {exc}" if where else str(exc)) from None
 
+    def _add_field(self, name: str, spec: dict[str, Any] | None, embedder: Any):
+        if embedder is not None and not isinstance(embedder, str):
+            raise errors.InvalidTypeError("over HTTP, embedder is a name the server knows (\"minilm\" or "
+                                          "\"st:<model>\"); an Embedder object can only be used in process")
+        return (yield "POST", f"{self._base}/fields", {"name": name, "spec": spec, "embedder": embedder})
+
+    def _use_field(self, name: str, force: bool):
+        yield "POST", f"{self._base}/fields/{urllib.parse.quote(name, safe='')}/use", {"force": force}
+
+    def _drop_field(self, name: str):
+        yield "DELETE", f"{self._base}/fields/{urllib.parse.quote(name, safe='')}", None
+
     def _get(self, ids: Any, where: Any, limit: int | None, offset: int, include: Any):
         return (yield "POST", f"{self._base}/get", {"ids": ids, "where": where, "limit": limit, "offset": offset,
                                                      "include": include})["records"]
@@ -350,6 +362,15 @@ class RemoteCollection(_Steps, CollectionAPI):
     def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None) -> list[list[dict[str, Any]]]:
         return self._run(self._search_by_id(ids, k, where, include, ef))
+
+    def add_field(self, name: str, spec: dict[str, Any] | None = None, *, embedder: Any = None) -> dict[str, Any]:
+        return self._run(self._add_field(name, spec, embedder))
+
+    def use_field(self, name: str, *, force: bool = False) -> None:
+        self._run(self._use_field(name, force))
+
+    def drop_field(self, name: str) -> None:
+        self._run(self._drop_field(name))
 
 class AsyncClient:
     """The async twin of :class:`Client` (``await`` every call; needs ``httpx``): ``get_collection`` /

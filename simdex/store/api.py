@@ -108,6 +108,35 @@ class CollectionAPI(ABC):
         an unknown id raises UnknownIdError."""
 
 
+    @abstractmethod
+    def add_field(self, name: str, spec: dict[str, Any] | None = None, *, embedder: Any = None) -> dict[str, Any]:
+        """Add the named vector field ``name`` (``spec`` as in ``create_collection(fields=...)``). With
+        ``embedder`` it is a dense field of that model, filled in the background from the stored documents
+        (progress in ``stats()["fields"][name]["fill"]``) and by every later upsert. Returns the field's stats."""
+
+    @abstractmethod
+    def use_field(self, name: str, *, force: bool = False) -> None:
+        """Make text queries (modes dense and hybrid) embed with field ``name``'s embedder and search that field
+        ("vector": the main vector and the collection's embedder); a field still filling needs ``force``."""
+
+    @abstractmethod
+    def drop_field(self, name: str) -> None:
+        """Remove the named field ``name`` with its index and values (not the main vector, nor the field that
+        text queries use)."""
+
+    def wait_for_field(self, name: str, timeout: float | None = None) -> bool:
+        """Wait until field ``name`` is filled (True), or ``timeout`` seconds have passed (False)."""
+        import time
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            fill = self.stats()["fields"][name].get("fill")
+            if fill is None or fill["state"] != "filling":
+                return True
+            if end is not None and time.monotonic() >= end:
+                return False
+            time.sleep(0.2)
+
+
 class DatabaseAPI(ABC):
     """What every database offers, embedded (:func:`simdex.connect`) or remote (:class:`simdex.Client`)."""
 

@@ -35,6 +35,7 @@ from .api import MAIN_FIELD, CollectionAPI, resolve_mode, split_vectors
 from .config import DEFAULT_GET_INCLUDE, DEFAULT_SEARCH_INCLUDE, check_include
 from .dedup import DedupSide
 from .embedding import EmbedderSlot, warn_truncated
+from .fieldops import FieldOps
 from .fields import check_field_values, check_query, decode_blobs, new_field_side, value_as_json
 from .filters import AllowCache, plan_where
 from .persistence import Durable
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from ..embed import Embedder
 
 
-class Collection(Durable, CollectionAPI):
+class Collection(Durable, FieldOps, CollectionAPI):
     """Records with vectors, metadata and documents, searchable by vector or text with metadata filters.
 
     Obtain one from :meth:`simdex.Database.create_collection` or :meth:`~simdex.Database.get_collection`. The
@@ -57,7 +58,7 @@ class Collection(Durable, CollectionAPI):
 
     def __init__(self, path: Path, name: str, config: dict[str, Any], *, sync: str, read_only: bool,
                  repair: bool, merge_rows: int = 20_000, checkpoint_bytes: int = 64 << 20,
-                 log_segment_bytes: int = 64 << 20) -> None:
+                 log_segment_bytes: int = 64 << 20, load_embedder: Any = None) -> None:
         self.path, self.name = path, name
         self.dim: int = config["dim"]
         self.metric: str = config["metric"]
@@ -69,6 +70,8 @@ class Collection(Durable, CollectionAPI):
         self.label_field: str | None = config.get("label_field")
         self.dedup: dict[str, Any] | None = config.get("dedup")
         self.fields: dict[str, dict[str, Any]] = config.get("fields") or {}
+        self.text_field: str = config.get("text_field", MAIN_FIELD)  # what text queries embed with and search
+        self._load_embedder = load_embedder  # a name or Embedder -> Embedder (the database's, with its registry)
         self.read_only = read_only
         self.checkpoint_bytes = checkpoint_bytes
         self.log_segment_bytes = log_segment_bytes
@@ -96,6 +99,7 @@ class Collection(Durable, CollectionAPI):
         self._next_rid = 0
         self._last_gen = 0  # the highest checkpoint number used or seen
         self._recover(sync, repair)
+        self._open_field_embedders()
 
     def _open_sides(self) -> None:
         """The side indexes that have no files, built from the metadata store (after recovery)."""
@@ -122,25 +126,37 @@ class Collection(Durable, CollectionAPI):
                                    self._dedup_side, *self._field_sides.values()) if s is not None]
 
     # ---- applying logged operations (caller holds the write side, or is recovering) ------------------------------
+    def _configured(self, op: rec.LogOp) -> dict[str, Any] | None:
+        """The values of ``op`` of the fields the collection has (a log replayed after a field was dropped may
+        hold values of it)."""
+        if not op.fields:
+            return op.fields
+        return {name: values for name, values in op.fields.items() if name in self.fields}
+
     def _apply_metadata(self, lsn: int, op: rec.LogOp) -> None:
         if op.kind == rec.UPSERT:
-            self._meta.apply_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents, op.fields)
+            self._meta.apply_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents, self._configured(op))
+        elif op.kind == rec.FIELD_VALUES:
+            self._meta.apply_field_values(lsn, op.rids, self._configured(op))
         else:
             self._meta.apply_delete(lsn, op.ids)
 
     def _apply_vectors(self, op: rec.LogOp) -> None:
-        gone = op.old_rids[op.old_rids >= 0] if op.kind == rec.UPSERT else op.rids
-        if gone.size:
-            for side in self._sides:
-                side.remove(gone)
-        if op.kind == rec.UPSERT:
-            for side in self._sides:
-                name = side.vector_field
-                if name is None:
+        if op.kind == rec.DELETE or op.kind == rec.UPSERT:
+            gone = op.old_rids[op.old_rids >= 0] if op.kind == rec.UPSERT else op.rids
+            if gone.size:
+                for side in self._sides:
+                    side.remove(gone)
+        if op.kind == rec.DELETE:
+            return
+        for side in self._sides:
+            name = side.vector_field
+            if name is None:
+                if op.kind == rec.UPSERT:
                     side.add(op.rids, op.vectors, op.metadatas, op.documents)
-                elif op.fields and name in op.fields:  # a named field's side takes its values
-                    values = op.fields[name]
-                    side.add(op.rids[values.at], values.data, None, None)
+            elif op.fields and name in op.fields:  # a named field's side takes its values
+                values = op.fields[name]
+                side.add(op.rids[values.at], values.data, None, None)
 
     # ---- writes --------------------------------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -152,6 +168,8 @@ class Collection(Durable, CollectionAPI):
     def _stage_metadata(self, lsn: int, op: rec.LogOp) -> None:
         if op.kind == rec.UPSERT:
             self._meta.stage_upsert(lsn, op.ids, op.rids, op.metadatas, op.documents, op.fields)
+        elif op.kind == rec.FIELD_VALUES:
+            self._meta.stage_field_values(lsn, op.rids, op.fields)
         else:
             self._meta.stage_delete(lsn, op.ids)
 
@@ -216,12 +234,19 @@ class Collection(Durable, CollectionAPI):
         vectors, fields = split_vectors(vectors, fields)
         vectors = self._embedding.vectors_for(ids, vectors, documents)  # embedding runs before any lock is taken
         batch = rec.check_upsert(ids, vectors, metadatas, documents, self.dim, self.metric == "cosine", max_batch)
+        embedded_for = set(self._field_embedding)
+        fields = self._embed_fields(len(batch.ids), documents, fields)
         batch.fields = check_field_values(self.fields, fields, len(batch.ids))
         dedup = self._dedup_side
         sketch = None if dedup is None else \
             dedup.sketch(dedup.texts_of(batch.metadatas, batch.documents, len(batch.ids)))  # no lock held
         self._make_room_in_log()
         with self._writer:
+            if set(self._field_embedding) != embedded_for or not set(batch.fields) <= set(self.fields):
+                # a field was added (its fill may have passed these rows) or dropped meanwhile
+                batch.fields = check_field_values(self.fields, self._embed_fields(
+                    len(batch.ids), documents, {k: v for k, v in (fields or {}).items() if k in self.fields}),
+                    len(batch.ids))
             existing = self._meta.current_rids(batch.ids)
             old = np.array([existing.get(i, -1) for i in batch.ids], np.int64)
             rids = np.arange(self._next_rid, self._next_rid + len(batch.ids), dtype=np.int64)
@@ -305,7 +330,8 @@ class Collection(Durable, CollectionAPI):
                 for rid, values in stored.items()}
 
     def _resolve_mode(self, mode: Any, has_vector: bool) -> str:
-        return resolve_mode(self.name, mode, has_vector, self.embedder_info is not None, self.text)
+        return resolve_mode(self.name, mode, has_vector,
+                            self.embedder_info is not None or self.text_field != MAIN_FIELD, self.text)
 
     def _queries(self, vectors: Any, name: str) -> np.ndarray:
         return check_vectors(vectors, self.dim, name, normalize=self.metric == "cosine")
@@ -362,6 +388,12 @@ class Collection(Durable, CollectionAPI):
             q = self._queries(np.asarray(vector).reshape(1, -1) if np.ndim(vector) == 1 else vector, "vector")
             if q.shape[0] != 1:
                 raise InvalidInputError(f"search takes one vector; got {q.shape[0]}")
+        elif mode in ("dense", "hybrid") and self.text_field != MAIN_FIELD:
+            # text queries embed with a named field's model (use_field) and search that field
+            field = self.text_field
+            embedded = self._field_embedding[field].queries([text], notes)[0]
+            return self._search_fields(None, None, {field: embedded}, text if mode == "hybrid" else None, None, k,
+                                       where, include, ef, fusion, alpha, norm, depth, target_recall, notes), notes
         elif mode in ("dense", "hybrid"):
             q = self._queries(self._embedding.queries([text], notes), "embedded query")
         if mode == "dense":
@@ -515,7 +547,7 @@ class Collection(Durable, CollectionAPI):
             if vectors is not None:
                 raise InvalidInputError("give vectors or texts, not both")
             texts = check_texts(texts, "texts")
-            if self._resolve_mode(mode, False) != "dense":
+            if self._resolve_mode(mode, False) != "dense" or self.text_field != MAIN_FIELD:
                 out = []
                 for text in texts:
                     hits, more = self.search_with_notes(None, k, where, include, ef, text=text, mode=mode,
@@ -628,7 +660,8 @@ class Collection(Durable, CollectionAPI):
                    "storage_error": self._wal.error, "background_error": self.background_error,
                    "window_field": self.window_field, "window": None, "label_field": self.label_field,
                    "label_graphs": {}, "dedup": None,
-                   "fields": {name: {**spec, **self._field_sides[name].stats()} for name, spec in self.fields.items()}}
+                   "fields": {name: {**spec, **self._field_sides[name].stats(), "fill": self._fill_state(name)}
+                              for name, spec in self.fields.items()}, "text_field": self.text_field}
             for side in (self._window_side, self._label_side, self._dedup_side):
                 if side is not None:
                     out.update(side.stats())
@@ -637,6 +670,7 @@ class Collection(Durable, CollectionAPI):
     def close(self) -> None:
         if self._closed:
             return
+        self._stop_fills()
         self._close_storage()
         self._closed = True
 

@@ -34,6 +34,7 @@ from ._io import storage_error
 from .api import DatabaseAPI
 from .collection import Collection
 from .config import check_config
+from .embedding import embedder_info
 from .metadata import MetadataStore
 from .records import check_collection_name
 from .wal import SYNC_MODES
@@ -158,7 +159,8 @@ class Database(DatabaseAPI):
         for attempt in range(READ_VIEW_ATTEMPTS if self.read_only else 1):
             try:
                 collection = Collection(folder, folder.name, config, sync=self.sync, read_only=self.read_only,
-                                        repair=self.repair, **self._collection_opts)
+                                        repair=self.repair, load_embedder=self._embedder_model,
+                                        **self._collection_opts)
                 break
             except (CorruptFileError, FileNotFoundError) as exc:
                 # a read-only view races the writer: a checkpoint may replace the files being read, or cut the log
@@ -170,7 +172,26 @@ class Database(DatabaseAPI):
         info = config.get("embedder")
         if info is not None and info["name"] in self._embedders:
             collection.attach_embedder(self._embedders[info["name"]])
+        for field, spec in (config.get("fields") or {}).items():
+            info = spec.get("embedder")
+            if info is not None and info["name"] in self._embedders:
+                collection.attach_field_embedder(field, self._embedders[info["name"]])
         return collection
+
+    def _embedder_model(self, embedder: Any) -> Any:
+        """An :class:`~simdex.embed.Embedder` from what a user gives: one, a name registered with this database
+        (``embedders=``), or a name simdex loads ("minilm", "st:<model>")."""
+        from ..embed import Embedder, get_embedder
+        if isinstance(embedder, Embedder):
+            return embedder
+        if isinstance(embedder, str) and embedder in self._embedders:
+            return self._embedders[embedder]
+        try:
+            return get_embedder(embedder)
+        except SimdexError:
+            raise
+        except Exception as exc:  # a missing package, a model that cannot be found or loaded
+            raise InvalidInputError(f"cannot load the embedder {embedder!r}: {type(exc).__name__}: {exc}") from None
 
     # ---- the catalog ---------------------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -212,21 +233,14 @@ class Database(DatabaseAPI):
         name = check_collection_name(name)
         model = None
         if embedder is not None:
-            from ..embed import get_embedder
-            if isinstance(embedder, str) and embedder in self._embedders:
-                model = self._embedders[embedder]
-            else:
-                try:
-                    model = get_embedder(embedder)
-                except SimdexError:
-                    raise
-                except Exception as exc:  # a missing package, a model that cannot be found or loaded
-                    raise InvalidInputError(f"cannot load the embedder {embedder!r}: {type(exc).__name__}: "
-                                            f"{exc}") from None
+            model = self._embedder_model(embedder)
             dim = model.dim if dim is None else dim
         elif dim is None:
             raise InvalidInputError("dim is required (or give an embedder, whose dimension it then is)")
+        fields, field_models = self._field_embedders(fields)
         config = check_config(dim, metric, index, params, text, window_field, label_field, model, dedup, fields)
+        for field, field_model in field_models.items():
+            config["fields"][field]["embedder"] = embedder_info(field_model)
         with self._lock:
             if name in self._collections:
                 existing = self._collections[name]
@@ -260,8 +274,26 @@ class Database(DatabaseAPI):
             collection = self._open_collection(final)
             if model is not None:
                 collection.attach_embedder(model)
+            for field, field_model in field_models.items():
+                collection.attach_field_embedder(field, field_model)
             self._collections[name] = collection
             return collection
+
+    def _field_embedders(self, fields: Any) -> tuple[Any, dict[str, Any]]:
+        """``fields`` without the embedders of its dense fields (a field's ``dim`` defaults to its model's), and
+        those embedders' models by field."""
+        if not isinstance(fields, dict):
+            return fields, {}
+        out, models = dict(fields), {}
+        for field, spec in fields.items():
+            if isinstance(spec, dict) and spec.get("embedder") is not None:
+                models[field] = self._embedder_model(spec["embedder"])
+                out[field] = {"type": "dense", "dim": models[field].dim,
+                              **{k: v for k, v in spec.items() if k != "embedder"}}
+                if out[field]["type"] != "dense" or out[field]["dim"] != models[field].dim:
+                    raise InvalidInputError(f"fields[{field!r}]: an embedder fills a dense field of its dimension "
+                                            f"({models[field].dim})")
+        return out, models
 
     def get_collection(self, name: str, embedder: Any = None) -> Collection:
         """The collection ``name``. ``embedder``: an :class:`~simdex.embed.Embedder` instance of the model it was
@@ -288,6 +320,7 @@ class Database(DatabaseAPI):
             raise ReadOnlyError(f"the database at {self.path} is open read-only")
         with self._lock:
             collection = self.get_collection(name)
+            collection._stop_fills()
             collection._closed = True
             collection._wal.close()
             collection._meta.close()

@@ -127,6 +127,50 @@ class MetadataStore:
                                      zip(rids[values.at].tolist(), [name] * values.at.shape[0], values.blobs()))
         self._set_lsn(lsn)
 
+    def stage_field_values(self, lsn: int, rids: np.ndarray, fields: dict[str, FieldValues]) -> None:
+        """Set named fields' values of stored records, in an open transaction (:meth:`commit`)."""
+        self._begin()
+        for name, values in fields.items():
+            self._writer.executemany("INSERT OR REPLACE INTO field_values (rid, field, value) VALUES (?, ?, ?)",
+                                     zip(rids[values.at].tolist(), [name] * values.at.shape[0], values.blobs()))
+        self._set_lsn(lsn)
+
+    def apply_field_values(self, lsn: int, rids: np.ndarray, fields: dict[str, FieldValues]) -> None:
+        with self._writer:
+            self.stage_field_values(lsn, rids, fields)
+
+    def drop_field(self, field: str) -> None:
+        """Remove every value of a named field (the field was dropped from the collection's configuration)."""
+        with self._writer:
+            self._begin()
+            self._writer.execute("DELETE FROM field_values WHERE field = ?", (field,))
+
+    def documents_without(self, field: str, after: int, limit: int) -> tuple[np.ndarray, list[str]]:
+        """(rids, documents) of up to ``limit`` records after rid ``after`` that have a document and no value in
+        ``field``, in rid order (a field being filled from the documents)."""
+        rows = self._reader().execute(
+            "SELECT rid, document FROM records WHERE rid > ? AND document IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM field_values f WHERE f.rid = records.rid AND f.field = ?) ORDER BY rid LIMIT ?",
+            (after, field, limit)).fetchall()
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows]
+
+    def still_without(self, field: str, rids: np.ndarray) -> np.ndarray:
+        """Those of ``rids`` that are still current and have no value in ``field`` (through the writer)."""
+        out: list[int] = []
+        for part in _chunks(rids.tolist()):
+            out.extend(r[0] for r in self._writer.execute(
+                f"SELECT rid FROM records WHERE rid IN ({','.join('?' * len(part))}) AND NOT EXISTS "
+                f"(SELECT 1 FROM field_values f WHERE f.rid = records.rid AND f.field = ?)", (*part, field)))
+        return np.array(sorted(out), np.int64)
+
+    def fill_progress(self, field: str) -> tuple[int, int]:
+        """(records with a document that have a value in ``field``, records with a document)."""
+        conn = self._reader()
+        total = conn.execute("SELECT COUNT(*) FROM records WHERE document IS NOT NULL").fetchone()[0]
+        done = conn.execute("SELECT COUNT(*) FROM records r JOIN field_values f ON f.rid = r.rid AND f.field = ? "
+                            "WHERE r.document IS NOT NULL", (field,)).fetchone()[0]
+        return int(done), int(total)
+
     def commit(self) -> None:
         self._writer.commit()
 

@@ -178,6 +178,7 @@ def check_upsert(ids: Any, vectors: Any, metadatas: Any, documents: Any, dim: in
 # ---- log payloads ------------------------------------------------------------------------------------------------
 UPSERT = b"U"
 DELETE = b"D"
+FIELD_VALUES = b"F"  # values of named vector fields set on stored records (a field filled in the background)
 
 
 def encode_upsert(batch: UpsertBatch, rids: np.ndarray, old_rids: np.ndarray) -> bytes:
@@ -195,6 +196,13 @@ def encode_upsert(batch: UpsertBatch, rids: np.ndarray, old_rids: np.ndarray) ->
 def encode_delete(ids: list[str], rids: np.ndarray) -> bytes:
     header = json.dumps({"ids": ids, "rids": rids.tolist()}, separators=(",", ":")).encode()
     return DELETE + _LEN.pack(len(header)) + header
+
+
+def encode_field_values(rids: np.ndarray, values: dict[str, FieldValues]) -> bytes:
+    """Named fields' values for the stored records ``rids`` (``FieldValues.at`` indexes ``rids``)."""
+    head, tail = log_header(values)
+    header = json.dumps({"rids": rids.tolist(), "fields": head}, separators=(",", ":")).encode()
+    return FIELD_VALUES + _LEN.pack(len(header)) + header + tail
 
 
 @dataclass
@@ -218,6 +226,8 @@ def decode(payload: bytes, lsn: int) -> LogOp:
         rids = np.asarray(header["rids"], np.int64)
         if kind == DELETE:
             return LogOp(kind, header["ids"], rids)
+        if kind == FIELD_VALUES:
+            return LogOp(kind, [], rids, fields=from_log(header["fields"], payload, 5 + n))
         if kind != UPSERT:
             raise ValueError(f"unknown record kind {kind!r}")
         shape = tuple(header["shape"])
