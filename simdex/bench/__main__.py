@@ -143,6 +143,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     tr.add_argument("--index", default="hnsw,vamana,ivf-pq", help="comma-separated: hnsw, vamana, ivf-pq")
     tr.add_argument("--n-queries", type=int, default=1000)
     tr.add_argument("--out", default="bench-results")
+    fields = sub.add_parser("fields", help="named vector fields (multivector, sparse) through the database vs the "
+                                           "same indexes directly; the background fill of a new model")
+    fields.add_argument("--n", type=int, default=20_000, help="WordNet records")
+    fields.add_argument("--n-queries", type=int, default=300)
+    fields.add_argument("--fill-n", type=int, default=2_000, help="documents the fill part embeds")
+    fields.add_argument("--parts", default="multivector,sparse,fill")
+    fields.add_argument("--out", default="bench-results")
     integ = sub.add_parser("integrations", help="the RAG framework stores (LangChain, LlamaIndex, Haystack) against "
                                                  "Collection.search and langchain-chroma: p50/p99 per query")
     integ.add_argument("--n-base", type=int, default=20_000)
@@ -253,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         names = tuple(args.dataset or ("fashion-mnist-784", "wordnet-minilm-384", "glove-50"))
         report = tr_bench.run(names, tuple(args.index.split(",")), args.n_queries)
         _record(tr_bench, report, args.out, argv)
+        return 0
+    if args.bench == "fields":
+        from . import fields as fields_bench
+        report = fields_bench.run(args.n, args.n_queries, 10, args.fill_n, tuple(args.parts.split(",")))
+        _record(fields_bench, report, args.out, argv)
         return 0
     if args.bench == "integrations":
         from . import integrations as integ_bench
