@@ -215,6 +215,9 @@ def test_fields_survive_restart_merges_and_log_replay(tmp_path, records):
         truth, _ = _truth(records, "image", image[10])
         hnsw_hits = [h["id"] for h in col.search(image[10], k=10, field="image")]
         assert len(set(hnsw_hits) & set(truth[:10])) >= 9
+        # the multivector field's ef is the MUVERA candidates re-ranked: all of them is exact search
+        exact, _ = _truth(records, "sents", sets[20])
+        assert [h["id"] for h in col.search(sets[20], k=10, field="sents", ef=N)] == exact[:10]
         col.delete(ids[:20])
     with simdex.connect(path) as db:
         col = db.get_collection("g")

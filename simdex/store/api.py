@@ -86,8 +86,9 @@ class CollectionAPI(ABC):
           by its recall curve, measured when it was built on vectors held out for it
           (:mod:`simdex.dense.calibration`; not for spann collections).
         - ``field`` with ``vector``: search a named vector field instead of the main vector: a dense field's hits
-          carry ``distance``; a multivector field (``vector`` an (m, dim) set; Chamfer score) and a sparse field
-          (``vector`` a ``{term: weight}`` dict; dot product) carry ``score``.
+          carry ``distance``; a multivector field (``vector`` an (m, dim) set; Chamfer score; ``ef``: the MUVERA
+          candidates re-ranked, default 100) and a sparse field (``vector`` a ``{term: weight}`` dict; dot
+          product) carry ``score``.
         - ``queries={field: query, ...}`` (the main vector as "vector"; a str there is embedded): one ranking per
           field, ``depth`` deep, fused by ``fusion`` ("rrf", or "linear" for exactly two rankings) with the
           BM25 ranking of ``text`` if given; hits carry ``score``. One entry alone is that field's search.

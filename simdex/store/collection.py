@@ -471,7 +471,9 @@ class Collection(Durable, FieldOps, CollectionAPI):
                     if target_recall is not None:
                         raise InvalidInputError(f"target_recall applies to dense fields; field {name!r} is "
                                                 f"{self.fields[name]['type']}")
-                    runs.append(side.search(q, n, allowed))
+                    # a multivector field's breadth (ef) is the MUVERA candidates it re-ranks
+                    runs.append(side.search(q, n, allowed, ef) if self.fields[name]["type"] == "multivector"
+                                else side.search(q, n, allowed))
                     key = "score"
             if text is not None:
                 runs.append(self._text_candidates(text, n, allowed))

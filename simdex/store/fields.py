@@ -36,6 +36,7 @@ import numpy as np
 from .._validate import check_dim, check_metric, check_vectors
 from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
 from .api import MAIN_FIELD
+from .buildonce import IDLE_REBUILD_GROWTH, REBUILD_GROWTH
 from .sides import SideIndex, remove_present
 from .vectors import RecordVectors
 
@@ -330,10 +331,13 @@ class MultiVectorSide(SideIndex):
         return out
 
     def needs_rebuild(self) -> bool:
+        # a build reads every set: wait for the new ones to be a share of the index, as a build-once main index
+        # does (buildonce.REBUILD_GROWTH; a smaller share once the writes pause)
         n, main_n = len(self.growing), len(self.main) if self.main is not None else 0
         removed = self.main is not None and self.main._idmap.num_slots - main_n > 0.2 * max(main_n, 1)
         idle = time.monotonic() - self.last_write > 0.5
-        return removed or (n > 0 and (n >= max(256, 0.1 * main_n) or idle))
+        return removed or (n > 0 and (n >= max(256, REBUILD_GROWTH * main_n)
+                                      or (idle and n >= IDLE_REBUILD_GROWTH * main_n)))
 
     def snapshot(self) -> Any:
         moved = self.growing.ids
@@ -360,8 +364,10 @@ class MultiVectorSide(SideIndex):
         remove_present(self.growing, moved)
         self.main = new if len(new) else None
 
-    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(rids, Chamfer scores) of the k best records for the query set ``q`` (m, dim), best first."""
+    def search(self, q: np.ndarray, k: int, allowed: np.ndarray | None, breadth: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(rids, Chamfer scores) of the k best records for the query set ``q`` (m, dim), best first.
+        ``breadth``: MUVERA candidates re-ranked exactly (default the field's ``candidates`` parameter, or 100)."""
         runs = []
         for index, method in ((self.main, "muvera"), (self.growing, "exact")):
             if index is None or len(index) == 0:
@@ -377,7 +383,8 @@ class MultiVectorSide(SideIndex):
                 kk = min(len(index), max(10 * k, 100))
             else:
                 kk = min(len(index), k)
-            options = {"candidates": max(kk, self.params.get("candidates", 100))} if method == "muvera" else {}
+            wide = breadth if breadth is not None else self.params.get("candidates", 100)
+            options = {"candidates": max(kk, wide)} if method == "muvera" else {}
             scores, ids = index.search([q], kk, method=method, threads=1, **options)
             keep = ids[0] >= 0
             if allowed is not None:
