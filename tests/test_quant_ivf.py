@@ -62,7 +62,8 @@ def ivf_flat_recall(wordnet_20k):
 
 
 @pytest.mark.parametrize("codec,rerank,max_loss", [
-    ("int8", 50, 0.01), ("lvq8", 50, 0.01), ("lvq4", 50, 0.01), ("opq48", 100, 0.02), ("binary", 200, 0.04)])
+    ("int8", 50, 0.01), ("lvq8", 50, 0.01), ("lvq4", 50, 0.01), ("opq48", 100, 0.02), ("binary", 200, 0.04),
+    ("rabitq", 100, 0.01), ("rabitq4", 30, 0.01)])
 def test_other_codecs(wordnet_20k, ivf_flat_recall, codec, rerank, max_loss):
     ds = wordnet_20k
     if codec == "opq48":  # fewer OPQ rounds than the default: the test needs a rotation, not the best one
@@ -159,3 +160,26 @@ def test_copy_is_independent_and_retrain_keeps_every_vector(wordnet_small, tmp_p
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth)]) >= 0.95
     grown.save(tmp_path / "ivf.sdx")
     assert IVFIndex.load(tmp_path / "ivf.sdx").trained_rows == 2990
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_rabitq_list_scan_matches_the_codec(fashion_small, wordnet_20k, metric):
+    """The list scan scores RaBitQ codes with the query quantised to 4 bits per list: its distances are the
+    codec's float-query estimates (of the residual to the hit's list centroid) to within that rounding."""
+    ds = fashion_small if metric == "l2" else wordnet_20k
+    index = IVFIndex(ds.dim, metric, nlist=32, codec="rabitq", nprobe=32, vectors="none")
+    index.add(ds.base[:5000])
+    q = ds.queries[:5] / (np.linalg.norm(ds.queries[:5], axis=1, keepdims=True) if metric == "cosine" else 1)
+    d, ids = index.search(ds.queries[:5], 10, rerank=0)
+    entry_of = np.empty(index._n, np.int64)
+    entry_of[index._slots] = np.arange(index._slots.shape[0])
+    for row in range(5):
+        entries = entry_of[index._idmap.slots_of(ids[row])]
+        lists = np.searchsorted(index._offsets, entries, side="right") - 1
+        if metric == "l2":
+            want = [index.codec.distances((q[row] - index.centroids[l])[None], index._codes[e][None])[0, 0]
+                    for e, l in zip(entries, lists)]
+        else:  # 1 - <q, x> = 1 - <q, c> - <q, r>: the codec's -<q, r> estimate (its centre ~ 0) plus the rest
+            want = [1 - q[row] @ index.centroids[l] + index.codec.distances(q[row][None], index._codes[e][None])[0, 0]
+                    + q[row] @ index.codec.center for e, l in zip(entries, lists)]
+        np.testing.assert_allclose(d[row], want, rtol=0.03, atol=0.01 * np.abs(want).mean())

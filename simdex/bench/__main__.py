@@ -53,7 +53,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     quant = sub.add_parser("quant", help="HNSW over LVQ/int8 codes vs hnswlib and FAISS HNSWSQ; IVF-PQ vs FAISS")
     quant.add_argument("--dataset", action="append", choices=sorted(datasets.DATASETS),
                        help="data set (repeatable; default: wordnet-minilm-384 and fashion-mnist-784)")
-    quant.add_argument("--parts", default="graph,ivf,binary", help="comma-separated: graph,ivf,binary")
+    quant.add_argument("--parts", default="graph,ivf,binary", help="comma-separated: graph,ivf,rabitq,binary")
     quant.add_argument("--codecs", default="lvq8,int8,lvq4x8", help="codecs of the HNSW-over-codes part")
     quant.add_argument("--peers", default="hnswlib,faiss")
     quant.add_argument("--M", type=int, default=16)

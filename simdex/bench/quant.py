@@ -289,6 +289,64 @@ def run_ivf(ds, *, nlist: int, m: int, threads: int, k: int, repeats: int, nprob
     return curves
 
 
+RABITQ_RERANK = (0, 100)  # exact re-ranking of the best 100 code estimates from float32 vectors, or none
+
+
+def run_rabitq(ds, *, nlist: int, threads: int, k: int, repeats: int, nprobes, peers, log) -> list[Curve]:
+    """IVF over 1-bit RaBitQ codes of the residuals, simdex against FAISS's IndexIVFRaBitQ (queries at 4 bits
+    too), without re-ranking and with the best 100 estimates re-ranked from float32 vectors in memory (FAISS:
+    IndexRefineFlat, k_factor 10)."""
+    from .._numba import num_threads
+    from ..quant import IVFIndex
+    curves: list[Curve] = []
+    warm = IVFIndex(ds.dim, ds.metric, nlist=8, codec="rabitq", vectors="memory")
+    warm.add(ds.base[:2000])
+    for rr in RABITQ_RERANK:
+        warm.search(ds.queries[:10], k, nprobe=2, rerank=rr, threads=1)
+    del warm
+    with num_threads(threads):
+        t0 = time.perf_counter()
+        idx = IVFIndex(ds.dim, ds.metric, nlist=nlist, codec="rabitq", vectors="memory")
+        idx.add(ds.base)
+        build = time.perf_counter() - t0
+    for rr in RABITQ_RERANK:
+        c = Curve(f"simdex-rabitq-r{rr}", build, idx.nbytes - (idx._vectors.nbytes if not rr else 0),
+                  params={"nlist": nlist, "bits": 1, "rerank": rr})
+        _sweep(c, lambda p: idx.search(ds.queries, k, nprobe=p, rerank=rr, threads=1)[1], nprobes, ds, k, repeats,
+               log)
+        curves.append(c)
+    del idx
+    gc.collect()
+    if "faiss" in peers:
+        import faiss
+        faiss.omp_set_num_threads(threads)
+        fmetric = faiss.METRIC_L2 if ds.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        xb = ds.base if ds.metric == "l2" else _normalized(ds.base)
+        xq = ds.queries if ds.metric == "l2" else _normalized(ds.queries)
+        t0 = time.perf_counter()
+        quantizer = faiss.IndexFlat(ds.dim, fmetric)
+        f = faiss.IndexIVFRaBitQ(quantizer, ds.dim, nlist, fmetric)
+        f.qb = 4
+        f.train(xb)
+        refined = faiss.IndexRefineFlat(f)
+        refined.add(xb)  # into the IVF index (codes) and the refinement's float32 vectors
+        build = time.perf_counter() - t0
+        for rr, index in zip(RABITQ_RERANK, (f, refined)):
+            c = Curve(f"faiss-rabitq-r{rr}", build, int(faiss.serialize_index(index).nbytes),
+                      params={"nlist": nlist, "qb": 4, "k_factor": rr // k if rr else 0})
+
+            def fsearch(p, index=index, rr=rr):
+                faiss.omp_set_num_threads(1)
+                f.nprobe = p
+                if rr:
+                    index.k_factor = rr / k
+                return index.search(xq, k)[1]
+            _sweep(c, fsearch, nprobes, ds, k, repeats, log)
+            curves.append(c)
+        faiss.omp_set_num_threads(threads)
+    return curves
+
+
 def run(dataset: str, *, parts=("graph", "ivf"), M: int = 16, ef_construction: int = 200, threads: int | None = None,
         k: int = 10, n_base: int | None = None, n_queries: int | None = 2000, repeats: int = 2,
         codecs=("lvq8", "int8", "lvq4x8"), peers=("hnswlib", "faiss"), nlist: int = 1024, m: int | None = None,
@@ -313,6 +371,11 @@ def run(dataset: str, *, parts=("graph", "ivf"), M: int = 16, ef_construction: i
                          "curves": [asdict(c) for c in run_ivf(ds, nlist=nlist, m=m, threads=threads, k=k,
                                                               repeats=repeats, nprobes=nprobes, peers=peers,
                                                               log=log)]}
+    if "rabitq" in parts:
+        report["rabitq"] = {"nlist": nlist, "bits": 1,
+                            "curves": [asdict(c) for c in run_rabitq(ds, nlist=nlist, threads=threads, k=k,
+                                                                    repeats=repeats, nprobes=nprobes, peers=peers,
+                                                                    log=log)]}
     if "binary" in parts:
         report["binary"] = {"curves": [asdict(c) for c in run_binary(ds, threads=threads, k=k, repeats=repeats,
                                                                     peers=peers, log=log)]}
@@ -353,13 +416,26 @@ def ratios(report: dict) -> dict:
         out["ivfpq"] = {"per_nprobe": pairs,
                         **{f"qps@{t}_vs_faiss": (s.qps_at(t) / f.qps_at(t)) if s.qps_at(t) and f.qps_at(t) else None
                            for t in TARGETS}}
+    rq = _curves(report, "rabitq")
+    for rr in RABITQ_RERANK:
+        s, f = rq.get(f"simdex-rabitq-r{rr}"), rq.get(f"faiss-rabitq-r{rr}")
+        if s is None or f is None:
+            continue
+        fp = {p["param"]: p for p in f.points}
+        out[f"rabitq-r{rr}"] = {"per_nprobe": [{"nprobe": p["param"], "recall_simdex": p["recall"],
+                                                "recall_faiss": fp[p["param"]]["recall"],
+                                                "qps_ratio": p["qps"] / fp[p["param"]]["qps"]}
+                                               for p in s.points if p["param"] in fp],
+                                **{f"qps@{t}_vs_faiss": (s.qps_at(t) / f.qps_at(t)) if s.qps_at(t) and f.qps_at(t)
+                                   else None for t in TARGETS}}
     return out
 
 
 def format_report(report: dict) -> str:
     lines = [f"== {report['dataset']} ({report['n_base']} x {report['dim']}, {report['metric']}), "
              f"recall@{report['k']}, {report['n_queries']} queries, search on 1 thread =="]
-    for part, label in (("graph", "graph"), ("ivf", "IVF"), ("binary", "binary (flat Hamming scan)")):
+    for part, label in (("graph", "graph"), ("ivf", "IVF"), ("rabitq", "IVF-RaBitQ"),
+                        ("binary", "binary (flat Hamming scan)")):
         curves = _curves(report, part)
         if not curves:
             continue
@@ -371,10 +447,12 @@ def format_report(report: dict) -> str:
             lines.append(f"{c.library:15s} {c.build_seconds:8.1f} {c.index_bytes / 2**20:8.1f} "
                          f"{c.disk_bytes / 2**20:9.1f} {c.rss_file_delta_bytes / 2**20:9.1f} " + " ".join(cells))
     for name, row in report["ratios"].items():
-        if name == "ivfpq":
+        if name == "ivfpq" or name.startswith("rabitq"):
             for p in row["per_nprobe"]:
-                lines.append(f"ivfpq nprobe={p['nprobe']:4d} recall simdex {p['recall_simdex']:.4f} faiss "
+                lines.append(f"{name} nprobe={p['nprobe']:4d} recall simdex {p['recall_simdex']:.4f} faiss "
                              f"{p['recall_faiss']:.4f}  QPS simdex/faiss {p['qps_ratio']:.2f}")
+            lines.append(f"{name}: " + ", ".join(f"{k2} {v:.2f}" for k2, v in row.items()
+                                                  if k2 != "per_nprobe" and v is not None))
             continue
         cells = ", ".join(f"{k2} {v:.2f}" for k2, v in row.items() if v is not None)
         lines.append(f"{name}: {cells}")
@@ -383,7 +461,7 @@ def format_report(report: dict) -> str:
 
 def plot(report: dict, path: Path) -> None:
     plt = pyplot()
-    parts = [p for p in ("graph", "ivf", "binary") if p in report]
+    parts = [p for p in ("graph", "ivf", "rabitq", "binary") if p in report]
     fig, axes = plt.subplots(1, len(parts), figsize=(6.5 * len(parts), 4.8), squeeze=False)
     for ax, part in zip(axes[0], parts):
         for c in report[part]["curves"]:
@@ -393,7 +471,8 @@ def plot(report: dict, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel(f"recall@{report['k']}")
         ax.set_ylabel("queries per second (1 thread)")
-        title = {"graph": "HNSW over codes", "ivf": "IVF-PQ", "binary": "binary codes (+ re-rank)"}[part]
+        title = {"graph": "HNSW over codes", "ivf": "IVF-PQ", "rabitq": "IVF-RaBitQ (1 bit)",
+                 "binary": "binary codes (+ re-rank)"}[part]
         ax.set_title(f"{report['dataset']}: {title}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()

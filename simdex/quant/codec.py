@@ -173,7 +173,7 @@ def make_codec(spec: Any, dim: int, metric: str) -> Codec:
 
     Names: ``"int8"`` (per-dimension scalar), ``"lvq8"``, ``"lvq4"``, ``"lvq4x8"`` (LVQ, 4-bit primary + 8-bit
     residual), ``"pq<m>"`` (e.g. ``"pq16"``: m sub-quantizers of 8 bits), ``"opq<m>"``, ``"binary"``,
-    ``"flat"`` (float32, no compression).
+    ``"flat"`` (float32, no compression), ``"rabitq"`` / ``"rabitq<B>"`` (RaBitQ, B bits per dimension).
     """
     if isinstance(spec, Codec):
         if spec.dim != dim:
@@ -187,8 +187,8 @@ def make_codec(spec: Any, dim: int, metric: str) -> Codec:
         codec = cls._from_spec(spec.lower(), dim, metric)
         if codec is not None:
             return codec
-    raise InvalidInputError(f"unknown codec {spec!r}; expected int8, flat, lvq8, lvq4, lvq4x8, pq<m>, opq<m> or "
-                            f"binary")
+    raise InvalidInputError(f"unknown codec {spec!r}; expected int8, flat, lvq8, lvq4, lvq4x8, pq<m>, opq<m>, "
+                            f"binary, rabitq or rabitq<bits>")
 
 
 class TrainedOnFirstRows:

@@ -35,6 +35,7 @@ from ..core import graph as G
 from ._scorers import AffineCodes, Rerank
 from ._storage import disk_array, drop_pages
 from .codec import Codec, TrainedOnFirstRows, make_codec, training_sample
+from .rabitq import RaBitQCodec
 from .scalar import AffineCodec, LVQCodec
 
 _RERANK_MODES = {"none": 0, "vectors": 1, "residual": 2}
@@ -74,9 +75,9 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
         super().__init__(dim, metric, M=M, ef_construction=ef_construction, ef_search=ef_search, seed=seed,
                          consolidate_threshold=consolidate_threshold)
         codec = make_codec(codec, self.dim, self.metric)
-        if not isinstance(codec, AffineCodec):
-            raise InvalidInputError(f"HNSWQuantIndex traverses int8 or LVQ codes; got {codec!r}")
-        self.codec: AffineCodec = codec
+        if not isinstance(codec, (AffineCodec, RaBitQCodec)):
+            raise InvalidInputError(f"HNSWQuantIndex traverses int8, LVQ or RaBitQ codes; got {codec!r}")
+        self.codec: AffineCodec | RaBitQCodec = codec
         self.rerank = check_positive_int(rerank, "rerank")
         if rerank_from not in _RERANK_MODES:
             raise InvalidInputError(f"rerank_from must be one of {sorted(_RERANK_MODES)}; got {rerank_from!r}")
@@ -273,8 +274,13 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
         """The graph search's scorer (the codes) and finisher (re-ranking ``n_rerank`` candidates as
         ``rerank_from`` says), see :mod:`simdex.quant._scorers`."""
         codec = self.codec
-        qt, qc = codec.prepare(q)
         codes_f = self._codes.view(np.float32)
+        if isinstance(codec, RaBitQCodec):  # re-ranked from the float32 vectors
+            return (codec.point_scorer(q, self._codes, nthreads),
+                    Rerank(_RERANK_MODES[self.rerank_from], min(n_rerank, ef), self._metric_code, q, self._vectors,
+                           self._codes, codes_f, np.zeros(self.dim, np.float32), 0, 0, 0, 0,
+                           np.empty((nthreads, self.dim), np.float32)))
+        qt, qc = codec.prepare(q)
         lvq = isinstance(codec, LVQCodec)
         mean = codec.mean if lvq else np.zeros(self.dim, np.float32)
         return (AffineCodes(qt, qc, self._codes, codes_f, codec.bits, codec.half),

@@ -38,6 +38,7 @@ from ._storage import disk_array
 from .binary import BinaryCodec
 from .codec import Codec, expect_array, make_codec, outgrew_training
 from .pq import KS, PQCodec
+from .rabitq import RaBitQCodec
 from .scalar import AffineCodec, FlatCodec
 
 _TRAIN_PER_LIST = 256  # coarse training vectors per list (as FAISS; 64 lost 5 points of recall at nprobe 16)
@@ -101,7 +102,8 @@ class IVFIndex(RecallCalibrated, Index):
         if isinstance(codec, str) and codec.lower() == "pq":
             codec = f"pq{max(1, self.dim // 8)}"
         self.codec: Codec = make_codec(codec, self.dim, self.metric)
-        self._residual = isinstance(self.codec, PQCodec)
+        # residuals to the list centroids: PQ (FAISS's by_residual) and RaBitQ, whose codes are relative to a centre
+        self._residual = isinstance(self.codec, (PQCodec, RaBitQCodec))
         self.centroids = np.zeros((0, self.dim), np.float32)
         self._precomputed = np.zeros((0, 0, 0), np.float32)
         self._offsets = np.zeros(self.nlist + 1, np.int64)
@@ -197,10 +199,9 @@ class IVFIndex(RecallCalibrated, Index):
         """(nlist, m, 256) term ||r||^2 + 2 <c, r> of L2 IVF-PQ distances (see
         :class:`simdex.quant._scorers.IVFPQCodes`)."""
         codec = self.codec
-        if not (self._residual and METRIC_CODES[self.metric] != IP):
+        if not (isinstance(codec, PQCodec) and METRIC_CODES[self.metric] != IP):
             self._precomputed = np.zeros((1, 1, 1), np.float32)
             return
-        assert isinstance(codec, PQCodec)
         ct = codec.transform(self.centroids).reshape(self.nlist, codec.m, codec.dsub)
         rn = np.einsum("jcd,jcd->jc", codec.centroids, codec.centroids)
         cross = np.einsum("ljd,jcd->ljc", ct, codec.centroids)
@@ -353,6 +354,8 @@ class IVFIndex(RecallCalibrated, Index):
             return Vectors(self._metric_code, q, self._codes.view(np.float32))
         if isinstance(codec, BinaryCodec):
             return BinaryCodes(codec.encode_words(q), self._codes.view(np.uint64))
+        if isinstance(codec, RaBitQCodec):
+            return codec.scorer(q, self.centroids, self._codes, nthreads)
         raise InvalidInputError(f"IVFIndex cannot search codec {codec!r}")  # pragma: no cover - make_codec
 
     # ---- remove --------------------------------------------------------------------------------------------------

@@ -1,0 +1,125 @@
+"""Numba kernels of RaBitQ codes (:mod:`simdex.quant.rabitq`): encoding a rotated unit vector into ``bits`` bit
+planes with the scale that best keeps its direction, and the estimated inner product of a code with a query
+quantised to 4-bit planes (popcounts of ANDed words)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .._numba import kernel
+from ._binary_kernels import popcount64
+
+QUERY_BITS = 4  # (code_dot reads exactly 4 planes) the query's coordinates are quantised to this many bits per list it scans (RaBitQ's B_q)
+SCALES = 64  # scales tried per vector by a multi-bit encoding
+
+
+@kernel(parallel=True)
+def encode_unit(o, bits, planes, fcos, ynorm, ysum):
+    """Codes of the rotated unit vectors ``o`` (n, D): level ``x_i`` in [0, 2^bits) of each coordinate, stored as
+    ``bits`` planes of packed words ``planes`` (n, bits, D / 64) uint64; the grid vector ``y = x - h`` (h =
+    (2^bits - 1) / 2) is the one, among ``SCALES`` scales of ``o``, whose direction is closest to ``o``.
+    Writes ``fcos`` = <y / |y|, o>, ``ynorm`` = |y| and ``ysum`` = sum of the levels."""
+    n, dim = o.shape
+    h = (2.0 ** bits - 1.0) / 2.0
+    for v in prange(n):
+        row = o[v]
+        top = 1e-30
+        for i in range(dim):
+            a = abs(row[i])
+            if a > top:
+                top = a
+        best_t = 0.0
+        best_c = -2.0
+        if bits == 1:
+            best_t = 1.0
+        else:
+            for s in range(SCALES):
+                t = (0.05 + 1.45 * s / (SCALES - 1)) * (h + 0.5) / top
+                dot = 0.0
+                sq = 0.0
+                for i in range(dim):
+                    y = np.floor(t * row[i]) + 0.5
+                    if y > h:
+                        y = h
+                    elif y < -h:
+                        y = -h
+                    dot += y * row[i]
+                    sq += y * y
+                c = dot / np.sqrt(sq)
+                if c > best_c:
+                    best_c = c
+                    best_t = t
+        dot = 0.0
+        sq = 0.0
+        total = 0.0
+        for w in range(planes.shape[2]):
+            for a in range(bits):
+                planes[v, a, w] = np.uint64(0)
+        for i in range(dim):
+            if bits == 1:
+                y = 0.5 if row[i] > 0 else -0.5
+            else:
+                y = np.floor(best_t * row[i]) + 0.5
+                if y > h:
+                    y = h
+                elif y < -h:
+                    y = -h
+            level = np.int64(y + h)
+            dot += y * row[i]
+            sq += y * y
+            total += level
+            w = i >> 6
+            bit = np.uint64(1) << np.uint64(i & 63)
+            for a in range(bits):
+                if (level >> a) & 1:
+                    planes[v, a, w] |= bit
+        ynorm[v] = np.sqrt(sq)
+        fcos[v] = dot / np.sqrt(sq)
+        ysum[v] = total
+
+
+@kernel
+def quantize_query(qp, planes):
+    """Quantise ``qp`` (D,) float32 to levels u in [0, 15] (``qp ~ low + delta * u``) written as QUERY_BITS planes
+    of packed words ``planes`` (QUERY_BITS, D / 64); returns (low, delta, sum of u)."""
+    low = qp[0]
+    high = qp[0]
+    for i in range(qp.shape[0]):
+        if qp[i] < low:
+            low = qp[i]
+        if qp[i] > high:
+            high = qp[i]
+    top = (1 << QUERY_BITS) - 1
+    delta = (high - low) / top if high > low else np.float32(1.0)
+    for j in range(QUERY_BITS):
+        for w in range(planes.shape[1]):
+            planes[j, w] = np.uint64(0)
+    total = 0
+    for i in range(qp.shape[0]):
+        u = np.int64((qp[i] - low) / delta + 0.5)
+        if u > top:
+            u = top
+        total += u
+        w = i >> 6
+        bit = np.uint64(1) << np.uint64(i & 63)
+        for j in range(QUERY_BITS):
+            if (u >> j) & 1:
+                planes[j, w] |= bit
+    return np.float32(low), np.float32(delta), np.float32(total)
+
+
+@kernel
+def code_dot(qplanes, words, v, bits, nwords):
+    """sum_i x_i u_i of code row ``v`` (its ``bits`` planes of ``nwords`` words first in ``words[v]``) and the
+    query levels in ``qplanes`` (QUERY_BITS planes): each code word is read once and ANDed with the 4 planes."""
+    s = np.uint64(0)
+    for a in range(bits):
+        base = a * nwords
+        part = np.uint64(0)
+        for w in range(nwords):
+            cw = words[v, base + w]
+            part += popcount64(cw & qplanes[0, w]) + (popcount64(cw & qplanes[1, w]) << np.uint64(1)) \
+                + (popcount64(cw & qplanes[2, w]) << np.uint64(2)) + (popcount64(cw & qplanes[3, w]) << np.uint64(3))
+        s += part << np.uint64(a)
+    return s
