@@ -58,6 +58,11 @@ FACTORIES = {
                                                     codec="lvq8"),
     # 12 of 16 lists: after removing 95% of the vectors the few survivors of a neighbourhood are spread thin
     "ivf-pq": lambda dim, metric: IVFIndex(dim, metric, nlist=16, codec="pq", nprobe=12, rerank=100),
+    # 1-bit RaBitQ codes of the residuals, the best 100 estimates re-ranked
+    "ivf-rabitq": lambda dim, metric: IVFIndex(dim, metric, nlist=16, codec="rabitq", nprobe=12, rerank=100),
+    # the graph walked on 4-bit (extended) RaBitQ estimates, re-ranked from float32
+    "hnsw-rabitq4": lambda dim, metric: HNSWQuantIndex(dim, metric, M=12, ef_construction=100, ef_search=100,
+                                                       codec="rabitq4"),
     # candidates from the first min(64, dim) PCA coordinates, exact re-rank of 100
     "matryoshka": lambda dim, metric: MatryoshkaIndex(dim, metric, rerank=100),
     "vamana": lambda dim, metric: VamanaIndex(dim, metric, R=24, L_build=64, L_search=100),
@@ -71,7 +76,7 @@ FACTORIES = {
 # which class each factory makes (the window factory makes the test subclass of WindowIndex)
 FACTORY_CLASSES = {"flat": FlatIndex, "hnsw": HNSWIndex, "labels": LabelIndex, "hnsw-lvq8": HNSWQuantIndex,
                    "ivf-pq": IVFIndex, "matryoshka": MatryoshkaIndex, "vamana": VamanaIndex, "window": WindowIndex,
-                   "vamana-disk-lvq8": VamanaDiskIndex}
+                   "vamana-disk-lvq8": VamanaDiskIndex, "ivf-rabitq": IVFIndex, "hnsw-rabitq4": HNSWQuantIndex}
 
 
 @dataclass

@@ -82,30 +82,34 @@ def encode_unit(o, bits, planes, fcos, ynorm, ysum):
 @kernel
 def quantize_query(qp, planes):
     """Quantise ``qp`` (D,) float32 to levels u in [0, 15] (``qp ~ low + delta * u``) written as QUERY_BITS planes
-    of packed words ``planes`` (QUERY_BITS, D / 64); returns (low, delta, sum of u)."""
+    of packed words ``planes`` (QUERY_BITS, D / 64); returns (low, delta, sum of u). Branch-free: each word of
+    each plane is assembled in a register."""
     low = qp[0]
     high = qp[0]
     for i in range(qp.shape[0]):
-        if qp[i] < low:
-            low = qp[i]
-        if qp[i] > high:
-            high = qp[i]
+        low = min(low, qp[i])
+        high = max(high, qp[i])
     top = (1 << QUERY_BITS) - 1
     delta = (high - low) / top if high > low else np.float32(1.0)
-    for j in range(QUERY_BITS):
-        for w in range(planes.shape[1]):
-            planes[j, w] = np.uint64(0)
+    inv = np.float32(1.0) / delta
     total = 0
-    for i in range(qp.shape[0]):
-        u = np.int64((qp[i] - low) / delta + 0.5)
-        if u > top:
-            u = top
-        total += u
-        w = i >> 6
-        bit = np.uint64(1) << np.uint64(i & 63)
-        for j in range(QUERY_BITS):
-            if (u >> j) & 1:
-                planes[j, w] |= bit
+    for w in range(planes.shape[1]):
+        p0 = np.uint64(0)
+        p1 = np.uint64(0)
+        p2 = np.uint64(0)
+        p3 = np.uint64(0)
+        for b in range(64):
+            u = np.uint64(min(np.int64((qp[64 * w + b] - low) * inv + np.float32(0.5)), top))
+            total += u
+            sh = np.uint64(b)
+            p0 |= (u & np.uint64(1)) << sh
+            p1 |= ((u >> np.uint64(1)) & np.uint64(1)) << sh
+            p2 |= ((u >> np.uint64(2)) & np.uint64(1)) << sh
+            p3 |= ((u >> np.uint64(3)) & np.uint64(1)) << sh
+        planes[0, w] = p0
+        planes[1, w] = p1
+        planes[2, w] = p2
+        planes[3, w] = p3
     return np.float32(low), np.float32(delta), np.float32(total)
 
 

@@ -326,7 +326,7 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
         codec = Codec.from_state(meta["codec"], {name[6:]: arr for name, arr in arrays.items()
                                                  if name.startswith("codec.")})
         index = super()._from_state(meta, arrays)
-        if not isinstance(codec, AffineCodec) or codec.dim != index.dim or codec.metric != index.metric:
+        if not isinstance(codec, (AffineCodec, RaBitQCodec)) or codec.dim != index.dim or codec.metric != index.metric:
             raise CorruptFileError(f"codec {codec!r} does not fit the index")
         index.codec = codec
         index.rerank = meta_int(meta, "rerank", 1)
@@ -346,6 +346,9 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
 
     def _check_loaded(self) -> None:
         super()._check_loaded()
-        if self._n and not np.isfinite(self._codes[:self._n].view(np.float32)[:, :3]).all():
+        codes = self._codes[:self._n]
+        # the float32 parts of the codes: an affine code's header, a RaBitQ code's factors
+        floats = self.codec.factors(codes) if isinstance(self.codec, RaBitQCodec) else codes.view(np.float32)[:, :3]
+        if self._n and not np.isfinite(floats).all():
             raise CorruptFileError("code headers hold NaN or inf")
 

@@ -221,19 +221,26 @@ _code_dot = inlined(RK.code_dot)
 _quantize_query = inlined(RK.quantize_query)
 
 
-def _rabitq_list_query(sc, q, qi, p, lst):
-    t = q
-    buf = sc.qbuf[t]
-    const = np.float32(0.0)
+def _rabitq_prepare(sc, qi, t):
+    """Inner product: the rotated query is the same for every list, so it is quantised once per query."""
     if sc.l2:
+        return t, np.float32(0.0), np.float32(0.0), np.float32(0.0)
+    low, delta, sum_u = _quantize_query(sc.qrot[qi], sc.qplanes[t])
+    return t, low, delta, sum_u
+
+
+def _rabitq_list_query(sc, q, qi, p, lst):
+    t, low, delta, sum_u = q
+    const = np.float32(0.0)
+    if sc.l2:  # the query relative to the list's centre, quantised for this list
+        buf = sc.qbuf[t]
         for i in range(buf.shape[0]):
             buf[i] = sc.qrot[qi, i] - sc.crot[lst, i]
             const += buf[i] * buf[i]
+        low, delta, sum_u = _quantize_query(buf, sc.qplanes[t])
     else:
-        for i in range(buf.shape[0]):
-            buf[i] = sc.qrot[qi, i]
+        for i in range(sc.qrot.shape[1]):
             const -= sc.qrot[qi, i] * sc.crot[lst, i]
-    low, delta, sum_u = _quantize_query(buf, sc.qplanes[t])
     return sc.qplanes[t], low, delta, sum_u, const
 
 
@@ -248,7 +255,7 @@ def _rabitq_score(sc, q, v):
     return const - inner
 
 
-implement(RaBitQCodes, query=lambda sc, qi, t: t, list_query=_rabitq_list_query, score=_rabitq_score)
+implement(RaBitQCodes, query=_rabitq_prepare, list_query=_rabitq_list_query, score=_rabitq_score)
 
 
 class RaBitQPoints(NamedTuple):
@@ -269,6 +276,8 @@ class RaBitQPoints(NamedTuple):
     qplanes: np.ndarray
 
 
-_prepare_query = inlined(kernel(_rabitq_list_query))
+_prepare = inlined(kernel(_rabitq_prepare))
+_prepare_list = inlined(kernel(_rabitq_list_query))
 
-implement(RaBitQPoints, query=lambda sc, qi, t: _prepare_query(sc, t, qi, 0, 0), score=_rabitq_score)
+implement(RaBitQPoints, query=lambda sc, qi, t: _prepare_list(sc, _prepare(sc, qi, t), qi, 0, 0),
+          score=_rabitq_score)
