@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=IMPORT_FORMATS)
     p.add_argument("--metric", default="cosine", help="for a new collection")
     p.add_argument("--index", default="hnsw", help="for a new collection: hnsw, hnsw-lvq8, hnsw-int8, ivf-pq, "
-                                                   "vamana, vamana-disk, spann or flat")
+                                                   "ivf-rabitq, vamana, vamana-disk, spann or flat")
     p.add_argument("--id-field", default="id")
     p.add_argument("--vector-field", default="vector")
     p.add_argument("--document-field", default="document")

@@ -5,7 +5,7 @@ force over that content.
 
 The writer applies a deterministic random sequence of upserts and deletes (batches of 1-200 records, real WordNet
 embeddings) to one collection per index kind: ``graph`` (HNSW), ``graph-lvq8`` and ``graph-int8`` (HNSW
-over codes), ``ivf-pq`` (IVF over PQ codes), ``vamana`` and ``vamana-disk`` (a Vamana graph, in
+over codes), ``ivf-pq`` and ``ivf-rabitq`` (IVF over PQ / RaBitQ codes), ``vamana`` and ``vamana-disk`` (a Vamana graph, in
 memory, and in a file walked on PQ codes), ``spann`` (built once: merges build a new one), each with background
 merges and checkpoints forced to happen often, and ``exact`` (flat index), and prints ``ok <n> <collection>``
 after write ``n`` returns, or ``fail <n> <collection>`` when it raised :class:`~simdex.errors.StorageError` (a
@@ -44,6 +44,7 @@ COLLECTION_KINDS = {
     "graph-int8": ("hnsw-int8", {"M": 8, "ef_construction": 40, "rerank": 64}),
     # the verification's ef 64 probes 64 lists: all of them at this size (fewer than 1,000 lists up to 250k rows)
     "ivf-pq": ("ivf-pq", {}),
+    "ivf-rabitq": ("ivf-rabitq", {}),
     "vamana": ("vamana", {"R": 16, "L_build": 40}),
     "vamana-disk": ("vamana-disk", {"R": 16, "L_build": 40}),
     # built once: each merge builds a new index from every row into a new folder

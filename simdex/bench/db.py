@@ -313,6 +313,7 @@ ENGINES = {"simdex": SimdexEngine, "simdex-http": SimdexHttpEngine, "chroma": Ch
            "chroma-http": ChromaHttpEngine, "lancedb": LanceEngine,
            # the other index kinds of a collection (see simdex.store.config.MAIN_INDEXES)
            "simdex-ivf-pq": _kind_engine("ivf-pq", "nprobe", (8, 16, 32, 64, 96, 128, 192, 256)),
+           "simdex-ivf-rabitq": _kind_engine("ivf-rabitq", "nprobe", (8, 16, 32, 64, 96, 128, 192, 256)),
            "simdex-vamana": _kind_engine("vamana", "L", (10, 16, 24, 32, 48, 64, 96, 128, 192, 256), R=32),
            "simdex-vamana-disk": _kind_engine("vamana-disk", "L", (10, 16, 24, 32, 48, 64, 96, 128, 192, 256),
                                               R=32),

@@ -67,7 +67,7 @@ class CreateCollection(_Strict):
     name: str = Field(description="1-64 letters, digits, '_' or '-'")
     dim: int | None = Field(None, description="vector dimension (may be left out when an embedder gives it)")
     metric: str = Field("cosine", description="l2, ip or cosine")
-    index: str = Field("hnsw", description="hnsw, hnsw-lvq8, hnsw-int8 (HNSW over codes), ivf-pq, vamana, "
+    index: str = Field("hnsw", description="hnsw, hnsw-lvq8, hnsw-int8 (HNSW over codes), ivf-pq, ivf-rabitq, vamana, "
                                            "vamana-disk, spann or flat (exact)")
     params: dict[str, Any] = Field(default_factory=dict, description="index parameters (HNSW: M, ef_construction, "
                                                                      "ef_search, seed; over codes also rerank; "

@@ -52,6 +52,10 @@ MAIN_INDEXES: dict[str, MainKind] = {
     # IVF over PQ codes of the residuals, the float32 vectors in a file for re-ranking: RAM per record is the
     # code (dim / 8 bytes by default) plus a few ids
     "ivf-pq": MainKind("simdex.quant:IVFIndex", {"vectors": "disk"}, IVF_PARAMS, breadth="nprobe", trained=True),
+    # the same IVF lists over 1-bit RaBitQ codes of the residuals (dim / 8 + 16 bytes per vector; codec
+    # "rabitq<B>" for B bits), scanned with popcounts and re-ranked from the float32 file
+    "ivf-rabitq": MainKind("simdex.quant:IVFIndex", {"vectors": "disk"}, IVF_PARAMS, breadth="nprobe",
+                           trained=True),
     # a Vamana graph (DiskANN) with FreshDiskANN inserts, float32 vectors in memory
     "vamana": MainKind("simdex.dense:VamanaIndex", {}, VAMANA_PARAMS, breadth="L"),
     # the same graph with its vectors and links in a file and PQ codes in memory (DiskANN's SSD layout): search
@@ -64,6 +68,7 @@ MAIN_INDEXES: dict[str, MainKind] = {
                       rebuilds=True, calibrated=False),
 }
 INDEX_KINDS = (*MAIN_INDEXES, "flat")
+IVF_KINDS = {"ivf-pq": "pq", "ivf-rabitq": "rabitq"}  # the IVF kinds and their default codecs
 TRAINED_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.trained)
 # re-ranked candidates of an ivf-pq collection unless set: every returned distance is then exact up to k = 100
 IVF_RERANK = 100
@@ -76,14 +81,14 @@ def main_index_class(index: str) -> type:
 
 
 def sized_params(index: str, params: dict[str, Any], rows: int) -> dict[str, Any]:
-    """``params`` with the defaults that depend on the collection's size filled in: an ivf-pq collection's
+    """``params`` with the defaults that depend on the collection's size filled in: an IVF collection's
     ``nlist`` (about 2 sqrt(rows), 16 to 65,536) and ``nprobe`` (a quarter of the lists, at least 16), unless set."""
-    if index != "ivf-pq":
+    if index not in IVF_KINDS:
         return dict(params)
     out = dict(params)
     nlist = out.setdefault("nlist", int(min(max(round(2 * math.sqrt(max(rows, 1))), 16), 1 << 16)))
     out.setdefault("nprobe", max(16, nlist // 4))
-    out.setdefault("codec", "pq")
+    out.setdefault("codec", IVF_KINDS[index])
     out.setdefault("rerank", IVF_RERANK)
     return out
 
@@ -91,7 +96,7 @@ def sized_params(index: str, params: dict[str, Any], rows: int) -> dict[str, Any
 def retrain(main: Any, index: str, params: dict[str, Any], threads: int | None) -> None:
     """Train ``main`` (of kind ``index``) again on the rows it holds now: an IVF index also gets the number of
     lists and probes for its size (:func:`sized_params`)."""
-    if index != "ivf-pq":
+    if index not in IVF_KINDS:
         main.retrain()
         return
     sized = sized_params(index, params, len(main))

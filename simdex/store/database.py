@@ -208,13 +208,13 @@ class Database(DatabaseAPI):
         candidates re-ranked from the float32 vectors kept in a file;
         :class:`~simdex.quant.HNSWQuantIndex`), "ivf-pq" (IVF lists of PQ codes, re-ranked from the float32 vectors
         kept in a file; :class:`~simdex.quant.IVFIndex`; the number of lists and probes follow the collection's
-        size unless set), "vamana" (a Vamana graph with FreshDiskANN updates; :class:`~simdex.dense.VamanaIndex`),
+        size unless set), "ivf-rabitq" (the same over 1-bit RaBitQ codes, dim / 8 + 16 bytes per vector), "vamana" (a Vamana graph with FreshDiskANN updates; :class:`~simdex.dense.VamanaIndex`),
         "vamana-disk" (its vectors and links in a file, walked on PQ codes in memory;
         :class:`~simdex.quant.VamanaDiskIndex`), "spann" (:class:`~simdex.quant.SPANNIndex`, built once: new rows
         wait in the exactly searched growing segment until they are a tenth of the index, then a merge builds a
         new one from every row; :mod:`simdex.store.buildonce`), or "flat" (exact search over every row).
-        ``params`` go to the index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for ivf-pq
-        nlist, nprobe, codec, rerank, seed; for the Vamana kinds R, L_build, L_search, alpha, seed, and codec on
+        ``params`` go to the index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for the IVF
+        kinds nlist, nprobe, codec, rerank, seed; for the Vamana kinds R, L_build, L_search, alpha, seed, and codec on
         disk; for spann list_size, nprobe, eps, rerank, codec, max_replicas, closure_eps, seed). With ``text`` the
         records' documents are also indexed for BM25, for ``search(text=...)`` and hybrid search. With
         ``window_field`` (a metadata key, e.g. ``"ts"``) a :class:`~simdex.dense.WindowIndex` over that numeric field
