@@ -89,6 +89,17 @@ def _normalized(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
 
 
+def _faiss_inputs(ds, threads: int):
+    """faiss (on ``threads`` threads for building), its metric for ``ds``, and the base and query vectors as FAISS
+    takes them (normalised for cosine, which FAISS searches as inner product)."""
+    import faiss
+    faiss.omp_set_num_threads(threads)
+    fmetric = faiss.METRIC_L2 if ds.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    xb = ds.base if ds.metric == "l2" else _normalized(ds.base)
+    xq = ds.queries if ds.metric == "l2" else _normalized(ds.queries)
+    return faiss, fmetric, xb, xq
+
+
 # ---- graph part ------------------------------------------------------------------------------------------------
 def run_graph(ds, *, M: int, ef_construction: int, threads: int, k: int, repeats: int, efs, codecs, peers, log
               ) -> list[Curve]:
@@ -153,11 +164,7 @@ def run_graph(ds, *, M: int, ef_construction: int, threads: int, k: int, repeats
         del h
         gc.collect()
     if "faiss" in peers:
-        import faiss
-        faiss.omp_set_num_threads(threads)
-        fmetric = faiss.METRIC_L2 if ds.metric == "l2" else faiss.METRIC_INNER_PRODUCT
-        xb = base if ds.metric == "l2" else _normalized(base)
-        xq = ds.queries if ds.metric == "l2" else _normalized(ds.queries)
+        faiss, fmetric, xb, xq = _faiss_inputs(ds, threads)
         t0 = time.perf_counter()
         f = faiss.IndexHNSWSQ(ds.dim, faiss.ScalarQuantizer.QT_8bit, M, fmetric)
         f.hnsw.efConstruction = ef_construction
@@ -266,11 +273,7 @@ def run_ivf(ds, *, nlist: int, m: int, threads: int, k: int, repeats: int, nprob
     del idx
     gc.collect()
     if "faiss" in peers:
-        import faiss
-        faiss.omp_set_num_threads(threads)
-        fmetric = faiss.METRIC_L2 if ds.metric == "l2" else faiss.METRIC_INNER_PRODUCT
-        xb = base if ds.metric == "l2" else _normalized(base)
-        xq = ds.queries if ds.metric == "l2" else _normalized(ds.queries)
+        faiss, fmetric, xb, xq = _faiss_inputs(ds, threads)
         t0 = time.perf_counter()
         quantizer = faiss.IndexFlat(ds.dim, fmetric)
         f = faiss.IndexIVFPQ(quantizer, ds.dim, nlist, m, 8, fmetric)
@@ -318,11 +321,7 @@ def run_rabitq(ds, *, nlist: int, threads: int, k: int, repeats: int, nprobes, p
     del idx
     gc.collect()
     if "faiss" in peers:
-        import faiss
-        faiss.omp_set_num_threads(threads)
-        fmetric = faiss.METRIC_L2 if ds.metric == "l2" else faiss.METRIC_INNER_PRODUCT
-        xb = ds.base if ds.metric == "l2" else _normalized(ds.base)
-        xq = ds.queries if ds.metric == "l2" else _normalized(ds.queries)
+        faiss, fmetric, xb, xq = _faiss_inputs(ds, threads)
         t0 = time.perf_counter()
         quantizer = faiss.IndexFlat(ds.dim, fmetric)
         f = faiss.IndexIVFRaBitQ(quantizer, ds.dim, nlist, fmetric)

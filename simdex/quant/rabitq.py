@@ -258,22 +258,11 @@ def _rabitq_score(sc, q, v):
 implement(RaBitQCodes, query=_rabitq_prepare, list_query=_rabitq_list_query, score=_rabitq_score)
 
 
-class RaBitQPoints(NamedTuple):
+class RaBitQPoints(RaBitQCodes):
     """RaBitQ codes relative to one centre (``crot`` (1, D)), scored by a graph search: the fields of
-    :class:`RaBitQCodes`, each query prepared once."""
+    :class:`RaBitQCodes` (a class of its own, so that its query is prepared once, as a graph search wants)."""
 
-    qrot: np.ndarray
-    crot: np.ndarray
-    l2: bool
-    words: np.ndarray
-    fac: np.ndarray
-    bits: int
-    nwords: int
-    fac_at: int
-    h: np.float32
-    dim_p: np.float32
-    qbuf: np.ndarray
-    qplanes: np.ndarray
+    __slots__ = ()
 
 
 _prepare = inlined(kernel(_rabitq_prepare))
