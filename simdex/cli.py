@@ -359,6 +359,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- backup / restore --------------------------------------------------------------------------------------------
+def _backup_summary(body: dict) -> str:
+    per = ", ".join(f"{name} at log record {c['lsn']}" for name, c in body["collections"].items()) or "no collections"
+    return (f"{len(body['files'])} files: {body['bytes_copied'] / 2**20:.1f} MiB copied, "
+            f"{body['bytes_linked'] / 2**20:.1f} MiB hard-linked; {per}")
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .errors import InvalidInputError
+    if (args.url is None) == (args.path is None):
+        raise InvalidInputError("give the database as --path DIR (opened here) or --url URL (a server holding it)")
+    if args.url:  # a server has the database open: it takes the backup (on its machine)
+        from .server.client import Client
+        body = Client(args.url, api_key=args.api_key).backup(args.dest, args.since)
+    else:
+        from .store import connect
+        with connect(args.path) as db:
+            body = db.backup(args.dest, args.since)
+    print(f"backed up into {args.dest}: {_backup_summary(body)}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .store.backup import restore, verify
+    if args.verify_only:
+        body = verify(args.source)
+        print(f"{args.source}: all {len(body['files'])} files match their checksums")
+        return 0
+    if args.dest is None:
+        from .errors import InvalidInputError
+        raise InvalidInputError("give the new database folder to restore into (or --verify-only)")
+    body = restore(args.source, args.dest)
+    print(f"restored {args.source} into {args.dest} (every checksum checked first): {_backup_summary(body)}")
+    return 0
+
+
 # ---- info / search -----------------------------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
     path = Path(args.path)
@@ -461,6 +497,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kept for old scripts: export always reads a consistent read-only view, which works while "
                         "a server writes")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("backup", help="a consistent copy of a database while it serves (full, or incremental with "
+                                      "--since); restore it with simdex restore")
+    p.add_argument("dest", help="a new folder")
+    p.add_argument("--path", help="the database folder (opened here; a database a server holds: use --url)")
+    p.add_argument("--url", help="the server holding the database: it writes the backup on its machine")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--since", default=None, help="a previous backup: files it holds unchanged are hard-linked")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("restore", help="check every checksum of a backup, then restore it into a new folder")
+    p.add_argument("source", help="the backup folder")
+    p.add_argument("dest", nargs="?", help="a new database folder")
+    p.add_argument("--verify-only", action="store_true", help="only check the backup's checksums")
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("info", help="describe a database folder or a saved index file")
     p.add_argument("path")

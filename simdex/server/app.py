@@ -113,6 +113,11 @@ class Upsert(_Strict):
                                                                   "(sparse), or null")
 
 
+class Backup(_Strict):
+    dest: str = Field(description="a new folder on the server's machine")
+    since: str | None = Field(None, description="a previous backup: its unchanged files are hard-linked")
+
+
 class AddField(_Strict):
     name: str = Field(description="the field's name")
     spec: dict[str, Any] | None = Field(None, description="as in create_collection's fields: type, dim, metric, "
@@ -272,6 +277,10 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
     def list_collections() -> dict[str, Any]:
         return _json({"collections": [db.get_collection(n).stats() for n in db.list_collections()]})
 
+    @app.post(f"{API}/admin/backup", tags=["admin"])
+    def backup(body: Backup) -> dict[str, Any]:
+        return _json(db.backup(body.dest, body.since))
+
     @app.post(f"{API}/collections", tags=["collections"], status_code=201)
     def create_collection(body: CreateCollection) -> dict[str, Any]:
         return db.create_collection(body.name, body.dim, body.metric, body.index, exist_ok=body.exist_ok,
@@ -297,7 +306,7 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
         n = col.upsert(body.ids, vectors, body.metadatas, body.documents, max_batch=max_batch, fields=body.fields)
         return _json({"upserted": n})
 
-    @app.post(f"{API}/collections/{{name}}/fields", tags=["collections"], status_code=201)
+    @app.post(f"{API}/collections/{{name}}/fields", tags=["collections"])
     def add_field(name: str, body: AddField) -> dict[str, Any]:
         return _json(collection(name).add_field(body.name, body.spec, embedder=body.embedder))
 

@@ -181,6 +181,10 @@ class Client(DatabaseAPI):
     def drop_collection(self, name: str) -> None:
         self._request("DELETE", f"{API}/collections/{urllib.parse.quote(name, safe='')}")
 
+    def backup(self, dest: str, since: str | None = None) -> dict[str, Any]:
+        return self._request("POST", f"{API}/admin/backup", {"dest": str(dest),
+                                                             "since": None if since is None else str(since)})
+
 
 def _drive(steps: Generator[tuple[str, str, Any], Any, Any], request: Callable[..., Any]) -> Any:
     """Run a verb's request steps (a generator yielding ``(method, path, body)`` and receiving each reply, or the

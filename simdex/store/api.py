@@ -194,6 +194,13 @@ class DatabaseAPI(ABC):
     def drop_collection(self, name: str) -> None:
         """Delete a collection and its files."""
 
+    @abstractmethod
+    def backup(self, dest: str, since: str | None = None) -> dict[str, Any]:
+        """A consistent copy of every collection at one log position each, taken while writes go on, into the new
+        folder ``dest`` (on the database's machine); ``since``: a previous backup, whose unchanged files are
+        hard-linked instead of copied (incremental). Restore with ``simdex restore``. Returns the backup's
+        manifest: per collection its LSN, every file's size and checksum, the bytes copied and linked."""
+
 
 def split_vectors(vectors: Any, fields: Any) -> tuple[Any, Any]:
     """``vectors`` given as a dict ``{"vector": main, field: values, ...}`` -> (main vectors, fields)."""

@@ -349,6 +349,14 @@ class Database(DatabaseAPI):
                     with side.maintenance:  # held by a rebuild in progress
                         pass
 
+    def backup(self, dest: str | os.PathLike, since: str | os.PathLike | None = None) -> dict[str, Any]:
+        """See :meth:`DatabaseAPI.backup` (:mod:`simdex.store.backup`)."""
+        from .backup import backup
+        self._check_open()
+        with self._lock:
+            collections = dict(self._collections)
+        return backup(collections, dest, since)
+
     def checkpoint(self) -> None:
         """Write checkpoints of every collection and cut their logs."""
         self._check_open()
