@@ -349,7 +349,7 @@ class Database(DatabaseAPI):
                     with side.maintenance:  # held by a rebuild in progress
                         pass
 
-    def backup(self, dest: str | os.PathLike, since: str | os.PathLike | None = None) -> dict[str, Any]:
+    def backup(self, dest: str, since: str | None = None) -> dict[str, Any]:
         """See :meth:`DatabaseAPI.backup` (:mod:`simdex.store.backup`)."""
         from .backup import backup
         self._check_open()
