@@ -47,9 +47,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise _fail(f"the server needs its extra: pip install 'simdex[server]' ({exc})") from None
     from .store import connect
     api_key = args.api_key or os.environ.get("SIMDEX_API_KEY")
-    if not _is_loopback(args.host) and not api_key:
+    if not _is_loopback(args.host) and not api_key and not args.keys:
         raise _fail(f"binding to {args.host} exposes the database to the network: give --api-key (or set "
-                    f"SIMDEX_API_KEY), or bind to 127.0.0.1")
+                    f"SIMDEX_API_KEY) or --keys FILE, or bind to 127.0.0.1")
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        raise _fail("HTTPS needs both --ssl-certfile and --ssl-keyfile")
+    if args.keys:
+        from .server.auth import KeyRing
+        try:
+            KeyRing(args.keys)  # a missing or malformed key file is refused before the database is opened
+        except (OSError, ValueError) as exc:
+            raise _fail(f"cannot read the key file {args.keys}: {exc}") from None
     warming = None if args.no_warmup else _warmup_for_serving()
     db = connect(args.path, sync=args.sync)
     if args.demo:
@@ -60,13 +68,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         took = warming.result()
         if any(took.values()):
             print(describe(took), flush=True)
-    app = create_app(db, api_key=api_key, max_body_bytes=args.max_body_mb << 20, max_batch=args.max_batch)
+    app = create_app(db, api_key=api_key, max_body_bytes=args.max_body_mb << 20, max_batch=args.max_batch,
+                     keys_file=args.keys, backup_dir=args.backup_dir)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    scheme = "https" if args.ssl_certfile else "http"
     print(f"simdex {__version__}: database {Path(args.path).resolve()} "
           f"({', '.join(db.list_collections()) or 'no collections yet'})")
-    print(f"web console: http://{shown}:{args.port}/    API docs: http://{shown}:{args.port}/docs", flush=True)
+    print(f"web console: {scheme}://{shown}:{args.port}/    API docs: {scheme}://{shown}:{args.port}/docs", flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ssl_certfile=args.ssl_certfile,
+                    ssl_keyfile=args.ssl_keyfile)
     finally:
         db.close()
     return 0
@@ -359,6 +370,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- keys --------------------------------------------------------------------------------------------------------
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .server.auth import add_key, list_keys, remove_key
+    if args.action != "list" and not args.name:
+        from .errors import InvalidInputError
+        raise InvalidInputError(f"simdex keys {args.action} needs --name")
+    if args.action == "add":
+        collections = [c for c in args.collections.split(",") if c] if args.collections else None
+        key = add_key(args.file, args.name, args.role, collections)
+        print(f"key {args.name!r} ({args.role}{', collections ' + ','.join(collections) if collections else ''}) "
+              f"written to {args.file}; a running server takes it within a second. The key (shown only now):")
+        print(key)
+    elif args.action == "remove":
+        remove_key(args.file, args.name)
+        print(f"key {args.name!r} removed from {args.file}; a running server refuses it within a second")
+    else:
+        for entry in list_keys(args.file):
+            print(json.dumps(entry))
+    return 0
+
+
 # ---- backup / restore --------------------------------------------------------------------------------------------
 def _backup_summary(body: dict) -> str:
     per = ", ".join(f"{name} at log record {c['lsn']}" for name, c in body["collections"].items()) or "no collections"
@@ -451,7 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", required=True, help="database folder (created if missing)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="required when --host is not a loopback address")
+    p.add_argument("--api-key", default=None, help="one admin key (this or --keys is required when --host is not "
+                                                   "a loopback address)")
+    p.add_argument("--keys", default=None, help="a key file (simdex keys add FILE ...): keys with roles read / "
+                                                "write / admin, optionally limited to some collections; re-read "
+                                                "when it changes")
+    p.add_argument("--backup-dir", default=None, help="where POST /api/v1/admin/backup (simdex backup --url) writes "
+                                                      "backups, by name")
+    p.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate (PEM; uvicorn's option)")
+    p.add_argument("--ssl-keyfile", default=None, help="... and this private key")
     p.add_argument("--sync", default="always", choices=["always", "batch", "off"])
     p.add_argument("--max-body-mb", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=10_000)
@@ -498,13 +538,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "a server writes")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("keys", help="API keys with roles for simdex serve --keys FILE (stored hashed)")
+    p.add_argument("action", choices=["add", "remove", "list"], help="add also rotates: a new key under the name")
+    p.add_argument("file")
+    p.add_argument("--name")
+    p.add_argument("--role", choices=["read", "write", "admin"], default="read")
+    p.add_argument("--collections", default=None, help="comma-separated: the only collections the key may touch")
+    p.set_defaults(func=cmd_keys)
+
     p = sub.add_parser("backup", help="a consistent copy of a database while it serves (full, or incremental with "
                                       "--since); restore it with simdex restore")
-    p.add_argument("dest", help="a new folder")
+    p.add_argument("dest", help="a new folder (with --url: a name in the server's --backup-dir)")
     p.add_argument("--path", help="the database folder (opened here; a database a server holds: use --url)")
     p.add_argument("--url", help="the server holding the database: it writes the backup on its machine")
     p.add_argument("--api-key", default=None)
-    p.add_argument("--since", default=None, help="a previous backup: files it holds unchanged are hard-linked")
+    p.add_argument("--since", default=None, help="a previous backup (with --url: its name): files it holds "
+                                                 "unchanged are hard-linked")
     p.set_defaults(func=cmd_backup)
 
     p = sub.add_parser("restore", help="check every checksum of a backup, then restore it into a new folder")

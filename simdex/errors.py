@@ -68,7 +68,8 @@ class UnsupportedOperationError(SimdexError, TypeError):
 
 
 class AccessDeniedError(SimdexError, PermissionError):
-    """The server refused the request: a missing or wrong API key (HTTP 401 / 403)."""
+    """The server refused the request: a missing or wrong API key (HTTP 401), or a key whose role or collections
+    do not allow it (403)."""
 
 
 class CollectionNotFoundError(SimdexError, KeyError):

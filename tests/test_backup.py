@@ -153,9 +153,17 @@ def test_cli_and_http(tmp_path, glosses, capsys):
     assert _content(tmp_path / "r") == _content(live)
     with pytest.raises(SystemExit, match="--path DIR"):  # neither --path nor --url
         cli_main(["backup", str(tmp_path / "x")])
-    with simdex.connect(live) as db, LiveServer(create_app(db)) as server:
+    with simdex.connect(live) as db, LiveServer(create_app(db, backup_dir=tmp_path)) as server:
         db.get_collection("g").upsert(ids[200:260], vectors[200:260])
-        body = Client(server.url).backup(str(tmp_path / "h"), since=str(tmp_path / "b"))
+        client = Client(server.url)
+        body = client.backup("h", since="b")  # names in the server's backup folder
         assert body["collections"]["g"]["lsn"] == 2 and body["bytes_linked"] > 0
+        with pytest.raises(InvalidInputError, match="invalid"):
+            client.backup("../escape")
+        with pytest.raises(InvalidInputError, match="not a simdex backup"):
+            client.backup("h2", since="r")  # a database, not a backup
+    with simdex.connect(live) as db, LiveServer(create_app(db)) as server:
+        with pytest.raises(InvalidInputError, match="--backup-dir"):
+            Client(server.url).backup("h3")
     simdex.store.backup.restore(tmp_path / "h", tmp_path / "hr")
     assert set(_content(tmp_path / "hr")) == set(ids[:260])

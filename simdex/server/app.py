@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, errors
 from ..store import Database
+from ..store.records import check_collection_name
+from .auth import KeyRing, required
 
 CONSOLE = Path(__file__).parent / "console" / "index.html"
 API = "/api/v1"
@@ -114,8 +116,9 @@ class Upsert(_Strict):
 
 
 class Backup(_Strict):
-    dest: str = Field(description="a new folder on the server's machine")
-    since: str | None = Field(None, description="a previous backup: its unchanged files are hard-linked")
+    dest: str = Field(description="the new backup's name: a folder in the server's backup folder (--backup-dir)")
+    since: str | None = Field(None, description="the name of a previous backup there: its unchanged files are "
+                                                "hard-linked (incremental)")
 
 
 class AddField(_Strict):
@@ -176,22 +179,33 @@ class _Guard:
     key on ``/api`` paths, and refusal of request bodies over ``limit`` bytes (by Content-Length, and while
     streaming)."""
 
-    def __init__(self, app, limit: int, api_key: str | None) -> None:
-        self.app, self.limit = app, limit
-        self.api_key = api_key.encode() if api_key else None
+    def __init__(self, app, limit: int, keys: KeyRing) -> None:
+        self.app, self.limit, self.keys = app, limit, keys
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.api_key is not None and scope.get("path", "").startswith("/api"):
+        path = scope.get("path", "")
+        if self.keys.enabled and path.startswith("/api"):
             given = headers.get(b"x-api-key") or b""
             auth = headers.get(b"authorization") or b""
             if auth[:7].lower() == b"bearer ":
                 given = auth[7:]
-            if not hmac.compare_digest(given, self.api_key):
+            key = self.keys.authenticate(given)
+            if key is None:
                 return await _error(401, "Unauthorized", "missing or wrong API key (send 'Authorization: Bearer "
                                                          "<key>' or 'X-API-Key: <key>')")(scope, receive, send)
+            role, collection, whole = required(scope.get("method", "GET"), path)
+            refusal = None
+            if not key.may(role):
+                refusal = f"key {key.name!r} has role {key.role!r}; {scope.get('method')} {path} needs {role!r}"
+            elif (whole or collection is not None) and not key.may_use(collection):
+                refusal = (f"key {key.name!r} may not use collection {collection!r}" if collection is not None else
+                           f"key {key.name!r} is limited to some collections; {path} acts on the whole database")
+            if refusal is not None:
+                return await _error(403, "Forbidden", refusal)(scope, receive, send)
+            scope.setdefault("state", {})["simdex_key"] = key
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             return await _error(413, "PayloadTooLarge", f"request body is {int(length)} bytes; the limit is "
@@ -219,15 +233,23 @@ class _Guard:
 
 
 def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int = 64 << 20,
-               max_batch: int = 10_000) -> FastAPI:
-    """Build the ASGI app serving ``db``. With ``api_key``, every ``/api`` request must send it as
-    ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+               max_batch: int = 10_000, keys_file: str | os.PathLike | None = None,
+               backup_dir: str | os.PathLike | None = None) -> FastAPI:
+    """Build the ASGI app serving ``db``. With ``api_key`` and/or ``keys_file`` (keys with roles,
+    :mod:`simdex.server.auth`), every ``/api`` request must send a key as ``Authorization: Bearer <key>`` or
+    ``X-API-Key: <key>``, and its role must allow the request. ``backup_dir``: where ``POST /api/v1/admin/backup``
+    writes backups (by name; none without it)."""
     app = FastAPI(title="simdex", version=__version__,
                   description="Vector database: collections of records (id, vector, metadata, document) with "
                               "nearest-neighbour search and metadata filters.")
     app.state.db = db
 
-    app.add_middleware(_Guard, limit=max_body_bytes, api_key=api_key)
+    keys = KeyRing(keys_file, api_key)
+    app.add_middleware(_Guard, limit=max_body_bytes, keys=keys)
+
+    def allowed(request: Request, name: str) -> bool:
+        key = getattr(request.state, "simdex_key", None)
+        return key is None or key.may_use(name)
 
     @app.exception_handler(errors.SimdexError)
     async def simdex_error(_: Request, exc: errors.SimdexError):
@@ -274,15 +296,29 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
         return _json({"status": "ok", "version": __version__})
 
     @app.get(f"{API}/collections", tags=["collections"])
-    def list_collections() -> dict[str, Any]:
-        return _json({"collections": [db.get_collection(n).stats() for n in db.list_collections()]})
+    def list_collections(request: Request) -> dict[str, Any]:
+        return _json({"collections": [db.get_collection(n).stats() for n in db.list_collections()
+                                      if allowed(request, n)]})
 
     @app.post(f"{API}/admin/backup", tags=["admin"])
     def backup(body: Backup) -> dict[str, Any]:
-        return _json(db.backup(body.dest, body.since))
+        if backup_dir is None:
+            raise errors.InvalidInputError("this server has no backup folder: start it with --backup-dir DIR")
+        for value in (body.dest, body.since):
+            if value is not None:
+                try:
+                    check_collection_name(value)  # a plain name: backups stay inside the backup folder
+                except errors.InvalidInputError:
+                    raise errors.InvalidInputError(f"invalid backup name {value!r}: a name in the server's backup "
+                                                   f"folder (1-64 letters, digits, '_' or '-')") from None
+        since = None if body.since is None else str(Path(backup_dir) / body.since)
+        return _json(db.backup(str(Path(backup_dir) / body.dest), since))
 
     @app.post(f"{API}/collections", tags=["collections"], status_code=201)
-    def create_collection(body: CreateCollection) -> dict[str, Any]:
+    def create_collection(body: CreateCollection, request: Request) -> dict[str, Any]:
+        if not allowed(request, body.name):
+            return _error(403, "Forbidden", f"key {request.state.simdex_key.name!r} may not use collection "
+                                            f"{body.name!r}")
         return db.create_collection(body.name, body.dim, body.metric, body.index, exist_ok=body.exist_ok,
                                     text=body.text, embedder=body.embedder, window_field=body.window_field,
                                     label_field=body.label_field, dedup=body.dedup, fields=body.fields,

@@ -182,6 +182,8 @@ class Client(DatabaseAPI):
         self._request("DELETE", f"{API}/collections/{urllib.parse.quote(name, safe='')}")
 
     def backup(self, dest: str, since: str | None = None) -> dict[str, Any]:
+        """Over HTTP, ``dest`` and ``since`` are names of backups in the server's backup folder (``simdex serve
+        --backup-dir DIR``)."""
         return self._request("POST", f"{API}/admin/backup", {"dest": str(dest),
                                                              "since": None if since is None else str(since)})
 

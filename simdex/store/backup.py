@@ -154,7 +154,10 @@ def backup(collections: dict[str, Collection], dest: str | os.PathLike, since: s
     previous, previous_root = None, None
     if since is not None:
         previous_root = Path(since)
-        previous = read_manifest(previous_root)["files"]
+        try:
+            previous = read_manifest(previous_root)["files"]
+        except CorruptFileError as exc:
+            raise InvalidInputError(f"since: {exc}") from None
     started = time.time()
     tmp = dest.parent / f".{dest.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
