@@ -143,6 +143,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     tr.add_argument("--index", default="hnsw,vamana,ivf-pq", help="comma-separated: hnsw, vamana, ivf-pq")
     tr.add_argument("--n-queries", type=int, default=1000)
     tr.add_argument("--out", default="bench-results")
+    churn = sub.add_parser("churn", help="upsert/delete churn on a working set: disk, memory and recall against a "
+                                         "fresh collection of the same records")
+    churn.add_argument("--working", type=int, default=20_000)
+    churn.add_argument("--ops", type=int, default=500_000)
+    churn.add_argument("--batch", type=int, default=500)
+    churn.add_argument("--every", type=int, default=50_000, help="operations between two points of the curve")
+    churn.add_argument("--out", default="bench-results")
     fields = sub.add_parser("fields", help="named vector fields (multivector, sparse) through the database vs the "
                                            "same indexes directly; the background fill of a new model")
     fields.add_argument("--n", type=int, default=20_000, help="WordNet records")
@@ -260,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         names = tuple(args.dataset or ("fashion-mnist-784", "wordnet-minilm-384", "glove-50"))
         report = tr_bench.run(names, tuple(args.index.split(",")), args.n_queries)
         _record(tr_bench, report, args.out, argv)
+        return 0
+    if args.bench == "churn":
+        from . import churn as churn_bench
+        report = churn_bench.run(args.working, args.ops, args.batch, args.every)
+        _record(churn_bench, report, args.out, argv)
         return 0
     if args.bench == "fields":
         from . import fields as fields_bench

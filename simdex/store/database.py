@@ -381,6 +381,8 @@ class Database(DatabaseAPI):
                         collection.rebuild(side)
                     if collection.needs_checkpoint():
                         collection.checkpoint()
+                    elif collection.needs_compaction():
+                        collection.compact_log()
                     collection.background_error = None
                     retry.pop(id(collection), None)
                 except Exception as exc:  # keep serving; report it in stats and the log, once per distinct error

@@ -18,6 +18,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ log = logging.getLogger("simdex.store")
 MANIFEST = "MANIFEST"
 # writes wait for a checkpoint once the log holds this many checkpoint intervals of records (checkpoints failing)
 LOG_STALL_FACTOR = 4
+# a quiet collection's log is compacted (compact_log) once it holds this much that its checkpoint covers, after
+# this many seconds without a write
+COMPACT_LOG_BYTES = 1 << 20
+COMPACT_IDLE_SECONDS = 30.0
 
 
 class Durable:
@@ -218,66 +223,96 @@ class Durable:
                                f"since the last one ({LOG_STALL_FACTOR}x checkpoint_bytes), and {exc}",
                                errno=exc.errno, path=exc.filename) from None
 
-    def checkpoint(self) -> bool:
+    def needs_compaction(self, idle_seconds: float = COMPACT_IDLE_SECONDS) -> bool:
+        """Whether the collection is quiet (nothing written since its checkpoint, for ``idle_seconds``) while its
+        log still holds more than COMPACT_LOG_BYTES that the checkpoint covers: the records kept to recover from
+        a damaged checkpoint with the one before, which a second checkpoint of the same state makes unneeded."""
+        m = self._manifest
+        if self.read_only or self._closed or m is None or self._applied_lsn != m["lsn"]:
+            return False
+        if self._wal.first_lsn > m["lsn"] or self._wal.size_bytes() < COMPACT_LOG_BYTES:
+            return False
+        last = self.last_write_time()
+        return last is None or time.time() - last >= idle_seconds
+
+    def compact_log(self) -> bool:
+        """Cut the log of a quiet collection to nothing: start a new log file, then write a second checkpoint of
+        the same state (so that the previous checkpoint, which the kept records served, is this one too), which
+        removes every older log file and the files only the checkpoint before used. True if it did."""
+        if self.read_only:
+            raise ReadOnlyError(f"collection {self.name!r} is open read-only")
+        with self._maintenance:  # the lock order of backups: checkpoint lock, then writer lock
+            with self._writer:  # the new log file starts after the checkpoint's last record
+                if self._manifest is None or self._applied_lsn != self._manifest["lsn"]:
+                    return False
+                self._wal.roll()
+            return self._checkpoint(True)
+
+    def checkpoint(self, force: bool = False) -> bool:
         """Write the vector state to new checkpoint files and cut the log back. Readers and writers go on.
+        ``force``: write one even when nothing was logged since the last (:meth:`compact_log`).
 
         Raises :class:`StorageError` if a file cannot be written (disk full, I/O error): the previous checkpoint
         and the log stay as they were, what this attempt wrote is removed, and nothing is lost."""
         if self.read_only:
             raise ReadOnlyError(f"collection {self.name!r} is open read-only")
         with self._maintenance:
-            # a failed attempt's number is never used again (its files may linger where their removal failed)
-            gen = max(self._manifest["gen"] if self._manifest else 0, self._last_gen) + 1
-            written: list[Path] = []
-            try:
-                with self._rw.read():
-                    lsn, logged = self._applied_lsn, self._wal.appended_bytes
-                    if self._manifest is not None and self._manifest["lsn"] == lsn:
-                        return False
-                    self._last_gen = gen
-                    main = self._vectors.main
-                    # the main index's file is written once; later checkpoints write only which of its slots
-                    # hold no live record any more (tombstones; for a Vamana graph also its freed slots)
-                    # (a build-once index was written into its folder when it was built, and is never changed)
-                    saved = self._saved_main[1] if self._saved_main is not None and self._saved_main[0] is main \
-                        else getattr(main, "folder", None)
-                    main_snapshot = main.snapshot() if main is not None and saved is None else None
-                    tombstones = None if main is None else (main._idmap.slot_ids < 0).astype(np.uint8)
-                    growing_snapshot = self._vectors.growing.snapshot()
-                    next_rid = self._next_rid
-                    # the metadata copy must be at exactly this lsn: writers wait for the read side to apply
-                    written.append(self.path / f"meta-{gen}.sqlite")
-                    self._meta.backup_to(written[-1])
-                body: dict[str, Any] = {"gen": gen, "lsn": lsn, "next_rid": next_rid, "main": None, "tomb": None,
-                                        "growing": f"growing-{gen}.sdx", "meta": f"meta-{gen}.sqlite"}
-                written.append(self.path / body["growing"])
-                write_snapshot(written[-1], growing_snapshot)
-                if main is not None:
-                    if saved is not None:
-                        body["main"] = saved
-                    else:
-                        body["main"] = f"main-{gen}.sdx"
-                        written.append(self.path / body["main"])
-                        write_snapshot(written[-1], main_snapshot)
-                    body["tomb"] = f"tomb-{gen}.sdx"
-                    written.append(self.path / body["tomb"])
-                    fileformat.save_arrays(written[-1], "Tombstones", {}, {"deleted": tombstones})
-                self._meta.make_durable()
-                self._write_manifest(body)
-            except (OSError, sqlite3.Error) as exc:
-                self._discard_files(written)
-                raise storage_error(exc, f"write checkpoint {gen} of", self.path) from None
+            return self._checkpoint(force)
+
+    def _checkpoint(self, force: bool) -> bool:
+        """:meth:`checkpoint`, the caller holding the checkpoint lock."""
+        # a failed attempt's number is never used again (its files may linger where their removal failed)
+        gen = max(self._manifest["gen"] if self._manifest else 0, self._last_gen) + 1
+        written: list[Path] = []
+        try:
+            with self._rw.read():
+                lsn, logged = self._applied_lsn, self._wal.appended_bytes
+                if self._manifest is not None and self._manifest["lsn"] == lsn and not force:
+                    return False
+                self._last_gen = gen
+                main = self._vectors.main
+                # the main index's file is written once; later checkpoints write only which of its slots
+                # hold no live record any more (tombstones; for a Vamana graph also its freed slots)
+                # (a build-once index was written into its folder when it was built, and is never changed)
+                saved = self._saved_main[1] if self._saved_main is not None and self._saved_main[0] is main \
+                    else getattr(main, "folder", None)
+                main_snapshot = main.snapshot() if main is not None and saved is None else None
+                tombstones = None if main is None else (main._idmap.slot_ids < 0).astype(np.uint8)
+                growing_snapshot = self._vectors.growing.snapshot()
+                next_rid = self._next_rid
+                # the metadata copy must be at exactly this lsn: writers wait for the read side to apply
+                written.append(self.path / f"meta-{gen}.sqlite")
+                self._meta.backup_to(written[-1])
+            body: dict[str, Any] = {"gen": gen, "lsn": lsn, "next_rid": next_rid, "main": None, "tomb": None,
+                                    "growing": f"growing-{gen}.sdx", "meta": f"meta-{gen}.sqlite"}
+            written.append(self.path / body["growing"])
+            write_snapshot(written[-1], growing_snapshot)
             if main is not None:
-                self._saved_main = (main, body["main"])
-            self._prev_manifest, self._manifest = self._manifest, body
-            self._log_mark = logged
-            keep_after = self._prev_manifest["lsn"] if self._prev_manifest else 0
-            try:
-                self._wal.truncate_before(keep_after + 1)
-                self._remove_unreferenced_files()
-            except OSError as exc:  # the checkpoint stands; the old files go next time
-                log.warning("%s: checkpoint %d is written, but removing what it replaces failed: %s", self.path,
-                            gen, exc)
+                if saved is not None:
+                    body["main"] = saved
+                else:
+                    body["main"] = f"main-{gen}.sdx"
+                    written.append(self.path / body["main"])
+                    write_snapshot(written[-1], main_snapshot)
+                body["tomb"] = f"tomb-{gen}.sdx"
+                written.append(self.path / body["tomb"])
+                fileformat.save_arrays(written[-1], "Tombstones", {}, {"deleted": tombstones})
+            self._meta.make_durable()
+            self._write_manifest(body)
+        except (OSError, sqlite3.Error) as exc:
+            self._discard_files(written)
+            raise storage_error(exc, f"write checkpoint {gen} of", self.path) from None
+        if main is not None:
+            self._saved_main = (main, body["main"])
+        self._prev_manifest, self._manifest = self._manifest, body
+        self._log_mark = logged
+        keep_after = self._prev_manifest["lsn"] if self._prev_manifest else 0
+        try:
+            self._wal.truncate_before(keep_after + 1)
+            self._remove_unreferenced_files()
+        except OSError as exc:  # the checkpoint stands; the old files go next time
+            log.warning("%s: checkpoint %d is written, but removing what it replaces failed: %s", self.path,
+                        gen, exc)
         return True
 
     def _discard_files(self, paths: list[Path]) -> None:

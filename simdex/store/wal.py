@@ -404,6 +404,27 @@ class WriteAheadLog:
             self._last_lsn = self._durable_lsn = next_lsn - 1
             fsync_path(self.directory)
 
+    def roll(self) -> None:
+        """Start a new (empty) file for the next record, so that a checkpoint of everything logged so far can
+        remove every file before it (:meth:`truncate_before` removes whole files only). Nothing happens when the
+        newest file holds no record yet."""
+        if self.read_only:
+            return
+        with self._sync_lock, self._lock:
+            if not self._files or self._files[-1][0] > self._last_lsn:
+                return
+            if self._fh is not None:
+                self._sync_open_file()
+                self._fh.close()
+                self._fh = None
+            path = self.directory / f"{self._last_lsn + 1:020d}.log"
+            try:
+                open(path, "ab").close()
+                fsync_path(self.directory)
+            except OSError as exc:
+                raise storage_error(exc, "start the write-ahead log file", path) from None
+            self._files.append((self._last_lsn + 1, path))
+
     def truncate_before(self, lsn: int) -> None:
         """Delete whole log files whose records all precede ``lsn`` (they are covered by a checkpoint). Raises
         :class:`StorageError` if a file cannot be removed; the log stays whole (the rest goes next time)."""
