@@ -15,6 +15,7 @@ away before deleting it, so a crash never leaves half a collection.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import logging
@@ -41,6 +42,17 @@ from .wal import SYNC_MODES
 
 log = logging.getLogger("simdex.store")
 READ_VIEW_ATTEMPTS = 5
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the operating system (glibc's ``malloc_trim``). A merge replaces an
+    index by a new one; the old one's arrays are freed, but glibc keeps most freed heap mapped, so a server under
+    churn would hold on to every index it ever replaced (a quarter more resident memory after 500k upserts and
+    deletes in ``python -m simdex.bench churn``). Nothing happens where the C library has no ``malloc_trim``."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class Database(DatabaseAPI):
@@ -348,6 +360,7 @@ class Database(DatabaseAPI):
                 for side in collection._sides:
                     with side.maintenance:  # held by a rebuild in progress
                         pass
+        release_free_memory()
 
     def backup(self, dest: str, since: str | None = None) -> dict[str, Any]:
         """See :meth:`DatabaseAPI.backup` (:mod:`simdex.store.backup`)."""
@@ -377,8 +390,11 @@ class Database(DatabaseAPI):
                 if time.monotonic() < retry_at and not freed:
                     continue
                 try:
+                    rebuilt = False
                     for side in collection.due_rebuilds():
-                        collection.rebuild(side)
+                        rebuilt = collection.rebuild(side) or rebuilt
+                    if rebuilt:
+                        release_free_memory()
                     if collection.needs_checkpoint():
                         collection.checkpoint()
                     elif collection.needs_compaction():

@@ -239,7 +239,8 @@ class MetadataStore:
         connection of its own: the writer's may be in the middle of a write in another thread."""
         conn = self._connect()
         try:
-            conn.execute("PRAGMA wal_checkpoint(FULL)")
+            # TRUNCATE: also empties SQLite's own log file, which otherwise stays at its largest size for good
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
 
