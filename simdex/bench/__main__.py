@@ -143,6 +143,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     tr.add_argument("--index", default="hnsw,vamana,ivf-pq", help="comma-separated: hnsw, vamana, ivf-pq")
     tr.add_argument("--n-queries", type=int, default=1000)
     tr.add_argument("--out", default="bench-results")
+    soak = sub.add_parser("soak", help="a load test of the server on loopback: failed requests, p99 over time, "
+                                       "resident memory growth")
+    soak.add_argument("--n", type=int, default=20_000, help="records in the collection")
+    soak.add_argument("--clients", type=int, default=16)
+    soak.add_argument("--minutes", type=float, default=10.0)
+    soak.add_argument("--out", default="bench-results")
     churn = sub.add_parser("churn", help="upsert/delete churn on a working set: disk, memory and recall against a "
                                          "fresh collection of the same records")
     churn.add_argument("--working", type=int, default=20_000)
@@ -267,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         names = tuple(args.dataset or ("fashion-mnist-784", "wordnet-minilm-384", "glove-50"))
         report = tr_bench.run(names, tuple(args.index.split(",")), args.n_queries)
         _record(tr_bench, report, args.out, argv)
+        return 0
+    if args.bench == "soak":
+        from . import soak as soak_bench
+        report = soak_bench.run(args.n, args.clients, args.minutes)
+        _record(soak_bench, report, args.out, argv)
         return 0
     if args.bench == "churn":
         from . import churn as churn_bench
