@@ -37,3 +37,11 @@ def save_json(report: dict[str, Any], out: Path, name: str) -> Path:
     path = out / name
     path.write_text(json.dumps(report, indent=1))
     return path
+
+
+def proc_status(field: str, pid: int | str = "self") -> int:
+    """A memory figure of ``/proc/<pid>/status`` in bytes (``VmRSS``, ``VmHWM``, ``RssAnon``, ...; 0 if absent)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0

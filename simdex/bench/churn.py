@@ -27,17 +27,12 @@ from typing import Any
 import numpy as np
 
 from .. import datasets
-from ._common import save_json
+from ._common import proc_status, save_json
 
 QUERY_ROW = 107_659
 EF = 64
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _disk(path: Path) -> int:
@@ -99,13 +94,13 @@ def churn_child(path: str, working: int, ops: int, batch: int, every: int, out: 
             done += len(picked)
             if done // every != (done - len(picked)) // every or done >= ops:
                 point = {"ops": done, "seconds": time.perf_counter() - t0, "live": len(live),
-                         "disk_bytes": _disk(Path(path)), "rss_bytes": _status("VmRSS"),
+                         "disk_bytes": _disk(Path(path)), "rss_bytes": proc_status("VmRSS"),
                          "recall": _recall(col, live, pool, queries), "stats": {
                              k: col.stats()[k] for k in ("indexed", "unindexed", "deleted_in_index", "log_bytes")}}
                 curve.append(point)
                 print(json.dumps({k: v for k, v in point.items() if k != "stats"}), flush=True)
         _settle(db, col)
-        final = {"disk_bytes": _disk(Path(path)), "rss_bytes": _status("VmRSS"),
+        final = {"disk_bytes": _disk(Path(path)), "rss_bytes": proc_status("VmRSS"),
                  "recall": _recall(col, live, pool, queries), "ops_per_second": done / (time.perf_counter() - t0)}
     np.save(Path(out) / "live_rows.npy", np.array([live[i] for i in sorted(live)], np.int64))
     (Path(out) / "live_ids.json").write_text(json.dumps(sorted(live)))
@@ -123,7 +118,7 @@ def fresh_child(path: str, out: str) -> None:
             col.upsert(ids[s:s + 1000], pool[rows[s:s + 1000]])
         _settle(db, col)
         live = dict(zip(ids, rows.tolist()))
-        fresh = {"disk_bytes": _disk(Path(path)), "rss_bytes": _status("VmRSS"),
+        fresh = {"disk_bytes": _disk(Path(path)), "rss_bytes": proc_status("VmRSS"),
                  "recall": _recall(col, live, pool, queries)}
     (Path(out) / "fresh.json").write_text(json.dumps(fresh))
 

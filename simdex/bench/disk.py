@@ -32,16 +32,11 @@ import numpy as np
 
 from .. import datasets
 from .ann import _machine
-from ._common import pyplot
+from ._common import proc_status, pyplot
 
 DIM = 384
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def make_set(folder: Path, n: int, n_queries: int, sigma: float, seed: int, log=print) -> dict:
@@ -123,8 +118,8 @@ def _child(args: dict) -> None:
     else:
         index = SPANNIndex.open(index_dir)
         out["build_seconds"] = None
-    out["build_vm_hwm_bytes"] = _status("VmHWM")
-    out["build_vm_data_bytes"] = _status("VmData")
+    out["build_vm_hwm_bytes"] = proc_status("VmHWM")
+    out["build_vm_data_bytes"] = proc_status("VmData")
     out.update({"nlist": index.nlist, "entries": int(index.slots.shape[0]), "index_ram_bytes": index.nbytes,
                 "index_disk_bytes": index.disk_nbytes,
                 "list_size_mean": float(index.list_sizes().mean()),
@@ -144,7 +139,7 @@ def _child(args: dict) -> None:
             ids[i] = index.search(queries[i:i + 1], k, nprobe=nprobe, eps=eps, threads=1)[1][0]
             lat[i] = time.perf_counter() - t
             # the pages this query mapped leave the process after it (they stay in the OS page cache)
-            peak_rss = max(peak_rss, _status("VmRSS"))
+            peak_rss = max(peak_rss, proc_status("VmRSS"))
             index.release_pages()
         hits = [len(set(ids[i]) & set(gt[i, :k])) for i in range(queries.shape[0])]
         lists = index.lists_read(queries, nprobe=nprobe, eps=eps)
@@ -154,8 +149,8 @@ def _child(args: dict) -> None:
         print(json.dumps(points[-1]), file=sys.stderr, flush=True)
     out["points"] = points
     out["search_peak_vm_rss_bytes"] = peak_rss
-    out["vm_hwm_bytes"] = _status("VmHWM")
-    out["rss_anon_bytes"] = _status("RssAnon")
+    out["vm_hwm_bytes"] = proc_status("VmHWM")
+    out["rss_anon_bytes"] = proc_status("RssAnon")
     print(json.dumps(out))
 
 

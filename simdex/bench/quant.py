@@ -27,7 +27,7 @@ from .. import datasets
 from .._numba import cpu_count
 from . import write_report
 from .ann import _machine
-from ._common import pyplot
+from ._common import proc_status, pyplot
 
 EFS = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 200, 256, 320, 400)
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
@@ -59,11 +59,6 @@ class Curve:
         return max(best, float(np.exp(np.log(q0) + frac * (np.log(q1) - np.log(q0)))))
 
 
-def _status(field_name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _timed(fn, nq: int, repeats: int) -> tuple[float, np.ndarray]:
@@ -137,9 +132,9 @@ def run_graph(ds, *, M: int, ef_construction: int, threads: int, k: int, repeats
         if residual:
             idx._vectors = idx._vectors[:0]  # prove that search reads no float vector
             c.params["float_vectors"] = "dropped"
-        rss_file0 = _status("RssFile")
+        rss_file0 = proc_status("RssFile")
         _sweep(c, lambda ef: idx.search(ds.queries, k, ef=ef, threads=1)[1], efs, ds, k, repeats, log)
-        c.rss_file_delta_bytes = max(0, _status("RssFile") - rss_file0)
+        c.rss_file_delta_bytes = max(0, proc_status("RssFile") - rss_file0)
         log(f"  {name}: {idx.nbytes / 2**20:.1f} MiB in RAM, {c.disk_bytes / 2**20:.1f} MiB vectors on disk, "
             f"RssFile +{c.rss_file_delta_bytes / 2**20:.1f} MiB over the sweep")
         curves.append(c)

@@ -26,16 +26,11 @@ from typing import Any
 import numpy as np
 
 from .. import datasets
-from ._common import save_json
+from ._common import proc_status, save_json
 
 QUERY_ROW = 107_659
 
 
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _free_port() -> int:
@@ -109,12 +104,12 @@ def run(n: int = 20_000, clients: int = 16, minutes: float = 10.0) -> dict[str, 
                 th.start()
             rss: list[tuple[float, int]] = []
             while time.time() - start < minutes * 60:
-                rss.append((time.time() - start, _rss(server.pid)))
+                rss.append((time.time() - start, proc_status("VmRSS", server.pid)))
                 time.sleep(5.0)
             stop.set()
             for th in threads:
                 th.join()
-            rss.append((time.time() - start, _rss(server.pid)))
+            rss.append((time.time() - start, proc_status("VmRSS", server.pid)))
         finally:
             server.terminate()
             server.wait(timeout=60)

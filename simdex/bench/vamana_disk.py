@@ -23,14 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets
+from ._common import proc_status
 from .ann import _machine
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def _trim() -> None:
@@ -43,7 +39,7 @@ def _trim() -> None:
 
 
 def _mem() -> dict:
-    return {"rss": _status("VmRSS"), "anon": _status("RssAnon"), "file": _status("RssFile")}
+    return {"rss": proc_status("VmRSS"), "anon": proc_status("RssAnon"), "file": proc_status("RssFile")}
 
 
 def _child(args: dict) -> None:

@@ -143,6 +143,14 @@ def backup_collection(collection: Collection, writer: _Writer, prefix: str) -> d
             "checkpoint_lsn": manifest["lsn"] if manifest else 0}
 
 
+def _into_place(tmp: Path, dest: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``dest`` (an empty folder there is replaced) and make it durable."""
+    if dest.exists():
+        dest.rmdir()
+    os.replace(tmp, dest)
+    fsync_path(dest.parent)
+
+
 def backup(collections: dict[str, Collection], dest: str | os.PathLike, since: str | os.PathLike | None = None
            ) -> dict[str, Any]:
     """Back up ``collections`` into the new folder ``dest`` (see the module docstring); ``since``: a previous
@@ -174,10 +182,7 @@ def backup(collections: dict[str, Collection], dest: str | os.PathLike, since: s
             json.dump(body, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        if dest.exists():
-            dest.rmdir()
-        os.replace(tmp, dest)
-        fsync_path(dest.parent)
+        _into_place(tmp, dest)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise storage_error(exc, "write the backup", dest) from None
@@ -231,10 +236,7 @@ def restore(source: str | os.PathLike, dest: str | os.PathLike) -> dict[str, Any
         (tmp / "collections").mkdir(parents=True, exist_ok=True)
         for rel in body["files"]:
             fsync_path(tmp / rel)
-        if dest.exists():
-            dest.rmdir()
-        os.replace(tmp, dest)
-        fsync_path(dest.parent)
+        _into_place(tmp, dest)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise storage_error(exc, "restore the backup into", dest) from None
