@@ -3,6 +3,7 @@
 Layout::
 
     <path>/LOCK                         advisory lock (fcntl) held by the process that has the database open
+    <path>/FORMAT                       the database format version (FORMAT_VERSION; absent: format 1)
     <path>/collections/<name>/config.json   dimension, metric, index kind and parameters (written once)
     <path>/collections/<name>/wal/          write-ahead log
     <path>/collections/<name>/meta.sqlite   metadata and documents
@@ -28,8 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..errors import (CollectionExistsError, CollectionNotFoundError, CorruptFileError, DatabaseLockedError,
-                      InvalidInputError, ReadOnlyError, SimdexError, StorageError)
+from ..errors import (CollectionExistsError, CollectionNotFoundError, CorruptDatabaseError, CorruptFileError,
+                      DatabaseLockedError, InvalidInputError, ReadOnlyError, SimdexError, StorageError)
 from ..fileformat import fsync_path
 from ._io import storage_error
 from .api import DatabaseAPI
@@ -42,6 +43,40 @@ from .wal import SYNC_MODES
 
 log = logging.getLogger("simdex.store")
 READ_VIEW_ATTEMPTS = 5
+
+
+# The database format. 1: before this marker existed (no named fields); 2: named vector fields (their values in
+# log records and a SQLite table). A database of a newer format than this simdex reads is refused, not misread.
+FORMAT_VERSION = 2
+FORMAT_FILE = "FORMAT"
+
+
+def read_format(path: Path) -> int:
+    """The format version of the database at ``path`` (1 when it has no marker: written before markers existed);
+    InvalidInputError if this simdex cannot read it."""
+    marker = path / FORMAT_FILE
+    if not marker.exists():
+        return 1
+    try:
+        version = int(json.loads(marker.read_text())["version"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptDatabaseError(f"{marker} is unreadable ({exc})") from None
+    if version > FORMAT_VERSION:
+        from .. import __version__  # simdex/__init__ imports this module before it defines its version
+        raise InvalidInputError(f"the database at {path} has format {version}, written by a newer simdex; this "
+                                f"simdex ({__version__}) reads formats up to {FORMAT_VERSION}: upgrade it "
+                                f"(pip install -U simdex)")
+    return version
+
+
+def write_format(path: Path) -> None:
+    tmp = path / (FORMAT_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"format": "simdex-database", "version": FORMAT_VERSION}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path / FORMAT_FILE)
+    fsync_path(path)
 
 
 def release_free_memory() -> None:
@@ -113,6 +148,7 @@ class Database(DatabaseAPI):
             from .._warmup import warm_in_background
             self._warmer = warm_in_background(("hnsw", "database"))
         try:
+            found = read_format(self.path)
             self._cleanup_temporaries()
             for folder in sorted((self.path / "collections").iterdir()):
                 if folder.is_dir() and not folder.name.startswith(".") and (folder / "config.json").exists():
@@ -124,6 +160,10 @@ class Database(DatabaseAPI):
                 collection._meta.close()
             self._release_lock()
             raise
+        if not read_only and found < FORMAT_VERSION:
+            # the older formats open as they are (their collections were brought up to date as they opened: a
+            # new SQLite table, optional log and configuration entries); the marker says which version wrote last
+            write_format(self.path)
         self._stop = threading.Event()
         self._optimizer = None
         if background and not read_only:
