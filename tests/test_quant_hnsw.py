@@ -79,7 +79,7 @@ def test_save_load_identical_and_corrupt(wordnet_20k, graph, tmp_path):
 
 
 def test_bad_parameters():
-    with pytest.raises(InvalidInputError, match="int8 or LVQ"):
+    with pytest.raises(InvalidInputError, match="int8, LVQ or RaBitQ"):
         HNSWQuantIndex(16, "l2", codec="pq4")
     with pytest.raises(InvalidInputError, match="residual"):
         HNSWQuantIndex(16, "l2", codec="lvq8", rerank_from="residual")
