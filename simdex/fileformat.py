@@ -66,6 +66,21 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def write_json(path: str | os.PathLike, doc: Any, *, mode: int | None = None, indent: int | None = 1) -> None:
+    """Replace ``path`` by the JSON of ``doc`` atomically: a temporary file (made ``mode`` where given) fsynced and
+    renamed over it, then the folder fsynced, so a crash leaves the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=indent)
+        f.flush()
+        os.fsync(f.fileno())
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    fsync_path(path.parent)
+
+
 def save_arrays(path: str | os.PathLike, kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` and the JSON-serialisable ``meta`` to ``path`` atomically."""
     path = Path(path)

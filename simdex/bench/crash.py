@@ -5,9 +5,10 @@ force over that content.
 
 The writer applies a deterministic random sequence of upserts and deletes (batches of 1-200 records, real WordNet
 embeddings) to one collection per index kind: ``graph`` (HNSW), ``graph-lvq8`` and ``graph-int8`` (HNSW
-over codes), ``ivf-pq`` and ``ivf-rabitq`` (IVF over PQ / RaBitQ codes), ``vamana`` and ``vamana-disk`` (a Vamana graph, in
-memory, and in a file walked on PQ codes), ``spann`` (built once: merges build a new one), each with background
-merges and checkpoints forced to happen often, and ``exact`` (flat index), and prints ``ok <n> <collection>``
+over codes), ``ivf-pq`` and ``ivf-rabitq`` (IVF over PQ / RaBitQ codes), ``vamana`` and ``vamana-disk`` (a
+Vamana graph, in memory, and in a file walked on PQ codes), ``spann`` (built once: merges build a new one),
+each with background merges and checkpoints forced to happen often, and ``exact`` (flat index), and prints
+``ok <n> <collection>``
 after write ``n`` returns, or ``fail <n> <collection>`` when it raised :class:`~simdex.errors.StorageError` (a
 failed write must never appear). The parent replays the same sequence into a model, kills the writer at a random
 moment, reopens the database and compares.

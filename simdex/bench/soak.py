@@ -138,7 +138,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"soak: {report['clients']} clients, {report['minutes']:g} min, {report['requests']:,} requests, "
              f"{report['failed']} failed",
              f"{'minute':>6} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8}"]
-    lines += [f"{m['minute']:6d} {m['requests']:9,} {m['p50_ms']:8.1f} {m['p99_ms']:8.1f}" for m in report["per_minute"]]
+    lines += [f"{m['minute']:6d} {m['requests']:9,} {m['p50_ms']:8.1f} {m['p99_ms']:8.1f}"
+              for m in report["per_minute"]]
     lines += [f"failed: {e}" for e in report["errors"][:5]]
     lines += [f"{k:>7}: {v['count']:,} requests, p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms"
               for k, v in report["by_kind"].items()]

@@ -10,7 +10,9 @@ from numba import prange
 from .._numba import kernel
 from ._binary_kernels import popcount64
 
-QUERY_BITS = 4  # (code_dot reads exactly 4 planes) the query's coordinates are quantised to this many bits per list it scans (RaBitQ's B_q)
+# the query's coordinates are quantised to this many bits per list it scans (RaBitQ's B_q); code_dot reads
+# exactly 4 planes
+QUERY_BITS = 4
 SCALES = 64  # scales tried per vector by a multi-bit encoding
 
 

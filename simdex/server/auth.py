@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import InvalidInputError
+from ..fileformat import write_json
 
 ROLES = ("read", "write", "admin")
 _LEVEL = {role: i for i, role in enumerate(ROLES)}
@@ -154,13 +155,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_json(path, doc, mode=0o600)  # only the key's owner reads the digests
 
 
 def add_key(path: str | os.PathLike, name: str, role: str, collections: list[str] | None = None) -> str:

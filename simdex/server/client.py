@@ -64,6 +64,12 @@ def _vectors_field(vectors: Any, single: bool = False) -> dict[str, Any]:
     return {"vectors_base64": base64.b64encode(arr.astype("<f4").tobytes()).decode("ascii")}
 
 
+def _check_remote_embedder(embedder: Any) -> None:
+    if embedder is not None and not isinstance(embedder, str):
+        raise errors.InvalidTypeError("over HTTP, embedder is a name the server knows (\"minilm\" or "
+                                      "\"st:<model>\"); an Embedder object can only be used in process")
+
+
 def _encode_body(body: Any) -> bytes | None:
     try:
         return None if body is None else json.dumps(body, default=_plain).encode()
@@ -164,9 +170,7 @@ class Client(DatabaseAPI):
                           window_field: str | None = None, label_field: str | None = None,
                           dedup: dict[str, Any] | None = None, fields: dict[str, Any] | None = None,
                           **params: Any) -> RemoteCollection:
-        if embedder is not None and not isinstance(embedder, str):
-            raise errors.InvalidTypeError("over HTTP, embedder is a name the server knows (\"minilm\" or "
-                                          "\"st:<model>\"); an Embedder object can only be used in process")
+        _check_remote_embedder(embedder)
         self._request("POST", f"{API}/collections", {"name": name, "dim": dim, "metric": metric, "index": index,
                                                      "params": params, "exist_ok": exist_ok, "text": text,
                                                      "embedder": embedder, "window_field": window_field,
@@ -247,9 +251,7 @@ class _Steps:
             raise errors.InvalidTypeError(f"{where} has {exc}" if where else str(exc)) from None
 
     def _add_field(self, name: str, spec: dict[str, Any] | None, embedder: Any):
-        if embedder is not None and not isinstance(embedder, str):
-            raise errors.InvalidTypeError("over HTTP, embedder is a name the server knows (\"minilm\" or "
-                                          "\"st:<model>\"); an Embedder object can only be used in process")
+        _check_remote_embedder(embedder)
         return (yield "POST", f"{self._base}/fields", {"name": name, "spec": spec, "embedder": embedder})
 
     def _use_field(self, name: str, force: bool):

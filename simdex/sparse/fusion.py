@@ -41,7 +41,8 @@ def _clean(run: tuple[np.ndarray, np.ndarray], what: str) -> tuple[np.ndarray, n
     return ids, scores[keep]
 
 
-def _top(ids: np.ndarray, scores: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+def best_first(ids: np.ndarray, scores: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` (all if None) largest ``scores`` with their ``ids``, best first; ties by smaller id."""
     order = np.lexsort((ids, -scores))
     if k is not None:
         order = order[:k]
@@ -75,7 +76,7 @@ def rrf(runs: Sequence[tuple[np.ndarray, np.ndarray]], k: int | None = None, *, 
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
     uid, inv = np.unique(np.concatenate(all_ids), return_inverse=True)
     score = np.bincount(inv, weights=np.concatenate(all_s), minlength=uid.shape[0])
-    return _top(uid, score, k)
+    return best_first(uid, score, k)
 
 
 def normalize(scores: np.ndarray, norm: str = "minmax") -> np.ndarray:
@@ -110,7 +111,15 @@ def linear(run_a: tuple[np.ndarray, np.ndarray], run_b: tuple[np.ndarray, np.nda
         filled = np.full(uid.shape[0], n.min() if n.size else 0.0)
         filled[np.searchsorted(uid, ids)] = n
         score += w * filled
-    return _top(uid, score, k)
+    return best_first(uid, score, k)
+
+
+def check_options(fusion: str, norm: str) -> None:
+    """Refuse an unknown ``fusion`` or ``norm`` before any ranking is computed."""
+    if fusion not in FUSIONS:
+        raise InvalidInputError(f"fusion must be one of {FUSIONS}; got {fusion!r}")
+    if norm not in NORMS:
+        raise InvalidInputError(f"norm must be one of {NORMS}; got {norm!r}")
 
 
 def fuse(dense: tuple[np.ndarray, np.ndarray], sparse: tuple[np.ndarray, np.ndarray], k: int | None = None, *,

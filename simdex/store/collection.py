@@ -371,14 +371,11 @@ class Collection(Durable, FieldOps, CollectionAPI):
             if arr.ndim != 2 or arr.shape[0] != 1:
                 raise InvalidInputError(f"search takes one vector; got shape {arr.shape} (use search_batch)")
             return self.search_batch(arr, k, where, include, ef, target_recall=target_recall)[0], notes
-        from ..sparse.fusion import FUSIONS, NORMS, fuse
+        from ..sparse.fusion import check_options, fuse
         if not isinstance(text, str):
             raise InvalidTypeError(f"text must be a str; got {type(text).__name__}")
         mode = self._resolve_mode(mode, vector is not None)
-        if fusion not in FUSIONS:
-            raise InvalidInputError(f"fusion must be one of {FUSIONS}; got {fusion!r}")
-        if norm not in NORMS:
-            raise InvalidInputError(f"norm must be one of {NORMS}; got {norm!r}")
+        check_options(fusion, norm)
         k = check_positive_int(k, "k")
         depth = max(k, 100) if depth is None else check_positive_int(depth, "depth")
         include = check_include(include, DEFAULT_SEARCH_INCLUDE)
@@ -414,7 +411,7 @@ class Collection(Durable, FieldOps, CollectionAPI):
                        ) -> list[dict[str, Any]]:
         """A search of one named field (``field`` with ``vector``), or of several fused (``queries``; with
         ``text``, the BM25 ranking of the documents too)."""
-        from ..sparse.fusion import FUSIONS, NORMS, linear, rrf
+        from ..sparse.fusion import check_options, linear, rrf
         if queries is None:
             if vector is None:
                 raise InvalidInputError(f"a search of field {field!r} needs its query in vector")
@@ -432,10 +429,7 @@ class Collection(Durable, FieldOps, CollectionAPI):
         if text is not None and not self.text:
             raise InvalidInputError(f"collection {self.name!r} has no text index for the text query; create it "
                                     f"with text=True")
-        if fusion not in FUSIONS:
-            raise InvalidInputError(f"fusion must be one of {FUSIONS}; got {fusion!r}")
-        if norm not in NORMS:
-            raise InvalidInputError(f"norm must be one of {NORMS}; got {norm!r}")
+        check_options(fusion, norm)
         k = check_positive_int(k, "k")
         include = check_include(include, DEFAULT_SEARCH_INCLUDE)
         ef = None if ef is None else check_positive_int(ef, "ef")
@@ -444,10 +438,8 @@ class Collection(Durable, FieldOps, CollectionAPI):
             if name == MAIN_FIELD:
                 if isinstance(query, str):
                     query = self._embedding.queries([query], notes)
-                checked[name] = self._queries(np.asarray(query).reshape(1, -1) if np.ndim(query) == 1 else query,
-                                              "the query for field 'vector'")
-                if checked[name].shape[0] != 1:
-                    raise InvalidInputError("the query for field 'vector' must be one vector")
+                # the main vector as the dense field it is
+                checked[name] = check_query(name, {"type": "dense", "dim": self.dim, "metric": self.metric}, query)
             elif name in self.fields:
                 checked[name] = check_query(name, self.fields[name], query)
             else:

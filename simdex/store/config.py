@@ -161,6 +161,6 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
         raise DimensionMismatchError(f"dim is {dim}, but the embedder {embedder.name!r} makes {embedder.dim}-d vectors")
     from .dedup import check_dedup
     from .fields import check_fields
-    return {"fields": check_fields(fields), "dim": dim, "metric": metric, "index": index, "params": dict(params), "text": text,
-            "window_field": window_field, "label_field": label_field,
+    return {"fields": check_fields(fields), "dim": dim, "metric": metric, "index": index, "params": dict(params),
+            "text": text, "window_field": window_field, "label_field": label_field,
             "embedder": None if embedder is None else embedder_info(embedder), "dedup": check_dedup(dedup)}

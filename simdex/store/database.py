@@ -31,12 +31,13 @@ from typing import Any
 
 from ..errors import (CollectionExistsError, CollectionNotFoundError, CorruptDatabaseError, CorruptFileError,
                       DatabaseLockedError, InvalidInputError, ReadOnlyError, SimdexError, StorageError)
-from ..fileformat import fsync_path
+from ..fileformat import fsync_path, write_json
 from ._io import storage_error
 from .api import DatabaseAPI
 from .collection import Collection
 from .config import check_config
 from .embedding import embedder_info
+from .fields import embedder_spec
 from .metadata import MetadataStore
 from .records import check_collection_name
 from .wal import SYNC_MODES
@@ -70,13 +71,7 @@ def read_format(path: Path) -> int:
 
 
 def write_format(path: Path) -> None:
-    tmp = path / (FORMAT_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"format": "simdex-database", "version": FORMAT_VERSION}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path / FORMAT_FILE)
-    fsync_path(path)
+    write_json(path / FORMAT_FILE, {"format": "simdex-database", "version": FORMAT_VERSION}, indent=None)
 
 
 def release_free_memory() -> None:
@@ -260,7 +255,8 @@ class Database(DatabaseAPI):
         candidates re-ranked from the float32 vectors kept in a file;
         :class:`~simdex.quant.HNSWQuantIndex`), "ivf-pq" (IVF lists of PQ codes, re-ranked from the float32 vectors
         kept in a file; :class:`~simdex.quant.IVFIndex`; the number of lists and probes follow the collection's
-        size unless set), "ivf-rabitq" (the same over 1-bit RaBitQ codes, dim / 8 + 16 bytes per vector), "vamana" (a Vamana graph with FreshDiskANN updates; :class:`~simdex.dense.VamanaIndex`),
+        size unless set), "ivf-rabitq" (the same over 1-bit RaBitQ codes, dim / 8 + 16 bytes per vector),
+        "vamana" (a Vamana graph with FreshDiskANN updates; :class:`~simdex.dense.VamanaIndex`),
         "vamana-disk" (its vectors and links in a file, walked on PQ codes in memory;
         :class:`~simdex.quant.VamanaDiskIndex`), "spann" (:class:`~simdex.quant.SPANNIndex`, built once: new rows
         wait in the exactly searched growing segment until they are a tenth of the index, then a merge builds a
@@ -340,11 +336,7 @@ class Database(DatabaseAPI):
         for field, spec in fields.items():
             if isinstance(spec, dict) and spec.get("embedder") is not None:
                 models[field] = self._embedder_model(spec["embedder"])
-                out[field] = {"type": "dense", "dim": models[field].dim,
-                              **{k: v for k, v in spec.items() if k != "embedder"}}
-                if out[field]["type"] != "dense" or out[field]["dim"] != models[field].dim:
-                    raise InvalidInputError(f"fields[{field!r}]: an embedder fills a dense field of its dimension "
-                                            f"({models[field].dim})")
+                out[field] = embedder_spec(field, spec, models[field])
         return out, models
 
     def get_collection(self, name: str, embedder: Any = None) -> Collection:

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError, StorageError
-from ..fileformat import fsync_path
+from ..fileformat import write_json
 from . import records as rec
 from ._io import storage_error
 from .api import MAIN_FIELD
 from .embedding import EmbedderSlot, embedder_info
-from .fields import FieldValues, check_fields, check_query, new_field_side
+from .fields import check_field_values, check_fields, embedder_spec, new_field_side
 
 log = logging.getLogger("simdex.store")
 
@@ -62,15 +61,7 @@ class FieldOps:
         """Apply ``change`` to config.json, atomically (a new file renamed over the old one, both fsynced)."""
         path = self.path / "config.json"
         try:
-            config = json.loads(path.read_text())
-            config.update(change)
-            tmp = self.path / "config.json.tmp"
-            with open(tmp, "w") as f:
-                json.dump(config, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_path(self.path)
+            write_json(path, {**json.loads(path.read_text()), **change})
         except OSError as exc:
             raise storage_error(exc, "write the configuration of", self.path) from None
 
@@ -85,11 +76,7 @@ class FieldOps:
         model = None
         if embedder is not None:
             model = self._load_embedder(embedder)
-            spec.setdefault("type", "dense")
-            spec.setdefault("dim", model.dim)
-            if spec["type"] != "dense" or spec["dim"] != model.dim:
-                raise InvalidInputError(f"field {name!r}: an embedder fills a dense field of its dimension "
-                                        f"({model.dim}); got type {spec['type']!r}, dim {spec['dim']!r}")
+            spec = embedder_spec(name, spec, model)
         if isinstance(name, str) and name in self.fields:
             raise InvalidInputError(f"collection {self.name!r} already has a field {name!r}")
         checked = check_fields({name: spec})[name]
@@ -208,15 +195,12 @@ class FieldOps:
     def _log_field_values(self, name: str, rids: np.ndarray, vectors: np.ndarray) -> None:
         """Log and apply the values of field ``name`` for those of ``rids`` that are still current and still
         without one (a record replaced or deleted meanwhile is skipped; its new version was embedded on write)."""
-        spec = self.fields[name]
         self._make_room_in_log()
         with self._writer:
             live = self._meta.still_without(name, rids)
             if not live.size:
                 return
-            keep = np.searchsorted(rids, live)
-            data = np.stack([check_query(name, spec, vectors[j])[0] for j in keep.tolist()])
-            values = {name: FieldValues("dense", np.arange(live.shape[0], dtype=np.int64), data)}
+            values = check_field_values(self.fields, {name: vectors[np.searchsorted(rids, live)]}, live.shape[0])
             self._log_and_apply(rec.encode_field_values(live, values), rec.LogOp(rec.FIELD_VALUES, [], live,
                                                                                  fields=values))
 

@@ -26,7 +26,6 @@ import json
 import math
 import numbers
 import re
-import struct
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -47,10 +46,9 @@ MULTIVECTOR_PARAMS = ("storage", "k_sim", "d_proj", "r_reps", "M", "ef_construct
 _ENCODER_PARAMS = ("k_sim", "d_proj", "r_reps")
 # a filtered search on a multivector field scores the allowed records exactly when they are at most this many
 EXACT_FILTER_ROWS = 4096
-_FLOATS = struct.Struct("<f")
 
 
-# ---- configuration ---------------------------------------------------------------------------------------------------
+# ---- configuration -----------------------------------------------------------------------------------------------
 def check_fields(fields: Any) -> dict[str, dict[str, Any]]:
     """The ``fields`` argument of ``create_collection`` checked and completed with its defaults."""
     if fields is None:
@@ -119,6 +117,16 @@ def _check_field_spec(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"type": kind, "dim": dim, "metric": metric, "index": index, "params": dict(params)}
 
 
+def embedder_spec(name: str, spec: dict[str, Any], model: Any) -> dict[str, Any]:
+    """The spec of a field that ``model`` (an :class:`~simdex.embed.Embedder`) fills: dense, of the model's
+    dimension unless ``spec`` says otherwise, which must agree."""
+    spec = {"type": "dense", "dim": model.dim, **{k: v for k, v in spec.items() if k != "embedder"}}
+    if spec["type"] != "dense" or spec["dim"] != model.dim:
+        raise InvalidInputError(f"fields[{name!r}]: an embedder fills a dense field of its dimension ({model.dim}); "
+                                f"got type {spec['type']!r}, dim {spec['dim']!r}")
+    return spec
+
+
 def new_multivector_index(dim: int, params: dict[str, Any], fde_index: str = "hnsw") -> Any:
     from ..multivector import MultiVectorIndex
     # MUVERA projects each vector to d_proj (32) dimensions: never more than the field has
@@ -130,7 +138,7 @@ def new_multivector_index(dim: int, params: dict[str, Any], fde_index: str = "hn
         raise InvalidInputError(f"bad multivector parameters: {exc}") from None
 
 
-# ---- values ------------------------------------------------------------------------------------------------------------
+# ---- values ------------------------------------------------------------------------------------------------------
 @dataclass
 class FieldValues:
     """The values of one field in a batch: ``at`` the positions (in the batch) of the records that have one,
@@ -144,9 +152,7 @@ class FieldValues:
         """Each value as the bytes kept in the metadata store (float32 little-endian, or JSON for sparse)."""
         if self.kind == "sparse":
             return [json.dumps(d, separators=(",", ":")).encode() for d in self.data]
-        if self.kind == "dense":
-            return [row.astype("<f4", copy=False).tobytes() for row in self.data]
-        return [x.astype("<f4", copy=False).tobytes() for x in self.data]
+        return [x.astype("<f4", copy=False).tobytes() for x in self.data]  # a dense row or a multivector set
 
 
 def decode_blobs(spec: dict[str, Any], blobs: list[bytes]) -> Any:
@@ -212,10 +218,7 @@ def _check_set(value: Any, dim: int, what: str) -> np.ndarray:
     arr = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=object if not value else None)
     if arr.ndim != 2 or arr.shape[0] == 0:
         raise InvalidInputError(f"{what} must be a non-empty (n, {dim}) set of vectors; got shape {arr.shape}")
-    try:
-        return check_vectors(arr, dim, what)
-    except DimensionMismatchError as exc:
-        raise DimensionMismatchError(f"{exc}") from None
+    return check_vectors(arr, dim, what)
 
 
 def check_sparse(value: Any, what: str) -> dict[str, float]:
@@ -233,7 +236,7 @@ def check_sparse(value: Any, what: str) -> dict[str, float]:
     return out
 
 
-# ---- the log ------------------------------------------------------------------------------------------------------------
+# ---- the log -----------------------------------------------------------------------------------------------------
 def log_header(values: dict[str, FieldValues]) -> tuple[dict[str, Any], bytes]:
     """What a log record holds of the fields: a JSON-able header and the float32 bytes it points into."""
     header, parts = {}, []
@@ -290,18 +293,12 @@ class DenseFieldSide(RecordVectors):
     def __init__(self, name: str, spec: dict[str, Any], merge_rows: int, storage_dir: str | None) -> None:
         super().__init__(spec["dim"], spec["metric"], spec["index"], spec["params"], merge_rows, storage_dir)
         self.vector_field = name
-        self.kind = "dense"
-
-    def stats(self) -> dict[str, Any]:
-        return super().stats()
 
 
 class MultiVectorSide(SideIndex):
     """A multivector field: new sets in an exactly scored segment, folded by the optimizer into a
     :class:`~simdex.multivector.MultiVectorIndex` with a MUVERA (FDE) graph, which is built again from every live
     set when the new ones are a tenth of it (or the writes pause), so it never holds many removed sets."""
-
-    kind = "multivector"
 
     def __init__(self, name: str, spec: dict[str, Any]) -> None:
         super().__init__()
@@ -322,13 +319,6 @@ class MultiVectorSide(SideIndex):
 
     def __len__(self) -> int:
         return len(self.growing) + (len(self.main) if self.main is not None else 0)
-
-    def values_of(self, rids: np.ndarray) -> list[np.ndarray]:
-        out = []
-        for rid in rids.tolist():
-            index = self.growing if rid in self.growing else self.main
-            out.append(index.get_documents([rid])[0])
-        return out
 
     def needs_rebuild(self) -> bool:
         # a build reads every set: wait for the new ones to be a share of the index, as a build-once main index
@@ -400,8 +390,6 @@ class MultiVectorSide(SideIndex):
 class SparseSide(SideIndex):
     """A sparse field: a dot-product :class:`~simdex.sparse.SparseIndex` (its segments merge as they grow)."""
 
-    kind = "sparse"
-
     def __init__(self, name: str) -> None:
         from ..sparse import SparseIndex
         super().__init__()
@@ -431,12 +419,11 @@ class SparseSide(SideIndex):
 
 def top_run(runs: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k best (largest score) of several (rids, scores) runs over disjoint records, best first."""
+    from ..sparse.fusion import best_first
     if not runs:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
-    ids = np.concatenate([r[0] for r in runs]).astype(np.int64)
-    scores = np.concatenate([r[1] for r in runs]).astype(np.float64)
-    order = np.lexsort((ids, -scores))[:k]
-    return ids[order], scores[order]
+    return best_first(np.concatenate([r[0] for r in runs]).astype(np.int64),
+                      np.concatenate([r[1] for r in runs]).astype(np.float64), k)
 
 
 def new_field_side(name: str, spec: dict[str, Any], merge_rows: int, storage_dir: str | None) -> SideIndex:

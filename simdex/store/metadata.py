@@ -122,18 +122,19 @@ class MetadataStore:
             "ON CONFLICT(id) DO UPDATE SET rid=excluded.rid, metadata=excluded.metadata, "
             "document=excluded.document",
             zip(ids, rids.tolist(), metadatas, documents))
-        for name, values in (fields or {}).items():
-            self._writer.executemany("INSERT OR REPLACE INTO field_values (rid, field, value) VALUES (?, ?, ?)",
-                                     zip(rids[values.at].tolist(), [name] * values.at.shape[0], values.blobs()))
+        self._stage_fields(rids, fields or {})
         self._set_lsn(lsn)
 
     def stage_field_values(self, lsn: int, rids: np.ndarray, fields: dict[str, FieldValues]) -> None:
         """Set named fields' values of stored records, in an open transaction (:meth:`commit`)."""
         self._begin()
+        self._stage_fields(rids, fields)
+        self._set_lsn(lsn)
+
+    def _stage_fields(self, rids: np.ndarray, fields: dict[str, FieldValues]) -> None:
         for name, values in fields.items():
             self._writer.executemany("INSERT OR REPLACE INTO field_values (rid, field, value) VALUES (?, ?, ?)",
                                      zip(rids[values.at].tolist(), [name] * values.at.shape[0], values.blobs()))
-        self._set_lsn(lsn)
 
     def apply_field_values(self, lsn: int, rids: np.ndarray, fields: dict[str, FieldValues]) -> None:
         with self._writer:
