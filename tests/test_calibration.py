@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import simdex
+from simdex.datasets import recall_at_k
 from simdex.quant import IVFIndex
 
 from ._live import local_or_remote
@@ -94,15 +95,20 @@ def test_collections_search_by_target_recall(tmp_path, fashion_small, side):
 
 
 def test_retraining_an_ivf_index_measures_its_curve_again(fashion_small):
-    """Retraining with another number of lists rebuilds the index in one add: the curve is measured again, on the
-    new lists (an nprobe of the old curve would mean another share of the lists)."""
+    """Retraining with another number of lists rebuilds the lists: the curve is measured again, on the new lists
+    (an nprobe of the old curve would mean another share of the lists), with self-queries (each query's own row
+    left out of its neighbours), and it predicts the recall of real queries."""
     data = fashion_small
     index = IVFIndex(data.base.shape[1], data.metric, nlist=128, rerank=100)
     index.add(data.base)
     assert max(index.recall_curve(10).efforts) <= 128
     index.retrain(nlist=16)
     curve = index.recall_curve(10)
-    assert curve is not None and max(curve.efforts) <= 16 and curve.rows == data.base.shape[0] - 500
+    assert curve is not None and max(curve.efforts) <= 16 and curve.rows == data.base.shape[0]
+    truth = numpy_knn(data.base, data.queries, 10, data.metric)[1]
+    for nprobe, predicted in zip(curve.efforts, curve.recalls):
+        found = index.search(data.queries, 10, nprobe=nprobe)[1]
+        assert abs(recall_at_k(found, truth, 10) - predicted) < 0.06, nprobe
     small = IVFIndex(data.base.shape[1], data.metric, nlist=32, rerank=100)
     small.add(data.base)
     small.remove(np.arange(1000, 5000))  # 1,000 left: too few to measure at the retrain

@@ -425,6 +425,65 @@ def test_ivf_collection_sizes_its_lists_and_keeps_codes_in_memory(tmp_path, reco
         assert _recall(col.search_batch(queries, k=10), truth) >= 0.85
 
 
+@pytest.mark.parametrize("kind", ["ivf-pq", "ivf-rabitq"])
+def test_ivf_collection_appends_to_one_vector_file(tmp_path, records, kind):
+    """An IVF collection keeps its float32 vectors in one append-only file (vectors-<n>.f32) that every merge's
+    copy of the index shares: a merge appends its rows to the file instead of copying the vectors, a checkpoint
+    names the file and its row count instead of writing them again; a compaction writes a new file, and the old
+    one goes once no checkpoint names it; a backup holds the named rows and restores to the same results; a file
+    a crashed merge left is removed when the collection opens."""
+    from simdex.store.backup import restore
+    ids, vectors, metas, docs, queries = records
+    n = len(ids)
+    path = tmp_path / "db"
+    with _open(path, merge_rows=500) as db:
+        col = db.create_collection("words", dim=384, index=kind)
+        files, sizes = set(), []
+        for s in range(0, n, 500):
+            col.upsert(ids[s:s + 500], vectors[s:s + 500])
+            db.optimize()
+            col.checkpoint()
+            if col._vectors.main is not None:
+                files.add(col._vectors.main.vector_file.name)
+                sizes.append(os.path.getsize(col.path / col._manifest["main"]))
+        assert len(files) == 1 and col._manifest["vectors"] in files and col._manifest["vector_rows"] == n
+        # the checkpoint's index file holds codes and lists, and names the file of the float32 vectors
+        _, meta, arrays = simdex.fileformat.load_arrays(col.path / col._manifest["main"])
+        assert "vectors" not in arrays and meta["vector_file"] == col._manifest["vectors"]
+        assert sizes[-1] - sizes[0] < n * 384 * 4 / 8  # what the checkpoints' index files grew by: codes
+        stored = np.fromfile(col.path / col._manifest["vectors"], np.float32, n * 384).reshape(n, 384)
+        # slot order = upsert order here; cosine: stored unit length
+        assert np.allclose(stored, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), atol=1e-6)
+        truth = _exact_hits(vectors, ids, queries, 10)
+        before = col.search_batch(queries, k=10, ef=64, include=["distances"])
+        assert _recall(before, truth) >= 0.9
+        col.delete(ids[:800])  # 40%: the next merge compacts into a new file
+        db.optimize()
+        col.checkpoint()
+        compacted = col._vectors.main.vector_file.name
+        assert compacted not in files and col._manifest["vector_rows"] == n - 800
+        col.checkpoint(force=True)  # the previous checkpoint, which named the old file, is gone with it
+        assert sorted(p.name for p in col.path.glob("vectors-*.f32")) == [compacted]
+        live_truth = _exact_hits(vectors[800:], ids[800:], queries, 10)
+        after = col.search_batch(queries, k=10, ef=64, include=["distances"])
+        assert _recall(after, live_truth) >= 0.9
+        db.backup(str(tmp_path / "backup"))
+    (path / "collections" / "words" / "vectors-99.f32").write_bytes(b"\0" * 1536)  # a crashed merge's file
+    for folder in (path, tmp_path / "restored"):
+        if folder != path:
+            restore(tmp_path / "backup", folder)
+        with _open(folder) as db:
+            col = db.get_collection("words")
+            assert not (col.path / "vectors-99.f32").exists()
+            again = col.search_batch(queries, k=10, ef=64, include=["distances"])
+            assert [[h["id"] for h in row] for row in again] == [[h["id"] for h in row] for row in after]
+            col.upsert(ids[:300], vectors[:300])  # appends after the rows the checkpoint names
+            db.optimize()
+            assert _recall(col.search_batch(queries, k=10, ef=64),
+                           _exact_hits(np.concatenate([vectors[800:], vectors[:300]]), ids[800:] + ids[:300],
+                                       queries, 10)) >= 0.9
+
+
 @pytest.mark.parametrize("kind, params", [("hnsw-lvq8", {"M": 8, "rerank": 60}), ("ivf-pq", {"nlist": 32})])
 def test_side_indexes_beside_every_main_kind(tmp_path, records, kind, params):
     """The label graphs and the window tree are float32 HNSW graphs whatever the main index is: they take the

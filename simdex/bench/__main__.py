@@ -77,6 +77,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     disk.add_argument("--sample", type=int, default=100_000, help="vectors the clustering is trained on")
     disk.add_argument("--work-dir", default="/tmp/simdex-disk", help="where the set and the index are written")
     disk.add_argument("--out", default="bench-results")
+    disk.add_argument("--through", choices=("index", "database"), default="index",
+                      help="database: upsert the set into a collection and search it through the database API")
+    disk.add_argument("--index", default="ivf-pq", choices=("ivf-pq", "ivf-rabitq"),
+                      help="the collection's index kind (--through database)")
+    disk.add_argument("--batch", type=int, default=10_000, help="rows per upsert (--through database)")
     startup = sub.add_parser("startup", help="first-call times and compile share in fresh processes: cold cache, "
                                              "warm cache, and after `simdex warmup`")
     startup.add_argument("--scenarios", default="hnsw,database,text,dedup,cli-search")
@@ -253,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.bench == "disk":
         from . import disk as disk_bench
+        if args.through == "database":
+            report = disk_bench.run_db(n=args.n, limit_mb=args.limit_mb, n_queries=args.n_queries, sigma=args.sigma,
+                                       index=args.index, batch=args.batch, work_dir=args.work_dir)
+            _record(disk_bench, report, args.out, argv)
+            return 0
         report = disk_bench.run(n=args.n, limit_mb=args.limit_mb, n_queries=args.n_queries, sigma=args.sigma,
                                 list_size=args.list_size, closure_eps=args.closure_eps,
                                 max_replicas=args.max_replicas, sample=args.sample, work_dir=args.work_dir)

@@ -186,6 +186,8 @@ def run(*, n: int = 1_600_000, limit_mb: int = 600, n_queries: int = 1000, sigma
 
 
 def format_report(r: dict) -> str:
+    if r.get("through") == "database":
+        return format_db_report(r)
     gib = 2**30
     lines = [f"== SPANN disk index: {r['n']} x {r['dim']} float32 = {r['float32_bytes'] / gib:.2f} GiB "
              f"({r['set']['n_real']} real rows: {r['set']['n_wordnet']} WordNet MiniLM + {r['set']['n_glove']} "
@@ -208,6 +210,8 @@ def format_report(r: dict) -> str:
 def save(report: dict, out_dir: Path) -> tuple[Path, Path]:
     plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if report.get("through") == "database":
+        return _save_db(report, out_dir, plt)
     json_path = out_dir / "disk-spann.json"
     json_path.write_text(json.dumps(report, indent=1))
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
@@ -227,3 +231,144 @@ def save(report: dict, out_dir: Path) -> tuple[Path, Path]:
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return json_path, png
+
+
+# ---- the same set through the database API (issue 23, part 2: larger-than-memory collections) ---------------------
+def _db_child(args: dict) -> None:
+    """Runs under the memory limit: upsert every row into a collection in batches (durable when each call returns),
+    wait until all are indexed, then search one query at a time through the collection."""
+    import simdex
+    from .._storage import drop_pages
+    folder = Path(args["folder"])
+    n, batch = args["n"], args["batch"]
+    base = np.memmap(folder / "base.f32", np.float32, mode="r", shape=(n, DIM))
+    queries = np.fromfile(folder / "queries.f32", np.float32).reshape(-1, DIM)
+    gt = np.load(folder / "gt.npy")
+    out: dict = {"limit_bytes": args["limit"]}
+    db = simdex.Database(folder / "db", merge_rows=args["merge_rows"])
+    col = db.create_collection("disk", DIM, metric="cosine", index=args["index"], index_params=args["params"])
+    t0 = time.perf_counter()
+    progress = []
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        col.upsert([str(i) for i in range(start, stop)], np.asarray(base[start:stop]))
+        if stop % max(batch, n // 20) < batch or stop == n:
+            stats = col.stats()
+            progress.append({"rows": stop, "seconds": time.perf_counter() - t0, "unindexed": stats["unindexed"],
+                             "vm_rss_bytes": proc_status("VmRSS"), "vm_data_bytes": proc_status("VmData")})
+            print(json.dumps(progress[-1]), file=sys.stderr, flush=True)
+    out["upsert_seconds"] = time.perf_counter() - t0
+    db.optimize(wait_idle=True)
+    out["indexed_seconds"] = time.perf_counter() - t0
+    col.checkpoint()
+    out["load_seconds"] = time.perf_counter() - t0
+    out["progress"] = progress
+    out["load_vm_hwm_bytes"] = proc_status("VmHWM")
+    main = col._vectors.main
+    out.update({"index_ram_bytes": int(main.nbytes), "nlist": int(main.nlist), "nprobe_default": int(main.nprobe),
+                "disk_bytes": sum(p.stat().st_size for p in col.path.rglob("*") if p.is_file())})
+    del base
+    release = lambda: drop_pages(col._vectors.main._vectors)  # noqa: E731 - the vector file's pages leave the process
+    release()
+    col.search(queries[0], 10, include=[])  # JIT
+    k, points, peak_rss = 10, [], 0
+    for nprobe in args["settings"]:
+        lat = np.empty(queries.shape[0])
+        ids = np.full((queries.shape[0], k), -1, np.int64)
+        for i in range(queries.shape[0]):
+            t = time.perf_counter()
+            hits = col.search(queries[i], k, ef=nprobe, include=[])
+            lat[i] = time.perf_counter() - t
+            ids[i, :len(hits)] = [int(h["id"]) for h in hits]
+            peak_rss = max(peak_rss, proc_status("VmRSS"))
+            release()
+        found = [len(set(ids[i]) & set(gt[i, :k])) for i in range(queries.shape[0])]
+        points.append({"nprobe": nprobe, "recall": float(np.mean(found)) / k,
+                       "p50_ms": float(np.percentile(lat, 50) * 1e3), "p95_ms": float(np.percentile(lat, 95) * 1e3)})
+        print(json.dumps(points[-1]), file=sys.stderr, flush=True)
+    out["points"] = points
+    out["search_peak_vm_rss_bytes"] = peak_rss
+    out["vm_hwm_bytes"] = proc_status("VmHWM")
+    db.close()
+    print(json.dumps(out))
+
+
+def run_db(*, n: int = 2_000_000, limit_mb: int = 700, n_queries: int = 1000, sigma: float = 0.25,
+           index: str = "ivf-pq", params: dict | None = None, batch: int = 10_000, merge_rows: int = 20_000,
+           work_dir: str = "/tmp/simdex-disk", settings=(16, 32, 64, 128, 256), log=print) -> dict:
+    """The disk set loaded through the database API into one collection by a child limited to RLIMIT_DATA
+    ``limit_mb`` (see the module docstring), then searched one query per call."""
+    import shutil
+    folder = Path(work_dir)
+    t0 = time.perf_counter()
+    info = make_set(folder, n, n_queries, sigma, 0, log)
+    log(f"  data set ready in {time.perf_counter() - t0:.0f} s")
+    shutil.rmtree(folder / "db", ignore_errors=True)
+    limit = limit_mb * 2**20
+    args = {"folder": str(folder), "n": n, "limit": limit, "index": index, "params": params or {}, "batch": batch,
+            "merge_rows": merge_rows, "settings": list(settings)}
+
+    def set_limit():
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-c", "import json, sys; from simdex.bench.disk import _db_child; "
+                           "_db_child(json.loads(sys.argv[1]))", json.dumps(args)], preexec_fn=set_limit,
+                          stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed (rc {proc.returncode}); its log is above")
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    shutil.rmtree(folder / "db", ignore_errors=True)
+    return {"through": "database", "set": info, "n": n, "dim": DIM, "float32_bytes": n * DIM * 4,
+            "limit_bytes": limit, "data_over_limit": n * DIM * 4 / limit, "index": index, "params": params or {},
+            "batch": batch, "merge_rows": merge_rows, "n_queries": n_queries, "machine": _machine(), **child}
+
+
+def _save_db(report: dict, out_dir: Path, plt) -> tuple[Path, Path]:
+    json_path = out_dir / f"disk-db-{report['index']}.json"
+    json_path.write_text(json.dumps(report, indent=1))
+    fig, (load, search) = plt.subplots(1, 2, figsize=(11, 4.5))
+    prog = report["progress"]
+    secs = [p["seconds"] for p in prog]
+    load.plot(secs, [p["rows"] / 1e6 for p in prog], marker="o", label="rows upserted (M)")
+    load.plot(secs, [p["unindexed"] / 1e6 for p in prog], marker=".", label="rows waiting for a merge (M)")
+    load.set_xlabel("seconds")
+    load.set_ylabel("million rows")
+    rss = load.twinx()
+    rss.plot(secs, [p["vm_rss_bytes"] / 2**20 for p in prog], color="grey", ls="--", label="RSS MiB")
+    rss.axhline(report["limit_bytes"] / 2**20, color="red", lw=1, ls=":", label="RLIMIT_DATA")
+    rss.set_ylabel("MiB")
+    load.legend(loc="upper left", fontsize=8)
+    rss.legend(loc="lower right", fontsize=8)
+    load.set_title(f"loading {report['n'] / 1e6:.1f}M x {report['dim']} through the database")
+    pts = report["points"]
+    search.plot([p["recall"] for p in pts], [p["p50_ms"] for p in pts], marker="o", label="p50")
+    search.plot([p["recall"] for p in pts], [p["p95_ms"] for p in pts], marker="s", label="p95")
+    search.axvline(0.9, color="grey", ls="--", lw=1)
+    search.set_xlabel("recall@10")
+    search.set_ylabel("ms per query (one per call)")
+    search.set_title(f"{report['index']} collection, search")
+    search.grid(True, alpha=0.3)
+    search.legend()
+    fig.tight_layout()
+    png = out_dir / f"disk-db-{report['index']}.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return json_path, png
+
+
+def format_db_report(r: dict) -> str:
+    gib, mib = 2**30, 2**20
+    lines = [f"== database collection ({r['index']}): {r['n']} x {r['dim']} float32 = "
+             f"{r['float32_bytes'] / gib:.2f} GiB upserted in batches of {r['batch']}, child limited to RLIMIT_DATA "
+             f"{r['limit_bytes'] / mib:.0f} MiB = data / {r['data_over_limit']:.1f} ==",
+             f"upserts acknowledged (durable) at {r['n'] / r['upsert_seconds']:,.0f} rows/s "
+             f"({r['upsert_seconds']:.0f} s); all indexed after {r['indexed_seconds']:.0f} s "
+             f"({r['n'] / r['indexed_seconds']:,.0f} rows/s); peak RSS while loading "
+             f"{r['load_vm_hwm_bytes'] / mib:.0f} MiB",
+             f"index RAM {r['index_ram_bytes'] / mib:.0f} MiB ({r['nlist']} lists), collection on disk "
+             f"{r['disk_bytes'] / gib:.2f} GiB; search peak RSS {r['search_peak_vm_rss_bytes'] / mib:.0f} MiB "
+             f"({r['search_peak_vm_rss_bytes'] / r['float32_bytes']:.1%} of the float32 data)",
+             f"{'nprobe':>6s} {'recall@10':>9s} {'p50 ms':>7s} {'p95 ms':>7s}"]
+    for p in r["points"]:
+        lines.append(f"{p['nprobe']:6d} {p['recall']:9.4f} {p['p50_ms']:7.2f} {p['p95_ms']:7.2f}")
+    return "\n".join(lines)

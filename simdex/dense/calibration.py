@@ -173,23 +173,29 @@ class RecallCalibrated:
         curve = self._curves().get(10)
         return curve is None or len(self) + n_new >= 2 * curve.rows
 
-    def calibrate(self, queries: Any, *, ks: tuple[int, ...] = CALIBRATION_KS, threads: int | None = None
-                  ) -> dict[int, RecallCurve]:
+    def calibrate(self, queries: Any, *, ks: tuple[int, ...] = CALIBRATION_KS, threads: int | None = None,
+                  query_ids: np.ndarray | None = None) -> dict[int, RecallCurve]:
         """Measure the recall@k curves with ``queries`` (n, dim), which should be like the real queries and not
         in the index (a build holds out some of its vectors for this), against exact neighbours; they replace the
-        curves the index had. Returns them by k."""
+        curves the index had. ``query_ids``: the queries are the index's own vectors of these ids, and each one's
+        own id is left out of its neighbours, found and exact (self-queries). Returns them by k."""
         q = check_vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
         live = self.ids
-        ks = tuple(k for k in ks if k <= live.shape[0])
+        own = 0 if query_ids is None else 1
+        ks = tuple(k for k in ks if k + own <= live.shape[0])
         if not ks:
             raise InvalidInputError(f"the index holds {live.shape[0]} vectors: too few to calibrate")
-        truth = _exact_neighbours(self, q, live, max(ks))
+        truth = _exact_neighbours(self, q, live, max(ks) + own)
+        if query_ids is not None:
+            truth = [row[row != self_id] for row, self_id in zip(truth, query_ids)]
         curves = {}
         for k in ks:
             exact = [set(row[:k].tolist()) for row in truth]
             efforts, recalls, errors = [], [], []
             for effort in self._effort_grid(k):
-                _, found = self.search(q, k, threads=threads, **{self._effort_param: effort})
+                _, found = self.search(q, k + own, threads=threads, **{self._effort_param: effort})
+                if query_ids is not None:
+                    found = [row[row != self_id][:k] for row, self_id in zip(found, query_ids)]
                 per_query = np.array([len(set(row.tolist()) & t) / k for row, t in zip(found, exact)])
                 efforts.append(int(effort))
                 recalls.append(float(per_query.mean()))

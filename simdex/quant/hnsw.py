@@ -33,7 +33,7 @@ from ..index import meta_int
 from ..metrics import to_public
 from ..core import graph as G
 from ._scorers import AffineCodes, Rerank
-from ._storage import disk_array, drop_pages
+from .._storage import disk_array, drop_pages
 from .codec import Codec, TrainedOnFirstRows, make_codec, training_sample
 from .rabitq import RaBitQCodec
 from .scalar import AffineCodec, LVQCodec

@@ -16,7 +16,10 @@ vectors are compacted.
 from __future__ import annotations
 
 import copy
+import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -31,18 +34,21 @@ from ..metrics import IP, METRIC_CODES, pairwise, to_public
 from ..core.exact import exact_knn_subset
 from ..core.lists import scan_lists, select_probes
 from ..core.scorer import Vectors
-from ..dense.calibration import RecallCalibrated, calibrating
+from ..dense.calibration import MIN_BUILD_ROWS, SAMPLE_QUERIES, RecallCalibrated, calibrating
 from ._kmeans import kmeans
 from ._scorers import AffineCodes, BinaryCodes, IVFPQCodes
-from ._storage import disk_array
+from .._storage import VectorFile, disk_array
 from .binary import BinaryCodec
 from .codec import Codec, expect_array, make_codec, outgrew_training
 from .pq import KS, PQCodec
 from .rabitq import RaBitQCodec
 from .scalar import AffineCodec, FlatCodec
 
+log = logging.getLogger(__name__)
+
 _TRAIN_PER_LIST = 256  # coarse training vectors per list (as FAISS; 64 lost 5 points of recall at nprobe 16)
 _TRAIN_MAX = 200_000
+_ENCODE_ROWS = 1 << 15  # rows assigned and encoded at a time when the lists are rebuilt
 _MAX_LISTS = 1 << 24  # far above any useful nlist; bounds the list offsets allocated at construction
 
 
@@ -113,6 +119,8 @@ class IVFIndex(RecallCalibrated, Index):
         self._n_deleted = 0
         self._deleted = np.zeros(0, np.uint8)
         self._vectors = self._new_vectors(0)
+        # with vectors="disk" in a database collection: the named file the vectors are in (use_vector_file)
+        self._vector_file: VectorFile | None = None
         self._write_lock = threading.RLock()
         self.trained_rows = 0  # the vectors the quantizers were trained from (see retrain)
 
@@ -157,28 +165,54 @@ class IVFIndex(RecallCalibrated, Index):
 
     def retrain(self, nlist: int | None = None, threads: int | None = None) -> None:
         """Train the coarse quantizer (with ``nlist`` lists, default unchanged) and a new codec of the same kind
-        on the vectors held now, and rebuild every list: for an index that grew far past the rows it was trained
-        on. Needs the float vectors (``vectors="disk"`` or ``"memory"``). O(n * dim), plus the training."""
+        on (a sample of) the vectors held now, and rebuild every list: for an index that grew far past the rows it
+        was trained on. Needs the float vectors (``vectors="disk"`` or ``"memory"``), which stay where they are
+        (slots and ids do not change); they are encoded a chunk at a time, never all in memory. O(n * dim), plus
+        the training; the recall curves are measured again with self-queries."""
         if self.vector_storage == "none":
             raise InvalidInputError("retraining needs the float vectors; this index keeps none (vectors='none')")
-        with self._write_lock:
-            ids = self.ids
-            fresh = IVFIndex(self.dim, self.metric, nlist=self.nlist if nlist is None else nlist,
-                             codec=copy.deepcopy(self.codec), nprobe=self.nprobe,
-                             rerank=self.rerank, vectors=self.vector_storage, seed=self.seed,
-                             consolidate_threshold=self.consolidate_threshold, storage_dir=self.storage_dir)
-            if ids.size:
-                fresh.add(self.get_vectors(ids), ids, threads=threads)
-            for name, value in vars(fresh).items():
-                if name != "_write_lock":
-                    setattr(self, name, value)
-            if "_recall_curves" not in vars(fresh):  # too few rows to measure: the old lists' curves are wrong now
-                self._recall_curves = {}
+        with self._write_lock, num_threads(check_threads(threads)):
+            n = self._n
+            live = np.flatnonzero(self._deleted[:n] == 0)
+            nlist = self.nlist if nlist is None else check_positive_int(nlist, "nlist", maximum=_MAX_LISTS)
+            if live.size == 0:
+                return
+            limit = min(_TRAIN_MAX, _TRAIN_PER_LIST * nlist)
+            rng = np.random.default_rng(self.seed)
+            sample = np.sort(rng.choice(live, limit, replace=False)) if live.size > limit else live
+            # the codec object is shared with the copies this one was made from: train a copy of it
+            self.codec, self.nlist = copy.deepcopy(self.codec), nlist
+            self._train(np.array(self._vectors[sample]), None, private=True)
+            self.trained_rows = int(live.size)  # (as a first add of them all would; see wants_retraining)
+            labels = np.empty(n, np.int64)
+            codes = np.empty((n, self.codec.code_size), np.uint8)
+            for s in range(0, n, _ENCODE_ROWS):  # deleted slots too: they stay tombstones in the lists
+                x = np.asarray(self._vectors[s:s + _ENCODE_ROWS])
+                labels[s:s + x.shape[0]] = self._assign(x)
+                lab = labels[s:s + x.shape[0]]
+                codes[s:s + x.shape[0]] = self.codec.encode(x - self.centroids[lab] if self._residual else x)
+            order = np.argsort(labels, kind="stable")
+            offsets = np.zeros(nlist + 1, np.int64)
+            offsets[1:] = np.cumsum(np.bincount(labels, minlength=nlist))
+            self._codes, self._slots, self._offsets = codes[order], order.astype(np.int32), offsets
+            self._recall_curves = {}
+            if live.size >= MIN_BUILD_ROWS:
+                held = np.sort(rng.choice(live, SAMPLE_QUERIES, replace=False))
+                try:
+                    self.calibrate(np.array(self._vectors[held]), threads=threads,
+                                   query_ids=self._idmap.slot_ids[held])
+                except (MemoryError, OSError) as exc:  # the retraining must not fail for want of a curve
+                    log.warning("measuring the recall curve failed (%s); the index has none", exc)
 
-    def _train(self, x: np.ndarray, progress: bool | None) -> None:
+    def _train(self, x: np.ndarray, progress: bool | None, private: bool = False) -> None:
+        """Train the coarse quantizer and the codec on ``x`` (or a sample of it); ``private``: ``x`` is the
+        caller's scratch copy, turned into residuals in place (no second copy of a sample that may be large)."""
         rng = np.random.default_rng(self.seed)
         limit = min(_TRAIN_MAX, _TRAIN_PER_LIST * self.nlist)
-        sample = x[np.sort(rng.choice(x.shape[0], limit, replace=False))] if x.shape[0] > limit else x
+        if x.shape[0] > limit:
+            sample, private = x[np.sort(rng.choice(x.shape[0], limit, replace=False))], True
+        else:
+            sample = x
         k = min(self.nlist, sample.shape[0])
         cent = kmeans(sample, k, 20, seed=self.seed, progress=progress, desc="IVF coarse k-means")
         if k < self.nlist:  # fewer training vectors than lists: the extra lists stay empty
@@ -186,7 +220,10 @@ class IVFIndex(RecallCalibrated, Index):
         codec = self.codec
         if self._residual:
             labels = self._assign(sample, cent)
-            train_x = sample - cent[labels]
+            train_x = sample if private else np.empty_like(sample)
+            for s in range(0, sample.shape[0], _ENCODE_ROWS):
+                np.subtract(sample[s:s + _ENCODE_ROWS], cent[labels[s:s + _ENCODE_ROWS]],
+                            out=train_x[s:s + _ENCODE_ROWS])
         else:
             train_x = sample
         if isinstance(codec, PQCodec) and train_x.shape[0] < KS:  # tiny data: repeat it up to 256 rows
@@ -236,7 +273,9 @@ class IVFIndex(RecallCalibrated, Index):
             self._materialize()
             n_new = x.shape[0]
             start = self._n
-            if self.vector_storage != "none":
+            if self._vector_file is not None:  # after the rows the live index reads: nothing is copied
+                vectors_new = self._vector_file.write(start, x)
+            elif self.vector_storage != "none":
                 vectors_new = self._new_vectors(start + n_new)
                 vectors_new[:start] = self._vectors[:start]
                 vectors_new[start:] = x
@@ -264,8 +303,10 @@ class IVFIndex(RecallCalibrated, Index):
                 setattr(self, name, np.array(arr))
         if not self._idmap.slot_ids.flags.writeable:
             self._idmap.slot_ids = np.array(self._idmap.slot_ids)
-        if self.vector_storage == "disk" and (not self._vectors.flags.writeable or
-                                              isinstance(self._vectors, np.memmap)):
+        if self._vector_file is not None:  # its rows are only ever appended to
+            pass
+        elif self.vector_storage == "disk" and (not self._vectors.flags.writeable or
+                                                isinstance(self._vectors, np.memmap)):
             fresh = self._new_vectors(self._vectors.shape[0])
             fresh[:] = self._vectors
             self._vectors = fresh
@@ -382,7 +423,11 @@ class IVFIndex(RecallCalibrated, Index):
             offsets = np.zeros(self.nlist + 1, np.int64)
             offsets[1:] = np.cumsum(counts)
             live = remap >= 0
-            if self.vector_storage != "none":
+            if self._vector_file is not None:  # a new file: the old one's rows are named by checkpoints
+                successor = self._vector_file.successor()
+                self._vectors = successor.append_rows(0, self._vectors, np.flatnonzero(live))
+                self._vector_file = successor
+            elif self.vector_storage != "none":
                 vectors = self._new_vectors(int(live.sum()))
                 vectors[:] = self._vectors[:self._n][live]
                 self._vectors = vectors
@@ -409,7 +454,7 @@ class IVFIndex(RecallCalibrated, Index):
         ``vectors="disk"``), moving them there now (from memory, or file to file for an index loaded with
         ``mmap=True``), and bring the codes and lists into memory."""
         self.storage_dir = storage_dir
-        if self.vector_storage == "disk" and self._n:
+        if self.vector_storage == "disk" and self._n and self._vector_file is None:
             try:
                 vectors = self._new_vectors(self._vectors.shape[0])
             except OSError:  # no room for a file (a full disk): in memory, so that later changes need none
@@ -418,6 +463,25 @@ class IVFIndex(RecallCalibrated, Index):
                 vectors[:] = self._vectors
             self._vectors = vectors
         self._materialize()  # the codes and lists into memory (an index loaded with mmap=True maps them)
+
+    def use_vector_file(self, vector_file: VectorFile) -> None:
+        """Keep the float32 vectors (``vectors="disk"``) in ``vector_file``, a :class:`VectorFile` that the
+        copies of this index share (a database collection's): later adds append to it, compaction writes its
+        successor, and :meth:`snapshot` names it instead of holding the vectors. The rows held now are copied into
+        it (a chunk at a time) unless it already holds them (an index loaded from a snapshot that names it)."""
+        if self.vector_storage != "disk":
+            raise InvalidInputError(f"only an index with vectors='disk' keeps them in a vector file, not "
+                                    f"vectors={self.vector_storage!r}")
+        with self._write_lock:
+            if vector_file is not self._vector_file:
+                self._vectors = vector_file.append_rows(0, self._vectors[:self._n])
+                self._vector_file = vector_file
+            self._materialize()
+
+    @property
+    def vector_file(self) -> VectorFile | None:
+        """The :class:`VectorFile` the vectors are in (:meth:`use_vector_file`), or None."""
+        return self._vector_file
 
     # ---- access --------------------------------------------------------------------------------------------------
     def get_vectors(self, ids: Any) -> np.ndarray:
@@ -446,7 +510,9 @@ class IVFIndex(RecallCalibrated, Index):
                 "trained_rows": self.trained_rows}
         arrays = {"centroids": self.centroids, "offsets": self._offsets, "codes": self._codes, "slots": self._slots,
                   "deleted": self._deleted}
-        if self.vector_storage != "none":
+        if self._vector_file is not None:  # named, not copied: the file's first count rows never change
+            meta["vector_file"] = self._vector_file.name
+        elif self.vector_storage != "none":
             arrays["vectors"] = self._vectors[:self._n]
         codec_meta, codec_arrays = self.codec.state()
         meta["codec"] = codec_meta
@@ -471,7 +537,10 @@ class IVFIndex(RecallCalibrated, Index):
         index.centroids = expect_array(arrays, "centroids", (nlist if trained else 0, dim), np.float32)
         expect = {"offsets": ((nlist + 1,), np.int64), "codes": ((n_entries, codec.code_size), np.uint8),
                   "slots": ((n_entries,), np.int32), "deleted": ((n,), np.uint8)}
-        if index.vector_storage != "none":
+        external = meta.get("vector_file")
+        if external is not None and (not isinstance(external, str) or not VectorFile.NAME.match(external)):
+            raise CorruptFileError(f"bad vector file name {external!r}")
+        if index.vector_storage != "none" and external is None:
             expect["vectors"] = ((n, dim), np.float32)
         for name, (shape, dtype) in expect.items():
             arr = arrays[name]
@@ -480,13 +549,27 @@ class IVFIndex(RecallCalibrated, Index):
                                        f"{np.dtype(dtype)}")
         index._offsets, index._codes, index._slots = arrays["offsets"], arrays["codes"], arrays["slots"]
         index._deleted = arrays["deleted"]
-        if index.vector_storage != "none":
+        if external is not None:  # opened by load, which knows the folder
+            index._pending_vector_file = external
+        elif index.vector_storage != "none":
             index._vectors = arrays["vectors"]
         index._n, index._n_deleted = n, n_deleted
         index.trained_rows = meta_int(meta, "trained_rows") if "trained_rows" in meta else n
         if trained:
             index._precompute()
         index._restore_calibration(meta)
+        return index
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> IVFIndex:
+        """:meth:`~simdex.index.BaseIndex.load`; an index whose snapshot names a vector file (a database
+        collection's checkpoint) opens that file beside ``path`` (for reading, until an add writes to it)."""
+        index = super().load(path, mmap=mmap, verify=verify)
+        assert isinstance(index, IVFIndex)
+        name = vars(index).pop("_pending_vector_file", None)
+        if name is not None:
+            vf = VectorFile(Path(path).parent / name, index.dim, index._n)
+            index._vector_file, index._vectors = vf, vf.rows(index._n)
         return index
 
     def _check_loaded(self) -> None:

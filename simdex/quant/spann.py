@@ -49,7 +49,7 @@ from ..metrics import METRIC_CODES, to_public
 from . import _spann_kernels as SK
 from ._kmeans import assign, kmeans
 from ._scorers import AffineCodes
-from ._storage import drop_pages, reserved_memmap
+from .._storage import drop_pages, reserved_memmap
 from .codec import Codec, make_codec
 from .scalar import AffineCodec
 

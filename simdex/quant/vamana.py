@@ -32,7 +32,7 @@ from ..errors import CorruptFileError, InvalidInputError, UnsupportedOperationEr
 from ..index import BaseIndex, meta_int
 from ..core import graph as G
 from ._scorers import AffineCodes, ExactExpanded, PQCodes
-from ._storage import file_mapping, drop_pages, file_backed, reserve
+from .._storage import file_mapping, drop_pages, file_backed, reserve
 from .codec import Codec, TrainedOnFirstRows, make_codec, training_sample
 from .pq import PQCodec
 from .scalar import AffineCodec

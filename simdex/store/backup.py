@@ -134,6 +134,9 @@ def backup_collection(collection: Collection, writer: _Writer, prefix: str) -> d
                         writer.add(file, f"{prefix}/{file.relative_to(path).as_posix()}", immutable=True)
                 else:
                     writer.add(source, f"{prefix}/{name}", immutable=True)
+            if manifest.get("vectors"):  # appended to after the rows the checkpoint reads: those rows only
+                writer.add(path / manifest["vectors"], f"{prefix}/{manifest['vectors']}", immutable=False,
+                           length=manifest["vector_rows"] * collection.dim * 4)
             if manifest.get("meta"):  # recovery starts from the checkpoint's copy of the metadata store
                 writer.add(path / manifest["meta"], f"{prefix}/meta.sqlite", immutable=True, link=False)
         for index, (log, size) in enumerate(logs):

@@ -45,6 +45,10 @@ from .vectors import RecordVectors
 if TYPE_CHECKING:
     from ..embed import Embedder
 
+# rows waiting for a merge beyond which a writer merges them itself (Collection._bound_unindexed): the growing
+# segment is in memory, and a merge copies it once more
+UNINDEXED_BYTES = 96 << 20
+
 
 class Collection(Durable, FieldOps, CollectionAPI):
     """Records with vectors, metadata and documents, searchable by vector or text with metadata filters.
@@ -85,7 +89,7 @@ class Collection(Durable, FieldOps, CollectionAPI):
         self._maintenance = threading.Lock()  # one checkpoint at a time
         self._closed = False
         self._vectors = RecordVectors(self.dim, self.metric, self.index_kind, self.params, merge_rows,
-                                      None if read_only else str(path))
+                                      None if read_only else str(path), vector_files=True)
         self._text_side: TextSide | None = None
         self._window_side: WindowSide | None = None
         self._label_side: LabelSide | None = None
@@ -240,6 +244,7 @@ class Collection(Durable, FieldOps, CollectionAPI):
         dedup = self._dedup_side
         sketch = None if dedup is None else \
             dedup.sketch(dedup.texts_of(batch.metadatas, batch.documents, len(batch.ids)))  # no lock held
+        self._bound_unindexed()
         self._make_room_in_log()
         with self._writer:
             if set(self._field_embedding) != embedded_for or not set(batch.fields) <= set(self.fields):
@@ -609,6 +614,16 @@ class Collection(Durable, FieldOps, CollectionAPI):
             return not self.read_only and rebuild_aside(side, self._rw, threads)
         except OSError as exc:  # a code index's vector file on a full disk: retried later; said as elsewhere
             raise storage_error(exc, "rebuild an index (its files) in", self.path) from exc
+
+    def _bound_unindexed(self) -> None:
+        """Before a write: once more than UNINDEXED_BYTES of rows wait for a merge (writes outran the background
+        merges), the writer merges them itself (after the merge in progress, if one is), so that memory stays
+        bounded whatever the write rate; the rows waiting are held in memory and searched exactly."""
+        vectors = self._vectors
+        if vectors.index_kind == "flat" or len(vectors.growing) * self.dim * 4 <= UNINDEXED_BYTES:
+            return
+        if vectors.needs_rebuild():
+            self.rebuild(vectors)
 
     def index_all(self, threads: int | None = None) -> None:
         """Index every unindexed row now: fold new rows into the main graph and the named fields' indexes, build

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import fileformat
+from .._storage import VECTOR_FILE, VectorFile
 from ..dense import FlatIndex
 from ..errors import CorruptDatabaseError, CorruptFileError, ReadOnlyError, StorageError
 from ..fileformat import fsync_path
@@ -102,6 +103,8 @@ class Durable:
         self._applied_lsn = self._wal.last_lsn
         self._log_mark = -self._wal.size_bytes()  # as if all of the log came after the checkpoint
         self._open_sides()
+        if not self.read_only:  # what a crash left: files of a checkpoint or a merge that never took effect
+            self._remove_unreferenced_files(at_open=True)
         if replayed:
             self.recovery_notes.append(f"replayed {replayed} log record(s) after checkpoint lsn {base_lsn}")
 
@@ -187,8 +190,13 @@ class Durable:
                 raise CorruptFileError(f"main index is a {main.kind} of dimension {main.dim}, not the {kind!r} "
                                        f"index of this {self.dim}-d collection")
             main.consolidate_threshold = 1.0  # consolidation happens on copies, never under readers
-            if hasattr(main, "keep_vectors_in"):  # an index over codes: its vectors in files beside the collection
-                main.keep_vectors_in(self._vectors.storage_dir)
+            storage_dir = self._vectors.storage_dir
+            if getattr(main, "vector_file", False) is None and storage_dir is not None \
+                    and main.vector_storage == "disk":
+                # a checkpoint that holds the vectors itself (written before vector files): into one now
+                main.use_vector_file(VectorFile.create(storage_dir, self.dim))
+            elif hasattr(main, "keep_vectors_in"):  # an index over codes: its vectors in files beside the collection
+                main.keep_vectors_in(storage_dir)
             _, _, tomb = fileformat.load_arrays(self.path / manifest["tomb"], mmap=False)
             deleted = tomb["deleted"]
             slot_ids = main._idmap.slot_ids
@@ -278,6 +286,8 @@ class Durable:
                     else getattr(main, "folder", None)
                 main_snapshot = main.snapshot() if main is not None and saved is None else None
                 tombstones = None if main is None else (main._idmap.slot_ids < 0).astype(np.uint8)
+                vector_file = getattr(main, "vector_file", None)
+                vector_rows = main._n if vector_file is not None else 0
                 growing_snapshot = self._vectors.growing.snapshot()
                 next_rid = self._next_rid
                 # the metadata copy must be at exactly this lsn: writers wait for the read side to apply
@@ -285,6 +295,9 @@ class Durable:
                 self._meta.backup_to(written[-1])
             body: dict[str, Any] = {"gen": gen, "lsn": lsn, "next_rid": next_rid, "main": None, "tomb": None,
                                     "growing": f"growing-{gen}.sdx", "meta": f"meta-{gen}.sqlite"}
+            if vector_file is not None:  # the file of the main index's vectors and how many of its rows it reads
+                body["vectors"], body["vector_rows"] = vector_file.name, vector_rows
+                vector_file.sync()
             written.append(self.path / body["growing"])
             write_snapshot(written[-1], growing_snapshot)
             if main is not None:
@@ -345,11 +358,13 @@ class Durable:
         except OSError as exc:  # the switch is made; if it is lost in a crash, the previous checkpoint is intact
             log.warning("%s: fsync of the folder after the manifest switch failed: %s", self.path, exc)
 
-    def _remove_unreferenced_files(self) -> None:
+    def _remove_unreferenced_files(self, at_open: bool = False) -> None:
+        """Remove the files that neither checkpoint names (nor a merge may be writing: ``at_open``, none is)."""
         keep = set()
         for m in (self._manifest, self._prev_manifest):
             if m:
-                keep.update(v for k, v in m.items() if k in ("main", "tomb", "growing", "meta") and v)
+                keep.update(v for k, v in m.items() if k in ("main", "tomb", "growing", "meta", "vectors") and v)
+        self._remove_unreferenced_vector_files(keep, at_open)
         for path in [*self.path.glob("*.sdx"), *self.path.glob("meta-*.sqlite")]:
             if path.name not in keep:
                 path.unlink(missing_ok=True)
@@ -360,6 +375,17 @@ class Durable:
         for path in self.path.glob("spann-*"):
             if path.name not in keep and path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
+
+    def _remove_unreferenced_vector_files(self, keep: set[str], at_open: bool) -> None:
+        """Remove the vector files (``vectors-<n>.f32``) that no checkpoint names and the live main index does not
+        read. One numbered after all of those may be a merge's, being written (unless ``at_open``): it stays."""
+        live = getattr(self._vectors.main, "vector_file", None)
+        names = {name for name in (*keep, live.name if live is not None else None) if name}
+        newest = max((int(m.group(1)) for name in names if (m := VECTOR_FILE.match(name))), default=0)
+        for path in self.path.glob("vectors-*.f32"):
+            m = VECTOR_FILE.match(path.name)
+            if m and path.name not in names and (at_open or int(m.group(1)) < newest):
+                path.unlink(missing_ok=True)
 
     def _close_storage(self) -> None:
         """Checkpoint (a failure is logged: the log is replayed on open), then close the log and SQLite."""

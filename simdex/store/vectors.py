@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .._storage import VectorFile
 from .._validate import already_checked
 from ..dense.calibration import check_target_recall
 from ..errors import InvalidInputError
@@ -35,11 +36,14 @@ class RecordVectors(SideIndex):
     keeps every row in the exact segment."""
 
     def __init__(self, dim: int, metric: str, index_kind: str, params: dict[str, Any], merge_rows: int,
-                 storage_dir: str | None = None) -> None:
+                 storage_dir: str | None = None, vector_files: bool = False) -> None:
         super().__init__()
         self.dim, self.metric, self.index_kind, self.params = dim, metric, index_kind, params
         self.merge_rows = merge_rows
         self.storage_dir = storage_dir  # where a code index keeps its float32 vectors (unlinked files)
+        # an IVF index keeps them in a named, append-only VectorFile there instead, which its copies share and the
+        # checkpoints name (a collection's main vectors; a field's index is rebuilt on open, so it needs none)
+        self.vector_files = vector_files
         self.main: Any = None  # an index of the kind's class (config.MAIN_INDEXES): the index contract plus copy()
         self.building: str | None = None  # the folder a build-once index is being built into
         self.growing = FlatIndex(dim, metric)
@@ -158,8 +162,13 @@ class RecordVectors(SideIndex):
             self.building = buildonce.next_folder(self.storage_dir)  # kept from the checkpoints' clean-up
             return buildonce.build_main(self.dim, self.metric, self.params, self.storage_dir, base, moved, vectors,
                                         self.building), moved
-        new = new_main_index(self.dim, self.metric, self.index_kind, self.params, self.storage_dir, len(moved)) \
-            if base is None else base.copy()
+        if base is None:
+            new = new_main_index(self.dim, self.metric, self.index_kind, self.params, self.storage_dir, len(moved))
+            if self.vector_files and self.storage_dir and getattr(new, "vector_storage", None) == "disk" \
+                    and hasattr(new, "use_vector_file"):
+                new.use_vector_file(VectorFile.create(self.storage_dir, self.dim))
+        else:
+            new = base.copy()
         if moved.size:
             new.add(vectors, moved, threads=threads)
         if getattr(new, "wants_retraining", lambda: False)():

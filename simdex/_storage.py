@@ -1,0 +1,169 @@
+"""Where float32 vectors live when an index keeps them only for re-ranking: an unlinked temporary file, memory-
+mapped, so that they occupy page cache (reclaimable, shared) rather than the process's anonymous memory; or, in a
+database collection, a named :class:`VectorFile` that the copies of its index share and its checkpoints name."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CorruptFileError
+
+
+def reserve(f: Any, size: int) -> None:
+    """Make the open file ``f`` ``size`` bytes long with its blocks reserved now: a sparse file on a full disk
+    would kill the process with SIGBUS at the first write through a mapping of it, instead of an OSError (ENOSPC)
+    here. Falls back to a sparse file where the platform or file system cannot reserve."""
+    try:
+        os.posix_fallocate(f.fileno(), 0, size)
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        f.truncate(size)
+
+
+def reserved_memmap(path: str | os.PathLike, dtype: Any, shape: tuple[int, ...]) -> np.memmap:
+    """A new zeroed file at ``path`` of ``shape`` ``dtype``, its blocks reserved (:func:`reserve`: an OSError on a
+    full disk now, not SIGBUS at a write later), memory-mapped for writing."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    with open(path, "w+b") as f:
+        reserve(f, max(size, 1))
+        return np.memmap(f, dtype, mode="r+", shape=shape)
+
+
+def disk_array(rows: int, dim: int, directory: str | None = None) -> np.ndarray:
+    """A zeroed float32 (rows, dim) array backed by an unlinked temporary file in ``directory`` (default: the
+    system's temporary folder). The file disappears when the last view of the array is garbage-collected. No file
+    for no rows (an empty index, which may be opened on a full disk)."""
+    if rows == 0:
+        return np.zeros((0, dim), np.float32)
+    with tempfile.TemporaryFile(dir=directory, prefix="simdex-vectors-") as f:
+        reserve(f, max(rows, 1) * dim * 4)
+        mm = np.memmap(f, np.float32, mode="r+", shape=(max(rows, 1), dim))
+    return np.asarray(mm)[:rows]
+
+
+def file_mapping(arr: np.ndarray) -> Any:
+    """The mmap.mmap under a file-backed array (a view of an np.memmap), or None for an in-memory array."""
+    import mmap
+    base = arr
+    while base is not None and not isinstance(base, (np.memmap, mmap.mmap)):
+        base = getattr(base, "base", None)
+    mm = getattr(base, "_mmap", base) if base is not None else None
+    return mm if isinstance(mm, mmap.mmap) else None
+
+
+def file_backed(arr: np.ndarray) -> bool:
+    """Whether ``arr`` lives in a memory-mapped file (not in the process's own memory)."""
+    return file_mapping(arr) is not None
+
+
+def drop_pages(arr: np.ndarray) -> None:
+    """Unmap a file-backed array's pages from this process (they stay in the page cache and are faulted back in
+    on demand), so the resident set holds only what is touched afterwards. No-op for in-memory arrays."""
+    import mmap
+    mm = file_mapping(arr)
+    if mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+VECTOR_FILE = re.compile(r"^vectors-(\d+)\.f32$")
+_COPY_ROWS = 1 << 15  # rows per chunk when vectors are copied between files (bounded memory)
+
+
+class VectorFile:
+    """A named file of float32 rows (n, dim) that grows only at its end, for the float32 vectors of an index over
+    codes in a database collection (``vectors-<n>.f32`` in its folder).
+
+    The copies of one index that a collection builds aside share it: a copy appends its new rows after those the
+    live index reads (which never change), so a merge writes only the new rows, and a checkpoint names the file
+    and a row count instead of writing the vectors again. Rows that a checkpoint names are never written again:
+    compaction (consolidation) writes a :meth:`successor`. Capacity is reserved ahead (a quarter more each time),
+    so that a full disk raises OSError at the reservation instead of SIGBUS at a write through the mapping. The file
+    is opened for reading; the first write opens it for writing (a read-only database never does)."""
+
+    NAME = VECTOR_FILE
+
+    def __init__(self, path: str | os.PathLike, dim: int, rows: int = 0, *, create: bool = False) -> None:
+        self.path, self.dim = Path(path), int(dim)
+        self._writable = create
+        if create:
+            self._file = open(self.path, "x+b")
+        else:
+            try:
+                self._file = open(self.path, "rb")
+            except FileNotFoundError:
+                raise CorruptFileError(f"{self.path}: the vector file that the index names is missing") from None
+        size = os.fstat(self._file.fileno()).st_size
+        self._capacity = size // (4 * self.dim)
+        if self._capacity < rows:
+            self._file.close()
+            raise CorruptFileError(f"{self.path}: holds {self._capacity} vectors of dimension {self.dim}; the index "
+                                   f"names {rows}")
+        self._map = self._mapping()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, folder: str | os.PathLike, dim: int) -> VectorFile:
+        """A new empty vector file in ``folder``, numbered after every one there."""
+        numbers = [int(m.group(1)) for p in Path(folder).iterdir() if (m := VECTOR_FILE.match(p.name))]
+        return cls(Path(folder) / f"vectors-{max(numbers, default=0) + 1}.f32", dim, create=True)
+
+    def successor(self) -> VectorFile:
+        """A new empty vector file beside this one (for a compacted copy of the rows)."""
+        return VectorFile.create(self.path.parent, self.dim)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def _mapping(self) -> np.ndarray:
+        if self._capacity == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.asarray(np.memmap(self._file, np.float32, mode="r+" if self._writable else "r",
+                                    shape=(self._capacity, self.dim)))
+
+    def rows(self, n: int) -> np.ndarray:
+        """The first ``n`` rows, a view of the file's mapping (its pages in the page cache, not in the process's
+        own memory)."""
+        return self._map[:n]
+
+    def write(self, start: int, x: np.ndarray) -> np.ndarray:
+        """Write ``x`` (m, dim) as rows ``start..start+m`` and return the first ``start + m`` rows. Only rows that
+        no reader uses may be written: those after every live index's count."""
+        end = start + x.shape[0]
+        with self._lock:
+            if not self._writable:
+                self._file.close()
+                self._file, self._writable = open(self.path, "r+b"), True
+                self._map = self._mapping()
+            if end > self._capacity:
+                capacity = max(end, self._capacity + self._capacity // 4, 1024)
+                reserve(self._file, capacity * self.dim * 4)
+                self._capacity = capacity
+                self._map = self._mapping()  # older views keep the old mapping alive while they are used
+            mapped = self._map
+        mapped[start:end] = x
+        return mapped[:end]
+
+    def append_rows(self, start: int, source: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Write ``source`` (or its rows ``rows``) from row ``start`` on, a chunk at a time (never all of it in
+        memory); returns the first ``start + count`` rows."""
+        count = source.shape[0] if rows is None else rows.shape[0]
+        out = self.rows(start)
+        for s in range(0, count, _COPY_ROWS):
+            chunk = source[s:s + _COPY_ROWS] if rows is None else source[rows[s:s + _COPY_ROWS]]
+            out = self.write(start + s, np.asarray(chunk, np.float32))
+        return out
+
+    def sync(self) -> None:
+        """Make the rows written so far durable (the mapping's dirty pages and the file's size)."""
+        if self._writable:
+            os.fsync(self._file.fileno())
