@@ -246,7 +246,7 @@ def _db_child(args: dict) -> None:
     gt = np.load(folder / "gt.npy")
     out: dict = {"limit_bytes": args["limit"]}
     db = simdex.Database(folder / "db", merge_rows=args["merge_rows"])
-    col = db.create_collection("disk", DIM, metric="cosine", index=args["index"], index_params=args["params"])
+    col = db.create_collection("disk", DIM, metric="cosine", index=args["index"], **args["params"])
     t0 = time.perf_counter()
     progress = []
     for start in range(0, n, batch):
