@@ -163,12 +163,13 @@ class IVFIndex(RecallCalibrated, Index):
         (:func:`~simdex.quant.codec.outgrew_training`); see :meth:`retrain`."""
         return self.vector_storage != "none" and outgrew_training(self.trained_rows, len(self), _TRAIN_MAX)
 
-    def retrain(self, nlist: int | None = None, threads: int | None = None) -> None:
+    def retrain(self, nlist: int | None = None, threads: int | None = None, train_rows: int | None = None) -> None:
         """Train the coarse quantizer (with ``nlist`` lists, default unchanged) and a new codec of the same kind
         on (a sample of) the vectors held now, and rebuild every list: for an index that grew far past the rows it
         was trained on. Needs the float vectors (``vectors="disk"`` or ``"memory"``), which stay where they are
         (slots and ids do not change); they are encoded a chunk at a time, never all in memory. O(n * dim), plus
-        the training; the recall curves are measured again with self-queries."""
+        the training; the recall curves are measured again with self-queries. ``train_rows``: train on at most this
+        many rows (default, and at most: 200,000, or 256 per list)."""
         if self.vector_storage == "none":
             raise InvalidInputError("retraining needs the float vectors; this index keeps none (vectors='none')")
         with self._write_lock, num_threads(check_threads(threads)):
@@ -178,11 +179,13 @@ class IVFIndex(RecallCalibrated, Index):
             if live.size == 0:
                 return
             limit = min(_TRAIN_MAX, _TRAIN_PER_LIST * nlist)
+            if train_rows is not None:
+                limit = min(limit, check_positive_int(train_rows, "train_rows"))
             rng = np.random.default_rng(self.seed)
             sample = np.sort(rng.choice(live, limit, replace=False)) if live.size > limit else live
             # the codec object is shared with the copies this one was made from: train a copy of it
             self.codec, self.nlist = copy.deepcopy(self.codec), nlist
-            self._train(np.array(self._vectors[sample]), None, private=True)
+            self._train(np.array(self._vectors[sample]), False, private=True)
             self.trained_rows = int(live.size)  # (as a first add of them all would; see wants_retraining)
             labels = np.empty(n, np.int64)
             codes = np.empty((n, self.codec.code_size), np.uint8)

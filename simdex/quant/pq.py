@@ -11,6 +11,7 @@ between the subspaces; distances are rotation-invariant, so only the query is ro
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -89,8 +90,9 @@ class PQCodec(Codec):
         self._train_subspaces(self.transform(self._sample(x)), self.iterations)
 
     def _train_subspaces(self, y: np.ndarray, iterations: int, progress: bool | None = None) -> None:
+        # a long training shows a bar on a terminal (never in a server's log or a database's background merge)
         bar = progress_bar(self.m, "PQ training", progress if progress is not None else
-                           (y.shape[0] * self.dim >= 10_000_000 or None), unit="subq")
+                           (y.shape[0] * self.dim >= 10_000_000 and sys.stderr.isatty()) or None, unit="subq")
         for j in range(self.m):
             sub = np.ascontiguousarray(y[:, j * self.dsub:(j + 1) * self.dsub])
             self.centroids[j] = kmeans(sub, KS, iterations, seed=self.seed + j, progress=False)

@@ -70,6 +70,11 @@ MAIN_INDEXES: dict[str, MainKind] = {
 INDEX_KINDS = (*MAIN_INDEXES, "flat")
 IVF_KINDS = {"ivf-pq": "pq", "ivf-rabitq": "rabitq"}  # the IVF kinds and their default codecs
 TRAINED_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.trained)
+# the float32 rows an IVF collection's merge trains its lists and codec on (a sample of at most this many bytes;
+# the index's own limit, 200,000 rows, too): bounded memory, 87,000 rows at 384-d (69 per list at 1,265 lists)
+IVF_TRAIN_BYTES = 128 << 20
+# rows an IVF collection's merge adds at a time: its copies of them (residuals, codes, ...) stay bounded
+IVF_ADD_ROWS = 1 << 14
 # re-ranked candidates of an ivf-pq collection unless set: every returned distance is then exact up to k = 100
 IVF_RERANK = 100
 
@@ -100,7 +105,7 @@ def retrain(main: Any, index: str, params: dict[str, Any], threads: int | None) 
         main.retrain()
         return
     sized = sized_params(index, params, len(main))
-    main.retrain(nlist=sized["nlist"], threads=threads)
+    main.retrain(nlist=sized["nlist"], threads=threads, train_rows=IVF_TRAIN_BYTES // (4 * main.dim))
     main.nprobe = sized["nprobe"]
 
 

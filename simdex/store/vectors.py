@@ -19,7 +19,7 @@ from ..dense.calibration import check_target_recall
 from ..errors import InvalidInputError
 from ..dense import FlatIndex
 from . import buildonce
-from .config import MAIN_INDEXES, TRAINED_KINDS, new_main_index, retrain
+from .config import IVF_ADD_ROWS, IVF_KINDS, MAIN_INDEXES, TRAINED_KINDS, new_main_index, retrain
 from .sides import SideIndex, remove_present
 
 # A codec trained on a handful of rows encodes the others badly (int8 trained on one row: recall@10 0.03 on
@@ -170,7 +170,9 @@ class RecordVectors(SideIndex):
         else:
             new = base.copy()
         if moved.size:
-            new.add(vectors, moved, threads=threads)
+            step = IVF_ADD_ROWS if self.index_kind in IVF_KINDS else len(moved)
+            for start in range(0, len(moved), step):
+                new.add(vectors[start:start + step], moved[start:start + step], threads=threads)
         if getattr(new, "wants_retraining", lambda: False)():
             # trained on the first merge's few rows: trained again as the collection grows
             retrain(new, self.index_kind, self.params, threads)
