@@ -185,7 +185,7 @@ class IVFIndex(RecallCalibrated, Index):
             sample = np.sort(rng.choice(live, limit, replace=False)) if live.size > limit else live
             # the codec object is shared with the copies this one was made from: train a copy of it
             self.codec, self.nlist = copy.deepcopy(self.codec), nlist
-            self._train(np.array(self._vectors[sample]), False, private=True)
+            self._train(self._training_rows(sample), False, private=True)
             self.trained_rows = int(live.size)  # (as a first add of them all would; see wants_retraining)
             labels = np.empty(n, np.int64)
             codes = np.empty((n, self.codec.code_size), np.uint8)
@@ -206,6 +206,17 @@ class IVFIndex(RecallCalibrated, Index):
                                    query_ids=self._idmap.slot_ids[held])
                 except (MemoryError, OSError) as exc:  # the retraining must not fail for want of a curve
                     log.warning("measuring the recall curve failed (%s); the index has none", exc)
+
+    def _training_rows(self, slots: np.ndarray) -> np.ndarray:
+        """A scratch copy of the vectors of ``slots``: with ``vectors="disk"`` in an unlinked file beside them (its
+        pages in the page cache, not in the process's memory: a large sample under a memory limit)."""
+        if self.vector_storage != "disk":
+            return np.array(self._vectors[slots])
+        folder = self._vector_file.path.parent if self._vector_file is not None else self.storage_dir
+        out = disk_array(slots.shape[0], self.dim, None if folder is None else str(folder))
+        for s in range(0, slots.shape[0], _ENCODE_ROWS):
+            out[s:s + _ENCODE_ROWS] = self._vectors[slots[s:s + _ENCODE_ROWS]]
+        return out
 
     def _train(self, x: np.ndarray, progress: bool | None, private: bool = False) -> None:
         """Train the coarse quantizer and the codec on ``x`` (or a sample of it); ``private``: ``x`` is the
