@@ -207,6 +207,20 @@ class RecallCalibrated:
         self._recall_curves = curves
         return curves
 
+    def calibrate_self(self, threads: int | None = None) -> None:
+        """Measure the recall curves again with :data:`SAMPLE_QUERIES` of the index's own vectors as queries (each
+        one's own id left out: :meth:`calibrate`'s ``query_ids``), after a change of the index that no add held
+        queries out for (a retraining, an add in chunks). Too few vectors, or no memory for it: no curve."""
+        self._recall_curves = {}
+        live = self.ids
+        if live.shape[0] < MIN_BUILD_ROWS:
+            return
+        chosen = np.sort(np.random.default_rng(live.shape[0]).choice(live, SAMPLE_QUERIES, replace=False))
+        try:
+            self.calibrate(self.get_vectors(chosen), threads=threads, query_ids=chosen)
+        except (MemoryError, OSError) as exc:  # the change must not fail for want of a curve
+            log.warning("measuring the recall curve failed (%s); the index has none", exc)
+
     def recall_curve(self, k: int = 10) -> RecallCurve | None:
         """The curve measured for ``k``, or None."""
         return self._curves().get(k)

@@ -16,7 +16,6 @@ vectors are compacted.
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import threading
 from pathlib import Path
@@ -34,7 +33,7 @@ from ..metrics import IP, METRIC_CODES, pairwise, to_public
 from ..core.exact import exact_knn_subset
 from ..core.lists import scan_lists, select_probes
 from ..core.scorer import Vectors
-from ..dense.calibration import MIN_BUILD_ROWS, SAMPLE_QUERIES, RecallCalibrated, calibrating
+from ..dense.calibration import RecallCalibrated, calibrating
 from ._kmeans import kmeans
 from ._scorers import AffineCodes, BinaryCodes, IVFPQCodes
 from .._storage import VectorFile, disk_array
@@ -43,8 +42,6 @@ from .codec import Codec, expect_array, make_codec, outgrew_training
 from .pq import KS, PQCodec
 from .rabitq import RaBitQCodec
 from .scalar import AffineCodec, FlatCodec
-
-log = logging.getLogger(__name__)
 
 _TRAIN_PER_LIST = 256  # coarse training vectors per list (as FAISS; 64 lost 5 points of recall at nprobe 16)
 _TRAIN_MAX = 200_000
@@ -198,14 +195,7 @@ class IVFIndex(RecallCalibrated, Index):
             offsets = np.zeros(nlist + 1, np.int64)
             offsets[1:] = np.cumsum(np.bincount(labels, minlength=nlist))
             self._codes, self._slots, self._offsets = codes[order], order.astype(np.int32), offsets
-            self._recall_curves = {}
-            if live.size >= MIN_BUILD_ROWS:
-                held = np.sort(rng.choice(live, SAMPLE_QUERIES, replace=False))
-                try:
-                    self.calibrate(np.array(self._vectors[held]), threads=threads,
-                                   query_ids=self._idmap.slot_ids[held])
-                except (MemoryError, OSError) as exc:  # the retraining must not fail for want of a curve
-                    log.warning("measuring the recall curve failed (%s); the index has none", exc)
+            self.calibrate_self(threads)
 
     def _training_rows(self, slots: np.ndarray) -> np.ndarray:
         """A scratch copy of the vectors of ``slots``: with ``vectors="disk"`` in an unlinked file beside them (its

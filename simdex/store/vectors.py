@@ -30,6 +30,23 @@ FIRST_CODE_BUILD_ROWS = 1000
 MIN_TRAINING_ROWS = 256
 
 
+def _add_in_chunks(index: Any, ids: np.ndarray, vectors: np.ndarray, threads: int | None) -> None:
+    """Add the rows to an IVF index IVF_ADD_ROWS at a time, so that its copies of them (residuals, codes) stay
+    small: a new index is trained on all of them first, and the recall curve, when one is due, is measured once
+    at the end (with self-queries) rather than by each chunk's add."""
+    due = index._calibration_due(len(ids))
+    if not index.is_trained:
+        index.train(vectors)
+    index._calibrating = True  # (the adds' own measurement off)
+    try:
+        for start in range(0, len(ids), IVF_ADD_ROWS):
+            index.add(vectors[start:start + IVF_ADD_ROWS], ids[start:start + IVF_ADD_ROWS], threads=threads)
+    finally:
+        index._calibrating = False
+    if due and not index.wants_retraining():  # (a retraining measures it)
+        index.calibrate_self(threads)
+
+
 class RecordVectors(SideIndex):
     """Main index + growing exact segment. ``index_kind``: a kind of :data:`~simdex.store.config.MAIN_INDEXES`
     (HNSW over float32 vectors or codes, IVF-PQ, Vamana in memory or on disk, SPANN built once), or "flat", which
@@ -169,10 +186,10 @@ class RecordVectors(SideIndex):
                 new.use_vector_file(VectorFile.create(self.storage_dir, self.dim))
         else:
             new = base.copy()
-        if moved.size:
-            step = IVF_ADD_ROWS if self.index_kind in IVF_KINDS else len(moved)
-            for start in range(0, len(moved), step):
-                new.add(vectors[start:start + step], moved[start:start + step], threads=threads)
+        if moved.size and self.index_kind in IVF_KINDS:
+            _add_in_chunks(new, moved, vectors, threads)
+        elif moved.size:
+            new.add(vectors, moved, threads=threads)
         if getattr(new, "wants_retraining", lambda: False)():
             # trained on the first merge's few rows: trained again as the collection grows
             retrain(new, self.index_kind, self.params, threads)
