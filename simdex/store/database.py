@@ -85,6 +85,24 @@ def release_free_memory() -> None:
         pass
 
 
+# glibc's mallopt parameter, and the size from which a writable database's allocations get mappings of their own
+_M_MMAP_THRESHOLD = -3
+MAPPED_ALLOCATION_BYTES = 1 << 20
+
+
+def map_large_allocations() -> None:
+    """Give every allocation of MAPPED_ALLOCATION_BYTES or more a mapping of its own, unmapped when it is freed
+    (glibc's ``mallopt(M_MMAP_THRESHOLD)``, for the whole process). glibc otherwise raises that threshold to the
+    size of the largest block freed (up to 32 MiB), after which the arrays of merges, training and batches come
+    from the heap and stay counted in the process's data size after they are freed: under a memory limit
+    (RLIMIT_DATA, a container's), a collection loading millions of rows failed for memory the heap held but did not
+    use. Nothing happens where the C library has no ``mallopt``."""
+    try:
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MAPPED_ALLOCATION_BYTES)
+    except (OSError, AttributeError):
+        pass
+
+
 class Database(DatabaseAPI):
     """A database folder. Use :func:`simdex.connect` to open one.
 
@@ -136,6 +154,8 @@ class Database(DatabaseAPI):
             raise FileNotFoundError(f"no simdex database at {self.path}")
         (self.path / "collections").mkdir(parents=True, exist_ok=True) if not read_only else None
         self._lock_fd = self._acquire_lock() if not read_only else None
+        if not read_only:
+            map_large_allocations()
         self.opened_at = time.time()
         self._collections: dict[str, Collection] = {}
         self._warmer = None
