@@ -65,7 +65,7 @@ class FlatIndex(Index):
     def _append(self, x: np.ndarray, new_ids: np.ndarray) -> None:
         need = self._n + x.shape[0]
         if need > self._store.shape[0] or not self._store.flags.writeable:
-            cap = max(need, 2 * self._store.shape[0])
+            cap = max(need, self._store.shape[0] + self._store.shape[0] // 2)
             store = np.empty((cap, self.dim), np.float32)
             store[:self._n] = self._vectors
             sq = np.empty(cap, np.float32)
@@ -98,6 +98,12 @@ class FlatIndex(Index):
 
     def get_vectors(self, ids: Any) -> np.ndarray:
         return np.array(self._vectors[self._slots_for_removal(ids)])
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (n,), vectors (n, dim)) of every vector, in the same order: a copy of the ids and a view of the
+        vectors, not a copy. Stored rows are never changed in place (an add writes after them, a removal compacts
+        into new arrays), so the view keeps what it shows while the index changes."""
+        return np.array(self._idmap.slot_ids[:self._n]), self._vectors
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {"count": self._vectors.shape[0]}, {"vectors": self._vectors}

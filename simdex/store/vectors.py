@@ -167,11 +167,11 @@ class RecordVectors(SideIndex):
     def snapshot(self) -> Any:
         if self.index_kind == "flat" or self._too_few_to_train(len(self.growing)):
             return None
-        moved = self.growing.ids
+        moved, vectors = self.growing.rows()  # (a view: the build reads the rows without a copy of them)
         base = self.main
         if not moved.size and (base is None or base._n_deleted <= 0.2 * base._n):
             return None
-        return moved, (self.growing.get_vectors(moved) if moved.size else None), base
+        return moved, (vectors if moved.size else None), base
 
     def build(self, snap, threads) -> Any:
         moved, vectors, base = snap
