@@ -272,10 +272,14 @@ class IVFIndex(RecallCalibrated, Index):
             if not self.is_trained:
                 self._train(x, progress)
                 self.trained_rows = x.shape[0]
-            labels = self._assign(x)
-            codes = self.codec.encode(x - self.centroids[labels] if self._residual else x)
-            self._materialize()
             n_new = x.shape[0]
+            labels = np.empty(n_new, np.int64)
+            codes = np.empty((n_new, self.codec.code_size), np.uint8)
+            for s in range(0, n_new, _ENCODE_ROWS):  # the residuals a chunk at a time, whatever the batch
+                part = x[s:s + _ENCODE_ROWS]
+                labels[s:s + part.shape[0]] = lab = self._assign(part)
+                codes[s:s + part.shape[0]] = self.codec.encode(part - self.centroids[lab] if self._residual else part)
+            self._materialize()
             start = self._n
             if self._vector_file is not None:  # after the rows the live index reads: nothing is copied
                 vectors_new = self._vector_file.write(start, x)
@@ -285,13 +289,21 @@ class IVFIndex(RecallCalibrated, Index):
                 vectors_new[start:] = x
             else:
                 vectors_new = self._vectors
-            old_labels = np.repeat(np.arange(self.nlist), np.diff(self._offsets))
-            all_labels = np.concatenate([old_labels, labels])
-            order = np.argsort(all_labels, kind="stable")
-            all_codes = np.concatenate([self._codes, codes])[order]
-            all_slots = np.concatenate([self._slots, np.arange(start, start + n_new, dtype=np.int32)])[order]
+            # each list: its entries so far, then the new ones in the order given (one pass, no sort of the old
+            # entries and no concatenated copy of them)
+            old_counts, new_counts = np.diff(self._offsets), np.bincount(labels, minlength=self.nlist)
             offsets = np.zeros(self.nlist + 1, np.int64)
-            offsets[1:] = np.cumsum(np.bincount(all_labels, minlength=self.nlist))
+            offsets[1:] = np.cumsum(old_counts + new_counts)
+            order = np.argsort(labels, kind="stable")
+            sorted_labels = labels[order]
+            new_starts = np.zeros(self.nlist, np.int64)
+            new_starts[1:] = np.cumsum(new_counts)[:-1]
+            old_dest = np.arange(self._slots.shape[0]) + np.repeat(offsets[:-1] - self._offsets[:-1], old_counts)
+            new_dest = (offsets[:-1] + old_counts - new_starts)[sorted_labels] + np.arange(n_new)
+            all_codes = np.empty((offsets[-1], self.codec.code_size), np.uint8)
+            all_slots = np.empty(offsets[-1], np.int32)
+            all_codes[old_dest], all_codes[new_dest] = self._codes, codes[order]
+            all_slots[old_dest], all_slots[new_dest] = self._slots, (start + order).astype(np.int32)
             deleted = np.concatenate([self._deleted, np.zeros(n_new, np.uint8)])
             # commit
             self._vectors, self._codes, self._slots, self._offsets = vectors_new, all_codes, all_slots, offsets

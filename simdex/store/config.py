@@ -73,8 +73,6 @@ TRAINED_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.traine
 # the float32 rows an IVF collection's merge trains its lists and codec on (a sample of at most this many bytes;
 # the index's own limit, 200,000 rows, too): bounded memory, 87,000 rows at 384-d (69 per list at 1,265 lists)
 IVF_TRAIN_BYTES = 128 << 20
-# rows an IVF collection's merge adds at a time: its copies of them (residuals, codes, ...) stay bounded
-IVF_ADD_ROWS = 1 << 14
 # re-ranked candidates of an ivf-pq collection unless set: every returned distance is then exact up to k = 100
 IVF_RERANK = 100
 

@@ -19,7 +19,7 @@ from ..dense.calibration import check_target_recall
 from ..errors import InvalidInputError
 from ..dense import FlatIndex
 from . import buildonce
-from .config import IVF_ADD_ROWS, IVF_KINDS, MAIN_INDEXES, TRAINED_KINDS, new_main_index, retrain
+from .config import IVF_KINDS, MAIN_INDEXES, TRAINED_KINDS, new_main_index, retrain
 from .sides import SideIndex, remove_present
 
 # A codec trained on a handful of rows encodes the others badly (int8 trained on one row: recall@10 0.03 on
@@ -30,17 +30,14 @@ FIRST_CODE_BUILD_ROWS = 1000
 MIN_TRAINING_ROWS = 256
 
 
-def _add_in_chunks(index: Any, ids: np.ndarray, vectors: np.ndarray, threads: int | None) -> None:
-    """Add the rows to an IVF index IVF_ADD_ROWS at a time, so that its copies of them (residuals, codes) stay
-    small: a new index is trained on all of them first, and the recall curve, when one is due, is measured once
-    at the end (with self-queries) rather than by each chunk's add."""
+def _add_to_ivf(index: Any, ids: np.ndarray, vectors: np.ndarray, threads: int | None) -> None:
+    """Add a merge's rows to an IVF index without the copies of them that an add measuring the recall curve
+    makes (it holds queries out of the rows): the curve, when one is due, is measured after the add with
+    self-queries. (The add itself encodes a chunk at a time.)"""
     due = index._calibration_due(len(ids))
-    if not index.is_trained:
-        index.train(vectors)
-    index._calibrating = True  # (the adds' own measurement off)
+    index._calibrating = True  # (the add's own measurement off)
     try:
-        for start in range(0, len(ids), IVF_ADD_ROWS):
-            index.add(vectors[start:start + IVF_ADD_ROWS], ids[start:start + IVF_ADD_ROWS], threads=threads)
+        index.add(vectors, ids, threads=threads)
     finally:
         index._calibrating = False
     if due and not index.wants_retraining():  # (a retraining measures it)
@@ -187,7 +184,7 @@ class RecordVectors(SideIndex):
         else:
             new = base.copy()
         if moved.size and self.index_kind in IVF_KINDS:
-            _add_in_chunks(new, moved, vectors, threads)
+            _add_to_ivf(new, moved, vectors, threads)
         elif moved.size:
             new.add(vectors, moved, threads=threads)
         if getattr(new, "wants_retraining", lambda: False)():
