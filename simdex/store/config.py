@@ -71,8 +71,9 @@ INDEX_KINDS = (*MAIN_INDEXES, "flat")
 IVF_KINDS = {"ivf-pq": "pq", "ivf-rabitq": "rabitq"}  # the IVF kinds and their default codecs
 TRAINED_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.trained)
 # the float32 rows an IVF collection's merge trains its lists and codec on (a sample of at most this many bytes;
-# the index's own limit, 200,000 rows, too): bounded memory, 87,000 rows at 384-d (69 per list at 1,265 lists)
-IVF_TRAIN_BYTES = 128 << 20
+# the index's own limit, 200,000 rows, too): bounded memory and time, 65,536 rows at 384-d (52 per list at 1,265
+# lists; the PQ codec trains on 65,536 rows at most, so it then needs no copy of its own)
+IVF_TRAIN_BYTES = 96 << 20
 # re-ranked candidates of an ivf-pq collection unless set: every returned distance is then exact up to k = 100
 IVF_RERANK = 100
 
