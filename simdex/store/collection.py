@@ -244,7 +244,7 @@ class Collection(Durable, FieldOps, CollectionAPI):
         dedup = self._dedup_side
         sketch = None if dedup is None else \
             dedup.sketch(dedup.texts_of(batch.metadatas, batch.documents, len(batch.ids)))  # no lock held
-        self._bound_unindexed()
+        self._bound_unindexed(len(batch.ids))
         self._make_room_in_log()
         with self._writer:
             if set(self._field_embedding) != embedded_for or not set(batch.fields) <= set(self.fields):
@@ -615,12 +615,13 @@ class Collection(Durable, FieldOps, CollectionAPI):
         except OSError as exc:  # a code index's vector file on a full disk: retried later; said as elsewhere
             raise storage_error(exc, "rebuild an index (its files) in", self.path) from exc
 
-    def _bound_unindexed(self) -> None:
-        """Before a write: once more than UNINDEXED_BYTES of rows wait for a merge (writes outran the background
-        merges), the writer merges them itself (after the merge in progress, if one is), so that memory stays
-        bounded whatever the write rate; the rows waiting are held in memory and searched exactly."""
+    def _bound_unindexed(self, n_new: int) -> None:
+        """Before a write of ``n_new`` rows: when they would bring the rows waiting for a merge past
+        UNINDEXED_BYTES (writes outran the background merges), the writer merges those first itself (after the
+        merge in progress, if one is), so that memory stays bounded whatever the write rate; the rows waiting are
+        held in memory and searched exactly."""
         vectors = self._vectors
-        if vectors.index_kind == "flat" or len(vectors.growing) * self.dim * 4 <= UNINDEXED_BYTES:
+        if vectors.index_kind == "flat" or (len(vectors.growing) + n_new) * self.dim * 4 <= UNINDEXED_BYTES:
             return
         if vectors.needs_rebuild():
             self.rebuild(vectors)
