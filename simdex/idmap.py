@@ -19,6 +19,14 @@ class IdMap:
         self.slot_ids = np.empty(0, np.int64) if slot_ids is None else np.asarray(slot_ids, np.int64)
         self._reindex()
 
+    def copy(self) -> IdMap:
+        """An independent copy, cheap: ``slot_ids`` is copied (:meth:`release` changes it in place); the sorted
+        index is shared, as every change replaces those arrays instead of writing into them."""
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.slot_ids = np.array(self.slot_ids)
+        return clone
+
     def _reindex(self) -> None:
         live = np.flatnonzero(self.slot_ids >= 0)
         order = np.argsort(self.slot_ids[live], kind="stable")

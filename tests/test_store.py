@@ -484,6 +484,30 @@ def test_ivf_collection_appends_to_one_vector_file(tmp_path, records, kind):
                                        queries, 10)) >= 0.9
 
 
+def test_ivf_checkpoint_holding_its_vectors_moves_them_into_a_vector_file(tmp_path, records):
+    """A checkpoint written before vector files (the IVF index's snapshot holds the float32 vectors) opens, and the
+    vectors move into a vector file, which the next checkpoint names; results are the same."""
+    ids, vectors, metas, docs, queries = records
+    with _open(tmp_path / "db") as db:
+        col = db.create_collection("words", dim=384, index="ivf-pq")
+        col._vectors.vector_files = False  # as the release before wrote them
+        col.upsert(ids, vectors)
+        db.optimize()
+        col.checkpoint()
+        assert "vectors" not in col._manifest and not list(col.path.glob("vectors-*.f32"))
+        _, _, arrays = simdex.fileformat.load_arrays(col.path / col._manifest["main"])
+        assert arrays["vectors"].shape == (len(ids), 384)
+        before = col.search_batch(queries, k=10, include=["distances"])
+    with _open(tmp_path / "db") as db:
+        col = db.get_collection("words")
+        assert col._vectors.main.vector_file is not None
+        assert col.search_batch(queries, k=10, include=["distances"]) == before
+        assert col._manifest["vectors"] == col._vectors.main.vector_file.name
+        assert col._manifest["vector_rows"] == len(ids)
+    with _open(tmp_path / "db") as db:
+        assert db.get_collection("words").search_batch(queries, k=10, include=["distances"]) == before
+
+
 @pytest.mark.parametrize("kind, params", [("hnsw-lvq8", {"M": 8, "rerank": 60}), ("ivf-pq", {"nlist": 32})])
 def test_side_indexes_beside_every_main_kind(tmp_path, records, kind, params):
     """The label graphs and the window tree are float32 HNSW graphs whatever the main index is: they take the

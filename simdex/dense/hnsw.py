@@ -18,7 +18,6 @@ from .._numba import num_threads, run_threads
 from .._progress import progress_bar
 from .._validate import MAX_DEGREE, MAX_RESULTS, check_positive_int, check_real, check_threads
 from ..errors import CorruptFileError
-from ..idmap import IdMap
 from ..index import Index, meta_int
 from ..core import graph as G
 from ..core.beam import ScratchPool, thread_scratch
@@ -441,7 +440,7 @@ class HNSWIndex(RecallCalibrated, Index):
             for name in ("_links0", "_links_up", "_up_offset", "_levels", "_deleted"):
                 setattr(clone, name, np.array(getattr(self, name)))
             clone._vectors = self._copy_vectors()
-            clone._idmap = IdMap(np.array(self._idmap.slot_ids))
+            clone._idmap = self._idmap.copy()
             clone._scratch = ScratchPool()
             clone._write_lock = threading.RLock()
             self._copy_extra(clone)

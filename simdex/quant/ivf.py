@@ -27,7 +27,6 @@ import numpy as np
 from .._numba import num_threads
 from .._validate import MAX_RESULTS, check_positive_int, check_real, check_threads, check_vectors
 from ..errors import CorruptFileError, InvalidInputError
-from ..idmap import IdMap
 from ..index import Index, meta_int
 from ..metrics import IP, METRIC_CODES, pairwise, to_public
 from ..core.exact import exact_knn_subset
@@ -461,7 +460,7 @@ class IVFIndex(RecallCalibrated, Index):
             clone = type(self).__new__(type(self))
             clone.__dict__.update(self.__dict__)
             clone._deleted = np.array(self._deleted)
-            clone._idmap = IdMap(np.array(self._idmap.slot_ids))
+            clone._idmap = self._idmap.copy()
             clone._write_lock = threading.RLock()
             return clone
 

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 # rows waiting for a merge beyond which a writer merges them itself (Collection._bound_unindexed): the growing
 # segment is in memory, and a merge copies it once more
-UNINDEXED_BYTES = 64 << 20
+UNINDEXED_BYTES = 32 << 20
 
 
 class Collection(Durable, FieldOps, CollectionAPI):

@@ -105,6 +105,9 @@ class Durable:
         self._open_sides()
         if not self.read_only:  # what a crash left: files of a checkpoint or a merge that never took effect
             self._remove_unreferenced_files(at_open=True)
+            if getattr(self, "_vectors_moved", False):  # a checkpoint that names the vector file, once
+                self._checkpoint(True)
+                self._vectors_moved = False
         if replayed:
             self.recovery_notes.append(f"replayed {replayed} log record(s) after checkpoint lsn {base_lsn}")
 
@@ -193,8 +196,10 @@ class Durable:
             storage_dir = self._vectors.storage_dir
             if getattr(main, "vector_file", False) is None and storage_dir is not None \
                     and main.vector_storage == "disk":
-                # a checkpoint that holds the vectors itself (written before vector files): into one now
+                # a checkpoint that holds the vectors itself (written before vector files): into one now, and a
+                # checkpoint naming it is written once the collection is open (_recover)
                 main.use_vector_file(VectorFile.create(storage_dir, self.dim))
+                self._vectors_moved = True
             elif hasattr(main, "keep_vectors_in"):  # an index over codes: its vectors in files beside the collection
                 main.keep_vectors_in(storage_dir)
             _, _, tomb = fileformat.load_arrays(self.path / manifest["tomb"], mmap=False)
@@ -205,7 +210,7 @@ class Durable:
             newly = (deleted != 0) & (slot_ids >= 0)  # deleted since the main index file was written
             if newly.any():
                 main.remove(slot_ids[np.flatnonzero(newly)])
-            self._saved_main = (main, manifest["main"])
+            self._saved_main = None if getattr(self, "_vectors_moved", False) else (main, manifest["main"])
         self._vectors.reset(main, growing)
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
