@@ -37,7 +37,7 @@ SAMPLE_QUERIES = 500
 CONFIDENCE_Z = 1.645
 MIN_BUILD_ROWS = 10 * SAMPLE_QUERIES  # an add this large (or a first index this large) is a build: calibrated
 CALIBRATION_KS = (1, 10, 100)
-_EXACT_CHUNK = 32_768
+_EXACT_BLOCK_BYTES = 16 << 20  # of vectors read, and of distances, at a time for the exact neighbours
 
 
 def check_target_recall(target: Any, effort: Any = None, effort_name: str = "ef") -> float:
@@ -97,8 +97,9 @@ def _exact_neighbours(index: Any, queries: np.ndarray, ids: np.ndarray, k: int) 
     """The ids (nq, k) of the exact k nearest of ``ids`` to each query, nearest first, by the index's metric: the
     index's vectors read in chunks (never all copied at once) and merged into one heap per query."""
     heap_d, heap_i = new_heaps(queries.shape[0], k)
-    for start in range(0, ids.shape[0], _EXACT_CHUNK):
-        block = pairwise(index.metric, queries, index.get_vectors(ids[start:start + _EXACT_CHUNK]))
+    chunk = max(256, _EXACT_BLOCK_BYTES // (4 * max(index.dim, queries.shape[0])))
+    for start in range(0, ids.shape[0], chunk):
+        block = pairwise(index.metric, queries, index.get_vectors(ids[start:start + chunk]))
         merge_block_topk(block, start, heap_d, heap_i)
     sort_heaps(heap_d, heap_i)
     return ids[heap_i]  # k <= len(ids): every slot of the heaps is filled
@@ -140,6 +141,7 @@ def calibrating(add: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
                 self.calibrate(x[held], threads=options.get("threads"))
             except (MemoryError, OSError) as exc:  # the add must not fail for want of a curve
                 log.warning("measuring the recall curve failed (%s); the index has none", exc)
+                self._calibration_failed_rows = len(self)
             add(self, x[held], new_ids[held], **options)
         finally:
             self._calibrating = False
@@ -171,7 +173,9 @@ class RecallCalibrated:
         if n_new < MIN_BUILD_ROWS:
             return False
         curve = self._curves().get(10)
-        return curve is None or len(self) + n_new >= 2 * curve.rows
+        # after a measurement that failed (no memory), the next try waits for the index to double as well
+        rows = curve.rows if curve is not None else getattr(self, "_calibration_failed_rows", 0)
+        return len(self) + n_new >= 2 * rows
 
     def calibrate(self, queries: Any, *, ks: tuple[int, ...] = CALIBRATION_KS, threads: int | None = None,
                   query_ids: np.ndarray | None = None) -> dict[int, RecallCurve]:
@@ -220,6 +224,7 @@ class RecallCalibrated:
             self.calibrate(self.get_vectors(chosen), threads=threads, query_ids=chosen)
         except (MemoryError, OSError) as exc:  # the change must not fail for want of a curve
             log.warning("measuring the recall curve failed (%s); the index has none", exc)
+            self._calibration_failed_rows = live.shape[0]
 
     def recall_curve(self, k: int = 10) -> RecallCurve | None:
         """The curve measured for ``k``, or None."""

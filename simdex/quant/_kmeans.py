@@ -8,7 +8,7 @@ import numpy as np
 from .._numba import kernel
 from .._progress import progress_bar
 
-_BLOCK = 1 << 14  # rows per distance block
+_BLOCK_BYTES = 16 << 20  # of distances computed at a time (rows per block: this over 4 k)
 
 
 # One thread on purpose: this runs right after a BLAS product, and numba's worker threads then compete with
@@ -35,8 +35,9 @@ def assign(x: np.ndarray, centroids: np.ndarray, cnorms: np.ndarray | None = Non
     dists = np.empty(n, np.float32)
     if cnorms is None:
         cnorms = np.einsum("ij,ij->i", centroids, centroids)
-    for s in range(0, n, _BLOCK):
-        xb = x[s:s + _BLOCK]
+    block = max(256, _BLOCK_BYTES // (4 * centroids.shape[0]))
+    for s in range(0, n, block):
+        xb = x[s:s + block]
         _argmin_rows(xb @ centroids.T, np.einsum("ij,ij->i", xb, xb), cnorms, labels, dists, s)
     return labels, dists
 

@@ -44,7 +44,8 @@ from .scalar import AffineCodec, FlatCodec
 
 _TRAIN_PER_LIST = 256  # coarse training vectors per list (as FAISS; 64 lost 5 points of recall at nprobe 16)
 _TRAIN_MAX = 200_000
-_ENCODE_ROWS = 1 << 15  # rows assigned and encoded at a time when the lists are rebuilt
+_BLOCK_BYTES = 16 << 20  # of dot products with the centroids at a time
+_ENCODE_ROWS = 1 << 13  # rows assigned and encoded at a time (their residuals: 12 MiB at 384-d)
 _MAX_LISTS = 1 << 24  # far above any useful nlist; bounds the list offsets allocated at construction
 
 
@@ -253,8 +254,9 @@ class IVFIndex(RecallCalibrated, Index):
             # the list of a vector must be the one search ranks first for it: search orders lists by the
             # metric (inner product here), so assign by it too, not by the L2 k-means used to find them
             labels = np.empty(x.shape[0], np.int64)
-            for s in range(0, x.shape[0], 1 << 14):
-                labels[s:s + (1 << 14)] = np.argmax(x[s:s + (1 << 14)] @ cent.T, axis=1)
+            step = max(256, _BLOCK_BYTES // (4 * cent.shape[0]))  # rows whose products with the centroids
+            for s in range(0, x.shape[0], step):                  # are computed at a time
+                labels[s:s + step] = np.argmax(x[s:s + step] @ cent.T, axis=1)
             return labels
         from ._kmeans import assign
         return assign(x, cent)[0]
