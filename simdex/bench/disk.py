@@ -264,6 +264,7 @@ def _db_child(args: dict) -> None:
     out["load_seconds"] = time.perf_counter() - t0
     out["progress"] = progress
     out["load_vm_hwm_bytes"] = proc_status("VmHWM")
+    out["load_written_bytes"] = _written_bytes()  # what the load wrote to disk: log, SQLite, vectors, checkpoints
     main = col._vectors.main
     out.update({"index_ram_bytes": int(main.nbytes), "nlist": int(main.nlist), "nprobe_default": int(main.nprobe),
                 "disk_bytes": sum(p.stat().st_size for p in col.path.rglob("*") if p.is_file())})
@@ -291,6 +292,17 @@ def _db_child(args: dict) -> None:
     out["vm_hwm_bytes"] = proc_status("VmHWM")
     db.close()
     print(json.dumps(out))
+
+
+def _written_bytes() -> int:
+    """Bytes this process has caused to be written to storage (``write_bytes`` of /proc/self/io), or 0."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def run_db(*, n: int = 2_000_000, limit_mb: int = 700, n_queries: int = 1000, sigma: float = 0.25,
@@ -364,7 +376,8 @@ def format_db_report(r: dict) -> str:
              f"upserts acknowledged (durable) at {r['n'] / r['upsert_seconds']:,.0f} rows/s "
              f"({r['upsert_seconds']:.0f} s); all indexed after {r['indexed_seconds']:.0f} s "
              f"({r['n'] / r['indexed_seconds']:,.0f} rows/s); peak RSS while loading "
-             f"{r['load_vm_hwm_bytes'] / mib:.0f} MiB",
+             f"{r['load_vm_hwm_bytes'] / mib:.0f} MiB; the load wrote {r.get('load_written_bytes', 0) / gib:.1f} GiB "
+             f"({r.get('load_written_bytes', 0) / r['float32_bytes']:.1f}x the float32 data)",
              f"index RAM {r['index_ram_bytes'] / mib:.0f} MiB ({r['nlist']} lists), collection on disk "
              f"{r['disk_bytes'] / gib:.2f} GiB; search peak RSS {r['search_peak_vm_rss_bytes'] / mib:.0f} MiB "
              f"({r['search_peak_vm_rss_bytes'] / r['float32_bytes']:.1%} of the float32 data)",
