@@ -89,8 +89,6 @@ class VectorFile:
     so that a full disk raises OSError at the reservation instead of SIGBUS at a write through the mapping. The file
     is opened for reading; the first write opens it for writing (a read-only database never does)."""
 
-    NAME = VECTOR_FILE
-
     def __init__(self, path: str | os.PathLike, dim: int, rows: int = 0, *, create: bool = False) -> None:
         self.path, self.dim = Path(path), int(dim)
         self._writable = create
@@ -135,23 +133,28 @@ class VectorFile:
         own memory)."""
         return self._map[:n]
 
-    def write(self, start: int, x: np.ndarray) -> np.ndarray:
-        """Write ``x`` (m, dim) as rows ``start..start+m`` and return the first ``start + m`` rows. Only rows that
-        no reader uses may be written: those after every live index's count."""
-        end = start + x.shape[0]
+    def writable(self, rows: int) -> np.ndarray:
+        """The first ``rows`` rows, reserved on disk (zero where never written) and writable: for an index that
+        writes its new rows in place. Only rows that no reader uses may be written: those after every live
+        index's count."""
         with self._lock:
             if not self._writable:
                 self._file.close()
                 self._file, self._writable = open(self.path, "r+b"), True
                 self._map = self._mapping()
-            if end > self._capacity:
-                capacity = max(end, self._capacity + self._capacity // 4, 1024)
+            if rows > self._capacity:
+                capacity = max(rows, self._capacity + self._capacity // 4, 1024)
                 reserve(self._file, capacity * self.dim * 4)
                 self._capacity = capacity
                 self._map = self._mapping()  # older views keep the old mapping alive while they are used
-            mapped = self._map
-        mapped[start:end] = x
-        return mapped[:end]
+            return self._map[:rows]
+
+    def write(self, start: int, x: np.ndarray) -> np.ndarray:
+        """Write ``x`` (m, dim) as rows ``start..start+m`` (see :meth:`writable`) and return the first
+        ``start + m`` rows."""
+        out = self.writable(start + x.shape[0])
+        out[start:] = x
+        return out
 
     def append_rows(self, start: int, source: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Write ``source`` (or its rows ``rows``) from row ``start`` on, a chunk at a time (never all of it in
@@ -162,6 +165,21 @@ class VectorFile:
             chunk = source[s:s + _COPY_ROWS] if rows is None else source[rows[s:s + _COPY_ROWS]]
             out = self.write(start + s, np.asarray(chunk, np.float32))
         return out
+
+    @staticmethod
+    def check_name(meta: dict[str, Any]) -> str | None:
+        """The vector file an index snapshot's meta names (``vector_file``), or None; ValueError if malformed."""
+        name = meta.get("vector_file")
+        if name is not None and (not isinstance(name, str) or not VECTOR_FILE.match(name)):
+            raise ValueError(f"bad vector file name {name!r}")
+        return name
+
+    @classmethod
+    def open_named(cls, index: Any, path: str | os.PathLike) -> VectorFile | None:
+        """For an index just loaded from the snapshot file ``path``: the vector file that its snapshot names
+        (beside ``path``, holding at least its rows), or None when the snapshot holds the vectors itself."""
+        name = vars(index).pop("_pending_vector_file", None)
+        return None if name is None else cls(Path(path).parent / name, index.dim, index._n)
 
     def sync(self) -> None:
         """Make the rows written so far durable (the mapping's dirty pages and the file's size)."""

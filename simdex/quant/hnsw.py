@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ from ..index import meta_int
 from ..metrics import to_public
 from ..core import graph as G
 from ._scorers import AffineCodes, Rerank
-from .._storage import disk_array, drop_pages
+from .._storage import VectorFile, disk_array, drop_pages
 from .codec import Codec, TrainedOnFirstRows, make_codec, training_sample
 from .rabitq import RaBitQCodec
 from .scalar import AffineCodec, LVQCodec
@@ -90,6 +91,8 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
         self.storage_dir = storage_dir
         self._codes = np.zeros((0, self.codec.code_size), np.uint8)
         self._vectors = self._new_vectors(0)
+        # with vectors="disk" in a database collection: the named file the vectors are in (use_vector_file)
+        self._vector_file: VectorFile | None = None
         self.trained_rows = 0  # how many vectors the codec was trained on (see retrain)
 
     def __repr__(self) -> str:
@@ -115,6 +118,8 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
     def _grow_to(self, arr: np.ndarray, rows: int) -> np.ndarray:  # type: ignore[override]
         if arr is self._vectors:  # the vectors move to a larger file; the codes grow with them
             self._codes = HNSWIndex._grow_to(self._codes, rows)
+            if self._vector_file is not None:  # (which only grows: nothing is copied)
+                return self._vector_file.writable(rows)
             out = self._new_vectors(rows)
             out[:arr.shape[0]] = arr
             return out
@@ -122,7 +127,10 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
 
     def _materialize(self) -> None:
         vectors = self._vectors
-        if not vectors.flags.writeable or isinstance(vectors, np.memmap):
+        if self._vector_file is not None:
+            if not vectors.flags.writeable:  # (mapped for reading since it was loaded)
+                self._vectors = self._vector_file.writable(vectors.shape[0])
+        elif not vectors.flags.writeable or isinstance(vectors, np.memmap):
             fresh = self._new_vectors(vectors.shape[0])
             fresh[:] = vectors
             self._vectors = fresh
@@ -154,13 +162,33 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
         codes and the graph come into memory. For an index just loaded: with ``mmap=True`` the vectors go from
         file to file, never all in memory."""
         self.storage_dir = storage_dir
-        if self.vector_storage == "disk":
+        if self.vector_storage == "disk" and self._vector_file is None:
             try:
                 self._vectors = self._copy_vectors()
             except OSError:  # no room for a file (a full disk): in memory, so that later changes need none
                 self._vectors = np.array(self._vectors)
             self.drop_vector_pages()
         self._materialize()
+
+    def use_vector_file(self, vector_file: VectorFile) -> None:
+        """Keep the float32 vectors (``vectors="disk"``) in ``vector_file``, a :class:`VectorFile` that the
+        copies of this index share (a database collection's): inserts write after the rows the index holds,
+        compaction writes a successor, and :meth:`snapshot` names the file instead of holding the vectors. The rows
+        held now are copied into it (a chunk at a time) unless it already holds them."""
+        if self.vector_storage != "disk":
+            raise InvalidInputError(f"only an index with vectors='disk' keeps them in a vector file, not "
+                                    f"vectors={self.vector_storage!r}")
+        with self._write_lock:
+            if vector_file is not self._vector_file:
+                vector_file.append_rows(0, self._vectors[:self._n])
+                self._vector_file = vector_file
+            self._vectors = vector_file.writable(max(self._vectors.shape[0], self._n))
+            self._materialize()
+
+    @property
+    def vector_file(self) -> VectorFile | None:
+        """The :class:`VectorFile` the vectors are in (:meth:`use_vector_file`), or None."""
+        return self._vector_file
 
     @classmethod
     def from_hnsw(cls, index: HNSWIndex, codec: Any = "lvq8", **kwargs: Any) -> HNSWQuantIndex:
@@ -297,15 +325,23 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
                 return
             super().consolidate(threads, rebuild)
             n = self._n
-            vectors = self._new_vectors(n)
-            vectors[:] = self._vectors[:n]
-            self._vectors = vectors
+            if self._vector_file is not None:  # a new file: the old one's rows are named by checkpoints
+                successor = self._vector_file.successor()
+                successor.append_rows(0, self._vectors[:n])
+                self._vector_file, self._vectors = successor, successor.writable(n)
+            else:
+                vectors = self._new_vectors(n)
+                vectors[:] = self._vectors[:n]
+                self._vectors = vectors
+            vectors = self._vectors[:n]
             self._codes = self.codec.encode(vectors) if n else np.zeros((0, self.codec.code_size), np.uint8)
 
     def _copy_extra(self, clone: HNSWIndex) -> None:
         clone._codes = np.array(self._codes)
 
     def _copy_vectors(self) -> np.ndarray:
+        if self._vector_file is not None:  # shared: a copy writes only after the rows this one reads
+            return self._vectors
         vectors = self._new_vectors(self._vectors.shape[0])  # on disk for vectors="disk", never a copy in memory
         vectors[:] = self._vectors
         return vectors
@@ -318,14 +354,34 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
                      "trained_rows": self.trained_rows,
                      "vector_storage": self.vector_storage})
         arrays["codes"] = self._codes[:self._n]
+        if self._vector_file is not None:  # named, not copied: the file's first count rows never change
+            del arrays["vectors"]
+            meta["vector_file"] = self._vector_file.name
         arrays.update({f"codec.{name}": arr for name, arr in codec_arrays.items()})
         return meta, arrays
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> HNSWQuantIndex:
+        """:meth:`~simdex.index.BaseIndex.load`; an index whose snapshot names a vector file (a database
+        collection's checkpoint) opens that file beside ``path`` (for reading, until an insert writes to it)."""
+        index = super().load(path, mmap=mmap, verify=verify)
+        assert isinstance(index, HNSWQuantIndex)
+        vf = VectorFile.open_named(index, path)
+        if vf is not None:
+            index._vector_file, index._vectors = vf, vf.rows(index._n)
+        return index
 
     @classmethod
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> HNSWQuantIndex:
         codec = Codec.from_state(meta["codec"], {name[6:]: arr for name, arr in arrays.items()
                                                  if name.startswith("codec.")})
+        external = VectorFile.check_name(meta)
+        if external is not None:  # the graph's checks see zeros; load opens the file, knowing the folder
+            shape = (meta_int(meta, "count"), meta_int(meta, "dim", 1))
+            arrays = {**arrays, "vectors": np.broadcast_to(np.zeros((1, 1), np.float32), shape)}
         index = super()._from_state(meta, arrays)
+        if external is not None:
+            index._pending_vector_file = external
         if not isinstance(codec, (AffineCodec, RaBitQCodec)) or codec.dim != index.dim or codec.metric != index.metric:
             raise CorruptFileError(f"codec {codec!r} does not fit the index")
         index.codec = codec

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import numba
@@ -554,9 +553,7 @@ class IVFIndex(RecallCalibrated, Index):
         index.centroids = expect_array(arrays, "centroids", (nlist if trained else 0, dim), np.float32)
         expect = {"offsets": ((nlist + 1,), np.int64), "codes": ((n_entries, codec.code_size), np.uint8),
                   "slots": ((n_entries,), np.int32), "deleted": ((n,), np.uint8)}
-        external = meta.get("vector_file")
-        if external is not None and (not isinstance(external, str) or not VectorFile.NAME.match(external)):
-            raise CorruptFileError(f"bad vector file name {external!r}")
+        external = VectorFile.check_name(meta)
         if index.vector_storage != "none" and external is None:
             expect["vectors"] = ((n, dim), np.float32)
         for name, (shape, dtype) in expect.items():
@@ -583,9 +580,8 @@ class IVFIndex(RecallCalibrated, Index):
         collection's checkpoint) opens that file beside ``path`` (for reading, until an add writes to it)."""
         index = super().load(path, mmap=mmap, verify=verify)
         assert isinstance(index, IVFIndex)
-        name = vars(index).pop("_pending_vector_file", None)
-        if name is not None:
-            vf = VectorFile(Path(path).parent / name, index.dim, index._n)
+        vf = VectorFile.open_named(index, path)
+        if vf is not None:
             index._vector_file, index._vectors = vf, vf.rows(index._n)
         return index
 

@@ -53,6 +53,7 @@ class Durable:
 
     # ---- recovery ------------------------------------------------------------------------------------------------
     def _recover(self, sync: str, repair: bool) -> None:
+        self._vectors_moved = False  # an old checkpoint's vectors moved into a vector file (_load_checkpoint)
         manifests = self._read_manifests()
         self._last_gen = manifests[0]["gen"] if manifests else 0
         loaded = False
@@ -105,7 +106,7 @@ class Durable:
         self._open_sides()
         if not self.read_only:  # what a crash left: files of a checkpoint or a merge that never took effect
             self._remove_unreferenced_files(at_open=True)
-            if getattr(self, "_vectors_moved", False):  # a checkpoint that names the vector file, once
+            if self._vectors_moved:  # a checkpoint that names the vector file, once
                 self._checkpoint(True)
                 self._vectors_moved = False
         if replayed:
@@ -194,8 +195,8 @@ class Durable:
                                        f"index of this {self.dim}-d collection")
             main.consolidate_threshold = 1.0  # consolidation happens on copies, never under readers
             storage_dir = self._vectors.storage_dir
-            if getattr(main, "vector_file", False) is None and storage_dir is not None \
-                    and main.vector_storage == "disk":
+            if hasattr(main, "use_vector_file") and main.vector_file is None and main.vector_storage == "disk" \
+                    and storage_dir is not None:
                 # a checkpoint that holds the vectors itself (written before vector files): into one now, and a
                 # checkpoint naming it is written once the collection is open (_recover)
                 main.use_vector_file(VectorFile.create(storage_dir, self.dim))
@@ -210,7 +211,7 @@ class Durable:
             newly = (deleted != 0) & (slot_ids >= 0)  # deleted since the main index file was written
             if newly.any():
                 main.remove(slot_ids[np.flatnonzero(newly)])
-            self._saved_main = None if getattr(self, "_vectors_moved", False) else (main, manifest["main"])
+            self._saved_main = None if self._vectors_moved else (main, manifest["main"])
         self._vectors.reset(main, growing)
 
     # ---- checkpoints ---------------------------------------------------------------------------------------------
