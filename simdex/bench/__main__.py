@@ -79,7 +79,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     disk.add_argument("--out", default="bench-results")
     disk.add_argument("--through", choices=("index", "database"), default="index",
                       help="database: upsert the set into a collection and search it through the database API")
-    disk.add_argument("--index", default="ivf-pq", choices=("ivf-pq", "ivf-rabitq"),
+    disk.add_argument("--index", default="ivf-pq", choices=("ivf-pq", "ivf-rabitq", "hnsw-lvq8", "hnsw-int8"),
                       help="the collection's index kind (--through database)")
     disk.add_argument("--batch", type=int, default=10_000, help="rows per upsert (--through database)")
     startup = sub.add_parser("startup", help="first-call times and compile share in fresh processes: cold cache, "

@@ -266,7 +266,7 @@ def _db_child(args: dict) -> None:
     out["load_vm_hwm_bytes"] = proc_status("VmHWM")
     out["load_written_bytes"] = _written_bytes()  # what the load wrote to disk: log, SQLite, vectors, checkpoints
     main = col._vectors.main
-    out.update({"index_ram_bytes": int(main.nbytes), "nlist": int(main.nlist), "nprobe_default": int(main.nprobe),
+    out.update({"index_ram_bytes": int(main.nbytes), "nlist": int(getattr(main, "nlist", 0)),
                 "disk_bytes": sum(p.stat().st_size for p in col.path.rglob("*") if p.is_file())})
     del base
     release = lambda: drop_pages(col._vectors.main._vectors)  # noqa: E731 - the vector file's pages leave the process
@@ -378,10 +378,11 @@ def format_db_report(r: dict) -> str:
              f"({r['n'] / r['indexed_seconds']:,.0f} rows/s); peak RSS while loading "
              f"{r['load_vm_hwm_bytes'] / mib:.0f} MiB; the load wrote {r.get('load_written_bytes', 0) / gib:.1f} GiB "
              f"({r.get('load_written_bytes', 0) / r['float32_bytes']:.1f}x the float32 data)",
-             f"index RAM {r['index_ram_bytes'] / mib:.0f} MiB ({r['nlist']} lists), collection on disk "
+             f"index RAM {r['index_ram_bytes'] / mib:.0f} MiB" + (f" ({r['nlist']} lists)" if r['nlist'] else "") +
+             f", collection on disk "
              f"{r['disk_bytes'] / gib:.2f} GiB; search peak RSS {r['search_peak_vm_rss_bytes'] / mib:.0f} MiB "
              f"({r['search_peak_vm_rss_bytes'] / r['float32_bytes']:.1%} of the float32 data)",
-             f"{'nprobe':>6s} {'recall@10':>9s} {'p50 ms':>7s} {'p95 ms':>7s}"]
+             f"{'ef':>6s} {'recall@10':>9s} {'p50 ms':>7s} {'p95 ms':>7s}"]
     for p in r["points"]:
         lines.append(f"{p['nprobe']:6d} {p['recall']:9.4f} {p['p50_ms']:7.2f} {p['p95_ms']:7.2f}")
     return "\n".join(lines)
