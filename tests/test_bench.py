@@ -148,6 +148,18 @@ def test_db_bench_every_collection_kind():
     assert "simdex-spann" in db.format_report(report) and "library" in db.format_report(report)
 
 
+def test_merge_bench_on_a_slice():
+    """`python -m simdex.bench merge` on a small collection: each merge of new rows and the checkpoint after it are
+    measured, and where the system counts the bytes a process writes, they are less than one copy of the
+    collection's float32 vectors (which merges and checkpoints no longer rewrite)."""
+    from simdex.bench import merge
+    report = merge.run(index="hnsw-lvq8", n0=6000, step=500, merges=2, log=lambda *a: None)
+    assert [p["rows_before"] for p in report["points"]] == [6000, 6500]
+    assert all(p["seconds"] > 0 for p in report["points"])
+    assert all(p["written_bytes"] < 6000 * 384 * 4 for p in report["points"])
+    assert "hnsw-lvq8" in merge.format_report(report)
+
+
 def test_integrations_bench_on_a_slice():
     """`python -m simdex.bench integrations` on a slice: every framework store finds what the collection finds."""
     from simdex.bench import integrations

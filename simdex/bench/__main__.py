@@ -203,6 +203,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     stream.add_argument("--ef-construction", type=int, default=200)
     stream.add_argument("--threads", type=int, default=None, help="threads of the update calls (default: all)")
     stream.add_argument("--out", default="bench-results")
+    merge = sub.add_parser("merge", help="what one merge (and the checkpoint after it) of a code collection costs")
+    merge.add_argument("--index", default="hnsw-lvq8", choices=("hnsw-lvq8", "hnsw-int8", "ivf-pq", "ivf-rabitq"))
+    merge.add_argument("--n0", type=int, default=90_000, help="rows in the collection before the merges")
+    merge.add_argument("--step", type=int, default=5_000, help="rows per merge")
+    merge.add_argument("--out", default="bench-results")
     vdisk = sub.add_parser("vamana-disk", help="SSD-resident Vamana: recall and resident memory of the search phase")
     vdisk.add_argument("--dataset", default="wordnet-minilm-384", choices=sorted(datasets.DATASETS))
     vdisk.add_argument("--n-base", type=int, default=None)
@@ -327,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
                                alpha=args.alpha, M=args.M, ef_construction=args.ef_construction,
                                threads=args.threads, libs=tuple(args.libs.split(",")))
         _record(streaming, report, args.out, argv)
+        return 0
+    if args.bench == "merge":
+        from . import merge as merge_bench
+        _record(merge_bench, merge_bench.run(index=args.index, n0=args.n0, step=args.step), args.out, argv)
         return 0
     if args.bench == "vamana-disk":
         from . import vamana_disk
