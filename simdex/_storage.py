@@ -185,3 +185,24 @@ class VectorFile:
         """Make the rows written so far durable (the mapping's dirty pages and the file's size)."""
         if self._writable:
             os.fsync(self._file.fileno())
+
+
+class InVectorFile:
+    """Mixin of an index over codes whose float32 vectors (``_vectors``, its first ``_n`` rows) may be kept in a
+    :class:`VectorFile` (a database collection's; see the index's ``use_vector_file``): the file, and a ``load``
+    that opens the file a snapshot names, beside the snapshot (for reading, until the index writes to it)."""
+
+    _vector_file: VectorFile | None = None
+
+    @property
+    def vector_file(self) -> VectorFile | None:
+        """The :class:`VectorFile` the vectors are in, or None."""
+        return self._vector_file
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Any:
+        index = super().load(path, mmap=mmap, verify=verify)  # type: ignore[misc]
+        vf = VectorFile.open_named(index, path)
+        if vf is not None:
+            index._vector_file, index._vectors = vf, vf.rows(index._n)
+        return index

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +33,7 @@ from ..index import meta_int
 from ..metrics import to_public
 from ..core import graph as G
 from ._scorers import AffineCodes, Rerank
-from .._storage import VectorFile, disk_array, drop_pages
+from .._storage import InVectorFile, VectorFile, disk_array, drop_pages
 from .codec import Codec, TrainedOnFirstRows, make_codec, training_sample
 from .rabitq import RaBitQCodec
 from .scalar import AffineCodec, LVQCodec
@@ -42,7 +41,7 @@ from .scalar import AffineCodec, LVQCodec
 _RERANK_MODES = {"none": 0, "vectors": 1, "residual": 2}
 
 
-class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
+class HNSWQuantIndex(InVectorFile, TrainedOnFirstRows, HNSWIndex):
     """Approximate k-NN on an HNSW graph whose traversal uses int8 / LVQ codes.
 
     Parameters
@@ -184,11 +183,6 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
                 self._vector_file = vector_file
             self._vectors = vector_file.writable(max(self._vectors.shape[0], self._n))
             self._materialize()
-
-    @property
-    def vector_file(self) -> VectorFile | None:
-        """The :class:`VectorFile` the vectors are in (:meth:`use_vector_file`), or None."""
-        return self._vector_file
 
     @classmethod
     def from_hnsw(cls, index: HNSWIndex, codec: Any = "lvq8", **kwargs: Any) -> HNSWQuantIndex:
@@ -359,17 +353,6 @@ class HNSWQuantIndex(TrainedOnFirstRows, HNSWIndex):
             meta["vector_file"] = self._vector_file.name
         arrays.update({f"codec.{name}": arr for name, arr in codec_arrays.items()})
         return meta, arrays
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> HNSWQuantIndex:
-        """:meth:`~simdex.index.BaseIndex.load`; an index whose snapshot names a vector file (a database
-        collection's checkpoint) opens that file beside ``path`` (for reading, until an insert writes to it)."""
-        index = super().load(path, mmap=mmap, verify=verify)
-        assert isinstance(index, HNSWQuantIndex)
-        vf = VectorFile.open_named(index, path)
-        if vf is not None:
-            index._vector_file, index._vectors = vf, vf.rows(index._n)
-        return index
 
     @classmethod
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> HNSWQuantIndex:

@@ -16,7 +16,6 @@ vectors are compacted.
 from __future__ import annotations
 
 import copy
-import os
 import threading
 from typing import Any
 
@@ -34,7 +33,7 @@ from ..core.scorer import Vectors
 from ..dense.calibration import RecallCalibrated, calibrating
 from ._kmeans import kmeans
 from ._scorers import AffineCodes, BinaryCodes, IVFPQCodes
-from .._storage import VectorFile, disk_array
+from .._storage import InVectorFile, VectorFile, disk_array
 from .binary import BinaryCodec
 from .codec import Codec, expect_array, make_codec, outgrew_training
 from .pq import KS, PQCodec
@@ -52,7 +51,7 @@ _MAX_LISTS = 1 << 24  # far above any useful nlist; bounds the list offsets allo
 # even at 32); beyond it argpartition wins
 _SELECT_PROBES_MAX = 32
 
-class IVFIndex(RecallCalibrated, Index):
+class IVFIndex(InVectorFile, RecallCalibrated, Index):
     """Inverted-file index over codes.
 
     Parameters
@@ -494,11 +493,6 @@ class IVFIndex(RecallCalibrated, Index):
                 self._vector_file = vector_file
             self._materialize()
 
-    @property
-    def vector_file(self) -> VectorFile | None:
-        """The :class:`VectorFile` the vectors are in (:meth:`use_vector_file`), or None."""
-        return self._vector_file
-
     # ---- access --------------------------------------------------------------------------------------------------
     def get_vectors(self, ids: Any) -> np.ndarray:
         """Stored float vectors of ``ids``; with ``vectors="none"`` their reconstruction from the codes."""
@@ -572,17 +566,6 @@ class IVFIndex(RecallCalibrated, Index):
         if trained:
             index._precompute()
         index._restore_calibration(meta)
-        return index
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> IVFIndex:
-        """:meth:`~simdex.index.BaseIndex.load`; an index whose snapshot names a vector file (a database
-        collection's checkpoint) opens that file beside ``path`` (for reading, until an add writes to it)."""
-        index = super().load(path, mmap=mmap, verify=verify)
-        assert isinstance(index, IVFIndex)
-        vf = VectorFile.open_named(index, path)
-        if vf is not None:
-            index._vector_file, index._vectors = vf, vf.rows(index._n)
         return index
 
     def _check_loaded(self) -> None:
