@@ -182,13 +182,7 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
             self.codec, self.nlist = copy.deepcopy(self.codec), nlist
             self._train(self._training_rows(sample), False, private=True)
             self.trained_rows = int(live.size)  # (as a first add of them all would; see wants_retraining)
-            labels = np.empty(n, np.int64)
-            codes = np.empty((n, self.codec.code_size), np.uint8)
-            for s in range(0, n, _ENCODE_ROWS):  # deleted slots too: they stay tombstones in the lists
-                x = np.asarray(self._vectors[s:s + _ENCODE_ROWS])
-                labels[s:s + x.shape[0]] = self._assign(x)
-                lab = labels[s:s + x.shape[0]]
-                codes[s:s + x.shape[0]] = self.codec.encode(x - self.centroids[lab] if self._residual else x)
+            labels, codes = self._encode(self._vectors[:n])  # deleted slots too: they stay tombstones in the lists
             order = np.argsort(labels, kind="stable")
             offsets = np.zeros(nlist + 1, np.int64)
             offsets[1:] = np.cumsum(np.bincount(labels, minlength=nlist))
@@ -259,6 +253,19 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
         from ._kmeans import assign
         return assign(x, cent)[0]
 
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The list (int64 (n,)) and code (uint8 (n, code_size)) of every row of ``x``, a chunk of _ENCODE_ROWS
+        at a time: the residuals and their temporaries stay small whatever the number of rows (``x`` may be a
+        file-backed array, read a chunk at a time)."""
+        n = x.shape[0]
+        labels = np.empty(n, np.int64)
+        codes = np.empty((n, self.codec.code_size), np.uint8)
+        for s in range(0, n, _ENCODE_ROWS):
+            part = np.asarray(x[s:s + _ENCODE_ROWS])
+            labels[s:s + part.shape[0]] = lab = self._assign(part)
+            codes[s:s + part.shape[0]] = self.codec.encode(part - self.centroids[lab] if self._residual else part)
+        return labels, codes
+
     # ---- add -----------------------------------------------------------------------------------------------------
     @calibrating
     def add(self, vectors: Any, ids: Any = None, *, threads: int | None = None,
@@ -272,12 +279,7 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
                 self._train(x, progress)
                 self.trained_rows = x.shape[0]
             n_new = x.shape[0]
-            labels = np.empty(n_new, np.int64)
-            codes = np.empty((n_new, self.codec.code_size), np.uint8)
-            for s in range(0, n_new, _ENCODE_ROWS):  # the residuals a chunk at a time, whatever the batch
-                part = x[s:s + _ENCODE_ROWS]
-                labels[s:s + part.shape[0]] = lab = self._assign(part)
-                codes[s:s + part.shape[0]] = self.codec.encode(part - self.centroids[lab] if self._residual else part)
+            labels, codes = self._encode(x)
             self._materialize()
             start = self._n
             if self._vector_file is not None:  # after the rows the live index reads: nothing is copied
@@ -479,19 +481,8 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
             self._vectors = vectors
         self._materialize()  # the codes and lists into memory (an index loaded with mmap=True maps them)
 
-    def use_vector_file(self, vector_file: VectorFile) -> None:
-        """Keep the float32 vectors (``vectors="disk"``) in ``vector_file``, a :class:`VectorFile` that the
-        copies of this index share (a database collection's): later adds append to it, compaction writes its
-        successor, and :meth:`snapshot` names it instead of holding the vectors. The rows held now are copied into
-        it (a chunk at a time) unless it already holds them (an index loaded from a snapshot that names it)."""
-        if self.vector_storage != "disk":
-            raise InvalidInputError(f"only an index with vectors='disk' keeps them in a vector file, not "
-                                    f"vectors={self.vector_storage!r}")
-        with self._write_lock:
-            if vector_file is not self._vector_file:
-                self._vectors = vector_file.append_rows(0, self._vectors[:self._n])
-                self._vector_file = vector_file
-            self._materialize()
+    def _vectors_in(self, vector_file: VectorFile) -> np.ndarray:
+        return vector_file.rows(self._n)  # (an add writes its rows through VectorFile.write)
 
     # ---- access --------------------------------------------------------------------------------------------------
     def get_vectors(self, ids: Any) -> np.ndarray:
