@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CorruptFileError
+from .errors import CorruptFileError, InvalidInputError
 
 
 def reserve(f: Any, size: int) -> None:
@@ -189,8 +189,10 @@ class VectorFile:
 
 class InVectorFile:
     """Mixin of an index over codes whose float32 vectors (``_vectors``, its first ``_n`` rows) may be kept in a
-    :class:`VectorFile` (a database collection's; see the index's ``use_vector_file``): the file, and a ``load``
-    that opens the file a snapshot names, beside the snapshot (for reading, until the index writes to it)."""
+    :class:`VectorFile` (a database collection's): :meth:`use_vector_file`, the file, and a ``load`` that opens
+    the file a snapshot names, beside the snapshot (for reading, until the index writes to it). The index says
+    which view of the file is its ``_vectors`` (:meth:`_vectors_in`) and what its other arrays need then
+    (``_materialize``)."""
 
     _vector_file: VectorFile | None = None
 
@@ -198,6 +200,25 @@ class InVectorFile:
     def vector_file(self) -> VectorFile | None:
         """The :class:`VectorFile` the vectors are in, or None."""
         return self._vector_file
+
+    def _vectors_in(self, vector_file: VectorFile) -> np.ndarray:
+        """The view of ``vector_file`` that the index keeps as ``_vectors`` (it holds the index's rows)."""
+        raise NotImplementedError
+
+    def use_vector_file(self, vector_file: VectorFile) -> None:
+        """Keep the float32 vectors (``vectors="disk"``) in ``vector_file``, which the copies of this index share
+        (a database collection's): later adds write after the rows the index holds, compaction writes a successor,
+        and ``snapshot`` names the file instead of holding the vectors. The rows held now are copied into it (a
+        chunk at a time) unless it already holds them (an index loaded from a snapshot that names it)."""
+        if self.vector_storage != "disk":
+            raise InvalidInputError(f"only an index with vectors='disk' keeps them in a vector file, not "
+                                    f"vectors={self.vector_storage!r}")
+        with self._write_lock:
+            if vector_file is not self._vector_file:
+                vector_file.append_rows(0, self._vectors[:self._n])
+                self._vector_file = vector_file
+            self._vectors = self._vectors_in(vector_file)
+            self._materialize()
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> Any:

@@ -169,20 +169,9 @@ class HNSWQuantIndex(InVectorFile, TrainedOnFirstRows, HNSWIndex):
             self.drop_vector_pages()
         self._materialize()
 
-    def use_vector_file(self, vector_file: VectorFile) -> None:
-        """Keep the float32 vectors (``vectors="disk"``) in ``vector_file``, a :class:`VectorFile` that the
-        copies of this index share (a database collection's): inserts write after the rows the index holds,
-        compaction writes a successor, and :meth:`snapshot` names the file instead of holding the vectors. The rows
-        held now are copied into it (a chunk at a time) unless it already holds them."""
-        if self.vector_storage != "disk":
-            raise InvalidInputError(f"only an index with vectors='disk' keeps them in a vector file, not "
-                                    f"vectors={self.vector_storage!r}")
-        with self._write_lock:
-            if vector_file is not self._vector_file:
-                vector_file.append_rows(0, self._vectors[:self._n])
-                self._vector_file = vector_file
-            self._vectors = vector_file.writable(max(self._vectors.shape[0], self._n))
-            self._materialize()
+    def _vectors_in(self, vector_file: VectorFile) -> np.ndarray:
+        # the graph's capacity, writable: an insert writes its rows in place
+        return vector_file.writable(max(self._vectors.shape[0], self._n))
 
     @classmethod
     def from_hnsw(cls, index: HNSWIndex, codec: Any = "lvq8", **kwargs: Any) -> HNSWQuantIndex:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import fileformat
-from .._storage import VECTOR_FILE, VectorFile
+from .._storage import VECTOR_FILE, InVectorFile, VectorFile
 from ..dense import FlatIndex
 from ..errors import CorruptDatabaseError, CorruptFileError, ReadOnlyError, StorageError
 from ..fileformat import fsync_path
@@ -195,7 +195,7 @@ class Durable:
                                        f"index of this {self.dim}-d collection")
             main.consolidate_threshold = 1.0  # consolidation happens on copies, never under readers
             storage_dir = self._vectors.storage_dir
-            if hasattr(main, "use_vector_file") and main.vector_file is None and main.vector_storage == "disk" \
+            if isinstance(main, InVectorFile) and main.vector_file is None and main.vector_storage == "disk" \
                     and storage_dir is not None:
                 # a checkpoint that holds the vectors itself (written before vector files): into one now, and a
                 # checkpoint naming it is written once the collection is open (_recover)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._storage import VectorFile
+from .._storage import InVectorFile, VectorFile
 from .._validate import already_checked
 from ..dense.calibration import check_target_recall
 from ..errors import InvalidInputError
@@ -178,8 +178,8 @@ class RecordVectors(SideIndex):
                                         self.building), moved
         if base is None:
             new = new_main_index(self.dim, self.metric, self.index_kind, self.params, self.storage_dir, len(moved))
-            if self.vector_files and self.storage_dir and getattr(new, "vector_storage", None) == "disk" \
-                    and hasattr(new, "use_vector_file"):
+            if self.vector_files and self.storage_dir and isinstance(new, InVectorFile) \
+                    and new.vector_storage == "disk":
                 new.use_vector_file(VectorFile.create(self.storage_dir, self.dim))
         else:
             new = base.copy()
