@@ -45,3 +45,15 @@ def proc_status(field: str, pid: int | str = "self") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def written_bytes() -> int:
+    """Bytes this process has caused to be written to storage (``write_bytes`` of ``/proc/self/io``; counted when
+    pages are dirtied, so 0 on file systems in memory), or 0 where there is no such file."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

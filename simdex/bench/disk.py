@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import datasets
 from .ann import _machine
-from ._common import proc_status, pyplot
+from ._common import proc_status, pyplot, written_bytes
 
 DIM = 384
 
@@ -264,7 +264,7 @@ def _db_child(args: dict) -> None:
     out["load_seconds"] = time.perf_counter() - t0
     out["progress"] = progress
     out["load_vm_hwm_bytes"] = proc_status("VmHWM")
-    out["load_written_bytes"] = _written_bytes()  # what the load wrote to disk: log, SQLite, vectors, checkpoints
+    out["load_written_bytes"] = written_bytes()  # what the load wrote to disk: log, SQLite, vectors, checkpoints
     main = col._vectors.main
     out.update({"index_ram_bytes": int(main.nbytes), "nlist": int(getattr(main, "nlist", 0)),
                 "disk_bytes": sum(p.stat().st_size for p in col.path.rglob("*") if p.is_file())})
@@ -292,17 +292,6 @@ def _db_child(args: dict) -> None:
     out["vm_hwm_bytes"] = proc_status("VmHWM")
     db.close()
     print(json.dumps(out))
-
-
-def _written_bytes() -> int:
-    """Bytes this process has caused to be written to storage (``write_bytes`` of /proc/self/io), or 0."""
-    try:
-        for line in Path("/proc/self/io").read_text().splitlines():
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def run_db(*, n: int = 2_000_000, limit_mb: int = 700, n_queries: int = 1000, sigma: float = 0.25,

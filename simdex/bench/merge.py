@@ -16,14 +16,7 @@ import numpy as np
 
 from .. import datasets
 from .ann import _machine
-from ._common import save_json
-
-
-def _written() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return 0
+from ._common import save_json, written_bytes
 
 
 def run(*, index: str = "hnsw-lvq8", n0: int = 90_000, step: int = 5_000, merges: int = 3, log=print) -> dict:
@@ -42,11 +35,11 @@ def run(*, index: str = "hnsw-lvq8", n0: int = 90_000, step: int = 5_000, merges
         for m in range(merges):
             s = n0 + m * step
             col.upsert(ids[s:s + step], base[s:s + step])
-            written, t0 = _written(), time.perf_counter()
+            written, t0 = written_bytes(), time.perf_counter()
             col.merge()
             col.checkpoint()
             points.append({"rows_before": s, "seconds": time.perf_counter() - t0,
-                           "written_bytes": _written() - written})
+                           "written_bytes": written_bytes() - written})
             log(f"  merge of {step} rows into {s}: {points[-1]['seconds']:.2f} s, "
                 f"{points[-1]['written_bytes'] / 2**20:.0f} MiB written")
         db.close()

@@ -59,8 +59,6 @@ class Curve:
         return max(best, float(np.exp(np.log(q0) + frac * (np.log(q1) - np.log(q0)))))
 
 
-
-
 def _timed(fn, nq: int, repeats: int) -> tuple[float, np.ndarray]:
     best, ids = float("inf"), None
     for _ in range(repeats):

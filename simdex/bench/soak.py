@@ -31,8 +31,6 @@ from ._common import proc_status, save_json
 QUERY_ROW = 107_659
 
 
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
