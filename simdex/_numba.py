@@ -115,11 +115,24 @@ def num_threads(threads: int | None) -> Iterator[int]:
         return
     previous = numba.get_num_threads()
     used = max(1, min(int(threads), max_threads()))
+    if used == previous:
+        yield used
+        return
     numba.set_num_threads(used)
     try:
         yield used
     finally:
         numba.set_num_threads(previous)
+
+
+def batch_threads(threads: int | None, rows: int) -> int:
+    """How many threads :func:`run_threads` should spread ``rows`` rows over: ``threads`` (None: numba's current
+    setting), at most ``rows``. Unlike :func:`num_threads` this leaves numba's own setting alone (changing it and
+    back costs 5 us, a tenth of a single query): for loops that only ``run_threads`` parallelises."""
+    if rows <= 1:
+        return 1
+    used = numba.get_num_threads() if threads is None else min(int(threads), max_threads())
+    return max(1, min(used, rows))
 
 
 def cpu_count() -> int:

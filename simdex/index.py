@@ -44,7 +44,7 @@ from . import fileformat
 from ._validate import check_dim, check_ids, check_k, check_metric, check_threads, check_vectors
 from .errors import CorruptFileError, InvalidInputError, UnknownKindError, UnsupportedOperationError
 from .idmap import IdMap
-from .metrics import METRIC_CODES
+from .metrics import METRIC_CODES, public_results
 
 # The module that defines each kind of index. ``index_class`` (and so :func:`load`) imports it on first need, so
 # a file loads in a fresh process whatever has been imported so far, and a package can name a kind that a
@@ -228,6 +228,11 @@ class Index(BaseIndex):
         threads = check_threads(threads)
         allowed = None if filter is None else self._idmap.allowed_mask(filter)
         return q, k, allowed, threads
+
+    def _results(self, internal: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The public ``(distances, ids)`` of a search kernel's internal distances and slots (nq, k), converted in
+        place (:func:`simdex.metrics.public_results`)."""
+        return public_results(self._metric_code, internal, slots, self._idmap.slot_ids)
 
     def _slots_for_removal(self, ids: Any) -> np.ndarray:
         return self._idmap.slots_of(check_ids(ids))

@@ -83,6 +83,25 @@ def to_public(metric: str, internal: np.ndarray) -> np.ndarray:
     return internal
 
 
+def public_results(metric_code: int, internal: np.ndarray, slots: np.ndarray, slot_ids: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """A search's answer as the public ``(distances, ids)``: ``internal`` distances (any shape) converted in place
+    as :func:`to_public` does, and the ids of ``slots`` (int, same shape) read from ``slot_ids``, -1 where a slot
+    is negative ("no result"). One compiled pass: numpy's where/take/add cost a single query 5 us."""
+    ids = np.empty(slots.shape, np.int64)
+    _public_results(metric_code, internal.reshape(-1), slots.reshape(-1), slot_ids, ids.reshape(-1))
+    return internal, ids
+
+
+@kernel
+def _public_results(metric_code, internal, slots, slot_ids, ids):
+    for i in range(slots.shape[0]):
+        s = slots[i]
+        ids[i] = slot_ids[s] if s >= 0 else -1
+        if metric_code != L2:
+            internal[i] += np.float32(1.0)
+
+
 def pairwise(metric: str, queries: np.ndarray, vectors: np.ndarray,
              vector_sqnorms: np.ndarray | None = None) -> np.ndarray:
     """Internal distances of all query/vector pairs with one BLAS call: shape (len(queries), len(vectors)).

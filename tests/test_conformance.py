@@ -330,6 +330,39 @@ def test_input_not_modified_and_not_aliased(kind, l2_data):
     np.testing.assert_allclose(after[0], before[0], rtol=1e-6)
 
 
+def test_one_query_per_call_answers_as_the_batch(kind, metric, data):
+    """A query searched alone (the single-query path: no parallel launch, one thread) gets the answer it gets in a
+    batch searched with both threads, with tombstones in the index too."""
+    base, queries = data
+    index = FACTORIES[kind](base.shape[1], metric)
+    index.add(base)
+    index.remove(np.arange(0, N, 7))
+    batch_d, batch_i = index.search(queries[:20], 10, threads=2)
+    for q, d, i in zip(queries[:20], batch_d, batch_i):
+        one_d, one_i = index.search(q[None], 10, threads=1)
+        np.testing.assert_array_equal(one_i[0], i)
+        np.testing.assert_allclose(one_d[0], d, rtol=1e-5, atol=1e-5)
+    assert not np.isin(batch_i, np.arange(0, N, 7)).any()
+
+
+def test_checked_vectors_are_normalised_row_by_row():
+    """Cosine inputs are scaled to unit norm in float64 precision, each row on its own (a row's result does not
+    depend on the rows beside it), tiny and huge rows included; values beyond float32 are refused."""
+    from simdex._validate import check_vectors
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 33)).astype(np.float32)
+    x[1] *= np.float32(1e-41)  # subnormal values: the scale overflows float32
+    x[2] *= np.float32(1e30)
+    out = check_vectors(x, 33, normalize=True)
+    ref = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    np.testing.assert_allclose(out, ref, rtol=3e-6, atol=1e-7)
+    for r in range(6):
+        np.testing.assert_array_equal(check_vectors(x[r:r + 1], 33, normalize=True)[0], out[r])
+    assert out is not x and not np.shares_memory(out, x)
+    with pytest.raises(InvalidInputError, match="NaN or infinite values .first at row 1"):
+        check_vectors(np.array([[1.0, 2.0], [1e39, 0.0]]), 2)
+
+
 def test_integer_and_float64_input_accepted(kind, l2_data):
     base, queries = l2_data
     index = FACTORIES[kind](base.shape[1], "l2")

@@ -203,6 +203,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     stream.add_argument("--ef-construction", type=int, default=200)
     stream.add_argument("--threads", type=int, default=None, help="threads of the update calls (default: all)")
     stream.add_argument("--out", default="bench-results")
+    calls = sub.add_parser("calls", help="the fixed cost of one query per call: each index kind's single-query "
+                                          "search vs its batch search, through a collection, and hnswlib's")
+    calls.add_argument("--kinds", default=",".join(("hnsw", "hnsw-lvq8", "hnsw-int8", "ivf-pq", "vamana",
+                                                     "vamana-disk", "spann", "flat")))
+    calls.add_argument("--n-base", type=int, default=20_000)
+    calls.add_argument("--n-queries", type=int, default=1000)
+    calls.add_argument("--efforts", default="16,64", help="comma-separated search efforts (ef, L or nprobe)")
+    calls.add_argument("--rounds", type=int, default=5, help="interleaved timed passes; the median counts")
+    calls.add_argument("--out", default="bench-results")
     merge = sub.add_parser("merge", help="what one merge (and the checkpoint after it) of a code collection costs")
     merge.add_argument("--index", default="hnsw-lvq8", choices=("hnsw-lvq8", "hnsw-int8", "ivf-pq", "ivf-rabitq"))
     merge.add_argument("--n0", type=int, default=90_000, help="rows in the collection before the merges")
@@ -332,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
                                alpha=args.alpha, M=args.M, ef_construction=args.ef_construction,
                                threads=args.threads, libs=tuple(args.libs.split(",")))
         _record(streaming, report, args.out, argv)
+        return 0
+    if args.bench == "calls":
+        from . import calls as calls_bench
+        report = calls_bench.run(tuple(args.kinds.split(",")), n_base=args.n_base, n_queries=args.n_queries,
+                                 efforts=tuple(int(e) for e in args.efforts.split(",")), rounds=args.rounds)
+        _record(calls_bench, report, args.out, argv)
         return 0
     if args.bench == "merge":
         from . import merge as merge_bench

@@ -11,23 +11,25 @@ holds and of ``slots`` (each entry's storage slot).
 
 from __future__ import annotations
 
-import numba
-from numba import prange
-
 from .._heap import copy_padded, heap_push, heap_replace_top, heap_sort_ascending
-from .._numba import kernel
+from .._numba import kernel, run_threads
 from .beam import pair_scratch
 from .scorer import list_query, query, rescore, scan_score
 
 
-@kernel(parallel=True)
-def select_probes(coarse, nprobe, probes, probe_d):
+def select_probes(coarse, nprobe, probes, probe_d, nthreads: int = 1) -> None:
     """The ``nprobe`` nearest lists of each query, nearest first: ``coarse`` (nq, nlist) distances ->
-    ``probes`` (nq, nprobe) int64 and their distances ``probe_d``. An insertion into a short sorted row, skipped
-    for the many lists that are not closer than the row's last: about one comparison per list for small nprobe
-    (np.argpartition costs several times more per row)."""
+    ``probes`` (nq, nprobe) int64 and their distances ``probe_d``, the queries spread over ``nthreads``. An
+    insertion into a short sorted row, skipped for the many lists that are not closer than the row's last: about
+    one comparison per list for small nprobe (np.argpartition costs several times more per row)."""
+    run_threads(select_probe_rows, coarse.shape[0], nthreads, coarse, nprobe, probes, probe_d)
+
+
+@kernel
+def select_probe_rows(coarse, nprobe, probes, probe_d, t, lo, hi):
+    """:func:`select_probes` for queries lo..hi-1."""
     nlist = coarse.shape[1]
-    for qi in prange(coarse.shape[0]):
+    for qi in range(lo, hi):
         row = coarse[qi]
         bd = probe_d[qi]
         bi = probes[qi]
@@ -69,23 +71,31 @@ def finish_heap(heap_d, heap_i, n, rerank, metric, q, vectors, out_d, out_i):
     copy_padded(heap_d, heap_i, n, out_d, out_i)
 
 
-@kernel(parallel=True)
 def scan_lists(sc, nthreads, probes, offsets, slots, cap, k, allowed, use_filter, invert, seen, stamp0, rerank,
-               metric, queries, vectors, out_d, out_i):
-    """k-NN of every query of ``sc`` (parallel over queries) over its probed lists ``probes`` (nq, nprobe; -1:
-    skipped), keeping the ``cap`` best entries, then (with ``rerank``) re-ranking them from ``vectors`` in the
-    internal ``metric`` with ``queries``; writes internal distances and slots, padded with (inf, -1).
+               metric, queries, vectors, out_d, out_i) -> None:
+    """k-NN of every query of ``sc`` over its probed lists ``probes`` (nq, nprobe; -1: skipped), keeping the
+    ``cap`` best entries, then (with ``rerank``) re-ranking them from ``vectors`` in the internal ``metric`` with
+    ``queries``; writes internal distances and slots, padded with (inf, -1). The queries are spread over
+    ``nthreads`` threads (:func:`simdex._numba.run_threads`: a single query runs without a parallel launch,
+    which cost it more than the scan of 16 lists).
 
     Entries are skipped when ``use_filter`` and their slot is not allowed (``allowed[slot] != 0``, or ``== 0``
-    with ``invert``), and, when ``seen`` (threads, n_slots) int32 has columns, when their slot was already scored
-    for this query (SPANN's closure stores a boundary vector in several lists): query qi marks slots with
-    ``stamp0 + qi``, which the caller keeps unique across calls, so the marks never need clearing. ``nthreads``
-    sizes the per-thread heaps (numba.get_num_threads() inside a kernel stops numba caching it).
+    with ``invert``), and, when ``seen`` (>= nthreads, n_slots) int32 has columns, when their slot was already
+    scored for this query (SPANN's closure stores a boundary vector in several lists): query qi marks slots with
+    ``stamp0 + qi``, which the caller keeps unique across calls, so the marks never need clearing.
     """
+    run_threads(scan_rows, out_d.shape[0], nthreads, sc, probes, offsets, slots, cap, k, allowed, use_filter,
+                invert, seen, stamp0, rerank, metric, queries, vectors, out_d, out_i)
+
+
+@kernel
+def scan_rows(sc, probes, offsets, slots, cap, k, allowed, use_filter, invert, seen, stamp0, rerank, metric,
+              queries, vectors, out_d, out_i, t, lo, hi):
+    """:func:`scan_lists` for queries lo..hi-1 on thread slot t."""
     dedup = seen.shape[1] > 0
-    heap_d, heap_i = pair_scratch(nthreads, cap)
-    for qi in prange(out_d.shape[0]):
-        t = numba.get_thread_id()
+    scratch_d, scratch_i = pair_scratch(1, cap)
+    heap_d, heap_i = scratch_d[0], scratch_i[0]
+    for qi in range(lo, hi):
         q = query(sc, qi, t)
         stamp = stamp0 + qi
         n = 0
@@ -104,6 +114,6 @@ def scan_lists(sc, nthreads, probes, offsets, slots, cap, k, allowed, use_filter
                     seen[t, slot] = stamp
                 d = scan_score(sc, lq, e)
                 # skipping the heap for entries that cannot enter it is the common case once it is full
-                if n < cap or d < heap_d[t, 0]:
-                    n = offer(heap_d[t], heap_i[t], n, cap, d, slot)
-        finish_heap(heap_d[t], heap_i[t], n, rerank, metric, queries[qi], vectors, out_d[qi, :k], out_i[qi, :k])
+                if n < cap or d < heap_d[0]:
+                    n = offer(heap_d, heap_i, n, cap, d, slot)
+        finish_heap(heap_d, heap_i, n, rerank, metric, queries[qi], vectors, out_d[qi, :k], out_i[qi, :k])

@@ -8,7 +8,6 @@ import numpy as np
 
 from .._numba import num_threads
 from ..index import Index, meta_int
-from ..metrics import to_public
 from ..core.exact import exact_knn, exact_knn_subset
 
 
@@ -85,8 +84,7 @@ class FlatIndex(Index):
                 slots = rows
             else:
                 dist, slots = exact_knn_subset(self.metric, q, self._vectors, allowed, k, self._sqnorms)
-        ids = np.where(slots >= 0, self._idmap.slot_ids[np.maximum(slots, 0)], -1)
-        return to_public(self.metric, dist), ids
+        return self._results(dist, slots)
 
     def remove(self, ids: Any) -> int:
         slots = self._slots_for_removal(ids)

@@ -14,7 +14,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .._numba import num_threads, run_threads
+from .._numba import batch_threads, num_threads, run_threads
 from .._progress import progress_bar
 from .._validate import MAX_DEGREE, MAX_RESULTS, check_positive_int, check_real, check_threads
 from ..errors import CorruptFileError
@@ -22,7 +22,6 @@ from ..index import Index, meta_int
 from ..core import graph as G
 from ..core.beam import ScratchPool, thread_scratch
 from ..core.scorer import Vectors
-from ..metrics import to_public
 from . import _hnsw_kernels as K
 from ..core.exact import exact_knn_subset
 from .calibration import RecallCalibrated, calibrating
@@ -274,20 +273,15 @@ class HNSWIndex(RecallCalibrated, Index):
                 allowed, invert = self._deleted[:self._n], True
             else:
                 allowed = allowed & (self._deleted[:self._n] == 0)
-        with num_threads(threads) as nthreads:
-            nthreads = max(1, min(nthreads, nq))
-            if allowed is None:
-                self._search_graph(q, k, ef, ef, None, False, nthreads, out_d, out_s)
-            else:
-                n_allowed = self._n - self._n_deleted if invert else int(np.count_nonzero(allowed))
-                if self._prefer_exact(n_allowed, ef):
-                    if invert:
-                        allowed = (allowed == 0).view(np.uint8)
-                    out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], allowed, k)
-                else:
-                    self._search_graph(q, k, ef, ef, allowed, invert, nthreads, out_d, out_s)
-        ids = np.where(out_s >= 0, self._idmap.slot_ids[np.maximum(out_s, 0)], -1)
-        return to_public(self.metric, out_d), ids
+        n_allowed = -1 if allowed is None else self._n - self._n_deleted if invert else int(np.count_nonzero(allowed))
+        if allowed is not None and self._prefer_exact(n_allowed, ef):
+            if invert:
+                allowed = (allowed == 0).view(np.uint8)
+            with num_threads(threads):
+                out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], allowed, k)
+        else:
+            self._search_graph(q, k, ef, ef, allowed, invert, batch_threads(threads, nq), out_d, out_s)
+        return self._results(out_d, out_s)
 
     def _search_slot_ranges(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int
                             ) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numba
 import numpy as np
 
-from .._numba import num_threads
+from .._numba import batch_threads, num_threads
 from .._progress import progress_bar
 from .._validate import MAX_DEGREE, MAX_RESULTS, check_filter, check_positive_int, check_real, check_threads
 from ..errors import CorruptFileError, InvalidInputError
@@ -41,7 +41,7 @@ from ..index import Index, meta_int, write_snapshot
 from ..core import graph as G
 from ..core.beam import ScratchPool, thread_scratch
 from ..core.scorer import Vectors
-from ..metrics import to_public
+from ..metrics import public_results
 from . import _vamana_kernels as K
 from ..core.exact import exact_knn_subset
 from .calibration import RecallCalibrated, calibrating
@@ -414,10 +414,9 @@ class VamanaIndex(RecallCalibrated, Index):
                 else:
                     L = min(int(np.ceil(L / live_share)), MAX_RESULTS)
             out_d, out_s = self._search_graph(g, q, k, L, allowed, threads)
-            ids = np.where(out_s >= 0, g.slot_ids[np.maximum(out_s, 0)], -1)
+            return public_results(self._metric_code, out_d, out_s, g.slot_ids)
         finally:
             self._leave(epoch)
-        return to_public(self.metric, out_d), ids
 
     def _search_graph(self, g: _Graph, q: np.ndarray, k: int, L: int, allowed: np.ndarray | None,
                       threads: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -425,23 +424,22 @@ class VamanaIndex(RecallCalibrated, Index):
         out_d = np.empty((nq, k), np.float32)
         out_s = np.empty((nq, k), np.int32)
         cap = g.vectors.shape[0]
-        with num_threads(threads) as nthreads:
-            nthreads = max(1, min(nthreads, nq))
-            n_allowed = 0 if allowed is None else int(np.count_nonzero(allowed))
-            if allowed is not None and self._prefer_exact(n_allowed, L, n_allowed / self._walked()):
-                d, s = exact_knn_subset(self.metric, q, g.vectors, allowed, k)
-                out_d[:], out_s[:] = d, s
-                return out_d, out_s
-            scratch = self._scratch.take(nthreads, cap)
-            try:
-                # tombstones still route: the finisher drops them from the results
-                sc, fin, graph = Vectors(self._metric_code, q, g.vectors), G.LiveTopK(g.state), self._graph(g)
-                if allowed is None:
-                    G.search_batch(sc, fin, *graph, k, L, False, out_d, out_s, *scratch)
-                else:
-                    G.search_batch_filtered(sc, fin, *graph, k, L, allowed, False, out_d, out_s, *scratch)
-            finally:
-                self._scratch.give(scratch)
+        n_allowed = 0 if allowed is None else int(np.count_nonzero(allowed))
+        if allowed is not None and self._prefer_exact(n_allowed, L, n_allowed / self._walked()):
+            with num_threads(threads):
+                out_d[:], out_s[:] = exact_knn_subset(self.metric, q, g.vectors, allowed, k)
+            return out_d, out_s
+        nthreads = batch_threads(threads, nq)
+        scratch = self._scratch.take(nthreads, cap)
+        try:
+            # tombstones still route: the finisher drops them from the results
+            sc, fin, graph = Vectors(self._metric_code, q, g.vectors), G.LiveTopK(g.state), self._graph(g)
+            if allowed is None:
+                G.search_batch(sc, fin, *graph, k, L, False, out_d, out_s, *scratch)
+            else:
+                G.search_batch_filtered(sc, fin, *graph, k, L, allowed, False, out_d, out_s, *scratch)
+        finally:
+            self._scratch.give(scratch)
         return out_d, out_s
 
     @staticmethod

@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from .._numba import num_threads
+from .._numba import batch_threads, num_threads
 from .._validate import MAX_RESULTS, check_positive_int
 from ..core.exact import exact_knn_subset
 from ..dense.hnsw import HNSWIndex
 from ..errors import CorruptFileError, InvalidInputError
 from ..idmap import IdMap
 from ..index import meta_int
-from ..metrics import to_public
 from ..core import graph as G
 from ._scorers import AffineCodes, Rerank
 from .._storage import InVectorFile, VectorFile, disk_array, drop_pages
@@ -264,14 +263,12 @@ class HNSWQuantIndex(InVectorFile, TrainedOnFirstRows, HNSWIndex):
                 allowed, invert = self._deleted[:self._n], True
             else:
                 allowed = allowed & (self._deleted[:self._n] == 0)
-        with num_threads(threads) as nthreads:
-            nthreads = max(1, min(nthreads, nq))
-            if allowed is not None and not invert and self._prefer_exact(int(np.count_nonzero(allowed)), ef):
+        if allowed is not None and not invert and self._prefer_exact(int(np.count_nonzero(allowed)), ef):
+            with num_threads(threads):
                 out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], allowed, k)
-            else:
-                self._search_graph(q, k, ef, n_rerank, allowed, invert, nthreads, out_d, out_s)
-        ids = np.where(out_s >= 0, self._idmap.slot_ids[np.maximum(out_s, 0)], -1)
-        return to_public(self.metric, out_d), ids
+        else:
+            self._search_graph(q, k, ef, n_rerank, allowed, invert, batch_threads(threads, nq), out_d, out_s)
+        return self._results(out_d, out_s)
 
     def _ranges_kernel(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int,
                        dist: np.ndarray, slots: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]) -> None:

@@ -19,14 +19,13 @@ import copy
 import threading
 from typing import Any
 
-import numba
 import numpy as np
 
-from .._numba import num_threads
+from .._numba import batch_threads, num_threads
 from .._validate import MAX_RESULTS, check_positive_int, check_real, check_threads, check_vectors
 from ..errors import CorruptFileError, InvalidInputError
 from ..index import Index, meta_int
-from ..metrics import IP, METRIC_CODES, pairwise, to_public
+from ..metrics import IP, METRIC_CODES, pairwise
 from ..core.exact import exact_knn_subset
 from ..core.lists import scan_lists, select_probes
 from ..core.scorer import Vectors
@@ -356,28 +355,27 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
                 allowed, invert = self._deleted, True
             else:
                 allowed = allowed & (self._deleted == 0)
-        with num_threads(threads):
-            n_allowed = self._n if allowed is None else int(np.count_nonzero(allowed))
-            if invert:
-                n_allowed = self._n - n_allowed
-            if allowed is not None and self.vector_storage != "none" and \
-                    n_allowed <= max(4 * k, self._n * nprobe / self.nlist):
-                # few allowed (or surviving) vectors: exact search over them beats scanning lists that hold few
-                # of them, and the probed lists may not even hold k of them
-                mask = (allowed == 0).view(np.uint8) if invert else allowed
+        n_allowed = self._n if allowed is None else int(np.count_nonzero(allowed))
+        if invert:
+            n_allowed = self._n - n_allowed
+        if allowed is not None and self.vector_storage != "none" and \
+                n_allowed <= max(4 * k, self._n * nprobe / self.nlist):
+            # few allowed (or surviving) vectors: exact search over them beats scanning lists that hold few of
+            # them, and the probed lists may not even hold k of them
+            mask = (allowed == 0).view(np.uint8) if invert else allowed
+            with num_threads(threads):
                 out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], mask, k)
-            else:
-                self._search_lists(q, k, nprobe, rerank, allowed, invert, out_d, out_s)
-        ids = np.where(out_s >= 0, self._idmap.slot_ids[np.maximum(out_s, 0)], -1)
-        return to_public(self.metric, out_d), ids
+        else:
+            self._search_lists(q, k, nprobe, rerank, allowed, invert, out_d, out_s, batch_threads(threads, nq))
+        return self._results(out_d, out_s)
 
     def _search_lists(self, q: np.ndarray, k: int, nprobe: int, rerank: int, allowed: np.ndarray | None,
-                      invert: bool, out_d: np.ndarray, out_s: np.ndarray) -> None:
+                      invert: bool, out_d: np.ndarray, out_s: np.ndarray, nthreads: int) -> None:
         coarse = pairwise(self.metric, q, self.centroids)
         if nprobe <= _SELECT_PROBES_MAX and nprobe < self.nlist:
             probes = np.empty((q.shape[0], nprobe), np.int64)
             probe_d = np.empty((q.shape[0], nprobe), np.float32)
-            select_probes(np.ascontiguousarray(coarse, np.float32), nprobe, probes, probe_d)
+            select_probes(np.ascontiguousarray(coarse, np.float32), nprobe, probes, probe_d, nthreads)
         else:
             if nprobe < self.nlist:
                 probes = np.argpartition(coarse, nprobe - 1, axis=1)[:, :nprobe]
@@ -390,8 +388,6 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
         cap = max(k, rerank)
         do_rerank = bool(rerank) and not isinstance(self.codec, FlatCodec)
         vectors = self._vectors if self.vector_storage != "none" else np.zeros((1, self.dim), np.float32)
-        # the per-thread scratch is sized here: numba.get_num_threads() inside a kernel stops numba caching it
-        nthreads = numba.get_num_threads()
         scan_lists(self._list_scorer(q, probe_d, nthreads), nthreads, probes, self._offsets, self._slots, cap, k,
                    mask, use_filter, invert, np.zeros((1, 0), np.int32), 0, do_rerank, self._metric_code, q, vectors,
                    out_d, out_s)

@@ -169,7 +169,13 @@ class RaBitQCodec(Codec):
     def scorer(self, queries: np.ndarray, centers: np.ndarray, codes: np.ndarray, nthreads: int) -> RaBitQCodes:
         """The list-scan scorer (:mod:`simdex.core.lists`) of ``queries`` over ``codes`` coded relative to
         ``centers`` (nlist, dim) plus this codec's centre (list ``l``'s entries: residuals to ``centers[l]``)."""
-        return RaBitQCodes(self.rotate(queries), self.rotate(centers + self.center),
+        key = (centers, self.center, self.rotation)
+        cached = getattr(self, "_rotated_centers", None)
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            # the rotated list centres, once per set of arrays (training and an IVF's retraining replace them,
+            # never change them) rather than once per call: rotating every centre cost a single query 2 ms
+            cached = self._rotated_centers = (key, self.rotate(centers + self.center))
+        return RaBitQCodes(self.rotate(queries), cached[1],
                            METRIC_CODES[self.metric] != IP, codes.view(np.uint64), codes.view(np.float32),
                            self.bits, self.words, self.factor_at, np.float32((2 ** self.bits - 1) / 2.0),
                            np.float32(self.padded), np.empty((nthreads, self.padded), np.float32),

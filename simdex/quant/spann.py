@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .._numba import num_threads
+from .._numba import batch_threads, num_threads
 from .._progress import progress_bar
 from .._validate import (MAX_RESULTS, check_ids, check_k, check_metric, check_positive_int, check_real,
                          check_threads, check_vectors)
@@ -45,7 +45,7 @@ from ..index import FOLDER_HEADER, BaseIndex, meta_int
 from ..core.exact import exact_knn_subset
 from ..core.lists import scan_lists
 from ..idmap import IdMap
-from ..metrics import METRIC_CODES, to_public
+from ..metrics import METRIC_CODES, public_results, to_public
 from . import _spann_kernels as SK
 from ._kmeans import assign, kmeans
 from ._scorers import AffineCodes
@@ -492,21 +492,19 @@ class SPANNIndex(BaseIndex):
         qt, qc = self.codec.prepare(q)
         out_d = np.empty((nq, k), np.float32)
         out_s = np.empty((nq, k), np.int32)
-        with num_threads(threads) as nthreads:
-            if self._seen.shape != (nthreads, self.ntotal) or self._stamp + nq >= 2 ** 31 - 1:
-                self._seen = np.zeros((max(nthreads, 1), self.ntotal), np.int32)
-                self._stamp = 1
-            stamp0 = self._stamp
-            self._stamp += nq
-            postings = np.asarray(self._postings)  # a plain ndarray view: numba caches kernels typed on those
-            # entries already scored for a query are skipped (``seen``): closure stores a vector in several lists
-            sc = AffineCodes(qt, qc, postings, postings.view(np.float32), self.codec.bits, self.codec.half)
-            scan_lists(sc, self._seen.shape[0], probes, self.offsets, self.slots, cap, k,
-                       np.zeros(1, np.uint8) if allowed is None else allowed, allowed is not None, invert,
-                       self._seen, stamp0, True, METRIC_CODES[self.metric], q, np.asarray(self._vectors), out_d,
-                       out_s)
-        ids = np.where(out_s >= 0, self.ids[np.maximum(out_s, 0)], -1)
-        return to_public(self.metric, out_d), ids
+        nthreads = batch_threads(threads, nq)
+        if self._seen.shape[0] < nthreads or self._seen.shape[1] != self.ntotal or self._stamp + nq >= 2 ** 31 - 1:
+            self._seen = np.zeros((nthreads, self.ntotal), np.int32)
+            self._stamp = 1
+        stamp0 = self._stamp
+        self._stamp += nq
+        postings = np.asarray(self._postings)  # a plain ndarray view: numba caches kernels typed on those
+        # entries already scored for a query are skipped (``seen``): closure stores a vector in several lists
+        sc = AffineCodes(qt, qc, postings, postings.view(np.float32), self.codec.bits, self.codec.half)
+        scan_lists(sc, nthreads, probes, self.offsets, self.slots, cap, k,
+                   np.zeros(1, np.uint8) if allowed is None else allowed, allowed is not None, invert,
+                   self._seen, stamp0, True, METRIC_CODES[self.metric], q, np.asarray(self._vectors), out_d, out_s)
+        return public_results(METRIC_CODES[self.metric], out_d, out_s, np.asarray(self.ids))
 
     def _nearest_lists(self, q: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``nprobe`` nearest lists of each query, nearest first, and their squared centroid distances;

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .._numba import num_threads
+from .._numba import batch_threads
 from .._validate import MAX_RESULTS, check_ids, check_metric, check_positive_int, check_vectors
 from ..dense.vamana import LIVE, VamanaIndex, _Graph
 from ..errors import CorruptFileError, InvalidInputError, UnsupportedOperationError
@@ -204,13 +204,12 @@ class VamanaDiskIndex(TrainedOnFirstRows, VamanaIndex):
         # the beam is ordered by code distances; the result is the best expanded nodes by exact distance, from the
         # vectors read with their links (the first 4 L + 16 live ones: a bound kept from the fixed-size list)
         fin = ExactExpanded(self._metric_code, q, g.vectors, g.state, 4 * L + 16)
-        with num_threads(threads) as nthreads:
-            nthreads = max(1, min(nthreads, nq))
-            scratch = self._scratch.take(nthreads, g.vectors.shape[0])
-            try:
-                G.search_batch(sc, fin, *self._graph(g), k, L, True, out_d, out_s, *scratch)
-            finally:
-                self._scratch.give(scratch)
+        nthreads = batch_threads(threads, nq)
+        scratch = self._scratch.take(nthreads, g.vectors.shape[0])
+        try:
+            G.search_batch(sc, fin, *self._graph(g), k, L, True, out_d, out_s, *scratch)
+        finally:
+            self._scratch.give(scratch)
         return out_d, out_s
 
     # ---- persistence ---------------------------------------------------------------------------------------------

@@ -375,7 +375,7 @@ class Collection(Durable, FieldOps, CollectionAPI):
                 arr = arr.reshape(1, -1)
             if arr.ndim != 2 or arr.shape[0] != 1:
                 raise InvalidInputError(f"search takes one vector; got shape {arr.shape} (use search_batch)")
-            return self.search_batch(arr, k, where, include, ef, target_recall=target_recall)[0], notes
+            return self._search_vectors(self._queries(arr, "vectors"), k, where, include, ef, target_recall)[0], notes
         from ..sparse.fusion import check_options, fuse
         if not isinstance(text, str):
             raise InvalidTypeError(f"text must be a str; got {type(text).__name__}")
@@ -496,10 +496,12 @@ class Collection(Durable, FieldOps, CollectionAPI):
               ) -> list[list[dict[str, Any]]]:
         """Result rows -> records; ``values`` go under ``key`` ("distance" only if included)."""
         found = rids[rids >= 0]
-        rows = self._meta.fetch(found.tolist()) if found.size else {}
-        vectors = self._vectors.vectors_of(found) if "embeddings" in include and found.size else None
-        vec_of = {} if vectors is None else dict(zip(found.tolist(), vectors))
-        fields_of = self._field_values(found.tolist()) if "fields" in include else None
+        found_list = found.tolist()
+        contents = "metadatas" in include or "documents" in include
+        rows = self._meta.fetch(found_list, contents) if found_list else {}
+        vectors = self._vectors.vectors_of(found) if "embeddings" in include and found_list else None
+        vec_of = {} if vectors is None else dict(zip(found_list, vectors))
+        fields_of = self._field_values(found_list) if "fields" in include else None
         metas = dict(zip(rows, rec.decode_metadatas([row[1] for row in rows.values()]))) \
             if "metadatas" in include else {}
         with_value = key != "distance" or "distances" in include
@@ -507,10 +509,10 @@ class Collection(Durable, FieldOps, CollectionAPI):
         for r in range(rids.shape[0]):
             hits = []
             for v, rid in zip(values[r].tolist(), rids[r].tolist()):
-                if rid >= 0 and rid in rows:
-                    id_, _, doc = rows[rid]
-                    hits.append(rec.hit_record(id_, metas.get(rid, "{}"), doc, include, vec_of.get(rid),
-                                               v if with_value else None, key,
+                row = rows.get(rid)  # (none for -1, "no hit")
+                if row is not None:
+                    hits.append(rec.hit_record(row[0], metas.get(rid, "{}"), row[2] if contents else None, include,
+                                               vec_of.get(rid), v if with_value else None, key,
                                                None if fields_of is None else fields_of.get(rid, {})))
             out.append(hits)
         return out
@@ -560,7 +562,11 @@ class Collection(Durable, FieldOps, CollectionAPI):
             raise InvalidInputError("search_batch needs vectors or texts")
         elif mode is not None:
             raise InvalidInputError("mode applies to text queries; give texts=...")
-        q = self._queries(vectors, "vectors")
+        return self._search_vectors(self._queries(vectors, "vectors"), k, where, include, ef, target_recall), notes
+
+    def _search_vectors(self, q: np.ndarray, k: Any, where: Any, include: Any, ef: Any,
+                        target_recall: float | None) -> list[list[dict[str, Any]]]:
+        """The records nearest each of the checked queries ``q`` (nq, dim) by the main vector."""
         k = check_positive_int(k, "k")
         include = check_include(include, DEFAULT_SEARCH_INCLUDE)
         ef = None if ef is None else check_positive_int(ef, "ef")
@@ -581,8 +587,8 @@ class Collection(Durable, FieldOps, CollectionAPI):
                 dist, rids = self._vectors.search(q, k, None if where is None else self._allowed(where), ef, threads,
                                                   target_recall)
             if rids.shape[1] == 0:
-                return [[] for _ in range(q.shape[0])], notes
-            return self._hits(rids, dist, include, "distance"), notes
+                return [[] for _ in range(q.shape[0])]
+            return self._hits(rids, dist, include, "distance")
 
     def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None) -> list[list[dict[str, Any]]]:
