@@ -160,6 +160,24 @@ def test_merge_bench_on_a_slice():
     assert "hnsw-lvq8" in merge.format_report(report)
 
 
+def test_calls_bench_on_a_slice(tmp_path):
+    """`python -m simdex.bench calls` on a slice: for each kind every timed variant is measured, the library, the
+    store layer and the collection return the same answers, and the report and its plot are written."""
+    from simdex.bench import calls
+    report = calls.run(("hnsw", "ivf-pq"), n_base=3000, n_queries=20, efforts=(16,), rounds=1, progress=False)
+    assert set(report["kinds"]) == {"hnsw", "ivf-pq"}
+    for kind, points in report["kinds"].items():
+        (point,) = points
+        assert set(calls.VARIANTS) <= set(point["us_per_query"]), kind
+        assert all(us > 0 for us in point["us_per_query"].values())
+        assert point["same_answers"] == 1.0, kind
+    has_hnswlib = importlib.util.find_spec("hnswlib") is not None  # a bench extra, not a test one
+    assert ("hnswlib single" in report["kinds"]["hnsw"][0]["us_per_query"]) == has_hnswlib
+    assert "| ivf-pq | 16 |" in calls.format_report(report)
+    json_path, png = calls.save(report, tmp_path)
+    assert json.loads(json_path.read_text())["n_base"] == 3000 and png.stat().st_size > 0
+
+
 def test_integrations_bench_on_a_slice():
     """`python -m simdex.bench integrations` on a slice: every framework store finds what the collection finds."""
     from simdex.bench import integrations

@@ -82,6 +82,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     disk.add_argument("--index", default="ivf-pq", choices=("ivf-pq", "ivf-rabitq", "hnsw-lvq8", "hnsw-int8"),
                       help="the collection's index kind (--through database)")
     disk.add_argument("--batch", type=int, default=10_000, help="rows per upsert (--through database)")
+    disk.add_argument("--index-params", type=json.loads, default=None, metavar="JSON",
+                      help='the collection\'s index_params (--through database), e.g. \'{"codec": "pq24"}\'')
     startup = sub.add_parser("startup", help="first-call times and compile share in fresh processes: cold cache, "
                                              "warm cache, and after `simdex warmup`")
     startup.add_argument("--scenarios", default="hnsw,database,text,dedup,cli-search")
@@ -274,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         from . import disk as disk_bench
         if args.through == "database":
             report = disk_bench.run_db(n=args.n, limit_mb=args.limit_mb, n_queries=args.n_queries, sigma=args.sigma,
-                                       index=args.index, batch=args.batch, work_dir=args.work_dir)
+                                       index=args.index, params=args.index_params, batch=args.batch,
+                                       work_dir=args.work_dir)
             _record(disk_bench, report, args.out, argv)
             return 0
         report = disk_bench.run(n=args.n, limit_mb=args.limit_mb, n_queries=args.n_queries, sigma=args.sigma,
