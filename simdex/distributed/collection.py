@@ -1,0 +1,534 @@
+"""Sharded, replicated collections: routing, scatter-gather search, the shard actors (see the package docstring)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._validate import check_positive_int
+from ..errors import (CollectionExistsError, CollectionNotFoundError, CorruptFileError, InvalidInputError,
+                      SimdexError, StorageError, TruncatedTextWarning, UnknownIdError)
+from ..fileformat import write_json
+from ..store import records as rec
+from ..store.api import MAIN_FIELD, CollectionAPI, DatabaseAPI
+from ..store.config import DEFAULT_SEARCH_INCLUDE, check_include
+
+MANIFEST = "distributed.json"
+MAX_SHARDS = 1024
+MAX_REPLICAS = 16
+
+
+class PartialResultsWarning(UserWarning):
+    """A search answered without some shards: none of their replicas could be reached. The hits come from the
+    other shards only; the warning names the shards that are missing."""
+
+
+class ClusterUnavailableError(SimdexError, ConnectionError):
+    """Ray is not installed, or the Ray cluster named could not be reached."""
+
+
+def shard_of(record_id: str, shards: int) -> int:
+    """The shard of ``record_id`` among ``shards``: a hash of its UTF-8 bytes that every process and machine
+    computes alike (Python's ``hash`` of a str changes between processes)."""
+    digest = hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % shards
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ClusterUnavailableError("simdex.distributed runs on Ray, which is not installed: "
+                                      "pip install 'simdex[ray]'") from None
+    return ray
+
+
+def connect(path: str | Path, ray_address: str | None = None, *, num_cpus: int | None = None,
+            **db_options: Any) -> DistributedDatabase:
+    """A distributed database whose shard replicas keep their files under ``path`` (on each node's own disk).
+
+    ``ray_address``: None starts a Ray on this machine (``num_cpus`` of its cores) unless this process is already
+    connected to one; "auto" or "host:port" joins a running cluster. ``db_options`` go to each replica's
+    embedded database (:func:`simdex.connect`: ``sync``, ...)."""
+    ray = _ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=ray_address, num_cpus=num_cpus if ray_address is None else None,
+                     include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        except Exception as exc:  # ConnectionError, RuntimeError, ValueError: Ray's own, by version
+            where = "a new local Ray" if ray_address is None else f"the Ray cluster at {ray_address!r}"
+            raise ClusterUnavailableError(f"could not start or reach {where}: {exc}") from None
+    return DistributedDatabase(path, db_options)
+
+
+class ShardReplica:
+    """One replica of one shard of one collection, run as a Ray actor: an embedded simdex database in its own
+    folder holding that collection."""
+
+    def __init__(self, folder: str, db_options: dict[str, Any]) -> None:
+        from ..store import connect as connect_local
+        self.db = connect_local(folder, **db_options)
+        self.col: Any = None
+
+    def open(self, name: str, create: dict[str, Any] | None) -> int:
+        """Create (``create``: the arguments of ``create_collection``) or reopen the collection; its count."""
+        self.col = self.db.create_collection(name, exist_ok=True, **create) if create is not None \
+            else self.db.get_collection(name)
+        return self.col.count()
+
+    def call(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return getattr(self.col, method)(*args, **kwargs)
+
+    def backup(self, dest: str) -> dict[str, Any]:
+        return self.db.backup(dest)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+_ACTOR: Any = None
+_ACTOR_LOCK = threading.Lock()
+
+
+def _actor_class() -> Any:
+    global _ACTOR
+    with _ACTOR_LOCK:
+        if _ACTOR is None:
+            # num_cpus=0: a replica's work is its searches and writes, which Ray need not ration; no restarts: a
+            # replica that died missed writes, and catching up from a live one is not built yet
+            _ACTOR = _ray().remote(num_cpus=0, max_restarts=0)(ShardReplica)
+        return _ACTOR
+
+
+def _unwrap(ray: Any, exc: BaseException) -> BaseException:
+    """The exception a replica raised (a RayTaskError wraps it with the remote traceback)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, Exception) else exc
+
+
+class DistributedDatabase(DatabaseAPI):
+    """Distributed collections whose replicas keep their files under ``path`` (:func:`connect`)."""
+
+    def __init__(self, path: str | Path, db_options: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._db_options = dict(db_options)
+        self._lock = threading.RLock()
+        self._open: dict[str, DistributedCollection] = {}
+        self._closed = False
+
+    def __enter__(self) -> DistributedDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _manifest(self) -> dict[str, Any]:
+        import json
+        try:
+            doc = json.loads((self.path / MANIFEST).read_text())
+        except FileNotFoundError:
+            return {"collections": {}}
+        except ValueError as exc:
+            raise CorruptFileError(f"{self.path / MANIFEST}: unreadable ({exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("collections"), dict):
+            raise CorruptFileError(f"{self.path / MANIFEST}: not a distributed database manifest")
+        return doc
+
+    def create_collection(self, name: str, dim: int | None = None, metric: str = "cosine", index: str = "hnsw", *,
+                          exist_ok: bool = False, shards: int = 2, replicas: int = 1, oversample: int = 1,
+                          **options: Any) -> DistributedCollection:
+        """:meth:`DatabaseAPI.create_collection` split into ``shards`` (by a hash of the record id), each kept by
+        ``replicas`` actors. A search asks each shard for its ``k * oversample`` best (more than k helps
+        approximate indexes); the other options are those of a local collection."""
+        name = rec.check_collection_name(name)
+        shards = check_positive_int(shards, "shards", maximum=MAX_SHARDS)
+        replicas = check_positive_int(replicas, "replicas", maximum=MAX_REPLICAS)
+        oversample = check_positive_int(oversample, "oversample", maximum=64)
+        with self._lock:
+            self._check_open()
+            manifest = self._manifest()
+            if name in manifest["collections"]:
+                if exist_ok:
+                    return self.get_collection(name)
+                raise CollectionExistsError(f"collection {name!r} already exists")
+            spec = {"shards": shards, "replicas": replicas, "oversample": oversample,
+                    "create": {"dim": dim, "metric": metric, "index": index, **options}}
+            folder = self.path / name
+            if folder.exists():  # left by a create that failed before its manifest entry was written
+                shutil.rmtree(folder)
+            try:
+                col = DistributedCollection(self, name, spec, create=True)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            manifest["collections"][name] = spec
+            write_json(self.path / MANIFEST, manifest)
+            self._open[name] = col
+            return col
+
+    def get_collection(self, name: str) -> DistributedCollection:
+        with self._lock:
+            self._check_open()
+            if name in self._open:
+                return self._open[name]
+            spec = self._manifest()["collections"].get(name)
+            if spec is None:
+                raise CollectionNotFoundError(f"collection {name!r} does not exist")
+            col = self._open[name] = DistributedCollection(self, name, spec, create=False)
+            return col
+
+    def list_collections(self) -> list[str]:
+        return sorted(self._manifest()["collections"])
+
+    def drop_collection(self, name: str) -> None:
+        with self._lock:
+            self._check_open()
+            manifest = self._manifest()
+            if name not in manifest["collections"]:
+                raise CollectionNotFoundError(f"collection {name!r} does not exist")
+            col = self._open.pop(name, None)
+            if col is not None:
+                col._shutdown()
+            del manifest["collections"][name]
+            write_json(self.path / MANIFEST, manifest)
+            shutil.rmtree(self.path / name, ignore_errors=True)
+
+    def backup(self, dest: str, since: str | None = None) -> dict[str, Any]:
+        """Each shard's first live replica backs its database up into ``dest/<collection>/shard-<s>`` (on that
+        replica's node), and the manifest is copied to ``dest``."""
+        if since is not None:
+            raise InvalidInputError("incremental backups (since=) of distributed collections are not built yet")
+        out = Path(dest)
+        if out.exists():
+            raise InvalidInputError(f"backup destination {dest!r} already exists")
+        out.mkdir(parents=True)
+        report: dict[str, Any] = {"collections": {}}
+        for name in self.list_collections():
+            col = self.get_collection(name)
+            report["collections"][name] = col._each_shard("backup", lambda s: (str(out / name / f"shard-{s}"),))
+        write_json(out / MANIFEST, self._manifest())
+        return report
+
+    def close(self) -> None:
+        with self._lock:
+            for col in self._open.values():
+                col._shutdown()
+            self._open.clear()
+            self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidInputError("this distributed database is closed")
+
+
+class DistributedCollection(CollectionAPI):
+    """A collection split into shards by record id, each shard kept by replica actors (:func:`connect`)."""
+
+    def __init__(self, db: DistributedDatabase, name: str, spec: dict[str, Any], create: bool) -> None:
+        ray = _ray()
+        self.name = name
+        self.shards, self.replicas = int(spec["shards"]), int(spec["replicas"])
+        self.oversample = int(spec.get("oversample", 1))
+        self._spec = spec
+        self._lock = threading.Lock()
+        self._busy = np.zeros((self.shards, self.replicas), np.int64)  # calls in flight, for least-busy reads
+        self._dead = np.zeros((self.shards, self.replicas), bool)
+        self.last_write: dict[str, Any] = {}
+        actor = _actor_class()
+        self._actors = [[actor.remote(str(db.path / name / f"shard-{s}" / f"replica-{r}"), db._db_options)
+                         for r in range(self.replicas)] for s in range(self.shards)]
+        try:
+            opened = [a.open.remote(name, spec["create"] if create else None) for row in self._actors for a in row]
+            self._get(ray, opened)
+        except BaseException:
+            self._shutdown()
+            raise
+        created = spec["create"]
+        self.dim, self.metric = created.get("dim"), created.get("metric", "cosine")
+
+    # ---- calls to the replicas -----------------------------------------------------------------------------------
+    @staticmethod
+    def _get(ray: Any, refs: Any) -> Any:
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(ray, exc) from None
+
+    def _pick(self, shard: int) -> int | None:
+        """The live replica of ``shard`` with the fewest calls in flight (None: no live replica)."""
+        with self._lock:
+            busy = np.where(self._dead[shard], np.iinfo(np.int64).max, self._busy[shard])
+            r = int(np.argmin(busy))
+            if self._dead[shard, r]:
+                return None
+            self._busy[shard, r] += 1
+            return r
+
+    def _done(self, shard: int, r: int) -> None:
+        with self._lock:
+            self._busy[shard, r] -= 1
+
+    def _read(self, method: str, args_of: Callable[[int], tuple], kwargs: dict[str, Any],
+              shards: list[int] | None = None) -> tuple[dict[int, Any], list[int]]:
+        """``method`` on one live replica of each of ``shards`` (default all), in parallel; a replica found dead
+        is marked and the call goes to another. Returns ({shard: result}, shards with no live replica)."""
+        ray = _ray()
+        shards = list(range(self.shards)) if shards is None else shards
+        pending: dict[int, tuple[int, Any]] = {}
+        missing: list[int] = []
+        for s in shards:
+            r = self._pick(s)
+            if r is None:
+                missing.append(s)
+            else:
+                pending[s] = (r, self._actors[s][r].call.remote(method, args_of(s), kwargs))
+        results: dict[int, Any] = {}
+        for s, (r, ref) in pending.items():
+            while True:
+                try:
+                    results[s] = self._get(ray, ref)
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                    self._dead[s, r] = True
+                    r_next = self._pick(s)
+                    if r_next is None:
+                        missing.append(s)
+                        break
+                    ref = self._actors[s][r_next].call.remote(method, args_of(s), kwargs)
+                finally:
+                    self._done(s, r)
+                r = r_next
+        return results, sorted(missing)
+
+    def _write(self, method: str, args_of: Callable[[int], tuple], kwargs: dict[str, Any], shards: list[int],
+               kwargs_of: Callable[[int], dict[str, Any]] | None = None) -> dict[int, Any]:
+        """``method`` on every live replica of each of ``shards``, in parallel; returns when all have answered
+        ({shard: the first replica's result}). A replica found dead is marked and left out from then on (it
+        missed this write); a shard with no live replica raises StorageError naming the shards written."""
+        ray = _ray()
+        calls = [(s, r, self._actors[s][r].call.remote(method, args_of(s),
+                                                        kwargs if kwargs_of is None else kwargs_of(s)))
+                 for s in shards for r in range(self.replicas) if not self._dead[s, r]]
+        results: dict[int, Any] = {}
+        acks = {s: 0 for s in shards}
+        error: BaseException | None = None
+        for s, r, ref in calls:
+            try:
+                value = self._get(ray, ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                self._dead[s, r] = True
+                continue
+            except Exception as exc:  # the replica refused the request: every replica of the shard will
+                error = error or exc
+                continue
+            results.setdefault(s, value)
+            acks[s] += 1
+        if error is not None:
+            raise error
+        lost = [s for s, n in acks.items() if n == 0]
+        self.last_write = {"shards": sorted(shards), "acknowledged_by": acks}
+        if lost:
+            raise StorageError(f"collection {self.name!r}: shard(s) {lost} have no live replica, their rows were not "
+                               f"written; shard(s) {sorted(set(shards) - set(lost))} were written")
+        return results
+
+    def _each_shard(self, method: str, args_of: Callable[[int], tuple]) -> dict[int, Any]:
+        """A replica-level call (not the collection's) on each shard's first live replica."""
+        ray = _ray()
+        out = {}
+        for s in range(self.shards):
+            r = self._pick(s)
+            if r is None:
+                raise StorageError(f"collection {self.name!r}: shard {s} has no live replica")
+            try:
+                out[s] = self._get(ray, getattr(self._actors[s][r], method).remote(*args_of(s)))
+            finally:
+                self._done(s, r)
+        return out
+
+    def _shutdown(self) -> None:
+        ray = _ray()
+        for row in self._actors:
+            for actor in row:
+                try:
+                    ray.get(actor.close.remote(), timeout=60)
+                except Exception:  # noqa: BLE001 - a dead or stuck replica: its log makes it durable anyway
+                    pass
+                ray.kill(actor)
+
+    def _route(self, ids: list[str]) -> dict[int, list[int]]:
+        """{shard: positions in ``ids``} of the ids' shards."""
+        out: dict[int, list[int]] = {}
+        for i, record_id in enumerate(ids):
+            out.setdefault(shard_of(record_id, self.shards), []).append(i)
+        return out
+
+    @staticmethod
+    def _warn_missing(missing: list[int]) -> None:
+        if missing:
+            warnings.warn(PartialResultsWarning(f"shard(s) {missing} had no live replica: the results leave out "
+                                                f"their records"), stacklevel=3)
+
+    # ---- the collection API --------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        per_shard, missing = self._read("stats", lambda s: (), {})
+        first = per_shard[min(per_shard)] if per_shard else {}
+        return {**first, "name": self.name, "count": sum(p["count"] for p in per_shard.values()),
+                "shards": self.shards, "replicas": self.replicas, "oversample": self.oversample,
+                "shard_counts": {s: p["count"] for s, p in sorted(per_shard.items())},
+                "dead_replicas": [[int(s), int(r)] for s, r in np.argwhere(self._dead)], "missing_shards": missing}
+
+    def count(self) -> int:
+        counts, missing = self._read("count", lambda s: (), {})
+        self._warn_missing(missing)
+        return sum(counts.values())
+
+    def upsert(self, ids: Any, vectors: Any = None, metadatas: Any = None, documents: Any = None, *,
+               max_batch: int | None = None, fields: dict[str, Any] | None = None) -> int:
+        """:meth:`CollectionAPI.upsert`: each record goes to every live replica of its shard, and this returns
+        when all of them have made it durable; ``last_write`` then says which shards were written and how many
+        replicas acknowledged each."""
+        ids = rec.check_record_ids(ids)
+        if not ids:
+            raise InvalidInputError("ids is empty")
+        if max_batch is not None and len(ids) > max_batch:
+            raise InvalidInputError(f"a batch holds at most {max_batch} records; got {len(ids)}")
+        if vectors is not None and not isinstance(vectors, dict) and self.dim is not None and \
+                "embedder" not in self._spec["create"]:
+            # checked here in full, so that a bad record refuses the whole batch before any shard writes
+            rec.check_upsert(ids, vectors, metadatas, documents, int(self.dim), False)
+            vectors = np.asarray(vectors, np.float32)
+        n = len(ids)
+        for name, values in (("metadatas", metadatas), ("documents", documents)):
+            if values is not None and (not isinstance(values, (list, tuple)) or len(values) != n):
+                raise InvalidInputError(f"{name} must be a list with one entry per id ({n})")
+        routes = self._route(ids)
+
+        def part(values: Any, at: list[int]) -> Any:
+            if values is None:
+                return None
+            if isinstance(values, np.ndarray):
+                return values[at]
+            if isinstance(values, dict):
+                return {key: part(v, at) for key, v in values.items()}
+            return [values[i] for i in at]
+
+        def args_of(s: int) -> tuple:
+            at = routes[s]
+            return ([ids[i] for i in at], part(vectors, at), part(metadatas, at), part(documents, at))
+
+        written = self._write("upsert", args_of, {}, sorted(routes),
+                              kwargs_of=lambda s: {"fields": part(fields, routes[s])})
+        return int(sum(written.values()))
+
+    def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
+            include: Any = None) -> list[dict[str, Any]]:
+        limit = None if limit is None else check_positive_int(limit, "limit", minimum=0)
+        offset = check_positive_int(offset, "offset", minimum=0)
+        if ids is not None:
+            id_list = rec.check_record_ids(ids) if ids else []
+            routes = self._route(id_list)
+            found, missing = self._read("get", lambda s: ([id_list[i] for i in routes[s]], where, None, 0, include),
+                                        {}, sorted(routes))
+            self._warn_missing(missing)
+            by_id = {r["id"]: r for rows in found.values() for r in rows}
+            rows = [by_id[i] for i in id_list if i in by_id]
+            return rows[offset:None if limit is None else offset + limit]
+        want = None if limit is None else limit + offset
+        found, missing = self._read("get", lambda s: (None, where, want, 0, include), {})
+        self._warn_missing(missing)
+        rows = sorted((r for part in found.values() for r in part), key=lambda r: r["id"])
+        return rows[offset:None if limit is None else offset + limit]
+
+    def delete(self, ids: Any = None, where: Any = None, *, missing_ok: bool = False) -> int:
+        if ids is None:
+            if where is None:
+                raise InvalidInputError("delete needs ids, where, or both")
+            deleted = self._write("delete", lambda s: (None, where), {"missing_ok": missing_ok},
+                                  list(range(self.shards)))
+            return int(sum(deleted.values()))
+        id_list = rec.check_record_ids(ids)
+        if not missing_ok:
+            present = {r["id"] for r in self.get(id_list, include=[])}
+            absent = [i for i in id_list if i not in present]
+            if absent:
+                raise UnknownIdError(f"id {absent[0]!r} is not in collection {self.name!r} ({len(absent)} unknown "
+                                     f"id(s) in total); nothing was deleted")
+        routes = self._route(id_list)
+        deleted = self._write("delete", lambda s: ([id_list[i] for i in routes[s]], where), {"missing_ok": True},
+                              sorted(routes))
+        return int(sum(deleted.values()))
+
+    def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
+               ef: int | None = None, **options: Any) -> list[dict[str, Any]]:
+        """:meth:`CollectionAPI.search`: every shard's ``k * oversample`` best, merged (by distance, or by score
+        for text and fused searches; BM25 statistics are each shard's own). Warns PartialResultsWarning when a
+        shard had no live replica."""
+        k = check_positive_int(k, "k")
+        include = check_include(include, DEFAULT_SEARCH_INCLUDE)
+        ask = tuple(include) if "distances" in include else (*include, "distances")
+        found, missing = self._read("search_with_notes", lambda s: (vector, k * self.oversample, where, list(ask),
+                                                                    ef), options)
+        self._warn_missing(missing)
+        return self._merge([hits for hits, _ in found.values()], k, include,
+                           [note for _, notes in found.values() for note in notes])
+
+    def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
+                     ef: int | None = None, **options: Any) -> list[list[dict[str, Any]]]:
+        k = check_positive_int(k, "k")
+        include = check_include(include, DEFAULT_SEARCH_INCLUDE)
+        ask = tuple(include) if "distances" in include else (*include, "distances")
+        found, missing = self._read("search_batch_with_notes",
+                                    lambda s: (vectors, k * self.oversample, where, list(ask), ef), options)
+        self._warn_missing(missing)
+        if not found:
+            return []
+        notes = [note for _, shard_notes in found.values() for note in shard_notes]
+        per_query = zip(*(hits for hits, _ in found.values()))
+        return [self._merge(list(lists), k, include, notes if q == 0 else []) for q, lists in enumerate(per_query)]
+
+    @staticmethod
+    def _merge(lists: list[list[dict[str, Any]]], k: int, include: tuple[str, ...], notes: list[str]
+               ) -> list[dict[str, Any]]:
+        for note in dict.fromkeys(notes):
+            warnings.warn(TruncatedTextWarning(note), stacklevel=3)
+        hits = [h for part in lists for h in part]
+        if hits and "distance" in hits[0]:
+            hits.sort(key=lambda h: (h["distance"], h["id"]))
+            if "distances" not in include:
+                for h in hits[:k]:
+                    del h["distance"]
+        else:
+            hits.sort(key=lambda h: (-h["score"], h["id"]))
+        return hits[:k]
+
+    def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
+                     ef: int | None = None) -> list[list[dict[str, Any]]]:
+        id_list = rec.check_record_ids(ids)
+        if not id_list:
+            raise InvalidInputError("ids is empty")
+        found = {r["id"]: r["embedding"] for r in self.get(id_list, include=["embeddings"])}
+        absent = [i for i in id_list if i not in found]
+        if absent:
+            raise UnknownIdError(f"id {absent[0]!r} is not in collection {self.name!r}")
+        return self.search_batch(np.array([found[i] for i in id_list], np.float32), k, where, include, ef)
+
+    def add_field(self, name: str, spec: dict[str, Any] | None = None, *, embedder: Any = None) -> dict[str, Any]:
+        done = self._write("add_field", lambda s: (name, spec), {"embedder": embedder}, list(range(self.shards)))
+        return done[0]
+
+    def use_field(self, name: str, *, force: bool = False) -> None:
+        self._write("use_field", lambda s: (name,), {"force": force}, list(range(self.shards)))
+
+    def drop_field(self, name: str) -> None:
+        if name == MAIN_FIELD:
+            raise InvalidInputError(f"{MAIN_FIELD!r} is the main vector; it cannot be dropped")
+        self._write("drop_field", lambda s: (name,), {}, list(range(self.shards)))

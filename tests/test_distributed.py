@@ -1,0 +1,162 @@
+"""Distributed collections on a local Ray (simdex.distributed): exact equality with a single-node collection, the
+collection API across shards, replicas standing in for dead ones, partial results said, bad input refused.
+
+One Ray and two distributed collections serve the whole module: starting actors is seconds each on a 2-core
+machine."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import simdex
+from simdex import datasets
+from simdex.errors import CollectionExistsError, DimensionMismatchError, InvalidInputError, StorageError, UnknownIdError
+
+ray = pytest.importorskip("ray")  # in the test extra: CI runs these
+
+from simdex import distributed  # noqa: E402
+from simdex.distributed.collection import ClusterUnavailableError, PartialResultsWarning  # noqa: E402
+
+N = 1500
+
+
+@pytest.fixture(scope="module")
+def records(wordnet_small):
+    ids, metas, docs = datasets.wordnet_records()
+    x = np.ascontiguousarray(wordnet_small.base[:N], np.float32)
+    # WordNet is ordered by part of speech: every third record relabelled so that filters select across shards
+    meta = [{"pos": metas[i]["pos"] if i % 3 else "verb", "n": i} for i in range(N)]
+    return ids[:N], x, meta, docs[:N], np.ascontiguousarray(wordnet_small.queries[:30], np.float32)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, records):
+    root = tmp_path_factory.mktemp("distributed")
+    db = distributed.connect(root / "dist", num_cpus=2)
+    ids, x, meta, docs, _ = records
+    flat = db.create_collection("flat", 384, "cosine", index="flat", shards=2, replicas=2)
+    flat.upsert(ids, x, meta, docs)
+    local = simdex.connect(root / "local").create_collection("flat", 384, "cosine", index="flat")
+    local.upsert(ids, x, meta, docs)
+    yield db, flat, local
+    db.close()
+    ray.shutdown()
+
+
+def _ids(hits):
+    return [h["id"] for h in hits]
+
+
+def test_flat_collection_answers_exactly_as_a_single_node_one(cluster, records):
+    _, flat, local = cluster
+    queries = records[4]
+    for where in (None, {"pos": "verb"}, {"n": {"$lt": 200}}):
+        for q in queries[:10]:
+            a, b = flat.search(q, 10, where=where), local.search(q, 10, where=where)
+            assert _ids(a) == _ids(b)
+            np.testing.assert_allclose([h["distance"] for h in a], [h["distance"] for h in b], atol=1e-6)
+            assert [h["metadata"] for h in a] == [h["metadata"] for h in b]
+            assert [h["document"] for h in a] == [h["document"] for h in b]
+    batch_a = flat.search_batch(queries, 7, include=["metadatas"])
+    batch_b = local.search_batch(queries, 7, include=["metadatas"])
+    assert [_ids(r) for r in batch_a] == [_ids(r) for r in batch_b]
+    assert all("distance" not in h for r in batch_a for h in r)
+    assert [_ids(r) for r in flat.search_by_id(records[0][:3], 5)] == \
+        [_ids(r) for r in local.search_by_id(records[0][:3], 5)]
+
+
+def test_records_spread_over_shards_and_every_replica_holds_its_shard(cluster, records):
+    _, flat, local = cluster
+    ids = records[0]
+    assert flat.count() == local.count() == N
+    counts = flat.stats()["shard_counts"]
+    assert sum(counts.values()) == N and min(counts.values()) > 0.4 * N
+    expect = [sum(distributed.shard_of(i, 2) == s for i in ids) for s in range(2)]
+    assert [counts[s] for s in range(2)] == expect
+    for s in range(2):
+        per_replica = ray.get([a.call.remote("count", (), {}) for a in flat._actors[s]])
+        assert per_replica == [expect[s]] * 2
+    assert flat.get(ids[5:1:-1], include=["documents"]) == local.get(ids[5:1:-1], include=["documents"])
+    assert flat.get(where={"pos": "verb"}, limit=4, offset=3) == local.get(where={"pos": "verb"}, limit=4, offset=3)
+
+
+def test_bad_input_is_refused_and_nothing_is_written(cluster, records):
+    db, flat, _ = cluster
+    ids, x, *_ = records
+    before = flat.count()
+    with pytest.raises(DimensionMismatchError):
+        flat.upsert(["a", "b"], np.zeros((2, 5), np.float32))
+    bad = x[:4].copy()
+    bad[3, 7] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        flat.upsert(["bad-0", "bad-1", "bad-2", "bad-3"], bad)  # the rows of a good shard are not written either
+    with pytest.raises(UnknownIdError, match="nothing was deleted"):
+        flat.delete([ids[0], "no-such-id"])
+    assert flat.count() == before and flat.get([ids[0]], include=[]) == [{"id": ids[0]}]
+    for kwargs, message in (({"shards": 0}, "shards must be >= 1"), ({"replicas": 17}, "replicas must be <= 16"),
+                            ({"shards": "2"}, "shards must be an integer")):
+        with pytest.raises(InvalidInputError, match=message):
+            db.create_collection("bad", 384, **kwargs)
+    with pytest.raises(InvalidInputError):
+        db.create_collection("bad", 384, index="hnsw", no_such_param=3, shards=1)
+    assert "bad" not in db.list_collections()
+    with pytest.raises(CollectionExistsError):
+        db.create_collection("flat", 384, shards=2)
+
+
+def test_missing_ray_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ClusterUnavailableError, match=r"simdex\[ray\]"):
+        distributed.connect("/nonexistent-simdex-test")
+
+
+def test_hnsw_shards_reach_the_recall_of_one_hnsw_collection(cluster, records, tmp_path):
+    db, _, _ = cluster
+    ids, x, meta, docs, queries = records
+    sharded = db.create_collection("hnsw", 384, "cosine", index="hnsw", shards=2, replicas=1)
+    sharded.upsert(ids, x, meta, docs)
+    single = simdex.connect(tmp_path / "one").create_collection("hnsw", 384, "cosine", index="hnsw")
+    single.upsert(ids, x, meta, docs)
+    single.merge()
+    sharded._write("merge", lambda s: (), {}, [0, 1])
+    truth = np.argsort(-(queries @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T), axis=1)[:, :10]
+    position = {i: n for n, i in enumerate(ids)}
+
+    def recall(col):
+        found = [[position[h["id"]] for h in hits] for hits in col.search_batch(queries, 10, ef=16)]
+        return np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    assert recall(sharded) >= recall(single) - 0.01
+    # reopened by new actors (the old ones closed their databases): the records and the index come back from disk
+    expect = [_ids(hits) for hits in sharded.search_batch(queries[:5], 10, ef=16)]
+    sharded._shutdown()
+    del db._open["hnsw"]
+    again = db.get_collection("hnsw")
+    assert again.count() == N
+    assert [_ids(hits) for hits in again.search_batch(queries[:5], 10, ef=16)] == expect
+    db.drop_collection("hnsw")
+    assert "hnsw" not in db.list_collections()
+
+
+def test_a_dead_replica_is_replaced_and_a_dead_shard_is_said(cluster, records):
+    """Kills run last in this module: they leave the flat collection degraded."""
+    _, flat, local = cluster
+    ids, x, meta, docs, queries = records
+    ray.kill(flat._actors[0][0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # shard 0's other replica answers: no warning
+        assert _ids(flat.search(queries[0], 10)) == _ids(local.search(queries[0], 10))
+    new = [f"new-{i}" for i in range(20)]
+    assert flat.upsert(new, x[:20]) == 20  # acknowledged by the live replicas
+    assert flat.last_write["acknowledged_by"] == {s: 1 if s == 0 else 2 for s in flat.last_write["shards"]}
+    assert flat.count() == N + 20
+    ray.kill(flat._actors[0][1])
+    with pytest.warns(PartialResultsWarning, match=r"shard\(s\) \[0\]"):
+        hits = flat.search(queries[0], 10)
+    assert hits and all(distributed.shard_of(h["id"], 2) == 1 for h in hits)
+    on_shard_0 = next(i for i in (f"late-{j}" for j in range(100)) if distributed.shard_of(i, 2) == 0)
+    with pytest.raises(StorageError, match=r"shard\(s\) \[0\] have no live replica"):
+        flat.upsert([on_shard_0], x[:1])
