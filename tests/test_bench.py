@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from simdex.bench import ann
 from simdex.bench.peers import ADAPTERS
@@ -176,6 +177,20 @@ def test_calls_bench_on_a_slice(tmp_path):
     assert "| ivf-pq | 16 |" in calls.format_report(report)
     json_path, png = calls.save(report, tmp_path)
     assert json.loads(json_path.read_text())["n_base"] == 3000 and png.stat().st_size > 0
+
+
+def test_distributed_bench_on_a_slice():
+    """`python -m simdex.bench distributed` on a slice: a local and a 2-shard collection find the same share of
+    the true neighbours, and every figure is measured."""
+    pytest.importorskip("ray")
+    import ray
+    from simdex.bench import distributed
+    report = distributed.run("local,2x1", n_base=2000, n_queries=40, clients=2, log=lambda *a: None)
+    ray.shutdown()
+    local, sharded = report["layouts"]["local"], report["layouts"]["2x1"]
+    assert local["recall"] > 0.9 and sharded["recall"] >= local["recall"] - 0.02
+    assert all(v > 0 for p in (local, sharded) for v in p.values())
+    assert "| 2x1 |" in distributed.format_report(report)
 
 
 def test_integrations_bench_on_a_slice():

@@ -214,6 +214,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     calls.add_argument("--efforts", default="16,64", help="comma-separated search efforts (ef, L or nprobe)")
     calls.add_argument("--rounds", type=int, default=5, help="interleaved timed passes; the median counts")
     calls.add_argument("--out", default="bench-results")
+    dist = sub.add_parser("distributed", help="distributed collections on a local Ray (shards x replicas) vs a "
+                                              "single-node collection: upserts, recall, latency, throughput")
+    dist.add_argument("--layouts", default="local,1x1,2x1,1x2", help="comma-separated: local and SxR layouts")
+    dist.add_argument("--n-base", type=int, default=20_000)
+    dist.add_argument("--n-queries", type=int, default=500)
+    dist.add_argument("--ef", type=int, default=32)
+    dist.add_argument("--clients", type=int, default=4, help="threads issuing single queries at once")
+    dist.add_argument("--out", default="bench-results")
     merge = sub.add_parser("merge", help="what one merge (and the checkpoint after it) of a code collection costs")
     merge.add_argument("--index", default="hnsw-lvq8", choices=("hnsw-lvq8", "hnsw-int8", "ivf-pq", "ivf-rabitq"))
     merge.add_argument("--n0", type=int, default=90_000, help="rows in the collection before the merges")
@@ -350,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         report = calls_bench.run(tuple(args.kinds.split(",")), n_base=args.n_base, n_queries=args.n_queries,
                                  efforts=tuple(int(e) for e in args.efforts.split(",")), rounds=args.rounds)
         _record(calls_bench, report, args.out, argv)
+        return 0
+    if args.bench == "distributed":
+        from . import distributed as dist_bench
+        report = dist_bench.run(args.layouts, n_base=args.n_base, n_queries=args.n_queries, ef=args.ef,
+                                clients=args.clients)
+        _record(dist_bench, report, args.out, argv)
         return 0
     if args.bench == "merge":
         from . import merge as merge_bench
