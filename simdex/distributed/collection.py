@@ -510,17 +510,6 @@ class DistributedCollection(CollectionAPI):
             hits.sort(key=lambda h: (-h["score"], h["id"]))
         return hits[:k]
 
-    def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
-                     ef: int | None = None) -> list[list[dict[str, Any]]]:
-        id_list = rec.check_record_ids(ids)
-        if not id_list:
-            raise InvalidInputError("ids is empty")
-        found = {r["id"]: r["embedding"] for r in self.get(id_list, include=["embeddings"])}
-        absent = [i for i in id_list if i not in found]
-        if absent:
-            raise UnknownIdError(f"id {absent[0]!r} is not in collection {self.name!r}")
-        return self.search_batch(np.array([found[i] for i in id_list], np.float32), k, where, include, ef)
-
     def add_field(self, name: str, spec: dict[str, Any] | None = None, *, embedder: Any = None) -> dict[str, Any]:
         done = self._write("add_field", lambda s: (name, spec), {"embedder": embedder}, list(range(self.shards)))
         return done[0]

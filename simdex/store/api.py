@@ -102,11 +102,22 @@ class CollectionAPI(ABC):
         """:meth:`search` for each row of ``vectors`` (nq, dim), or for each of ``texts`` (list of str); with
         ``field``, for each query of that field in ``vectors`` (a list)."""
 
-    @abstractmethod
     def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None) -> list[list[dict[str, Any]]]:
         """:meth:`search_batch` with the stored vectors of the records ``ids`` as the queries ("more like this");
         an unknown id raises UnknownIdError."""
+        import numpy as np
+
+        from ..errors import UnknownIdError
+        from .records import check_record_ids
+        id_list = check_record_ids(ids)
+        if not id_list:
+            raise InvalidInputError("ids is empty")
+        found = {r["id"]: r["embedding"] for r in self.get(id_list, include=["embeddings"])}
+        missing = [i for i in id_list if i not in found]
+        if missing:
+            raise UnknownIdError(f"id {missing[0]!r} is not in collection {self.name!r}")
+        return self.search_batch(np.array([found[i] for i in id_list], np.float32), k, where, include, ef)
 
 
     @abstractmethod

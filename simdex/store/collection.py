@@ -590,18 +590,6 @@ class Collection(Durable, FieldOps, CollectionAPI):
                 return [[] for _ in range(q.shape[0])]
             return self._hits(rids, dist, include, "distance")
 
-    def search_by_id(self, ids: Any, k: int = 10, where: Any = None, include: Any = None,
-                     ef: int | None = None) -> list[list[dict[str, Any]]]:
-        """See :meth:`CollectionAPI.search_by_id`."""
-        id_list = rec.check_record_ids(ids)
-        if not id_list:
-            raise InvalidInputError("ids is empty")
-        found = {r["id"]: r["embedding"] for r in self.get(id_list, include=["embeddings"])}
-        missing = [i for i in id_list if i not in found]
-        if missing:
-            raise UnknownIdError(f"id {missing[0]!r} is not in collection {self.name!r}")
-        return self.search_batch(np.array([found[i] for i in id_list], np.float32), k, where, include, ef)
-
     def _allowed(self, where: Any) -> np.ndarray:
         """Mask over row ids (True = matches ``where``); the caller holds the read side, so the data cannot change
         meanwhile. A filter repeated across queries is evaluated in SQLite once per version of the data."""
