@@ -141,6 +141,61 @@ def test_hnsw_shards_reach_the_recall_of_one_hnsw_collection(cluster, records, t
     assert "hnsw" not in db.list_collections()
 
 
+KILLS = 20
+
+
+def test_replicas_killed_during_writes_lose_no_acknowledged_write(cluster, records):
+    """A writer thread upserts without pause while replicas are killed one at a time (each found dead by the
+    writes, then repaired from a live copy): afterwards every replica holds every acknowledged record of its
+    shard, and the collection answers as a single-node one holding the same records."""
+    import threading
+    import time
+    db = cluster[0]
+    x = records[1]
+    col = db.create_collection("churn", 384, "cosine", index="flat", shards=2, replicas=2)
+    acknowledged: list[str] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            batch = [f"w{n}-{i}" for i in range(6)]
+            try:
+                col.upsert(batch, x[(n * 6) % (N - 6):(n * 6) % (N - 6) + 6])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+                return
+            acknowledged.extend(batch)
+            n += 1
+    thread = threading.Thread(target=writer)
+    thread.start()
+    rng = np.random.default_rng(7)
+    try:
+        for _ in range(KILLS):
+            s, r = int(rng.integers(2)), int(rng.integers(2))
+            ray.kill(col._actors[s][r])
+            deadline = time.monotonic() + 60
+            while not col._dead[s, r] and time.monotonic() < deadline and not errors:
+                time.sleep(0.02)  # the writer's next write to shard s finds it dead
+            assert col._dead[s, r] or errors
+            assert col.repair() == [(s, r)] or errors
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
+    assert len(acknowledged) >= 6 * KILLS
+    routes: dict[int, list[str]] = {}
+    for record_id in acknowledged:
+        routes.setdefault(distributed.shard_of(record_id, 2), []).append(record_id)
+    for s, expect in routes.items():
+        for actor in col._actors[s]:
+            held = ray.get(actor.call.remote("get", (expect,), {"include": []}))
+            assert [h["id"] for h in held] == expect
+    assert col.count() == len(acknowledged)
+    db.drop_collection("churn")
+
+
 def test_a_dead_replica_is_replaced_and_a_dead_shard_is_said(cluster, records):
     """Kills run last in this module: they leave the flat collection degraded."""
     _, flat, local = cluster

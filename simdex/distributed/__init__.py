@@ -14,7 +14,8 @@ indexes the answer equals a single-node collection's. The collection API is the 
     hits = col.search(query, k=10, where={"lang": "en"})
 
 Ray is the cluster layer (actors, their placement and failure detection): simdex adds no RPC or membership of its
-own. Not built yet: catch-up of a replica that missed writes, placement groups, hedged searches, bulk import and
+own. A dead replica is replaced by :meth:`DistributedCollection.repair` from a copy of a live one. Not built yet:
+incremental catch-up from a live replica's log, placement groups, hedged searches, bulk import and
 ``simdex serve --ray`` (issue 27).
 """
 

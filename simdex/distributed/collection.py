@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import threading
@@ -72,9 +73,21 @@ class ShardReplica:
     """One replica of one shard of one collection, run as a Ray actor: an embedded simdex database in its own
     folder holding that collection."""
 
-    def __init__(self, folder: str, db_options: dict[str, Any]) -> None:
+    def __init__(self, folder: str, db_options: dict[str, Any], copy_of: bytes | None = None) -> None:
         from ..store import connect as connect_local
-        self.db = connect_local(folder, **db_options)
+        import time
+
+        from ..errors import DatabaseLockedError
+        if copy_of is not None:  # a replacement replica: start from a live replica's copy (:meth:`copy`)
+            _unpack(copy_of, folder)
+        for attempt in range(300):
+            try:
+                self.db = connect_local(folder, **db_options)
+                break
+            except DatabaseLockedError:  # the killed replica this one replaces may not have exited yet
+                if attempt == 299:
+                    raise
+                time.sleep(0.1)
         self.col: Any = None
 
     def open(self, name: str, create: dict[str, Any] | None) -> int:
@@ -89,8 +102,39 @@ class ShardReplica:
     def backup(self, dest: str) -> dict[str, Any]:
         return self.db.backup(dest)
 
+    def copy(self) -> bytes:
+        """A consistent copy of this replica's database as tar bytes (its backup), for a replacement replica on
+        any node: Ray's object store carries it."""
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="simdex-replica-") as tmp:
+            self.db.backup(str(Path(tmp) / "db"))
+            return _pack(Path(tmp) / "db")
+
     def close(self) -> None:
         self.db.close()
+
+
+def _pack(folder: Path) -> bytes:
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(folder, arcname=".")
+    return buf.getvalue()
+
+
+def _unpack(data: bytes, folder: str) -> None:
+    """Replace ``folder`` by the database that :func:`_pack` packed (only plain files and folders, inside it)."""
+    import io
+    import tarfile
+    target = Path(folder)
+    staging = target.with_name(target.name + ".incoming")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        tar.extractall(staging, filter="data")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
 
 
 _ACTOR: Any = None
@@ -241,6 +285,10 @@ class DistributedCollection(CollectionAPI):
         self._lock = threading.Lock()
         self._busy = np.zeros((self.shards, self.replicas), np.int64)  # calls in flight, for least-busy reads
         self._dead = np.zeros((self.shards, self.replicas), bool)
+        # a shard's writes are sent to its replicas under its lock, so that every replica gets them in the same
+        # order (Ray runs one caller's calls to an actor in the order they were sent); repair holds it too
+        self._write_locks = [threading.Lock() for _ in range(self.shards)]
+        self._db = db
         self.last_write: dict[str, Any] = {}
         actor = _actor_class()
         self._actors = [[actor.remote(str(db.path / name / f"shard-{s}" / f"replica-{r}"), db._db_options)
@@ -272,6 +320,13 @@ class DistributedCollection(CollectionAPI):
             self._busy[shard, r] += 1
             return r
 
+    def _mark_dead(self, shard: int, r: int, actor: Any) -> None:
+        """Leave replica r of ``shard`` out from now on, unless it was replaced (:meth:`repair`) since ``actor``,
+        the one that failed, was called."""
+        with self._lock:
+            if self._actors[shard][r] is actor:
+                self._dead[shard, r] = True
+
     def _done(self, shard: int, r: int) -> None:
         with self._lock:
             self._busy[shard, r] -= 1
@@ -289,20 +344,22 @@ class DistributedCollection(CollectionAPI):
             if r is None:
                 missing.append(s)
             else:
-                pending[s] = (r, self._actors[s][r].call.remote(method, args_of(s), kwargs))
+                actor = self._actors[s][r]
+                pending[s] = (r, actor, actor.call.remote(method, args_of(s), kwargs))
         results: dict[int, Any] = {}
-        for s, (r, ref) in pending.items():
+        for s, (r, actor, ref) in pending.items():
             while True:
                 try:
                     results[s] = self._get(ray, ref)
                     break
                 except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                    self._dead[s, r] = True
+                    self._mark_dead(s, r, actor)
                     r_next = self._pick(s)
                     if r_next is None:
                         missing.append(s)
                         break
-                    ref = self._actors[s][r_next].call.remote(method, args_of(s), kwargs)
+                    actor = self._actors[s][r_next]
+                    ref = actor.call.remote(method, args_of(s), kwargs)
                 finally:
                     self._done(s, r)
                 r = r_next
@@ -314,17 +371,20 @@ class DistributedCollection(CollectionAPI):
         ({shard: the first replica's result}). A replica found dead is marked and left out from then on (it
         missed this write); a shard with no live replica raises StorageError naming the shards written."""
         ray = _ray()
-        calls = [(s, r, self._actors[s][r].call.remote(method, args_of(s),
-                                                        kwargs if kwargs_of is None else kwargs_of(s)))
-                 for s in shards for r in range(self.replicas) if not self._dead[s, r]]
+        with contextlib.ExitStack() as held:
+            for s in sorted(shards):  # in shard order: two writers never wait for each other's locks
+                held.enter_context(self._write_locks[s])
+            calls = [(s, r, self._actors[s][r], self._actors[s][r].call.remote(
+                method, args_of(s), kwargs if kwargs_of is None else kwargs_of(s)))
+                for s in shards for r in range(self.replicas) if not self._dead[s, r]]
         results: dict[int, Any] = {}
         acks = {s: 0 for s in shards}
         error: BaseException | None = None
-        for s, r, ref in calls:
+        for s, r, actor, ref in calls:
             try:
                 value = self._get(ray, ref)
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                self._dead[s, r] = True
+                self._mark_dead(s, r, actor)
                 continue
             except Exception as exc:  # the replica refused the request: every replica of the shard will
                 error = error or exc
@@ -353,6 +413,34 @@ class DistributedCollection(CollectionAPI):
             finally:
                 self._done(s, r)
         return out
+
+    def repair(self) -> list[tuple[int, int]]:
+        """Replace each dead replica by a new actor started from a copy of a live replica of its shard; returns
+        the (shard, replica) pairs replaced. The shard's writes wait meanwhile (its reads go on), so the copy holds
+        every write acknowledged before it and the new replica receives every one after it. A shard with no live
+        replica cannot be repaired (StorageError): its records are only in the dead replicas' files."""
+        ray = _ray()
+        replaced = []
+        for s, r in (tuple(int(v) for v in pair) for pair in np.argwhere(self._dead)):
+            with self._write_locks[s]:
+                live = [i for i in range(self.replicas) if not self._dead[s, i]]
+                if not live:
+                    raise StorageError(f"collection {self.name!r}: shard {s} has no live replica to copy from")
+                source = self._actors[s][live[0]]
+                # the copy runs after every write already sent to the source (Ray keeps one caller's order)
+                copy = source.copy.remote()
+                folder = self._db.path / self.name / f"shard-{s}" / f"replica-{r}"
+                try:
+                    ray.kill(self._actors[s][r])
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+                actor = _actor_class().remote(str(folder), self._db._db_options, copy)
+                self._get(ray, actor.open.remote(self.name, None))
+                with self._lock:
+                    self._actors[s][r] = actor
+                    self._dead[s, r] = False
+                replaced.append((s, r))
+        return replaced
 
     def _shutdown(self) -> None:
         ray = _ray()
