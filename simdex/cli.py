@@ -59,10 +59,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise _fail(f"cannot read the key file {args.keys}: {exc}") from None
     warming = None if args.no_warmup else _warmup_for_serving()
-    db = connect(args.path, sync=args.sync)
+    if args.ray is not None:
+        # the same app in front of a distributed database: this process holds the shard actors' handles and the
+        # HTTP workers call them (no Ray Serve: one more process layer and its own deployment model for a server
+        # whose work is in the shard actors anyway)
+        from .distributed import connect as connect_distributed
+        db = connect_distributed(args.path, None if args.ray == "local" else args.ray, sync=args.sync)
+        if args.demo:
+            raise _fail("--demo makes a local collection; it does not go with --ray")
+    else:
+        db = connect(args.path, sync=args.sync)
     if args.demo:
         demo_collection(db)
-    _warm_embedders(db)
+    if args.ray is None:  # (a distributed collection's embedder lives in its shard replicas)
+        _warm_embedders(db)
     if warming is not None:
         from ._warmup import describe
         took = warming.result()
@@ -498,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning")
     p.add_argument("--demo", action="store_true", help="create the WordNet demo collection if it is missing")
     p.add_argument("--no-warmup", action="store_true", help="do not compile the kernels before serving")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="serve a distributed database (simdex.distributed, extra simdex[ray]) on the Ray cluster at "
+                        "ADDRESS (\"auto\": the one this machine belongs to; no ADDRESS: a Ray on this machine)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("import", help="import records from .npy, Parquet or JSONL into a collection",

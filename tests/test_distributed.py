@@ -7,6 +7,7 @@ machine."""
 from __future__ import annotations
 
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -141,6 +142,38 @@ def test_hnsw_shards_reach_the_recall_of_one_hnsw_collection(cluster, records, t
     assert "hnsw" not in db.list_collections()
 
 
+def test_the_http_api_serves_a_distributed_database(cluster, records):
+    """What `simdex serve --ray` runs: the server's app over the distributed database, unchanged."""
+    from fastapi.testclient import TestClient
+
+    from simdex.server.app import create_app
+    db = cluster[0]
+    ids, x, meta, docs, queries = records
+    client = TestClient(create_app(db))
+    made = client.post("/api/v1/collections", json={"name": "http", "dim": 384, "index": "flat",
+                                                    "params": {"shards": 2, "replicas": 1}})
+    assert made.status_code == 201, made.text
+    assert made.json()["shards"] == 2
+    put = client.post("/api/v1/collections/http/upsert", json={"ids": ids[:200], "vectors": x[:200].tolist(),
+                                                                "metadatas": meta[:200], "documents": docs[:200]})
+    assert put.json() == {"upserted": 200}
+    assert client.get("/api/v1/collections/http/count").json() == {"count": 200}
+    found = client.post("/api/v1/collections/http/search", json={"vector": queries[0].tolist(), "k": 5}).json()
+    expect = db.get_collection("http").search(queries[0], 5)
+    assert [h["id"] for h in found["results"][0]] == [h["id"] for h in expect] and found["warnings"] == []
+    bad = client.post("/api/v1/collections/http/upsert", json={"ids": ["z"], "vectors": [[1.0, 2.0]]})
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "DimensionMismatchError"
+    ray.kill(db.get_collection("http")._actors[0][0])
+    for _ in range(200):  # (the kill takes effect within moments; a call that was first is still answered)
+        partial = client.post("/api/v1/collections/http/search", json={"vector": queries[0].tolist(), "k": 5}).json()
+        if partial["warnings"]:
+            break
+        time.sleep(0.05)
+    assert partial["warnings"] and "shard(s) [0] had no live replica" in partial["warnings"][0]
+    assert all(distributed.shard_of(h["id"], 2) == 1 for h in partial["results"][0])
+    db.drop_collection("http")
+
+
 KILLS = 20
 
 
@@ -149,7 +182,6 @@ def test_replicas_killed_during_writes_lose_no_acknowledged_write(cluster, recor
     writes, then repaired from a live copy): afterwards every replica holds every acknowledged record of its
     shard, and the collection answers as a single-node one holding the same records."""
     import threading
-    import time
     db = cluster[0]
     x = records[1]
     col = db.create_collection("churn", 384, "cosine", index="flat", shards=2, replicas=2)

@@ -15,8 +15,8 @@ indexes the answer equals a single-node collection's. The collection API is the 
 
 Ray is the cluster layer (actors, their placement and failure detection): simdex adds no RPC or membership of its
 own. A dead replica is replaced by :meth:`DistributedCollection.repair` from a copy of a live one. Not built yet:
-incremental catch-up from a live replica's log, placement groups, hedged searches, bulk import and
-``simdex serve --ray`` (issue 27).
+incremental catch-up from a live replica's log, placement groups, hedged searches and bulk import (issue 27).
+``simdex serve --ray`` serves a distributed database over HTTP.
 """
 
 from __future__ import annotations

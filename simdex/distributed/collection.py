@@ -35,6 +35,20 @@ class ClusterUnavailableError(SimdexError, ConnectionError):
     """Ray is not installed, or the Ray cluster named could not be reached."""
 
 
+_PARTIAL = "had no live replica: the results leave out their records"
+
+
+def _notes(missing: list[int], shard_notes: list[str]) -> list[str]:
+    """The warnings of a read: the shards it left out, then the shards' own (each once)."""
+    return ([f"shard(s) {missing} {_PARTIAL}"] if missing else []) + list(dict.fromkeys(shard_notes))
+
+
+def _warn(notes: list[str]) -> None:
+    for note in notes:
+        warnings.warn(PartialResultsWarning(note) if note.endswith(_PARTIAL) else TruncatedTextWarning(note),
+                      stacklevel=3)
+
+
 def shard_of(record_id: str, shards: int) -> int:
     """The shard of ``record_id`` among ``shards``: a hash of its UTF-8 bytes that every process and machine
     computes alike (Python's ``hash`` of a str changes between processes)."""
@@ -461,9 +475,7 @@ class DistributedCollection(CollectionAPI):
 
     @staticmethod
     def _warn_missing(missing: list[int]) -> None:
-        if missing:
-            warnings.warn(PartialResultsWarning(f"shard(s) {missing} had no live replica: the results leave out "
-                                                f"their records"), stacklevel=3)
+        _warn(_notes(missing, []))
 
     # ---- the collection API --------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -560,34 +572,41 @@ class DistributedCollection(CollectionAPI):
         """:meth:`CollectionAPI.search`: every shard's ``k * oversample`` best, merged (by distance, or by score
         for text and fused searches; BM25 statistics are each shard's own). Warns PartialResultsWarning when a
         shard had no live replica."""
+        hits, notes = self.search_with_notes(vector, k, where, include, ef, **options)
+        _warn(notes)
+        return hits
+
+    def search_with_notes(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
+                          ef: int | None = None, **options: Any) -> tuple[list[dict[str, Any]], list[str]]:
+        """:meth:`search`, returning its warnings (a shard missing, a query text truncated) instead of issuing
+        them: the server puts them in its response."""
         k = check_positive_int(k, "k")
         include = check_include(include, DEFAULT_SEARCH_INCLUDE)
-        ask = tuple(include) if "distances" in include else (*include, "distances")
-        found, missing = self._read("search_with_notes", lambda s: (vector, k * self.oversample, where, list(ask),
-                                                                    ef), options)
-        self._warn_missing(missing)
-        return self._merge([hits for hits, _ in found.values()], k, include,
-                           [note for _, notes in found.values() for note in notes])
+        ask = list(include) if "distances" in include else [*include, "distances"]
+        found, missing = self._read("search_with_notes", lambda s: (vector, k * self.oversample, where, ask, ef),
+                                    options)
+        notes = _notes(missing, [note for _, shard_notes in found.values() for note in shard_notes])
+        return self._merge([hits for hits, _ in found.values()], k, include), notes
 
     def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None, **options: Any) -> list[list[dict[str, Any]]]:
+        hits, notes = self.search_batch_with_notes(vectors, k, where, include, ef, **options)
+        _warn(notes)
+        return hits
+
+    def search_batch_with_notes(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
+                                ef: int | None = None, **options: Any) -> tuple[list[list[dict[str, Any]]], list[str]]:
         k = check_positive_int(k, "k")
         include = check_include(include, DEFAULT_SEARCH_INCLUDE)
-        ask = tuple(include) if "distances" in include else (*include, "distances")
-        found, missing = self._read("search_batch_with_notes",
-                                    lambda s: (vectors, k * self.oversample, where, list(ask), ef), options)
-        self._warn_missing(missing)
-        if not found:
-            return []
-        notes = [note for _, shard_notes in found.values() for note in shard_notes]
+        ask = list(include) if "distances" in include else [*include, "distances"]
+        found, missing = self._read("search_batch_with_notes", lambda s: (vectors, k * self.oversample, where, ask,
+                                                                          ef), options)
+        notes = _notes(missing, [note for _, shard_notes in found.values() for note in shard_notes])
         per_query = zip(*(hits for hits, _ in found.values()))
-        return [self._merge(list(lists), k, include, notes if q == 0 else []) for q, lists in enumerate(per_query)]
+        return [self._merge(list(lists), k, include) for lists in per_query], notes
 
     @staticmethod
-    def _merge(lists: list[list[dict[str, Any]]], k: int, include: tuple[str, ...], notes: list[str]
-               ) -> list[dict[str, Any]]:
-        for note in dict.fromkeys(notes):
-            warnings.warn(TruncatedTextWarning(note), stacklevel=3)
+    def _merge(lists: list[list[dict[str, Any]]], k: int, include: tuple[str, ...]) -> list[dict[str, Any]]:
         hits = [h for part in lists for h in part]
         if hits and "distance" in hits[0]:
             hits.sort(key=lambda h: (h["distance"], h["id"]))

@@ -418,8 +418,8 @@ def create_app(db: Database, *, api_key: str | None = None, max_body_bytes: int 
                 raise errors.InvalidInputError(f"at most {max_batch} queries per request")
         else:
             queries = [body.vector] if body.vector is not None else body.vectors
-        results = col.search_batch(queries, body.k, body.where, body.include, body.ef, mode=body.mode,
-                                   target_recall=body.target_recall)
-        return _json({"results": results, "warnings": []})
+        results, notes = col.search_batch_with_notes(queries, body.k, body.where, body.include, body.ef,
+                                                     mode=body.mode, target_recall=body.target_recall)
+        return _json({"results": results, "warnings": notes})  # (a distributed collection's: shards missing)
 
     return app
