@@ -56,6 +56,22 @@ def test_recall_vs_brute_force_and_pruning(wordnet_20k, built):
     assert index.nbytes < 0.25 * ds.base.nbytes
 
 
+def test_concurrent_searches_answer_as_one_at_a_time(wordnet_20k, built):
+    """Searches from several threads at once (a server's) each hold their own marks of the entries scored, so the
+    duplicated boundary entries neither repeat an id nor hide one: every answer equals the one searched alone."""
+    from concurrent.futures import ThreadPoolExecutor
+    index, _, _ = built
+    queries = wordnet_20k.queries[:80]
+    alone = [index.search(q[None], 10, nprobe=32, threads=1)[1][0].tolist() for q in queries]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda q: index.search(q[None], 10, nprobe=32, threads=1)[1][0].tolist(),
+                                     queries))
+            assert together == alone
+    batch = index.search(queries, 10, nprobe=32, threads=2)[1].tolist()
+    assert all(len(set(row)) == 10 for row in batch)
+
+
 def test_few_queries_pick_lists_through_the_top_level(wordnet_20k, built):
     """One query at a time picks its lists among the leaves of its nearest top clusters (not every centroid): the
     lists it reads are almost always the true nearest ones, and recall matches the batch path."""

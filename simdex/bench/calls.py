@@ -104,7 +104,8 @@ def _kind_variants(col: Any, queries: np.ndarray, k: int, effort: int) -> tuple[
     def same_answers(n: int = 50) -> float:
         rid_to_id = {}
         agree = 0
-        for q in queries[:n]:
+        checked_queries = queries[:n]
+        for q in checked_queries:
             _, lib = index.search(q[None], k, threads=1, **options)
             _, rids = side.search(col._queries(q[None], "vector"), k, None, effort, 1)
             hits = [h["id"] for h in col.search(q, k, ef=effort, include=ids_only)]
@@ -112,7 +113,7 @@ def _kind_variants(col: Any, queries: np.ndarray, k: int, effort: int) -> tuple[
                 if rid >= 0 and rid not in rid_to_id:
                     rid_to_id[rid] = col._meta.fetch([rid])[rid][0]
             agree += lib[0].tolist() == rids[0].tolist() and hits == [rid_to_id[r] for r in rids[0].tolist() if r >= 0]
-        return agree / n
+        return agree / len(checked_queries)
 
     variants = {"library batch": library_batch, "library single": library_single, "store layer": store_layer,
                 "collection ids": collection_ids, "collection records": collection_records}

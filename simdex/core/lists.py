@@ -11,9 +11,11 @@ holds and of ``slots`` (each entry's storage slot).
 
 from __future__ import annotations
 
+import numpy as np
+
 from .._heap import copy_padded, heap_push, heap_replace_top, heap_sort_ascending
 from .._numba import kernel, run_threads
-from .beam import pair_scratch
+from .beam import next_tag, pair_scratch
 from .scorer import list_query, query, rescore, scan_score
 
 
@@ -71,7 +73,7 @@ def finish_heap(heap_d, heap_i, n, rerank, metric, q, vectors, out_d, out_i):
     copy_padded(heap_d, heap_i, n, out_d, out_i)
 
 
-def scan_lists(sc, nthreads, probes, offsets, slots, cap, k, allowed, use_filter, invert, seen, stamp0, rerank,
+def scan_lists(sc, nthreads, probes, offsets, slots, cap, k, allowed, use_filter, invert, visited, tags, rerank,
                metric, queries, vectors, out_d, out_i) -> None:
     """k-NN of every query of ``sc`` over its probed lists ``probes`` (nq, nprobe; -1: skipped), keeping the
     ``cap`` best entries, then (with ``rerank``) re-ranking them from ``vectors`` in the internal ``metric`` with
@@ -80,24 +82,25 @@ def scan_lists(sc, nthreads, probes, offsets, slots, cap, k, allowed, use_filter
     which cost it more than the scan of 16 lists).
 
     Entries are skipped when ``use_filter`` and their slot is not allowed (``allowed[slot] != 0``, or ``== 0``
-    with ``invert``), and, when ``seen`` (>= nthreads, n_slots) int32 has columns, when their slot was already
-    scored for this query (SPANN's closure stores a boundary vector in several lists): query qi marks slots with
-    ``stamp0 + qi``, which the caller keeps unique across calls, so the marks never need clearing.
+    with ``invert``), and, when ``visited`` (>= nthreads, n_slots) has columns, when their slot was already scored
+    for this query (SPANN's closure stores a boundary vector in several lists): the per-thread generation marks of
+    the graph search (:func:`simdex.core.beam.next_tag`; ``visited``, ``tags`` from a
+    :class:`~simdex.core.beam.ScratchPool`, held by this call alone).
     """
     run_threads(scan_rows, out_d.shape[0], nthreads, sc, probes, offsets, slots, cap, k, allowed, use_filter,
-                invert, seen, stamp0, rerank, metric, queries, vectors, out_d, out_i)
+                invert, visited, tags, rerank, metric, queries, vectors, out_d, out_i)
 
 
 @kernel
-def scan_rows(sc, probes, offsets, slots, cap, k, allowed, use_filter, invert, seen, stamp0, rerank, metric,
+def scan_rows(sc, probes, offsets, slots, cap, k, allowed, use_filter, invert, visited, tags, rerank, metric,
               queries, vectors, out_d, out_i, t, lo, hi):
     """:func:`scan_lists` for queries lo..hi-1 on thread slot t."""
-    dedup = seen.shape[1] > 0
+    dedup = visited.shape[1] > 0
     scratch_d, scratch_i = pair_scratch(1, cap)
     heap_d, heap_i = scratch_d[0], scratch_i[0]
     for qi in range(lo, hi):
         q = query(sc, qi, t)
-        stamp = stamp0 + qi
+        tag = next_tag(visited, tags, t) if dedup else np.uint16(0)
         n = 0
         for p in range(probes.shape[1]):
             lst = probes[qi, p]
@@ -109,9 +112,9 @@ def scan_rows(sc, probes, offsets, slots, cap, k, allowed, use_filter, invert, s
                 if use_filter and (allowed[slot] != 0) == invert:
                     continue
                 if dedup:
-                    if seen[t, slot] == stamp:
+                    if visited[t, slot] == tag:
                         continue
-                    seen[t, slot] = stamp
+                    visited[t, slot] = tag
                 d = scan_score(sc, lq, e)
                 # skipping the heap for entries that cannot enter it is the common case once it is full
                 if n < cap or d < heap_d[0]:

@@ -49,6 +49,9 @@ _MAX_LISTS = 1 << 24  # far above any useful nlist; bounds the list offsets allo
 # up to this nprobe the lists are picked by an insertion kernel (5-7x faster than np.argpartition at nprobe <= 8,
 # even at 32); beyond it argpartition wins
 _SELECT_PROBES_MAX = 32
+# the list scan's duplicate marks, unused by IVF (each vector is in one list)
+_NO_MARKS = np.zeros((1, 0), np.uint16)
+_NO_TAGS = np.zeros(1, np.int64)
 
 class IVFIndex(InVectorFile, RecallCalibrated, Index):
     """Inverted-file index over codes.
@@ -389,7 +392,7 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
         do_rerank = bool(rerank) and not isinstance(self.codec, FlatCodec)
         vectors = self._vectors if self.vector_storage != "none" else np.zeros((1, self.dim), np.float32)
         scan_lists(self._list_scorer(q, probe_d, nthreads), nthreads, probes, self._offsets, self._slots, cap, k,
-                   mask, use_filter, invert, np.zeros((1, 0), np.int32), 0, do_rerank, self._metric_code, q, vectors,
+                   mask, use_filter, invert, _NO_MARKS, _NO_TAGS, do_rerank, self._metric_code, q, vectors,
                    out_d, out_s)
 
     def _list_scorer(self, q: np.ndarray, probe_d: np.ndarray, nthreads: int) -> Any:

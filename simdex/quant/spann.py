@@ -43,6 +43,7 @@ from ..errors import CorruptFileError, InvalidInputError, MissingFileError, Unsu
 from ..fileformat import fsync_path, load_arrays, read_kind, save_arrays
 from ..index import FOLDER_HEADER, BaseIndex, meta_int
 from ..core.exact import exact_knn_subset
+from ..core.beam import ScratchPool
 from ..core.lists import scan_lists
 from ..idmap import IdMap
 from ..metrics import METRIC_CODES, public_results, to_public
@@ -141,8 +142,10 @@ class SPANNIndex(BaseIndex):
         self._block_crc = arrays["block_crc"]
         self._postings = postings
         self._vectors = vectors
-        self._seen = np.zeros((0, 0), np.int32)
-        self._stamp = 1
+        # per-thread marks of the entries a query has scored (closure stores a vector in several lists), taken
+        # by one search at a time: concurrent searches sharing one set skipped each other's entries or scored
+        # an entry twice
+        self._scratch = ScratchPool()
         # the top level of the build's clustering: a few queries pick their lists among the leaves of their
         # nearest tops instead of scanning every centroid (which is tens of MiB of memory traffic per query)
         self._tops = np.ascontiguousarray(arrays["tops"]) if "tops" in arrays else None
@@ -436,8 +439,7 @@ class SPANNIndex(BaseIndex):
     @property
     def nbytes(self) -> int:
         """Bytes this index holds in the process's own memory (not the memory-mapped files)."""
-        return int(sum(a.nbytes for a in (self.centroids, self._cnorms, self.offsets, self.slots, self.ids,
-                                          self._seen)))
+        return int(sum(a.nbytes for a in (self.centroids, self._cnorms, self.offsets, self.slots, self.ids)))
 
     @property
     def disk_nbytes(self) -> int:
@@ -493,17 +495,15 @@ class SPANNIndex(BaseIndex):
         out_d = np.empty((nq, k), np.float32)
         out_s = np.empty((nq, k), np.int32)
         nthreads = batch_threads(threads, nq)
-        if self._seen.shape[0] < nthreads or self._seen.shape[1] != self.ntotal or self._stamp + nq >= 2 ** 31 - 1:
-            self._seen = np.zeros((nthreads, self.ntotal), np.int32)
-            self._stamp = 1
-        stamp0 = self._stamp
-        self._stamp += nq
         postings = np.asarray(self._postings)  # a plain ndarray view: numba caches kernels typed on those
-        # entries already scored for a query are skipped (``seen``): closure stores a vector in several lists
         sc = AffineCodes(qt, qc, postings, postings.view(np.float32), self.codec.bits, self.codec.half)
-        scan_lists(sc, nthreads, probes, self.offsets, self.slots, cap, k,
-                   np.zeros(1, np.uint8) if allowed is None else allowed, allowed is not None, invert,
-                   self._seen, stamp0, True, METRIC_CODES[self.metric], q, np.asarray(self._vectors), out_d, out_s)
+        visited, tags = self._scratch.take(nthreads, self.ntotal)
+        try:
+            scan_lists(sc, nthreads, probes, self.offsets, self.slots, cap, k,
+                       np.zeros(1, np.uint8) if allowed is None else allowed, allowed is not None, invert,
+                       visited, tags, True, METRIC_CODES[self.metric], q, np.asarray(self._vectors), out_d, out_s)
+        finally:
+            self._scratch.give((visited, tags))
         return public_results(METRIC_CODES[self.metric], out_d, out_s, np.asarray(self.ids))
 
     def _nearest_lists(self, q: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
