@@ -273,8 +273,8 @@ class HNSWIndex(RecallCalibrated, Index):
                 allowed, invert = self._deleted[:self._n], True
             else:
                 allowed = allowed & (self._deleted[:self._n] == 0)
-        n_allowed = -1 if allowed is None else self._n - self._n_deleted if invert else int(np.count_nonzero(allowed))
-        if allowed is not None and self._prefer_exact(n_allowed, ef):
+        if allowed is not None and self._prefer_exact(
+                self._n - self._n_deleted if invert else int(np.count_nonzero(allowed)), ef):
             if invert:
                 allowed = (allowed == 0).view(np.uint8)
             with num_threads(threads):

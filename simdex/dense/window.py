@@ -35,7 +35,6 @@ from .._validate import _as_numeric_array, check_positive_int, check_real, check
 from ..errors import CorruptFileError, InvalidInputError
 from ..idmap import IdMap
 from ..index import Index, index_class, meta_int, sub_arrays
-from ..metrics import to_public
 from . import _window_kernels as K
 from .hnsw import HNSWIndex
 
@@ -388,8 +387,7 @@ class WindowIndex(Index):
         order = np.argsort(heap_d, axis=1, kind="stable")
         dist = np.take_along_axis(heap_d, order, 1)
         slots = np.take_along_axis(heap_s, order, 1)
-        ids = np.where(slots >= 0, self._idmap.slot_ids[np.maximum(slots, 0)], -1)
-        return to_public(self.metric, dist), ids
+        return self._results(dist, slots)
 
     def _plan(self, s: int, e: int, ef: int) -> list[tuple]:
         """Cheapest cover of rows [s, e) by exact scans ``("x", a, b)`` and node searches ``("g", level, j, a, b)``.

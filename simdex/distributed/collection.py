@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
 import shutil
+import tarfile
+import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from .._validate import check_positive_int
-from ..errors import (CollectionExistsError, CollectionNotFoundError, CorruptFileError, InvalidInputError,
-                      SimdexError, StorageError, TruncatedTextWarning, UnknownIdError)
+from ..errors import (CollectionExistsError, CollectionNotFoundError, CorruptFileError, DatabaseLockedError,
+                      InvalidInputError, SimdexError, StorageError, TruncatedTextWarning, UnknownIdError)
 from ..fileformat import write_json
+from ..store import connect as connect_local
 from ..store import records as rec
 from ..store.api import MAIN_FIELD, CollectionAPI, DatabaseAPI
 from ..store.config import DEFAULT_SEARCH_INCLUDE, check_include
@@ -88,10 +94,6 @@ class ShardReplica:
     folder holding that collection."""
 
     def __init__(self, folder: str, db_options: dict[str, Any], copy_of: bytes | None = None) -> None:
-        from ..store import connect as connect_local
-        import time
-
-        from ..errors import DatabaseLockedError
         if copy_of is not None:  # a replacement replica: start from a live replica's copy (:meth:`copy`)
             _unpack(copy_of, folder)
         for attempt in range(300):
@@ -119,7 +121,6 @@ class ShardReplica:
     def copy(self) -> bytes:
         """A consistent copy of this replica's database as tar bytes (its backup), for a replacement replica on
         any node: Ray's object store carries it."""
-        import tempfile
         with tempfile.TemporaryDirectory(prefix="simdex-replica-") as tmp:
             self.db.backup(str(Path(tmp) / "db"))
             return _pack(Path(tmp) / "db")
@@ -129,8 +130,6 @@ class ShardReplica:
 
 
 def _pack(folder: Path) -> bytes:
-    import io
-    import tarfile
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(folder, arcname=".")
@@ -139,8 +138,6 @@ def _pack(folder: Path) -> bytes:
 
 def _unpack(data: bytes, folder: str) -> None:
     """Replace ``folder`` by the database that :func:`_pack` packed (only plain files and folders, inside it)."""
-    import io
-    import tarfile
     target = Path(folder)
     staging = target.with_name(target.name + ".incoming")
     shutil.rmtree(staging, ignore_errors=True)
@@ -189,7 +186,6 @@ class DistributedDatabase(DatabaseAPI):
         self.close()
 
     def _manifest(self) -> dict[str, Any]:
-        import json
         try:
             doc = json.loads((self.path / MANIFEST).read_text())
         except FileNotFoundError:
@@ -504,8 +500,7 @@ class DistributedCollection(CollectionAPI):
         if vectors is not None and not isinstance(vectors, dict) and self.dim is not None and \
                 "embedder" not in self._spec["create"]:
             # checked here in full, so that a bad record refuses the whole batch before any shard writes
-            rec.check_upsert(ids, vectors, metadatas, documents, int(self.dim), False)
-            vectors = np.asarray(vectors, np.float32)
+            vectors = rec.check_upsert(ids, vectors, metadatas, documents, int(self.dim), False).vectors
         n = len(ids)
         for name, values in (("metadatas", metadatas), ("documents", documents)):
             if values is not None and (not isinstance(values, (list, tuple)) or len(values) != n):
@@ -580,13 +575,8 @@ class DistributedCollection(CollectionAPI):
                           ef: int | None = None, **options: Any) -> tuple[list[dict[str, Any]], list[str]]:
         """:meth:`search`, returning its warnings (a shard missing, a query text truncated) instead of issuing
         them: the server puts them in its response."""
-        k = check_positive_int(k, "k")
-        include = check_include(include, DEFAULT_SEARCH_INCLUDE)
-        ask = list(include) if "distances" in include else [*include, "distances"]
-        found, missing = self._read("search_with_notes", lambda s: (vector, k * self.oversample, where, ask, ef),
-                                    options)
-        notes = _notes(missing, [note for _, shard_notes in found.values() for note in shard_notes])
-        return self._merge([hits for hits, _ in found.values()], k, include), notes
+        k, include, per_shard, notes = self._scatter("search_with_notes", vector, k, where, include, ef, options)
+        return self._merge(per_shard, k, include), notes
 
     def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None, **options: Any) -> list[list[dict[str, Any]]]:
@@ -596,14 +586,21 @@ class DistributedCollection(CollectionAPI):
 
     def search_batch_with_notes(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                                 ef: int | None = None, **options: Any) -> tuple[list[list[dict[str, Any]]], list[str]]:
+        k, include, per_shard, notes = self._scatter("search_batch_with_notes", vectors, k, where, include, ef,
+                                                     options)
+        return [self._merge(list(lists), k, include) for lists in zip(*per_shard)], notes
+
+    def _scatter(self, method: str, query: Any, k: Any, where: Any, include: Any, ef: Any, options: dict[str, Any]
+                 ) -> tuple[int, tuple[str, ...], list[Any], list[str]]:
+        """A search ``method`` of the local collection (``search_with_notes`` or ``search_batch_with_notes``) on
+        every shard, each asked for its ``k * oversample`` best with distances: (k, include, each shard's hits,
+        the notes)."""
         k = check_positive_int(k, "k")
         include = check_include(include, DEFAULT_SEARCH_INCLUDE)
         ask = list(include) if "distances" in include else [*include, "distances"]
-        found, missing = self._read("search_batch_with_notes", lambda s: (vectors, k * self.oversample, where, ask,
-                                                                          ef), options)
+        found, missing = self._read(method, lambda s: (query, k * self.oversample, where, ask, ef), options)
         notes = _notes(missing, [note for _, shard_notes in found.values() for note in shard_notes])
-        per_query = zip(*(hits for hits, _ in found.values()))
-        return [self._merge(list(lists), k, include) for lists in per_query], notes
+        return k, include, [hits for hits, _ in found.values()], notes
 
     @staticmethod
     def _merge(lists: list[list[dict[str, Any]]], k: int, include: tuple[str, ...]) -> list[dict[str, Any]]:

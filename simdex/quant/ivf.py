@@ -53,6 +53,7 @@ _SELECT_PROBES_MAX = 32
 _NO_MARKS = np.zeros((1, 0), np.uint16)
 _NO_TAGS = np.zeros(1, np.int64)
 
+
 class IVFIndex(InVectorFile, RecallCalibrated, Index):
     """Inverted-file index over codes.
 

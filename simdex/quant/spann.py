@@ -46,7 +46,7 @@ from ..core.exact import exact_knn_subset
 from ..core.beam import ScratchPool
 from ..core.lists import scan_lists
 from ..idmap import IdMap
-from ..metrics import METRIC_CODES, public_results, to_public
+from ..metrics import METRIC_CODES, public_results
 from . import _spann_kernels as SK
 from ._kmeans import assign, kmeans
 from ._scorers import AffineCodes
@@ -486,8 +486,7 @@ class SPANNIndex(BaseIndex):
                 # few allowed vectors: exact search over them beats reading lists that hold few of them
                 with num_threads(threads):
                     d, s = exact_knn_subset(self.metric, q, self._vectors, allowed, k)
-                ids = np.where(s >= 0, self.ids[np.maximum(s, 0)], -1)
-                return to_public(self.metric, d), ids
+                return public_results(METRIC_CODES[self.metric], d, s, np.asarray(self.ids))
         probes, pd = self._nearest_lists(q, nprobe)
         # pruning compares distances, not squared distances: (1 + eps) on the distance is (1 + eps)^2 here
         probes[pd > _prune_factor(eps) * pd[:, :1]] = -1

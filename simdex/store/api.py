@@ -15,7 +15,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from ..errors import InvalidInputError, InvalidTypeError
+import numpy as np
+
+from ..errors import InvalidInputError, InvalidTypeError, UnknownIdError
 
 SEARCH_MODES = ("dense", "bm25", "hybrid")
 # the name of a record's main vector among its named vector fields (:mod:`simdex.store.fields`)
@@ -106,10 +108,7 @@ class CollectionAPI(ABC):
                      ef: int | None = None) -> list[list[dict[str, Any]]]:
         """:meth:`search_batch` with the stored vectors of the records ``ids`` as the queries ("more like this");
         an unknown id raises UnknownIdError."""
-        import numpy as np
-
-        from ..errors import UnknownIdError
-        from .records import check_record_ids
+        from .records import check_record_ids  # (records imports fields, which imports this module)
         id_list = check_record_ids(ids)
         if not id_list:
             raise InvalidInputError("ids is empty")
