@@ -55,7 +55,7 @@ KIND_MODULES: dict[str, str] = {
     "HNSWQuantIndex": "simdex.quant.hnsw", "IVFIndex": "simdex.quant.ivf",
     "MatryoshkaIndex": "simdex.quant.matryoshka", "SPANNIndex": "simdex.quant.spann",
     "VamanaDiskIndex": "simdex.quant.vamana", "StreamingVamanaIndex": "simdex.quant.vamana",
-    "SparseIndex": "simdex.sparse.index",
+    "RaBitQGraphIndex": "simdex.quant.qgraph", "SparseIndex": "simdex.sparse.index",
     "MinHashLSH": "simdex.sets.lsh", "LSHBloom": "simdex.sets.bloom", "SimHashLSH": "simdex.sets.simhash",
     "HammingIndex": "simdex.sets.simhash",
     "MultiVectorIndex": "simdex.multivector.index",

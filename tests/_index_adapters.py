@@ -22,8 +22,8 @@ import pytest
 from simdex import FlatIndex, HNSWIndex, LabelIndex, VamanaIndex, WindowIndex
 from simdex.index import BaseIndex, Index
 from simdex.multivector import MultiVectorIndex
-from simdex.quant import (HNSWQuantIndex, IVFIndex, MatryoshkaIndex, SPANNIndex, StreamingVamanaIndex,
-                          VamanaDiskIndex)
+from simdex.quant import (HNSWQuantIndex, IVFIndex, MatryoshkaIndex, RaBitQGraphIndex, SPANNIndex,
+                          StreamingVamanaIndex, VamanaDiskIndex)
 from simdex.sets import HammingIndex, LSHBloom, MinHash, MinHashLSH, SimHashLSH, shingle, simhash
 from simdex.sparse import Analyzer, SparseIndex
 
@@ -65,6 +65,8 @@ FACTORIES = {
                                                        codec="rabitq4"),
     # candidates from the first min(64, dim) PCA coordinates, exact re-rank of 100
     "matryoshka": lambda dim, metric: MatryoshkaIndex(dim, metric, rerank=100),
+    # the graph walked on RaBitQ codes of its edges, stored beside each node's links
+    "rabitq-graph": lambda dim, metric: RaBitQGraphIndex(dim, metric, M=12, ef_construction=100, ef_search=100),
     "vamana": lambda dim, metric: VamanaIndex(dim, metric, R=24, L_build=64, L_search=100),
     # a tree of LVQ-8 HNSW nodes over leaves of 256 points
     "window": lambda dim, metric: AttributedWindow(dim, metric, leaf_size=256, ef_search=100,
@@ -76,7 +78,8 @@ FACTORIES = {
 # which class each factory makes (the window factory makes the test subclass of WindowIndex)
 FACTORY_CLASSES = {"flat": FlatIndex, "hnsw": HNSWIndex, "labels": LabelIndex, "hnsw-lvq8": HNSWQuantIndex,
                    "ivf-pq": IVFIndex, "matryoshka": MatryoshkaIndex, "vamana": VamanaIndex, "window": WindowIndex,
-                   "vamana-disk-lvq8": VamanaDiskIndex, "ivf-rabitq": IVFIndex, "hnsw-rabitq4": HNSWQuantIndex}
+                   "vamana-disk-lvq8": VamanaDiskIndex, "ivf-rabitq": IVFIndex, "hnsw-rabitq4": HNSWQuantIndex,
+                   "rabitq-graph": RaBitQGraphIndex}
 
 
 @dataclass

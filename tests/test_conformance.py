@@ -33,7 +33,8 @@ from tests.conftest import numpy_knn
 
 # the least recall@10 each index must reach on the small real slices used here (exact ones: 1.0)
 MIN_RECALL = {"flat": 1.0, "hnsw": 0.95, "labels": 0.95, "hnsw-lvq8": 0.95, "ivf-pq": 0.9, "matryoshka": 0.95,
-              "vamana": 0.95, "vamana-disk-lvq8": 0.95, "window": 0.95, "ivf-rabitq": 0.9, "hnsw-rabitq4": 0.95}
+              "vamana": 0.95, "vamana-disk-lvq8": 0.95, "window": 0.95, "ivf-rabitq": 0.9, "hnsw-rabitq4": 0.95,
+              "rabitq-graph": 0.95}
 
 N = 2000
 

@@ -7,11 +7,12 @@ from .hnsw import HNSWQuantIndex
 from .ivf import IVFIndex
 from .matryoshka import MatryoshkaIndex
 from .pq import OPQCodec, PQCodec
+from .qgraph import RaBitQGraphIndex
 from .rabitq import RaBitQCodec
 from .scalar import FlatCodec, Int8Codec, LVQCodec
 from .spann import SPANNIndex
 from .vamana import StreamingVamanaIndex, VamanaDiskIndex
 
 __all__ = ["Codec", "make_codec", "FlatCodec", "Int8Codec", "LVQCodec", "PQCodec", "OPQCodec", "BinaryCodec",
-           "RaBitQCodec", "HNSWQuantIndex", "IVFIndex", "SPANNIndex", "MatryoshkaIndex",
+           "RaBitQCodec", "HNSWQuantIndex", "RaBitQGraphIndex", "IVFIndex", "SPANNIndex", "MatryoshkaIndex",
            "VamanaDiskIndex", "StreamingVamanaIndex"]

@@ -1,0 +1,187 @@
+"""A graph whose nodes carry their neighbours' RaBitQ codes: SymphonyQG's layout (Gou et al., SIGMOD 2025) on
+simdex's HNSW graph.
+
+The graph is :class:`~simdex.dense.HNSWIndex`'s, built on the float32 vectors as usual. Each node v also stores,
+beside its layer-0 links, a 1-bit RaBitQ code of every edge vector ``r = u - v`` to its neighbours u (rotated by
+the codec's random rotation; :mod:`simdex.quant.rabitq`) and three float32 factors per edge. A search walks the
+ground layer with a pool ordered by estimated distances: expanding v reads v's float32 vector (its exact
+distance, which is what the results hold) and v's own code rows, from which it estimates every unvisited
+neighbour at once, ``|q - u|^2 = |q - v|^2 + |r|^2 + 2 <v - c, r> - 2 <q - c, r>`` with the last inner product
+estimated from r's code and the query quantised to 4 bits once (``c`` is the codec's centre). A hop therefore reads
+one node's rows in order instead of every neighbour's vector. (SymphonyQG quantises ``q - v`` at every hop instead
+of ``q - c`` once; here the query is prepared once per search, and the estimate's error is that of a code of the
+whole vector: on WordNet an edge is about as long as a vector's distance to the centre.)
+
+Every node that is expanded is scored exactly, so the results need no separate re-ranking and the estimator's
+error bound has no decision left to make: an estimate only decides which nodes are expanded.
+
+Memory per vector: the HNSW float32 index's, plus ``2 * M * (D / 8 + 12)`` bytes of edge codes (D: the dimension
+rounded up to 64; 4,096 bytes at 384-d, M = 16). Edge codes are derived data: they are not saved, and are
+computed again (in parallel, about a second per 100,000 nodes at 384-d) by the first search after a load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._numba import num_threads, run_threads
+from ..core.scorer import Vectors
+from ..dense.hnsw import HNSWIndex
+from ..errors import CorruptFileError
+from ..metrics import L2
+from . import _qgraph_kernels as QK
+from .codec import Codec, training_sample
+from .rabitq import RaBitQCodec
+
+# rows coded per pass: the rotated vectors of a pass's nodes and their neighbours are a temporary array
+_ENCODE_CHUNK = 8192
+
+
+class RaBitQGraphIndex(HNSWIndex):
+    """Approximate k-NN on an HNSW graph searched through RaBitQ codes of its edges (see the module docstring).
+
+    Parameters are :class:`~simdex.dense.HNSWIndex`'s: the ground layer's degree ``2 * M`` is the number of
+    neighbour codes per node (SymphonyQG's degree 32 is ``M=16``). ``search(ef=...)`` sizes the pool of
+    estimated candidates; results carry exact distances.
+
+    Filtered searches (a ``filter`` that allows part of the index) traverse the float32 graph as
+    :class:`~simdex.dense.HNSWIndex` does; deleted vectors alone do not.
+    """
+
+    kind = "RaBitQGraphIndex"
+
+    def __init__(self, dim: int, metric: str = "l2", M: int = 16, ef_construction: int = 200,
+                 ef_search: int = 64, seed: int = 0, consolidate_threshold: float = 0.1) -> None:
+        super().__init__(dim, metric, M=M, ef_construction=ef_construction, ef_search=ef_search, seed=seed,
+                         consolidate_threshold=consolidate_threshold)
+        self.codec = RaBitQCodec(self.dim, self.metric, bits=1, seed=self.seed)
+        self._edge_words = np.zeros((0, self.M0, self.codec.words), np.uint64)
+        self._edge_factors = np.zeros((0, self.M0, QK.FACTORS), np.float32)
+        self._stale = np.zeros(0, np.bool_)  # rows whose links changed since their codes were made
+        self._any_stale = False
+
+    def __repr__(self) -> str:
+        return f"RaBitQGraphIndex(dim={self.dim}, metric={self.metric!r}, M={self.M}, ntotal={self.ntotal})"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in RAM: the HNSW index's arrays plus the edge codes."""
+        return super().nbytes + int(self._edge_words.nbytes + self._edge_factors.nbytes + self._stale.nbytes)
+
+    # ---- edge codes ----------------------------------------------------------------------------------------------
+    def _fit_codes(self) -> None:
+        """Give the code arrays the graph's capacity (after growth, compaction or a rebuild)."""
+        capacity = self._vectors.shape[0]
+        if self._edge_words.shape[0] == capacity:
+            return
+        keep = min(capacity, self._edge_words.shape[0])
+        words = np.zeros((capacity,) + self._edge_words.shape[1:], np.uint64)
+        factors = np.zeros((capacity,) + self._edge_factors.shape[1:], np.float32)
+        stale = np.ones(capacity, np.bool_)
+        words[:keep], factors[:keep], stale[:keep] = (self._edge_words[:keep], self._edge_factors[:keep],
+                                                      self._stale[:keep])
+        self._edge_words, self._edge_factors, self._stale = words, factors, stale
+
+    def _mark_all_stale(self) -> None:
+        self._fit_codes()
+        self._stale[:] = True
+        self._any_stale = True
+
+    def _reserve(self, n_new: int, n_up_new: int) -> None:
+        super()._reserve(n_new, n_up_new)
+        self._fit_codes()
+
+    def _link_back(self, s: int, e: int, fwd_d0: np.ndarray, fwd_dup: np.ndarray, nthreads: int) -> None:
+        # the batch's nodes and the nodes they link to (which get their reverse links now) change their rows
+        rows = self._links0[s:e]
+        self._stale[s:e] = True
+        self._stale[rows[:, 1:][np.arange(self.M0)[None, :] < rows[:, :1]]] = True
+        self._any_stale = True
+        super()._link_back(s, e, fwd_d0, fwd_dup, nthreads)
+
+    def _insert(self, x: np.ndarray, new_ids: np.ndarray, threads: int | None, progress: bool | None) -> None:
+        if not self.codec.is_trained:
+            self.codec.train(training_sample(x, self.seed))
+        super()._insert(x, new_ids, threads, progress)
+        self._encode_stale(threads)
+
+    def consolidate(self, threads: int | None = None, rebuild: bool = False) -> None:
+        """As :meth:`HNSWIndex.consolidate`; every node's edges are coded again afterwards."""
+        with self._write_lock:
+            if self._n_deleted == 0:
+                return
+            super().consolidate(threads, rebuild)
+            self._mark_all_stale()
+            self._encode_stale(threads)
+
+    def _encode_stale(self, threads: int | None = None) -> None:
+        """Code the edges of every stale row, a chunk of rows at a time (their rotated vectors and their
+        neighbours' are made per chunk)."""
+        with self._write_lock:
+            if not self._any_stale:
+                return
+            self._fit_codes()
+            n = self._n
+            rows = np.flatnonzero(self._stale[:n])
+            center = self.codec.center
+            with num_threads(threads):
+                for start in range(0, rows.shape[0], _ENCODE_CHUNK):
+                    chunk = rows[start:start + _ENCODE_CHUNK]
+                    links = self._links0[chunk]
+                    used = np.arange(self.M0)[None, :] < links[:, :1]
+                    needed = np.union1d(chunk, links[:, 1:][used])
+                    pos = np.full(n, -1, np.int64)
+                    pos[needed] = np.arange(needed.shape[0])
+                    vectors = np.asarray(self._vectors[needed], np.float32)
+                    rotated = np.ascontiguousarray(self.codec.rotate(vectors - center), np.float32)
+                    cdot = (vectors @ center).astype(np.float64)
+                    QK.encode_edges(rotated, pos, cdot, self._links0, chunk.astype(np.int64),
+                                    self._metric_code == L2, self._edge_words, self._edge_factors)
+            self._stale[:n] = False
+            self._stale[n:] = True
+            self._any_stale = False
+
+    # ---- search --------------------------------------------------------------------------------------------------
+    def _search_graph(self, q: np.ndarray, k: int, ef: int, n_rerank: int, allowed: np.ndarray | None,
+                      invert: bool, nthreads: int, out_d: np.ndarray, out_s: np.ndarray) -> None:
+        if allowed is not None and not invert:  # a filter: the float32 graph search, which collects allowed nodes
+            super()._search_graph(q, k, ef, n_rerank, allowed, invert, nthreads, out_d, out_s)
+            return
+        if self._any_stale:
+            self._encode_stale()
+        words, factors = self._edge_words, self._edge_factors
+        rotated = np.ascontiguousarray(self.codec.rotate(q - self.codec.center), np.float32)
+        scratch = self._scratch.take(nthreads, self._n)
+        try:
+            run_threads(QK.search_rows, q.shape[0], nthreads, Vectors(self._metric_code, q, self._vectors),
+                        rotated, self._metric_code == L2, *self._graph(), words, factors,
+                        words.reshape(words.shape[0], -1), self._deleted, ef, out_d, out_s, *scratch)
+        finally:
+            self._scratch.give(scratch)
+
+    # ---- copies and persistence ----------------------------------------------------------------------------------
+    def _copy_extra(self, clone: HNSWIndex) -> None:
+        clone._edge_words = np.array(self._edge_words)
+        clone._edge_factors = np.array(self._edge_factors)
+        clone._stale = np.array(self._stale)
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        meta, arrays = super()._state()
+        codec_meta, codec_arrays = self.codec.state()
+        meta["codec"] = codec_meta
+        arrays.update({f"codec.{name}": arr for name, arr in codec_arrays.items()})
+        return meta, arrays
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> RaBitQGraphIndex:
+        codec = Codec.from_state(meta["codec"], {name[6:]: arr for name, arr in arrays.items()
+                                                 if name.startswith("codec.")})
+        index = super()._from_state(meta, arrays)
+        if not isinstance(codec, RaBitQCodec) or codec.bits != 1 or codec.dim != index.dim \
+                or codec.metric != index.metric:
+            raise CorruptFileError(f"codec {codec!r} does not fit the index")
+        index.codec = codec
+        index._mark_all_stale()  # coded by the first search, once the graph has passed the load's checks
+        return index

@@ -1,0 +1,123 @@
+"""RaBitQGraphIndex (an HNSW graph searched through RaBitQ codes of its edges) on real slices: the edge codes'
+estimates against exact distances, recall against brute force next to the float32 HNSW on the same graph, codes
+kept right through incremental adds, deletes and consolidation, and a saved index answering as before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simdex import datasets
+from simdex.dense import HNSWIndex
+from simdex.index import load
+from simdex.quant import RaBitQGraphIndex
+from simdex.quant.rabitq import EPS0
+
+
+def recall(ds, slots):
+    return datasets.recall_at_k(slots, ds.ground_truth, 10, ds.base, ds.queries, ds.metric)
+
+
+@pytest.fixture(scope="module", params=["wordnet", "fashion"])
+def built(request, wordnet_20k, fashion_small):
+    ds = wordnet_20k if request.param == "wordnet" else fashion_small
+    index = RaBitQGraphIndex(ds.dim, ds.metric, M=16, ef_construction=100)
+    index.add(ds.base)
+    return ds, index
+
+
+def test_edge_estimates_are_unbiased_and_within_the_error_bound(built):
+    """For every edge (v, u) of 300 nodes and one query: d(q, v) + e - m a <y, q - c> estimates d(q, u)."""
+    ds, index = built
+    codec = index.codec
+    l2 = ds.metric == "l2"
+    x = index._vectors[:index._n].astype(np.float64)
+    q = x[0] * 0.5 + x[1] * 0.5 if l2 else ds.queries[0] / np.linalg.norm(ds.queries[0])
+    q = q.astype(np.float32)
+    qrot = codec.rotate((q - codec.center)[None, :])[0].astype(np.float64)
+    exact = ((x - q) ** 2).sum(1) if l2 else -(x @ q)
+    est, truth, bound = [], [], []
+    for v in range(300):
+        deg = index._links0[v, 0]
+        bits = np.unpackbits(index._edge_words[v, :deg].view(np.uint8), axis=1, bitorder="little")
+        y = bits[:, :codec.padded].astype(np.float64) - 0.5
+        a, _, e = index._edge_factors[v, :deg].T.astype(np.float64)
+        est.append(exact[v] + e - (2.0 if l2 else 1.0) * a * (y @ qrot))
+        nbrs = index._links0[v, 1:deg + 1]
+        truth.append(exact[nbrs])
+        # RaBitQ's bound on <r, q>: eps0 |q| |r| sqrt(1 - cos^2) / cos / sqrt(D - 1), cos = <y/|y|, r/|r|>
+        r = x[nbrs] - x[v]
+        rn = np.linalg.norm(r, axis=1)
+        cos = np.abs(codec.rotate(r.astype(np.float32))).sum(1) / np.maximum(rn, 1e-30) / np.sqrt(codec.padded)
+        bound.append((2.0 if l2 else 1.0) * 3.0 * np.linalg.norm(qrot) * rn * np.sqrt(1 - cos ** 2) / cos
+                     / np.sqrt(codec.padded - 1))
+    est, truth, bound = np.concatenate(est), np.concatenate(truth), np.concatenate(bound)
+    err = est - truth
+    assert abs(err.mean()) < 0.1 * err.std() + 1e-6 * np.abs(truth).mean()  # unbiased
+    assert np.mean(np.abs(err) <= bound) >= 0.99  # 3 standard deviations
+    assert np.mean(np.abs(err) <= bound * EPS0 / 3.0) >= 0.85
+
+
+def test_recall_matches_the_float32_graph_and_distances_are_exact(built):
+    ds, index = built
+    hnsw = HNSWIndex(ds.dim, ds.metric, M=16, ef_construction=100)
+    hnsw.add(ds.base)
+    for ef, floor in ((64, 0.90), (200, 0.97)):
+        d, ids = index.search(ds.queries, 10, ef=ef)
+        r = recall(ds, ids)
+        _, ids_h = hnsw.search(ds.queries, 10, ef=ef)
+        assert r >= floor, (ef, r)
+        assert r >= recall(ds, ids_h) - 0.05, (ef, r)
+    found = ids >= 0
+    x = ds.base[ids[found]].astype(np.float64)
+    qs = np.repeat(ds.queries, 10, axis=0)[found.ravel()].astype(np.float64)
+    if ds.metric == "l2":
+        truth = ((x - qs) ** 2).sum(1)
+    else:
+        truth = 1 - (x * qs).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(qs, axis=1)
+    np.testing.assert_allclose(d[found], truth, rtol=1e-4, atol=1e-4)
+
+
+def _codes_from_scratch(index):
+    fresh = index.copy()
+    fresh._mark_all_stale()
+    fresh._encode_stale()
+    return fresh
+
+
+def test_codes_follow_incremental_adds_and_consolidation(wordnet_small):
+    ds = wordnet_small
+    index = RaBitQGraphIndex(ds.dim, ds.metric, M=8, ef_construction=64)
+    for lo, hi in ((0, 700), (700, 1400), (1400, 2100), (2100, 2800), (2800, 3000)):
+        index.add(ds.base[lo:hi], np.arange(lo, hi))  # the later batches rewire the links of the earlier nodes
+    n = index._n
+    ref = _codes_from_scratch(index)
+    np.testing.assert_array_equal(index._edge_words[:n], ref._edge_words[:n])
+    np.testing.assert_allclose(index._edge_factors[:n], ref._edge_factors[:n], rtol=1e-5, atol=1e-6)
+    index.remove(np.arange(0, 3000, 3))
+    index.consolidate()
+    n = index._n
+    assert n == 2000
+    ref = _codes_from_scratch(index)
+    np.testing.assert_array_equal(index._edge_words[:n], ref._edge_words[:n])
+    survivors = np.setdiff1d(np.arange(3000), np.arange(0, 3000, 3))
+    _, ids = index.search(ds.queries, 10, ef=100)
+    assert np.isin(ids, survivors).all()
+    truth = datasets.brute_force_knn(ds.base[survivors], ds.queries, 10, ds.metric)
+    hits = np.mean([len(np.intersect1d(a, survivors[b])) / 10 for a, b in zip(ids, truth)])
+    assert hits >= 0.9
+
+
+def test_saved_index_answers_as_before(wordnet_small, tmp_path):
+    ds = wordnet_small
+    index = RaBitQGraphIndex(ds.dim, ds.metric, M=8, ef_construction=64)
+    index.add(ds.base[:2000])
+    index.remove([3, 5, 8])
+    before = index.search(ds.queries, 10, ef=50)
+    index.save(tmp_path / "qg.sdx")
+    for mmap in (False, True):
+        again = load(tmp_path / "qg.sdx", mmap=mmap)
+        assert isinstance(again, RaBitQGraphIndex)
+        after = again.search(ds.queries, 10, ef=50)
+        np.testing.assert_array_equal(after[1], before[1])
+        np.testing.assert_allclose(after[0], before[0], rtol=1e-6)
