@@ -29,18 +29,18 @@ def built(request, wordnet_20k, fashion_small):
 def test_edge_estimates_are_unbiased_and_within_the_error_bound(built):
     """For every edge (v, u) of 300 nodes and one query: d(q, v) + e - m a <y, q - c> estimates d(q, u)."""
     ds, index = built
-    codec = index.codec
     l2 = ds.metric == "l2"
     x = index._vectors[:index._n].astype(np.float64)
     q = x[0] * 0.5 + x[1] * 0.5 if l2 else ds.queries[0] / np.linalg.norm(ds.queries[0])
     q = q.astype(np.float32)
-    qrot = codec.rotate((q - codec.center)[None, :])[0].astype(np.float64)
+    qrot = index.rotate(q[None, :])[0].astype(np.float64)
+    padded = index.padded
     exact = ((x - q) ** 2).sum(1) if l2 else -(x @ q)
     est, truth, bound = [], [], []
     for v in range(300):
         deg = index._links0[v, 0]
         bits = np.unpackbits(index._edge_words[v, :deg].view(np.uint8), axis=1, bitorder="little")
-        y = bits[:, :codec.padded].astype(np.float64) - 0.5
+        y = bits[:, :padded].astype(np.float64) - 0.5
         a, _, e = index._edge_factors[v, :deg].T.astype(np.float64)
         est.append(exact[v] + e - (2.0 if l2 else 1.0) * a * (y @ qrot))
         nbrs = index._links0[v, 1:deg + 1]
@@ -48,14 +48,29 @@ def test_edge_estimates_are_unbiased_and_within_the_error_bound(built):
         # RaBitQ's bound on <r, q>: eps0 |q| |r| sqrt(1 - cos^2) / cos / sqrt(D - 1), cos = <y/|y|, r/|r|>
         r = x[nbrs] - x[v]
         rn = np.linalg.norm(r, axis=1)
-        cos = np.abs(codec.rotate(r.astype(np.float32))).sum(1) / np.maximum(rn, 1e-30) / np.sqrt(codec.padded)
+        rotated = index.rotate(x[nbrs]) - index.rotate(x[v:v + 1])
+        cos = np.abs(rotated).sum(1) / np.maximum(rn, 1e-30) / np.sqrt(padded)
         bound.append((2.0 if l2 else 1.0) * 3.0 * np.linalg.norm(qrot) * rn * np.sqrt(1 - cos ** 2) / cos
-                     / np.sqrt(codec.padded - 1))
+                     / np.sqrt(padded - 1))
     est, truth, bound = np.concatenate(est), np.concatenate(truth), np.concatenate(bound)
     err = est - truth
     assert abs(err.mean()) < 0.1 * err.std() + 1e-6 * np.abs(truth).mean()  # unbiased
     assert np.mean(np.abs(err) <= bound) >= 0.99  # 3 standard deviations
     assert np.mean(np.abs(err) <= bound * EPS0 / 3.0) >= 0.85
+
+
+def test_rotation_is_orthogonal_and_spreads_a_vector(built):
+    ds, index = built
+    x = ds.base[:200].astype(np.float32)
+    rot = index.rotate(x).astype(np.float64)
+    centred = x.astype(np.float64) - index.center
+    # distances and inner products of the centred rows are kept
+    np.testing.assert_allclose(rot @ rot.T, centred @ centred.T, rtol=1e-4, atol=1e-3 * np.abs(centred).max() ** 2)
+    # a basis vector comes out spread over every coordinate, as RaBitQ's analysis needs
+    e = np.zeros((1, ds.dim), np.float32)
+    e[0, 0] = 1.0
+    spread = index.rotate(e + index.center)[0]
+    assert np.abs(spread).max() < 0.25 and np.count_nonzero(np.abs(spread) > 1e-4) > 0.9 * index.padded
 
 
 def test_recall_matches_the_float32_graph_and_distances_are_exact(built):

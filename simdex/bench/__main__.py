@@ -50,6 +50,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     ann.add_argument("--n-queries", type=int, default=None, help="use only the first N queries")
     ann.add_argument("--repeats", type=int, default=3, help="timed runs per point; the best counts")
     ann.add_argument("--out", default="bench-results", help="folder for the JSON and PNG files")
+    front = sub.add_parser("frontier", help="graph over RaBitQ edge codes vs SymphonyQG, SVS, ScaNN, FAISS, hnswlib "
+                                            "and simdex's HNSW (float32, LVQ-8): QPS at recall 0.95 / 0.99")
+    front.add_argument("--dataset", action="append", choices=sorted(datasets.DATASETS),
+                       help="data set (repeatable; default: all three)")
+    front.add_argument("--libs", default="simdex-qg,simdex-lvq8,simdex,symqg,faiss,hnswlib,svs,scann",
+                       help="comma-separated libraries")
+    front.add_argument("--M", type=int, default=16, help="HNSW M; single-layer graphs get degree 2M")
+    front.add_argument("--ef-construction", type=int, default=200)
+    front.add_argument("--ef", default=None, help="comma-separated search efforts to sweep")
+    front.add_argument("--threads", type=int, default=None, help="threads for build and batch search (default: all)")
+    front.add_argument("--n-base", type=int, default=None, help="use only the first N base vectors")
+    front.add_argument("--n-queries", type=int, default=None, help="use only the first N queries")
+    front.add_argument("--repeats", type=int, default=3, help="timed runs per point; the best counts")
+    front.add_argument("--out", default="bench-results")
     quant = sub.add_parser("quant", help="HNSW over LVQ/int8 codes vs hnswlib and FAISS HNSWSQ; IVF-PQ vs FAISS")
     quant.add_argument("--dataset", action="append", choices=sorted(datasets.DATASETS),
                        help="data set (repeatable; default: wordnet-minilm-384 and fashion-mnist-784)")
@@ -279,6 +293,14 @@ def main(argv: list[str] | None = None) -> int:
                              k=args.k, threads=args.threads, n_base=args.n_base, n_queries=args.n_queries,
                              repeats=args.repeats)
             _record(ann, report, args.out, argv)
+        return 0
+    if args.bench == "frontier":
+        from . import ann, frontier
+        efs = tuple(int(e) for e in args.ef.split(",")) if args.ef else ann.DEFAULT_EFS
+        report = frontier.run(tuple(args.dataset or frontier.DATASETS), tuple(args.libs.split(",")), M=args.M,
+                              ef_construction=args.ef_construction, efs=efs, threads=args.threads,
+                              n_base=args.n_base, n_queries=args.n_queries, repeats=args.repeats)
+        _record(frontier, report, args.out, argv)
         return 0
     if args.bench == "disk":
         from . import disk as disk_bench

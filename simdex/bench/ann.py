@@ -86,8 +86,9 @@ def _time_search(adapter, queries: np.ndarray, k: int, ef: int, threads: int, re
 
 def run(dataset: str, libraries: list[str], *, M: int = 16, ef_construction: int = 200,
         efs: tuple[int, ...] = DEFAULT_EFS, k: int = 10, threads: int | None = None, n_base: int | None = None,
-        n_queries: int | None = None, repeats: int = 3, log=print) -> dict:
-    """Run the benchmark; returns a JSON-serialisable report."""
+        n_queries: int | None = None, repeats: int = 3, reference: str = "simdex", log=print) -> dict:
+    """Run the benchmark; returns a JSON-serialisable report. Its ratios compare ``reference`` (one of
+    ``libraries``) with the best of the others."""
     threads = threads or cpu_count()
     ds = datasets.load(dataset)
     if n_base or n_queries:
@@ -98,11 +99,12 @@ def run(dataset: str, libraries: list[str], *, M: int = 16, ef_construction: int
     log(f"{ds.name}: {ds.base.shape[0]} x {ds.dim} base, {ds.queries.shape[0]} queries, metric {ds.metric}; "
         f"M={M} ef_construction={ef_construction}, build threads={threads}")
     # warm the JIT (and its on-disk cache) outside the timed region, as one warms any library's code paths
-    warm = ADAPTERS["simdex"](ds.metric, M, 16)
-    warm.build(ds.base[:2000], threads)
-    warm.search(ds.queries[:10], k, 16, 1)
-    warm.search(ds.queries[:10], k, 16, threads)
-    del warm
+    for name in [lib for lib in libs if lib.startswith("simdex")]:
+        warm = ADAPTERS[name](ds.metric, M, 16)
+        warm.build(ds.base[:2000], threads)
+        warm.search(ds.queries[:10], k, 16, 1)
+        warm.search(ds.queries[:10], k, 16, threads)
+        del warm
     results: list[LibResult] = []
     for name in libs:
         adapter = ADAPTERS[name](ds.metric, M, ef_construction)
@@ -133,19 +135,20 @@ def run(dataset: str, libraries: list[str], *, M: int = 16, ef_construction: int
         "n_queries": int(ds.queries.shape[0]), "dim": ds.dim, "k": k, "M": M, "ef_construction": ef_construction,
         "threads": threads, "repeats": repeats, "machine": _machine(),
         "results": [asdict(r) for r in results], "skipped": skipped,
-        "ratios": ratios(results),
+        "reference": reference, "ratios": ratios(results, reference),
     }
     return report
 
 
-def ratios(results: list[LibResult]) -> dict:
-    """simdex / best peer for QPS at the target recalls and for build time; simdex / hnswlib for size."""
+def ratios(results: list[LibResult], reference: str = "simdex") -> dict:
+    """``reference`` / best other library for QPS at the target recalls and for build time; ``reference`` /
+    hnswlib for size. (The values are under the key "simdex" whichever simdex index is the reference.)"""
     by = {r.library: r for r in results}
     out: dict = {}
-    if "simdex" not in by:
+    if reference not in by:
         return out
-    me = by["simdex"]
-    peers = [r for r in results if r.library != "simdex"]
+    me = by[reference]
+    peers = [r for r in results if r.library != reference]
     for target in TARGETS:
         for threads in ("1thread", "all"):
             mine = me.qps_at(target, threads)
@@ -205,7 +208,7 @@ def format_report(report: dict) -> str:
     for key, val in rat.items():
         if isinstance(val, dict) and val.get("ratio") is not None:
             peer = val["best_peer"]
-            lines.append(f"ratio {key:22s} simdex / {peer:8s} = {val['ratio']:.2f}")
+            lines.append(f"ratio {key:22s} {report.get('reference', 'simdex')} / {peer:8s} = {val['ratio']:.2f}")
         elif isinstance(val, float):
             lines.append(f"ratio {key:22s} = {val:.2f}")
         elif isinstance(val, dict):
@@ -220,7 +223,7 @@ def plot(report: dict, path: Path) -> None:
         for r in report["results"]:
             pts = sorted(r["points"], key=lambda p: p["recall"])
             ax.plot([p["recall"] for p in pts], [p[th] for p in pts], marker="o", ms=3,
-                    lw=2.2 if r["library"] == "simdex" else 1.3, label=r["library"])
+                    lw=2.2 if r["library"] == report.get("reference", "simdex") else 1.3, label=r["library"])
         ax.set_yscale("log")
         ax.set_xlabel(f"recall@{report['k']}")
         ax.set_ylabel("queries per second")

@@ -1,4 +1,5 @@
-"""Uniform adapters over simdex and its peers (FAISS, hnswlib, USearch) for the benchmark harness.
+"""Uniform adapters over simdex and its peers (FAISS, hnswlib, USearch, rabitqlib's SymphonyQG, Intel SVS, ScaNN)
+for the benchmark harness.
 
 Each adapter builds with the same M / ef_construction and thread count, searches a batch of queries with a given
 ef and thread count, and reports its index size. Peers are imported lazily: they belong to the ``bench`` extra.
@@ -7,6 +8,9 @@ ef and thread count, and reports its index size. Peers are imported lazily: they
 from __future__ import annotations
 
 import numpy as np
+
+import os
+import tempfile
 
 from .. import HNSWIndex
 
@@ -50,6 +54,123 @@ class SimdexHNSW(Adapter):
 
     def size_bytes(self) -> int:
         return self.index.nbytes
+
+
+class SimdexLVQ8(SimdexHNSW):
+    """simdex's HNSW walked on LVQ-8 codes, the best 40 re-ranked from float32 vectors kept on disk."""
+
+    name = "simdex-lvq8"
+
+    def build(self, base: np.ndarray, threads: int) -> None:
+        from ..quant import HNSWQuantIndex
+        self.index = HNSWQuantIndex(base.shape[1], self.metric, M=self.M, ef_construction=self.ef_construction,
+                                    codec="lvq8")
+        self.index.add(base, threads=threads)
+
+
+class SimdexRaBitQGraph(SimdexHNSW):
+    """simdex's HNSW graph searched through RaBitQ codes of its edges (:class:`simdex.quant.RaBitQGraphIndex`)."""
+
+    name = "simdex-qg"
+
+    def build(self, base: np.ndarray, threads: int) -> None:
+        from ..quant import RaBitQGraphIndex
+        self.index = RaBitQGraphIndex(base.shape[1], self.metric, M=self.M, ef_construction=self.ef_construction)
+        self.index.add(base, threads=threads)
+
+
+class SymphonyQG(Adapter):
+    """rabitqlib's ``SymqgIndex`` (SymphonyQG, SIGMOD 2025): degree 2 * M, its default 1-bit codes."""
+
+    name = "symqg"
+
+    def version(self) -> str:
+        from importlib.metadata import version
+        return version("rabitqlib")
+
+    def build(self, base: np.ndarray, threads: int) -> None:
+        from rabitqlib import SymqgIndex
+        if self.metric != "l2":
+            base = _normalized(base)
+        self.index = SymqgIndex(base.shape[1], 2 * self.M, "l2" if self.metric == "l2" else "ip")
+        self.index.build(np.ascontiguousarray(base, np.float32), self.ef_construction, num_threads=threads)
+
+    def search(self, queries: np.ndarray, k: int, ef: int, threads: int) -> np.ndarray:
+        queries = np.ascontiguousarray(queries if self.metric == "l2" else _normalized(queries), np.float32)
+        return self.index.search_batch(queries, k, max(ef, k), num_threads=threads)[0].astype(np.int64)
+
+    def size_bytes(self) -> int:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "symqg.index")
+            self.index.save(path)
+            return os.path.getsize(path)
+
+
+class SVSVamana(Adapter):
+    """Intel SVS's Vamana graph over float32 vectors (its LVQ codes need an Intel CPU), degree 2 * M."""
+
+    name = "svs"
+
+    def version(self) -> str:
+        from importlib.metadata import version
+        return version("scalable-vs")
+
+    def build(self, base: np.ndarray, threads: int) -> None:
+        import svs
+        if self.metric != "l2":
+            base = _normalized(base)
+        params = svs.VamanaBuildParameters(graph_max_degree=2 * self.M, window_size=self.ef_construction)
+        self.index = svs.Vamana.build(params, np.ascontiguousarray(base, np.float32),
+                                      svs.DistanceType.L2 if self.metric == "l2" else svs.DistanceType.MIP,
+                                      num_threads=threads)
+        self.rows, self.dim = base.shape
+
+    def search(self, queries: np.ndarray, k: int, ef: int, threads: int) -> np.ndarray:
+        queries = np.ascontiguousarray(queries if self.metric == "l2" else _normalized(queries), np.float32)
+        self.index.num_threads = threads
+        self.index.search_window_size = max(ef, k)
+        return self.index.search(queries, k)[0].astype(np.int64)
+
+    def size_bytes(self) -> int:  # its float32 copy of the data and the graph's adjacency
+        return self.rows * (4 * self.dim + 4 * 2 * self.M)
+
+
+class ScaNN(Adapter):
+    """ScaNN's tree + anisotropic hashing (2 dimensions per block) + exact re-ordering of 100; ``ef`` is the
+    number of leaves searched, of about 2 sqrt(n)."""
+
+    name = "scann"
+
+    def version(self) -> str:
+        from importlib.metadata import version
+        return version("scann")
+
+    def build(self, base: np.ndarray, threads: int) -> None:
+        import scann
+        if self.metric != "l2":
+            base = _normalized(base)
+        self.leaves = max(16, int(2 * np.sqrt(base.shape[0])))
+        self.rows, self.dim = base.shape
+        self.index = (scann.scann_ops_pybind.builder(np.ascontiguousarray(base, np.float32), 10,
+                                                     "squared_l2" if self.metric == "l2" else "dot_product")
+                      .tree(num_leaves=self.leaves, num_leaves_to_search=16,
+                            training_sample_size=min(base.shape[0], 250_000))
+                      .score_ah(2, anisotropic_quantization_threshold=0.2).reorder(100)
+                      .set_n_training_threads(threads).build())
+        self.index.set_num_threads(threads)
+
+    def search(self, queries: np.ndarray, k: int, ef: int, threads: int) -> np.ndarray:
+        queries = np.ascontiguousarray(queries if self.metric == "l2" else _normalized(queries), np.float32)
+        leaves = min(ef, self.leaves)
+        if threads > 1:
+            ids, _ = self.index.search_batched_parallel(queries, k, leaves_to_search=leaves,
+                                                        pre_reorder_num_neighbors=100)
+        else:
+            ids, _ = self.index.search_batched(queries, k, leaves_to_search=leaves, pre_reorder_num_neighbors=100)
+        return np.asarray(ids, np.int64)
+
+    def size_bytes(self) -> int:  # float32 rows for re-ordering, 4-bit codes of 2 dimensions per block
+        return self.rows * (4 * self.dim + self.dim // 4)
 
 
 class FaissHNSW(Adapter):
@@ -127,13 +248,15 @@ class USearch(Adapter):
         return int(self.index.memory_usage)
 
 
-ADAPTERS: dict[str, type[Adapter]] = {a.name: a for a in (SimdexHNSW, FaissHNSW, Hnswlib, USearch)}
+ADAPTERS: dict[str, type[Adapter]] = {a.name: a for a in (SimdexHNSW, SimdexLVQ8, SimdexRaBitQGraph, FaissHNSW,
+                                                            Hnswlib, USearch, SymphonyQG, SVSVamana, ScaNN)}
 
 
 def available(names: list[str]) -> tuple[list[str], dict[str, str]]:
     """The adapters whose libraries import, and why the others were skipped."""
     ok, skipped = [], {}
-    modules = {"faiss": "faiss", "hnswlib": "hnswlib", "usearch": "usearch.index", "simdex": "simdex"}
+    modules = {"faiss": "faiss", "hnswlib": "hnswlib", "usearch": "usearch.index", "simdex": "simdex",
+               "simdex-lvq8": "simdex", "simdex-qg": "simdex", "symqg": "rabitqlib", "svs": "svs", "scann": "scann"}
     for name in names:
         if name not in ADAPTERS:
             raise SystemExit(f"unknown library {name!r}; choose from {sorted(ADAPTERS)}")

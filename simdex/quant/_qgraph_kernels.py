@@ -16,6 +16,55 @@ from ._rabitq_kernels import code_dot, quantize_query
 
 # per-edge factors: the estimate's scale, its scale times the code's bit count, and the edge's constant term
 FACTORS = 3
+# rounds of (random signs, Walsh-Hadamard transform of a power-of-two block) in the rotation
+ROUNDS = 4
+
+
+@kernel(inline="always")
+def _hadamard(x, lo, size):
+    """The orthonormal Walsh-Hadamard transform of ``x[lo:lo + size]`` (size a power of two), in place."""
+    h = 1
+    while h < size:
+        for i in range(lo, lo + size, 2 * h):
+            top = x[i:i + h]  # two views: the loop then vectorises
+            bottom = x[i + h:i + 2 * h]
+            for j in range(h):
+                a = top[j]
+                b = bottom[j]
+                top[j] = a + b
+                bottom[j] = a - b
+        h *= 2
+    scale = np.float32(1.0 / np.sqrt(size))
+    for i in range(lo, lo + size):
+        x[i] *= scale
+
+
+@kernel
+def rotate(x, center, signs, out):
+    """``out`` (D,) = the random rotation of ``x - center`` ((dim,), zero-padded to D): ROUNDS times, flip
+    signs (``signs`` (ROUNDS, D) of +-1) then apply the orthonormal Hadamard transform to the largest
+    power-of-two block, alternately at the start and at the end of the vector (RaBitQ-Library's "FHT-Kac"
+    rotation: O(D log D) per vector instead of a D x D product, and no BLAS call per search)."""
+    dim = x.shape[0]
+    dim_p = out.shape[0]
+    for i in range(dim):
+        out[i] = x[i] - center[i]
+    for i in range(dim, dim_p):
+        out[i] = np.float32(0.0)
+    block = 1
+    while 2 * block <= dim_p:
+        block *= 2
+    for r in range(signs.shape[0]):
+        for i in range(dim_p):
+            out[i] *= signs[r, i]
+        _hadamard(out, 0 if r % 2 == 0 else dim_p - block, block)
+
+
+@kernel(parallel=True)
+def rotate_rows(x, center, signs, out):
+    """:func:`rotate` of every row of ``x`` (n, dim) into ``out`` (n, D)."""
+    for v in prange(x.shape[0]):
+        rotate(x[v], center, signs, out[v])
 
 
 @kernel(parallel=True)
@@ -128,18 +177,20 @@ def search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_o
 
 
 @kernel
-def search_rows(sc, qrot, twice, links0, links_up, up_offset, entry, max_level, words, fac, block, deleted, ef,
+def search_rows(sc, center, signs, twice, links0, links_up, up_offset, entry, max_level, words, fac, block, deleted, ef,
                 out_d, out_i, visited, tags, t, lo, hi):
-    """:func:`search_one` for queries lo..hi-1 (rotated, centred: ``qrot`` (nq, D)) on thread slot t."""
+    """:func:`search_one` for queries lo..hi-1 of ``sc`` on thread slot t, each rotated (:func:`rotate`)."""
     pool_d, pool_i, pool_done, _ = pool_scratch(1, ef, 1)
     k = out_d.shape[1]
     res_d = np.empty(k, np.float32)
     res_i = np.empty(k, np.int32)
     qplanes = np.empty((4, words.shape[2]), np.uint64)
-    dim_p = np.float32(qrot.shape[1])
+    qrot = np.empty(signs.shape[1], np.float32)
+    dim_p = np.float32(qrot.shape[0])
     for qi in range(lo, hi):
         q = query(sc, qi, t)
-        low, delta, sum_u = quantize_query(qrot[qi], qplanes)
+        rotate(q, center, signs, qrot)
+        low, delta, sum_u = quantize_query(qrot, qplanes)
         offset = np.float32(0.5) * (delta * sum_u + dim_p * low)
         tag = next_tag(visited, tags, t)
         search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_offset, entry, max_level, words,

@@ -2,18 +2,24 @@
 simdex's HNSW graph.
 
 The graph is :class:`~simdex.dense.HNSWIndex`'s, built on the float32 vectors as usual. Each node v also stores,
-beside its layer-0 links, a 1-bit RaBitQ code of every edge vector ``r = u - v`` to its neighbours u (rotated by
-the codec's random rotation; :mod:`simdex.quant.rabitq`) and three float32 factors per edge. A search walks the
+beside its layer-0 links, a 1-bit RaBitQ code of every edge vector ``r = u - v`` to its neighbours u (after a
+random rotation; :mod:`simdex.quant.rabitq` explains the codes) and three float32 factors per edge. A search walks the
 ground layer with a pool ordered by estimated distances: expanding v reads v's float32 vector (its exact
 distance, which is what the results hold) and v's own code rows, from which it estimates every unvisited
 neighbour at once, ``|q - u|^2 = |q - v|^2 + |r|^2 + 2 <v - c, r> - 2 <q - c, r>`` with the last inner product
-estimated from r's code and the query quantised to 4 bits once (``c`` is the codec's centre). A hop therefore reads
+estimated from r's code and the query quantised to 4 bits once (``c``: the mean of the first vectors added). A hop therefore reads
 one node's rows in order instead of every neighbour's vector. (SymphonyQG quantises ``q - v`` at every hop instead
 of ``q - c`` once; here the query is prepared once per search, and the estimate's error is that of a code of the
 whole vector: on WordNet an edge is about as long as a vector's distance to the centre.)
 
 Every node that is expanded is scored exactly, so the results need no separate re-ranking and the estimator's
 error bound has no decision left to make: an estimate only decides which nodes are expanded.
+
+The rotation is a randomised Hadamard transform ("FHT-Kac", as RaBitQ-Library's graph index uses; O(D log D),
+:func:`~simdex.quant._qgraph_kernels.rotate`) rather than :class:`~simdex.quant.RaBitQCodec`'s dense D x D
+matrix: each search thread rotates its own queries, where a dense rotation of a batch is a BLAS product whose
+worker threads then spin on the cores the search threads need (measured: 2-thread batch search 15,000 QPS after
+the product, 28,000 with BLAS on one thread; 20,000 WordNet vectors, ef 64).
 
 Memory per vector: the HNSW float32 index's, plus ``2 * M * (D / 8 + 12)`` bytes of edge codes (D: the dimension
 rounded up to 64; 4,096 bytes at 384-d, M = 16). Edge codes are derived data: they are not saved, and are
@@ -32,8 +38,7 @@ from ..dense.hnsw import HNSWIndex
 from ..errors import CorruptFileError
 from ..metrics import L2
 from . import _qgraph_kernels as QK
-from .codec import Codec, training_sample
-from .rabitq import RaBitQCodec
+from .codec import expect_array, training_sample
 
 # rows coded per pass: the rotated vectors of a pass's nodes and their neighbours are a temporary array
 _ENCODE_CHUNK = 8192
@@ -56,8 +61,12 @@ class RaBitQGraphIndex(HNSWIndex):
                  ef_search: int = 64, seed: int = 0, consolidate_threshold: float = 0.1) -> None:
         super().__init__(dim, metric, M=M, ef_construction=ef_construction, ef_search=ef_search, seed=seed,
                          consolidate_threshold=consolidate_threshold)
-        self.codec = RaBitQCodec(self.dim, self.metric, bits=1, seed=self.seed)
-        self._edge_words = np.zeros((0, self.M0, self.codec.words), np.uint64)
+        words = -(-self.dim // 64)
+        self.padded = 64 * words  # the rotated dimension: one bit per dimension, whole words
+        self.center = np.zeros(self.dim, np.float32)
+        self.trained = False
+        self.signs = np.ones((QK.ROUNDS, self.padded), np.float32)
+        self._edge_words = np.zeros((0, self.M0, words), np.uint64)
         self._edge_factors = np.zeros((0, self.M0, QK.FACTORS), np.float32)
         self._stale = np.zeros(0, np.bool_)  # rows whose links changed since their codes were made
         self._any_stale = False
@@ -102,8 +111,11 @@ class RaBitQGraphIndex(HNSWIndex):
         super()._link_back(s, e, fwd_d0, fwd_dup, nthreads)
 
     def _insert(self, x: np.ndarray, new_ids: np.ndarray, threads: int | None, progress: bool | None) -> None:
-        if not self.codec.is_trained:
-            self.codec.train(training_sample(x, self.seed))
+        if not self.trained:  # the centre: the mean of (a sample of) the first rows; the rotation: seeded signs
+            self.center = training_sample(x, self.seed).mean(0, dtype=np.float64).astype(np.float32)
+            rng = np.random.default_rng(self.seed)
+            self.signs = np.where(rng.random((QK.ROUNDS, self.padded)) < 0.5, -1.0, 1.0).astype(np.float32)
+            self.trained = True
         super()._insert(x, new_ids, threads, progress)
         self._encode_stale(threads)
 
@@ -116,6 +128,14 @@ class RaBitQGraphIndex(HNSWIndex):
             self._mark_all_stale()
             self._encode_stale(threads)
 
+    def rotate(self, x: np.ndarray) -> np.ndarray:
+        """The rotated, centred rows ``R (x - c)`` (n, D) float32 of rows x (n, dim), as codes and queries see
+        them (D: dim rounded up to 64; the rotation is orthogonal, so it keeps distances)."""
+        x = np.ascontiguousarray(x, np.float32)
+        out = np.empty((x.shape[0], self.padded), np.float32)
+        QK.rotate_rows(x, self.center, self.signs, out)
+        return out
+
     def _encode_stale(self, threads: int | None = None) -> None:
         """Code the edges of every stale row, a chunk of rows at a time (their rotated vectors and their
         neighbours' are made per chunk)."""
@@ -125,7 +145,6 @@ class RaBitQGraphIndex(HNSWIndex):
             self._fit_codes()
             n = self._n
             rows = np.flatnonzero(self._stale[:n])
-            center = self.codec.center
             with num_threads(threads):
                 for start in range(0, rows.shape[0], _ENCODE_CHUNK):
                     chunk = rows[start:start + _ENCODE_CHUNK]
@@ -135,8 +154,8 @@ class RaBitQGraphIndex(HNSWIndex):
                     pos = np.full(n, -1, np.int64)
                     pos[needed] = np.arange(needed.shape[0])
                     vectors = np.asarray(self._vectors[needed], np.float32)
-                    rotated = np.ascontiguousarray(self.codec.rotate(vectors - center), np.float32)
-                    cdot = (vectors @ center).astype(np.float64)
+                    rotated = self.rotate(vectors)
+                    cdot = (vectors @ self.center).astype(np.float64)
                     QK.encode_edges(rotated, pos, cdot, self._links0, chunk.astype(np.int64),
                                     self._metric_code == L2, self._edge_words, self._edge_factors)
             self._stale[:n] = False
@@ -152,11 +171,10 @@ class RaBitQGraphIndex(HNSWIndex):
         if self._any_stale:
             self._encode_stale()
         words, factors = self._edge_words, self._edge_factors
-        rotated = np.ascontiguousarray(self.codec.rotate(q - self.codec.center), np.float32)
         scratch = self._scratch.take(nthreads, self._n)
         try:
             run_threads(QK.search_rows, q.shape[0], nthreads, Vectors(self._metric_code, q, self._vectors),
-                        rotated, self._metric_code == L2, *self._graph(), words, factors,
+                        self.center, self.signs, self._metric_code == L2, *self._graph(), words, factors,
                         words.reshape(words.shape[0], -1), self._deleted, ef, out_d, out_s, *scratch)
         finally:
             self._scratch.give(scratch)
@@ -169,19 +187,20 @@ class RaBitQGraphIndex(HNSWIndex):
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta, arrays = super()._state()
-        codec_meta, codec_arrays = self.codec.state()
-        meta["codec"] = codec_meta
-        arrays.update({f"codec.{name}": arr for name, arr in codec_arrays.items()})
+        meta["trained"] = self.trained
+        arrays.update({"center": self.center, "signs": self.signs})
         return meta, arrays
 
     @classmethod
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> RaBitQGraphIndex:
-        codec = Codec.from_state(meta["codec"], {name[6:]: arr for name, arr in arrays.items()
-                                                 if name.startswith("codec.")})
         index = super()._from_state(meta, arrays)
-        if not isinstance(codec, RaBitQCodec) or codec.bits != 1 or codec.dim != index.dim \
-                or codec.metric != index.metric:
-            raise CorruptFileError(f"codec {codec!r} does not fit the index")
-        index.codec = codec
+        try:
+            index.center = np.array(expect_array(arrays, "center", (index.dim,), np.float32))
+            index.signs = np.array(expect_array(arrays, "signs", (QK.ROUNDS, index.padded), np.float32))
+        except (KeyError, ValueError) as exc:
+            raise CorruptFileError(f"the rotation of a RaBitQGraphIndex file is missing or damaged: {exc}") from None
+        index.trained = bool(meta.get("trained", index._n > 0))
+        if not np.isfinite(index.center).all() or not np.isin(index.signs, (-1.0, 1.0)).all():
+            raise CorruptFileError("the rotation's signs must be +-1 and the centre finite")
         index._mark_all_stale()  # coded by the first search, once the graph has passed the load's checks
         return index
