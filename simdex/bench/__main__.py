@@ -221,8 +221,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     stream.add_argument("--out", default="bench-results")
     calls = sub.add_parser("calls", help="the fixed cost of one query per call: each index kind's single-query "
                                           "search vs its batch search, through a collection, and hnswlib's")
-    calls.add_argument("--kinds", default=",".join(("hnsw", "hnsw-lvq8", "hnsw-int8", "ivf-pq", "vamana",
-                                                     "vamana-disk", "spann", "flat")))
+    calls.add_argument("--kinds", default=",".join(("hnsw", "hnsw-lvq8", "hnsw-int8", "rabitq-graph", "ivf-pq",
+                                                     "vamana", "vamana-disk", "spann", "flat")))
     calls.add_argument("--n-base", type=int, default=20_000)
     calls.add_argument("--n-queries", type=int, default=1000)
     calls.add_argument("--efforts", default="16,64", help="comma-separated search efforts (ef, L or nprobe)")

@@ -112,7 +112,12 @@ def run(dataset: str, libraries: list[str], *, M: int = 16, ef_construction: int
         time.sleep(0.5)  # let other libraries' spinning worker threads go idle
         rss0 = _rss()
         t0 = time.perf_counter()
-        adapter.build(ds.base, threads)
+        try:
+            adapter.build(ds.base, threads)
+        except Exception as exc:  # a peer that cannot take this data set is named, and the others still run
+            skipped[name] = f"build failed: {type(exc).__name__}: {exc}"
+            log(f"  {name:8s} {skipped[name]}")
+            continue
         build = time.perf_counter() - t0
         gc.collect()
         res = LibResult(name, adapter.version(), build, adapter.size_bytes(), _rss() - rss0)

@@ -34,10 +34,12 @@ import numpy as np
 from .. import datasets
 from ._common import pyplot, save_json
 
-KINDS = ("hnsw", "hnsw-lvq8", "hnsw-int8", "ivf-pq", "vamana", "vamana-disk", "spann", "flat")
+KINDS = ("hnsw", "hnsw-lvq8", "hnsw-int8", "rabitq-graph", "ivf-pq", "vamana", "vamana-disk", "spann",
+         "flat")
 # build parameters of each kind (the db bench's): graphs M 16 / ef_construction 200, Vamana R 32
 BUILD = {"hnsw": {"M": 16, "ef_construction": 200}, "hnsw-lvq8": {"M": 16, "ef_construction": 200},
-         "hnsw-int8": {"M": 16, "ef_construction": 200}, "vamana": {"R": 32}, "vamana-disk": {"R": 32}}
+         "hnsw-int8": {"M": 16, "ef_construction": 200}, "rabitq-graph": {"M": 16, "ef_construction": 200},
+         "vamana": {"R": 32}, "vamana-disk": {"R": 32}}
 VARIANTS = ("library batch", "library single", "store layer", "collection ids", "collection records")
 
 

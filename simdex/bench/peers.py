@@ -88,16 +88,23 @@ class SymphonyQG(Adapter):
         from importlib.metadata import version
         return version("rabitqlib")
 
+    def _padded(self, x: np.ndarray) -> np.ndarray:
+        """Zero columns up to a multiple of 64, which its rotation needs (GloVe's 50 dimensions are refused);
+        zeros change no distance."""
+        if self.metric != "l2":
+            x = _normalized(x)
+        out = np.zeros((x.shape[0], -(-x.shape[1] // 64) * 64), np.float32)
+        out[:, :x.shape[1]] = x
+        return out
+
     def build(self, base: np.ndarray, threads: int) -> None:
         from rabitqlib import SymqgIndex
-        if self.metric != "l2":
-            base = _normalized(base)
+        base = self._padded(base)
         self.index = SymqgIndex(base.shape[1], 2 * self.M, "l2" if self.metric == "l2" else "ip")
-        self.index.build(np.ascontiguousarray(base, np.float32), self.ef_construction, num_threads=threads)
+        self.index.build(base, self.ef_construction, num_threads=threads)
 
     def search(self, queries: np.ndarray, k: int, ef: int, threads: int) -> np.ndarray:
-        queries = np.ascontiguousarray(queries if self.metric == "l2" else _normalized(queries), np.float32)
-        return self.index.search_batch(queries, k, max(ef, k), num_threads=threads)[0].astype(np.int64)
+        return self.index.search_batch(self._padded(queries), k, max(ef, k), num_threads=threads)[0].astype(np.int64)
 
     def size_bytes(self) -> int:
         with tempfile.TemporaryDirectory() as folder:

@@ -153,6 +153,9 @@ def search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_o
     while cur < size:
         pool_done[cur] = True
         v = pool_i[cur]
+        if v >= words.shape[0]:  # a node an add linked after this search took the code arrays: not coded yet
+            cur = next_unexpanded(pool_done, size, cur, size)
+            continue
         dv = ep_d if v == ep else score(sc, q, v)
         if deleted[v] == 0:
             n_res = _offer_result(res_d, res_i, n_res, k, dv, v)
@@ -194,5 +197,5 @@ def search_rows(sc, center, signs, twice, links0, links_up, up_offset, entry, ma
         offset = np.float32(0.5) * (delta * sum_u + dim_p * low)
         tag = next_tag(visited, tags, t)
         search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_offset, entry, max_level, words,
-                   fac, block, deleted, ef, visited[t], tag, pool_d[0], pool_i[0], pool_done[0], res_d, res_i, out_d[qi],
-                   out_i[qi])
+                   fac, block, deleted, ef, visited[t], tag, pool_d[0], pool_i[0], pool_done[0], res_d, res_i,
+                   out_d[qi], out_i[qi])

@@ -7,10 +7,10 @@ random rotation; :mod:`simdex.quant.rabitq` explains the codes) and three float3
 ground layer with a pool ordered by estimated distances: expanding v reads v's float32 vector (its exact
 distance, which is what the results hold) and v's own code rows, from which it estimates every unvisited
 neighbour at once, ``|q - u|^2 = |q - v|^2 + |r|^2 + 2 <v - c, r> - 2 <q - c, r>`` with the last inner product
-estimated from r's code and the query quantised to 4 bits once (``c``: the mean of the first vectors added). A hop therefore reads
-one node's rows in order instead of every neighbour's vector. (SymphonyQG quantises ``q - v`` at every hop instead
-of ``q - c`` once; here the query is prepared once per search, and the estimate's error is that of a code of the
-whole vector: on WordNet an edge is about as long as a vector's distance to the centre.)
+estimated from r's code and the query quantised to 4 bits once (``c``: the mean of the first vectors added). A
+hop therefore reads one node's rows in order instead of every neighbour's vector. (SymphonyQG quantises ``q - v``
+at every hop instead of ``q - c`` once; here the query is prepared once per search, and the estimate's error is
+that of a code of the whole vector: on WordNet an edge is about as long as a vector's distance to the centre.)
 
 Every node that is expanded is scored exactly, so the results need no separate re-ranking and the estimator's
 error bound has no decision left to make: an estimate only decides which nodes are expanded.

@@ -162,8 +162,8 @@ class DatabaseAPI(ABC):
         :class:`~simdex.embed.Embedder` (embedded databases only): documents and text queries are then embedded
         by it, and it is recorded with the collection (reopening with another model is refused). ``text``: also
         index the documents for BM25 and hybrid search. ``index``: "hnsw", "hnsw-lvq8", "hnsw-int8" (HNSW walked
-        on codes, re-ranked from float32), "ivf-pq" / "ivf-rabitq" (IVF over PQ / 1-bit RaBitQ codes, re-ranked from
-        float32), "vamana",
+        on codes, re-ranked from float32), "rabitq-graph" (HNSW searched through RaBitQ codes of every node's edges),
+        "ivf-pq" / "ivf-rabitq" (IVF over PQ / 1-bit RaBitQ codes, re-ranked from float32), "vamana",
         "vamana-disk" (a Vamana graph in memory; in a file, walked on PQ codes), "spann" (built once; merges build
         a new one) or "flat" (exact). ``params`` go to the index (M, ef_construction, ef_search, seed; for the
         code kinds also rerank; for the IVF kinds nlist, nprobe, codec, rerank, seed; for the Vamana kinds R, L_build,

@@ -273,7 +273,9 @@ class Database(DatabaseAPI):
         """Create a collection of ``dim``-dimensional vectors. ``index``: "hnsw" (float32 vectors), "hnsw-lvq8"
         or "hnsw-int8" (the graph walked on 8-bit LVQ / int8 codes, a quarter of the memory per vector, the best
         candidates re-ranked from the float32 vectors kept in a file;
-        :class:`~simdex.quant.HNSWQuantIndex`), "ivf-pq" (IVF lists of PQ codes, re-ranked from the float32 vectors
+        :class:`~simdex.quant.HNSWQuantIndex`), "rabitq-graph" (the HNSW graph with 1-bit RaBitQ codes of each
+        node's edges beside its links, searched through them, float32 vectors in memory;
+        :class:`~simdex.quant.RaBitQGraphIndex`), "ivf-pq" (IVF lists of PQ codes, re-ranked from the float32 vectors
         kept in a file; :class:`~simdex.quant.IVFIndex`; the number of lists and probes follow the collection's
         size unless set), "ivf-rabitq" (the same over 1-bit RaBitQ codes, dim / 8 + 16 bytes per vector),
         "vamana" (a Vamana graph with FreshDiskANN updates; :class:`~simdex.dense.VamanaIndex`),
