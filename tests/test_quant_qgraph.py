@@ -18,10 +18,14 @@ def recall(ds, slots):
     return datasets.recall_at_k(slots, ds.ground_truth, 10, ds.base, ds.queries, ds.metric)
 
 
-@pytest.fixture(scope="module", params=["wordnet", "fashion"])
+@pytest.fixture(scope="module", params=["wordnet", "fashion", "glove"])
 def built(request, wordnet_20k, fashion_small):
-    ds = wordnet_20k if request.param == "wordnet" else fashion_small
+    # GloVe's 50 dimensions get 4-bit edge codes by default, the others 1 bit
+    ds = {"wordnet": wordnet_20k, "fashion": fashion_small}.get(request.param)
+    if ds is None:
+        ds = datasets.load("glove-50").subset(20_000, 200)
     index = RaBitQGraphIndex(ds.dim, ds.metric, M=16, ef_construction=100)
+    assert index.bits == (4 if request.param == "glove" else 1)
     index.add(ds.base)
     return ds, index
 
@@ -37,10 +41,13 @@ def test_edge_estimates_are_unbiased_and_within_the_error_bound(built):
     padded = index.padded
     exact = ((x - q) ** 2).sum(1) if l2 else -(x @ q)
     est, truth, bound = [], [], []
+    nbits = index.bits
     for v in range(300):
         deg = index._links0[v, 0]
-        bits = np.unpackbits(index._edge_words[v, :deg].view(np.uint8), axis=1, bitorder="little")
-        y = bits[:, :padded].astype(np.float64) - 0.5
+        planes = index._edge_words[v, :deg].reshape(deg, nbits, -1)
+        bits = np.unpackbits(planes.view(np.uint8), axis=2, bitorder="little")[:, :, :padded]
+        levels = (bits.astype(np.float64) * (2.0 ** np.arange(nbits))[None, :, None]).sum(1)
+        y = levels - (2 ** nbits - 1) / 2
         a, _, e = index._edge_factors[v, :deg].T.astype(np.float64)
         est.append(exact[v] + e - (2.0 if l2 else 1.0) * a * (y @ qrot))
         nbrs = index._links0[v, 1:deg + 1]
@@ -48,8 +55,8 @@ def test_edge_estimates_are_unbiased_and_within_the_error_bound(built):
         # RaBitQ's bound on <r, q>: eps0 |q| |r| sqrt(1 - cos^2) / cos / sqrt(D - 1), cos = <y/|y|, r/|r|>
         r = x[nbrs] - x[v]
         rn = np.linalg.norm(r, axis=1)
-        rotated = index.rotate(x[nbrs]) - index.rotate(x[v:v + 1])
-        cos = np.abs(rotated).sum(1) / np.maximum(rn, 1e-30) / np.sqrt(padded)
+        rotated = (index.rotate(x[nbrs]) - index.rotate(x[v:v + 1])).astype(np.float64)
+        cos = (y * rotated).sum(1) / np.linalg.norm(y, axis=1) / np.maximum(rn, 1e-30)
         bound.append((2.0 if l2 else 1.0) * 3.0 * np.linalg.norm(qrot) * rn * np.sqrt(1 - cos ** 2) / cos
                      / np.sqrt(padded - 1))
     est, truth, bound = np.concatenate(est), np.concatenate(truth), np.concatenate(bound)
@@ -66,18 +73,21 @@ def test_rotation_is_orthogonal_and_spreads_a_vector(built):
     centred = x.astype(np.float64) - index.center
     # distances and inner products of the centred rows are kept
     np.testing.assert_allclose(rot @ rot.T, centred @ centred.T, rtol=1e-4, atol=1e-3 * np.abs(centred).max() ** 2)
-    # a basis vector comes out spread over every coordinate, as RaBitQ's analysis needs
+    # a basis vector comes out spread over every coordinate, as RaBitQ's analysis needs: its largest coordinate
+    # near that of a random unit vector, sqrt(2 ln(2D) / D)
     e = np.zeros((1, ds.dim), np.float32)
     e[0, 0] = 1.0
     spread = index.rotate(e + index.center)[0]
-    assert np.abs(spread).max() < 0.25 and np.count_nonzero(np.abs(spread) > 1e-4) > 0.9 * index.padded
+    d = index.padded
+    assert np.abs(spread).max() < 1.5 * np.sqrt(2 * np.log(2 * d) / d)
+    assert np.count_nonzero(np.abs(spread) > 1e-4) > 0.9 * d
 
 
 def test_recall_matches_the_float32_graph_and_distances_are_exact(built):
     ds, index = built
     hnsw = HNSWIndex(ds.dim, ds.metric, M=16, ef_construction=100)
     hnsw.add(ds.base)
-    for ef, floor in ((64, 0.90), (200, 0.97)):
+    for ef, floor in ((64, 0.80), (200, 0.95)):  # (GloVe is the hard one: the float32 graph's 0.83 at ef 64)
         d, ids = index.search(ds.queries, 10, ef=ef)
         r = recall(ds, ids)
         _, ids_h = hnsw.search(ds.queries, 10, ef=ef)

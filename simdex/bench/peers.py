@@ -28,6 +28,10 @@ class Adapter:
     def version(self) -> str:
         return "?"
 
+    def prepared(self, x: np.ndarray) -> np.ndarray:
+        """Rows as a library without a cosine metric takes them: unit length for cosine (then inner product)."""
+        return np.ascontiguousarray(x if self.metric == "l2" else _normalized(x), np.float32)
+
     def build(self, base: np.ndarray, threads: int) -> None:
         raise NotImplementedError
 
@@ -91,8 +95,7 @@ class SymphonyQG(Adapter):
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """Zero columns up to a multiple of 64, which its rotation needs (GloVe's 50 dimensions are refused);
         zeros change no distance."""
-        if self.metric != "l2":
-            x = _normalized(x)
+        x = self.prepared(x)
         out = np.zeros((x.shape[0], -(-x.shape[1] // 64) * 64), np.float32)
         out[:, :x.shape[1]] = x
         return out
@@ -124,19 +127,17 @@ class SVSVamana(Adapter):
 
     def build(self, base: np.ndarray, threads: int) -> None:
         import svs
-        if self.metric != "l2":
-            base = _normalized(base)
+        base = self.prepared(base)
         params = svs.VamanaBuildParameters(graph_max_degree=2 * self.M, window_size=self.ef_construction)
-        self.index = svs.Vamana.build(params, np.ascontiguousarray(base, np.float32),
+        self.index = svs.Vamana.build(params, base,
                                       svs.DistanceType.L2 if self.metric == "l2" else svs.DistanceType.MIP,
                                       num_threads=threads)
         self.rows, self.dim = base.shape
 
     def search(self, queries: np.ndarray, k: int, ef: int, threads: int) -> np.ndarray:
-        queries = np.ascontiguousarray(queries if self.metric == "l2" else _normalized(queries), np.float32)
         self.index.num_threads = threads
         self.index.search_window_size = max(ef, k)
-        return self.index.search(queries, k)[0].astype(np.int64)
+        return self.index.search(self.prepared(queries), k)[0].astype(np.int64)
 
     def size_bytes(self) -> int:  # its float32 copy of the data and the graph's adjacency
         return self.rows * (4 * self.dim + 4 * 2 * self.M)
@@ -154,11 +155,10 @@ class ScaNN(Adapter):
 
     def build(self, base: np.ndarray, threads: int) -> None:
         import scann
-        if self.metric != "l2":
-            base = _normalized(base)
+        base = self.prepared(base)
         self.leaves = max(16, int(2 * np.sqrt(base.shape[0])))
         self.rows, self.dim = base.shape
-        self.index = (scann.scann_ops_pybind.builder(np.ascontiguousarray(base, np.float32), 10,
+        self.index = (scann.scann_ops_pybind.builder(base, 10,
                                                      "squared_l2" if self.metric == "l2" else "dot_product")
                       .tree(num_leaves=self.leaves, num_leaves_to_search=16,
                             training_sample_size=min(base.shape[0], 250_000))
@@ -167,7 +167,7 @@ class ScaNN(Adapter):
         self.index.set_num_threads(threads)
 
     def search(self, queries: np.ndarray, k: int, ef: int, threads: int) -> np.ndarray:
-        queries = np.ascontiguousarray(queries if self.metric == "l2" else _normalized(queries), np.float32)
+        queries = self.prepared(queries)
         leaves = min(ef, self.leaves)
         if threads > 1:
             ids, _ = self.index.search_batched_parallel(queries, k, leaves_to_search=leaves,

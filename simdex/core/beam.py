@@ -105,6 +105,17 @@ def pool_insert(pool_d, pool_i, pool_done, size, ef, d, node):
 
 
 @kernel(inline="always")
+def pool_start(pool_d, pool_i, pool_done, visited, tag, ep, ep_d):
+    """Open a beam search's pool with the entry point (marked visited). Returns the pool's size, 1, typed int64:
+    a literal would make numba compile the callees once more."""
+    pool_d[0] = ep_d
+    pool_i[0] = ep
+    pool_done[0] = False
+    visited[ep] = tag
+    return np.int64(1)
+
+
+@kernel(inline="always")
 def pool_offer(pool_d, pool_i, pool_done, size, ef, d, node, lowest):
     """:func:`pool_insert`, also tracking the lowest position an insertion took since the last expansion.
     Returns (size, lowest)."""

@@ -29,7 +29,7 @@ import numpy as np
 from .._heap import copy_padded, heap_sort_ascending
 from .._numba import kernel, run_threads
 from .beam import (candidate_pop, consider, gather_unvisited, next_tag, next_unexpanded, open_range, pair_scratch,
-                   pool_offer, pool_scratch, record)
+                   pool_offer, pool_scratch, pool_start, record)
 from .scorer import finish, implement, prefetch, query, score, score4
 
 
@@ -115,12 +115,8 @@ def search_layer(sc, q, links0, links_up, up_offset, layer, ep, ep_d, ef, visite
     exp_d, exp_i).
     """
     links = links0 if layer == 0 else links_up
-    pool_d[0] = ep_d
-    pool_i[0] = ep
-    pool_done[0] = False
-    size = np.int64(1)  # not literals: numba would compile the callees once more for a literal first value
-    n_exp = np.int64(0)
-    visited[ep] = tag
+    size = pool_start(pool_d, pool_i, pool_done, visited, tag, ep, ep_d)
+    n_exp = np.int64(0)  # not a literal: numba would compile the callees once more for a literal first value
     cur = 0
     while cur < size:
         pool_done[cur] = True

@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .._heap import copy_padded, heap_push, heap_replace_top, heap_sort_ascending
+from .._heap import copy_padded, heap_sort_ascending
 from .._numba import kernel, prefetch_row
-from ..core.beam import next_tag, next_unexpanded, pool_offer, pool_scratch
+from ..core.beam import next_tag, next_unexpanded, pool_offer, pool_scratch, pool_start
 from ..core.graph import GROUND, descend
+from ..core.lists import offer
 from ..core.scorer import prefetch, query, score
-from ._rabitq_kernels import code_dot, quantize_query
+from ._rabitq_kernels import code_dot, encode_row, quantize_query
 
 # per-edge factors: the estimate's scale, its scale times the code's bit count, and the edge's constant term
 FACTORS = 3
@@ -68,87 +69,84 @@ def rotate_rows(x, center, signs, out):
 
 
 @kernel(parallel=True)
-def encode_edges(rot, pos, cdot, links0, rows, l2, words, fac):
+def encode_edges(rot, pos, cdot, links0, rows, l2, bits, words, fac):
     """Code the layer-0 edges of ``rows``: for node v and its j-th neighbour u, the edge ``r = u - v`` in the
-    rotated space (``rot[pos[x]]``: the rotated, centred vector of node x, (D,) float32, zero-padded) becomes one
-    bit per dimension (``r_i > 0``) in ``words[v, j]`` (nwords uint64) and three factors in ``fac[v, j]``:
+    rotated space (``rot[pos[x]]``: the rotated, centred vector of node x, (D,) float32) becomes a RaBitQ code of
+    ``bits`` planes in ``words[v, j]`` (bits * D / 64 uint64; :func:`~simdex.quant._rabitq_kernels.encode_row`)
+    and three factors in ``fac[v, j]``:
 
-    - ``a = |r|^2 / (0.5 sum |r_i|)``, so that ``<r, q> ~ a <y, q>`` with ``y = bits - 1/2`` (RaBitQ's unbiased
-      estimator, ``|r| / (|y| <y/|y|, r/|r|>)``);
-    - ``b = a * popcount(bits)`` (the query's quantisation offset enters through it);
+    - ``a = |r| / (|y| <y/|y|, r/|r|>)``, so that ``<r, q> ~ a <y, q>`` (RaBitQ's unbiased estimator; ``y`` the
+      code's centred levels);
+    - ``b = a * (sum of the levels)`` (the query's quantisation offset enters through it);
     - ``e``: with ``l2``, ``|r|^2 + 2 <v - c, r>``, so ``|q - u|^2 = |q - v|^2 + e - 2 <q - c, r>``; else
       ``-<c, r>`` from ``cdot[pos[x]] = <c, x>``, so ``-<q, u> = -<q, v> + e - <q - c, r>``.
     """
     dim_p = rot.shape[1]
-    nwords = words.shape[2]
+    nwords = words.shape[2] // bits
     for ri in prange(rows.shape[0]):
         v = rows[ri]
         yv = rot[pos[v]]
+        unit = np.empty(dim_p, np.float32)
         deg = links0[v, 0]
         for j in range(deg):
             u = links0[v, 1 + j]
             yu = rot[pos[u]]
             norm2 = np.float64(0.0)
-            abs_sum = np.float64(0.0)
             cross = np.float64(0.0)
-            ones = 0
-            for w in range(nwords):
-                word = np.uint64(0)
-                for b in range(64):
-                    i = 64 * w + b
-                    if i >= dim_p:
-                        break
-                    r = np.float64(yu[i]) - np.float64(yv[i])
-                    norm2 += r * r
-                    abs_sum += abs(r)
-                    cross += np.float64(yv[i]) * r
-                    if r > 0:
-                        word |= np.uint64(1) << np.uint64(b)
-                        ones += 1
-                words[v, j, w] = word
-            a = norm2 / (0.5 * abs_sum) if abs_sum > 0 else 0.0
+            abs_sum = np.float64(0.0)
+            for i in range(dim_p):
+                r = np.float64(yu[i]) - np.float64(yv[i])
+                norm2 += r * r
+                cross += np.float64(yv[i]) * r
+                abs_sum += abs(r)
+            norm = np.sqrt(norm2)
+            if bits == 1:  # the signs; |y| <y/|y|, r/|r|> = sum |r_i| / (2 |r|): no unit vector needed
+                ones = 0
+                for w in range(nwords):
+                    word = np.uint64(0)
+                    for b in range(64):
+                        if yu[64 * w + b] > yv[64 * w + b]:
+                            word |= np.uint64(1) << np.uint64(b)
+                            ones += 1
+                    words[v, j, w] = word
+                a = norm2 / (0.5 * abs_sum) if abs_sum > 0 else 0.0
+                ysum = np.float64(ones)
+            else:
+                for i in range(dim_p):
+                    unit[i] = (yu[i] - yv[i]) / norm if norm > 0 else np.float32(0.0)
+                if norm == 0:
+                    unit[0] = np.float32(1.0)  # a duplicate neighbour: any direction (its scale is 0)
+                fcos, ynorm, ysum = encode_row(unit, bits, words[v, j].reshape((bits, nwords)))
+                a = norm / (ynorm * max(fcos, 1e-6))
             fac[v, j, 0] = a
-            fac[v, j, 1] = a * ones
+            fac[v, j, 1] = a * ysum
             fac[v, j, 2] = norm2 + 2.0 * cross if l2 else -(cdot[pos[u]] - cdot[pos[v]])
         for j in range(deg, words.shape[1]):
-            for w in range(nwords):
+            for w in range(words.shape[2]):
                 words[v, j, w] = np.uint64(0)
             for f in range(FACTORS):
                 fac[v, j, f] = np.float32(0.0)
 
 
-@kernel(inline="always")
-def _offer_result(res_d, res_i, n_res, k, d, node):
-    if n_res < k:
-        heap_push(res_d, res_i, n_res, d, node)
-        return n_res + 1
-    if d < res_d[0]:
-        heap_replace_top(res_d[:k], res_i[:k], d, node)
-    return n_res
-
-
 @kernel
-def search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_offset, entry, max_level, words, fac,
-               block, deleted, ef, visited, tag, pool_d, pool_i, pool_done, res_d, res_i, out_d, out_i):
+def search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_offset, entry, max_level, bits, words,
+               fac, block, deleted, ef, visited, tag, pool_d, pool_i, pool_done, res_d, res_i, out_d, out_i):
     """k-NN (k = ``out_d.shape[0]``) of one query on the graph, ``sc`` scoring nodes exactly (float32 vectors).
 
     Upper layers: greedy, exact. Layer 0: a beam search whose pool of size ef is ordered by *estimated* distances;
     expanding a node computes its exact distance (it enters the results, a max-heap of k, unless ``deleted``) and
     estimates all its unvisited neighbours from the node's own code rows: ``d_u ~ d_v + e - m <q - c, r>``
     (``m`` = 2 with ``twice``, else 1), the inner product from the 4-bit query levels ``qplanes`` (``low``,
-    ``delta``; ``offset`` = h (delta sum u + D low)). So one expansion reads one node's rows, sequentially, and
+    ``delta``; ``offset`` = h (delta sum u + D low); codes of ``bits`` planes). So one expansion reads one node's
+    rows, sequentially, and
     never the neighbours' vectors. ``block`` is ``words`` viewed as one row per node (for prefetching).
     """
     k = out_d.shape[0]
     ep, ep_d = descend(sc, q, links_up, up_offset, entry, max_level, GROUND)
     m = np.float32(2.0) if twice else np.float32(1.0)
-    nwords = words.shape[2]
-    pool_d[0] = ep_d
-    pool_i[0] = ep
-    pool_done[0] = False
-    size = np.int64(1)
+    nwords = words.shape[2] // bits
+    size = pool_start(pool_d, pool_i, pool_done, visited, tag, ep, ep_d)
     n_res = np.int64(0)
-    visited[ep] = tag
     cur = 0
     while cur < size:
         pool_done[cur] = True
@@ -158,14 +156,14 @@ def search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_o
             continue
         dv = ep_d if v == ep else score(sc, q, v)
         if deleted[v] == 0:
-            n_res = _offer_result(res_d, res_i, n_res, k, dv, v)
+            n_res = offer(res_d, res_i, n_res, k, dv, v)
         lowest = size
         for j in range(links0[v, 0]):
             u = links0[v, 1 + j]
             if visited[u] == tag:
                 continue
             visited[u] = tag
-            s = code_dot(qplanes, words[v], j, 1, nwords)
+            s = code_dot(qplanes, words[v], j, bits, nwords)
             inner = fac[v, j, 0] * (delta * np.float32(s) - offset) + fac[v, j, 1] * low
             est = dv + fac[v, j, 2] - m * inner
             size, lowest = pool_offer(pool_d, pool_i, pool_done, size, ef, est, u, lowest)
@@ -180,22 +178,23 @@ def search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_o
 
 
 @kernel
-def search_rows(sc, center, signs, twice, links0, links_up, up_offset, entry, max_level, words, fac, block, deleted, ef,
-                out_d, out_i, visited, tags, t, lo, hi):
+def search_rows(sc, center, signs, twice, links0, links_up, up_offset, entry, max_level, bits, words, fac, block,
+                deleted, ef, out_d, out_i, visited, tags, t, lo, hi):
     """:func:`search_one` for queries lo..hi-1 of ``sc`` on thread slot t, each rotated (:func:`rotate`)."""
     pool_d, pool_i, pool_done, _ = pool_scratch(1, ef, 1)
     k = out_d.shape[1]
     res_d = np.empty(k, np.float32)
     res_i = np.empty(k, np.int32)
-    qplanes = np.empty((4, words.shape[2]), np.uint64)
+    qplanes = np.empty((4, words.shape[2] // bits), np.uint64)
+    h = np.float32((2 ** bits - 1) / 2)
     qrot = np.empty(signs.shape[1], np.float32)
     dim_p = np.float32(qrot.shape[0])
     for qi in range(lo, hi):
         q = query(sc, qi, t)
         rotate(q, center, signs, qrot)
         low, delta, sum_u = quantize_query(qrot, qplanes)
-        offset = np.float32(0.5) * (delta * sum_u + dim_p * low)
+        offset = h * (delta * sum_u + dim_p * low)
         tag = next_tag(visited, tags, t)
-        search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_offset, entry, max_level, words,
-                   fac, block, deleted, ef, visited[t], tag, pool_d[0], pool_i[0], pool_done[0], res_d, res_i,
+        search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_offset, entry, max_level, bits,
+                   words, fac, block, deleted, ef, visited[t], tag, pool_d[0], pool_i[0], pool_done[0], res_d, res_i,
                    out_d[qi], out_i[qi])

@@ -18,67 +18,71 @@ SCALES = 64  # scales tried per vector by a multi-bit encoding
 
 @kernel(parallel=True)
 def encode_unit(o, bits, planes, fcos, ynorm, ysum):
-    """Codes of the rotated unit vectors ``o`` (n, D): level ``x_i`` in [0, 2^bits) of each coordinate, stored as
-    ``bits`` planes of packed words ``planes`` (n, bits, D / 64) uint64; the grid vector ``y = x - h`` (h =
-    (2^bits - 1) / 2) is the one, among ``SCALES`` scales of ``o``, whose direction is closest to ``o``.
-    Writes ``fcos`` = <y / |y|, o>, ``ynorm`` = |y| and ``ysum`` = sum of the levels."""
-    n, dim = o.shape
+    """Codes of the rotated unit vectors ``o`` (n, D) into ``planes`` (n, bits, D / 64) uint64 (:func:`encode_row`
+    of each row), writing each row's ``fcos``, ``ynorm`` and ``ysum``."""
+    for v in prange(o.shape[0]):
+        fcos[v], ynorm[v], ysum[v] = encode_row(o[v], bits, planes[v])
+
+
+@kernel
+def encode_row(row, bits, planes):
+    """The code of one rotated unit vector ``row`` (D,): level ``x_i`` in [0, 2^bits) of each coordinate, stored as
+    ``bits`` planes of packed words ``planes`` (bits, D / 64) uint64; the grid vector ``y = x - h`` (h =
+    (2^bits - 1) / 2) is the one, among ``SCALES`` scales of ``row``, whose direction is closest to it.
+    Returns (<y / |y|, row>, |y|, sum of the levels)."""
+    dim = row.shape[0]
     h = (2.0 ** bits - 1.0) / 2.0
-    for v in prange(n):
-        row = o[v]
-        top = 1e-30
-        for i in range(dim):
-            a = abs(row[i])
-            if a > top:
-                top = a
-        best_t = 0.0
-        best_c = -2.0
-        if bits == 1:
-            best_t = 1.0
-        else:
-            for s in range(SCALES):
-                t = (0.05 + 1.45 * s / (SCALES - 1)) * (h + 0.5) / top
-                dot = 0.0
-                sq = 0.0
-                for i in range(dim):
-                    y = np.floor(t * row[i]) + 0.5
-                    if y > h:
-                        y = h
-                    elif y < -h:
-                        y = -h
-                    dot += y * row[i]
-                    sq += y * y
-                c = dot / np.sqrt(sq)
-                if c > best_c:
-                    best_c = c
-                    best_t = t
-        dot = 0.0
-        sq = 0.0
-        total = 0.0
-        for w in range(planes.shape[2]):
-            for a in range(bits):
-                planes[v, a, w] = np.uint64(0)
-        for i in range(dim):
-            if bits == 1:
-                y = 0.5 if row[i] > 0 else -0.5
-            else:
-                y = np.floor(best_t * row[i]) + 0.5
+    top = 1e-30
+    for i in range(dim):
+        a = abs(row[i])
+        if a > top:
+            top = a
+    best_t = 0.0
+    best_c = -2.0
+    if bits == 1:
+        best_t = 1.0
+    else:
+        for s in range(SCALES):
+            t = (0.05 + 1.45 * s / (SCALES - 1)) * (h + 0.5) / top
+            dot = 0.0
+            sq = 0.0
+            for i in range(dim):
+                y = np.floor(t * row[i]) + 0.5
                 if y > h:
                     y = h
                 elif y < -h:
                     y = -h
-            level = np.int64(y + h)
-            dot += y * row[i]
-            sq += y * y
-            total += level
-            w = i >> 6
-            bit = np.uint64(1) << np.uint64(i & 63)
-            for a in range(bits):
-                if (level >> a) & 1:
-                    planes[v, a, w] |= bit
-        ynorm[v] = np.sqrt(sq)
-        fcos[v] = dot / np.sqrt(sq)
-        ysum[v] = total
+                dot += y * row[i]
+                sq += y * y
+            c = dot / np.sqrt(sq)
+            if c > best_c:
+                best_c = c
+                best_t = t
+    dot = 0.0
+    sq = 0.0
+    total = 0.0
+    for w in range(planes.shape[1]):
+        for a in range(bits):
+            planes[a, w] = np.uint64(0)
+    for i in range(dim):
+        if bits == 1:
+            y = 0.5 if row[i] > 0 else -0.5
+        else:
+            y = np.floor(best_t * row[i]) + 0.5
+            if y > h:
+                y = h
+            elif y < -h:
+                y = -h
+        level = np.int64(y + h)
+        dot += y * row[i]
+        sq += y * y
+        total += level
+        w = i >> 6
+        bit = np.uint64(1) << np.uint64(i & 63)
+        for a in range(bits):
+            if (level >> a) & 1:
+                planes[a, w] |= bit
+    return dot / np.sqrt(sq), np.sqrt(sq), total
 
 
 @kernel

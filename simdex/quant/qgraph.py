@@ -21,8 +21,10 @@ matrix: each search thread rotates its own queries, where a dense rotation of a 
 worker threads then spin on the cores the search threads need (measured: 2-thread batch search 15,000 QPS after
 the product, 28,000 with BLAS on one thread; 20,000 WordNet vectors, ef 64).
 
-Memory per vector: the HNSW float32 index's, plus ``2 * M * (D / 8 + 12)`` bytes of edge codes (D: the dimension
-rounded up to 64; 4,096 bytes at 384-d, M = 16). Edge codes are derived data: they are not saved, and are
+Memory per vector: the HNSW float32 index's, plus ``2 * M * (bits * D / 8 + 12)`` bytes of edge codes (D: the
+dimension rounded up to 64; 1,920 bytes at 384-d, M = 16, 1 bit). Low dimensions get more bits per dimension by
+default (4 at 64, 2 at 128): 64 one-bit coordinates estimate an edge too coarsely to steer the search (GloVe-50:
+recall@10 0.28 at ef 10 with 1 bit, against 0.60 for the float32 graph). Edge codes are derived data: they are not saved, and are
 computed again (in parallel, about a second per 100,000 nodes at 384-d) by the first search after a load.
 """
 
@@ -33,9 +35,11 @@ from typing import Any
 import numpy as np
 
 from .._numba import num_threads, run_threads
+from .._validate import check_positive_int
 from ..core.scorer import Vectors
 from ..dense.hnsw import HNSWIndex
 from ..errors import CorruptFileError
+from ..index import meta_int
 from ..metrics import L2
 from . import _qgraph_kernels as QK
 from .codec import expect_array, training_sample
@@ -48,7 +52,8 @@ class RaBitQGraphIndex(HNSWIndex):
     """Approximate k-NN on an HNSW graph searched through RaBitQ codes of its edges (see the module docstring).
 
     Parameters are :class:`~simdex.dense.HNSWIndex`'s: the ground layer's degree ``2 * M`` is the number of
-    neighbour codes per node (SymphonyQG's degree 32 is ``M=16``). ``search(ef=...)`` sizes the pool of
+    neighbour codes per node (SymphonyQG's degree 32 is ``M=16``). ``bits`` (1-8) per dimension of an edge code;
+    default ``min(4, 256 // D)``, at least 1 (D: dim rounded up to 64). ``search(ef=...)`` sizes the pool of
     estimated candidates; results carry exact distances.
 
     Filtered searches (a ``filter`` that allows part of the index) traverse the float32 graph as
@@ -58,21 +63,25 @@ class RaBitQGraphIndex(HNSWIndex):
     kind = "RaBitQGraphIndex"
 
     def __init__(self, dim: int, metric: str = "l2", M: int = 16, ef_construction: int = 200,
-                 ef_search: int = 64, seed: int = 0, consolidate_threshold: float = 0.1) -> None:
+                 ef_search: int = 64, seed: int = 0, consolidate_threshold: float = 0.1,
+                 bits: int | None = None) -> None:
         super().__init__(dim, metric, M=M, ef_construction=ef_construction, ef_search=ef_search, seed=seed,
                          consolidate_threshold=consolidate_threshold)
         words = -(-self.dim // 64)
-        self.padded = 64 * words  # the rotated dimension: one bit per dimension, whole words
+        self.padded = 64 * words  # the rotated dimension: whole words of bits
+        self.bits = max(1, min(4, 256 // self.padded)) if bits is None else check_positive_int(bits, "bits",
+                                                                                                maximum=8)
         self.center = np.zeros(self.dim, np.float32)
         self.trained = False
         self.signs = np.ones((QK.ROUNDS, self.padded), np.float32)
-        self._edge_words = np.zeros((0, self.M0, words), np.uint64)
+        self._edge_words = np.zeros((0, self.M0, self.bits * words), np.uint64)
         self._edge_factors = np.zeros((0, self.M0, QK.FACTORS), np.float32)
         self._stale = np.zeros(0, np.bool_)  # rows whose links changed since their codes were made
         self._any_stale = False
 
     def __repr__(self) -> str:
-        return f"RaBitQGraphIndex(dim={self.dim}, metric={self.metric!r}, M={self.M}, ntotal={self.ntotal})"
+        return (f"RaBitQGraphIndex(dim={self.dim}, metric={self.metric!r}, M={self.M}, bits={self.bits}, "
+                f"ntotal={self.ntotal})")
 
     @property
     def nbytes(self) -> int:
@@ -157,7 +166,7 @@ class RaBitQGraphIndex(HNSWIndex):
                     rotated = self.rotate(vectors)
                     cdot = (vectors @ self.center).astype(np.float64)
                     QK.encode_edges(rotated, pos, cdot, self._links0, chunk.astype(np.int64),
-                                    self._metric_code == L2, self._edge_words, self._edge_factors)
+                                    self._metric_code == L2, self.bits, self._edge_words, self._edge_factors)
             self._stale[:n] = False
             self._stale[n:] = True
             self._any_stale = False
@@ -174,7 +183,7 @@ class RaBitQGraphIndex(HNSWIndex):
         scratch = self._scratch.take(nthreads, self._n)
         try:
             run_threads(QK.search_rows, q.shape[0], nthreads, Vectors(self._metric_code, q, self._vectors),
-                        self.center, self.signs, self._metric_code == L2, *self._graph(), words, factors,
+                        self.center, self.signs, self._metric_code == L2, *self._graph(), self.bits, words, factors,
                         words.reshape(words.shape[0], -1), self._deleted, ef, out_d, out_s, *scratch)
         finally:
             self._scratch.give(scratch)
@@ -187,13 +196,17 @@ class RaBitQGraphIndex(HNSWIndex):
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta, arrays = super()._state()
-        meta["trained"] = self.trained
+        meta.update({"trained": self.trained, "bits": self.bits})
         arrays.update({"center": self.center, "signs": self.signs})
         return meta, arrays
 
     @classmethod
     def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> RaBitQGraphIndex:
         index = super()._from_state(meta, arrays)
+        index.bits = meta_int(meta, "bits", 1) if "bits" in meta else 1
+        if index.bits > 8:
+            raise CorruptFileError(f"bits {index.bits} out of range (1-8)")
+        index._edge_words = np.zeros((0, index.M0, index.bits * (index.padded // 64)), np.uint64)
         try:
             index.center = np.array(expect_array(arrays, "center", (index.dim,), np.float32))
             index.signs = np.array(expect_array(arrays, "signs", (QK.ROUNDS, index.padded), np.float32))
