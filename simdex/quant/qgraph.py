@@ -24,8 +24,9 @@ the product, 28,000 with BLAS on one thread; 20,000 WordNet vectors, ef 64).
 Memory per vector: the HNSW float32 index's, plus ``2 * M * (bits * D / 8 + 12)`` bytes of edge codes (D: the
 dimension rounded up to 64; 1,920 bytes at 384-d, M = 16, 1 bit). Low dimensions get more bits per dimension by
 default (4 at 64, 2 at 128): 64 one-bit coordinates estimate an edge too coarsely to steer the search (GloVe-50:
-recall@10 0.28 at ef 10 with 1 bit, against 0.60 for the float32 graph). Edge codes are derived data: they are not saved, and are
-computed again (in parallel, about a second per 100,000 nodes at 384-d) by the first search after a load.
+recall@10 0.28 at ef 10 with 1 bit, against 0.60 for the float32 graph). Edge codes are derived data: they are
+not saved, and are computed again (in parallel, about 1.5 s per 100,000 nodes at 384-d on 2 cores) by the first
+search after a load.
 """
 
 from __future__ import annotations
