@@ -204,3 +204,25 @@ def test_integrations_bench_on_a_slice():
         assert rows[name]["recall"] == rows["direct"]["recall"], name
         assert f"{name} / direct" in report["ratios"]
     assert "langchain / direct" in integrations.format_report(report)
+
+
+def test_frontier_bench_on_a_slice(tmp_path):
+    """`python -m simdex.bench frontier` on a slice: simdex-qg is the reference of every ratio, a peer that cannot
+    run is named with the reason and the others go on (SymphonyQG: not installed, the rabitqlib wheel being in the
+    bench extra only, or installed and refusing degree 16), and the report and its plot are written."""
+    from simdex.bench import frontier
+    report = frontier.run(("wordnet-minilm-384",), ("simdex-qg", "simdex", "faiss", "symqg"), M=8,
+                          ef_construction=40, efs=(10, 40, 160), n_base=3000, n_queries=100, repeats=1, threads=2,
+                          log=lambda *_: None)
+    (single,) = report["datasets"]
+    libs = [r["library"] for r in single["results"]]
+    assert libs == ["simdex-qg", "simdex", "faiss"]
+    why = single["skipped"]["symqg"]
+    assert why.startswith("build failed" if importlib.util.find_spec("rabitqlib") else "not installed"), why
+    qg = next(r for r in single["results"] if r["library"] == "simdex-qg")
+    assert max(p["recall"] for p in qg["points"]) >= 0.95
+    (versus,) = report["versus"]
+    assert set(versus["qps"]) >= {"simdex", "faiss"} and versus["size"]["simdex"] > 1.0  # the edge codes
+    assert "simdex-qg QPS / each library's QPS" in frontier.format_report(report)
+    json_path, png = frontier.save(report, tmp_path)
+    assert json.loads(json_path.read_text())["reference"] == "simdex-qg" and png.stat().st_size > 0
