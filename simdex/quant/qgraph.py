@@ -2,8 +2,8 @@
 simdex's HNSW graph.
 
 The graph is :class:`~simdex.dense.HNSWIndex`'s, built on the float32 vectors as usual. Each node v also stores,
-beside its layer-0 links, a 1-bit RaBitQ code of every edge vector ``r = u - v`` to its neighbours u (after a
-random rotation; :mod:`simdex.quant.rabitq` explains the codes) and three float32 factors per edge. A search walks the
+beside its layer-0 links, a RaBitQ code of every edge vector ``r = u - v`` to its neighbours u (after a random
+rotation; :mod:`simdex.quant.rabitq` explains the codes) and three float32 factors per edge. A search walks the
 ground layer with a pool ordered by estimated distances: expanding v reads v's float32 vector (its exact
 distance, which is what the results hold) and v's own code rows, from which it estimates every unvisited
 neighbour at once, ``|q - u|^2 = |q - v|^2 + |r|^2 + 2 <v - c, r> - 2 <q - c, r>`` with the last inner product
@@ -47,6 +47,11 @@ from .codec import expect_array, training_sample
 
 # rows coded per pass: the rotated vectors of a pass's nodes and their neighbours are a temporary array
 _ENCODE_CHUNK = 8192
+
+
+def _linked(links: np.ndarray) -> np.ndarray:
+    """The neighbour slots listed in adjacency rows ``links`` (degree in column 0, then the neighbours)."""
+    return links[:, 1:][np.arange(links.shape[1] - 1)[None, :] < links[:, :1]]
 
 
 class RaBitQGraphIndex(HNSWIndex):
@@ -114,9 +119,8 @@ class RaBitQGraphIndex(HNSWIndex):
 
     def _link_back(self, s: int, e: int, fwd_d0: np.ndarray, fwd_dup: np.ndarray, nthreads: int) -> None:
         # the batch's nodes and the nodes they link to (which get their reverse links now) change their rows
-        rows = self._links0[s:e]
         self._stale[s:e] = True
-        self._stale[rows[:, 1:][np.arange(self.M0)[None, :] < rows[:, :1]]] = True
+        self._stale[_linked(self._links0[s:e])] = True
         self._any_stale = True
         super()._link_back(s, e, fwd_d0, fwd_dup, nthreads)
 
@@ -155,13 +159,12 @@ class RaBitQGraphIndex(HNSWIndex):
             self._fit_codes()
             n = self._n
             rows = np.flatnonzero(self._stale[:n])
+            # row of each node in a pass's rotated array; a pass sets, and the kernel reads, only its own nodes'
+            pos = np.empty(n, np.int64)
             with num_threads(threads):
                 for start in range(0, rows.shape[0], _ENCODE_CHUNK):
                     chunk = rows[start:start + _ENCODE_CHUNK]
-                    links = self._links0[chunk]
-                    used = np.arange(self.M0)[None, :] < links[:, :1]
-                    needed = np.union1d(chunk, links[:, 1:][used])
-                    pos = np.full(n, -1, np.int64)
+                    needed = np.union1d(chunk, _linked(self._links0[chunk]))
                     pos[needed] = np.arange(needed.shape[0])
                     vectors = np.asarray(self._vectors[needed], np.float32)
                     rotated = self.rotate(vectors)
