@@ -138,7 +138,8 @@ def search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_o
     estimates all its unvisited neighbours from the node's own code rows: ``d_u ~ d_v + e - m <q - c, r>``
     (``m`` = 2 with ``twice``, else 1), the inner product from the 4-bit query levels ``qplanes`` (``low``,
     ``delta``; ``offset`` = h (delta sum u + D low); codes of ``bits`` planes). So one expansion reads one node's
-    rows, sequentially, and never the neighbours' vectors. ``block`` is ``words`` viewed as one row per node (for prefetching).
+    rows, sequentially, and never the neighbours' vectors. ``block`` is ``words`` viewed as one row per node (for
+    prefetching).
     """
     k = out_d.shape[0]
     ep, ep_d = descend(sc, q, links_up, up_offset, entry, max_level, GROUND)
