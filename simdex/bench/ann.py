@@ -42,6 +42,11 @@ class LibResult:
     rss_delta_bytes: int
     points: list[Point] = field(default_factory=list)
 
+    @classmethod
+    def from_dict(cls, row: dict) -> LibResult:
+        """A result as a saved report holds it (``asdict``) back as a LibResult."""
+        return cls(**{**row, "points": [Point(**p) for p in row["points"]]})
+
     def qps_at(self, target: float, threads: str = "1thread") -> float | None:
         """QPS at exactly ``target`` recall, read off the measured recall/QPS curve (None if never reached).
 
@@ -201,7 +206,7 @@ def format_report(report: dict) -> str:
     lines.append(f"{'library':10s} {'build s':>8s} {'size MiB':>9s} {'RSS+ MiB':>9s} "
                  + " ".join(f"{'QPS@' + str(t) + ' 1t':>12s} {'QPS@' + str(t) + ' all':>12s}" for t in TARGETS))
     for r in report["results"]:
-        lib = LibResult(**{**r, "points": [Point(**p) for p in r["points"]]})
+        lib = LibResult.from_dict(r)
         cells = []
         for t in TARGETS:
             for th in ("1thread", "all"):

@@ -36,7 +36,7 @@ def run(datasets: tuple[str, ...] = DATASETS, libraries: tuple[str, ...] = LIBRA
 def _lib(report: dict, name: str) -> ann.LibResult | None:
     for r in report["results"]:
         if r["library"] == name:
-            return ann.LibResult(**{**r, "points": [ann.Point(**p) for p in r["points"]]})
+            return ann.LibResult.from_dict(r)
     return None
 
 

@@ -7,10 +7,10 @@ ef and thread count, and reports its index size. Peers are imported lazily: they
 
 from __future__ import annotations
 
-import numpy as np
-
 import os
 import tempfile
+
+import numpy as np
 
 from .. import HNSWIndex
 
@@ -49,8 +49,12 @@ class SimdexHNSW(Adapter):
         import simdex
         return simdex.__version__
 
+    def new_index(self, dim: int) -> HNSWIndex:
+        """The empty simdex index this adapter measures, with the run's M and ef_construction."""
+        return HNSWIndex(dim, self.metric, M=self.M, ef_construction=self.ef_construction)
+
     def build(self, base: np.ndarray, threads: int) -> None:
-        self.index = HNSWIndex(base.shape[1], self.metric, M=self.M, ef_construction=self.ef_construction)
+        self.index = self.new_index(base.shape[1])
         self.index.add(base, threads=threads)
 
     def search(self, queries: np.ndarray, k: int, ef: int, threads: int) -> np.ndarray:
@@ -65,11 +69,9 @@ class SimdexLVQ8(SimdexHNSW):
 
     name = "simdex-lvq8"
 
-    def build(self, base: np.ndarray, threads: int) -> None:
+    def new_index(self, dim: int) -> HNSWIndex:
         from ..quant import HNSWQuantIndex
-        self.index = HNSWQuantIndex(base.shape[1], self.metric, M=self.M, ef_construction=self.ef_construction,
-                                    codec="lvq8")
-        self.index.add(base, threads=threads)
+        return HNSWQuantIndex(dim, self.metric, M=self.M, ef_construction=self.ef_construction, codec="lvq8")
 
 
 class SimdexRaBitQGraph(SimdexHNSW):
@@ -77,10 +79,9 @@ class SimdexRaBitQGraph(SimdexHNSW):
 
     name = "simdex-qg"
 
-    def build(self, base: np.ndarray, threads: int) -> None:
+    def new_index(self, dim: int) -> HNSWIndex:
         from ..quant import RaBitQGraphIndex
-        self.index = RaBitQGraphIndex(base.shape[1], self.metric, M=self.M, ef_construction=self.ef_construction)
-        self.index.add(base, threads=threads)
+        return RaBitQGraphIndex(dim, self.metric, M=self.M, ef_construction=self.ef_construction)
 
 
 class SymphonyQG(Adapter):
@@ -107,7 +108,8 @@ class SymphonyQG(Adapter):
         self.index.build(base, self.ef_construction, num_threads=threads)
 
     def search(self, queries: np.ndarray, k: int, ef: int, threads: int) -> np.ndarray:
-        return self.index.search_batch(self._padded(queries), k, max(ef, k), num_threads=threads)[0].astype(np.int64)
+        ids = self.index.search_batch(self._padded(queries), k, max(ef, k), num_threads=threads)[0]
+        return ids.astype(np.int64)
 
     def size_bytes(self) -> int:
         with tempfile.TemporaryDirectory() as folder:
@@ -194,17 +196,14 @@ class FaissHNSW(Adapter):
             self.index = faiss.IndexHNSWFlat(base.shape[1], self.M)
         else:  # cosine: unit vectors and inner product, as ann-benchmarks does
             self.index = faiss.IndexHNSWFlat(base.shape[1], self.M, faiss.METRIC_INNER_PRODUCT)
-            base = _normalized(base)
         self.index.hnsw.efConstruction = self.ef_construction
-        self.index.add(base)
+        self.index.add(self.prepared(base))
 
     def search(self, queries: np.ndarray, k: int, ef: int, threads: int) -> np.ndarray:
         import faiss
         faiss.omp_set_num_threads(threads)
         self.index.hnsw.efSearch = ef
-        if self.metric != "l2":
-            queries = _normalized(queries)
-        return self.index.search(queries, k)[1]
+        return self.index.search(self.prepared(queries), k)[1]
 
     def size_bytes(self) -> int:
         import faiss
