@@ -120,3 +120,22 @@ def scan_rows(sc, probes, offsets, slots, cap, k, allowed, use_filter, invert, v
                 if n < cap or d < heap_d[0]:
                     n = offer(heap_d, heap_i, n, cap, d, slot)
         finish_heap(heap_d, heap_i, n, rerank, metric, queries[qi], vectors, out_d[qi, :k], out_i[qi, :k])
+
+
+@kernel
+def grow_lists(old_offsets, old_codes, old_slots, new_offsets, new_codes, new_slots, offsets, codes, slots):
+    """Fill ``codes``/``slots`` (CSR by ``offsets``) with each list's old entries followed by its new ones.
+
+    ``new_codes``/``new_slots`` are sorted by list, list l's at ``new_offsets[l]:new_offsets[l + 1]``. One pass
+    over the entries and no index arrays: adding to a large index costs no temporaries the size of the index.
+    """
+    for lst in range(offsets.shape[0] - 1):
+        dst = offsets[lst]
+        for e in range(old_offsets[lst], old_offsets[lst + 1]):
+            codes[dst] = old_codes[e]
+            slots[dst] = old_slots[e]
+            dst += 1
+        for e in range(new_offsets[lst], new_offsets[lst + 1]):
+            codes[dst] = new_codes[e]
+            slots[dst] = new_slots[e]
+            dst += 1

@@ -27,7 +27,7 @@ from ..errors import CorruptFileError, InvalidInputError
 from ..index import Index, meta_int
 from ..metrics import IP, METRIC_CODES, pairwise
 from ..core.exact import exact_knn_subset
-from ..core.lists import scan_lists, select_probes
+from ..core.lists import grow_lists, scan_lists, select_probes
 from ..core.scorer import Vectors
 from ..dense.calibration import RecallCalibrated, calibrating
 from ._kmeans import kmeans
@@ -141,11 +141,10 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
     @property
     def nbytes(self) -> int:
         """Bytes in RAM: codes, list arrays, centroids, tables and ids (and vectors with ``vectors="memory"``)."""
-        arrays = [self._codes, self._slots, self._offsets, self.centroids, self._precomputed, self._deleted,
-                  self._idmap.slot_ids, self._idmap._sorted_ids, self._idmap._sorted_slots]
+        arrays = [self._codes, self._slots, self._offsets, self.centroids, self._precomputed, self._deleted]
         if self.vector_storage == "memory":
             arrays.append(self._vectors)
-        return int(sum(a.nbytes for a in arrays))
+        return int(sum(a.nbytes for a in arrays)) + self._idmap.nbytes
 
     # ---- training ------------------------------------------------------------------------------------------------
     def train(self, x: Any, progress: bool | None = None) -> None:
@@ -299,15 +298,12 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
             offsets = np.zeros(self.nlist + 1, np.int64)
             offsets[1:] = np.cumsum(old_counts + new_counts)
             order = np.argsort(labels, kind="stable")
-            sorted_labels = labels[order]
-            new_starts = np.zeros(self.nlist, np.int64)
-            new_starts[1:] = np.cumsum(new_counts)[:-1]
-            old_dest = np.arange(self._slots.shape[0]) + np.repeat(offsets[:-1] - self._offsets[:-1], old_counts)
-            new_dest = (offsets[:-1] + old_counts - new_starts)[sorted_labels] + np.arange(n_new)
+            new_offsets = np.zeros(self.nlist + 1, np.int64)
+            new_offsets[1:] = np.cumsum(new_counts)
             all_codes = np.empty((offsets[-1], self.codec.code_size), np.uint8)
             all_slots = np.empty(offsets[-1], np.int32)
-            all_codes[old_dest], all_codes[new_dest] = self._codes, codes[order]
-            all_slots[old_dest], all_slots[new_dest] = self._slots, (start + order).astype(np.int32)
+            grow_lists(self._offsets, self._codes, self._slots, new_offsets, codes[order],
+                       (start + order).astype(np.int32), offsets, all_codes, all_slots)
             deleted = np.concatenate([self._deleted, np.zeros(n_new, np.uint8)])
             # commit
             self._vectors, self._codes, self._slots, self._offsets = vectors_new, all_codes, all_slots, offsets
