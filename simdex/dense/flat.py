@@ -47,7 +47,7 @@ class FlatIndex(Index):
 
     @property
     def nbytes(self) -> int:
-        return int(self._store.nbytes + self._sqnorm_store.nbytes + self._idmap.slot_ids.nbytes * 3)
+        return int(self._store.nbytes + self._sqnorm_store.nbytes + self._idmap.nbytes)
 
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
         x, new_ids = self._check_add(vectors, ids)

@@ -103,9 +103,8 @@ class HNSWIndex(RecallCalibrated, Index):
     @property
     def nbytes(self) -> int:
         """Bytes held by the index's arrays (vectors, graph, ids)."""
-        arrays = (self._vectors, self._links0, self._links_up, self._up_offset, self._levels, self._deleted,
-                  self._idmap.slot_ids, self._idmap._sorted_ids, self._idmap._sorted_slots)
-        return int(sum(a.nbytes for a in arrays))
+        arrays = (self._vectors, self._links0, self._links_up, self._up_offset, self._levels, self._deleted)
+        return int(sum(a.nbytes for a in arrays)) + self._idmap.nbytes
 
     def _materialize(self) -> None:
         """Copy memory-mapped (read-only) arrays into memory before the first change."""

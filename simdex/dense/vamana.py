@@ -77,6 +77,8 @@ class _Graph(NamedTuple):
 class _SlotMap(IdMap):
     """An :class:`IdMap` whose freed slots can be given to new ids (instead of only appending slots)."""
 
+    keeps_sorted_index = True
+
     def extend(self, count: int) -> None:
         """Add ``count`` empty slots at the end."""
         self.slot_ids = np.concatenate([self.slot_ids, np.full(count, -1, np.int64)])
@@ -85,11 +87,8 @@ class _SlotMap(IdMap):
         """Give ``ids`` to the empty ``slots`` (the caller has checked that the ids are new and unique)."""
         slot_ids = self.slot_ids.copy()  # copy-on-write: a reader holding the old array sees it unchanged
         slot_ids[slots] = ids
-        order = np.argsort(ids, kind="stable")
-        pos = np.searchsorted(self._sorted_ids, ids[order])
-        sorted_ids = np.insert(self._sorted_ids, pos, ids[order])
-        sorted_slots = np.insert(self._sorted_slots, pos, slots[order].astype(np.int64))
-        self.slot_ids, self._sorted_ids, self._sorted_slots = slot_ids, sorted_ids, sorted_slots
+        self._index_sorted(ids, slots.astype(np.int64))
+        self.slot_ids = slot_ids
 
 
 class VamanaIndex(RecallCalibrated, Index):
@@ -189,9 +188,8 @@ class VamanaIndex(RecallCalibrated, Index):
     def nbytes(self) -> int:
         """Bytes held by the index's arrays (vectors, graph, ids)."""
         g = self._g
-        arrays = (g.vectors, g.adj, g.state, g.slot_ids, self._idmap.slot_ids, self._idmap._sorted_ids,
-                  self._idmap._sorted_slots)
-        return int(sum(a.nbytes for a in arrays))
+        arrays = (g.vectors, g.adj, g.state, g.slot_ids)
+        return int(sum(a.nbytes for a in arrays)) + self._idmap.nbytes
 
     def _publish(self, **changes: Any) -> None:
         self._g = self._g._replace(**changes)

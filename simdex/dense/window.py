@@ -198,7 +198,7 @@ class WindowIndex(Index):
 
     @property
     def nbytes(self) -> int:
-        own = self._vectors.nbytes + self._attrs.nbytes + self._deleted.nbytes + self._idmap.slot_ids.nbytes * 3
+        own = self._vectors.nbytes + self._attrs.nbytes + self._deleted.nbytes + self._idmap.nbytes
         own += 0 if self._codes is None else self._codes.nbytes
         nodes = 0
         for bounds, level in self._levels:

@@ -139,9 +139,8 @@ class HNSWQuantIndex(InVectorFile, TrainedOnFirstRows, HNSWIndex):
     @property
     def nbytes(self) -> int:
         """Bytes held in RAM: codes, graph and ids (plus the float vectors only with ``vectors="memory"``)."""
-        arrays = (self._codes, self._links0, self._links_up, self._up_offset, self._levels, self._deleted,
-                  self._idmap.slot_ids, self._idmap._sorted_ids, self._idmap._sorted_slots)
-        ram = int(sum(a.nbytes for a in arrays))
+        arrays = (self._codes, self._links0, self._links_up, self._up_offset, self._levels, self._deleted)
+        ram = int(sum(a.nbytes for a in arrays)) + self._idmap.nbytes
         return ram + (self._vectors.nbytes if self.vector_storage == "memory" else 0)
 
     @property

@@ -79,7 +79,7 @@ class MatryoshkaIndex(Index):
     @property
     def nbytes(self) -> int:
         rotation = 0 if self._rotation is None else self._rotation.nbytes
-        return int(self._full.nbytes + rotation + getattr(self._inner, "nbytes", 0) + self._idmap.slot_ids.nbytes)
+        return int(self._full.nbytes + rotation + getattr(self._inner, "nbytes", 0) + self._idmap.nbytes)
 
     def _prefixes(self, x: np.ndarray, rotation: np.ndarray | None) -> np.ndarray:
         # centring is left out for ip / cosine (it would change inner products); l2 distances ignore it anyway

@@ -172,9 +172,8 @@ class VamanaDiskIndex(TrainedOnFirstRows, VamanaIndex):
     def nbytes(self) -> int:
         """Bytes held in RAM: codes, states and ids (the vectors and adjacency are in the mapped file)."""
         g = self._g
-        arrays = (g.codes, g.state, g.slot_ids, self._idmap.slot_ids, self._idmap._sorted_ids,
-                  self._idmap._sorted_slots)
-        return int(sum(a.nbytes for a in arrays if a is not None))
+        arrays = (g.codes, g.state, g.slot_ids)
+        return int(sum(a.nbytes for a in arrays if a is not None)) + self._idmap.nbytes
 
     @property
     def disk_nbytes(self) -> int:

@@ -183,7 +183,7 @@ class MinHashLSH(BaseIndex):
         idm = self._idmap
         tail = sum(a.nbytes for a in self._sorted_tail) if self._sorted_tail is not None else 0
         return int(self._key_buffer.nbytes + tail + self._sorted_keys.nbytes + self._sorted_slots.nbytes
-                   + idm.slot_ids.nbytes + idm._sorted_ids.nbytes + idm._sorted_slots.nbytes)
+                   + idm.nbytes)
 
     memory_bytes = deprecated_alias("nbytes")
 

@@ -81,9 +81,8 @@ class SimHashLSH(Index):
     @property
     def nbytes(self) -> int:
         """Bytes held in memory: vectors, hyperplanes, table keys and their sorted copies, ids."""
-        arrays = (self._vectors, self._planes, self._keys, self._sorted_keys, self._sorted_slots,
-                  self._idmap.slot_ids, self._idmap._sorted_ids, self._idmap._sorted_slots)
-        return int(sum(a.nbytes for a in arrays))
+        arrays = (self._vectors, self._planes, self._keys, self._sorted_keys, self._sorted_slots)
+        return int(sum(a.nbytes for a in arrays)) + self._idmap.nbytes
 
     def _table_keys(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         proj = np.ascontiguousarray(x @ self._planes)
@@ -181,7 +180,7 @@ class HammingIndex(BaseIndex):
     def nbytes(self) -> int:
         """Bytes held in memory: the codes (padded to 64-bit words) and the id map."""
         idm = self._idmap
-        return int(self._codes.nbytes + idm.slot_ids.nbytes + idm._sorted_ids.nbytes + idm._sorted_slots.nbytes)
+        return int(self._codes.nbytes + idm.nbytes)
 
     def _pack(self, codes: Any, name: str) -> np.ndarray:
         arr = check_codes(codes, self.code_size, name, single=True, allow_empty=False)

@@ -155,8 +155,7 @@ class SparseIndex(BaseIndex):
         vocabulary's terms (counted as their UTF-8 bytes plus 8 per term, not Python's object overhead)."""
         idm = self._idmap
         terms = sum(len(t.encode("utf-8")) + 8 for t in self.vocabulary.terms)
-        return int(sum(s.nbytes() for s in self._segments) + self._df.nbytes + idm.slot_ids.nbytes
-                   + idm._sorted_ids.nbytes + idm._sorted_slots.nbytes + terms)
+        return int(sum(s.nbytes() for s in self._segments) + self._df.nbytes + idm.nbytes + terms)
 
     def __repr__(self) -> str:
         return (f"SparseIndex(scoring={self.scoring!r}, ntotal={self.ntotal}, terms={len(self.vocabulary)}, "

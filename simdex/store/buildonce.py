@@ -100,7 +100,7 @@ class SPANNMain:
 
     @property
     def nbytes(self) -> int:
-        return self.spann.nbytes + self._deleted.nbytes + self._idmap.slot_ids.nbytes * 3
+        return self.spann.nbytes + self._deleted.nbytes + self._idmap.nbytes
 
     def __len__(self) -> int:
         return len(self._idmap)
