@@ -26,14 +26,16 @@ class IdMap:
 
     def __init__(self, slot_ids: np.ndarray | None = None) -> None:
         self.slot_ids = np.empty(0, np.int64) if slot_ids is None else np.asarray(slot_ids, np.int64)
+        self._shares_slot_ids = False
         self._reindex()
 
     def copy(self) -> IdMap:
-        """An independent copy, cheap: ``slot_ids`` is copied (:meth:`release` changes it in place); the other
-        arrays are shared, as every change replaces them instead of writing into them."""
+        """An independent copy that shares every array until one of the two changes: :meth:`release`, which
+        writes into ``slot_ids``, copies it first; every other change replaces arrays instead of writing into
+        them. (A merge copies its index and then appends to it: one copy of the ids fewer at its peak.)"""
         clone = type(self).__new__(type(self))
         clone.__dict__.update(self.__dict__)
-        clone.slot_ids = np.array(self.slot_ids)
+        self._shares_slot_ids = clone._shares_slot_ids = True
         return clone
 
     def _reindex(self) -> None:
@@ -139,7 +141,7 @@ class IdMap:
         first_slot = self.num_slots
         if self.increasing and ids.size and (ids[0] <= self._last_id or np.any(ids[1:] <= ids[:-1])):
             self._keep_sorted_index()
-        self.slot_ids = np.concatenate([self.slot_ids, ids])
+        self.slot_ids, self._shares_slot_ids = np.concatenate([self.slot_ids, ids]), False
         if self.increasing:
             self._n_live += int(ids.size)
             self._last_id = int(ids[-1]) if ids.size else self._last_id
@@ -150,6 +152,8 @@ class IdMap:
         """Mark ``slots`` (live, distinct) as removed: their ids become unknown."""
         slots = np.asarray(slots, np.int64)
         ids = self.slot_ids[slots]
+        if self._shares_slot_ids:
+            self.slot_ids, self._shares_slot_ids = np.array(self.slot_ids), False
         self.slot_ids[slots] = -1
         self._n_live -= int(slots.size)
         if self.increasing:
@@ -168,7 +172,7 @@ class IdMap:
         live = self.slot_ids >= 0
         remap = np.full(self.num_slots, -1, np.int64)
         remap[live] = np.arange(int(live.sum()))
-        self.slot_ids = self.slot_ids[live]
+        self.slot_ids, self._shares_slot_ids = self.slot_ids[live], False
         self._reindex()
         return remap
 

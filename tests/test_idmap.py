@@ -62,7 +62,9 @@ def test_an_increasing_map_keeps_one_array_and_switches_when_order_breaks():
     idmap = IdMap()
     idmap.append(np.arange(0, 1000, 2, dtype=np.int64))
     assert idmap.increasing and idmap.nbytes == idmap.slot_ids.nbytes
+    clone = idmap.copy()  # shares the arrays until one of the two changes
     idmap.release(idmap.slots_of(np.arange(100, 600, 2, dtype=np.int64)))  # a long run of holes
+    assert clone.lookup(np.array([100, 598], np.int64)).tolist() == [50, 299] and len(clone) == 500
     assert idmap.lookup(np.array([98, 100, 600, 601], np.int64)).tolist() == [49, -1, 300, -1]
     idmap.append(np.array([5, 3], np.int64))  # out of order: the sorted index takes over
     assert not idmap.increasing
