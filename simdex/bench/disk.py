@@ -276,16 +276,22 @@ def _db_child(args: dict) -> None:
     for nprobe in args["settings"]:
         lat = np.empty(queries.shape[0])
         ids = np.full((queries.shape[0], k), -1, np.int64)
+        point_peak = (0, 0, 0)  # the resident set at its largest in this sweep: total, anonymous, file-backed
         for i in range(queries.shape[0]):
             t = time.perf_counter()
             hits = col.search(queries[i], k, ef=nprobe, include=[])
             lat[i] = time.perf_counter() - t
             ids[i, :len(hits)] = [int(h["id"]) for h in hits]
-            peak_rss = max(peak_rss, proc_status("VmRSS"))
+            rss = proc_status("VmRSS")
+            if rss > point_peak[0]:
+                point_peak = (rss, proc_status("RssAnon"), proc_status("RssFile"))
             release()
+        peak_rss = max(peak_rss, point_peak[0])
         found = [len(set(ids[i]) & set(gt[i, :k])) for i in range(queries.shape[0])]
         points.append({"nprobe": nprobe, "recall": float(np.mean(found)) / k,
-                       "p50_ms": float(np.percentile(lat, 50) * 1e3), "p95_ms": float(np.percentile(lat, 95) * 1e3)})
+                       "p50_ms": float(np.percentile(lat, 50) * 1e3), "p95_ms": float(np.percentile(lat, 95) * 1e3),
+                       "peak_rss_bytes": point_peak[0], "peak_rss_anon_bytes": point_peak[1],
+                       "peak_rss_file_bytes": point_peak[2]})
         print(json.dumps(points[-1]), file=sys.stderr, flush=True)
     out["points"] = points
     out["search_peak_vm_rss_bytes"] = peak_rss
@@ -371,7 +377,9 @@ def format_db_report(r: dict) -> str:
              f", collection on disk "
              f"{r['disk_bytes'] / gib:.2f} GiB; search peak RSS {r['search_peak_vm_rss_bytes'] / mib:.0f} MiB "
              f"({r['search_peak_vm_rss_bytes'] / r['float32_bytes']:.1%} of the float32 data)",
-             f"{'ef':>6s} {'recall@10':>9s} {'p50 ms':>7s} {'p95 ms':>7s}"]
+             f"{'ef':>6s} {'recall@10':>9s} {'p50 ms':>7s} {'p95 ms':>7s} {'peak RSS MiB (anon + file)':>27s}"]
     for p in r["points"]:
-        lines.append(f"{p['nprobe']:6d} {p['recall']:9.4f} {p['p50_ms']:7.2f} {p['p95_ms']:7.2f}")
+        rss = (f"{p['peak_rss_bytes'] / mib:.0f} ({p['peak_rss_anon_bytes'] / mib:.0f} + "
+               f"{p['peak_rss_file_bytes'] / mib:.0f})" if "peak_rss_bytes" in p else "")
+        lines.append(f"{p['nprobe']:6d} {p['recall']:9.4f} {p['p50_ms']:7.2f} {p['p95_ms']:7.2f} {rss:>27s}")
     return "\n".join(lines)
