@@ -235,6 +235,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     dist.add_argument("--n-queries", type=int, default=500)
     dist.add_argument("--ef", type=int, default=32)
     dist.add_argument("--clients", type=int, default=4, help="threads issuing single queries at once")
+    dist.add_argument("--rounds", type=int, default=5, help="timed passes of the batch-100 searches (fastest counts)")
     dist.add_argument("--out", default="bench-results")
     merge = sub.add_parser("merge", help="what one merge (and the checkpoint after it) of a code collection costs")
     merge.add_argument("--index", default="hnsw-lvq8", choices=("hnsw-lvq8", "hnsw-int8", "ivf-pq", "ivf-rabitq"))
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench == "distributed":
         from . import distributed as dist_bench
         report = dist_bench.run(args.layouts, n_base=args.n_base, n_queries=args.n_queries, ef=args.ef,
-                                clients=args.clients)
+                                clients=args.clients, rounds=args.rounds)
         _record(dist_bench, report, args.out, argv)
         return 0
     if args.bench == "merge":

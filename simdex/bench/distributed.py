@@ -38,7 +38,7 @@ def _layouts(spec: str) -> list[tuple[int, int] | None]:
 
 
 def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int = 500, k: int = 10,
-        ef: int = 32, batch: int = 1000, clients: int = 4, log=print) -> dict[str, Any]:
+        ef: int = 32, batch: int = 1000, clients: int = 4, rounds: int = 5, log=print) -> dict[str, Any]:
     import simdex
     from simdex import distributed
     data = datasets.load("wordnet-minilm-384")
@@ -53,7 +53,8 @@ def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int
     truth = datasets.brute_force_knn(base, queries, k, "cosine")
     position = {i: j for j, i in enumerate(ids)}
     report: dict[str, Any] = {"dataset": "wordnet-minilm-384", "n_base": n, "n_queries": n_queries, "k": k,
-                              "ef": ef, "batch": batch, "clients": clients, "index": BUILD, "layouts": {}}
+                              "ef": ef, "batch": batch, "clients": clients, "rounds": rounds, "index": BUILD,
+                              "layouts": {}}
     scratch = Path(tempfile.mkdtemp(prefix="simdex-distbench-"))
     dist_db = None
     try:
@@ -89,10 +90,12 @@ def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int
                 hits = col.search(q, k, ef=ef, include=["distances"])
                 lat[i] = time.perf_counter() - t
                 found.append([position[h["id"]] for h in hits])
-            t0 = time.perf_counter()
-            for s in range(0, n_queries, 100):
-                col.search_batch(queries[s:s + 100], k, ef=ef, include=["distances"])
-            batch_s = time.perf_counter() - t0
+            batch_s = float("inf")
+            for _ in range(rounds):  # the fastest round: 5 calls of 100 queries are over in tens of ms
+                t0 = time.perf_counter()
+                for s in range(0, n_queries, 100):
+                    col.search_batch(queries[s:s + 100], k, ef=ef, include=["distances"])
+                batch_s = min(batch_s, time.perf_counter() - t0)
             with ThreadPoolExecutor(clients) as pool:
                 t0 = time.perf_counter()
                 list(pool.map(lambda q: col.search(q, k, ef=ef, include=["distances"]), queries))
