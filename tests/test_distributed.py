@@ -179,7 +179,7 @@ KILLS = 20
 
 def test_replicas_killed_during_writes_lose_no_acknowledged_write(cluster, records):
     """A writer thread upserts without pause while replicas are killed one at a time (each found dead by the
-    writes, then repaired from a live copy): afterwards every replica holds every acknowledged record of its
+    writes, then restarted on its files and caught up from the journal): afterwards every replica holds every acknowledged record of its
     shard, and the collection answers as a single-node one holding the same records."""
     import threading
     db = cluster[0]
@@ -212,6 +212,7 @@ def test_replicas_killed_during_writes_lose_no_acknowledged_write(cluster, recor
                 time.sleep(0.02)  # the writer's next write to shard s finds it dead
             assert col._dead[s, r] or errors
             assert col.repair() == [(s, r)] or errors
+            assert col.last_repair[0]["from"] == "journal" or errors  # its own files, and the writes it missed
     finally:
         stop.set()
         thread.join()
@@ -226,6 +227,42 @@ def test_replicas_killed_during_writes_lose_no_acknowledged_write(cluster, recor
             assert [h["id"] for h in held] == expect
     assert col.count() == len(acknowledged)
     db.drop_collection("churn")
+
+
+def _held(actor, ids):
+    return {h["id"]: (h["metadata"], h["embedding"]) for h in ray.get(actor.call.remote(
+        "get", (ids,), {"include": ["metadatas", "embeddings"]}))} if ids else {}
+
+
+def test_a_restarted_replica_catches_up_from_the_journal_or_else_from_a_copy(cluster, records):
+    """A killed replica reopens its own files and replays the upserts and deletes it missed (it then holds what
+    the live replica holds, vectors and metadata alike); when the journal no longer holds them all it starts from a
+    copy of the live replica instead."""
+    db = cluster[0]
+    ids, x, meta, _, _ = records
+    col = db.create_collection("catchup", 384, "cosine", index="flat", shards=1, replicas=2)
+    col.upsert(ids[:300], x[:300], meta[:300])
+    ray.kill(col._actors[0][1])
+    col.upsert(ids[250:400], x[:150], meta[:150])  # 50 replaced, 100 new: acknowledged by replica 0 alone
+    col.delete(ids[:20])
+    col.upsert(ids[5:10], x[5:10], meta[5:10])  # deleted, then back
+    assert col._dead[0, 1] and col.last_write["acknowledged_by"] == {0: 1}
+    assert col.repair() == [(0, 1)]
+    assert col.last_repair == [{"shard": 0, "replica": 1, "from": "journal", "writes": 3}]
+    expect = [i for i in ids[:400] if i not in set(ids[:5]) | set(ids[10:20])]
+    live, restarted = _held(col._actors[0][0], expect), _held(col._actors[0][1], expect)
+    assert sorted(restarted) == sorted(expect) and restarted.keys() == live.keys()
+    for record_id, (m, v) in live.items():
+        assert restarted[record_id] == (m, v)
+
+    col._journals[0].limit_bytes = 1  # keeps nothing from now on
+    ray.kill(col._actors[0][0])
+    col.upsert(ids[400:450], x[400:450])
+    assert col.repair() == [(0, 0)]
+    assert col.last_repair[0]["from"] == "a copy of replica 1"
+    assert sorted(_held(col._actors[0][0], ids[:450])) == sorted(_held(col._actors[0][1], ids[:450]))
+    assert col.count() == len(expect) + 50
+    db.drop_collection("catchup")
 
 
 def test_a_dead_replica_is_replaced_and_a_dead_shard_is_said(cluster, records):

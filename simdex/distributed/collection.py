@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,10 +114,25 @@ class ShardReplica:
         return self.col.count()
 
     def call(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """A collection method that writes (or must see every write sent before it): run one at a time, in the
+        order the caller sent them."""
         return getattr(self.col, method)(*args, **kwargs)
+
+    def read(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """A collection method that only reads, run beside other reads and beside the writes (the actor's "read"
+        threads). Searches return their hits as columns (:func:`_hit_columns`)."""
+        out = getattr(self.col, method)(*args, **kwargs)
+        if method in _SEARCHES:
+            hits, notes = out
+            return _hit_columns([hits] if method == "search_with_notes" else hits), notes
+        return out
 
     def backup(self, dest: str) -> dict[str, Any]:
         return self.db.backup(dest)
+
+    def node_id(self) -> str:
+        """The Ray node this replica runs on (its files are on that node's disk)."""
+        return _ray().get_runtime_context().get_node_id()
 
     def copy(self) -> bytes:
         """A consistent copy of this replica's database as tar bytes (its backup), for a replacement replica on
@@ -127,6 +143,109 @@ class ShardReplica:
 
     def close(self) -> None:
         self.db.close()
+
+
+JOURNAL_BYTES = 64 * 2**20  # per collection, shared by its shards: the recent writes kept for restarted replicas
+_REPLAYABLE = ("upsert", "delete")  # writes that give the same records when applied twice
+_NO_CHANGE = ("merge", "checkpoint")  # writes that change no record
+
+
+def _approx_bytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, (str, bytes)):
+        return len(value) + 50
+    if isinstance(value, dict):
+        return sum(_approx_bytes(k) + _approx_bytes(v) for k, v in value.items()) + 64
+    if isinstance(value, (list, tuple)):
+        return sum(_approx_bytes(v) for v in value) + 56
+    return 16
+
+
+class _Journal:
+    """The recent writes of one shard, numbered in the order its replicas received them, kept by the writer so
+    that a replica restarted on its own files replays the writes after the last one it acknowledged instead of
+    copying the whole shard from another replica. Upserts and deletes give the same records when applied twice,
+    so a replica that made a write durable without acknowledging it (it died in between) ends the same too."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.entries: deque[tuple[int, str, tuple, dict[str, Any], int]] = deque()
+        self.seq = 0  # the newest write's number
+        self.kept_after = 0  # every replayable write after this number is kept
+        self.barrier = 0  # the newest write that cannot be replayed (a field change)
+        self.bytes = 0
+
+    def record(self, method: str, args: tuple, kwargs: dict[str, Any]) -> int:
+        """Number the next write, and keep it if it can be replayed; returns its number."""
+        self.seq += 1
+        if method in _REPLAYABLE:
+            size = _approx_bytes(args) + _approx_bytes(kwargs)
+            self.entries.append((self.seq, method, args, kwargs, size))
+            self.bytes += size
+            while self.bytes > self.limit_bytes and self.entries:
+                dropped = self.entries.popleft()
+                self.bytes -= dropped[4]
+                self.kept_after = dropped[0]
+        elif method not in _NO_CHANGE:
+            self.barrier = self.seq
+        return self.seq
+
+    def forget(self, seq: int) -> None:
+        """Drop write ``seq``: every replica refused it, so it changed nothing."""
+        for i, entry in enumerate(self.entries):
+            if entry[0] == seq:
+                self.bytes -= entry[4]
+                del self.entries[i]
+                return
+
+    def after(self, seq: int) -> list[tuple[str, tuple, dict[str, Any]]] | None:
+        """The writes after ``seq`` in order, or None when some of them are no longer kept or cannot be
+        replayed."""
+        if seq < self.kept_after or seq < self.barrier:
+            return None
+        return [(method, args, kwargs) for n, method, args, kwargs, _ in self.entries if n > seq]
+
+
+_SEARCHES = ("search_with_notes", "search_batch_with_notes")
+READ_THREADS = 8  # a replica's concurrent reads: its searches release the GIL in their kernels
+
+
+def _hit_columns(lists: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Hit lists as one list per field (distances and scores as float arrays) and the lists' lengths, for the trip
+    to the caller: a pickle of 100 lists of 10 hits took 1.0 ms as dicts and 0.2 ms as columns."""
+    flat = [h for hits in lists for h in hits]
+    columns: dict[str, Any] = {key: [h[key] for h in flat] for key in (flat[0] if flat else ())}
+    for key in ("distance", "score"):
+        if key in columns:
+            columns[key] = np.array(columns[key], np.float64)
+    return {"lengths": np.array([len(hits) for hits in lists], np.int64), "columns": columns}
+
+
+def _merge_columns(parts: list[dict[str, Any]], k: int, include: tuple[str, ...]) -> list[list[dict[str, Any]]]:
+    """Each query's k best over the shards' hit columns (:func:`_hit_columns`), as hit dicts: by distance, or by
+    score for text and fused searches, ties by id; one shard's hits keep its own order."""
+    if not parts:
+        return []
+    cols = [{key: (v.tolist() if isinstance(v, np.ndarray) else v) for key, v in p["columns"].items()}
+            for p in parts]
+    starts = [np.concatenate([[0], np.cumsum(p["lengths"])]).tolist() for p in parts]
+    keys = next((list(c) for c in cols if c.get("id")), [])
+    by_distance = "distance" in keys
+    shown = [key for key in keys if key != "distance" or "distances" in include]
+    out = []
+    for q in range(len(parts[0]["lengths"])):
+        if len(parts) == 1:
+            picked = [(0, i) for i in range(starts[0][q], min(starts[0][q + 1], starts[0][q] + k))]
+        else:
+            ranked = []
+            for p, c in enumerate(cols):
+                for i in range(starts[p][q], starts[p][q + 1]):
+                    ranked.append(((c["distance"][i] if by_distance else -c["score"][i]), c["id"][i], p, i))
+            ranked.sort()
+            picked = [(p, i) for _, _, p, i in ranked[:k]]
+        out.append([{key: cols[p][key][i] for key in shown} for p, i in picked])
+    return out
 
 
 def _pack(folder: Path) -> bytes:
@@ -156,9 +275,17 @@ def _actor_class() -> Any:
     global _ACTOR
     with _ACTOR_LOCK:
         if _ACTOR is None:
-            # num_cpus=0: a replica's work is its searches and writes, which Ray need not ration; no restarts: a
-            # replica that died missed writes, and catching up from a live one is not built yet
-            _ACTOR = _ray().remote(num_cpus=0, max_restarts=0)(ShardReplica)
+            ray = _ray()
+
+            class Replica(ShardReplica):
+                read = ray.method(concurrency_group="read")(ShardReplica.read)
+
+            Replica.__name__ = Replica.__qualname__ = "ShardReplica"
+            # num_cpus=0: a replica's work is its searches and writes, which Ray need not ration; no automatic
+            # restarts: a replica that died missed writes, and serves again only once repair() has caught it up.
+            # Reads run on their own threads; every other method in the default group, one at a time in the order
+            # sent, so every replica of a shard applies its writes in the same order
+            _ACTOR = ray.remote(num_cpus=0, max_restarts=0, concurrency_groups={"read": READ_THREADS})(Replica)
         return _ACTOR
 
 
@@ -300,12 +427,16 @@ class DistributedCollection(CollectionAPI):
         self._write_locks = [threading.Lock() for _ in range(self.shards)]
         self._db = db
         self.last_write: dict[str, Any] = {}
+        self.last_repair: list[dict[str, Any]] = []
+        self._journals = [_Journal(JOURNAL_BYTES // self.shards) for _ in range(self.shards)]
+        self._acked = np.zeros((self.shards, self.replicas), np.int64)  # the newest write each replica acknowledged
         actor = _actor_class()
         self._actors = [[actor.remote(str(db.path / name / f"shard-{s}" / f"replica-{r}"), db._db_options)
                          for r in range(self.replicas)] for s in range(self.shards)]
         try:
             opened = [a.open.remote(name, spec["create"] if create else None) for row in self._actors for a in row]
             self._get(ray, opened)
+            self._nodes = [self._get(ray, [a.node_id.remote() for a in row]) for row in self._actors]
         except BaseException:
             self._shutdown()
             raise
@@ -355,7 +486,7 @@ class DistributedCollection(CollectionAPI):
                 missing.append(s)
             else:
                 actor = self._actors[s][r]
-                pending[s] = (r, actor, actor.call.remote(method, args_of(s), kwargs))
+                pending[s] = (r, actor, actor.read.remote(method, args_of(s), kwargs))
         results: dict[int, Any] = {}
         for s, (r, actor, ref) in pending.items():
             while True:
@@ -369,7 +500,7 @@ class DistributedCollection(CollectionAPI):
                         missing.append(s)
                         break
                     actor = self._actors[s][r_next]
-                    ref = actor.call.remote(method, args_of(s), kwargs)
+                    ref = actor.read.remote(method, args_of(s), kwargs)
                 finally:
                     self._done(s, r)
                 r = r_next
@@ -381,12 +512,16 @@ class DistributedCollection(CollectionAPI):
         ({shard: the first replica's result}). A replica found dead is marked and left out from then on (it
         missed this write); a shard with no live replica raises StorageError naming the shards written."""
         ray = _ray()
+        seq: dict[int, int] = {}
         with contextlib.ExitStack() as held:
             for s in sorted(shards):  # in shard order: two writers never wait for each other's locks
                 held.enter_context(self._write_locks[s])
-            calls = [(s, r, self._actors[s][r], self._actors[s][r].call.remote(
-                method, args_of(s), kwargs if kwargs_of is None else kwargs_of(s)))
-                for s in shards for r in range(self.replicas) if not self._dead[s, r]]
+            calls = []
+            for s in shards:
+                args, kw = args_of(s), kwargs if kwargs_of is None else kwargs_of(s)
+                seq[s] = self._journals[s].record(method, args, kw)
+                calls += [(s, r, self._actors[s][r], self._actors[s][r].call.remote(method, args, kw))
+                          for r in range(self.replicas) if not self._dead[s, r]]
         results: dict[int, Any] = {}
         acks = {s: 0 for s in shards}
         error: BaseException | None = None
@@ -401,6 +536,13 @@ class DistributedCollection(CollectionAPI):
                 continue
             results.setdefault(s, value)
             acks[s] += 1
+            with self._lock:
+                if self._actors[s][r] is actor:
+                    self._acked[s, r] = max(self._acked[s, r], seq[s])
+        for s, n in acks.items():
+            if n == 0:
+                with self._write_locks[s]:
+                    self._journals[s].forget(seq[s])
         if error is not None:
             raise error
         lost = [s for s, n in acks.items() if n == 0]
@@ -425,32 +567,62 @@ class DistributedCollection(CollectionAPI):
         return out
 
     def repair(self) -> list[tuple[int, int]]:
-        """Replace each dead replica by a new actor started from a copy of a live replica of its shard; returns
-        the (shard, replica) pairs replaced. The shard's writes wait meanwhile (its reads go on), so the copy holds
-        every write acknowledged before it and the new replica receives every one after it. A shard with no live
-        replica cannot be repaired (StorageError): its records are only in the dead replicas' files."""
+        """Bring each dead replica back; returns the (shard, replica) pairs repaired, and ``last_repair`` says how.
+
+        A new actor opens the dead replica's own files (on its node, if that node is alive), recovers them from
+        its log, and replays the shard's writes after the last one it acknowledged from the writer's journal
+        (:class:`_Journal`). Where that cannot be done (the node is gone, the files do not open, the journal no
+        longer holds every write it missed, or a field was changed meanwhile), the new actor starts from a copy of
+        a live replica instead. The shard's writes wait meanwhile (its reads go on), and the replica serves again
+        only once it holds every write acknowledged to the caller. A shard with no live replica cannot be repaired
+        (StorageError): its records are only in the dead replicas' files."""
         ray = _ray()
-        replaced = []
+        replaced, self.last_repair = [], []
         for s, r in (tuple(int(v) for v in pair) for pair in np.argwhere(self._dead)):
             with self._write_locks[s]:
                 live = [i for i in range(self.replicas) if not self._dead[s, i]]
                 if not live:
                     raise StorageError(f"collection {self.name!r}: shard {s} has no live replica to copy from")
-                source = self._actors[s][live[0]]
-                # the copy runs after every write already sent to the source (Ray keeps one caller's order)
-                copy = source.copy.remote()
-                folder = self._db.path / self.name / f"shard-{s}" / f"replica-{r}"
                 try:
                     ray.kill(self._actors[s][r])
                 except Exception:  # noqa: BLE001 - already gone
                     pass
-                actor = _actor_class().remote(str(folder), self._db._db_options, copy)
-                self._get(ray, actor.open.remote(self.name, None))
+                folder = str(self._db.path / self.name / f"shard-{s}" / f"replica-{r}")
+                missed = self._journals[s].after(int(self._acked[s, r]))
+                actor = self._restart(s, r, folder, missed) if missed is not None else None
+                how = {"shard": s, "replica": r, "from": "journal", "writes": len(missed or ())}
+                if actor is None:
+                    # the copy runs after every write already sent to the source (Ray keeps one caller's order)
+                    copy = self._actors[s][live[0]].copy.remote()
+                    actor = _actor_class().remote(folder, self._db._db_options, copy)
+                    self._get(ray, actor.open.remote(self.name, None))
+                    how = {"shard": s, "replica": r, "from": f"a copy of replica {live[0]}"}
+                node = self._get(ray, actor.node_id.remote())
                 with self._lock:
                     self._actors[s][r] = actor
+                    self._nodes[s][r] = node
+                    self._acked[s, r] = self._journals[s].seq
                     self._dead[s, r] = False
                 replaced.append((s, r))
+                self.last_repair.append(how)
         return replaced
+
+    def _restart(self, s: int, r: int, folder: str, missed: list[tuple[str, tuple, dict[str, Any]]]) -> Any:
+        """A new actor on replica r's own files, caught up with the writes it ``missed``; None if that fails."""
+        ray = _ray()
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        if self._nodes[s][r] not in alive:
+            return None
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        where = NodeAffinitySchedulingStrategy(self._nodes[s][r], soft=False)
+        actor = _actor_class().options(scheduling_strategy=where).remote(folder, self._db._db_options)
+        try:
+            self._get(ray, actor.open.remote(self.name, None))
+            self._get(ray, [actor.call.remote(method, args, kwargs) for method, args, kwargs in missed])
+        except Exception:  # noqa: BLE001 - its files do not open, or a replayed write fails: copy instead
+            ray.kill(actor)
+            return None
+        return actor
 
     def _shutdown(self) -> None:
         ray = _ray()
@@ -576,7 +748,7 @@ class DistributedCollection(CollectionAPI):
         """:meth:`search`, returning its warnings (a shard missing, a query text truncated) instead of issuing
         them: the server puts them in its response."""
         k, include, per_shard, notes = self._scatter("search_with_notes", vector, k, where, include, ef, options)
-        return self._merge(per_shard, k, include), notes
+        return (_merge_columns(per_shard, k, include) or [[]])[0], notes
 
     def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
                      ef: int | None = None, **options: Any) -> list[list[dict[str, Any]]]:
@@ -588,7 +760,7 @@ class DistributedCollection(CollectionAPI):
                                 ef: int | None = None, **options: Any) -> tuple[list[list[dict[str, Any]]], list[str]]:
         k, include, per_shard, notes = self._scatter("search_batch_with_notes", vectors, k, where, include, ef,
                                                      options)
-        return [self._merge(list(lists), k, include) for lists in zip(*per_shard)], notes
+        return _merge_columns(per_shard, k, include), notes
 
     def _scatter(self, method: str, query: Any, k: Any, where: Any, include: Any, ef: Any, options: dict[str, Any]
                  ) -> tuple[int, tuple[str, ...], list[Any], list[str]]:
@@ -601,18 +773,6 @@ class DistributedCollection(CollectionAPI):
         found, missing = self._read(method, lambda s: (query, k * self.oversample, where, ask, ef), options)
         notes = _notes(missing, [note for _, shard_notes in found.values() for note in shard_notes])
         return k, include, [hits for hits, _ in found.values()], notes
-
-    @staticmethod
-    def _merge(lists: list[list[dict[str, Any]]], k: int, include: tuple[str, ...]) -> list[dict[str, Any]]:
-        hits = [h for part in lists for h in part]
-        if hits and "distance" in hits[0]:
-            hits.sort(key=lambda h: (h["distance"], h["id"]))
-            if "distances" not in include:
-                for h in hits[:k]:
-                    del h["distance"]
-        else:
-            hits.sort(key=lambda h: (-h["score"], h["id"]))
-        return hits[:k]
 
     def add_field(self, name: str, spec: dict[str, Any] | None = None, *, embedder: Any = None) -> dict[str, Any]:
         done = self._write("add_field", lambda s: (name, spec), {"embedder": embedder}, list(range(self.shards)))
