@@ -65,13 +65,21 @@ def file_backed(arr: np.ndarray) -> bool:
     return file_mapping(arr) is not None
 
 
-def drop_pages(arr: np.ndarray) -> None:
-    """Unmap a file-backed array's pages from this process (they stay in the page cache and are faulted back in
-    on demand), so the resident set holds only what is touched afterwards. No-op for in-memory arrays."""
+def drop_pages(arr: np.ndarray, start: int = 0, stop: int | None = None) -> None:
+    """Unmap a file-backed array's pages from this process (they stay in the page cache, written back if dirty,
+    and are faulted back in on demand), so the resident set holds only what is touched afterwards: all of the
+    mapping, or the whole pages within its bytes ``start:stop``. No-op for in-memory arrays."""
     import mmap
     mm = file_mapping(arr)
-    if mm is not None and hasattr(mm, "madvise"):
+    if mm is None or not hasattr(mm, "madvise"):
+        return
+    if start == 0 and stop is None:
         mm.madvise(mmap.MADV_DONTNEED)
+        return
+    page = mmap.PAGESIZE
+    lo, hi = -(-start // page) * page, min(len(mm), len(mm) if stop is None else stop) // page * page
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 VECTOR_FILE = re.compile(r"^vectors-(\d+)\.f32$")
@@ -154,6 +162,10 @@ class VectorFile:
         ``start + m`` rows."""
         out = self.writable(start + x.shape[0])
         out[start:] = x
+        # the written pages leave the process (not the page cache): a load of a collection larger than memory
+        # would otherwise keep every row it wrote resident until the mapping goes
+        row = 4 * self.dim
+        drop_pages(self._map, start * row, (start + x.shape[0]) * row)
         return out
 
     def append_rows(self, start: int, source: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
