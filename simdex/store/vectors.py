@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._storage import InVectorFile, VectorFile
+from .._storage import InVectorFile, VectorFile, drop_pages
 from .._validate import already_checked
 from ..dense.calibration import check_target_recall
 from ..errors import InvalidInputError
@@ -195,6 +195,10 @@ class RecordVectors(SideIndex):
                 new.consolidate(threads=threads, rebuild=True)
             else:
                 new.consolidate(threads=threads)
+        if isinstance(new, InVectorFile) and new.vector_file is not None:
+            # retraining reads every row of the file, a calibration hundreds of rows at random: their pages leave
+            # the process (they stay in the page cache), or a collection larger than memory keeps them resident
+            drop_pages(new._vectors)
         return new, moved
 
     def replay(self, built, kind, args) -> None:
