@@ -252,6 +252,7 @@ def _db_child(args: dict) -> None:
     for start in range(0, n, batch):
         stop = min(n, start + batch)
         col.upsert([str(i) for i in range(start, stop)], np.asarray(base[start:stop]))
+        drop_pages(base)  # the source file's pages are the bench's, not the collection's: out of the resident set
         if stop % max(batch, n // 20) < batch or stop == n:
             stats = col.stats()
             progress.append({"rows": stop, "seconds": time.perf_counter() - t0, "unindexed": stats["unindexed"],
