@@ -47,6 +47,20 @@ def proc_status(field: str, pid: int | str = "self") -> int:
     return 0
 
 
+def largest_mappings(count: int = 5, pid: int | str = "self") -> list[tuple[str, int]]:
+    """The ``count`` mappings of ``/proc/<pid>/smaps`` holding the most resident bytes, as (file or
+    "[anon]", bytes), the mappings of one file summed: where a resident set goes."""
+    rss: dict[str, int] = {}
+    name = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
+            name = head[5] if len(head) > 5 else "[anon]"
+        elif line.startswith("Rss:"):
+            rss[name] = rss.get(name, 0) + int(line.split()[1]) * 1024
+    return sorted(rss.items(), key=lambda item: -item[1])[:count]
+
+
 def written_bytes() -> int:
     """Bytes this process has caused to be written to storage (``write_bytes`` of ``/proc/self/io``; counted when
     pages are dirtied, so 0 on file systems in memory), or 0 where there is no such file."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import datasets
 from .ann import _machine
-from ._common import proc_status, pyplot, written_bytes
+from ._common import largest_mappings, proc_status, pyplot, written_bytes
 
 DIM = 384
 
@@ -286,13 +286,14 @@ def _db_child(args: dict) -> None:
             rss = proc_status("VmRSS")
             if rss > point_peak[0]:
                 point_peak = (rss, proc_status("RssAnon"), proc_status("RssFile"))
+                where = largest_mappings()
             release()
         peak_rss = max(peak_rss, point_peak[0])
         found = [len(set(ids[i]) & set(gt[i, :k])) for i in range(queries.shape[0])]
         points.append({"nprobe": nprobe, "recall": float(np.mean(found)) / k,
                        "p50_ms": float(np.percentile(lat, 50) * 1e3), "p95_ms": float(np.percentile(lat, 95) * 1e3),
                        "peak_rss_bytes": point_peak[0], "peak_rss_anon_bytes": point_peak[1],
-                       "peak_rss_file_bytes": point_peak[2]})
+                       "peak_rss_file_bytes": point_peak[2], "peak_rss_mappings": where})
         print(json.dumps(points[-1]), file=sys.stderr, flush=True)
     out["points"] = points
     out["search_peak_vm_rss_bytes"] = peak_rss
