@@ -37,7 +37,7 @@ def records(wordnet_small):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, records):
     root = tmp_path_factory.mktemp("distributed")
-    db = distributed.connect(root / "dist", num_cpus=2)
+    db = distributed.connect(root / "dist", num_cpus=2, auto_repair=False)  # the tests repair when they choose
     ids, x, meta, docs, _ = records
     flat = db.create_collection("flat", 384, "cosine", index="flat", shards=2, replicas=2)
     flat.upsert(ids, x, meta, docs)
@@ -263,6 +263,22 @@ def test_a_restarted_replica_catches_up_from_the_journal_or_else_from_a_copy(clu
     assert sorted(_held(col._actors[0][0], ids[:450])) == sorted(_held(col._actors[0][1], ids[:450]))
     assert col.count() == len(expect) + 50
     db.drop_collection("catchup")
+
+
+def test_a_replica_found_dead_is_repaired_in_the_background(cluster, records, tmp_path):
+    ids, x, _, _, _ = records
+    db = distributed.connect(tmp_path / "auto")  # Ray is up already; auto_repair is the default
+    col = db.create_collection("auto", 384, "cosine", index="flat", shards=1, replicas=2)
+    col.upsert(ids[:100], x[:100])
+    ray.kill(col._actors[0][1])
+    col.upsert(ids[100:200], x[100:200])  # finds replica 1 dead: acknowledged by replica 0 alone
+    assert col.last_write["acknowledged_by"] == {0: 1}
+    deadline = time.monotonic() + 60
+    while (col._dead.any() or not col.last_repair) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert col.last_repair == [{"shard": 0, "replica": 1, "from": "journal", "writes": 1}]
+    assert sorted(_held(col._actors[0][1], ids[:200])) == sorted(ids[:200])
+    db.close()
 
 
 def test_a_dead_replica_is_replaced_and_a_dead_shard_is_said(cluster, records):

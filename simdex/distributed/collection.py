@@ -73,12 +73,13 @@ def _ray() -> Any:
 
 
 def connect(path: str | Path, ray_address: str | None = None, *, num_cpus: int | None = None,
-            **db_options: Any) -> DistributedDatabase:
+            auto_repair: bool = True, **db_options: Any) -> DistributedDatabase:
     """A distributed database whose shard replicas keep their files under ``path`` (on each node's own disk).
 
     ``ray_address``: None starts a Ray on this machine (``num_cpus`` of its cores) unless this process is already
-    connected to one; "auto" or "host:port" joins a running cluster. ``db_options`` go to each replica's
-    embedded database (:func:`simdex.connect`: ``sync``, ...)."""
+    connected to one; "auto" or "host:port" joins a running cluster. ``auto_repair``: a replica found dead is
+    brought back in the background (:meth:`DistributedCollection.repair`); False leaves that to the caller.
+    ``db_options`` go to each replica's embedded database (:func:`simdex.connect`: ``sync``, ...)."""
     ray = _ray()
     if not ray.is_initialized():
         try:
@@ -145,6 +146,7 @@ class ShardReplica:
         self.db.close()
 
 
+AUTO_REPAIR_DELAY = 0.2  # seconds between a replica found dead and its automatic repair
 JOURNAL_BYTES = 64 * 2**20  # per collection, shared by its shards: the recent writes kept for restarted replicas
 _REPLAYABLE = ("upsert", "delete")  # writes that give the same records when applied twice
 _NO_CHANGE = ("merge", "checkpoint")  # writes that change no record
@@ -298,10 +300,11 @@ def _unwrap(ray: Any, exc: BaseException) -> BaseException:
 class DistributedDatabase(DatabaseAPI):
     """Distributed collections whose replicas keep their files under ``path`` (:func:`connect`)."""
 
-    def __init__(self, path: str | Path, db_options: dict[str, Any]) -> None:
+    def __init__(self, path: str | Path, db_options: dict[str, Any], auto_repair: bool = True) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._db_options = dict(db_options)
+        self.auto_repair = auto_repair
         self._lock = threading.RLock()
         self._open: dict[str, DistributedCollection] = {}
         self._closed = False
@@ -429,6 +432,9 @@ class DistributedCollection(CollectionAPI):
         self.last_write: dict[str, Any] = {}
         self.last_repair: list[dict[str, Any]] = []
         self._journals = [_Journal(JOURNAL_BYTES // self.shards) for _ in range(self.shards)]
+        self._repairer: threading.Thread | None = None
+        self._repair_lock = threading.Lock()
+        self._closing = False
         self._acked = np.zeros((self.shards, self.replicas), np.int64)  # the newest write each replica acknowledged
         actor = _actor_class()
         self._actors = [[actor.remote(str(db.path / name / f"shard-{s}" / f"replica-{r}"), db._db_options)
@@ -465,8 +471,26 @@ class DistributedCollection(CollectionAPI):
         """Leave replica r of ``shard`` out from now on, unless it was replaced (:meth:`repair`) since ``actor``,
         the one that failed, was called."""
         with self._lock:
-            if self._actors[shard][r] is actor:
-                self._dead[shard, r] = True
+            if self._actors[shard][r] is not actor or self._dead[shard, r]:
+                return
+            self._dead[shard, r] = True
+            if self._db.auto_repair and not self._closing and (self._repairer is None or
+                                                              not self._repairer.is_alive()):
+                self._repairer = threading.Thread(target=self._repair_in_background, daemon=True,
+                                                  name=f"simdex-repair-{self.name}")
+                self._repairer.start()
+
+    def _repair_in_background(self) -> None:
+        """Repair until no replica is dead, or until a shard has no live replica left to repair it from (then the
+        next replica found dead starts this again)."""
+        time.sleep(AUTO_REPAIR_DELAY)  # the dead replica's process lets go of its files
+        while self._dead.any() and not self._closing:
+            try:
+                self.repair()
+            except StorageError:  # a shard with no live replica: its records are only in the dead ones' files
+                return
+            except Exception:  # noqa: BLE001 - e.g. the cluster going away; the caller can still call repair()
+                return
 
     def _done(self, shard: int, r: int) -> None:
         with self._lock:
@@ -576,6 +600,10 @@ class DistributedCollection(CollectionAPI):
         a live replica instead. The shard's writes wait meanwhile (its reads go on), and the replica serves again
         only once it holds every write acknowledged to the caller. A shard with no live replica cannot be repaired
         (StorageError): its records are only in the dead replicas' files."""
+        with self._repair_lock:
+            return self._repair()
+
+    def _repair(self) -> list[tuple[int, int]]:
         ray = _ray()
         replaced, self.last_repair = [], []
         for s, r in (tuple(int(v) for v in pair) for pair in np.argwhere(self._dead)):
@@ -626,6 +654,9 @@ class DistributedCollection(CollectionAPI):
 
     def _shutdown(self) -> None:
         ray = _ray()
+        self._closing = True
+        if self._repairer is not None:
+            self._repairer.join()
         for row in self._actors:
             for actor in row:
                 try:
