@@ -199,34 +199,20 @@ def _read_records(path: Path, fmt: str, args: argparse.Namespace) -> Iterator[tu
                                                                     args.document_field)}
                 yield str(id_), vector, meta, r.get(args.document_field)
     else:
+        from .errors import InvalidInputError
+        from .store.importing import parquet_batches
         try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise _fail("reading Parquet needs pyarrow: pip install pyarrow") from None
-        table = pq.ParquetFile(open_binary(path))
-        for batch in table.iter_batches(batch_size=4096):
-            cols = batch.to_pydict()
-            for field in (args.id_field, args.document_field if embed else args.vector_field):
-                if field not in cols:
-                    raise _fail(f"{path}: no column {field!r} (columns: {', '.join(cols)})")
-            others = [c for c in cols if c not in (args.id_field, args.vector_field, args.document_field)]
-            vectors = cols.get(args.vector_field)
-            for j in range(batch.num_rows):
-                if "metadata" in cols:  # what `simdex export` writes: the metadata object as JSON text
-                    meta = _metadata_column(cols["metadata"][j], path, j)
-                else:
-                    meta = {c: cols[c][j] for c in others}
-                yield (str(cols[args.id_field][j]), None if vectors is None else vectors[j], meta,
-                       cols[args.document_field][j] if args.document_field in cols else None)
-
-
-def _metadata_column(value: Any, path: Path, row: int) -> dict:
-    if value is None:
-        return {}
-    meta = json.loads(value) if isinstance(value, str) else value
-    if not isinstance(meta, dict):
-        raise _fail(f"{path}: row {row}: the metadata column holds {type(meta).__name__}, not a JSON object")
-    return meta
+            for batch in parquet_batches(path, id_column=args.id_field, vector_column=args.vector_field,
+                                         document_column=args.document_field):
+                if batch.vectors is None and not embed:
+                    raise _fail(f"{path}: no column {args.vector_field!r}")
+                if embed and batch.documents is None:
+                    raise _fail(f"{path}: no column {args.document_field!r}")
+                for j, record_id in enumerate(batch.ids):
+                    yield (record_id, None if batch.vectors is None else batch.vectors[j], batch.metadatas[j],
+                           None if batch.documents is None else batch.documents[j])
+        except InvalidInputError as exc:
+            raise _fail(str(exc)) from None
 
 
 def _load_npy(path: Path) -> np.ndarray:

@@ -130,6 +130,40 @@ def test_records_round_trip_and_errors(db, glosses):
     assert col.count() == len(ids) - 1 - sum(m["pos"] == "v" for m in metas[1:])
 
 
+def test_import_parquet(db, glosses, tmp_path):
+    """Records from Parquet files, in batches: ids, vectors, documents and the other columns as metadata come back
+    as written; rows without a vector are embedded; a bad file is refused naming it, after the good batches."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    ids, vectors, metas, docs = glosses
+    for part, rows in (("a", slice(0, 200)), ("b", slice(200, 300))):
+        pq.write_table(pa.table({"id": ids[rows], "vector": list(vectors[rows]), "document": docs[rows],
+                                 "pos": [m["pos"] for m in metas[rows]]}), tmp_path / f"{part}.parquet")
+    col = db.create_collection("g", dim=384, index="flat")
+    assert col.import_parquet([tmp_path / "a.parquet", str(tmp_path / "b.parquet")], batch_size=64) == 300
+    got = col.get(ids, include=["metadatas", "documents", "embeddings"])
+    assert [r["id"] for r in got] == ids and [r["document"] for r in got] == docs
+    assert [r["metadata"] for r in got] == [{"pos": m["pos"]} for m in metas]
+    np.testing.assert_allclose([r["embedding"] for r in got], vectors / np.linalg.norm(vectors, axis=1,
+                                                                                       keepdims=True), atol=1e-6)
+
+    texts = db.create_collection("t", embedder="hash-words")
+    pq.write_table(pa.table({"id": ["x", "y"], "vector": [None, list(WORDS(["a boat"])[0])],
+                             "document": ["a ship at sea", "a boat"]}), tmp_path / "t.parquet")
+    assert texts.import_parquet(tmp_path / "t.parquet") == 2
+    assert texts.search(text="a ship at sea", k=1, include=[])[0]["id"] == "x"  # embedded from its document
+
+    pq.write_table(pa.table({"id": ["p", "q"], "vector": [[1.0, 2.0], [1.0]]}), tmp_path / "ragged.parquet")
+    pq.write_table(pa.table({"name": ["p"]}), tmp_path / "noid.parquet")
+    pq.write_table(pa.table({"id": ["p"], "vector": ["not numbers"]}), tmp_path / "text.parquet")
+    small = db.create_collection("s", dim=2, metric="l2", index="flat")
+    for name, message in (("ragged", "vectors of different lengths"), ("noid", "no column 'id'"),
+                          ("text", "not lists of numbers")):
+        with pytest.raises(InvalidInputError, match=f"{name}.parquet.*{message}"):
+            small.import_parquet(tmp_path / f"{name}.parquet")
+    assert small.count() == 0
+
+
 def test_vector_search_equals_brute_force(db, glosses):
     ids, vectors, metas, docs = glosses
     col = db.create_collection("g", dim=384, index="flat")

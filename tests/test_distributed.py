@@ -109,6 +109,23 @@ def test_bad_input_is_refused_and_nothing_is_written(cluster, records):
         db.create_collection("flat", 384, shards=2)
 
 
+def test_import_parquet_routes_the_rows_to_their_shards(cluster, records, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    db = cluster[0]
+    ids, x, meta, docs, _ = records
+    pq.write_table(pa.table({"id": ids[:400], "vector": list(x[:400]), "document": docs[:400],
+                             "n": [m["n"] for m in meta[:400]]}), tmp_path / "r.parquet")
+    col = db.create_collection("imported", 384, "cosine", index="flat", shards=2, replicas=1)
+    assert col.import_parquet(tmp_path / "r.parquet", batch_size=128) == 400
+    expect = {s: sum(distributed.shard_of(i, 2) == s for i in ids[:400]) for s in (0, 1)}
+    assert col.stats()["shard_counts"] == expect
+    got = col.get(ids[:400], include=["metadatas", "documents"])
+    assert [(r["id"], r["metadata"], r["document"]) for r in got] == [
+        (i, {"n": m["n"]}, d) for i, m, d in zip(ids[:400], meta[:400], docs[:400])]
+    db.drop_collection("imported")
+
+
 def test_missing_ray_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ClusterUnavailableError, match=r"simdex\[ray\]"):

@@ -13,6 +13,7 @@ the fields asked for in ``include``; search hits add ``distance`` (vector search
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,6 +118,34 @@ class CollectionAPI(ABC):
         if missing:
             raise UnknownIdError(f"id {missing[0]!r} is not in collection {self.name!r}")
         return self.search_batch(np.array([found[i] for i in id_list], np.float32), k, where, include, ef)
+
+    def import_parquet(self, paths: Any, *, id_column: str = "id", vector_column: str | None = "vector",
+                       document_column: str = "document", batch_size: int = 10_000,
+                       progress: bool | None = None) -> int:
+        """Upsert every record of the Parquet file(s) ``paths`` (a path or a list of them), ``batch_size`` rows per
+        upsert; returns how many were written. A row gives a record's id, vector (a list of numbers; where the
+        column is absent or null, the collection's embedder embeds the document), document and metadata (the
+        ``metadata`` column, JSON text as ``simdex export`` writes it, or else every other column): see
+        :mod:`simdex.store.importing`. The batches before a bad one stay written; the error names the file and
+        rows. A progress bar shows on a terminal (``progress`` True/False forces it)."""
+        from .._progress import progress_bar
+        from .._validate import check_positive_int
+        from .importing import count_rows, parquet_batches
+        batch_size = check_positive_int(batch_size, "batch_size")
+        files = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if not files:
+            raise InvalidInputError("paths is empty")
+        bar = progress_bar(sum(count_rows(f) for f in files), f"import into {self.name!r}", progress, unit="rec")
+        done = 0
+        try:
+            for path in files:
+                for batch in parquet_batches(path, id_column=id_column, vector_column=vector_column,
+                                             document_column=document_column, batch_size=batch_size):
+                    done += self.upsert(batch.ids, batch.vectors, batch.metadatas, batch.documents)
+                    bar.update(len(batch.ids))
+        finally:
+            bar.close()
+        return done
 
 
     @abstractmethod
