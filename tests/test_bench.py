@@ -189,7 +189,9 @@ def test_distributed_bench_on_a_slice():
     ray.shutdown()
     local, sharded = report["layouts"]["local"], report["layouts"]["2x1"]
     assert local["recall"] > 0.9 and sharded["recall"] >= local["recall"] - 0.02
-    assert all(v > 0 for p in (local, sharded) for v in p.values())
+    assert all(v > 0 for p in (local, sharded) for key, v in p.items() if key != "process_memory")
+    assert len(local["process_memory"]) == 1 and len(sharded["process_memory"]) == 2  # the caller; two replicas
+    assert all(m["anon"] > 0 for p in (local, sharded) for m in p["process_memory"])
     assert "| 2x1 |" in distributed.format_report(report)
 
 

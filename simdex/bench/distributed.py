@@ -37,10 +37,7 @@ def _layouts(spec: str) -> list[tuple[int, int] | None]:
     return out
 
 
-def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int = 500, k: int = 10,
-        ef: int = 32, batch: int = 1000, clients: int = 4, rounds: int = 5, log=print) -> dict[str, Any]:
-    import simdex
-    from simdex import distributed
+def _wordnet(n_base: int, n_queries: int, k: int) -> tuple:
     data = datasets.load("wordnet-minilm-384")
     ids_all, metas_all, docs_all = datasets.wordnet_records()
     n = min(n_base, data.base.shape[0])
@@ -48,13 +45,43 @@ def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int
     base = np.ascontiguousarray(data.base[rows])
     queries = np.ascontiguousarray(data.queries[:n_queries])
     ids = [ids_all[r] for r in rows]
-    metas = [{"pos": metas_all[r]["pos"]} for r in rows]
-    docs = [docs_all[r] for r in rows]
-    truth = datasets.brute_force_knn(base, queries, k, "cosine")
     position = {i: j for j, i in enumerate(ids)}
-    report: dict[str, Any] = {"dataset": "wordnet-minilm-384", "n_base": n, "n_queries": n_queries, "k": k,
-                              "ef": ef, "batch": batch, "clients": clients, "rounds": rounds, "index": BUILD,
+    truth = datasets.brute_force_knn(base, queries, k, "cosine")
+    return ("wordnet-minilm-384", base, queries, ids, [{"pos": metas_all[r]["pos"]} for r in rows],
+            [docs_all[r] for r in rows], truth, position.__getitem__)
+
+
+def _disk_set(n_base: int, n_queries: int, k: int, work_dir: str, log) -> tuple:
+    """The 2M x 384 set of ``python -m simdex.bench disk`` (WordNet, GloVe and noisy copies), read from its file a
+    batch at a time."""
+    from .disk import DIM, make_set
+    folder = Path(work_dir)
+    make_set(folder, n_base, 1000, 0.25, 0, log)
+    base = np.memmap(folder / "base.f32", np.float32, mode="r", shape=(n_base, DIM))
+    queries = np.fromfile(folder / "queries.f32", np.float32).reshape(-1, DIM)[:n_queries]
+    truth = np.load(folder / "gt.npy")[:n_queries, :k]
+    return (f"disk set ({n_base:,} x {DIM})", base, queries, [str(i) for i in range(n_base)], None, None, truth,
+            int)
+
+
+def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int = 500, k: int = 10,
+        ef: int = 32, batch: int = 1000, clients: int = 4, rounds: int = 5, data: str = "wordnet",
+        index: dict[str, Any] | None = None, work_dir: str = "/tmp/simdex-disk", log=print) -> dict[str, Any]:
+    """``data``: "wordnet" (a sample of ``n_base`` WordNet records with metadata and documents) or "disk" (the
+    first ``n_base`` rows of the disk benchmark's set, vectors only); ``index``: the collection's index and its
+    options (default HNSW M 16)."""
+    import simdex
+    from simdex import distributed
+    from .._storage import drop_pages
+    from ._common import proc_status
+    build = dict(index or BUILD)
+    name_of_set, base, queries, ids, metas, docs, truth, position = (
+        _wordnet(n_base, n_queries, k) if data == "wordnet" else _disk_set(n_base, n_queries, k, work_dir, log))
+    n = len(ids)
+    report: dict[str, Any] = {"dataset": name_of_set, "n_base": n, "n_queries": len(queries), "k": k,
+                              "ef": ef, "batch": batch, "clients": clients, "rounds": rounds, "index": build,
                               "layouts": {}}
+    n_queries = len(queries)
     scratch = Path(tempfile.mkdtemp(prefix="simdex-distbench-"))
     dist_db = None
     try:
@@ -62,25 +89,33 @@ def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int
             name = "local" if layout is None else f"{layout[0]}x{layout[1]}"
             if layout is None:
                 db: Any = simdex.connect(scratch / "local")
-                col = db.create_collection("bench", 384, "cosine", **BUILD)
+                col = db.create_collection("bench", 384, "cosine", **build)
             else:
                 if dist_db is None:
                     t0 = time.perf_counter()
                     dist_db = distributed.connect(scratch / "dist")
+                    import ray
+                    ray_get = ray.get
                     report["ray_start_seconds"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 col = dist_db.create_collection(f"bench{name}", 384, "cosine", shards=layout[0], replicas=layout[1],
-                                                **BUILD)
+                                                **build)
                 report.setdefault("actor_start_seconds", {})[name] = time.perf_counter() - t0
             t0 = time.perf_counter()
             for s in range(0, n, batch):
-                col.upsert(ids[s:s + batch], base[s:s + batch], metas[s:s + batch], docs[s:s + batch])
+                col.upsert(ids[s:s + batch], np.asarray(base[s:s + batch]), None if metas is None else
+                           metas[s:s + batch], None if docs is None else docs[s:s + batch])
+                drop_pages(base)  # a file-backed set's pages are the bench's, not the collection's
             upsert_s = time.perf_counter() - t0
             if layout is None:
                 col.merge()
             else:
                 col._write("merge", lambda s: (), {}, list(range(layout[0])))
             indexed_s = time.perf_counter() - t0
+            if layout is None:
+                memory = [{"rss": proc_status("VmRSS"), "anon": proc_status("RssAnon")}]
+            else:
+                memory = ray_get([a.memory.remote() for row in col._actors for a in row])
             for q in queries[:20]:
                 col.search(q, k, ef=ef)  # warm
             lat = np.empty(n_queries)
@@ -89,7 +124,7 @@ def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int
                 t = time.perf_counter()
                 hits = col.search(q, k, ef=ef, include=["distances"])
                 lat[i] = time.perf_counter() - t
-                found.append([position[h["id"]] for h in hits])
+                found.append([position(h["id"]) for h in hits])
             batch_s = float("inf")
             for _ in range(rounds):  # the fastest round: 5 calls of 100 queries are over in tens of ms
                 t0 = time.perf_counter()
@@ -103,7 +138,7 @@ def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int
             point = {"upsert_per_second": n / upsert_s, "indexed_seconds": indexed_s,
                      "recall": recall(np.array(found), truth), "p50_ms": float(np.percentile(lat, 50) * 1e3),
                      "p99_ms": float(np.percentile(lat, 99) * 1e3), "batch100_qps": n_queries / batch_s,
-                     "threaded_qps": n_queries / threaded_s}
+                     "threaded_qps": n_queries / threaded_s, "process_memory": memory}
             report["layouts"][name] = point
             log(f"  {name:6s} upsert {point['upsert_per_second']:,.0f} rec/s, indexed {indexed_s:.1f} s, recall "
                 f"{point['recall']:.3f}, p50 {point['p50_ms']:.2f} ms, p99 {point['p99_ms']:.2f} ms, batch-100 "
@@ -121,13 +156,17 @@ def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = [f"distributed collections, {report['dataset']} {report['n_base']:,} records, hnsw ef={report['ef']}, "
+    index = report.get("index", BUILD)
+    lines = [f"distributed collections, {report['dataset']} {report['n_base']:,} records, {index}, ef={report['ef']}, "
              f"{report['n_queries']} queries",
              "| layout | upsert rec/s | indexed s | recall@10 | p50 ms | p99 ms | batch-100 QPS | "
-             f"{report['clients']} clients QPS |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{report['clients']} clients QPS | anonymous memory MiB (per process) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, p in report["layouts"].items():
+        memory = " + ".join(f"{m['anon'] / 2**20:,.0f}" for m in p.get("process_memory", []))
         lines.append(f"| {name} | {p['upsert_per_second']:,.0f} | {p['indexed_seconds']:.1f} | {p['recall']:.3f} | "
-                     f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['batch100_qps']:,.0f} | {p['threaded_qps']:,.0f} |")
+                     f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['batch100_qps']:,.0f} | {p['threaded_qps']:,.0f} | "
+                     f"{memory} |")
     if "ray_overhead_batch100" in report:
         lines.append(f"1x1 batch-100 search time / local: {report['ray_overhead_batch100']:.2f} (target <= 1.2)")
     return "\n".join(lines)

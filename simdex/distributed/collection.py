@@ -131,6 +131,19 @@ class ShardReplica:
     def backup(self, dest: str) -> dict[str, Any]:
         return self.db.backup(dest)
 
+    def memory(self) -> dict[str, int]:
+        """This replica's process memory in bytes: its resident set and the anonymous part of it (Linux; 0
+        elsewhere)."""
+        out = {"rss": 0, "anon": 0}
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                key = {"VmRSS:": "rss", "RssAnon:": "anon"}.get(line.split(maxsplit=1)[0] if line else "")
+                if key:
+                    out[key] = int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return out
+
     def node_id(self) -> str:
         """The Ray node this replica runs on (its files are on that node's disk)."""
         return _ray().get_runtime_context().get_node_id()
