@@ -294,12 +294,10 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
                 vectors_new = self._vectors
             # each list: its entries so far, then the new ones in the order given (one pass, no sort of the old
             # entries and no concatenated copy of them)
-            old_counts, new_counts = np.diff(self._offsets), np.bincount(labels, minlength=self.nlist)
-            offsets = np.zeros(self.nlist + 1, np.int64)
-            offsets[1:] = np.cumsum(old_counts + new_counts)
             order = np.argsort(labels, kind="stable")
             new_offsets = np.zeros(self.nlist + 1, np.int64)
-            new_offsets[1:] = np.cumsum(new_counts)
+            new_offsets[1:] = np.cumsum(np.bincount(labels, minlength=self.nlist))
+            offsets = self._offsets + new_offsets
             all_codes = np.empty((offsets[-1], self.codec.code_size), np.uint8)
             all_slots = np.empty(offsets[-1], np.int32)
             grow_lists(self._offsets, self._codes, self._slots, new_offsets, codes[order],
