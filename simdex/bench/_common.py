@@ -39,14 +39,6 @@ def save_json(report: dict[str, Any], out: Path, name: str) -> Path:
     return path
 
 
-def proc_status(field: str, pid: int | str = "self") -> int:
-    """A memory figure of ``/proc/<pid>/status`` in bytes (``VmRSS``, ``VmHWM``, ``RssAnon``, ...; 0 if absent)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def largest_mappings(count: int = 5, pid: int | str = "self") -> list[tuple[str, int]]:
     """The ``count`` mappings of ``/proc/<pid>/smaps`` holding the most resident bytes, as (file or
     "[anon]", bytes), the mappings of one file summed: where a resident set goes."""

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from .. import datasets
-from ._common import proc_status, save_json
+from .._proc import proc_status
+from ._common import save_json
 
 QUERY_ROW = 107_659
 EF = 64

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets
+from .._proc import proc_status
 from .ann import _machine
-from ._common import largest_mappings, proc_status, pyplot, written_bytes
+from ._common import largest_mappings, pyplot, written_bytes
 
 DIM = 384
 

@@ -73,7 +73,7 @@ def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int
     import simdex
     from simdex import distributed
     from .._storage import drop_pages
-    from ._common import proc_status
+    from .._proc import proc_status
     build = dict(index or BUILD)
     name_of_set, base, queries, ids, metas, docs, truth, position = (
         _wordnet(n_base, n_queries, k) if data == "wordnet" else _disk_set(n_base, n_queries, k, work_dir, log))

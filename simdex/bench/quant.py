@@ -25,9 +25,10 @@ import numpy as np
 
 from .. import datasets
 from .._numba import cpu_count
+from .._proc import proc_status
 from . import write_report
 from .ann import _machine
-from ._common import proc_status, pyplot
+from ._common import pyplot
 
 EFS = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 200, 256, 320, 400)
 NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)

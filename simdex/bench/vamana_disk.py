@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets
-from ._common import proc_status
+from .._proc import proc_status
 from .ann import _machine
 
 

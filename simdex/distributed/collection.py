@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .._proc import proc_status
 from .._validate import check_positive_int
 from ..errors import (CollectionExistsError, CollectionNotFoundError, CorruptFileError, DatabaseLockedError,
                       InvalidInputError, SimdexError, StorageError, TruncatedTextWarning, UnknownIdError)
@@ -134,15 +135,10 @@ class ShardReplica:
     def memory(self) -> dict[str, int]:
         """This replica's process memory in bytes: its resident set and the anonymous part of it (Linux; 0
         elsewhere)."""
-        out = {"rss": 0, "anon": 0}
         try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                key = {"VmRSS:": "rss", "RssAnon:": "anon"}.get(line.split(maxsplit=1)[0] if line else "")
-                if key:
-                    out[key] = int(line.split()[1]) * 1024
+            return {"rss": proc_status("VmRSS"), "anon": proc_status("RssAnon")}
         except OSError:
-            pass
-        return out
+            return {"rss": 0, "anon": 0}
 
     def node_id(self) -> str:
         """The Ray node this replica runs on (its files are on that node's disk)."""
@@ -500,9 +496,7 @@ class DistributedCollection(CollectionAPI):
         while self._dead.any() and not self._closing:
             try:
                 self.repair()
-            except StorageError:  # a shard with no live replica: its records are only in the dead ones' files
-                return
-            except Exception:  # noqa: BLE001 - e.g. the cluster going away; the caller can still call repair()
+            except Exception:  # noqa: BLE001 - a shard with no live replica, or no cluster: repair() is still there
                 return
 
     def _done(self, shard: int, r: int) -> None:
