@@ -77,7 +77,7 @@ def drop_pages(arr: np.ndarray, start: int = 0, stop: int | None = None) -> None
         mm.madvise(mmap.MADV_DONTNEED)
         return
     page = mmap.PAGESIZE
-    lo, hi = -(-start // page) * page, min(len(mm), len(mm) if stop is None else stop) // page * page
+    lo, hi = -(-start // page) * page, (len(mm) if stop is None else min(len(mm), stop)) // page * page
     if hi > lo:
         mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
