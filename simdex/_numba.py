@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numba
+import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
@@ -101,6 +102,36 @@ def move_within(typingctx, array, dst, src, count):
         return context.get_dummy_value()
 
     return types.void(array, dst, src, count), codegen
+
+
+# pread(2) of libc, called from kernels by its name (a declared symbol, not a ctypes address, so that the kernels
+# that call it stay cacheable)
+_pread = types.ExternalFunction("pread", types.intp(types.int32, types.voidptr, types.uintp, types.int64))
+
+
+@intrinsic
+def _data_pointer(typingctx, array):
+    """The address of a contiguous array's first item, as a ``void *``."""
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.bitcast(ary.data, cgutils.voidptr_t)
+
+    return types.voidptr(array), codegen
+
+
+@numba.njit(inline="always")
+def read_at(fd, out, offset):
+    """Fill the contiguous array ``out`` with the bytes of the open file ``fd`` from byte ``offset`` on (pread,
+    repeated after a short read). Raises OSError when the file ends first or the read fails."""
+    size = out.size * out.itemsize
+    done = 0
+    while done < size:
+        got = _pread(np.int32(fd), _data_pointer(out.view(np.uint8)[done:]), size - done, offset + done)
+        if got <= 0:
+            raise OSError("reading float32 rows from their file failed (the file is shorter than the index, "
+                          "or unreadable)")
+        done += got
 
 
 def max_threads() -> int:

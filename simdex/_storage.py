@@ -4,11 +4,13 @@ database collection, a named :class:`VectorFile` that the copies of its index sh
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +40,66 @@ def reserved_memmap(path: str | os.PathLike, dtype: Any, shape: tuple[int, ...])
         return np.memmap(f, dtype, mode="r+", shape=shape)
 
 
-def disk_array(rows: int, dim: int, directory: str | None = None) -> np.ndarray:
+def disk_array(rows: int, dim: int, directory: str | None = None, *, readable: bool = False) -> np.ndarray:
     """A zeroed float32 (rows, dim) array backed by an unlinked temporary file in ``directory`` (default: the
     system's temporary folder). The file disappears when the last view of the array is garbage-collected. No file
-    for no rows (an empty index, which may be opened on a full disk)."""
+    for no rows (an empty index, which may be opened on a full disk). With ``readable`` the file's rows can also
+    be read with system calls (:func:`row_source`)."""
     if rows == 0:
         return np.zeros((0, dim), np.float32)
     with tempfile.TemporaryFile(dir=directory, prefix="simdex-vectors-") as f:
         reserve(f, max(rows, 1) * dim * 4)
         mm = np.memmap(f, np.float32, mode="r+", shape=(max(rows, 1), dim))
+        if readable:
+            mm._simdex_reads = RandomReads(f)
     return np.asarray(mm)[:rows]
+
+
+class RandomReads:
+    """A read-only descriptor of an open file (``fd``), its own open file description, advised for random reads
+    (no read-ahead: a re-ranked row is read alone); closed when the last object holding it is collected."""
+
+    def __init__(self, f: Any) -> None:
+        try:  # a description of its own (the advice then leaves the file's mapping alone); works when unlinked
+            self.fd = os.open(f"/proc/self/fd/{f.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # pragma: no cover - no /proc
+            self.fd = os.dup(f.fileno())
+        else:
+            with contextlib.suppress(AttributeError, OSError):
+                os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
+        weakref.finalize(self, os.close, self.fd)
+
+
+READS = ("mmap", "pread")
+
+
+def check_reads(reads: Any, vector_storage: str) -> str:
+    """Validate an index's ``reads`` (how re-ranking reads its float32 vectors on disk: ``"mmap"`` or
+    ``"pread"``, :func:`row_source`) for its ``vector_storage``."""
+    if reads not in READS:
+        raise InvalidInputError(f"reads must be one of {READS}; got {reads!r}")
+    if reads == "pread" and vector_storage != "disk":
+        raise InvalidInputError(f"reads='pread' reads vectors kept on disk; this index keeps them "
+                                f"vectors={vector_storage!r}")
+    return reads
+
+
+def row_source(arr: np.ndarray) -> Any:
+    """What a re-ranking kernel should read the float32 rows ``arr`` (n, dim) from: their file, a system call per
+    row (:class:`simdex.core.scorer.FileRows`), when ``arr`` starts a mapping made readable that way
+    (:func:`disk_array` with ``readable``, a :class:`VectorFile`); else ``arr`` itself. Reading rows this way maps
+    none of the file into the process: on Linux a page fault maps a whole large folio of the page cache (up to
+    2 MiB for a 1.5 KiB row), so re-ranking through a mapping grows the resident set by far more than it reads.
+    The caller keeps ``arr`` referenced while the kernel runs (it holds the file open)."""
+    from .core.scorer import FileRows
+    base = arr
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    reads = getattr(base, "_simdex_reads", None)
+    if reads is None or base.offset != 0 or arr.ctypes.data != base.ctypes.data or arr.ndim != 2 \
+            or not arr.flags.c_contiguous:
+        return arr
+    return FileRows(reads.fd, arr.shape[1])
 
 
 def file_mapping(arr: np.ndarray) -> Any:
@@ -113,6 +165,7 @@ class VectorFile:
             self._file.close()
             raise CorruptFileError(f"{self.path}: holds {self._capacity} vectors of dimension {self.dim}; the index "
                                    f"names {rows}")
+        self._reads = RandomReads(self._file)
         self._map = self._mapping()
         self._lock = threading.Lock()
 
@@ -133,8 +186,9 @@ class VectorFile:
     def _mapping(self) -> np.ndarray:
         if self._capacity == 0:
             return np.zeros((0, self.dim), np.float32)
-        return np.asarray(np.memmap(self._file, np.float32, mode="r+" if self._writable else "r",
-                                    shape=(self._capacity, self.dim)))
+        mm = np.memmap(self._file, np.float32, mode="r+" if self._writable else "r", shape=(self._capacity, self.dim))
+        mm._simdex_reads = self._reads  # (held by the mapping: views of it outlive this object)
+        return np.asarray(mm)
 
     def rows(self, n: int) -> np.ndarray:
         """The first ``n`` rows, a view of the file's mapping (its pages in the page cache, not in the process's

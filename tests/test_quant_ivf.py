@@ -183,3 +183,31 @@ def test_rabitq_list_scan_matches_the_codec(fashion_small, wordnet_20k, metric):
             want = [1 - q[row] @ index.centroids[l] + index.codec.distances(q[row][None], index._codes[e][None])[0, 0]
                     + q[row] @ index.codec.center for e, l in zip(entries, lists)]
         np.testing.assert_allclose(d[row], want, rtol=0.03, atol=0.01 * np.abs(want).mean())
+
+
+def test_pread_reranking_equals_the_mapping(wordnet_small, tmp_path):
+    """``reads="pread"`` re-ranks from the vector file with a system call per row: the same results as reading
+    the same rows through the file's mapping, bit for bit."""
+    from simdex._storage import row_source
+    from simdex.core.scorer import FileRows
+    ds = wordnet_small
+    index = IVFIndex(ds.dim, "cosine", nlist=32, codec="pq24", nprobe=16, rerank=100, reads="pread")
+    index.add(ds.base)
+    index.remove([3, 5, 8])
+    mapped = index.copy()
+    mapped.reads = "mmap"
+    assert isinstance(row_source(index._vectors), FileRows)
+    for q in (ds.queries[:1], ds.queries):
+        d0, i0 = mapped.search(q, 10)
+        d1, i1 = index.search(q, 10)
+        np.testing.assert_array_equal(i0, i1)
+        np.testing.assert_array_equal(d0, d1)
+    assert recall(ds, i1) >= 0.9
+    index.save(tmp_path / "ivf.sdx")
+    loaded = IVFIndex.load(tmp_path / "ivf.sdx")
+    assert loaded.reads == "pread"
+    np.testing.assert_array_equal(loaded.search(ds.queries, 10)[1], i1)
+    with pytest.raises(InvalidInputError, match="reads"):
+        IVFIndex(8, "l2", reads="direct")
+    with pytest.raises(InvalidInputError, match="vectors='memory'"):
+        IVFIndex(8, "l2", vectors="memory", reads="pread")

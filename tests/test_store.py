@@ -425,19 +425,29 @@ def test_ivf_collection_sizes_its_lists_and_keeps_codes_in_memory(tmp_path, reco
         assert _recall(col.search_batch(queries, k=10), truth) >= 0.85
 
 
-@pytest.mark.parametrize("kind", ["ivf-pq", "ivf-rabitq", "hnsw-lvq8", "hnsw-int8"])
-def test_code_collection_appends_to_one_vector_file(tmp_path, records, kind):
+@pytest.mark.parametrize("kind, params", [("ivf-pq", {}), ("ivf-pq", {"reads": "pread"}), ("ivf-rabitq", {}),
+                                          ("hnsw-lvq8", {}), ("hnsw-int8", {})])
+def test_code_collection_appends_to_one_vector_file(tmp_path, records, kind, params):
     """A collection over codes keeps its float32 vectors in one append-only file (vectors-<n>.f32) that every merge's
     copy of the index shares: a merge appends its rows to the file instead of copying the vectors, a checkpoint
     names the file and its row count instead of writing them again; a compaction writes a new file, and the old
     one goes once no checkpoint names it; a backup holds the named rows and restores to the same results; a file
-    a crashed merge left is removed when the collection opens."""
+    a crashed merge left is removed when the collection opens. With ``reads="pread"`` every copy of the index
+    re-ranks from the file with system calls."""
+    from simdex._storage import row_source
+    from simdex.core.scorer import FileRows
     from simdex.store.backup import restore
     ids, vectors, metas, docs, queries = records
     n = len(ids)
     path = tmp_path / "db"
+
+    def reads_rows(col):  # the index reads as asked, and could read its file's rows with system calls
+        main = col._vectors.main
+        return getattr(main, "reads", "mmap") == params.get("reads", "mmap") and \
+            isinstance(row_source(main._vectors), FileRows)
+
     with _open(path, merge_rows=500) as db:
-        col = db.create_collection("words", dim=384, index=kind)
+        col = db.create_collection("words", dim=384, index=kind, **params)
         files, sizes = set(), []
         for s in range(0, n, 500):
             col.upsert(ids[s:s + 500], vectors[s:s + 500])
@@ -457,7 +467,7 @@ def test_code_collection_appends_to_one_vector_file(tmp_path, records, kind):
         assert np.allclose(stored, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), atol=1e-6)
         truth = _exact_hits(vectors, ids, queries, 10)
         before = col.search_batch(queries, k=10, ef=64, include=["distances"])
-        assert _recall(before, truth) >= 0.9
+        assert _recall(before, truth) >= 0.9 and reads_rows(col)
         col.delete(ids[:800])  # 40%: the next merge compacts into a new file
         db.optimize()
         col.checkpoint()
@@ -467,7 +477,7 @@ def test_code_collection_appends_to_one_vector_file(tmp_path, records, kind):
         assert sorted(p.name for p in col.path.glob("vectors-*.f32")) == [compacted]
         live_truth = _exact_hits(vectors[800:], ids[800:], queries, 10)
         after = col.search_batch(queries, k=10, ef=64, include=["distances"])
-        assert _recall(after, live_truth) >= 0.9
+        assert _recall(after, live_truth) >= 0.9 and reads_rows(col)
         db.backup(str(tmp_path / "backup"))
     (path / "collections" / "words" / "vectors-99.f32").write_bytes(b"\0" * 1536)  # a crashed merge's file
     for folder in (path, tmp_path / "restored"):
@@ -478,6 +488,7 @@ def test_code_collection_appends_to_one_vector_file(tmp_path, records, kind):
             assert not (col.path / "vectors-99.f32").exists()
             again = col.search_batch(queries, k=10, ef=64, include=["distances"])
             assert [[h["id"] for h in row] for row in again] == [[h["id"] for h in row] for row in after]
+            assert reads_rows(col)
             col.upsert(ids[:300], vectors[:300])  # appends after the rows the checkpoint names
             db.optimize()
             assert _recall(col.search_batch(queries, k=10, ef=64),

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from numba.extending import overload
 
-from .._numba import FASTMATH, inlined, kernel, prefetch_row
+from .._numba import FASTMATH, inlined, kernel, prefetch_row, read_at
 from ..metrics import distance, distance4
 
 _IMPLS: dict[tuple[str, type], Callable] = {}
@@ -73,7 +73,7 @@ def dispatched(default: Callable | None = None, *, inline: bool = False,
         def inline_here(expr, caller_info, callee_info) -> bool:
             # a default is a forward to other scorer functions (four ``score`` calls, or nothing): inlined, it
             # adds no call level of its own
-            return inline or (name, callee_info.signature.args[0].instance_class) not in _IMPLS
+            return inline or (name, getattr(callee_info.signature.args[0], "instance_class", None)) not in _IMPLS
 
         typer.__signature__ = inspect.signature(stub)  # numba wants the stub's arguments, by name
         overload(stub, jit_options={"fastmath": FASTMATH}, inline=inline_here)(typer)
@@ -219,11 +219,41 @@ def sort_pairs(cand_d, cand_i, r):
         cand_i[j] = src_i[j]
 
 
-@kernel
-def rescore(metric, q, vectors, cand_d, cand_i, r):
-    """Re-score the first r candidates from their float32 ``vectors`` (full precision) and sort them."""
+class FileRows(NamedTuple):
+    """float32 rows of ``dim`` items in the open file ``fd`` (row i at byte ``4 * dim * i``), read with a system
+    call per row instead of through a mapping: where a kernel takes ``vectors`` for re-ranking, this may stand in
+    for the array (:func:`simdex._storage.row_source`)."""
+
+    fd: int
+    dim: int
+
+
+def _rescore_mapped(vectors, metric, q, cand_d, cand_i, r):
     for j in range(r):
         prefetch_row(vectors, cand_i[j], VECTOR_PREFETCH_LINES)
     for j in range(r):
-        cand_d[j] = distance(metric, q, vectors[cand_i[j]])
+        cand_d[j] = _distance(metric, q, vectors[cand_i[j]])
+
+
+def _rescore_read(vectors, metric, q, cand_d, cand_i, r):
+    row = np.empty(vectors.dim, np.float32)
+    for j in range(r):
+        read_at(vectors.fd, row, np.int64(cand_i[j]) * vectors.dim * 4)
+        cand_d[j] = _distance(metric, q, row)
+
+
+@dispatched(_rescore_mapped)
+def rescore_rows(vectors, metric, q, cand_d, cand_i, r):
+    """Exact distances of the first r candidates, from an array of rows or :class:`FileRows`."""
+    raise NotImplementedError("called from numba kernels only")
+
+
+implement(FileRows, rescore_rows=_rescore_read)
+
+
+@kernel
+def rescore(metric, q, vectors, cand_d, cand_i, r):
+    """Re-score the first r candidates from their float32 ``vectors`` (full precision: an array, or
+    :class:`FileRows`) and sort them."""
+    rescore_rows(vectors, metric, q, cand_d, cand_i, r)
     sort_prefix(cand_d, cand_i, r)

@@ -32,7 +32,7 @@ from ..core.scorer import Vectors
 from ..dense.calibration import RecallCalibrated, calibrating
 from ._kmeans import kmeans
 from ._scorers import AffineCodes, BinaryCodes, IVFPQCodes
-from .._storage import InVectorFile, VectorFile, disk_array
+from .._storage import InVectorFile, VectorFile, check_reads, disk_array, row_source
 from .binary import BinaryCodec
 from .codec import Codec, expect_array, make_codec, outgrew_training
 from .pq import KS, PQCodec
@@ -70,6 +70,11 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
     rerank : int, default 0
         Candidates re-scored with the float vectors (0: return code distances).
     vectors : {"disk", "memory", "none"}, default "disk"
+    reads : {"mmap", "pread"}, default "mmap"
+        How re-ranking reads vectors on disk: through the file's mapping (fastest while the file is in the page
+        cache), or a ``pread`` system call per row (about 3 us each), which maps none of the file into the
+        process (its resident set stays at the index's own memory) and reads no more than the row from disk (no
+        read-ahead): for vectors larger than memory, or a memory limit that counts mapped pages.
     seed : int
     consolidate_threshold : float, default 0.1
 
@@ -88,8 +93,8 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
     _volatile_arrays = ("deleted",)
 
     def __init__(self, dim: int, metric: str = "l2", nlist: int = 256, codec: Any = "pq8", nprobe: int = 8,
-                 rerank: int = 0, vectors: str = "disk", seed: int = 0, consolidate_threshold: float = 0.1,
-                 storage_dir: str | None = None) -> None:
+                 rerank: int = 0, vectors: str = "disk", reads: str = "mmap", seed: int = 0,
+                 consolidate_threshold: float = 0.1, storage_dir: str | None = None) -> None:
         super().__init__(dim, metric)
         self.nlist = check_positive_int(nlist, "nlist", maximum=_MAX_LISTS)
         self.nprobe = check_positive_int(nprobe, "nprobe")
@@ -100,6 +105,7 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
         if vectors == "none" and self.rerank:
             raise InvalidInputError("rerank needs the float vectors: use vectors='disk' or 'memory'")
         self.vector_storage = vectors
+        self.reads = check_reads(reads, vectors)
         self.storage_dir = storage_dir
         self.consolidate_threshold = check_real(consolidate_threshold, "consolidate_threshold", 0.0, 1.0,
                                                 low_open=True)
@@ -135,7 +141,7 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
 
     def _new_vectors(self, rows: int) -> np.ndarray:
         if self.vector_storage == "disk":
-            return disk_array(rows, self.dim, self.storage_dir)
+            return disk_array(rows, self.dim, self.storage_dir, readable=self.reads == "pread")
         return np.zeros((rows if self.vector_storage == "memory" else 0, self.dim), np.float32)
 
     @property
@@ -386,8 +392,9 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
         cap = max(k, rerank)
         do_rerank = bool(rerank) and not isinstance(self.codec, FlatCodec)
         vectors = self._vectors if self.vector_storage != "none" else np.zeros((1, self.dim), np.float32)
+        rows = row_source(vectors) if do_rerank and self.reads == "pread" else vectors  # (vectors holds its file)
         scan_lists(self._list_scorer(q, probe_d, nthreads), nthreads, probes, self._offsets, self._slots, cap, k,
-                   mask, use_filter, invert, _NO_MARKS, _NO_TAGS, do_rerank, self._metric_code, q, vectors,
+                   mask, use_filter, invert, _NO_MARKS, _NO_TAGS, do_rerank, self._metric_code, q, rows,
                    out_d, out_s)
 
     def _list_scorer(self, q: np.ndarray, probe_d: np.ndarray, nthreads: int) -> Any:
@@ -500,7 +507,7 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
     # ---- persistence ---------------------------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta = {"nlist": self.nlist, "nprobe": self.nprobe, "rerank": self.rerank, "seed": self.seed,
-                "vector_storage": self.vector_storage, "consolidate_threshold": self.consolidate_threshold,
+                "vector_storage": self.vector_storage, "reads": self.reads, "consolidate_threshold": self.consolidate_threshold,
                 "count": self._n, "deleted": self._n_deleted, "trained": self.is_trained,
                 "trained_rows": self.trained_rows}
         arrays = {"centroids": self.centroids, "offsets": self._offsets, "codes": self._codes, "slots": self._slots,
@@ -525,7 +532,8 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
         if codec.dim != dim or codec.metric != metric:
             raise CorruptFileError(f"codec {codec!r} does not fit the index")
         index = cls(dim, metric, nlist=nlist, codec=codec, nprobe=meta_int(meta, "nprobe", 1),
-                    rerank=meta_int(meta, "rerank"), vectors=meta["vector_storage"], seed=meta_int(meta, "seed"),
+                    rerank=meta_int(meta, "rerank"), vectors=meta["vector_storage"],
+                    reads=meta.get("reads", "mmap"), seed=meta_int(meta, "seed"),
                     consolidate_threshold=float(meta["consolidate_threshold"]))
         n, n_deleted = meta_int(meta, "count"), meta_int(meta, "deleted")
         n_entries = arrays["slots"].shape[0]

@@ -73,7 +73,8 @@ class CreateCollection(_Strict):
                                            "vamana-disk, spann or flat (exact)")
     params: dict[str, Any] = Field(default_factory=dict, description="index parameters (HNSW: M, ef_construction, "
                                                                      "ef_search, seed; over codes also rerank; "
-                                                                     "ivf-pq: nlist, nprobe, codec, rerank, seed; "
+                                                                     "ivf-pq: nlist, nprobe, codec, rerank, reads, "
+                                                                     "seed; "
                                                                      "Vamana: R, L_build, L_search, alpha, seed, "
                                                                      "codec; spann: list_size, nprobe, eps, "
                                                                      "rerank, codec, max_replicas, closure_eps, "

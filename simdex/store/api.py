@@ -195,9 +195,9 @@ class DatabaseAPI(ABC):
         "ivf-pq" / "ivf-rabitq" (IVF over PQ / 1-bit RaBitQ codes, re-ranked from float32), "vamana",
         "vamana-disk" (a Vamana graph in memory; in a file, walked on PQ codes), "spann" (built once; merges build
         a new one) or "flat" (exact). ``params`` go to the index (M, ef_construction, ef_search, seed; for the
-        code kinds also rerank; for the IVF kinds nlist, nprobe, codec, rerank, seed; for the Vamana kinds R, L_build,
-        L_search, alpha, seed, and codec on disk; for spann list_size, nprobe, eps, rerank, codec, max_replicas,
-        closure_eps, seed).
+        code kinds also rerank; for the IVF kinds nlist, nprobe, codec, rerank, reads, seed; for the Vamana kinds
+        R, L_build, L_search, alpha, seed, and codec on disk; for spann list_size, nprobe, eps, rerank, codec,
+        max_replicas, closure_eps, seed).
 
         ``dedup``: near-duplicate control on write, e.g. ``{"field": "document", "threshold": 0.9,
         "on_duplicate": "flag"}``. Each upserted text (the document, or a string metadata ``field``) is compared by

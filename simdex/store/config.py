@@ -17,7 +17,7 @@ INCLUDE_CHOICES = ("metadatas", "documents", "embeddings", "distances", "fields"
 DEFAULT_SEARCH_INCLUDE = ("metadatas", "documents", "distances")
 DEFAULT_GET_INCLUDE = ("metadatas", "documents")
 HNSW_PARAMS = ("M", "ef_construction", "ef_search", "seed")
-IVF_PARAMS = ("nlist", "nprobe", "codec", "rerank", "seed")
+IVF_PARAMS = ("nlist", "nprobe", "codec", "rerank", "reads", "seed")
 VAMANA_PARAMS = ("R", "L_build", "L_search", "alpha", "seed")
 SPANN_PARAMS = ("list_size", "nprobe", "eps", "rerank", "codec", "max_replicas", "closure_eps", "seed")
 

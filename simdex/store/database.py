@@ -284,9 +284,9 @@ class Database(DatabaseAPI):
         wait in the exactly searched growing segment until they are a tenth of the index, then a merge builds a
         new one from every row; :mod:`simdex.store.buildonce`), or "flat" (exact search over every row).
         ``params`` go to the index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for the IVF
-        kinds nlist, nprobe, codec, rerank, seed; for the Vamana kinds R, L_build, L_search, alpha, seed, and codec on
-        disk; for spann list_size, nprobe, eps, rerank, codec, max_replicas, closure_eps, seed). With ``text`` the
-        records' documents are also indexed for BM25, for ``search(text=...)`` and hybrid search. With
+        kinds nlist, nprobe, codec, rerank, reads, seed; for the Vamana kinds R, L_build, L_search, alpha, seed, and
+        codec on disk; for spann list_size, nprobe, eps, rerank, codec, max_replicas, closure_eps, seed). With
+        ``text`` the records' documents are also indexed for BM25, for ``search(text=...)`` and hybrid search. With
         ``window_field`` (a metadata key, e.g. ``"ts"``) a :class:`~simdex.dense.WindowIndex` over that numeric field
         answers ``where`` filters that are only a range on it (``{"ts": {"$gte": a, "$lte": b}}``, ``$gt``/``$lt``/``$eq``,
         or their ``$and``). With ``label_field`` (a metadata key holding a string, e.g. ``"lang"``) every value of that
