@@ -298,6 +298,28 @@ def test_a_replica_found_dead_is_repaired_in_the_background(cluster, records, tm
     db.close()
 
 
+def test_a_read_waiting_on_a_slow_replica_is_hedged_to_another(cluster, records, tmp_path):
+    """A search whose replica stalls past ``hedge_after`` is sent to the shard's other replica as well, and the
+    first answer is returned: the same hits, without waiting for the stalled one."""
+    ids, x, _, _, queries = records
+    with pytest.raises(InvalidInputError, match="hedge_after"):
+        distributed.connect(tmp_path / "bad", hedge_after=-1)
+    db = distributed.connect(tmp_path / "hedge", auto_repair=False, hedge_after=0.05)
+    col = db.create_collection("hedge", 384, "cosine", index="flat", shards=1, replicas=2)
+    col.upsert(ids[:300], x[:300])
+    expected = [_ids(hits) for hits in col.search_batch(queries[:5], 10)]
+    assert col.hedged_reads == 0
+    stall = 20.0
+    ray.get(col._actors[0][0].stall_reads.remote(stall))  # replica 0: the one an idle shard is read from first
+    started = time.monotonic()
+    assert [_ids(hits) for hits in col.search_batch(queries[:5], 10)] == expected
+    assert time.monotonic() - started < stall / 2 and col.hedged_reads == 1
+    assert col.count() == 300  # replica 0 is still stalled (busy): reads go to replica 1, no hedge needed
+    assert col.hedged_reads == 1
+    ray.get(col._actors[0][0].stall_reads.remote(0))
+    db.close()
+
+
 def test_a_dead_replica_is_replaced_and_a_dead_shard_is_said(cluster, records):
     """Kills run last in this module: they leave the flat collection degraded."""
     _, flat, local = cluster

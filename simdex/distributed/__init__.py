@@ -13,9 +13,10 @@ indexes the answer equals a single-node collection's. The collection API is the 
     col.upsert(ids, vectors, metadatas, documents)
     hits = col.search(query, k=10, where={"lang": "en"})
 
-Ray is the cluster layer (actors, their placement and failure detection): simdex adds no RPC or membership of its
-own. A dead replica is replaced by :meth:`DistributedCollection.repair` from a copy of a live one. Not built yet:
-incremental catch-up from a live replica's log, placement groups, hedged searches and bulk import (issue 27).
+Ray is the cluster layer (actors, placement groups that spread a shard's replicas over nodes, failure detection):
+simdex adds no RPC or membership of its own. A dead replica is brought back by
+:meth:`DistributedCollection.repair` (in the background by default) from its own files and the writer's journal,
+or else from a copy of a live one; a read waiting on a slow replica is hedged to another. See docs/distributed.md.
 ``simdex serve --ray`` serves a distributed database over HTTP.
 """
 

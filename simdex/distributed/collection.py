@@ -74,13 +74,19 @@ def _ray() -> Any:
 
 
 def connect(path: str | Path, ray_address: str | None = None, *, num_cpus: int | None = None,
-            auto_repair: bool = True, **db_options: Any) -> DistributedDatabase:
+            auto_repair: bool = True, hedge_after: float | str | None = "auto",
+            **db_options: Any) -> DistributedDatabase:
     """A distributed database whose shard replicas keep their files under ``path`` (on each node's own disk).
 
     ``ray_address``: None starts a Ray on this machine (``num_cpus`` of its cores) unless this process is already
     connected to one; "auto" or "host:port" joins a running cluster. ``auto_repair``: a replica found dead is
     brought back in the background (:meth:`DistributedCollection.repair`); False leaves that to the caller.
-    ``db_options`` go to each replica's embedded database (:func:`simdex.connect`: ``sync``, ...)."""
+    ``hedge_after``: seconds after which a read (search, get, count) still waiting on a shard's replica is sent
+    to another replica of that shard too, the first answer taken (a slow node or a long pause does not hold up the
+    whole search); "auto" hedges after the 95th percentile of the collection's recent reads of the same kind (at
+    least 10 ms), None never hedges. ``db_options`` go to each replica's embedded database
+    (:func:`simdex.connect`: ``sync``, ...)."""
+    hedge_after = _check_hedge(hedge_after)
     ray = _ray()
     if not ray.is_initialized():
         try:
@@ -89,7 +95,15 @@ def connect(path: str | Path, ray_address: str | None = None, *, num_cpus: int |
         except Exception as exc:  # ConnectionError, RuntimeError, ValueError: Ray's own, by version
             where = "a new local Ray" if ray_address is None else f"the Ray cluster at {ray_address!r}"
             raise ClusterUnavailableError(f"could not start or reach {where}: {exc}") from None
-    return DistributedDatabase(path, db_options)
+    return DistributedDatabase(path, db_options, auto_repair=auto_repair, hedge_after=hedge_after)
+
+
+def _check_hedge(hedge_after: Any) -> float | str | None:
+    if hedge_after is None or hedge_after == "auto":
+        return hedge_after
+    if isinstance(hedge_after, bool) or not isinstance(hedge_after, (int, float)) or not 0 <= hedge_after < 3600:
+        raise InvalidInputError(f"hedge_after must be seconds in [0, 3600), 'auto' or None; got {hedge_after!r}")
+    return float(hedge_after)
 
 
 class ShardReplica:
@@ -108,6 +122,7 @@ class ShardReplica:
                     raise
                 time.sleep(0.1)
         self.col: Any = None
+        self._stall = 0.0
 
     def open(self, name: str, create: dict[str, Any] | None) -> int:
         """Create (``create``: the arguments of ``create_collection``) or reopen the collection; its count."""
@@ -123,6 +138,8 @@ class ShardReplica:
     def read(self, method: str, args: tuple, kwargs: dict[str, Any]) -> Any:
         """A collection method that only reads, run beside other reads and beside the writes (the actor's "read"
         threads). Searches return their hits as columns (:func:`_hit_columns`)."""
+        if self._stall:
+            time.sleep(self._stall)
         out = getattr(self.col, method)(*args, **kwargs)
         if method in _SEARCHES:
             hits, notes = out
@@ -131,6 +148,11 @@ class ShardReplica:
 
     def backup(self, dest: str) -> dict[str, Any]:
         return self.db.backup(dest)
+
+    def stall_reads(self, seconds: float) -> None:
+        """Make every read of this replica wait ``seconds`` first (0: no more): a drill for hedged reads, as a
+        slow disk or a paused node would."""
+        self._stall = float(seconds)
 
     def memory(self) -> dict[str, int]:
         """This replica's process memory in bytes: its resident set and the anonymous part of it (Linux; 0
@@ -156,6 +178,13 @@ class ShardReplica:
 
 
 AUTO_REPAIR_DELAY = 0.2  # seconds between a replica found dead and its automatic repair
+# a replica's bundle in its shard's placement group: a token share of a CPU (a bundle must hold some resource; the
+# replica actor itself asks for none), and how long creating a collection waits for the cluster to place them
+BUNDLE = {"CPU": 0.001}
+PLACEMENT_TIMEOUT = 60.0
+# hedge_after="auto": a read is hedged after the 95th percentile of the last HEDGE_WINDOW reads of its kind, at
+# least HEDGE_FLOOR seconds; HEDGE_DEFAULT until HEDGE_MIN_SAMPLES of them were timed
+HEDGE_WINDOW, HEDGE_MIN_SAMPLES, HEDGE_FLOOR, HEDGE_DEFAULT = 256, 20, 0.01, 0.1
 JOURNAL_BYTES = 64 * 2**20  # per collection, shared by its shards: the recent writes kept for restarted replicas
 _REPLAYABLE = ("upsert", "delete")  # writes that give the same records when applied twice
 _NO_CHANGE = ("merge", "checkpoint")  # writes that change no record
@@ -309,11 +338,13 @@ def _unwrap(ray: Any, exc: BaseException) -> BaseException:
 class DistributedDatabase(DatabaseAPI):
     """Distributed collections whose replicas keep their files under ``path`` (:func:`connect`)."""
 
-    def __init__(self, path: str | Path, db_options: dict[str, Any], auto_repair: bool = True) -> None:
+    def __init__(self, path: str | Path, db_options: dict[str, Any], auto_repair: bool = True,
+                 hedge_after: float | str | None = "auto") -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._db_options = dict(db_options)
         self.auto_repair = auto_repair
+        self.hedge_after = hedge_after
         self._lock = threading.RLock()
         self._open: dict[str, DistributedCollection] = {}
         self._closed = False
@@ -445,10 +476,15 @@ class DistributedCollection(CollectionAPI):
         self._repair_lock = threading.Lock()
         self._closing = False
         self._acked = np.zeros((self.shards, self.replicas), np.int64)  # the newest write each replica acknowledged
-        actor = _actor_class()
-        self._actors = [[actor.remote(str(db.path / name / f"shard-{s}" / f"replica-{r}"), db._db_options)
-                         for r in range(self.replicas)] for s in range(self.shards)]
+        self._read_seconds: dict[str, deque] = {}  # recent unhedged reads' durations, by method (hedge_after="auto")
+        self.hedged_reads = 0
+        self._groups: list[Any] = []
+        self._actors = []
         try:
+            self._groups = self._place()
+            self._actors = [[_actor_class().options(scheduling_strategy=self._bundle(s, r)).remote(
+                str(db.path / name / f"shard-{s}" / f"replica-{r}"), db._db_options)
+                for r in range(self.replicas)] for s in range(self.shards)]
             opened = [a.open.remote(name, spec["create"] if create else None) for row in self._actors for a in row]
             self._get(ray, opened)
             self._nodes = [self._get(ray, [a.node_id.remote() for a in row]) for row in self._actors]
@@ -458,6 +494,27 @@ class DistributedCollection(CollectionAPI):
         created = spec["create"]
         self.dim, self.metric = created.get("dim"), created.get("metric", "cosine")
 
+    def _place(self) -> list[Any]:
+        """One placement group per shard, a bundle per replica, spread: Ray puts a shard's replicas on different
+        nodes where there are enough (one node failing then takes at most one replica of each shard), on the same
+        node otherwise."""
+        ray = _ray()
+        from ray.util.placement_group import placement_group
+        groups = [placement_group([dict(BUNDLE)] * self.replicas, strategy="SPREAD") for _ in range(self.shards)]
+        ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=PLACEMENT_TIMEOUT)
+        if len(ready) < len(groups):
+            for group in groups:
+                ray.util.remove_placement_group(group)
+            raise ClusterUnavailableError(f"the Ray cluster could not place {self.shards} x {self.replicas} replicas "
+                                          f"within {PLACEMENT_TIMEOUT:.0f} s (each needs {BUNDLE})")
+        return groups
+
+    def _bundle(self, s: int, r: int) -> Any:
+        """Where replica r of shard s runs: its bundle of the shard's placement group (which Ray moves to a live
+        node when its node dies)."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        return PlacementGroupSchedulingStrategy(self._groups[s], placement_group_bundle_index=r)
+
     # ---- calls to the replicas -----------------------------------------------------------------------------------
     @staticmethod
     def _get(ray: Any, refs: Any) -> Any:
@@ -466,12 +523,14 @@ class DistributedCollection(CollectionAPI):
         except ray.exceptions.RayTaskError as exc:
             raise _unwrap(ray, exc) from None
 
-    def _pick(self, shard: int) -> int | None:
-        """The live replica of ``shard`` with the fewest calls in flight (None: no live replica)."""
+    def _pick(self, shard: int, skip: int = -1) -> int | None:
+        """The live replica of ``shard`` (other than ``skip``) with the fewest calls in flight (None: none)."""
         with self._lock:
             busy = np.where(self._dead[shard], np.iinfo(np.int64).max, self._busy[shard])
+            if skip >= 0:
+                busy[skip] = np.iinfo(np.int64).max
             r = int(np.argmin(busy))
-            if self._dead[shard, r]:
+            if self._dead[shard, r] or r == skip:
                 return None
             self._busy[shard, r] += 1
             return r
@@ -503,39 +562,90 @@ class DistributedCollection(CollectionAPI):
         with self._lock:
             self._busy[shard, r] -= 1
 
+    def _done_later(self, shard: int, r: int, ref: Any) -> None:
+        """:meth:`_done` once the call ``ref``, whose answer is no longer waited for, ends: until then it is still
+        that replica's load (a stalled replica is not picked again)."""
+        ref.future().add_done_callback(lambda _: self._done(shard, r))
+
     def _read(self, method: str, args_of: Callable[[int], tuple], kwargs: dict[str, Any],
               shards: list[int] | None = None) -> tuple[dict[int, Any], list[int]]:
         """``method`` on one live replica of each of ``shards`` (default all), in parallel; a replica found dead
-        is marked and the call goes to another. Returns ({shard: result}, shards with no live replica)."""
+        is marked and the call goes to another, and a shard still waiting after the hedge delay
+        (:meth:`_hedge_delay`) is asked of a second replica too, the first answer taken. Returns
+        ({shard: result}, shards with no live replica)."""
         ray = _ray()
         shards = list(range(self.shards)) if shards is None else shards
-        pending: dict[int, tuple[int, Any]] = {}
+        start = time.perf_counter()
+        calls: dict[int, list[tuple[int, Any, Any]]] = {}  # shard: its calls in flight (replica, actor, ref)
         missing: list[int] = []
-        for s in shards:
-            r = self._pick(s)
+
+        def send(s: int, skip: int = -1) -> bool:
+            r = self._pick(s, skip)
             if r is None:
+                return False
+            actor = self._actors[s][r]
+            calls.setdefault(s, []).append((r, actor, actor.read.remote(method, args_of(s), kwargs)))
+            return True
+
+        for s in shards:
+            if not send(s):
                 missing.append(s)
-            else:
-                actor = self._actors[s][r]
-                pending[s] = (r, actor, actor.read.remote(method, args_of(s), kwargs))
         results: dict[int, Any] = {}
-        for s, (r, actor, ref) in pending.items():
-            while True:
-                try:
-                    results[s] = self._get(ray, ref)
-                    break
-                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                    self._mark_dead(s, r, actor)
-                    r_next = self._pick(s)
-                    if r_next is None:
-                        missing.append(s)
-                        break
-                    actor = self._actors[s][r_next]
-                    ref = actor.read.remote(method, args_of(s), kwargs)
-                finally:
+        hedge = self._hedge_delay(method)
+        hedged = False
+        try:
+            while calls:
+                refs = [ref for shard_calls in calls.values() for _, _, ref in shard_calls]
+                if hedged or hedge is None:
+                    ready, _ = ray.wait(refs, num_returns=1)
+                else:
+                    ready, _ = ray.wait(refs, num_returns=len(refs),
+                                        timeout=max(0.0, start + hedge - time.perf_counter()))
+                    if not ready:  # past the hedge delay: a second replica for every shard still waiting
+                        hedged = True
+                        for s, shard_calls in calls.items():
+                            if len(shard_calls) == 1 and send(s, skip=shard_calls[0][0]):
+                                self.hedged_reads += 1
+                        continue
+                for ref in ready:
+                    s, call = next(((s, c) for s, shard_calls in calls.items() for c in shard_calls
+                                    if c[2] is ref), (None, None))
+                    if call is None:  # its shard was answered by the other replica in this same round
+                        continue
+                    r, actor, _ = call
+                    calls[s].remove(call)
                     self._done(s, r)
-                r = r_next
+                    try:
+                        results[s] = self._get(ray, ref)
+                    except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                        self._mark_dead(s, r, actor)
+                        if not calls[s] and not send(s):
+                            missing.append(s)
+                        if not calls[s]:
+                            del calls[s]
+                        continue
+                    for r_other, _, ref_other in calls.pop(s):  # the slower replica's answer is not waited for
+                        self._done_later(s, r_other, ref_other)
+        finally:  # (when a replica raised, the calls still in flight)
+            for s, shard_calls in calls.items():
+                for r, _, ref in shard_calls:
+                    self._done_later(s, r, ref)
+        if not hedged:
+            self._read_seconds.setdefault(method, deque(maxlen=HEDGE_WINDOW)).append(time.perf_counter() - start)
         return results, sorted(missing)
+
+    def _hedge_delay(self, method: str) -> float | None:
+        """Seconds after which a read of ``method`` still waiting is hedged (``hedge_after`` of :func:`connect`);
+        None: never (or no shard has a second replica)."""
+        setting = self._db.hedge_after
+        if setting is None or self.replicas == 1:
+            return None
+        if setting != "auto":
+            return float(setting)
+        recent = self._read_seconds.get(method)
+        if recent is None or len(recent) < HEDGE_MIN_SAMPLES:
+            return HEDGE_DEFAULT
+        return max(HEDGE_FLOOR, float(np.percentile(np.fromiter(recent, float), 95)))
 
     def _write(self, method: str, args_of: Callable[[int], tuple], kwargs: dict[str, Any], shards: list[int],
                kwargs_of: Callable[[int], dict[str, Any]] | None = None) -> dict[int, Any]:
@@ -629,7 +739,8 @@ class DistributedCollection(CollectionAPI):
                 if actor is None:
                     # the copy runs after every write already sent to the source (Ray keeps one caller's order)
                     copy = self._actors[s][live[0]].copy.remote()
-                    actor = _actor_class().remote(folder, self._db._db_options, copy)
+                    actor = _actor_class().options(scheduling_strategy=self._bundle(s, r)).remote(
+                        folder, self._db._db_options, copy)
                     self._get(ray, actor.open.remote(self.name, None))
                     how = {"shard": s, "replica": r, "from": f"a copy of replica {live[0]}"}
                 node = self._get(ray, actor.node_id.remote())
@@ -671,6 +782,9 @@ class DistributedCollection(CollectionAPI):
                 except Exception:  # noqa: BLE001 - a dead or stuck replica: its log makes it durable anyway
                     pass
                 ray.kill(actor)
+        for group in self._groups:
+            ray.util.remove_placement_group(group)
+        self._groups = []
 
     def _route(self, ids: list[str]) -> dict[int, list[int]]:
         """{shard: positions in ``ids``} of the ids' shards."""
@@ -690,7 +804,8 @@ class DistributedCollection(CollectionAPI):
         return {**first, "name": self.name, "count": sum(p["count"] for p in per_shard.values()),
                 "shards": self.shards, "replicas": self.replicas, "oversample": self.oversample,
                 "shard_counts": {s: p["count"] for s, p in sorted(per_shard.items())},
-                "dead_replicas": [[int(s), int(r)] for s, r in np.argwhere(self._dead)], "missing_shards": missing}
+                "dead_replicas": [[int(s), int(r)] for s, r in np.argwhere(self._dead)], "missing_shards": missing,
+                "hedged_reads": self.hedged_reads}
 
     def count(self) -> int:
         counts, missing = self._read("count", lambda s: (), {})
