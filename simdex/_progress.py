@@ -16,10 +16,11 @@ class _NoBar:
         pass
 
 
-def progress_bar(total: int, desc: str, enabled: bool | None = None, unit: str = "vec") -> Any:
-    """A tqdm bar, or a no-op object. ``enabled=None`` shows it for large jobs when stderr is a terminal."""
+def progress_bar(total: int | None, desc: str, enabled: bool | None = None, unit: str = "vec") -> Any:
+    """A tqdm bar, or a no-op object. ``enabled=None`` shows it for large jobs (or of unknown size: ``total``
+    None) when stderr is a terminal."""
     if enabled is None:
-        enabled = total >= AUTO_THRESHOLD and sys.stderr.isatty()
+        enabled = (total is None or total >= AUTO_THRESHOLD) and sys.stderr.isatty()
     if not enabled:
         return _NoBar()
     try:

@@ -126,6 +126,36 @@ def test_import_parquet_routes_the_rows_to_their_shards(cluster, records, tmp_pa
     db.drop_collection("imported")
 
 
+def test_import_dataset_upserts_a_ray_dataset_read_in_parallel(cluster, records):
+    """A ``ray.data.Dataset`` (here transformed by ``map_batches`` in Ray tasks) is read a batch at a time and its
+    rows go to their shards; a dataset without an id column is refused, naming the columns it has."""
+    pa = pytest.importorskip("pyarrow")
+    ray_data = pytest.importorskip("ray.data")
+    db = cluster[0]
+    ids, x, meta, docs, _ = records
+    n = 500
+    table = pa.table({"id": ids[:n], "vector": pa.FixedSizeListArray.from_arrays(pa.array(x[:n].ravel()), 384),
+                      "document": docs[:n], "n": [m["n"] for m in meta[:n]]})
+
+    def tagged(batch):  # a transformation run in Ray's tasks: one more metadata column
+        return batch.append_column("half", pa.array([v % 2 for v in batch.column("n").to_pylist()]))
+
+    dataset = ray_data.from_arrow(table).repartition(4).map_batches(tagged, batch_format="pyarrow")
+    col = db.create_collection("from-ray", 384, "cosine", index="flat", shards=2, replicas=1)
+    assert col.import_dataset(dataset, batch_size=128) == n
+    expect = {s: sum(distributed.shard_of(i, 2) == s for i in ids[:n]) for s in (0, 1)}
+    assert col.stats()["shard_counts"] == expect
+    got = col.get(ids[:n], include=["metadatas", "documents", "embeddings"])
+    assert [(r["id"], r["metadata"], r["document"]) for r in got] == [
+        (i, {"n": m["n"], "half": m["n"] % 2}, d) for i, m, d in zip(ids[:n], meta[:n], docs[:n])]
+    normed = x[:n] / np.linalg.norm(x[:n], axis=1, keepdims=True)
+    np.testing.assert_allclose(np.array([r["embedding"] for r in got]), normed, atol=1e-6)
+    with pytest.raises(InvalidInputError, match="no column 'id'.*document"):
+        col.import_dataset(ray_data.from_arrow(table.drop(["id"])))
+    assert col.count() == n
+    db.drop_collection("from-ray")
+
+
 def test_missing_ray_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ClusterUnavailableError, match=r"simdex\[ray\]"):

@@ -596,7 +596,9 @@ class DistributedCollection(CollectionAPI):
         try:
             while calls:
                 refs = [ref for shard_calls in calls.values() for _, _, ref in shard_calls]
-                if hedged or hedge is None:
+                if hedge is None:  # each answer in turn: the get alone, no wait call before it
+                    ready = refs[:1]
+                elif hedged:
                     ready, _ = ray.wait(refs, num_returns=1)
                 else:
                     ready, _ = ray.wait(refs, num_returns=len(refs),

@@ -147,6 +147,29 @@ class CollectionAPI(ABC):
             bar.close()
         return done
 
+    def import_dataset(self, dataset: Any, *, id_column: str = "id", vector_column: str | None = "vector",
+                       document_column: str = "document", batch_size: int = 10_000,
+                       progress: bool | None = None) -> int:
+        """Upsert every record of the ``ray.data.Dataset`` ``dataset`` (columns as in :meth:`import_parquet`),
+        ``batch_size`` rows per upsert; returns how many were written. Ray reads and transforms the dataset's
+        blocks in parallel across its cluster (``ray.data.read_parquet``, ``map_batches``, ...) while each batch
+        is upserted (in a distributed collection, to its shards in parallel). The batches before a bad one stay
+        written; the error names the rows. A progress bar shows on a terminal (``progress`` True/False)."""
+        from .._progress import progress_bar
+        from .._validate import check_positive_int
+        from .importing import dataset_batches
+        batch_size = check_positive_int(batch_size, "batch_size")
+        batches = dataset_batches(dataset, id_column=id_column, vector_column=vector_column,
+                                  document_column=document_column, batch_size=batch_size)
+        bar = progress_bar(None, f"import into {self.name!r}", progress, unit="rec")  # (counting would run it)
+        done = 0
+        try:
+            for batch in batches:
+                done += self.upsert(batch.ids, batch.vectors, batch.metadatas, batch.documents)
+                bar.update(len(batch.ids))
+        finally:
+            bar.close()
+        return done
 
     @abstractmethod
     def add_field(self, name: str, spec: dict[str, Any] | None = None, *, embedder: Any = None) -> dict[str, Any]:

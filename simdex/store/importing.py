@@ -1,4 +1,5 @@
-"""Records read from Parquet files a batch at a time: :meth:`CollectionAPI.import_parquet` and ``simdex import``.
+"""Records read from Parquet files (or a ``ray.data.Dataset``) a batch at a time: :meth:`CollectionAPI.import_parquet`,
+:meth:`CollectionAPI.import_dataset` and ``simdex import``.
 
 A file holds one record per row: an id column, a vector column (a list of numbers per row; absent, or null in a
 row, where the collection embeds the document), a document column, and metadata: the ``metadata`` column (a JSON
@@ -61,6 +62,8 @@ def _vectors(column: Any, where: str) -> np.ndarray | list[Any]:
     if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
             or pa.types.is_fixed_size_list(column.type)):
         raise InvalidInputError(f"{where}: the vector column holds {column.type}, not lists of numbers")
+    if isinstance(column, pa.ChunkedArray):  # a table's column (a dataset's batch): one array
+        column = column.combine_chunks()
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     valid = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
     dims = np.unique(lengths[valid])
@@ -89,24 +92,43 @@ def parquet_batches(path: str | Path, *, id_column: str = "id", vector_column: s
     path = Path(path)
     with open_binary(path) as f:
         reader = _pyarrow().ParquetFile(f)
-        names = reader.schema_arrow.names
-        if id_column not in names:
-            raise InvalidInputError(f"{path}: no column {id_column!r} (columns: {', '.join(names)})")
-        own = {id_column, document_column, *([vector_column] if vector_column else [])}
-        others = [c for c in names if c not in own]
         row = 0
         for batch in reader.iter_batches(batch_size=batch_size):
-            where = f"{path}: rows {row}-{row + batch.num_rows - 1}"
-            ids = [str(i) for i in batch.column(id_column).to_pylist()]
-            vectors = _vectors(batch.column(vector_column), where) \
-                if vector_column and vector_column in names else None
-            documents = batch.column(document_column).to_pylist() if document_column in names else None
-            if "metadata" in others:
-                metadatas = [metadata_value(v, f"{path}: row {row + j}")
-                             for j, v in enumerate(batch.column("metadata").to_pylist())]
-            elif others:
-                metadatas = batch.select(others).to_pylist()
-            else:
-                metadatas = [{} for _ in ids]
+            yield table_records(batch, str(path), row, id_column, vector_column, document_column)
             row += batch.num_rows
-            yield RecordBatch(ids, vectors, metadatas, documents)
+
+
+def dataset_batches(dataset: Any, *, id_column: str = "id", vector_column: str | None = "vector",
+                    document_column: str = "document", batch_size: int = 4096) -> Iterator[RecordBatch]:
+    """The records of a ``ray.data.Dataset`` (or anything with its ``iter_batches``), ``batch_size`` at a time,
+    its columns read as a Parquet file's are (:func:`parquet_batches`). Ray reads and transforms the blocks in
+    parallel on the cluster while the batches are consumed here."""
+    if not hasattr(dataset, "iter_batches"):
+        raise InvalidInputError(f"expected a ray.data.Dataset, got {type(dataset).__name__}")
+    row = 0
+    for batch in dataset.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+        yield table_records(batch, "dataset", row, id_column, vector_column, document_column)
+        row += batch.num_rows
+
+
+def table_records(batch: Any, source: str, row: int, id_column: str, vector_column: str | None,
+                  document_column: str) -> RecordBatch:
+    """The records of a pyarrow table or record batch whose first row is row ``row`` of ``source`` (named in
+    errors): see the module docstring for its columns."""
+    names = batch.schema.names
+    if id_column not in names:
+        raise InvalidInputError(f"{source}: no column {id_column!r} (columns: {', '.join(names)})")
+    where = f"{source}: rows {row}-{row + batch.num_rows - 1}"
+    own = {id_column, document_column, *([vector_column] if vector_column else [])}
+    others = [c for c in names if c not in own]
+    ids = [str(i) for i in batch.column(id_column).to_pylist()]
+    vectors = _vectors(batch.column(vector_column), where) if vector_column and vector_column in names else None
+    documents = batch.column(document_column).to_pylist() if document_column in names else None
+    if "metadata" in others:
+        metadatas = [metadata_value(v, f"{source}: row {row + j}")
+                     for j, v in enumerate(batch.column("metadata").to_pylist())]
+    elif others:
+        metadatas = batch.select(others).to_pylist()
+    else:
+        metadatas = [{} for _ in ids]
+    return RecordBatch(ids, vectors, metadatas, documents)
