@@ -1,6 +1,6 @@
 """Distributed collections on several Ray nodes (simulated on this machine by ``ray.cluster_utils.Cluster``): the
-replicas of a shard are placed on different nodes, and when a node goes, the other replicas answer and repair
-places a new copy on a live node."""
+replicas of a shard are placed on different nodes (and reopened on the node that holds their files), and when a
+node goes, the other replicas answer and repair places a new copy on a live node."""
 
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ def test_replicas_sit_on_different_nodes_and_survive_one_going(two_nodes, tmp_pa
     col = db.create_collection("spread", 384, "cosine", index="flat", shards=2, replicas=2)
     assert all(len(set(nodes)) == 2 for nodes in col._nodes)  # each shard: one replica per node
     col.upsert(ids, x)
+    placed = [list(nodes) for nodes in col._nodes]
+    db.close()
+    # reopened (as a new process would): each replica starts on the node that holds its files
+    db = distributed.connect(tmp_path / "db", auto_repair=False)
+    col = db.get_collection("spread")
+    assert col._nodes == placed and not col._dead.any()
     expected = [h["id"] for h in col.search(query, 10)]
     assert expected == [ids[i] for i in datasets.brute_force_knn(x, query[None], 10, "cosine")[0]]
     gone = worker.node_id

@@ -283,6 +283,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                      help="comma-separated: embedder (fidelity, speed), import, retrieval (IR sets), demo")
     emb.add_argument("--import-docs", type=int, default=10_000, help="glosses in the import part")
     emb.add_argument("--out", default="bench-results", help="folder for embed.json")
+    gpu = sub.add_parser("gpu", help="exact GPU search: batch-1 bytes/s against a device copy, batch-1024 QPS "
+                                     "against naive torch (synthetic data made on the device)")
+    gpu.add_argument("--n", type=int, default=1_000_000)
+    gpu.add_argument("--dim", type=int, default=384)
+    gpu.add_argument("--dtype", default="float16", choices=("float32", "float16", "bfloat16"))
+    gpu.add_argument("--batch", type=int, default=1024)
+    gpu.add_argument("--k", default="10,100", help="comma-separated k values")
+    gpu.add_argument("--repeats", type=int, default=5)
+    gpu.add_argument("--device", default="auto")
+    gpu.add_argument("--out", default="bench-results", help="folder for gpu.json")
     return parser
 
 
@@ -379,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
                                alpha=args.alpha, M=args.M, ef_construction=args.ef_construction,
                                threads=args.threads, libs=tuple(args.libs.split(",")))
         _record(streaming, report, args.out, argv)
+        return 0
+    if args.bench == "gpu":
+        from . import gpu as gpu_bench
+        report = gpu_bench.run(args.n, args.dim, args.dtype, args.batch, tuple(int(k) for k in args.k.split(",")),
+                               args.repeats, args.device)
+        _record(gpu_bench, report, args.out, argv)
         return 0
     if args.bench == "calls":
         from . import calls as calls_bench

@@ -393,7 +393,7 @@ class DistributedDatabase(DatabaseAPI):
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
-            manifest["collections"][name] = spec
+            manifest["collections"][name] = {**spec, "nodes": col._nodes}
             write_json(self.path / MANIFEST, manifest)
             self._open[name] = col
             return col
@@ -411,6 +411,16 @@ class DistributedDatabase(DatabaseAPI):
 
     def list_collections(self) -> list[str]:
         return sorted(self._manifest()["collections"])
+
+    def _record_nodes(self, name: str, nodes: list[list[str]]) -> None:
+        """Keep in the manifest the node each replica of collection ``name`` runs on (where its files are), for
+        :meth:`DistributedCollection._place` when it is reopened."""
+        with self._lock:
+            manifest = self._manifest()
+            spec = manifest["collections"].get(name)
+            if spec is not None and spec.get("nodes") != nodes:
+                spec["nodes"] = [list(row) for row in nodes]
+                write_json(self.path / MANIFEST, manifest)
 
     def drop_collection(self, name: str) -> None:
         with self._lock:
@@ -481,26 +491,45 @@ class DistributedCollection(CollectionAPI):
         self._groups: list[Any] = []
         self._actors = []
         try:
-            self._groups = self._place()
+            self._groups = self._place(None if create else spec.get("nodes"))
             self._actors = [[_actor_class().options(scheduling_strategy=self._bundle(s, r)).remote(
                 str(db.path / name / f"shard-{s}" / f"replica-{r}"), db._db_options)
                 for r in range(self.replicas)] for s in range(self.shards)]
-            opened = [a.open.remote(name, spec["create"] if create else None) for row in self._actors for a in row]
-            self._get(ray, opened)
+            opened = [[a.open.remote(name, spec["create"] if create else None) for a in row] for row in self._actors]
             self._nodes = [self._get(ray, [a.node_id.remote() for a in row]) for row in self._actors]
+            for s, row in enumerate(opened):
+                errors = []
+                for r, ref in enumerate(row):
+                    try:
+                        self._get(ray, ref)
+                    except CollectionNotFoundError as exc:  # reopened on a node without its files: repair copies
+                        errors.append(exc)
+                        self._dead[s, r] = True
+                if len(errors) == self.replicas:
+                    raise errors[0]
         except BaseException:
             self._shutdown()
             raise
+        db._record_nodes(name, self._nodes)
+        if self._dead.any():
+            self._mark_dead(*next((int(s), int(r)) for s, r in np.argwhere(self._dead)), None)
         created = spec["create"]
         self.dim, self.metric = created.get("dim"), created.get("metric", "cosine")
 
-    def _place(self) -> list[Any]:
+    def _place(self, nodes: list[list[str]] | None) -> list[Any]:
         """One placement group per shard, a bundle per replica, spread: Ray puts a shard's replicas on different
         nodes where there are enough (one node failing then takes at most one replica of each shard), on the same
-        node otherwise."""
+        node otherwise. Reopening, each bundle is pinned to the node its replica ran on (``nodes``, from the
+        manifest), where its files are, while that node is alive."""
         ray = _ray()
-        from ray.util.placement_group import placement_group
-        groups = [placement_group([dict(BUNDLE)] * self.replicas, strategy="SPREAD") for _ in range(self.shards)]
+        from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")} if nodes else set()
+        groups = []
+        for s in range(self.shards):
+            pins = [{NODE_ID_LABEL_KEY: node} if node in alive else {}
+                    for node in (nodes[s] if nodes and len(nodes[s]) == self.replicas else [None] * self.replicas)]
+            groups.append(placement_group([dict(BUNDLE)] * self.replicas, strategy="SPREAD",
+                                          bundle_label_selector=pins))
         ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=PLACEMENT_TIMEOUT)
         if len(ready) < len(groups):
             for group in groups:
@@ -537,9 +566,9 @@ class DistributedCollection(CollectionAPI):
 
     def _mark_dead(self, shard: int, r: int, actor: Any) -> None:
         """Leave replica r of ``shard`` out from now on, unless it was replaced (:meth:`repair`) since ``actor``,
-        the one that failed, was called."""
+        the one that failed, was called (None: whichever runs now)."""
         with self._lock:
-            if self._actors[shard][r] is not actor or self._dead[shard, r]:
+            if actor is not None and (self._actors[shard][r] is not actor or self._dead[shard, r]):
                 return
             self._dead[shard, r] = True
             if self._db.auto_repair and not self._closing and (self._repairer is None or
@@ -753,6 +782,8 @@ class DistributedCollection(CollectionAPI):
                     self._dead[s, r] = False
                 replaced.append((s, r))
                 self.last_repair.append(how)
+        if replaced:
+            self._db._record_nodes(self.name, self._nodes)
         return replaced
 
     def _restart(self, s: int, r: int, folder: str, missed: list[tuple[str, tuple, dict[str, Any]]]) -> Any:

@@ -1,0 +1,242 @@
+"""Exact k-NN on a GPU (or torch's CPU device): :class:`GPUFlatIndex`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
+from .._validate import check_dim, check_metric, check_positive_int
+from ._kernels import scan_topk_kernel, unpack_keys
+
+DTYPES = ("float32", "float16", "bfloat16")
+# the fused kernel's k-selection keeps k keys per query in registers: beyond this k the torch path selects
+MAX_KERNEL_K = 128
+_TILE_BYTES = 256 << 20  # of float32 distances per tile on the torch path
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise InvalidInputError("simdex.gpu needs torch (and triton for the fused kernel on CUDA): "
+                                "pip install 'simdex[gpu]'") from None
+    return torch
+
+
+def resolve_device(device: str) -> tuple[Any, str]:
+    """(torch device, how it was chosen) for ``device``: "auto" (CUDA when torch sees one, else the CPU, said in
+    the second item), "cuda", "cuda:N" or "cpu". "cuda" without a usable GPU raises InvalidInputError."""
+    torch = _torch()
+    if not isinstance(device, str):
+        raise InvalidTypeError(f"device must be a str ('auto', 'cuda', 'cuda:N' or 'cpu'); got {device!r}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda"), "auto: cuda"
+        return torch.device("cpu"), "auto: cpu (torch sees no CUDA device)"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InvalidInputError(f"unknown device {device!r}; use 'auto', 'cuda', 'cuda:N' or 'cpu'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device!r}: torch sees no CUDA device (torch {torch.__version__}, built "
+                                f"with CUDA {torch.version.cuda}); use device='auto' to fall back to the CPU")
+    if dev.type not in ("cuda", "cpu"):
+        raise InvalidInputError(f"device {device!r}: simdex.gpu runs on 'cuda' or 'cpu'")
+    return dev, device
+
+
+class GPUFlatIndex:
+    """Exact k-NN with the vectors in a torch device's memory.
+
+    Parameters
+    ----------
+    dim : int
+    metric : {"l2", "ip", "cosine"}
+        Distances follow :mod:`simdex.metrics` (squared L2; ``1 - <q, x>``; ``1 - cos``).
+    dtype : {"float32", "float16", "bfloat16"}
+        Storage of the vectors (distances are accumulated in float32 whatever it is).
+    device : str, default "auto"
+        "cuda" (or "cuda:N"), "cpu", or "auto": CUDA when torch sees one, else the CPU (``info()`` says which).
+    kernel : {"auto", "triton", "torch"}
+        How a search runs: "triton" is the fused scan-and-select kernel (:mod:`simdex.gpu._kernels`; on the CPU
+        only under ``TRITON_INTERPRET=1``), "torch" a tiled matrix product and ``torch.topk`` per tile; "auto"
+        picks the kernel on CUDA for k <= 128, torch otherwise.
+
+    ``add`` and ``search`` take numpy arrays or torch tensors. A tensor already on the index's device is used
+    where it is (no copy through the host); a tensor on another device is refused, naming both. Search returns
+    ``(distances float32 (nq, k), ids int64 (nq, k))`` ascending, as numpy arrays or, with ``output="torch"``,
+    tensors on the index's device.
+    """
+
+    def __init__(self, dim: int, metric: str = "l2", *, dtype: str = "float32", device: str = "auto",
+                 kernel: str = "auto") -> None:
+        torch = _torch()
+        self.dim = check_dim(dim)
+        self.metric = check_metric(metric)
+        if dtype not in DTYPES:
+            raise InvalidInputError(f"dtype must be one of {DTYPES}; got {dtype!r}")
+        if kernel not in ("auto", "triton", "torch"):
+            raise InvalidInputError(f"kernel must be 'auto', 'triton' or 'torch'; got {kernel!r}")
+        self.dtype = dtype
+        self.kernel = kernel
+        self.device, self.device_choice = resolve_device(device)
+        self._torch_dtype = getattr(torch, dtype)
+        self._x = torch.empty((0, self.dim), dtype=self._torch_dtype, device=self.device)
+        self._sqnorms = torch.empty(0, dtype=torch.float32, device=self.device)
+        self._ids = torch.empty(0, dtype=torch.int64, device=self.device)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def ntotal(self) -> int:
+        return self._n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of device memory held: vectors (with spare capacity), norms and ids."""
+        return int(sum(t.element_size() * t.numel() for t in (self._x, self._sqnorms, self._ids)))
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": "GPUFlatIndex", "dim": self.dim, "metric": self.metric, "dtype": self.dtype,
+                "count": self._n, "device": str(self.device), "device_choice": self.device_choice,
+                "kernel": self.kernel, "nbytes": self.nbytes}
+
+    # ---- input ---------------------------------------------------------------------------------------------------
+    def _rows(self, x: Any, name: str) -> Any:
+        """``x`` (n, dim) as a float tensor on the index's device, checked: finite, of this dimension; numpy
+        arrays are copied to the device, tensors elsewhere are refused."""
+        torch = _torch()
+        if isinstance(x, torch.Tensor):
+            if x.device != self.device:
+                raise InvalidInputError(f"{name} are on device {x.device}, the index on {self.device}: move them "
+                                        f"(tensor.to({str(self.device)!r})) or give a numpy array")
+            if not (x.is_floating_point()):
+                raise InvalidTypeError(f"{name} must hold floats (float16, bfloat16, float32 or float64); got "
+                                       f"{x.dtype}")
+            t = x
+        else:
+            arr = np.asarray(x)
+            if arr.dtype.kind not in "fiu":
+                raise InvalidTypeError(f"{name} must be numeric; got dtype {arr.dtype}")
+            t = torch.from_numpy(np.ascontiguousarray(arr, np.float32)).to(self.device)
+        if t.ndim == 1:
+            t = t.reshape(1, -1)
+        if t.ndim != 2:
+            raise InvalidInputError(f"{name} must be 2-D (n, {self.dim}); got shape {tuple(t.shape)}")
+        if t.shape[1] != self.dim:
+            raise DimensionMismatchError(f"{name} have dimension {t.shape[1]}, the index {self.dim}")
+        bad = ~torch.isfinite(t).all(dim=1)
+        if bool(bad.any()):
+            row = int(torch.nonzero(bad)[0, 0])
+            raise InvalidInputError(f"{name} hold NaN or inf (row {row})")
+        t = t.to(torch.float32)
+        if self.metric == "cosine":
+            norms = torch.linalg.vector_norm(t, dim=1, keepdim=True)
+            if bool((norms == 0).any()):
+                raise InvalidInputError(f"{name} hold a zero vector, which has no cosine")
+            t = t / norms
+        return t
+
+    # ---- writes --------------------------------------------------------------------------------------------------
+    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+        """Add vectors (n, dim); returns their int64 ids (``ids``, or the next free ones)."""
+        torch = _torch()
+        x = self._rows(vectors, "vectors")
+        n = x.shape[0]
+        if ids is None:
+            new_ids = np.arange(self._n, self._n + n, dtype=np.int64)
+        else:
+            new_ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
+            if new_ids.shape != (n,) or new_ids.dtype.kind not in "iu":
+                raise InvalidInputError(f"ids must be {n} integers; got shape {new_ids.shape} {new_ids.dtype}")
+            new_ids = new_ids.astype(np.int64)
+        stored = x.to(self._torch_dtype)
+        sq = (stored.to(torch.float32) ** 2).sum(dim=1)  # of the stored (rounded) vectors: exact L2 on them
+        self._x = torch.cat([self._x[:self._n], stored])
+        self._sqnorms = torch.cat([self._sqnorms[:self._n], sq])
+        self._ids = torch.cat([self._ids[:self._n], torch.from_numpy(new_ids).to(self.device)])
+        self._n += n
+        return new_ids
+
+    # ---- search --------------------------------------------------------------------------------------------------
+    def search(self, queries: Any, k: int, *, output: str = "numpy") -> tuple[Any, Any]:
+        """The k nearest stored vectors of each query: (distances (nq, k) float32, ids (nq, k) int64)."""
+        torch = _torch()
+        if output not in ("numpy", "torch"):
+            raise InvalidInputError(f"output must be 'numpy' or 'torch'; got {output!r}")
+        k = check_positive_int(k, "k")
+        if k > self._n:
+            raise InvalidInputError(f"k={k} is larger than the index ({self._n} vectors)")
+        q = self._rows(queries, "queries")
+        use_kernel = self.kernel == "triton" or (self.kernel == "auto" and self.device.type == "cuda"
+                                                 and k <= MAX_KERNEL_K)
+        if use_kernel and k > MAX_KERNEL_K:
+            raise InvalidInputError(f"kernel='triton' selects at most k={MAX_KERNEL_K}; got {k}")
+        with torch.no_grad():
+            dist, rows = (self._search_kernel if use_kernel else self._search_torch)(q, k)
+            if self.metric == "l2":
+                dist = torch.clamp(dist + (q * q).sum(dim=1, keepdim=True), min=0.0)
+            else:
+                dist = 1.0 + dist
+            ids = torch.where(rows >= 0, self._ids[rows.clamp(min=0)], -1)
+        if output == "torch":
+            return dist, ids
+        return dist.cpu().numpy(), ids.cpu().numpy()
+
+    def _internal(self, q: Any, tile: Any, sqnorms: Any) -> Any:
+        torch = _torch()
+        if self.device.type == "cpu" and tile.dtype != torch.float32:
+            tile = tile.to(torch.float32)  # (half-precision matrix products are slow or missing on the CPU)
+        prod = (q.to(tile.dtype) @ tile.T).to(torch.float32)
+        return sqnorms[None, :] - 2.0 * prod if self.metric == "l2" else -prod
+
+    def _search_torch(self, q: Any, k: int) -> tuple[Any, Any]:
+        """Tiles of rows: a matrix product, then the k best of the tile and the k best so far."""
+        torch = _torch()
+        nq = q.shape[0]
+        tile_rows = max(k, _TILE_BYTES // (4 * max(nq, 1)))
+        best_d = torch.full((nq, 0), float("inf"), device=self.device)
+        best_r = torch.full((nq, 0), -1, dtype=torch.int64, device=self.device)
+        for start in range(0, self._n, tile_rows):
+            stop = min(self._n, start + tile_rows)
+            d = self._internal(q, self._x[start:stop], self._sqnorms[start:stop])
+            kk = min(k, stop - start)
+            td, tr = torch.topk(d, kk, dim=1, largest=False)
+            best_d = torch.cat([best_d, td], dim=1)
+            best_r = torch.cat([best_r, tr + start], dim=1)
+            if best_d.shape[1] > k:
+                best_d, at = torch.topk(best_d, k, dim=1, largest=False)
+                best_r = torch.gather(best_r, 1, at)
+        order = torch.argsort(best_d, dim=1, stable=True)
+        return torch.gather(best_d, 1, order), torch.gather(best_r, 1, order)
+
+    def _search_kernel(self, q: Any, k: int) -> tuple[Any, Any]:
+        """The fused kernel (:mod:`simdex.gpu._kernels`): each program's k best of a chunk of rows, then the k
+        best of the chunks' keys."""
+        torch = _torch()
+        nq = q.shape[0]
+        kk = max(16, 1 << (k - 1).bit_length())  # a power of two for tl.topk
+        block_q = 16 if nq <= 16 else 32
+        block_n = kk  # the kernel's tile of rows
+        block_d = 64 if self.dim >= 64 else max(16, 1 << (self.dim - 1).bit_length())
+        q_blocks = math.ceil(nq / block_q)
+        # enough programs to occupy the device: a single query splits the rows over about 4 per core
+        cores = torch.cuda.get_device_properties(self.device).multi_processor_count \
+            if self.device.type == "cuda" else 2
+        chunks = max(1, min(math.ceil(self._n / block_n), math.ceil(4 * cores / q_blocks)))
+        rows_per_chunk = math.ceil(math.ceil(self._n / chunks) / block_n) * block_n
+        chunks = math.ceil(self._n / rows_per_chunk)
+        qd = q.to(self._torch_dtype).contiguous()
+        x = self._x[:self._n].contiguous()
+        part = torch.empty((nq, chunks, kk), dtype=torch.int64, device=self.device)
+        scan_topk_kernel()[(q_blocks, chunks)](
+            qd, x, self._sqnorms, part, nq, self._n, self.dim, rows_per_chunk, chunks, qd.stride(0), x.stride(0),
+            IS_L2=self.metric == "l2", K=kk, BLOCK_Q=block_q, BLOCK_D=block_d,
+            IEEE=self.dtype == "float32")
+        keys = torch.topk(part.reshape(nq, chunks * kk), k, dim=1, largest=False, sorted=True).values
+        return unpack_keys(keys)

@@ -1,0 +1,148 @@
+"""simdex.gpu: the exact GPU index against numpy brute force on real data. CI has no GPU: the torch path runs on
+torch's CPU device, and the fused Triton kernel under the Triton interpreter (``TRITON_INTERPRET=1``) on small
+slices (the interpreter takes about a second per search there). Where torch sees a GPU, every test also runs on
+CUDA with the compiled kernel."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from simdex.errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
+
+from .conftest import _slice, numpy_knn
+
+torch = pytest.importorskip("torch")
+
+from simdex.gpu import GPUFlatIndex  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SETS = {"l2": "fashion-mnist-784", "cosine": "wordnet-minilm-384", "ip": "glove-50"}
+
+
+def _data(metric: str, n: int, nq: int):
+    ds = _slice(SETS[metric], n, nq)
+    return ds.base, ds.queries
+
+
+def _check(index, base, queries, k, metric, rounded=None):
+    """ids equal to brute force over the stored (possibly rounded) vectors, distances within 1e-3 relative."""
+    stored = base if rounded is None else base.astype(rounded).astype(np.float32)
+    d_ref, i_ref = numpy_knn(stored, queries, k, metric)
+    d, i = index.search(queries, k)
+    assert d.dtype == np.float32 and i.dtype == np.int64 and d.shape == i.shape == (queries.shape[0], k)
+    assert (i == i_ref).mean() >= 0.99  # (a tie broken the other way)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(d_ref).max())))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_torch_path_equals_brute_force(metric, device):
+    base, queries = _data(metric, 3000, 40)
+    index = GPUFlatIndex(base.shape[1], metric, device=device, kernel="torch")
+    assert index.info()["device"].startswith(device)
+    ids = index.add(base)
+    np.testing.assert_array_equal(ids, np.arange(3000))
+    _check(index, base, queries, 10, metric)
+    _check(index, base, queries, 100, metric)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_half_precision_storage_searches_the_rounded_vectors(device):
+    base, queries = _data("cosine", 2000, 20)
+    for dtype, rounded in (("float16", np.float16), ("bfloat16", None)):
+        index = GPUFlatIndex(384, "cosine", dtype=dtype, device=device, kernel="torch")
+        index.add(base)
+        assert index.nbytes < 2000 * 384 * 3
+        if rounded is not None:
+            unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+            _check(index, unit, queries, 10, "cosine", rounded)
+        else:  # bfloat16 (numpy has none): recall against the float32 truth
+            _, truth = numpy_knn(base, queries, 10, "cosine")
+            found = index.search(queries, 10)[1]
+            assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]) >= 0.9
+
+
+_KERNEL_RUN = """
+import sys
+import numpy as np
+from simdex.gpu import GPUFlatIndex
+folder, metric, k, dtype, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+base, queries = np.load(folder + "/base.npy"), np.load(folder + "/queries.npy")
+index = GPUFlatIndex(base.shape[1], metric, dtype=dtype, device=device, kernel="triton")
+index.add(base, ids=np.arange(base.shape[0]) * 7 + 3)
+d, i = index.search(queries, k)
+np.save(folder + "/d.npy", d)
+np.save(folder + "/i.npy", i)
+"""
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("metric, k, dtype", [("l2", 10, "float32"), ("cosine", 20, "float16")])
+def test_fused_kernel_equals_brute_force(tmp_path, metric, k, dtype, device):
+    """The Triton kernel: several chunks of several tiles each, a dimension that is not a multiple of its
+    block (glove's 50 as 64), k not a power of two, half-precision storage. On the CPU it runs in a process of
+    its own started with ``TRITON_INTERPRET=1``: the interpreter must be chosen before triton is first imported."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    n = 160 if device == "cpu" else 20000
+    base, queries = _data("ip" if metric == "l2" else metric, n, 3)  # glove-50 for l2: dimension 50
+    np.save(tmp_path / "base.npy", base)
+    np.save(tmp_path / "queries.npy", queries)
+    env = {**os.environ, "TRITON_INTERPRET": "1" if device == "cpu" else "0"}
+    done = subprocess.run([sys.executable, "-c", _KERNEL_RUN, str(tmp_path), metric, str(k), dtype, device],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    d, i = np.load(tmp_path / "d.npy"), np.load(tmp_path / "i.npy")
+    stored = base if dtype == "float32" else (
+        base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+    d_ref, i_ref = numpy_knn(stored, queries, k, metric)
+    assert (i == i_ref * 7 + 3).mean() >= 0.99
+    np.testing.assert_allclose(d, d_ref, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(d_ref).max())))
+
+
+def test_torch_tensors_in_and_out_and_bad_input():
+    base, queries = _data("l2", 500, 5)
+    index = GPUFlatIndex(784, "l2", device="auto", kernel="torch")
+    assert index.info()["device_choice"].startswith("auto: ")
+    index.add(torch.from_numpy(base).to(index.device))
+    d, i = index.search(torch.from_numpy(queries).to(index.device), 5, output="torch")
+    assert isinstance(d, torch.Tensor) and d.device == index.device and i.dtype == torch.int64
+    np.testing.assert_array_equal(i.cpu().numpy(), numpy_knn(base, queries, 5, "l2")[1])
+    n = len(index)
+    with pytest.raises(DimensionMismatchError, match="dimension 783"):
+        index.add(base[:, :783])
+    with pytest.raises(InvalidInputError, match=r"NaN or inf \(row 1\)"):
+        index.add(np.stack([base[0], np.full(784, np.nan, np.float32)]))
+    with pytest.raises(InvalidTypeError, match="floats"):
+        index.search(torch.zeros((1, 784), dtype=torch.int32, device=index.device), 5)
+    with pytest.raises(InvalidInputError, match="device meta"):
+        index.search(torch.zeros((1, 784), device="meta"), 5)
+    with pytest.raises(InvalidInputError, match=f"larger than the index \\({n} vectors\\)"):
+        index.search(queries, n + 1)
+    with pytest.raises(InvalidInputError, match="dtype"):
+        GPUFlatIndex(8, dtype="float64")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInputError, match="no CUDA device"):
+            GPUFlatIndex(8, device="cuda")
+    assert len(index) == n
+    np.testing.assert_array_equal(index.search(queries, 5)[1], i.cpu().numpy())
+
+
+def test_gpu_bench_runs_on_the_device_it_finds(tmp_path):
+    """`python -m simdex.bench gpu` (here on the CPU when there is no GPU): every point measured, the report
+    written."""
+    import json
+
+    from simdex.bench import __main__ as bench_main
+    assert bench_main.main(["gpu", "--n", "3000", "--dim", "32", "--batch", "8", "--k", "5", "--repeats", "1",
+                            "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    (point,) = report["points"]
+    assert report["n"] == 3000 and point["k"] == 5 and point["batch_qps"] > 0 and point["single_bytes_per_s"] > 0
+    assert report["command"].startswith("python -m simdex.bench gpu")
