@@ -146,3 +146,126 @@ def test_gpu_bench_runs_on_the_device_it_finds(tmp_path):
     (point,) = report["points"]
     assert report["n"] == 3000 and point["k"] == 5 and point["batch_qps"] > 0 and point["single_bytes_per_s"] > 0
     assert report["command"].startswith("python -m simdex.bench gpu")
+
+
+def _recall(found, truth):
+    return float(np.mean([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(found, truth)]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ivf_flat_lists_answer_as_the_cpu_ivf_with_the_same_centroids(device):
+    """GPUIVFIndex over flat lists, given the centroids of a CPU IVFIndex, probes the same lists and returns the
+    same neighbours; probing every list is exact."""
+    from simdex.quant import IVFIndex
+    from simdex.gpu import GPUIVFIndex
+    base, queries = _data("l2", 4000, 30)
+    cpu = IVFIndex(784, "l2", nlist=32, codec="flat", nprobe=4)
+    cpu.add(base)
+    gpu = GPUIVFIndex(784, "l2", nlist=32, codec="flat", nprobe=4, device=device, kernel="torch")
+    gpu.train(base, centroids=cpu.centroids)
+    gpu.add(base)
+    d_cpu, i_cpu = cpu.search(queries, 10)
+    d, i = gpu.search(queries, 10)
+    assert (i == i_cpu).mean() >= 0.99
+    np.testing.assert_allclose(d, d_cpu, rtol=1e-3)
+    assert gpu.info()["nlist"] == 32 and len(gpu) == 4000
+    d_all, i_all = gpu.search(queries, 10, nprobe=32)
+    d_ref, i_ref = numpy_knn(base, queries, 10, "l2")
+    assert (i_all == i_ref).mean() >= 0.99
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ivf_pq_lists_trained_on_the_device_reach_the_cpu_recall(device):
+    from simdex.quant import IVFIndex
+    from simdex.gpu import GPUIVFIndex
+    base, queries = _data("ip", 4000, 50)  # glove-50, searched by L2 here
+    _, truth = numpy_knn(base, queries, 10, "l2")
+    cpu = IVFIndex(50, "l2", nlist=32, codec="pq10", nprobe=8)
+    cpu.add(base)
+    gpu = GPUIVFIndex(50, "l2", nlist=32, codec="pq10", nprobe=8, device=device, kernel="torch")
+    gpu.train(base, iters=10)
+    gpu.add(base)
+    r_cpu, r_gpu = _recall(cpu.search(queries, 10)[1], truth), _recall(gpu.search(queries, 10)[1], truth)
+    assert r_gpu >= r_cpu - 0.05, (r_gpu, r_cpu)
+    reranked = GPUIVFIndex(50, "l2", nlist=32, codec="pq10", nprobe=8, rerank=50, device=device, kernel="torch")
+    reranked.train(base, centroids=gpu.centroids.cpu().numpy(), iters=10)
+    reranked.add(base)
+    d, i = reranked.search(queries, 10)
+    exact_lists = GPUIVFIndex(50, "l2", nlist=32, codec="flat", nprobe=8, device=device, kernel="torch")
+    exact_lists.train(base, centroids=gpu.centroids.cpu().numpy())
+    exact_lists.add(base)
+    # re-ranking 50 code candidates comes close to scanning the same lists exactly
+    r_exact = _recall(exact_lists.search(queries, 10)[1], truth)
+    assert r_gpu < _recall(i, truth) and _recall(i, truth) >= r_exact - 0.05, (_recall(i, truth), r_exact)
+    assert reranked.nbytes > gpu.nbytes  # (the float rows kept for re-ranking)
+    with pytest.raises(InvalidInputError, match="not divisible"):
+        GPUIVFIndex(50, codec="pq8", device=device)
+    with pytest.raises(InvalidInputError, match="rerank applies to PQ"):
+        GPUIVFIndex(50, codec="flat", rerank=10, device=device)
+
+
+def test_cpu_ivf_trains_with_a_torch_device():
+    """``IVFIndex(train_device=...)``: the coarse and PQ k-means on a torch device (the CPU's here), to a recall
+    no worse than the numpy training's; a CUDA device that is not there is named."""
+    from simdex.quant import IVFIndex
+    base, queries = _data("ip", 4000, 50)
+    _, truth = numpy_knn(base, queries, 10, "l2")
+    plain = IVFIndex(50, "l2", nlist=32, codec="pq10", nprobe=8)
+    plain.add(base)
+    on_torch = IVFIndex(50, "l2", nlist=32, codec="pq10", nprobe=8, train_device="cpu")
+    on_torch.add(base)
+    assert _recall(on_torch.search(queries, 10)[1], truth) >= _recall(plain.search(queries, 10)[1], truth) - 0.05
+    assert not np.array_equal(on_torch.centroids, plain.centroids)  # (another k-means ran)
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInputError, match="no CUDA device"):
+            IVFIndex(50, "l2", nlist=8, codec="pq10", train_device="cuda").add(base[:1000])
+
+
+_IVF_KERNEL_RUN = """
+import sys
+import numpy as np
+from simdex.gpu import GPUIVFIndex
+folder, device = sys.argv[1], sys.argv[2]
+base, queries = np.load(folder + "/base.npy"), np.load(folder + "/queries.npy")
+out = {}
+for metric in ("l2", "cosine"):
+    for codec, rerank in (("flat", 0), ("pq10", 0), ("pq10", 20)):
+        index = GPUIVFIndex(50, metric, nlist=8, codec=codec, nprobe=3, rerank=rerank, device=device,
+                            kernel="torch")
+        index.add(base)
+        for kernel in ("torch", "triton"):
+            index.kernel = kernel
+            d, i = index.search(queries, 10)
+            np.save(f"{folder}/{metric}-{codec}-{rerank}-{kernel}-d.npy", d)
+            np.save(f"{folder}/{metric}-{codec}-{rerank}-{kernel}-i.npy", i)
+"""
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ivf_list_scan_kernel_equals_the_torch_path(tmp_path, device):
+    """The fused list-scan kernel returns what the torch path does, for flat and PQ lists, L2 and cosine, with
+    and without re-ranking (on the CPU under the Triton interpreter, in a process of its own)."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    base, queries = _data("ip", 300 if device == "cpu" else 20000, 3)
+    np.save(tmp_path / "base.npy", base)
+    np.save(tmp_path / "queries.npy", queries)
+    env = {**os.environ, "TRITON_INTERPRET": "1" if device == "cpu" else "0"}
+    done = subprocess.run([sys.executable, "-c", _IVF_KERNEL_RUN, str(tmp_path), device], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("l2-flat-0", "l2-pq10-0", "l2-pq10-20", "cosine-flat-0", "cosine-pq10-0", "cosine-pq10-20"):
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}-triton-i.npy"),
+                                      np.load(tmp_path / f"{name}-torch-i.npy"), err_msg=name)
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}-triton-d.npy"),
+                                   np.load(tmp_path / f"{name}-torch-d.npy"), rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_gpu_ivf_bench_on_a_small_synthetic_set():
+    from simdex.bench import gpu as gpu_bench
+    report = gpu_bench.run_ivf(n=3000, dim=16, nlist=8, codec="pq4", rerank=16, nprobes=(2, 8), batch=16, repeats=1,
+                               device="cpu", cpu_build_rows=3000)
+    assert [p["nprobe"] for p in report["points"]] == [2, 8]
+    assert report["points"][1]["recall"] >= report["points"][0]["recall"] and report["points"][1]["recall"] > 0.7
+    assert report["gpu_build_s"] > 0 and report["cpu_build_s"] > 0 and report["exact_qps"] > 0
+    assert "| 8 |" in gpu_bench.format_ivf_report(report)

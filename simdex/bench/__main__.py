@@ -292,6 +292,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     gpu.add_argument("--k", default="10,100", help="comma-separated k values")
     gpu.add_argument("--repeats", type=int, default=5)
     gpu.add_argument("--device", default="auto")
+    gpu.add_argument("--ivf", action="store_true", help="also IVF-PQ on synthetic clustered data (--ivf-n x 96)")
+    gpu.add_argument("--ivf-n", type=int, default=10_000_000)
     gpu.add_argument("--out", default="bench-results", help="folder for gpu.json")
     return parser
 
@@ -394,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         from . import gpu as gpu_bench
         report = gpu_bench.run(args.n, args.dim, args.dtype, args.batch, tuple(int(k) for k in args.k.split(",")),
                                args.repeats, args.device)
+        if args.ivf:
+            report["ivf"] = gpu_bench.run_ivf(n=args.ivf_n, repeats=args.repeats, device=args.device)
         _record(gpu_bench, report, args.out, argv)
         return 0
     if args.bench == "calls":

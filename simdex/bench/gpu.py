@@ -5,7 +5,8 @@ On one device, with synthetic data made there (no host transfer; the GPU machine
 - **batch 1**: one query at a time over n x dim vectors; the bytes of vectors read per second, against a
   device-to-device copy of the same tensor (the card's reachable bandwidth, timed in the same run);
 - **batch 1,024**: queries per second of ``GPUFlatIndex`` (fused kernel) against naive torch (``q @ x.T`` then
-  ``torch.topk`` on the full distance matrix), k = 10 and 100.
+  ``torch.topk`` on the full distance matrix), k = 10 and 100;
+- **IVF-PQ** (``--ivf``): :func:`run_ivf`.
 
 Every timing is the best of ``repeats`` runs after a warm-up, synchronised with the device. Without CUDA it runs on
 torch's CPU device with the torch path (small sizes: a smoke test of the bench, not figures to report).
@@ -17,6 +18,8 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def _timed(torch: Any, device: Any, fn: Any, repeats: int) -> float:
@@ -72,7 +75,71 @@ def run(n: int = 1_000_000, dim: int = 384, dtype: str = "float16", batch: int =
     return report
 
 
+def run_ivf(n: int = 10_000_000, dim: int = 96, nlist: int = 4096, codec: str = "pq48", rerank: int = 64,
+            nprobes: tuple[int, ...] = (4, 8, 16, 32, 64, 128), batch: int = 1024, k: int = 10, repeats: int = 3,
+            device: str = "auto", cpu_build_rows: int = 1_000_000) -> dict[str, Any]:
+    """IVF-PQ on synthetic clustered data made on the device (n x dim, 10,000 Gaussian clusters): the build (GPU
+    k-means and encoding) beside a CPU IVFIndex build of ``cpu_build_rows`` of the rows, then recall@k and QPS by
+    nprobe for a batch of queries drawn like the data, against the exact GPU search's QPS."""
+    import torch
+
+    from ..gpu import GPUFlatIndex, GPUIVFIndex
+    from ..gpu.flat import resolve_device
+    from ..quant import IVFIndex
+    dev, choice = resolve_device(device)
+    if dev.type == "cpu":
+        n, nlist, cpu_build_rows = min(n, 20_000), min(nlist, 64), min(cpu_build_rows, 20_000)
+    gen = torch.Generator(device=dev).manual_seed(1)
+    centres = torch.randn((10_000, dim), generator=gen, device=dev)
+    x = centres[torch.randint(0, 10_000, (n,), generator=gen, device=dev)] + \
+        0.5 * torch.randn((n, dim), generator=gen, device=dev)
+    q = centres[torch.randint(0, 10_000, (batch,), generator=gen, device=dev)] + \
+        0.5 * torch.randn((batch, dim), generator=gen, device=dev)
+    exact = GPUFlatIndex(dim, "l2", device=str(dev))
+    exact.add(x)
+    truth = exact.search(q, k, output="torch")[1]
+    exact_s = _timed(torch, dev, lambda: exact.search(q, k, output="torch"), repeats)
+    index = GPUIVFIndex(dim, "l2", nlist=nlist, codec=codec, rerank=rerank, device=str(dev))
+    start = time.perf_counter()
+    index.add(x)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    build_s = time.perf_counter() - start
+    cpu = IVFIndex(dim, "l2", nlist=nlist, codec=codec, rerank=rerank)
+    start = time.perf_counter()
+    cpu.add(x[:cpu_build_rows].cpu().numpy())
+    cpu_build_s = time.perf_counter() - start
+    report: dict[str, Any] = {"n": n, "dim": dim, "nlist": nlist, "codec": codec, "rerank": rerank, "k": k,
+                              "batch": batch, "device": str(dev), "device_choice": choice,
+                              "gpu_build_s": build_s, "cpu_build_rows": cpu_build_rows, "cpu_build_s": cpu_build_s,
+                              "exact_qps": batch / exact_s, "points": []}
+    hits = truth.cpu().numpy()
+    for nprobe in nprobes:
+        if nprobe > nlist:
+            continue
+        found = index.search(q, k, nprobe=nprobe)[1]
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, hits)]))
+        secs = _timed(torch, dev, lambda: index.search(q, k, nprobe=nprobe, output="torch"), repeats)
+        report["points"].append({"nprobe": nprobe, "recall": recall, "qps": batch / secs,
+                                 "qps_over_exact": exact_s / secs})
+    return report
+
+
+def format_ivf_report(report: dict[str, Any]) -> str:
+    lines = [f"GPUIVFIndex {report['codec']} (rerank {report['rerank']}), {report['n']:,} x {report['dim']} "
+             f"synthetic, nlist {report['nlist']} on {report['device']}: build {report['gpu_build_s']:.1f} s "
+             f"(CPU IVFIndex on {report['cpu_build_rows']:,} rows: {report['cpu_build_s']:.1f} s); exact "
+             f"{report['exact_qps']:,.0f} QPS at batch {report['batch']}",
+             "| nprobe | recall@10 | QPS | x exact |", "|---:|---:|---:|---:|"]
+    for p in report["points"]:
+        lines.append(f"| {p['nprobe']} | {p['recall']:.3f} | {p['qps']:,.0f} | {p['qps_over_exact']:.1f}x |")
+    return "\n".join(lines)
+
+
 def format_report(report: dict[str, Any]) -> str:
+    if "ivf" in report:
+        return format_report({k: v for k, v in report.items() if k != "ivf"}) + "\n\n" + \
+            format_ivf_report(report["ivf"])
     lines = [f"GPUFlatIndex, {report['n']:,} x {report['dim']} {report['dtype']} on {report['device_name']} "
              f"({report['device_choice']}, kernel {report['kernel']}); device-to-device copy "
              f"{report['copy_bytes_per_s'] / 1e9:.1f} GB/s",

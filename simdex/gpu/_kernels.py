@@ -74,13 +74,73 @@ def _build(interpret: bool) -> Any:
         out = PART + (qs[:, None] * n_chunks + pid_c) * K + ks[None, :]
         tl.store(out, best, mask=q_ok[:, None])
 
-    return scan_topk
+    @triton.jit
+    def list_scan_topk(Q, LUT, TAB, CODES, VECS, XN, OFFSETS, PROBES, PROBE_D, PART, nprobe, dim, m,
+                       IS_PQ: tl.constexpr, IS_L2: tl.constexpr, K: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_D: tl.constexpr):
+        """One (query, probe) per program: the K best entries of the probed inverted list, scored from PQ codes
+        (the query's table ``LUT`` (nq, m, 256) plus the list's ``TAB`` (nlist, m, 256) on L2) or from float
+        vectors, each entry's internal distance offset by the list's coarse distance ``PROBE_D``."""
+        qi = tl.program_id(0)
+        p = tl.program_id(1)
+        lst = tl.load(PROBES + qi * nprobe + p)
+        best = tl.full((1, K), NO_KEY, tl.int64)
+        if lst >= 0:
+            lo = tl.load(OFFSETS + lst)
+            hi = tl.load(OFFSETS + lst + 1)
+            d0 = tl.load(PROBE_D + qi * nprobe + p)
+            for start in range(lo, hi, K):
+                es = start + tl.arange(0, K)
+                e_ok = es < hi
+                if IS_PQ:
+                    js = tl.arange(0, BLOCK_M)
+                    j_ok = js < m
+                    ok = e_ok[:, None] & j_ok[None, :]
+                    codes = tl.load(CODES + es[:, None] * m + js[None, :], mask=ok, other=0).to(tl.int32)
+                    parts = tl.load(LUT + (qi * m + js[None, :]) * 256 + codes, mask=ok, other=0.0)
+                    if IS_L2:
+                        parts += tl.load(TAB + (lst * m + js[None, :]) * 256 + codes, mask=ok, other=0.0)
+                    dist = d0 + tl.sum(parts, axis=1)
+                else:
+                    acc = tl.zeros((K,), tl.float32)
+                    for c0 in range(0, dim, BLOCK_D):
+                        cs = c0 + tl.arange(0, BLOCK_D)
+                        c_ok = cs < dim
+                        qv = tl.load(Q + qi * dim + cs, mask=c_ok, other=0.0).to(tl.float32)
+                        xv = tl.load(VECS + es[:, None] * dim + cs[None, :], mask=e_ok[:, None] & c_ok[None, :],
+                                     other=0.0).to(tl.float32)
+                        acc += tl.sum(xv * qv[None, :], axis=1)
+                    if IS_L2:
+                        dist = tl.load(XN + es, mask=e_ok, other=0.0) - 2.0 * acc
+                    else:
+                        dist = -acc
+                dist = tl.where(e_ok, dist, float("inf"))
+                bits = dist.to(tl.int32, bitcast=True)
+                ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+                keys = ((ordered.to(tl.int64) << 32) | es.to(tl.int64))[None, :]
+                kth = tl.max(best, axis=1)
+                if tl.sum((keys < kth[:, None]).to(tl.int32)) > 0:
+                    both = tl.reshape(tl.join(best, keys), (1, 2 * K))
+                    best = tl.topk(both, K, dim=1, descending=False)
+        ks = tl.arange(0, K)
+        tl.store(PART + (qi * nprobe + p) * K + ks[None, :], best)
+
+    return scan_topk, list_scan_topk
+
+
+def _interpreting() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def scan_topk_kernel() -> Any:
     """The compiled (or, with ``TRITON_INTERPRET=1``, interpreted) scan-and-select kernel."""
-    import os
-    return _build(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
+    return _build(_interpreting())[0]
+
+
+def list_scan_kernel() -> Any:
+    """The inverted-list scan-and-select kernel of :mod:`simdex.gpu.ivf`."""
+    return _build(_interpreting())[1]
 
 
 def unpack_keys(keys: Any) -> tuple[Any, Any]:

@@ -145,23 +145,29 @@ class GPUFlatIndex:
     # ---- writes --------------------------------------------------------------------------------------------------
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
         """Add vectors (n, dim); returns their int64 ids (``ids``, or the next free ones)."""
-        torch = _torch()
         x = self._rows(vectors, "vectors")
-        n = x.shape[0]
-        if ids is None:
-            new_ids = np.arange(self._n, self._n + n, dtype=np.int64)
-        else:
-            new_ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
-            if new_ids.shape != (n,) or new_ids.dtype.kind not in "iu":
-                raise InvalidInputError(f"ids must be {n} integers; got shape {new_ids.shape} {new_ids.dtype}")
-            new_ids = new_ids.astype(np.int64)
-        stored = x.to(self._torch_dtype)
-        sq = (stored.to(torch.float32) ** 2).sum(dim=1)  # of the stored (rounded) vectors: exact L2 on them
-        self._x = torch.cat([self._x[:self._n], stored])
-        self._sqnorms = torch.cat([self._sqnorms[:self._n], sq])
-        self._ids = torch.cat([self._ids[:self._n], torch.from_numpy(new_ids).to(self.device)])
-        self._n += n
+        new_ids = self._new_ids(ids, x.shape[0])
+        self._append(x, new_ids)
         return new_ids
+
+    def _new_ids(self, ids: Any, n: int) -> np.ndarray:
+        torch = _torch()
+        if ids is None:
+            return np.arange(self._n, self._n + n, dtype=np.int64)
+        new_ids = np.asarray(ids.cpu() if isinstance(ids, torch.Tensor) else ids)
+        if new_ids.shape != (n,) or new_ids.dtype.kind not in "iu":
+            raise InvalidInputError(f"ids must be {n} integers; got shape {new_ids.shape} {new_ids.dtype}")
+        return new_ids.astype(np.int64)
+
+    def _append(self, x: Any, new_ids: np.ndarray) -> None:
+        """Store the checked rows ``x`` (float32, on the device) in the storage dtype, their squared norms (of the
+        stored, rounded, vectors: exact L2 on them) and ids."""
+        torch = _torch()
+        stored = x.to(self._torch_dtype)
+        self._x = torch.cat([self._x[:self._n], stored])
+        self._sqnorms = torch.cat([self._sqnorms[:self._n], (stored.to(torch.float32) ** 2).sum(dim=1)])
+        self._ids = torch.cat([self._ids[:self._n], torch.from_numpy(new_ids).to(self.device)])
+        self._n += x.shape[0]
 
     # ---- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, output: str = "numpy") -> tuple[Any, Any]:

@@ -77,6 +77,9 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
         read-ahead): for vectors larger than memory, or a memory limit that counts mapped pages.
     seed : int
     consolidate_threshold : float, default 0.1
+    train_device : str, optional
+        Run the training k-means (the coarse centroids and the PQ codebooks) on a torch device, e.g. "cuda"
+        (:func:`simdex.gpu.train_kmeans`; needs ``simdex[gpu]``); the index itself stays on the CPU.
 
     The index is trained on the first ``add`` (or by :meth:`train`): k-means on up to ``256 * nlist`` vectors,
     then the codec on the residuals (k-means on up to ``256 * nlist``). Memory in RAM per vector: ``code_size + 4``
@@ -94,7 +97,8 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
 
     def __init__(self, dim: int, metric: str = "l2", nlist: int = 256, codec: Any = "pq8", nprobe: int = 8,
                  rerank: int = 0, vectors: str = "disk", reads: str = "mmap", seed: int = 0,
-                 consolidate_threshold: float = 0.1, storage_dir: str | None = None) -> None:
+                 consolidate_threshold: float = 0.1, storage_dir: str | None = None,
+                 train_device: str | None = None) -> None:
         super().__init__(dim, metric)
         self.nlist = check_positive_int(nlist, "nlist", maximum=_MAX_LISTS)
         self.nprobe = check_positive_int(nprobe, "nprobe")
@@ -106,6 +110,9 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
             raise InvalidInputError("rerank needs the float vectors: use vectors='disk' or 'memory'")
         self.vector_storage = vectors
         self.reads = check_reads(reads, vectors)
+        if train_device is not None and not isinstance(train_device, str):
+            raise InvalidInputError(f"train_device must be a device name such as 'cuda'; got {train_device!r}")
+        self.train_device = train_device
         self.storage_dir = storage_dir
         self.consolidate_threshold = check_real(consolidate_threshold, "consolidate_threshold", 0.0, 1.0,
                                                 low_open=True)
@@ -218,10 +225,15 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
         else:
             sample = x
         k = min(self.nlist, sample.shape[0])
-        cent = kmeans(sample, k, 20, seed=self.seed, progress=progress, desc="IVF coarse k-means")
+        if self.train_device is None:
+            cent = kmeans(sample, k, 20, seed=self.seed, progress=progress, desc="IVF coarse k-means")
+        else:
+            from ..gpu import train_kmeans
+            cent = train_kmeans(sample, k, device=self.train_device, iters=20, seed=self.seed)
         if k < self.nlist:  # fewer training vectors than lists: the extra lists stay empty
             cent = np.concatenate([cent, np.repeat(cent[:1], self.nlist - k, 0)])
         codec = self.codec
+        codec.train_device = self.train_device  # (the PQ codebooks' k-means too)
         if self._residual:
             labels = self._assign(sample, cent)
             train_x = sample if private else np.empty_like(sample)
@@ -507,7 +519,8 @@ class IVFIndex(InVectorFile, RecallCalibrated, Index):
     # ---- persistence ---------------------------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta = {"nlist": self.nlist, "nprobe": self.nprobe, "rerank": self.rerank, "seed": self.seed,
-                "vector_storage": self.vector_storage, "reads": self.reads, "consolidate_threshold": self.consolidate_threshold,
+                "vector_storage": self.vector_storage, "reads": self.reads,
+                "consolidate_threshold": self.consolidate_threshold,
                 "count": self._n, "deleted": self._n_deleted, "trained": self.is_trained,
                 "trained_rows": self.trained_rows}
         arrays = {"centroids": self.centroids, "offsets": self._offsets, "codes": self._codes, "slots": self._slots,

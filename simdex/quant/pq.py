@@ -93,9 +93,13 @@ class PQCodec(Codec):
         # a long training shows a bar on a terminal (never in a server's log or a database's background merge)
         bar = progress_bar(self.m, "PQ training", progress if progress is not None else
                            (y.shape[0] * self.dim >= 10_000_000 and sys.stderr.isatty()) or None, unit="subq")
+        device = getattr(self, "train_device", None)  # set by an index built with train_device
+        if device is not None:
+            from ..gpu import train_kmeans
         for j in range(self.m):
             sub = np.ascontiguousarray(y[:, j * self.dsub:(j + 1) * self.dsub])
-            self.centroids[j] = kmeans(sub, KS, iterations, seed=self.seed + j, progress=False)
+            self.centroids[j] = kmeans(sub, KS, iterations, seed=self.seed + j, progress=False) if device is None \
+                else train_kmeans(sub, KS, device=device, iters=iterations, seed=self.seed + j)
             self._centroids_t = None
             bar.update(1)
         bar.close()
