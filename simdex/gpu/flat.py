@@ -173,23 +173,34 @@ class GPUFlatIndex:
     def search(self, queries: Any, k: int, *, output: str = "numpy") -> tuple[Any, Any]:
         """The k nearest stored vectors of each query: (distances (nq, k) float32, ids (nq, k) int64)."""
         torch = _torch()
+        k, use_kernel = self._check_search(k, output, k)
+        q = self._rows(queries, "queries")
+        with torch.no_grad():
+            dist, rows = (self._search_kernel if use_kernel else self._search_torch)(q, k)
+            return self._results(q, dist, rows, output)
+
+    def _check_search(self, k: Any, output: str, keep: int | None = None) -> tuple[int, bool]:
+        """(k checked, whether the Triton kernel runs) for a search keeping ``keep`` candidates (default k)."""
         if output not in ("numpy", "torch"):
             raise InvalidInputError(f"output must be 'numpy' or 'torch'; got {output!r}")
         k = check_positive_int(k, "k")
         if k > self._n:
             raise InvalidInputError(f"k={k} is larger than the index ({self._n} vectors)")
-        q = self._rows(queries, "queries")
+        keep = k if keep is None else max(k, keep)
         use_kernel = self.kernel == "triton" or (self.kernel == "auto" and self.device.type == "cuda"
-                                                 and k <= MAX_KERNEL_K)
-        if use_kernel and k > MAX_KERNEL_K:
-            raise InvalidInputError(f"kernel='triton' selects at most k={MAX_KERNEL_K}; got {k}")
-        with torch.no_grad():
-            dist, rows = (self._search_kernel if use_kernel else self._search_torch)(q, k)
-            if self.metric == "l2":
-                dist = torch.clamp(dist + (q * q).sum(dim=1, keepdim=True), min=0.0)
-            else:
-                dist = 1.0 + dist
-            ids = torch.where(rows >= 0, self._ids[rows.clamp(min=0)], -1)
+                                                 and keep <= MAX_KERNEL_K)
+        if use_kernel and keep > MAX_KERNEL_K:
+            raise InvalidInputError(f"kernel='triton' keeps at most {MAX_KERNEL_K} candidates; got {keep}")
+        return k, use_kernel
+
+    def _results(self, q: Any, dist: Any, rows: Any, output: str) -> tuple[Any, Any]:
+        """Internal distances and rows (-1: none) of the queries ``q`` as public distances and ids, (inf, -1)
+        where there is no hit, as numpy arrays or tensors (``output``)."""
+        torch = _torch()
+        found = rows >= 0
+        dist = torch.clamp(dist + (q * q).sum(dim=1, keepdim=True), min=0.0) if self.metric == "l2" else 1.0 + dist
+        dist = torch.where(found, dist, float("inf"))
+        ids = torch.where(found, self._ids[rows.clamp(min=0)], -1)
         if output == "torch":
             return dist, ids
         return dist.cpu().numpy(), ids.cpu().numpy()

@@ -173,17 +173,9 @@ class GPUIVFIndex(GPUFlatIndex):
         """The k nearest stored vectors by the ``nprobe`` nearest lists: (distances (nq, k) float32, ids (nq, k)
         int64), padded with (inf, -1) where the probed lists hold fewer than k."""
         torch = _torch()
-        if output not in ("numpy", "torch"):
-            raise InvalidInputError(f"output must be 'numpy' or 'torch'; got {output!r}")
-        k = check_positive_int(k, "k")
-        if k > self._n:
-            raise InvalidInputError(f"k={k} is larger than the index ({self._n} vectors)")
-        nprobe = min(self.nlist, self.nprobe if nprobe is None else check_positive_int(nprobe, "nprobe"))
+        k, use_kernel = self._check_search(k, output, self.rerank)
         keep = max(k, self.rerank)
-        use_kernel = self.kernel == "triton" or (self.kernel == "auto" and self.device.type == "cuda"
-                                                 and keep <= MAX_KERNEL_K)
-        if keep > MAX_KERNEL_K and use_kernel:
-            raise InvalidInputError(f"kernel='triton' keeps at most {MAX_KERNEL_K} candidates; got {keep}")
+        nprobe = min(self.nlist, self.nprobe if nprobe is None else check_positive_int(nprobe, "nprobe"))
         q = self._rows(queries, "queries")
         with torch.no_grad():
             coarse = self._internal_to_centroids(q)
@@ -194,17 +186,7 @@ class GPUIVFIndex(GPUFlatIndex):
             rows = torch.where(entries >= 0, self._entry_rows[entries.clamp(min=0)], -1)
             if self.m and self.rerank:
                 dist, rows = self._rerank(q, rows, k)
-            dist, rows = dist[:, :k], rows[:, :k]
-            found = rows >= 0
-            if self.metric == "l2":
-                dist = torch.clamp(dist + (q * q).sum(dim=1, keepdim=True), min=0.0)
-            else:
-                dist = 1.0 + dist
-            dist = torch.where(found, dist, float("inf"))
-            ids = torch.where(found, self._ids[rows.clamp(min=0)], -1)
-        if output == "torch":
-            return dist, ids
-        return dist.cpu().numpy(), ids.cpu().numpy()
+            return self._results(q, dist[:, :k], rows[:, :k], output)
 
     def _internal_to_centroids(self, q: Any) -> Any:
         prod = q @ self.centroids.T
