@@ -538,6 +538,19 @@ class DistributedCollection(CollectionAPI):
                                           f"within {PLACEMENT_TIMEOUT:.0f} s (each needs {BUNDLE})")
         return groups
 
+    def _new_home(self, s: int, r: int) -> Any:
+        """Where a copy of replica r of shard s starts: its bundle while the node it ran on is alive; else a live
+        node that holds no other replica of the shard, if there is one (a bundle pinned to a dead node would
+        never be placed again)."""
+        ray = _ray()
+        alive = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        if self._nodes[s][r] in alive:
+            return self._bundle(s, r)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        taken = {self._nodes[s][i] for i in range(self.replicas) if i != r and not self._dead[s, i]}
+        free = [node for node in alive if node not in taken]
+        return NodeAffinitySchedulingStrategy(free[0], soft=True) if free else "DEFAULT"
+
     def _bundle(self, s: int, r: int) -> Any:
         """Where replica r of shard s runs: its bundle of the shard's placement group (which Ray moves to a live
         node when its node dies)."""
@@ -770,7 +783,7 @@ class DistributedCollection(CollectionAPI):
                 if actor is None:
                     # the copy runs after every write already sent to the source (Ray keeps one caller's order)
                     copy = self._actors[s][live[0]].copy.remote()
-                    actor = _actor_class().options(scheduling_strategy=self._bundle(s, r)).remote(
+                    actor = _actor_class().options(scheduling_strategy=self._new_home(s, r)).remote(
                         folder, self._db._db_options, copy)
                     self._get(ray, actor.open.remote(self.name, None))
                     how = {"shard": s, "replica": r, "from": f"a copy of replica {live[0]}"}
