@@ -269,3 +269,33 @@ def test_gpu_ivf_bench_on_a_small_synthetic_set():
     assert report["points"][1]["recall"] >= report["points"][0]["recall"] and report["points"][1]["recall"] > 0.7
     assert report["gpu_build_s"] > 0 and report["cpu_build_s"] > 0 and report["exact_qps"] > 0
     assert "| 8 |" in gpu_bench.format_ivf_report(report)
+
+
+def test_the_kernels_compile_for_an_h100_without_one():
+    """Both Triton kernels go through Triton's whole compiler to an sm_90 cubin (H100) on this machine, which has
+    no GPU: what the interpreter does not check (the kernels' globals, types and shapes as the compiler takes
+    them)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from simdex.gpu._kernels import NO_KEY, _build
+    if "nvidia" not in getattr(triton.backends, "backends", {}):
+        pytest.skip("this triton has no NVIDIA backend")
+    scan, list_scan = _build(False)
+    i32 = "i32"
+    scan_sig = {"Q": "*fp16", "X": "*fp16", "XN": "*fp32", "PART": "*i64", "nq": i32, "n": i32, "dim": i32,
+                "rows_per_chunk": i32, "n_chunks": i32, "stride_q": i32, "stride_x": i32}
+    scan_const = {"IS_L2": True, "K": 16, "BLOCK_Q": 16, "BLOCK_D": 64, "IEEE": False, "EMPTY": NO_KEY}
+    list_sig = {"Q": "*fp32", "LUT": "*fp32", "TAB": "*fp32", "CODES": "*u8", "VECS": "*fp32", "XN": "*fp32",
+                "OFFSETS": "*i64", "PROBES": "*i64", "PROBE_D": "*fp32", "PART": "*i64", "nprobe": i32, "dim": i32,
+                "m": i32}
+    for fn, sig, const in ((scan, scan_sig, scan_const),
+                           (list_scan, list_sig, {"IS_PQ": True, "IS_L2": True, "K": 16, "BLOCK_M": 16,
+                                                  "BLOCK_D": 64, "EMPTY": NO_KEY}),
+                           (list_scan, list_sig, {"IS_PQ": False, "IS_L2": False, "K": 32, "BLOCK_M": 16,
+                                                  "BLOCK_D": 64, "EMPTY": NO_KEY})):
+        sig = {**sig, **{name: "constexpr" for name in const}}
+        compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
+                                  target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], fn

@@ -33,19 +33,18 @@ def _build(interpret: bool) -> Any:
     @triton.jit
     def scan_topk(Q, X, XN, PART, nq, n, dim, rows_per_chunk, n_chunks, stride_q, stride_x,
                   IS_L2: tl.constexpr, K: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
-                  IEEE: tl.constexpr):
-        BLOCK_N: tl.constexpr = K
+                  IEEE: tl.constexpr, EMPTY: tl.constexpr):
         pid_q = tl.program_id(0)
         pid_c = tl.program_id(1)
         qs = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
         q_ok = qs < nq
         lo = pid_c * rows_per_chunk
         hi = tl.minimum(lo + rows_per_chunk, n)
-        best = tl.full((BLOCK_Q, K), NO_KEY, tl.int64)
-        for start in range(lo, hi, BLOCK_N):
-            rows = start + tl.arange(0, BLOCK_N)
+        best = tl.full((BLOCK_Q, K), EMPTY, tl.int64)
+        for start in range(lo, hi, K):  # a tile is K rows
+            rows = start + tl.arange(0, K)
             r_ok = rows < hi
-            acc = tl.zeros((BLOCK_Q, BLOCK_N), tl.float32)
+            acc = tl.zeros((BLOCK_Q, K), tl.float32)
             for d0 in range(0, dim, BLOCK_D):
                 ds = d0 + tl.arange(0, BLOCK_D)
                 d_ok = ds < dim
@@ -65,7 +64,7 @@ def _build(interpret: bool) -> Any:
             bits = dist.to(tl.int32, bitcast=True)
             ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # signed-int order = float order
             keys = (ordered.to(tl.int64) << 32) | rows[None, :].to(tl.int64)
-            # (a tile is K rows.) Merge only when some key beats the k-th kept: after the first tiles most do not
+            # merge only when some key beats the k-th kept: after the first tiles most do not
             kth = tl.max(best, axis=1)
             if tl.sum((keys < kth[:, None]).to(tl.int32)) > 0:
                 both = tl.reshape(tl.join(best, keys), (BLOCK_Q, 2 * K))
@@ -77,14 +76,14 @@ def _build(interpret: bool) -> Any:
     @triton.jit
     def list_scan_topk(Q, LUT, TAB, CODES, VECS, XN, OFFSETS, PROBES, PROBE_D, PART, nprobe, dim, m,
                        IS_PQ: tl.constexpr, IS_L2: tl.constexpr, K: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_D: tl.constexpr):
+                       BLOCK_D: tl.constexpr, EMPTY: tl.constexpr):
         """One (query, probe) per program: the K best entries of the probed inverted list, scored from PQ codes
         (the query's table ``LUT`` (nq, m, 256) plus the list's ``TAB`` (nlist, m, 256) on L2) or from float
         vectors, each entry's internal distance offset by the list's coarse distance ``PROBE_D``."""
         qi = tl.program_id(0)
         p = tl.program_id(1)
         lst = tl.load(PROBES + qi * nprobe + p)
-        best = tl.full((1, K), NO_KEY, tl.int64)
+        best = tl.full((1, K), EMPTY, tl.int64)
         if lst >= 0:
             lo = tl.load(OFFSETS + lst)
             hi = tl.load(OFFSETS + lst + 1)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
 from .._validate import check_dim, check_metric, check_positive_int
-from ._kernels import scan_topk_kernel, unpack_keys
+from ._kernels import NO_KEY, scan_topk_kernel, unpack_keys
 
 DTYPES = ("float32", "float16", "bfloat16")
 # the fused kernel's k-selection keeps k keys per query in registers: beyond this k the torch path selects
@@ -34,7 +34,7 @@ def resolve_device(device: str) -> tuple[Any, str]:
         raise InvalidTypeError(f"device must be a str ('auto', 'cuda', 'cuda:N' or 'cpu'); got {device!r}")
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda"), "auto: cuda"
+            return torch.device("cuda", torch.cuda.current_device()), "auto: cuda"
         return torch.device("cpu"), "auto: cpu (torch sees no CUDA device)"
     try:
         dev = torch.device(device)
@@ -45,6 +45,8 @@ def resolve_device(device: str) -> tuple[Any, str]:
                                 f"with CUDA {torch.version.cuda}); use device='auto' to fall back to the CPU")
     if dev.type not in ("cuda", "cpu"):
         raise InvalidInputError(f"device {device!r}: simdex.gpu runs on 'cuda' or 'cpu'")
+    if dev.type == "cuda" and dev.index is None:  # "cuda" is the current device: named by its index, as tensors are
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev, device
 
 
@@ -254,6 +256,6 @@ class GPUFlatIndex:
         scan_topk_kernel()[(q_blocks, chunks)](
             qd, x, self._sqnorms, part, nq, self._n, self.dim, rows_per_chunk, chunks, qd.stride(0), x.stride(0),
             IS_L2=self.metric == "l2", K=kk, BLOCK_Q=block_q, BLOCK_D=block_d,
-            IEEE=self.dtype == "float32")
+            IEEE=self.dtype == "float32", EMPTY=NO_KEY)
         keys = torch.topk(part.reshape(nq, chunks * kk), k, dim=1, largest=False, sorted=True).values
         return unpack_keys(keys)

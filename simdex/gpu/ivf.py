@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from .._validate import check_positive_int
-from ._kernels import list_scan_kernel, unpack_keys
+from ._kernels import NO_KEY, list_scan_kernel, unpack_keys
 from .flat import MAX_KERNEL_K, GPUFlatIndex, _torch
 from .kmeans import kmeans, nearest
 
@@ -252,7 +252,7 @@ class GPUIVFIndex(GPUFlatIndex):
             self._offsets, probes.contiguous(), probe_d.to(torch.float32).contiguous(), part, nprobe, self.dim,
             max(self.m, 1), IS_PQ=bool(self.m), IS_L2=self.metric == "l2", K=kk,
             BLOCK_M=max(16, 1 << (max(self.m, 1) - 1).bit_length()),
-            BLOCK_D=64 if self.dim >= 64 else max(16, 1 << (self.dim - 1).bit_length()))
+            BLOCK_D=64 if self.dim >= 64 else max(16, 1 << (self.dim - 1).bit_length()), EMPTY=NO_KEY)
         keys = torch.topk(part.reshape(nq, nprobe * kk), keep, dim=1, largest=False, sorted=True).values
         return unpack_keys(keys)
 
