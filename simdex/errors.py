@@ -122,3 +122,8 @@ class StorageError(SimdexError, OSError):
 class TruncatedTextWarning(UserWarning):
     """A text was longer than the embedder reads (all-MiniLM-L6-v2: 256 tokens); only its beginning was
     embedded. Over HTTP the same notes come back in the response's ``warnings`` field."""
+
+
+class DeviceMemoryError(SimdexError, MemoryError):
+    """A tensor could not be allocated on a GPU (or other torch device): the message names the device, the bytes the
+    operation needed and those free. The index is unchanged."""

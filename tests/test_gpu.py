@@ -299,3 +299,35 @@ def test_the_kernels_compile_for_an_h100_without_one():
         compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const),
                                   target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], fn
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf-flat", "ivf-pq"])
+def test_a_device_out_of_memory_is_named_and_leaves_the_index_as_it_was(monkeypatch, kind):
+    """The device running out of memory in the middle of an add (simulated: the third tensor concatenation
+    fails) raises DeviceMemoryError naming the bytes and the device; the index answers as before."""
+    from simdex.errors import DeviceMemoryError
+    from simdex.gpu import GPUIVFIndex
+    base, queries = _data("ip", 2000, 5)
+    index = GPUFlatIndex(50, "l2", device="cpu", kernel="torch") if kind == "flat" else \
+        GPUIVFIndex(50, "l2", nlist=16, codec="flat" if kind == "ivf-flat" else "pq10", nprobe=16, device="cpu",
+                    kernel="torch")
+    index.add(base[:1500])
+    before = index.search(queries, 10)
+    real_cat, calls = torch.cat, []
+
+    def failing_cat(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_cat(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", failing_cat)
+    with pytest.raises(DeviceMemoryError, match=r"adding 500 vectors needs about [\d,.]+ MiB of cpu's memory"):
+        index.add(base[1500:])
+    monkeypatch.setattr(torch, "cat", real_cat)
+    assert len(index) == 1500
+    after = index.search(queries, 10)
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(after[0], before[0])
+    index.add(base[1500:])
+    assert len(index) == 2000

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from ..errors import DimensionMismatchError, InvalidInputError, InvalidTypeError
+from ..errors import DeviceMemoryError, DimensionMismatchError, InvalidInputError, InvalidTypeError
 from .._validate import check_dim, check_metric, check_positive_int
 from ._kernels import NO_KEY, scan_topk_kernel, unpack_keys
 
@@ -149,8 +151,29 @@ class GPUFlatIndex:
         """Add vectors (n, dim); returns their int64 ids (``ids``, or the next free ones)."""
         x = self._rows(vectors, "vectors")
         new_ids = self._new_ids(ids, x.shape[0])
-        self._append(x, new_ids)
+        with self._device_memory(f"adding {x.shape[0]:,} vectors", self._row_bytes * (self._n + x.shape[0])):
+            self._append(x, new_ids)
         return new_ids
+
+    @property
+    def _row_bytes(self) -> int:
+        return self.dim * self._x.element_size() + 12  # the vector, its squared norm and its id
+
+    @contextlib.contextmanager
+    def _device_memory(self, what: str, nbytes: int) -> Iterator[None]:
+        """Turn the device running out of memory during ``what`` (which needs about ``nbytes``) into a
+        DeviceMemoryError that says so; the index's tensors are replaced only after every allocation succeeded."""
+        torch = _torch()
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            free = ""
+            if self.device.type == "cuda":
+                free_bytes, total = torch.cuda.mem_get_info(self.device)
+                free = f"; {free_bytes / 2**20:,.0f} MiB of its {total / 2**20:,.0f} MiB are free"
+            raise DeviceMemoryError(f"{what} needs about {nbytes / 2**20:,.0f} MiB of {self.device}'s memory"
+                                    f"{free}: the index holds {self._n:,} vectors; use dtype='float16', a "
+                                    f"GPUIVFIndex with PQ lists, or search in smaller batches") from None
 
     def _new_ids(self, ids: Any, n: int) -> np.ndarray:
         torch = _torch()
@@ -162,14 +185,18 @@ class GPUFlatIndex:
         return new_ids.astype(np.int64)
 
     def _append(self, x: Any, new_ids: np.ndarray) -> None:
-        """Store the checked rows ``x`` (float32, on the device) in the storage dtype, their squared norms (of the
-        stored, rounded, vectors: exact L2 on them) and ids."""
+        """Store the checked rows ``x`` (float32, on the device) after the others (:meth:`_grown`)."""
+        self._x, self._sqnorms, self._ids = self._grown(x, new_ids)
+        self._n += x.shape[0]
+
+    def _grown(self, x: Any, new_ids: np.ndarray) -> tuple[Any, Any, Any]:
+        """New tensors of the stored rows followed by ``x`` in the storage dtype, their squared norms (of the
+        stored, rounded, vectors: exact L2 on them) and their ids; the index's own are left as they are."""
         torch = _torch()
         stored = x.to(self._torch_dtype)
-        self._x = torch.cat([self._x[:self._n], stored])
-        self._sqnorms = torch.cat([self._sqnorms[:self._n], (stored.to(torch.float32) ** 2).sum(dim=1)])
-        self._ids = torch.cat([self._ids[:self._n], torch.from_numpy(new_ids).to(self.device)])
-        self._n += x.shape[0]
+        return (torch.cat([self._x[:self._n], stored]),
+                torch.cat([self._sqnorms[:self._n], (stored.to(torch.float32) ** 2).sum(dim=1)]),
+                torch.cat([self._ids[:self._n], torch.from_numpy(new_ids).to(self.device)]))
 
     # ---- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, output: str = "numpy") -> tuple[Any, Any]:
@@ -177,7 +204,8 @@ class GPUFlatIndex:
         torch = _torch()
         k, use_kernel = self._check_search(k, output, k)
         q = self._rows(queries, "queries")
-        with torch.no_grad():
+        scratch = q.shape[0] * min(self._n, max(k, _TILE_BYTES // (4 * q.shape[0]))) * 4
+        with torch.no_grad(), self._device_memory(f"searching {q.shape[0]:,} queries", scratch):
             dist, rows = (self._search_kernel if use_kernel else self._search_torch)(q, k)
             return self._results(q, dist, rows, output)
 

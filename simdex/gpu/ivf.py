@@ -105,52 +105,59 @@ class GPUIVFIndex(GPUFlatIndex):
                 raise InvalidInputError(f"training needs at least nlist={self.nlist} vectors; got {x.shape[0]}")
             sample = x[torch.randperm(x.shape[0], generator=gen)[:_TRAIN_PER_LIST * self.nlist].to(self.device)]
             c = kmeans(sample, self.nlist, iters=iters, seed=self.seed)
-        self.centroids = c.contiguous()
+        c = c.contiguous()
+        codebooks, tables = self.codebooks, self._tables
         if self.m:
-            labels, _ = nearest(x, self.centroids)
-            residuals = x - self.centroids[labels]
+            labels, _ = nearest(x, c)
+            residuals = x - c[labels]
             if residuals.shape[0] < 256:
                 raise InvalidInputError(f"PQ training needs at least 256 vectors; got {residuals.shape[0]}")
             sample = residuals[torch.randperm(residuals.shape[0], generator=gen)[:_TRAIN_PER_LIST * 256]
                                .to(self.device)]
             sub = self.dim // self.m
-            self.codebooks = torch.stack([kmeans(sample[:, j * sub:(j + 1) * sub].contiguous(), 256, iters=iters,
-                                                 seed=self.seed + j) for j in range(self.m)])
+            codebooks = torch.stack([kmeans(sample[:, j * sub:(j + 1) * sub].contiguous(), 256, iters=iters,
+                                            seed=self.seed + j) for j in range(self.m)])
             if self.metric == "l2":  # ||q - c - r||^2 = ||q - c||^2 + (||r||^2 + 2<c, r>) - 2<q, r>
-                cn = (self.codebooks ** 2).sum(dim=2)  # (m, 256)
-                cs = self.centroids.reshape(self.nlist, self.m, sub)
-                self._tables = (cn[None] + 2.0 * torch.einsum("lms,mcs->lmc", cs, self.codebooks)).contiguous()
+                cn = (codebooks ** 2).sum(dim=2)  # (m, 256)
+                tables = (cn[None] + 2.0 * torch.einsum("lms,mcs->lmc", c.reshape(self.nlist, self.m, sub),
+                                                        codebooks)).contiguous()
+        self.centroids, self.codebooks, self._tables = c, codebooks, tables
 
     # ---- writes --------------------------------------------------------------------------------------------------
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
         """Add vectors (n, dim) to their nearest lists (training first if needed); returns their int64 ids."""
-        torch = _torch()
         x = self._rows(vectors, "vectors")
         new_ids = self._new_ids(ids, x.shape[0])
+        with self._device_memory(f"adding {x.shape[0]:,} vectors", (self._n + x.shape[0]) * (
+                self.m + 16 + (self.dim * self._x.element_size() if self._keeps_vectors else 0))):
+            self._add_checked(x, new_ids)
+        return new_ids
+
+    def _add_checked(self, x: Any, new_ids: np.ndarray) -> None:
+        """:meth:`add` of checked rows: every new tensor is made first, then they replace the index's together
+        (a device running out of memory midway leaves the index as it was)."""
+        torch = _torch()
         if not self.is_trained:
             self.train(x)
         labels = self._assign(x)
         all_labels = torch.cat([self._labels, labels])
         order = torch.argsort(all_labels, stable=True)
-        self._labels = all_labels[order]
-        self._offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=self.device),
-                                   torch.cumsum(torch.bincount(self._labels, minlength=self.nlist), 0)])
-        start = self._n
+        offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=self.device),
+                             torch.cumsum(torch.bincount(all_labels, minlength=self.nlist), 0)])
+        n = self._n + x.shape[0]
+        new_ids_t = torch.from_numpy(new_ids).to(self.device)
         if self.m:  # codes in list order, pointing at rows in added order (the float rows only for re-ranking)
-            codes = self._encode(x, labels)
-            rows = torch.arange(start, start + x.shape[0], device=self.device)
-            self._entry_rows = torch.cat([self._entry_rows, rows])[order]
-            self._codes = torch.cat([self._codes, codes])[order].contiguous()
-            if self.rerank:
-                self._append(x, new_ids)
-            else:
-                self._ids = torch.cat([self._ids, torch.from_numpy(new_ids).to(self.device)])
-                self._n += x.shape[0]
+            rows = torch.arange(self._n, n, device=self.device)
+            entry_rows = torch.cat([self._entry_rows, rows])[order]
+            codes = torch.cat([self._codes, self._encode(x, labels)])[order].contiguous()
+            stored = self._grown(x, new_ids) if self.rerank else \
+                (self._x, self._sqnorms, torch.cat([self._ids, new_ids_t]))
         else:  # flat lists: the rows themselves in list order (an entry is its row)
-            self._append(x, new_ids)
-            self._x, self._sqnorms, self._ids = self._x[order], self._sqnorms[order], self._ids[order]
-            self._entry_rows = torch.arange(self._n, device=self.device)
-        return new_ids
+            stored = tuple(t[order] for t in self._grown(x, new_ids))
+            entry_rows, codes = torch.arange(n, device=self.device), self._codes
+        self._labels, self._offsets, self._entry_rows, self._codes = all_labels[order], offsets, entry_rows, codes
+        self._x, self._sqnorms, self._ids = stored
+        self._n = n
 
     def _assign(self, x: Any) -> Any:
         if self.metric == "ip":
@@ -177,7 +184,8 @@ class GPUIVFIndex(GPUFlatIndex):
         keep = max(k, self.rerank)
         nprobe = min(self.nlist, self.nprobe if nprobe is None else check_positive_int(nprobe, "nprobe"))
         q = self._rows(queries, "queries")
-        with torch.no_grad():
+        with torch.no_grad(), self._device_memory(f"searching {q.shape[0]:,} queries",
+                                                  q.shape[0] * (self.nlist + 256 * self.m + nprobe * 128) * 4):
             coarse = self._internal_to_centroids(q)
             probe_d, probes = torch.topk(coarse, nprobe, dim=1, largest=False)
             lut = self._query_tables(q) if self.m else None
