@@ -329,6 +329,11 @@ def _actor_class() -> Any:
         return _ACTOR
 
 
+def _live_nodes() -> set[str]:
+    """The ids of the Ray cluster's live nodes."""
+    return {n["NodeID"] for n in _ray().nodes() if n.get("Alive")}
+
+
 def _unwrap(ray: Any, exc: BaseException) -> BaseException:
     """The exception a replica raised (a RayTaskError wraps it with the remote traceback)."""
     cause = getattr(exc, "cause", None)
@@ -510,7 +515,8 @@ class DistributedCollection(CollectionAPI):
         except BaseException:
             self._shutdown()
             raise
-        db._record_nodes(name, self._nodes)
+        if not create:  # (a new collection's manifest entry is written by create_collection, with its nodes)
+            db._record_nodes(name, self._nodes)
         if self._dead.any():
             self._mark_dead(*next((int(s), int(r)) for s, r in np.argwhere(self._dead)), None)
         created = spec["create"]
@@ -523,7 +529,7 @@ class DistributedCollection(CollectionAPI):
         manifest), where its files are, while that node is alive."""
         ray = _ray()
         from ray.util.placement_group import NODE_ID_LABEL_KEY, placement_group
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")} if nodes else set()
+        alive = _live_nodes() if nodes else set()
         groups = []
         for s in range(self.shards):
             pins = [{NODE_ID_LABEL_KEY: node} if node in alive else {}
@@ -542,13 +548,12 @@ class DistributedCollection(CollectionAPI):
         """Where a copy of replica r of shard s starts: its bundle while the node it ran on is alive; else a live
         node that holds no other replica of the shard, if there is one (a bundle pinned to a dead node would
         never be placed again)."""
-        ray = _ray()
-        alive = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        alive = _live_nodes()
         if self._nodes[s][r] in alive:
             return self._bundle(s, r)
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         taken = {self._nodes[s][i] for i in range(self.replicas) if i != r and not self._dead[s, i]}
-        free = [node for node in alive if node not in taken]
+        free = sorted(alive - taken)
         return NodeAffinitySchedulingStrategy(free[0], soft=True) if free else "DEFAULT"
 
     def _bundle(self, s: int, r: int) -> Any:
@@ -649,7 +654,8 @@ class DistributedCollection(CollectionAPI):
                         hedged = True
                         for s, shard_calls in calls.items():
                             if len(shard_calls) == 1 and send(s, skip=shard_calls[0][0]):
-                                self.hedged_reads += 1
+                                with self._lock:  # (reads run on many threads)
+                                    self.hedged_reads += 1
                         continue
                 for ref in ready:
                     s, call = next(((s, c) for s, shard_calls in calls.items() for c in shard_calls
@@ -802,7 +808,7 @@ class DistributedCollection(CollectionAPI):
     def _restart(self, s: int, r: int, folder: str, missed: list[tuple[str, tuple, dict[str, Any]]]) -> Any:
         """A new actor on replica r's own files, caught up with the writes it ``missed``; None if that fails."""
         ray = _ray()
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        alive = _live_nodes()
         if self._nodes[s][r] not in alive:
             return None
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -25,6 +25,11 @@ from typing import Any
 NO_KEY = (1 << 63) - 1  # an empty slot of the running k best (larger than every real key)
 
 
+def pow2_block(n: int, low: int = 16) -> int:
+    """The smallest power of two >= ``n`` and >= ``low``: Triton's block sizes and ``tl.topk``'s k."""
+    return max(low, 1 << (max(n, 1) - 1).bit_length())
+
+
 @functools.lru_cache(maxsize=2)
 def _build(interpret: bool) -> Any:
     import triton

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import DeviceMemoryError, DimensionMismatchError, InvalidInputError, InvalidTypeError
 from .._validate import check_dim, check_metric, check_positive_int
-from ._kernels import NO_KEY, scan_topk_kernel, unpack_keys
+from ._kernels import NO_KEY, pow2_block, scan_topk_kernel, unpack_keys
 
 DTYPES = ("float32", "float16", "bfloat16")
 # the fused kernel's k-selection keeps k keys per query in registers: beyond this k the torch path selects
@@ -267,10 +267,10 @@ class GPUFlatIndex:
         best of the chunks' keys."""
         torch = _torch()
         nq = q.shape[0]
-        kk = max(16, 1 << (k - 1).bit_length())  # a power of two for tl.topk
+        kk = pow2_block(k)  # a power of two for tl.topk
         block_q = 16 if nq <= 16 else 32
         block_n = kk  # the kernel's tile of rows
-        block_d = 64 if self.dim >= 64 else max(16, 1 << (self.dim - 1).bit_length())
+        block_d = min(64, pow2_block(self.dim))
         q_blocks = math.ceil(nq / block_q)
         # enough programs to occupy the device: a single query splits the rows over about 4 per core
         cores = torch.cuda.get_device_properties(self.device).multi_processor_count \

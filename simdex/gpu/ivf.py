@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from .._validate import check_positive_int
-from ._kernels import NO_KEY, list_scan_kernel, unpack_keys
+from ._kernels import NO_KEY, list_scan_kernel, pow2_block, unpack_keys
 from .flat import MAX_KERNEL_K, GPUFlatIndex, _torch
 from .kmeans import kmeans, nearest
 
@@ -160,9 +160,7 @@ class GPUIVFIndex(GPUFlatIndex):
         self._n = n
 
     def _assign(self, x: Any) -> Any:
-        if self.metric == "ip":
-            return torch_argmax_blocks(x, self.centroids)
-        return nearest(x, self.centroids)[0]
+        return nearest(x, self.centroids, "ip" if self.metric == "ip" else "l2")[0]
 
     def _encode(self, x: Any, labels: Any) -> Any:
         torch = _torch()
@@ -186,7 +184,7 @@ class GPUIVFIndex(GPUFlatIndex):
         q = self._rows(queries, "queries")
         with torch.no_grad(), self._device_memory(f"searching {q.shape[0]:,} queries",
                                                   q.shape[0] * (self.nlist + 256 * self.m + nprobe * 128) * 4):
-            coarse = self._internal_to_centroids(q)
+            coarse = self._internal(q, self.centroids, (self.centroids * self.centroids).sum(dim=1))
             probe_d, probes = torch.topk(coarse, nprobe, dim=1, largest=False)
             lut = self._query_tables(q) if self.m else None
             scan = self._scan_kernel if use_kernel else self._scan_torch
@@ -195,12 +193,6 @@ class GPUIVFIndex(GPUFlatIndex):
             if self.m and self.rerank:
                 dist, rows = self._rerank(q, rows, k)
             return self._results(q, dist[:, :k], rows[:, :k], output)
-
-    def _internal_to_centroids(self, q: Any) -> Any:
-        prod = q @ self.centroids.T
-        if self.metric == "l2":
-            return (self.centroids * self.centroids).sum(dim=1)[None, :] - 2.0 * prod
-        return -prod
 
     def _query_tables(self, q: Any) -> Any:
         """(nq, m, 256) float32: each query's part of an entry's internal distance per sub-space and code."""
@@ -219,10 +211,7 @@ class GPUIVFIndex(GPUFlatIndex):
             if self.metric == "l2":
                 parts = parts + self._tables[lists[:, None], js[None, :], codes]
             return parts.sum(dim=1)
-        rows = self._entry_rows[entries]
-        x = self._x[rows].to(torch.float32)
-        prod = x @ q[qi]
-        return self._sqnorms[rows] - 2.0 * prod if self.metric == "l2" else -prod
+        return self._internal(q[qi:qi + 1], self._x[entries], self._sqnorms[entries])[0]  # (flat: entry = row)
 
     def _scan_torch(self, q: Any, probes: Any, probe_d: Any, lut: Any, keep: int) -> tuple[Any, Any]:
         torch = _torch()
@@ -236,9 +225,9 @@ class GPUIVFIndex(GPUFlatIndex):
             if entries.numel() == 0:
                 continue
             which = torch.cat([torch.full((b - a,), p, device=self.device, dtype=torch.int64) for a, b, p in spans])
-            lists = probes[qi][which]
-            d = probe_d[qi][which] + self._entry_distances(qi, q, entries, lists, lut) if self.m else \
-                self._entry_distances(qi, q, entries, lists, lut)
+            d = self._entry_distances(qi, q, entries, probes[qi][which], lut)
+            if self.m:  # (a PQ entry's distance is relative to its list's centre)
+                d = d + probe_d[qi][which]
             take = min(keep, d.shape[0])
             best_d, at = torch.topk(d, take, largest=False)
             order = torch.argsort(best_d, stable=True)
@@ -249,7 +238,7 @@ class GPUIVFIndex(GPUFlatIndex):
     def _scan_kernel(self, q: Any, probes: Any, probe_d: Any, lut: Any, keep: int) -> tuple[Any, Any]:
         torch = _torch()
         nq, nprobe = probes.shape
-        kk = max(16, 1 << (keep - 1).bit_length())
+        kk = pow2_block(keep)
         part = torch.empty((nq, nprobe, kk), dtype=torch.int64, device=self.device)
         dummy = torch.zeros(1, dtype=torch.float32, device=self.device)
         vecs, xn = (dummy, dummy) if self.m else (self._x, self._sqnorms)  # (flat lists: rows in list order)
@@ -259,8 +248,7 @@ class GPUIVFIndex(GPUFlatIndex):
             self._codes if self.m else torch.zeros(1, dtype=torch.uint8, device=self.device), vecs, xn,
             self._offsets, probes.contiguous(), probe_d.to(torch.float32).contiguous(), part, nprobe, self.dim,
             max(self.m, 1), IS_PQ=bool(self.m), IS_L2=self.metric == "l2", K=kk,
-            BLOCK_M=max(16, 1 << (max(self.m, 1) - 1).bit_length()),
-            BLOCK_D=64 if self.dim >= 64 else max(16, 1 << (self.dim - 1).bit_length()), EMPTY=NO_KEY)
+            BLOCK_M=pow2_block(self.m), BLOCK_D=min(64, pow2_block(self.dim)), EMPTY=NO_KEY)
         keys = torch.topk(part.reshape(nq, nprobe * kk), keep, dim=1, largest=False, sorted=True).values
         return unpack_keys(keys)
 
@@ -274,10 +262,3 @@ class GPUIVFIndex(GPUFlatIndex):
         d = torch.where(rows >= 0, d, float("inf"))
         best, at = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
         return best, torch.gather(rows, 1, at)
-
-
-def torch_argmax_blocks(x: Any, centroids: Any) -> Any:
-    """Index of each row's centroid of largest inner product, a block of rows at a time."""
-    import torch
-    rows = max(1, (256 << 20) // (4 * max(1, centroids.shape[0])))
-    return torch.cat([torch.argmax(x[s:s + rows] @ centroids.T, dim=1) for s in range(0, x.shape[0], rows)])

@@ -10,19 +10,21 @@ import numpy as np
 _BLOCK_BYTES = 256 << 20  # of float32 distances per block of rows assigned at a time
 
 
-def nearest(x: Any, centroids: Any) -> tuple[Any, Any]:
-    """(index int64 (n,), squared L2 distance float32 (n,)) of each row's nearest centroid, a block of rows at a
-    time (the n x k distances are never all in memory)."""
+def nearest(x: Any, centroids: Any, metric: str = "l2") -> tuple[Any, Any]:
+    """(index int64 (n,), distance float32 (n,)) of each row's nearest centroid, a block of rows at a time (the
+    n x k distances are never all in memory): squared L2, or with ``metric="ip"`` the largest inner product (its
+    distance ``-<x, c>``)."""
     import torch
     cn = (centroids * centroids).sum(dim=1)
     rows = max(1, _BLOCK_BYTES // (4 * max(1, centroids.shape[0])))
     labels, dists = [], []
     for s in range(0, x.shape[0], rows):
         block = x[s:s + rows]
-        d = cn[None, :] - 2.0 * (block @ centroids.T) + (block * block).sum(dim=1, keepdim=True)
+        prod = block @ centroids.T
+        d = -prod if metric == "ip" else cn[None, :] - 2.0 * prod + (block * block).sum(dim=1, keepdim=True)
         best, at = torch.min(d, dim=1)
         labels.append(at)
-        dists.append(best.clamp(min=0.0))
+        dists.append(best if metric == "ip" else best.clamp(min=0.0))
     return torch.cat(labels), torch.cat(dists)
 
 

@@ -128,24 +128,16 @@ class CollectionAPI(ABC):
         ``metadata`` column, JSON text as ``simdex export`` writes it, or else every other column): see
         :mod:`simdex.store.importing`. The batches before a bad one stay written; the error names the file and
         rows. A progress bar shows on a terminal (``progress`` True/False forces it)."""
-        from .._progress import progress_bar
         from .._validate import check_positive_int
         from .importing import count_rows, parquet_batches
         batch_size = check_positive_int(batch_size, "batch_size")
         files = [paths] if isinstance(paths, (str, Path)) else list(paths)
         if not files:
             raise InvalidInputError("paths is empty")
-        bar = progress_bar(sum(count_rows(f) for f in files), f"import into {self.name!r}", progress, unit="rec")
-        done = 0
-        try:
-            for path in files:
-                for batch in parquet_batches(path, id_column=id_column, vector_column=vector_column,
-                                             document_column=document_column, batch_size=batch_size):
-                    done += self.upsert(batch.ids, batch.vectors, batch.metadatas, batch.documents)
-                    bar.update(len(batch.ids))
-        finally:
-            bar.close()
-        return done
+        batches = (batch for path in files
+                   for batch in parquet_batches(path, id_column=id_column, vector_column=vector_column,
+                                                document_column=document_column, batch_size=batch_size))
+        return self._upsert_batches(batches, sum(count_rows(f) for f in files), progress)
 
     def import_dataset(self, dataset: Any, *, id_column: str = "id", vector_column: str | None = "vector",
                        document_column: str = "document", batch_size: int = 10_000,
@@ -155,13 +147,18 @@ class CollectionAPI(ABC):
         blocks in parallel across its cluster (``ray.data.read_parquet``, ``map_batches``, ...) while each batch
         is upserted (in a distributed collection, to its shards in parallel). The batches before a bad one stay
         written; the error names the rows. A progress bar shows on a terminal (``progress`` True/False)."""
-        from .._progress import progress_bar
         from .._validate import check_positive_int
         from .importing import dataset_batches
         batch_size = check_positive_int(batch_size, "batch_size")
         batches = dataset_batches(dataset, id_column=id_column, vector_column=vector_column,
                                   document_column=document_column, batch_size=batch_size)
-        bar = progress_bar(None, f"import into {self.name!r}", progress, unit="rec")  # (counting would run it)
+        return self._upsert_batches(batches, None, progress)  # (counting the rows would run the dataset)
+
+    def _upsert_batches(self, batches: Any, total: int | None, progress: bool | None) -> int:
+        """Upsert each :class:`~simdex.store.importing.RecordBatch` of ``batches`` (``total`` records, None if
+        unknown) under a progress bar; returns how many were written."""
+        from .._progress import progress_bar
+        bar = progress_bar(total, f"import into {self.name!r}", progress, unit="rec")
         done = 0
         try:
             for batch in batches:
