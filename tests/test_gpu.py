@@ -17,7 +17,7 @@ from simdex.errors import DimensionMismatchError, InvalidInputError, InvalidType
 
 from .conftest import _slice, numpy_knn
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch")  # CI has it (torch 2.14.1 and triton 3.8.0 come with the test extra)
 
 from simdex.gpu import GPUFlatIndex  # noqa: E402
 
