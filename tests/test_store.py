@@ -643,3 +643,46 @@ def test_a_quiet_collection_compacts_its_log(tmp_path, records):
         got = {r["id"]: r["embedding"] for r in col.get(include=["embeddings"])}
         assert got.keys() == want.keys() and len(got) == 2000 - 500 + 100 + 1
         np.testing.assert_allclose(got[ids[5]], vectors[1005] / np.linalg.norm(vectors[1005]), atol=1e-6)
+
+
+def test_search_rows_come_from_memory_and_follow_writes(tmp_path, records):
+    """A search reads its hits' rows (id, metadata, document) from an in-memory cache of row versions: the same
+    answers as SQLite's, a replaced or deleted record's old row is never served, and the cache keeps to its
+    byte budget."""
+    ids, vectors, metas, docs, queries = records
+    with _open(tmp_path / "db") as db:
+        col = db.create_collection("words", dim=384, metric="cosine", M=16, ef_construction=100)
+        col.upsert(ids, vectors, metas, docs)
+        db.optimize()
+        meta = col._meta
+        uncached = meta.row_cache_bytes
+        meta.row_cache_bytes = 0  # every fetch reads SQLite (the cache starts again after each)
+        truth_ids = col.search_batch(queries, 10, include=["distances"])
+        truth_records = col.search_batch(queries, 10)
+        assert not meta._rows
+        meta.row_cache_bytes = uncached
+        assert col.search_batch(queries, 10, include=["distances"]) == truth_ids  # fills ids only
+        assert all(len(row) == 1 for row in meta._rows.values())
+        assert col.search_batch(queries, 10) == truth_records  # ids-only rows are read again with contents
+        assert col.search_batch(queries, 10, include=["distances"]) == truth_ids  # served from memory
+        hit = truth_records[0][0]
+        rid = col._meta.current_rids([hit["id"]])[hit["id"]]
+        cached = meta._rows[rid]
+        assert (cached[0], json.loads(cached[1]), cached[2]) == (hit["id"], hit["metadata"], hit["document"])
+
+        col.upsert([hit["id"]], vectors[[ids.index(hit["id"])]], [{"pos": "replaced"}], ["new text"])
+        assert rid not in meta._rows and meta.fetch([rid]) == {}  # the old row version is gone
+        top = col.search(queries[0], 1)[0]
+        assert (top["id"], top["metadata"], top["document"]) == (hit["id"], {"pos": "replaced"}, "new text")
+        new_rid = col._meta.current_rids([hit["id"]])[hit["id"]]
+        assert new_rid in meta._rows
+        col.delete([hit["id"]])
+        assert new_rid not in meta._rows and meta.fetch([new_rid]) == {}
+        assert all(h["id"] != hit["id"] for row in col.search_batch(queries, 10) for h in row)
+
+        meta.row_cache_bytes = 0
+        expected = col.search_batch(queries, 10)
+        meta.row_cache_bytes = 4096  # a few rows: the cache starts again many times within one batch
+        for _ in range(3):
+            assert col.search_batch(queries, 10) == expected
+            assert meta._rows_bytes <= meta.row_cache_bytes

@@ -149,6 +149,7 @@ class Collection(Durable, FieldOps, CollectionAPI):
         if op.kind == rec.DELETE or op.kind == rec.UPSERT:
             gone = op.old_rids[op.old_rids >= 0] if op.kind == rec.UPSERT else op.rids
             if gone.size:
+                self._meta.forget(gone)
                 for side in self._sides:
                     side.remove(gone)
         if op.kind == rec.DELETE:
@@ -499,12 +500,14 @@ class Collection(Durable, FieldOps, CollectionAPI):
         found_list = found.tolist()
         contents = "metadatas" in include or "documents" in include
         rows = self._meta.fetch(found_list, contents) if found_list else {}
+        with_value = key != "distance" or "distances" in include
+        if not contents and "embeddings" not in include and "fields" not in include:
+            return self._id_hits(rids, values, rows, key if with_value else None)
         vectors = self._vectors.vectors_of(found) if "embeddings" in include and found_list else None
         vec_of = {} if vectors is None else dict(zip(found_list, vectors))
         fields_of = self._field_values(found_list) if "fields" in include else None
         metas = dict(zip(rows, rec.decode_metadatas([row[1] for row in rows.values()]))) \
             if "metadatas" in include else {}
-        with_value = key != "distance" or "distances" in include
         out = []
         for r in range(rids.shape[0]):
             hits = []
@@ -514,6 +517,21 @@ class Collection(Durable, FieldOps, CollectionAPI):
                     hits.append(rec.hit_record(row[0], metas.get(rid, "{}"), row[2] if contents else None, include,
                                                vec_of.get(rid), v if with_value else None, key,
                                                None if fields_of is None else fields_of.get(rid, {})))
+            out.append(hits)
+        return out
+
+    @staticmethod
+    def _id_hits(rids: np.ndarray, values: np.ndarray, rows: dict[int, tuple], key: str | None
+                 ) -> list[list[dict[str, Any]]]:
+        """:meth:`_hits` of a search that returns ids (and ``values`` under ``key`` unless it is None) only: what
+        a server or a RAG loop asks one query at a time, built without the general records' steps."""
+        out = []
+        for row_values, row_rids in zip(values.tolist(), rids.tolist()):
+            hits = []
+            for value, rid in zip(row_values, row_rids):
+                row = rows.get(rid)  # (none for -1, "no hit")
+                if row is not None:
+                    hits.append({"id": row[0]} if key is None else {"id": row[0], key: value})
             out.append(hits)
         return out
 
