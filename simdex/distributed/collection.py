@@ -615,11 +615,11 @@ class DistributedCollection(CollectionAPI):
         ref.future().add_done_callback(lambda _: self._done(shard, r))
 
     def _read(self, method: str, args_of: Callable[[int], tuple], kwargs: dict[str, Any],
-              shards: list[int] | None = None) -> tuple[dict[int, Any], list[int]]:
+              shards: list[int] | None = None, hedge: bool = True) -> tuple[dict[int, Any], list[int]]:
         """``method`` on one live replica of each of ``shards`` (default all), in parallel; a replica found dead
         is marked and the call goes to another, and a shard still waiting after the hedge delay
-        (:meth:`_hedge_delay`) is asked of a second replica too, the first answer taken. Returns
-        ({shard: result}, shards with no live replica)."""
+        (:meth:`_hedge_delay`; never without ``hedge``) is asked of a second replica too, the first answer taken.
+        Returns ({shard: result}, shards with no live replica)."""
         ray = _ray()
         shards = list(range(self.shards)) if shards is None else shards
         start = time.perf_counter()
@@ -638,7 +638,7 @@ class DistributedCollection(CollectionAPI):
             if not send(s):
                 missing.append(s)
         results: dict[int, Any] = {}
-        hedge = self._hedge_delay(method)
+        hedge = self._hedge_delay(method) if hedge else None
         hedged = False
         try:
             while calls:
@@ -883,6 +883,9 @@ class DistributedCollection(CollectionAPI):
             if values is not None and (not isinstance(values, (list, tuple)) or len(values) != n):
                 raise InvalidInputError(f"{name} must be a list with one entry per id ({n})")
         routes = self._route(ids)
+        fields = self._embed_once(ids, vectors, documents, fields, routes)
+        if isinstance(fields, tuple):
+            vectors, fields = fields
 
         def part(values: Any, at: list[int]) -> Any:
             if values is None:
@@ -900,6 +903,49 @@ class DistributedCollection(CollectionAPI):
         written = self._write("upsert", args_of, {}, sorted(routes),
                               kwargs_of=lambda s: {"fields": part(fields, routes[s])})
         return int(sum(written.values()))
+
+    def _embed_once(self, ids: list[str], vectors: Any, documents: Any, fields: dict[str, Any] | None,
+                    routes: dict[int, list[int]]) -> Any:
+        """With several replicas and documents to embed: (vectors, fields) of the batch, each shard's part
+        embedded by one of its replicas (the model is theirs), so that the replicas all store the same vectors
+        and a batch costs one embedding instead of one per replica; the replicas' journal keeps the vectors, so
+        a replay does not embed again either. Else ``fields`` unchanged."""
+        if self.replicas == 1 or documents is None or not isinstance(documents, (list, tuple)) or \
+                not self._embeds(vectors, fields):
+            return fields
+        order = sorted(routes)
+
+        def pick(values: Any, at: list[int]) -> Any:
+            return None if values is None else [values[i] for i in at] if isinstance(values, (list, tuple)) \
+                else values[at] if isinstance(values, np.ndarray) else \
+                {key: pick(v, at) for key, v in values.items()}
+
+        found, missing = self._read("_embedded_upsert", lambda s: (
+            [ids[i] for i in routes[s]], pick(vectors, routes[s]), pick(list(documents), routes[s]),
+            pick(fields, routes[s])), {}, order, hedge=False)
+        if missing:  # a shard with no live replica: its write below says so
+            return fields
+        n = len(ids)
+        out_vectors: list[Any] = [None] * n
+        out_fields: dict[str, list[Any]] = {}
+        for s in order:
+            part_vectors, part_fields = found[s]
+            for j, i in enumerate(routes[s]):
+                out_vectors[i] = part_vectors[j]
+            for name, values in (part_fields or {}).items():
+                column = out_fields.setdefault(name, [None] * n)
+                for j, i in enumerate(routes[s]):
+                    column[i] = values[j]
+        return np.asarray(out_vectors, np.float32), (out_fields or None)
+
+    def _embeds(self, vectors: Any, fields: dict[str, Any] | None) -> bool:
+        """Whether an upsert of ``vectors`` and ``fields`` with documents leaves something for an embedder."""
+        create = self._spec["create"]
+        main = vectors.get(MAIN_FIELD) if isinstance(vectors, dict) else vectors
+        if "embedder" in create and (main is None or (isinstance(main, (list, tuple)) and
+                                                      any(v is None for v in main))):
+            return True
+        return any(isinstance(spec, dict) and spec.get("embedder") for spec in (create.get("fields") or {}).values())
 
     def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
             include: Any = None) -> list[dict[str, Any]]:

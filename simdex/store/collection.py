@@ -265,6 +265,16 @@ class Collection(Durable, FieldOps, CollectionAPI):
             self._log_and_apply(rec.encode_upsert(batch, rids, old), op)
         return len(batch.ids)
 
+    def _embedded_upsert(self, ids: Any, vectors: Any = None, documents: Any = None,
+                         fields: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any] | None]:
+        """The vectors and named-field values an upsert of these records would store: those not given embedded
+        from ``documents`` by the collection's embedders. A distributed collection asks one replica of a shard
+        for them and sends them to every replica, so that a batch is embedded once, not once per replica."""
+        vectors, fields = split_vectors(vectors, fields)
+        vectors = self._embedding.vectors_for(ids, vectors, documents)
+        n = len(ids) if isinstance(ids, (list, tuple)) else 1
+        return vectors, self._embed_fields(n, documents, fields)
+
     def delete(self, ids: Any = None, where: Any = None, *, missing_ok: bool = False) -> int:
         """See :meth:`CollectionAPI.delete`; unknown ids raise :class:`UnknownIdError` and delete nothing."""
         self._check_writable()
