@@ -506,22 +506,23 @@ class Collection(Durable, FieldOps, CollectionAPI):
     def _hits(self, rids: np.ndarray, values: np.ndarray, include: tuple[str, ...], key: str
               ) -> list[list[dict[str, Any]]]:
         """Result rows -> records; ``values`` go under ``key`` ("distance" only if included)."""
-        found = rids[rids >= 0]
-        found_list = found.tolist()
+        rid_rows = rids.tolist()  # (Python lists: a single query's ten hits cost less than numpy's masking)
+        found_list = [rid for row in rid_rows for rid in row if rid >= 0]
         contents = "metadatas" in include or "documents" in include
         rows = self._meta.fetch(found_list, contents) if found_list else {}
         with_value = key != "distance" or "distances" in include
         if not contents and "embeddings" not in include and "fields" not in include:
-            return self._id_hits(rids, values, rows, key if with_value else None)
-        vectors = self._vectors.vectors_of(found) if "embeddings" in include and found_list else None
+            return self._id_hits(rid_rows, values.tolist(), rows, key if with_value else None)
+        vectors = self._vectors.vectors_of(np.array(found_list, np.int64)) \
+            if "embeddings" in include and found_list else None
         vec_of = {} if vectors is None else dict(zip(found_list, vectors))
         fields_of = self._field_values(found_list) if "fields" in include else None
         metas = dict(zip(rows, rec.decode_metadatas([row[1] for row in rows.values()]))) \
             if "metadatas" in include else {}
         out = []
-        for r in range(rids.shape[0]):
+        for row_values, row_rids in zip(values.tolist(), rid_rows):
             hits = []
-            for v, rid in zip(values[r].tolist(), rids[r].tolist()):
+            for v, rid in zip(row_values, row_rids):
                 row = rows.get(rid)  # (none for -1, "no hit")
                 if row is not None:
                     hits.append(rec.hit_record(row[0], metas.get(rid, "{}"), row[2] if contents else None, include,
@@ -531,12 +532,12 @@ class Collection(Durable, FieldOps, CollectionAPI):
         return out
 
     @staticmethod
-    def _id_hits(rids: np.ndarray, values: np.ndarray, rows: dict[int, tuple], key: str | None
+    def _id_hits(rids: list[list[int]], values: list[list[float]], rows: dict[int, tuple], key: str | None
                  ) -> list[list[dict[str, Any]]]:
         """:meth:`_hits` of a search that returns ids (and ``values`` under ``key`` unless it is None) only: what
         a server or a RAG loop asks one query at a time, built without the general records' steps."""
         out = []
-        for row_values, row_rids in zip(values.tolist(), rids.tolist()):
+        for row_values, row_rids in zip(values, rids):
             hits = []
             for value, rid in zip(row_values, row_rids):
                 row = rows.get(rid)  # (none for -1, "no hit")
