@@ -185,7 +185,7 @@ def test_distributed_bench_on_a_slice():
     pytest.importorskip("ray")
     import ray
     from simdex.bench import distributed
-    report = distributed.run("local,2x1", n_base=2000, n_queries=40, clients=2, log=lambda *a: None)
+    report = distributed.run("local,2x1", n_base=2000, n_queries=40, clients=2, embed_docs=20, log=lambda *a: None)
     ray.shutdown()
     local, sharded = report["layouts"]["local"], report["layouts"]["2x1"]
     assert local["recall"] > 0.9 and sharded["recall"] >= local["recall"] - 0.02
@@ -193,6 +193,7 @@ def test_distributed_bench_on_a_slice():
     assert len(local["process_memory"]) == 1 and len(sharded["process_memory"]) == 2  # the caller; two replicas
     assert all(m["anon"] > 0 for p in (local, sharded) for m in p["process_memory"])
     assert "| 2x1 |" in distributed.format_report(report)
+    assert "embedded by MiniLM) per second: local" in distributed.format_report(report)
 
 
 def test_integrations_bench_on_a_slice():

@@ -240,6 +240,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                       help="WordNet records, or the disk benchmark's 2M-row set (vectors only)")
     dist.add_argument("--index", default=None, help='the collection index as JSON, e.g. \'{"index": "ivf-pq"}\'')
     dist.add_argument("--work-dir", default="/tmp/simdex-disk", help="where the disk set is (made if absent)")
+    dist.add_argument("--embed-docs", type=int, default=0,
+                      help="also time upserting this many WordNet glosses as text, embedded by MiniLM, per layout")
     dist.add_argument("--out", default="bench-results")
     merge = sub.add_parser("merge", help="what one merge (and the checkpoint after it) of a code collection costs")
     merge.add_argument("--index", default="hnsw-lvq8", choices=("hnsw-lvq8", "hnsw-int8", "ivf-pq", "ivf-rabitq"))
@@ -410,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         from . import distributed as dist_bench
         report = dist_bench.run(args.layouts, n_base=args.n_base, n_queries=args.n_queries, ef=args.ef,
                                 clients=args.clients, rounds=args.rounds, data=args.data,
-                                index=None if args.index is None else json.loads(args.index), work_dir=args.work_dir)
+                                index=None if args.index is None else json.loads(args.index), work_dir=args.work_dir,
+                                embed_docs=args.embed_docs)
         _record(dist_bench, report, args.out, argv)
         return 0
     if args.bench == "merge":

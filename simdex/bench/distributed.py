@@ -64,12 +64,29 @@ def _disk_set(n_base: int, n_queries: int, k: int, work_dir: str, log) -> tuple:
             int)
 
 
+def _embed_rate(db: Any, name: str, layout: tuple[int, int] | None, n_docs: int, batch: int = 250) -> float:
+    """Documents per second upserted as text alone into a new exact collection of ``layout`` that embeds them with
+    MiniLM (WordNet glosses, batches of ``batch``; its model loaded and its kernels compiled beforehand)."""
+    ids, _, docs = datasets.wordnet_records()
+    shape = {} if layout is None else {"shards": layout[0], "replicas": layout[1]}
+    col = db.create_collection(f"text{name}", embedder="minilm", index="flat", **shape)
+    col.upsert(ids[:8], documents=docs[:8])
+    t0 = time.perf_counter()
+    for s in range(8, n_docs + 8, batch):
+        col.upsert(ids[s:min(s + batch, n_docs + 8)], documents=docs[s:min(s + batch, n_docs + 8)])
+    rate = n_docs / (time.perf_counter() - t0)
+    db.drop_collection(f"text{name}")
+    return rate
+
+
 def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int = 500, k: int = 10,
         ef: int = 32, batch: int = 1000, clients: int = 4, rounds: int = 5, data: str = "wordnet",
-        index: dict[str, Any] | None = None, work_dir: str = "/tmp/simdex-disk", log=print) -> dict[str, Any]:
+        index: dict[str, Any] | None = None, work_dir: str = "/tmp/simdex-disk", embed_docs: int = 0,
+        log=print) -> dict[str, Any]:
     """``data``: "wordnet" (a sample of ``n_base`` WordNet records with metadata and documents) or "disk" (the
     first ``n_base`` rows of the disk benchmark's set, vectors only); ``index``: the collection's index and its
-    options (default HNSW M 16)."""
+    options (default HNSW M 16); ``embed_docs`` > 0: also the rate of upserting that many documents to be embedded
+    (MiniLM) in each layout, where replicas must not multiply the embedding work."""
     import simdex
     from simdex import distributed
     from .._storage import drop_pages
@@ -139,10 +156,15 @@ def run(layouts: str = "local,1x1,2x1,1x2", n_base: int = 20_000, n_queries: int
                      "recall": recall(np.array(found), truth), "p50_ms": float(np.percentile(lat, 50) * 1e3),
                      "p99_ms": float(np.percentile(lat, 99) * 1e3), "batch100_qps": n_queries / batch_s,
                      "threaded_qps": n_queries / threaded_s, "process_memory": memory}
+            if embed_docs:
+                point["embed_upsert_per_second"] = _embed_rate(db if layout is None else dist_db, name, layout,
+                                                                embed_docs)
             report["layouts"][name] = point
             log(f"  {name:6s} upsert {point['upsert_per_second']:,.0f} rec/s, indexed {indexed_s:.1f} s, recall "
                 f"{point['recall']:.3f}, p50 {point['p50_ms']:.2f} ms, p99 {point['p99_ms']:.2f} ms, batch-100 "
-                f"{point['batch100_qps']:,.0f} QPS, {clients} clients {point['threaded_qps']:,.0f} QPS")
+                f"{point['batch100_qps']:,.0f} QPS, {clients} clients {point['threaded_qps']:,.0f} QPS"
+                + (f", documents embedded and upserted {point['embed_upsert_per_second']:,.0f}/s"
+                   if embed_docs else ""))
             if layout is None:
                 db.close()
     finally:
@@ -167,6 +189,11 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {p['upsert_per_second']:,.0f} | {p['indexed_seconds']:.1f} | {p['recall']:.3f} | "
                      f"{p['p50_ms']:.2f} | {p['p99_ms']:.2f} | {p['batch100_qps']:,.0f} | {p['threaded_qps']:,.0f} | "
                      f"{memory} |")
+    embedded = {name: p["embed_upsert_per_second"] for name, p in report["layouts"].items()
+                if "embed_upsert_per_second" in p}
+    if embedded:
+        lines.append("documents upserted as text (embedded by MiniLM) per second: "
+                     + ", ".join(f"{name} {rate:,.0f}" for name, rate in embedded.items()))
     if "ray_overhead_batch100" in report:
         lines.append(f"1x1 batch-100 search time / local: {report['ray_overhead_batch100']:.2f} (target <= 1.2)")
     return "\n".join(lines)
