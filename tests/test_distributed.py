@@ -349,6 +349,82 @@ def test_a_replica_found_dead_is_repaired_in_the_background(cluster, records, tm
     db.close()
 
 
+def _crash(db, name):
+    """The writer of collection ``name`` stops without closing: its replicas and placement groups go, and its
+    manifest still says the collection is open."""
+    col = db._open.pop(name)
+    for row in col._actors:
+        for actor in row:
+            ray.kill(actor)
+    for group in col._groups:
+        ray.util.remove_placement_group(group)
+
+
+def _digests(col, shard):
+    return [ray.get(actor.digest.remote()) for actor in col._actors[shard]]
+
+
+def test_a_replica_left_out_is_copied_when_the_collection_is_reopened(cluster, records, tmp_path):
+    """A replica found dead is written down as stale before the write that found it returns, so when the
+    collection is reopened (after a clean close here; the journal is gone with its writer) that replica does
+    not serve its old files: it is left out and repaired by a copy of the one that took the writes."""
+    ids, x, meta, _, _ = records
+    db = distributed.connect(tmp_path / "stale", auto_repair=False)
+    col = db.create_collection("stale", 384, "cosine", index="flat", shards=1, replicas=2)
+    col.upsert(ids[:200], x[:200], meta[:200])
+    ray.kill(col._actors[0][1])
+    col.upsert(ids[200:300], x[200:300], meta[200:300])  # acknowledged by replica 0 alone
+    col.delete(ids[:10])
+    assert db._manifest()["collections"]["stale"]["stale"] == [[0, 1]]
+    db.close()
+    assert db._manifest()["collections"]["stale"]["open"] is False
+
+    db = distributed.connect(tmp_path / "stale", auto_repair=False)
+    col = db.get_collection("stale")
+    assert col._dead[0, 1] and not col.reconciled  # closed cleanly: nothing to compare, the stale one left out
+    assert col.count() == 290
+    assert col.repair() == [(0, 1)]
+    assert col.last_repair == [{"shard": 0, "replica": 1, "from": "a copy of replica 0"}]
+    first, second = _digests(col, 0)
+    assert (first["count"], first["digest"]) == (second["count"], second["digest"]) and first["count"] == 290
+    assert db._manifest()["collections"]["stale"]["stale"] == []
+    db.close()
+
+
+def test_replicas_that_differ_after_a_writer_stopped_are_made_equal(cluster, records, tmp_path):
+    """A writer that stops in the middle of a write can leave it on one replica of a shard and not on the other.
+    Reopening, the replicas of each shard are compared by their content; the one that differs from the replica
+    that applied the most writes is copied from it, so every replica answers the same."""
+    ids, x, meta, _, _ = records
+    db = distributed.connect(tmp_path / "torn", auto_repair=False)
+    col = db.create_collection("torn", 384, "cosine", index="flat", shards=2, replicas=2)
+    col.upsert(ids[:300], x[:300], meta[:300])
+    on_0 = [i for i in ids[300:400] if distributed.shard_of(i, 2) == 0][:5]
+    ray.get(col._actors[0][0].call.remote("upsert", (on_0, x[:len(on_0)], None, None), {}))  # reached one replica
+    gone = [i for i in ids[:50] if distributed.shard_of(i, 2) == 0][:3]
+    ray.get(col._actors[0][0].call.remote("delete", (gone,), {}))
+    first, second = _digests(col, 0)
+    assert first["digest"] != second["digest"]
+    assert _digests(col, 1)[0] == _digests(col, 1)[1]  # equal content and log: shard 1 was written whole
+    _crash(db, "torn")
+    assert db._manifest()["collections"]["torn"]["open"] is True
+
+    db = distributed.connect(tmp_path / "torn", auto_repair=False)
+    col = db.get_collection("torn")
+    assert [(r["shard"], r["from"], r["copied"]) for r in col.reconciled] == [(0, 0, [1])]
+    assert col._dead.tolist() == [[False, True], [False, False]]
+    assert col.repair() == [(0, 1)]
+    assert col.last_repair == [{"shard": 0, "replica": 1, "from": "a copy of replica 0"}]
+    first, second = _digests(col, 0)
+    assert (first["count"], first["digest"]) == (second["count"], second["digest"])
+    assert col.count() == 300 + len(on_0) - len(gone)  # the replica that took the torn writes was kept
+    db.close()
+
+    db = distributed.connect(tmp_path / "torn", auto_repair=False)  # closed cleanly: not compared again
+    assert not db.get_collection("torn").reconciled and not db.get_collection("torn")._dead.any()
+    db.close()
+
+
 def test_a_read_waiting_on_a_slow_replica_is_hedged_to_another(cluster, records, tmp_path):
     """A search whose replica stalls past ``hedge_after`` is sent to the shard's other replica as well, and the
     first answer is returned: the same hits, without waiting for the stalled one."""

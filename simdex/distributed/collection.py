@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import shutil
 import tarfile
 import tempfile
@@ -32,6 +33,9 @@ from ..store.config import DEFAULT_SEARCH_INCLUDE, check_include
 MANIFEST = "distributed.json"
 MAX_SHARDS = 1024
 MAX_REPLICAS = 16
+
+
+log = logging.getLogger(__name__)
 
 
 class PartialResultsWarning(UserWarning):
@@ -148,6 +152,11 @@ class ShardReplica:
 
     def backup(self, dest: str) -> dict[str, Any]:
         return self.db.backup(dest)
+
+    def digest(self) -> dict[str, Any]:
+        """What this replica holds (count, digest, last log record applied), to compare it with the others of its
+        shard (:meth:`simdex.store.collection.Collection._content_digest`)."""
+        return self.col._content_digest()
 
     def stall_reads(self, seconds: float) -> None:
         """Make every read of this replica wait ``seconds`` first (0: no more): a drill for hedged reads, as a
@@ -398,7 +407,7 @@ class DistributedDatabase(DatabaseAPI):
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
-            manifest["collections"][name] = {**spec, "nodes": col._nodes}
+            manifest["collections"][name] = {**spec, "nodes": col._nodes, "stale": [], "open": True}
             write_json(self.path / MANIFEST, manifest)
             self._open[name] = col
             return col
@@ -417,14 +426,28 @@ class DistributedDatabase(DatabaseAPI):
     def list_collections(self) -> list[str]:
         return sorted(self._manifest()["collections"])
 
-    def _record_nodes(self, name: str, nodes: list[list[str]]) -> None:
-        """Keep in the manifest the node each replica of collection ``name`` runs on (where its files are), for
-        :meth:`DistributedCollection._place` when it is reopened."""
+    def _record_state(self, name: str, col: DistributedCollection, opened: bool | None = None) -> None:
+        """Keep in collection ``name``'s manifest entry what its next opening needs:
+        - ``nodes``: the node each replica runs on (where its files are; :meth:`DistributedCollection._place`);
+        - ``stale``: the replicas left out as dead, which may miss writes acknowledged without them (copied from
+          another replica when the collection is reopened, whatever happened to this process);
+        - ``open``: True from the opening of the collection until a clean close (``opened``; None: unchanged).
+          Still true when it is opened again, the writer stopped without closing, perhaps in the middle of a
+          write that reached some replicas of a shard and not others: the replicas are compared then.
+
+        Written (fsynced) when a replica is found dead, before the write that found it returns."""
         with self._lock:
             manifest = self._manifest()
             spec = manifest["collections"].get(name)
-            if spec is not None and spec.get("nodes") != nodes:
-                spec["nodes"] = [list(row) for row in nodes]
+            if spec is None:  # (being created: create_collection writes the entry)
+                return
+            with col._lock:
+                state = {"nodes": [list(row) for row in col._nodes],
+                         "stale": [[int(s), int(r)] for s, r in np.argwhere(col._dead)]}
+            if opened is not None:
+                state["open"] = opened
+            if any(spec.get(key) != value for key, value in state.items()):
+                spec.update(state)
                 write_json(self.path / MANIFEST, manifest)
 
     def drop_collection(self, name: str) -> None:
@@ -436,6 +459,7 @@ class DistributedDatabase(DatabaseAPI):
             col = self._open.pop(name, None)
             if col is not None:
                 col._shutdown()
+            manifest = self._manifest()
             del manifest["collections"][name]
             write_json(self.path / MANIFEST, manifest)
             shutil.rmtree(self.path / name, ignore_errors=True)
@@ -459,7 +483,7 @@ class DistributedDatabase(DatabaseAPI):
     def close(self) -> None:
         with self._lock:
             for col in self._open.values():
-                col._shutdown()
+                col._shutdown(clean=True)
             self._open.clear()
             self._closed = True
 
@@ -491,6 +515,10 @@ class DistributedCollection(CollectionAPI):
         self._repair_lock = threading.Lock()
         self._closing = False
         self._acked = np.zeros((self.shards, self.replicas), np.int64)  # the newest write each replica acknowledged
+        # replicas to be repaired by a copy, not from their own files: {(shard, replica): the replica to copy, or
+        # None for any live one} (found stale or different when the collection was reopened)
+        self._must_copy: dict[tuple[int, int], int | None] = {}
+        self.reconciled: list[dict[str, Any]] = []  # the shards whose replicas differed when it was reopened
         self._read_seconds: dict[str, deque] = {}  # recent unhedged reads' durations, by method (hedge_after="auto")
         self.hedged_reads = 0
         self._groups: list[Any] = []
@@ -516,11 +544,57 @@ class DistributedCollection(CollectionAPI):
             self._shutdown()
             raise
         if not create:  # (a new collection's manifest entry is written by create_collection, with its nodes)
-            db._record_nodes(name, self._nodes)
+            self._check_replicas_at_open(spec)
+            db._record_state(name, self, opened=True)
         if self._dead.any():
             self._mark_dead(*next((int(s), int(r)) for s, r in np.argwhere(self._dead)), None)
         created = spec["create"]
         self.dim, self.metric = created.get("dim"), created.get("metric", "cosine")
+
+    def _check_replicas_at_open(self, spec: dict[str, Any]) -> None:
+        """Reopening: a replica that the manifest says was left out as dead may miss acknowledged writes, so it is
+        left out again and repaired by a copy of a live one. After a writer that stopped without closing
+        (``open`` still set), a write may have reached some replicas of a shard and not others: the live replicas
+        of each shard are compared (:meth:`_reconcile`). A shard whose live replicas were all left out at some
+        time is compared too: none of them is known to hold every write."""
+        stale = {(int(s), int(r)) for s, r in spec.get("stale", []) if s < self.shards and r < self.replicas}
+        compare = []
+        for s in range(self.shards):
+            live = [r for r in range(self.replicas) if not self._dead[s, r]]
+            marked = [r for r in live if (s, r) in stale]
+            if marked and len(marked) == len(live):
+                compare.append(s)
+                continue
+            for r in marked:
+                self._dead[s, r] = True
+                self._must_copy[s, r] = None
+        if spec.get("open") and self.replicas > 1:
+            compare = list(range(self.shards))
+        self._reconcile(compare)
+
+    def _reconcile(self, shards: list[int]) -> None:
+        """Compare the live replicas of each of ``shards`` (:meth:`ShardReplica.digest`); where they differ,
+        those unlike the one that applied the most log records are left out and repaired by a copy of it. The
+        writes on which they differ were never acknowledged (a writer stopped in the middle of them), so either
+        outcome is allowed; what is not is replicas that answer differently."""
+        ray = _ray()
+        for s in shards:
+            live = [r for r in range(self.replicas) if not self._dead[s, r]]
+            if len(live) < 2:
+                continue
+            states = self._get(ray, [self._actors[s][r].digest.remote() for r in live])
+            held = [(state["count"], state["digest"]) for state in states]
+            if len(set(held)) == 1:
+                continue
+            best = max(range(len(live)), key=lambda i: (states[i]["lsn"], states[i]["count"], -i))
+            copied = [r for i, r in enumerate(live) if held[i] != held[best]]
+            for r in copied:
+                self._dead[s, r] = True
+                self._must_copy[s, r] = live[best]
+            self.reconciled.append({"shard": s, "from": live[best], "copied": copied,
+                                    "replicas": {r: state for r, state in zip(live, states)}})
+            log.warning("collection %r: the replicas of shard %d differ (a writer stopped in the middle of a write); "
+                        "replica(s) %s will be copied from replica %d", self.name, s, copied, live[best])
 
     def _place(self, nodes: list[list[str]] | None) -> list[Any]:
         """One placement group per shard, a bundle per replica, spread: Ray puts a shard's replicas on different
@@ -589,6 +663,9 @@ class DistributedCollection(CollectionAPI):
             if actor is not None and (self._actors[shard][r] is not actor or self._dead[shard, r]):
                 return
             self._dead[shard, r] = True
+        # in the manifest before the write that found it returns: reopened later, it is copied, not trusted
+        self._db._record_state(self.name, self)
+        with self._lock:
             if self._db.auto_repair and not self._closing and (self._repairer is None or
                                                               not self._repairer.is_alive()):
                 self._repairer = threading.Thread(target=self._repair_in_background, daemon=True,
@@ -783,26 +860,29 @@ class DistributedCollection(CollectionAPI):
                 except Exception:  # noqa: BLE001 - already gone
                     pass
                 folder = str(self._db.path / self.name / f"shard-{s}" / f"replica-{r}")
-                missed = self._journals[s].after(int(self._acked[s, r]))
+                source = self._must_copy.get((s, r))
+                source = live[0] if source is None or source not in live else source
+                missed = None if (s, r) in self._must_copy else self._journals[s].after(int(self._acked[s, r]))
                 actor = self._restart(s, r, folder, missed) if missed is not None else None
                 how = {"shard": s, "replica": r, "from": "journal", "writes": len(missed or ())}
                 if actor is None:
                     # the copy runs after every write already sent to the source (Ray keeps one caller's order)
-                    copy = self._actors[s][live[0]].copy.remote()
+                    copy = self._actors[s][source].copy.remote()
                     actor = _actor_class().options(scheduling_strategy=self._new_home(s, r)).remote(
                         folder, self._db._db_options, copy)
                     self._get(ray, actor.open.remote(self.name, None))
-                    how = {"shard": s, "replica": r, "from": f"a copy of replica {live[0]}"}
+                    how = {"shard": s, "replica": r, "from": f"a copy of replica {source}"}
                 node = self._get(ray, actor.node_id.remote())
                 with self._lock:
                     self._actors[s][r] = actor
                     self._nodes[s][r] = node
                     self._acked[s, r] = self._journals[s].seq
                     self._dead[s, r] = False
+                    self._must_copy.pop((s, r), None)
                 replaced.append((s, r))
                 self.last_repair.append(how)
         if replaced:
-            self._db._record_nodes(self.name, self._nodes)
+            self._db._record_state(self.name, self)
         return replaced
 
     def _restart(self, s: int, r: int, folder: str, missed: list[tuple[str, tuple, dict[str, Any]]]) -> Any:
@@ -822,7 +902,8 @@ class DistributedCollection(CollectionAPI):
             return None
         return actor
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, clean: bool = False) -> None:
+        """Stop the replicas; ``clean``: the collection was closed, so its next opening need not compare them."""
         ray = _ray()
         self._closing = True
         if self._repairer is not None:
@@ -837,6 +918,8 @@ class DistributedCollection(CollectionAPI):
         for group in self._groups:
             ray.util.remove_placement_group(group)
         self._groups = []
+        if clean:
+            self._db._record_state(self.name, self, opened=False)
 
     def _route(self, ids: list[str]) -> dict[int, list[int]]:
         """{shard: positions in ``ids``} of the ids' shards."""

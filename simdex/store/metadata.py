@@ -390,6 +390,17 @@ class MetadataStore:
                 out.setdefault(rid, {})[field] = value
         return out
 
+    def all_rows(self, batch: int = 8192) -> Iterable[list[tuple[int, str, str, str | None]]]:
+        """Every record's (rid, id, metadata JSON, document), in rid order, ``batch`` rows at a time."""
+        cursor = self._reader().execute("SELECT rid, id, metadata, document FROM records ORDER BY rid")
+        while rows := cursor.fetchmany(batch):
+            yield rows
+
+    def all_field_values(self) -> Iterable[tuple[str, str, bytes]]:
+        """(record id, field, stored value) of every named-field value."""
+        return self._reader().execute("SELECT r.id, f.field, f.value FROM field_values f "
+                                      "JOIN records r ON r.rid = f.rid")
+
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM records").fetchone()[0])
 
