@@ -331,3 +331,96 @@ def test_a_device_out_of_memory_is_named_and_leaves_the_index_as_it_was(monkeypa
     np.testing.assert_array_equal(after[0], before[0])
     index.add(base[1500:])
     assert len(index) == 2000
+
+
+def test_remove_drops_vectors_and_refuses_unknown_ids():
+    base, queries = _data("cosine", 1000, 10)
+    index = GPUFlatIndex(384, "cosine", device="cpu", kernel="torch")
+    index.add(base, np.arange(1000) * 3)
+    from simdex.errors import UnknownIdError
+    with pytest.raises(UnknownIdError, match="1 unknown"):
+        index.remove([0, 3, 4])
+    assert len(index) == 1000
+    assert index.remove(np.arange(0, 1500, 3)) == 500
+    keep = np.arange(500, 1000)
+    d_ref, i_ref = numpy_knn(base[keep], queries, 10, "cosine")
+    d, i = index.search(queries, 10)
+    assert (i == keep[i_ref] * 3).mean() >= 0.99
+    np.testing.assert_allclose(d, d_ref, rtol=1e-3, atol=1e-3)
+
+
+def _flat_pair(db, ids, x, metas, **device):
+    gpu = db.create_collection("gpu", 384, index="flat", **device)
+    cpu = db.create_collection("cpu", 384, index="flat")
+    for col in (gpu, cpu):
+        col.upsert(ids, x, metas)
+    return gpu, cpu
+
+
+def _same(a, b):
+    """The same hits (ids, to a tie broken the other way) and distances to float32 rounding."""
+    pairs = [(h, g) for ra, rb in zip(a, b) for h, g in zip(ra, rb)]
+    assert len(pairs) == sum(len(r) for r in b) and sum(h["id"] == g["id"] for h, g in pairs) >= 0.99 * len(pairs)
+    np.testing.assert_allclose([h["distance"] for h, _ in pairs], [g["distance"] for _, g in pairs], atol=1e-5)
+
+
+def test_a_flat_collection_on_a_device_answers_as_on_the_cpu_and_follows_writes(tmp_path, monkeypatch):
+    """A flat collection with device="auto" mirrors its rows on the device (CUDA where torch sees one; here also
+    torch's CPU device, the same code) and answers plain searches there: the hits of the CPU collection, after
+    upserts, replacements and deletes, and after reopening. A filtered search, and every search once the device
+    fails, goes to the CPU index; a write never fails because of the device."""
+    import simdex
+    from simdex.gpu import flat as gpu_flat
+    from simdex.store import device as store_device
+    monkeypatch.setattr(store_device, "MIRROR_DEVICE_TYPES", ("cuda", "cpu"))
+    base, queries = _data("cosine", 3000, 20)
+    ids = [f"r{i}" for i in range(3000)]
+    metas = [{"half": i % 2} for i in range(3000)]
+    with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
+        gpu, cpu = _flat_pair(db, ids, base, metas, device="auto")
+        assert gpu.stats()["device"]["index"] == "FlatIndex"  # built on the first search
+        _same(gpu.search_batch(queries, 10, include=["distances"]), cpu.search_batch(queries, 10, include=["distances"]))
+        info = gpu.stats()["device"]
+        assert info["index"] == "GPUFlatIndex" and info["device_bytes"] >= 3000 * 384 * 4
+        for col in (gpu, cpu):
+            col.delete(ids[:1000])
+            col.upsert(ids[2000:2200], base[:200], metas[:200])  # replaced: new vectors
+            col.upsert([f"n{i}" for i in range(50)], base[2500:2550])
+        assert len(gpu._vectors.mirror.index) == cpu.count() == 2050
+        _same(gpu.search_batch(queries, 10, include=["distances"]), cpu.search_batch(queries, 10, include=["distances"]))
+        where = {"half": 1}
+        _same(gpu.search_batch(queries, 5, where=where, include=["distances"]),
+              cpu.search_batch(queries, 5, where=where, include=["distances"]))
+    with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
+        gpu, cpu = db.get_collection("gpu"), db.get_collection("cpu")
+        _same(gpu.search_batch(queries, 10, include=["distances"]), cpu.search_batch(queries, 10, include=["distances"]))
+        assert gpu.stats()["device"]["index"] == "GPUFlatIndex"
+
+        def out_of_memory(self, *args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        monkeypatch.setattr(gpu_flat.GPUFlatIndex, "add", out_of_memory)
+        for col in (gpu, cpu):
+            col.upsert(ids[:100], base[:100], metas[:100])  # durable although the mirror could not take it
+        assert gpu.count() == cpu.count() == 2150
+        info = gpu.stats()["device"]
+        assert info["index"] == "FlatIndex" and "out of memory" in info["note"]
+        _same(gpu.search_batch(queries, 10, include=["distances"]), cpu.search_batch(queries, 10, include=["distances"]))
+
+
+def test_device_cuda_falls_back_to_the_cpu_and_says_why(tmp_path):
+    import simdex
+    base, queries = _data("cosine", 500, 5)
+    ids = [f"r{i}" for i in range(500)]
+    with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
+        gpu, cpu = _flat_pair(db, ids, base, None, device="cuda")
+        _same(gpu.search_batch(queries, 10, include=["distances"]), cpu.search_batch(queries, 10, include=["distances"]))
+        info = gpu.stats()["device"]
+        if torch.cuda.is_available():
+            assert info["index"] == "GPUFlatIndex" and info["searches_on"].startswith("cuda")
+        else:
+            assert info["index"] == "FlatIndex" and "torch sees no CUDA device" in info["note"]
+        with pytest.raises(InvalidInputError, match="device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got 'tpu'"):
+            db.create_collection("bad", 384, index="flat", device="tpu")
+        with pytest.raises(InvalidInputError, match="device applies to flat collections"):
+            db.create_collection("bad", 384, index="hnsw", device="cuda")
+        assert sorted(db.list_collections()) == ["cpu", "gpu"]

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DeviceMemoryError, DimensionMismatchError, InvalidInputError, InvalidTypeError
-from .._validate import check_dim, check_metric, check_positive_int
+from ..errors import DeviceMemoryError, DimensionMismatchError, InvalidInputError, InvalidTypeError, UnknownIdError
+from .._validate import check_dim, check_ids, check_metric, check_positive_int
 from ._kernels import NO_KEY, pow2_block, scan_topk_kernel, unpack_keys
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -197,6 +197,26 @@ class GPUFlatIndex:
         return (torch.cat([self._x[:self._n], stored]),
                 torch.cat([self._sqnorms[:self._n], (stored.to(torch.float32) ** 2).sum(dim=1)]),
                 torch.cat([self._ids[:self._n], torch.from_numpy(new_ids).to(self.device)]))
+
+    def remove(self, ids: Any) -> int:
+        """Remove the vectors of ``ids`` (unknown ids raise UnknownIdError and nothing is removed); returns how
+        many. The rows after them move up (one pass over the stored rows on the device)."""
+        torch = _torch()
+        gone = np.unique(check_ids(ids))
+        stored = self._ids[:self._n].cpu().numpy()
+        hit = np.isin(stored, gone)
+        if int(hit.sum()) != gone.shape[0]:
+            missing = np.setdiff1d(gone, stored[hit])
+            raise UnknownIdError(f"id {int(missing[0])} is not in the index ({missing.shape[0]} unknown id(s)); "
+                                 f"nothing was removed")
+        if not gone.shape[0]:
+            return 0
+        keep = torch.from_numpy(~hit).to(self.device)
+        with self._device_memory(f"removing {gone.shape[0]:,} vectors", self._row_bytes * self._n):
+            kept = (self._x[:self._n][keep], self._sqnorms[:self._n][keep], self._ids[:self._n][keep])
+        self._x, self._sqnorms, self._ids = kept
+        self._n = int(kept[2].shape[0])
+        return int(gone.shape[0])
 
     # ---- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, output: str = "numpy") -> tuple[Any, Any]:

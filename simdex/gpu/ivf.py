@@ -133,6 +133,11 @@ class GPUIVFIndex(GPUFlatIndex):
             self._add_checked(x, new_ids)
         return new_ids
 
+    def remove(self, ids: Any) -> int:
+        """Not built for IVF lists: refused, so that the flat index's removal cannot reorder them."""
+        raise NotImplementedError("GPUIVFIndex cannot remove vectors yet: build a new one from the vectors to "
+                                  "keep (GPUFlatIndex.remove works)")
+
     def _add_checked(self, x: Any, new_ids: np.ndarray) -> None:
         """:meth:`add` of checked rows: every new tensor is made first, then they replace the index's together
         (a device running out of memory midway leaves the index as it was)."""

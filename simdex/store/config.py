@@ -144,7 +144,13 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
     metric = check_metric(metric)
     if index not in INDEX_KINDS:
         raise InvalidInputError(f"index must be one of {INDEX_KINDS}; got {index!r}")
-    allowed = MAIN_INDEXES[index].params if index in MAIN_INDEXES else ()
+    allowed = MAIN_INDEXES[index].params if index in MAIN_INDEXES else ("device",)
+    if "device" in params:
+        if index != "flat":
+            raise InvalidInputError(f"device applies to flat collections (exact search on a GPU); a {index} "
+                                    f"collection searches on the CPU")
+        from .device import check_device
+        check_device(params["device"])
     unknown = set(params) - set(allowed)
     if unknown:
         raise InvalidInputError(f"unknown parameter(s) for a {index} index: {sorted(unknown)}; it takes "

@@ -20,6 +20,7 @@ from ..errors import InvalidInputError
 from ..dense import FlatIndex
 from . import buildonce
 from .config import IVF_KINDS, MAIN_INDEXES, TRAINED_KINDS, new_main_index, retrain
+from .device import DeviceMirror
 from .sides import SideIndex, remove_present
 
 # A codec trained on a handful of rows encodes the others badly (int8 trained on one row: recall@10 0.03 on
@@ -62,13 +63,20 @@ class RecordVectors(SideIndex):
         self.building: str | None = None  # the folder a build-once index is being built into
         self.growing = FlatIndex(dim, metric)
         self.last_write = time.monotonic()
+        # a flat collection with device=: its rows mirrored on a GPU, which answers its plain searches
+        device = params.get("device", "cpu") if index_kind == "flat" else "cpu"
+        self.mirror = DeviceMirror(dim, metric, device) if device != "cpu" else None
 
     def reset(self, main: Any = None, growing: FlatIndex | None = None) -> None:
         self.main, self.growing = main, growing if growing is not None else FlatIndex(self.dim, self.metric)
+        if self.mirror is not None:
+            self.mirror.reset()
 
     # ---- writes (under the collection's write lock) ----------------------------------------------------------------
     def add(self, rids, vectors, metadatas, documents) -> None:
         self.growing.add_validated(vectors, rids)
+        if self.mirror is not None:
+            self.mirror.add(rids, vectors)
         self.last_write = time.monotonic()
 
     def remove(self, rids) -> None:
@@ -77,6 +85,8 @@ class RecordVectors(SideIndex):
         in_growing = self.growing._idmap.lookup(rids) >= 0
         if in_growing.any():
             self.growing.remove(rids[in_growing])
+            if self.mirror is not None:
+                self.mirror.remove(rids[in_growing])
         rest = rids[~in_growing]
         if rest.size and self.main is not None:
             remove_present(self.main, rest)
@@ -104,6 +114,11 @@ class RecordVectors(SideIndex):
             if self.index_kind in MAIN_INDEXES and not MAIN_INDEXES[self.index_kind].calibrated:
                 raise InvalidInputError(f"a {self.index_kind} collection does not search by target_recall (its "
                                         f"index has no recall curve); give ef")
+        gpu = self.mirror.ensure(self.growing.rows) if self.mirror is not None and allowed is None else None
+        if gpu is not None:
+            if not len(gpu):
+                return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+            return gpu.search(q, min(k, len(gpu)))
         with already_checked(q):  # by the collection
             parts = self._search_parts(q, k, allowed, ef, threads, target_recall)
         if not parts:
@@ -134,8 +149,11 @@ class RecordVectors(SideIndex):
 
     def stats(self) -> dict[str, Any]:
         main = self.main
-        return {"count": len(self), "indexed": len(main) if main else 0, "unindexed": len(self.growing),
-                "deleted_in_index": main._n_deleted if main else 0}
+        out = {"count": len(self), "indexed": len(main) if main else 0, "unindexed": len(self.growing),
+               "deleted_in_index": main._n_deleted if main else 0}
+        if self.mirror is not None:
+            out["device"] = self.mirror.stats()
+        return out
 
     # ---- the merge into the main graph, rebuilt aside ---------------------------------------------------------------
     def needs_rebuild(self, idle_seconds: float = 0.5) -> bool:
