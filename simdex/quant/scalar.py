@@ -113,14 +113,11 @@ class Int8Codec(AffineCodec):
         return (self.lo + self.step * c).astype(np.float32)
 
     def prepare(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        qt = (q * self.step).astype(np.float32)
-        qlo = q @ self.lo
-        qc = np.zeros((q.shape[0], 3), np.float32)
-        if METRIC_CODES[self.metric] == IP:
-            qc[:, 0], qc[:, 2] = -qlo, -1.0
-        else:
-            qc[:, 0], qc[:, 2] = np.einsum("ij,ij->i", q, q) - 2 * qlo, -2.0
-        return np.ascontiguousarray(qt), qc
+        qt = np.empty(q.shape, np.float32)
+        qc = np.empty((q.shape[0], 3), np.float32)
+        SK.prepare_int8(np.ascontiguousarray(q, np.float32), self.step, self.lo, METRIC_CODES[self.metric] == IP,
+                        qt, qc)
+        return qt, qc
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return {}, {"lo": self.lo, "step": self.step}
@@ -198,16 +195,9 @@ class LVQCodec(AffineCodec):
         return (self.mean + lo[:, None] + step[:, None] * c).astype(np.float32)
 
     def prepare(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        nq = q.shape[0]
-        qt = np.zeros((nq, self.qt_size), np.float32)
-        qc = np.zeros((nq, 3), np.float32)
-        if METRIC_CODES[self.metric] == IP:
-            qt[:, :self.dim] = q
-            qc[:, 0], qc[:, 1], qc[:, 2] = -(q @ self.mean), q.sum(1), -1.0
-        else:
-            qq = q - self.mean
-            qt[:, :self.dim] = qq
-            qc[:, 0], qc[:, 1], qc[:, 2] = np.einsum("ij,ij->i", qq, qq), qq.sum(1), -2.0
+        qt = np.zeros((q.shape[0], self.qt_size), np.float32)
+        qc = np.empty((q.shape[0], 3), np.float32)
+        SK.prepare_lvq(np.ascontiguousarray(q, np.float32), self.mean, METRIC_CODES[self.metric] == IP, qt, qc)
         return qt, qc
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
