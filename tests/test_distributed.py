@@ -20,7 +20,7 @@ from simdex.errors import CollectionExistsError, DimensionMismatchError, Invalid
 ray = pytest.importorskip("ray")  # in the test extra: CI runs these
 
 from simdex import distributed  # noqa: E402
-from simdex.distributed.collection import ClusterUnavailableError, PartialResultsWarning  # noqa: E402
+from simdex.distributed.collection import ClusterUnavailableError, PartialResultsWarning, _inline_pieces  # noqa: E402
 
 N = 1500
 
@@ -66,6 +66,11 @@ def test_flat_collection_answers_exactly_as_a_single_node_one(cluster, records):
     batch_b = local.search_batch(queries, 7, include=["metadatas"])
     assert [_ids(r) for r in batch_a] == [_ids(r) for r in batch_b]
     assert all("distance" not in h for r in batch_a for h in r)
+    many = np.concatenate([queries] * 4)  # 180 KiB: sent to the replicas in pieces inside the call
+    args, pieces = _inline_pieces((many, 5))
+    assert args == (None, 5) and len(pieces) == 2 and np.array_equal(np.concatenate(pieces), many)
+    assert _inline_pieces((queries, 5))[1] == [] and _inline_pieces((np.concatenate([queries] * 20), 5))[1] == []
+    assert [_ids(r) for r in flat.search_batch(many, 5)] == [_ids(r) for r in local.search_batch(many, 5)]
     assert [_ids(r) for r in flat.search_by_id(records[0][:3], 5)] == \
         [_ids(r) for r in local.search_by_id(records[0][:3], 5)]
 
