@@ -424,3 +424,20 @@ def test_device_cuda_falls_back_to_the_cpu_and_says_why(tmp_path):
         with pytest.raises(InvalidInputError, match="device applies to flat collections"):
             db.create_collection("bad", 384, index="hnsw", device="cuda")
         assert sorted(db.list_collections()) == ["cpu", "gpu"]
+
+
+def test_gpu_ivf_bench_on_fashion_mnist_carried_as_uint8(tmp_path):
+    """Fashion-MNIST packed as uint8 (what a GPU machine without the data sets is sent) holds the same pixels,
+    and the IVF-PQ bench on it finds the exact neighbours' share that its nprobe allows."""
+    from simdex import datasets
+    from simdex.bench import gpu as gpu_bench
+    pack = gpu_bench.pack_fashion_mnist(tmp_path / "fmnist.npz", n_base=4000, n_queries=64)
+    with np.load(pack, allow_pickle=False) as packed:
+        assert packed["base"].dtype == np.uint8
+        np.testing.assert_array_equal(packed["base"], datasets.load("fashion-mnist-784").base[:4000])
+    report = gpu_bench.run_ivf_fashion_mnist(pack, nlist=32, codec="pq56", rerank=32, nprobes=(1, 8), batch=64,
+                                             repeats=1, device="cpu")
+    assert report["n"] == 4000 and report["dim"] == 784 and report["nlist"] == 32
+    low, high = report["points"]
+    assert high["recall"] > 0.9 and high["recall"] >= low["recall"]
+    assert "fashion-mnist-784 (uint8)" in gpu_bench.format_ivf_report(report)

@@ -296,6 +296,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     gpu.add_argument("--device", default="auto")
     gpu.add_argument("--ivf", action="store_true", help="also IVF-PQ on synthetic clustered data (--ivf-n x 96)")
     gpu.add_argument("--ivf-n", type=int, default=10_000_000)
+    gpu.add_argument("--fashion-mnist", default=None, metavar="PACK",
+                     help="also IVF-PQ on Fashion-MNIST read from this uint8 pack (made by --pack-fashion-mnist)")
+    gpu.add_argument("--pack-fashion-mnist", default=None, metavar="PACK",
+                     help="only write Fashion-MNIST as a uint8 pack here (to carry to a GPU machine), then exit")
     gpu.add_argument("--out", default="bench-results", help="folder for gpu.json")
     return parser
 
@@ -396,10 +400,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.bench == "gpu":
         from . import gpu as gpu_bench
+        if args.pack_fashion_mnist:
+            print(f"wrote {gpu_bench.pack_fashion_mnist(args.pack_fashion_mnist)}")
+            return 0
         report = gpu_bench.run(args.n, args.dim, args.dtype, args.batch, tuple(int(k) for k in args.k.split(",")),
                                args.repeats, args.device)
         if args.ivf:
             report["ivf"] = gpu_bench.run_ivf(n=args.ivf_n, repeats=args.repeats, device=args.device)
+        if args.fashion_mnist:
+            report["ivf_fashion_mnist"] = gpu_bench.run_ivf_fashion_mnist(args.fashion_mnist, repeats=args.repeats,
+                                                                          device=args.device)
         _record(gpu_bench, report, args.out, argv)
         return 0
     if args.bench == "calls":

@@ -6,7 +6,8 @@ On one device, with synthetic data made there (no host transfer; the GPU machine
   device-to-device copy of the same tensor (the card's reachable bandwidth, timed in the same run);
 - **batch 1,024**: queries per second of ``GPUFlatIndex`` (fused kernel) against naive torch (``q @ x.T`` then
   ``torch.topk`` on the full distance matrix), k = 10 and 100;
-- **IVF-PQ** (``--ivf``): :func:`run_ivf`.
+- **IVF-PQ** (``--ivf``): :func:`run_ivf` on synthetic clustered data, and with ``--fashion-mnist PACK``
+  :func:`run_ivf_fashion_mnist` on real data carried as uint8 (``--pack-fashion-mnist PACK`` writes it here).
 
 Every timing is the best of ``repeats`` runs after a warm-up, synchronised with the device. Without CUDA it runs on
 torch's CPU device with the torch path (small sizes: a smoke test of the bench, not figures to report).
@@ -83,9 +84,7 @@ def run_ivf(n: int = 10_000_000, dim: int = 96, nlist: int = 4096, codec: str = 
     nprobe for a batch of queries drawn like the data, against the exact GPU search's QPS."""
     import torch
 
-    from ..gpu import GPUFlatIndex, GPUIVFIndex
     from ..gpu.flat import resolve_device
-    from ..quant import IVFIndex
     dev, choice = resolve_device(device)
     if dev.type == "cpu":
         n, nlist, cpu_build_rows = min(n, 20_000), min(nlist, 64), min(cpu_build_rows, 20_000)
@@ -95,6 +94,58 @@ def run_ivf(n: int = 10_000_000, dim: int = 96, nlist: int = 4096, codec: str = 
         0.5 * torch.randn((n, dim), generator=gen, device=dev)
     q = centres[torch.randint(0, 10_000, (batch,), generator=gen, device=dev)] + \
         0.5 * torch.randn((batch, dim), generator=gen, device=dev)
+    return _ivf_points(x, q, "synthetic", dev, choice, nlist, codec, rerank, nprobes, k, repeats, cpu_build_rows)
+
+
+def pack_fashion_mnist(path: str | Path, n_base: int | None = None, n_queries: int | None = None) -> Path:
+    """Write Fashion-MNIST (from the shared data sets) as uint8 pixels, which is what they are: a quarter of the
+    float32 bytes (55 MB for all 70,000 images), small enough to carry to a GPU machine that has no copy of the
+    data sets and no network (``run(..., carry=[path])``). An ``.npz`` of arrays ``base`` and ``queries``, read back
+    without pickle."""
+    from .. import datasets
+    data = datasets.load("fashion-mnist-784")
+    base, queries = data.base[:n_base], data.queries[:n_queries]
+    if not (np.array_equal(base, np.round(base)) and base.min() >= 0 and base.max() <= 255):
+        raise ValueError("fashion-mnist-784 is no longer whole pixel values 0..255")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, base=base.astype(np.uint8), queries=queries.astype(np.uint8))
+    return path
+
+
+def run_ivf_fashion_mnist(path: str | Path, nlist: int = 1024, codec: str = "pq56", rerank: int = 64,
+                          nprobes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64), batch: int = 1024, k: int = 10,
+                          repeats: int = 3, device: str = "auto") -> dict[str, Any]:
+    """IVF-PQ on real data: Fashion-MNIST carried as uint8 (:func:`pack_fashion_mnist`), made float32 on the
+    device; recall@k against the exact GPU search, QPS by nprobe against the exact search's, and the build beside
+    a CPU IVFIndex build of the same rows."""
+    import torch
+
+    from ..gpu.flat import resolve_device
+    dev, choice = resolve_device(device)
+    with np.load(path, allow_pickle=False) as packed:
+        base, queries = packed["base"], packed["queries"]
+    if base.dtype != np.uint8 or base.ndim != 2 or queries.shape[1:] != base.shape[1:]:
+        raise ValueError(f"{path}: not a Fashion-MNIST pack (uint8 base and queries of the same width)")
+    if dev.type == "cpu":  # (a smoke test of the bench, as run_ivf's)
+        base, nlist = base[:20_000], min(nlist, 64)
+    x = torch.from_numpy(base).to(dev).to(torch.float32)
+    q = torch.from_numpy(queries[:batch]).to(dev).to(torch.float32)
+    nlist = min(nlist, max(1, x.shape[0] // 39))  # (k-means wants some rows per list)
+    return _ivf_points(x, q, "fashion-mnist-784 (uint8)", dev, choice, nlist, codec, rerank, nprobes, k, repeats,
+                       x.shape[0])
+
+
+def _ivf_points(x: Any, q: Any, data: str, dev: Any, choice: str, nlist: int, codec: str, rerank: int,
+                nprobes: tuple[int, ...], k: int, repeats: int, cpu_build_rows: int) -> dict[str, Any]:
+    """The build and the recall/QPS points of GPUIVFIndex on ``x`` (n, dim) and queries ``q``, tensors on
+    ``dev``."""
+    import torch
+
+    from ..gpu import GPUFlatIndex, GPUIVFIndex
+    from ..quant import IVFIndex
+    n, dim = x.shape
+    batch = q.shape[0]
     exact = GPUFlatIndex(dim, "l2", device=str(dev))
     exact.add(x)
     truth = exact.search(q, k, output="torch")[1]
@@ -109,8 +160,8 @@ def run_ivf(n: int = 10_000_000, dim: int = 96, nlist: int = 4096, codec: str = 
     start = time.perf_counter()
     cpu.add(x[:cpu_build_rows].cpu().numpy())
     cpu_build_s = time.perf_counter() - start
-    report: dict[str, Any] = {"n": n, "dim": dim, "nlist": nlist, "codec": codec, "rerank": rerank, "k": k,
-                              "batch": batch, "device": str(dev), "device_choice": choice,
+    report: dict[str, Any] = {"data": data, "n": n, "dim": dim, "nlist": nlist, "codec": codec, "rerank": rerank,
+                              "k": k, "batch": batch, "device": str(dev), "device_choice": choice,
                               "gpu_build_s": build_s, "cpu_build_rows": cpu_build_rows, "cpu_build_s": cpu_build_s,
                               "exact_qps": batch / exact_s, "points": []}
     hits = truth.cpu().numpy()
@@ -127,7 +178,7 @@ def run_ivf(n: int = 10_000_000, dim: int = 96, nlist: int = 4096, codec: str = 
 
 def format_ivf_report(report: dict[str, Any]) -> str:
     lines = [f"GPUIVFIndex {report['codec']} (rerank {report['rerank']}), {report['n']:,} x {report['dim']} "
-             f"synthetic, nlist {report['nlist']} on {report['device']}: build {report['gpu_build_s']:.1f} s "
+             f"{report.get('data', 'synthetic')}, nlist {report['nlist']} on {report['device']}: build {report['gpu_build_s']:.1f} s "
              f"(CPU IVFIndex on {report['cpu_build_rows']:,} rows: {report['cpu_build_s']:.1f} s); exact "
              f"{report['exact_qps']:,.0f} QPS at batch {report['batch']}",
              "| nprobe | recall@10 | QPS | x exact |", "|---:|---:|---:|---:|"]
@@ -137,9 +188,9 @@ def format_ivf_report(report: dict[str, Any]) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    if "ivf" in report:
-        return format_report({k: v for k, v in report.items() if k != "ivf"}) + "\n\n" + \
-            format_ivf_report(report["ivf"])
+    if "ivf" in report or "ivf_fashion_mnist" in report:
+        return "\n\n".join([format_report({k: v for k, v in report.items() if not k.startswith("ivf")})] +
+                           [format_ivf_report(report[key]) for key in ("ivf", "ivf_fashion_mnist") if key in report])
     lines = [f"GPUFlatIndex, {report['n']:,} x {report['dim']} {report['dtype']} on {report['device_name']} "
              f"({report['device_choice']}, kernel {report['kernel']}); device-to-device copy "
              f"{report['copy_bytes_per_s'] / 1e9:.1f} GB/s",
