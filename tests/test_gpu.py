@@ -441,3 +441,35 @@ def test_gpu_ivf_bench_on_fashion_mnist_carried_as_uint8(tmp_path):
     low, high = report["points"]
     assert high["recall"] > 0.9 and high["recall"] >= low["recall"]
     assert "fashion-mnist-784 (uint8)" in gpu_bench.format_ivf_report(report)
+
+
+@pytest.mark.parametrize("kind", ["flat-float32", "flat-float16", "flat-bfloat16", "ivf-flat", "ivf-pq",
+                                  "ivf-pq-rerank"])
+def test_save_and_load_answer_as_before(tmp_path, kind):
+    """An index saved and loaded (on torch's CPU device here; a file saved on a GPU loads anywhere) answers every
+    query as before; a file of another kind, or one whose lists do not match its vectors, is refused."""
+    from simdex.errors import CorruptFileError
+    from simdex.fileformat import load_arrays, save_arrays
+    from simdex.gpu import GPUIVFIndex
+    base, queries = _data("l2", 2000, 20)
+    if kind.startswith("flat"):
+        index = GPUFlatIndex(784, "l2", dtype=kind.split("-")[1], device="cpu", kernel="torch")
+    else:
+        index = GPUIVFIndex(784, "l2", nlist=16, codec="flat" if kind == "ivf-flat" else "pq56", nprobe=4,
+                            rerank=32 if kind.endswith("rerank") else 0, device="cpu", kernel="torch")
+    index.add(base, np.arange(2000) * 7)
+    before = index.search(queries, 10)
+    index.save(tmp_path / "index.sdx")
+    loaded = type(index).load(tmp_path / "index.sdx", device="cpu")
+    assert len(loaded) == 2000 and loaded.info() == index.info()
+    after = loaded.search(queries, 10)
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(after[0], before[0])
+    other = GPUFlatIndex if kind.startswith("ivf") else GPUIVFIndex
+    with pytest.raises(CorruptFileError, match="not a"):
+        other.load(tmp_path / "index.sdx", device="cpu")
+    _, meta, arrays = load_arrays(tmp_path / "index.sdx", mmap=False)
+    save_arrays(tmp_path / "bad.sdx", type(index).__name__, {**meta, "count": 1999},
+                {**arrays, "_ids": arrays["_ids"][:1999]})
+    with pytest.raises(CorruptFileError):
+        type(index).load(tmp_path / "bad.sdx", device="cpu")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from ..errors import DeviceMemoryError, DimensionMismatchError, InvalidInputError, InvalidTypeError, UnknownIdError
+from .. import fileformat
+from ..errors import (CorruptFileError, DeviceMemoryError, DimensionMismatchError, InvalidInputError, InvalidTypeError,
+                      UnknownIdError)
 from .._validate import check_dim, check_ids, check_metric, check_positive_int
 from ._kernels import NO_KEY, pow2_block, scan_topk_kernel, unpack_keys
 
@@ -217,6 +220,64 @@ class GPUFlatIndex:
         self._x, self._sqnorms, self._ids = kept
         self._n = int(kept[2].shape[0])
         return int(gone.shape[0])
+
+    # ---- persistence ---------------------------------------------------------------------------------------------
+    #: the constructor's parameters and the tensors that make up the index, saved as they are
+    _PARAMS: tuple[str, ...] = ("dim", "metric", "dtype", "kernel")
+    _TENSORS: tuple[str, ...] = ("_x", "_sqnorms", "_ids")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to ``path`` (simdex's file format: arrays behind a JSON header with checksums, written
+        atomically; no pickle). bfloat16 vectors are kept as their 16-bit patterns."""
+        torch = _torch()
+        arrays = {}
+        for name in self._TENSORS:
+            t = getattr(self, name)
+            if name in ("_x", "_sqnorms", "_ids"):
+                t = t[:self._n] if t.shape[0] >= self._n else t  # (spare rows are not saved)
+            t = t.detach().cpu().contiguous()
+            arrays[name] = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+        meta = {**{p: getattr(self, p) for p in self._PARAMS}, "count": self._n}
+        fileformat.save_arrays(path, type(self).__name__, meta, arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto", kernel: str | None = None) -> GPUFlatIndex:
+        """An index saved by :meth:`save`, on ``device`` (any: a file saved from a GPU loads on the CPU and back);
+        ``kernel`` overrides the saved one. A file that is not such an index raises CorruptFileError."""
+        torch = _torch()
+        kind, meta, arrays = fileformat.load_arrays(path, mmap=False, expected_kind=cls.__name__)
+        try:
+            params = {p: meta[p] for p in cls._PARAMS}
+            n = meta["count"]
+        except KeyError as exc:
+            raise CorruptFileError(f"{path}: {kind} header lacks {exc}") from None
+        if kernel is not None:
+            params["kernel"] = kernel
+        try:
+            index = cls(**params, device=device)
+        except (InvalidInputError, InvalidTypeError) as exc:
+            raise CorruptFileError(f"{path}: bad {kind} parameters ({exc})") from None
+        for name in cls._TENSORS:
+            empty = getattr(index, name)  # the fresh index's tensor: the dtype, and the sizes but the first
+            arr = arrays.get(name)
+            stored_dtype = torch.int16 if empty.dtype == torch.bfloat16 else empty.dtype
+            if arr is None or arr.ndim != empty.ndim or arr.shape[1:] != tuple(empty.shape[1:]) or \
+                    torch.from_numpy(arr[:0]).dtype != stored_dtype:
+                raise CorruptFileError(f"{path}: array {name!r} is missing or not {tuple(empty.shape[1:])} rows "
+                                       f"of {stored_dtype}")
+            t = torch.from_numpy(arr).to(index.device)
+            setattr(index, name, t.view(torch.bfloat16) if empty.dtype == torch.bfloat16 else t)
+        if not isinstance(n, int) or n < 0 or index._ids.shape[0] != n:
+            raise CorruptFileError(f"{path}: the header's count {n!r} does not match its {index._ids.shape[0]} ids")
+        index._n = n
+        index._check_loaded(path)
+        return index
+
+    def _check_loaded(self, path: Any) -> None:
+        """Consistency of the loaded tensors (CorruptFileError)."""
+        if self._x.shape[0] != self._n or self._sqnorms.shape[0] != self._n:
+            raise CorruptFileError(f"{path}: {self._x.shape[0]} vectors and {self._sqnorms.shape[0]} norms for "
+                                   f"{self._n} ids")
 
     # ---- search --------------------------------------------------------------------------------------------------
     def search(self, queries: Any, k: int, *, output: str = "numpy") -> tuple[Any, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import CorruptFileError, InvalidInputError
 from .._validate import check_positive_int
 from ._kernels import NO_KEY, list_scan_kernel, pow2_block, unpack_keys
 from .flat import MAX_KERNEL_K, GPUFlatIndex, _torch
@@ -66,6 +66,20 @@ class GPUIVFIndex(GPUFlatIndex):
         self._entry_rows = torch.empty(0, dtype=torch.int64, device=dev)  # entry (list order) -> row (added order)
         self._codes = torch.empty((0, self.m), dtype=torch.uint8, device=dev)
         self._labels = torch.empty(0, dtype=torch.int64, device=dev)
+
+    _PARAMS = (*GPUFlatIndex._PARAMS, "nlist", "codec", "nprobe", "rerank", "seed")
+    _TENSORS = (*GPUFlatIndex._TENSORS, "centroids", "codebooks", "_tables", "_offsets", "_entry_rows", "_codes",
+                "_labels")
+
+    def _check_loaded(self, path: Any) -> None:
+        n, offsets = self._n, self._offsets
+        if self.centroids.shape[0] not in (0, self.nlist) or offsets.shape[0] != self.nlist + 1 or \
+                int(offsets[0]) != 0 or int(offsets[-1]) != n or bool((offsets[1:] < offsets[:-1]).any()) or \
+                self._labels.shape[0] != n or self._entry_rows.shape[0] != n or \
+                self._codes.shape[0] != (n if self.m else 0) or \
+                self._x.shape[0] != (n if self._keeps_vectors else 0) or \
+                (n and (int(self._entry_rows.min()) < 0 or int(self._entry_rows.max()) >= n)):
+            raise CorruptFileError(f"{path}: the lists do not match the {n} vectors (or the {self.nlist} lists)")
 
     @property
     def is_trained(self) -> bool:
