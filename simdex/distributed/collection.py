@@ -539,6 +539,7 @@ class DistributedCollection(CollectionAPI):
         # None for any live one} (found stale or different when the collection was reopened)
         self._must_copy: dict[tuple[int, int], int | None] = {}
         self.reconciled: list[dict[str, Any]] = []  # the shards whose replicas differed when it was reopened
+        self._embedder_fields: set[str] | None = None  # (_fields_with_embedders)
         self._read_seconds: dict[str, deque] = {}  # recent unhedged reads' durations, by method (hedge_after="auto")
         self.hedged_reads = 0
         self._groups: list[Any] = []
@@ -1043,13 +1044,28 @@ class DistributedCollection(CollectionAPI):
         return np.asarray(out_vectors, np.float32), (out_fields or None)
 
     def _embeds(self, vectors: Any, fields: dict[str, Any] | None) -> bool:
-        """Whether an upsert of ``vectors`` and ``fields`` with documents leaves something for an embedder."""
-        create = self._spec["create"]
+        """Whether an upsert of ``vectors`` and ``fields`` with documents leaves something for an embedder: the
+        main vectors (or some of them) missing in a collection with an embedder, or the values of a named field
+        that has one."""
+        def missing(values: Any) -> bool:
+            return values is None or (isinstance(values, (list, tuple)) and any(v is None for v in values))
+
         main = vectors.get(MAIN_FIELD) if isinstance(vectors, dict) else vectors
-        if "embedder" in create and (main is None or (isinstance(main, (list, tuple)) and
-                                                      any(v is None for v in main))):
+        if "embedder" in self._spec["create"] and missing(main):
             return True
-        return any(isinstance(spec, dict) and spec.get("embedder") for spec in (create.get("fields") or {}).values())
+        given = {**(fields or {}), **(vectors if isinstance(vectors, dict) else {})}
+        return any(missing(given.get(name)) for name in self._fields_with_embedders())
+
+    def _fields_with_embedders(self) -> set[str]:
+        """The named fields that have an embedder, as a replica reports them (asked once, and again after this
+        collection adds, drops or switches a field)."""
+        if self._embedder_fields is None:
+            found, _ = self._read("stats", lambda s: (), {}, [0])
+            if not found:  # (shard 0 has no live replica: its writes will say so)
+                return set()
+            self._embedder_fields = {name for name, spec in found[0].get("fields", {}).items()
+                                     if spec.get("embedder")}
+        return self._embedder_fields
 
     def get(self, ids: Any = None, where: Any = None, limit: int | None = None, offset: int = 0,
             include: Any = None) -> list[dict[str, Any]]:
@@ -1130,13 +1146,22 @@ class DistributedCollection(CollectionAPI):
         return k, include, [hits for hits, _ in found.values()], notes
 
     def add_field(self, name: str, spec: dict[str, Any] | None = None, *, embedder: Any = None) -> dict[str, Any]:
-        done = self._write("add_field", lambda s: (name, spec), {"embedder": embedder}, list(range(self.shards)))
+        try:
+            done = self._write("add_field", lambda s: (name, spec), {"embedder": embedder}, list(range(self.shards)))
+        finally:
+            self._embedder_fields = None  # (asked again: the fields changed)
         return done[0]
 
     def use_field(self, name: str, *, force: bool = False) -> None:
-        self._write("use_field", lambda s: (name,), {"force": force}, list(range(self.shards)))
+        try:
+            self._write("use_field", lambda s: (name,), {"force": force}, list(range(self.shards)))
+        finally:
+            self._embedder_fields = None
 
     def drop_field(self, name: str) -> None:
         if name == MAIN_FIELD:
             raise InvalidInputError(f"{MAIN_FIELD!r} is the main vector; it cannot be dropped")
-        self._write("drop_field", lambda s: (name,), {}, list(range(self.shards)))
+        try:
+            self._write("drop_field", lambda s: (name,), {}, list(range(self.shards)))
+        finally:
+            self._embedder_fields = None
