@@ -303,8 +303,9 @@ def test_the_kernels_compile_for_an_h100_without_one():
 
 @pytest.mark.parametrize("kind", ["flat", "ivf-flat", "ivf-pq"])
 def test_a_device_out_of_memory_is_named_and_leaves_the_index_as_it_was(monkeypatch, kind):
-    """The device running out of memory in the middle of an add (simulated: the third tensor concatenation
-    fails) raises DeviceMemoryError naming the bytes and the device; the index answers as before."""
+    """The device running out of memory in the middle of an add (simulated: the third tensor allocation fails;
+    the flat index grows into new tensors, the lists by concatenation) raises DeviceMemoryError naming the bytes
+    and the device; the index answers as before."""
     from simdex.errors import DeviceMemoryError
     from simdex.gpu import GPUIVFIndex
     base, queries = _data("ip", 2000, 5)
@@ -313,18 +314,20 @@ def test_a_device_out_of_memory_is_named_and_leaves_the_index_as_it_was(monkeypa
                     kernel="torch")
     index.add(base[:1500])
     before = index.search(queries, 10)
-    real_cat, calls = torch.cat, []
+    allocation = "empty" if kind == "flat" else "cat"
+    real, calls = getattr(torch, allocation), []
 
-    def failing_cat(*args, **kwargs):
+    def failing(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_cat(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch, "cat", failing_cat)
+    monkeypatch.setattr(torch, allocation, failing)
     with pytest.raises(DeviceMemoryError, match=r"adding 500 vectors needs about [\d,.]+ MiB of cpu's memory"):
         index.add(base[1500:])
-    monkeypatch.setattr(torch, "cat", real_cat)
+    monkeypatch.setattr(torch, allocation, real)
+    assert len(calls) == 3
     assert len(index) == 1500
     after = index.search(queries, 10)
     np.testing.assert_array_equal(after[1], before[1])
@@ -473,3 +476,22 @@ def test_save_and_load_answer_as_before(tmp_path, kind):
                 {**arrays, "_ids": arrays["_ids"][:1999]})
     with pytest.raises(CorruptFileError):
         type(index).load(tmp_path / "bad.sdx", device="cpu")
+
+
+def test_adds_one_at_a_time_grow_into_spare_rows():
+    """Many small adds (a collection's mirror takes one write at a time) grow the flat index's tensors a bounded
+    number of times, and it answers as one add of every row."""
+    base, queries = _data("l2", 1000, 10)
+    index = GPUFlatIndex(784, "l2", device="cpu", kernel="torch")
+    storages = set()
+    for start in range(0, 1000, 10):
+        index.add(base[start:start + 10], np.arange(start, start + 10))
+        storages.add(index._x.data_ptr())
+    assert len(index) == 1000 and len(storages) <= 12 and index._x.shape[0] >= 1000
+    _check(index, base, queries, 10, "l2")
+    index.remove(np.arange(0, 1000, 2))
+    index.add(base[:1], [5000])
+    d, i = index.search(queries, 5)
+    keep = np.r_[np.arange(1, 1000, 2), 0]
+    _, i_ref = numpy_knn(base[keep], queries, 5, "l2")
+    assert (i == np.where(keep[i_ref] == 0, 5000, keep[i_ref])).mean() >= 0.99

@@ -188,9 +188,24 @@ class GPUFlatIndex:
         return new_ids.astype(np.int64)
 
     def _append(self, x: Any, new_ids: np.ndarray) -> None:
-        """Store the checked rows ``x`` (float32, on the device) after the others (:meth:`_grown`)."""
-        self._x, self._sqnorms, self._ids = self._grown(x, new_ids)
-        self._n += x.shape[0]
+        """Store the checked rows ``x`` (float32, on the device) after the others: in the spare rows when there
+        are enough, else in new tensors half as large again, made before any replaces the index's. A collection's
+        mirror adds a write at a time: each row is then copied a bounded number of times, not once per write."""
+        torch = _torch()
+        n, m = self._n, x.shape[0]
+        stored = x.to(self._torch_dtype)
+        norms = (stored.to(torch.float32) ** 2).sum(dim=1)  # (of the stored, rounded, vectors: exact L2 on them)
+        ids = torch.from_numpy(new_ids).to(self.device)
+        if n + m > self._x.shape[0]:
+            rows = max(n + m, self._x.shape[0] * 3 // 2)
+            grown = (torch.empty((rows, self.dim), dtype=self._torch_dtype, device=self.device),
+                     torch.empty(rows, dtype=torch.float32, device=self.device),
+                     torch.empty(rows, dtype=torch.int64, device=self.device))
+            for new, old in zip(grown, (self._x, self._sqnorms, self._ids)):
+                new[:n] = old[:n]
+            self._x, self._sqnorms, self._ids = grown
+        self._x[n:n + m], self._sqnorms[n:n + m], self._ids[n:n + m] = stored, norms, ids
+        self._n = n + m
 
     def _grown(self, x: Any, new_ids: np.ndarray) -> tuple[Any, Any, Any]:
         """New tensors of the stored rows followed by ``x`` in the storage dtype, their squared norms (of the
