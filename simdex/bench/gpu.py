@@ -178,7 +178,8 @@ def _ivf_points(x: Any, q: Any, data: str, dev: Any, choice: str, nlist: int, co
 
 def format_ivf_report(report: dict[str, Any]) -> str:
     lines = [f"GPUIVFIndex {report['codec']} (rerank {report['rerank']}), {report['n']:,} x {report['dim']} "
-             f"{report.get('data', 'synthetic')}, nlist {report['nlist']} on {report['device']}: build {report['gpu_build_s']:.1f} s "
+             f"{report.get('data', 'synthetic')}, nlist {report['nlist']} on {report['device']}: "
+             f"build {report['gpu_build_s']:.1f} s "
              f"(CPU IVFIndex on {report['cpu_build_rows']:,} rows: {report['cpu_build_s']:.1f} s); exact "
              f"{report['exact_qps']:,.0f} QPS at batch {report['batch']}",
              "| nprobe | recall@10 | QPS | x exact |", "|---:|---:|---:|---:|"]

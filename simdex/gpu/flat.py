@@ -193,9 +193,7 @@ class GPUFlatIndex:
         mirror adds a write at a time: each row is then copied a bounded number of times, not once per write."""
         torch = _torch()
         n, m = self._n, x.shape[0]
-        stored = x.to(self._torch_dtype)
-        norms = (stored.to(torch.float32) ** 2).sum(dim=1)  # (of the stored, rounded, vectors: exact L2 on them)
-        ids = torch.from_numpy(new_ids).to(self.device)
+        stored, norms, ids = self._stored(x, new_ids)
         if n + m > self._x.shape[0]:
             rows = max(n + m, self._x.shape[0] * 3 // 2)
             grown = (torch.empty((rows, self.dim), dtype=self._torch_dtype, device=self.device),
@@ -207,14 +205,19 @@ class GPUFlatIndex:
         self._x[n:n + m], self._sqnorms[n:n + m], self._ids[n:n + m] = stored, norms, ids
         self._n = n + m
 
-    def _grown(self, x: Any, new_ids: np.ndarray) -> tuple[Any, Any, Any]:
-        """New tensors of the stored rows followed by ``x`` in the storage dtype, their squared norms (of the
-        stored, rounded, vectors: exact L2 on them) and their ids; the index's own are left as they are."""
+    def _stored(self, x: Any, new_ids: np.ndarray) -> tuple[Any, Any, Any]:
+        """The checked rows ``x`` as they are stored: in the storage dtype, their squared norms (of the stored,
+        rounded, vectors: exact L2 on them) and their ids, on the device."""
         torch = _torch()
         stored = x.to(self._torch_dtype)
-        return (torch.cat([self._x[:self._n], stored]),
-                torch.cat([self._sqnorms[:self._n], (stored.to(torch.float32) ** 2).sum(dim=1)]),
-                torch.cat([self._ids[:self._n], torch.from_numpy(new_ids).to(self.device)]))
+        return stored, (stored.to(torch.float32) ** 2).sum(dim=1), torch.from_numpy(new_ids).to(self.device)
+
+    def _grown(self, x: Any, new_ids: np.ndarray) -> tuple[Any, Any, Any]:
+        """New tensors of the stored rows followed by ``x`` (:meth:`_stored`); the index's own are left as they
+        are."""
+        torch = _torch()
+        return tuple(torch.cat([old[:self._n], new])
+                     for old, new in zip((self._x, self._sqnorms, self._ids), self._stored(x, new_ids)))
 
     def remove(self, ids: Any) -> int:
         """Remove the vectors of ``ids`` (unknown ids raise UnknownIdError and nothing is removed); returns how
@@ -248,8 +251,8 @@ class GPUFlatIndex:
         arrays = {}
         for name in self._TENSORS:
             t = getattr(self, name)
-            if name in ("_x", "_sqnorms", "_ids"):
-                t = t[:self._n] if t.shape[0] >= self._n else t  # (spare rows are not saved)
+            if name in GPUFlatIndex._TENSORS:
+                t = t[:self._n]  # (spare rows are not saved; a PQ list index keeps no vectors: none)
             t = t.detach().cpu().contiguous()
             arrays[name] = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
         meta = {**{p: getattr(self, p) for p in self._PARAMS}, "count": self._n}
