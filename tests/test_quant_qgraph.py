@@ -11,6 +11,7 @@ from simdex import datasets
 from simdex.dense import HNSWIndex
 from simdex.index import load
 from simdex.quant import RaBitQGraphIndex
+from simdex.quant._fastscan_kernels import packed_layout
 from simdex.quant.rabitq import EPS0
 
 
@@ -44,7 +45,7 @@ def test_edge_estimates_are_unbiased_and_within_the_error_bound(built):
     nbits = index.bits
     for v in range(300):
         deg = index._links0[v, 0]
-        planes = index._edge_words[v, :deg].reshape(deg, nbits, -1)
+        planes = packed_layout(index._edge_runs[v:v + 1], index.M0)[0, :deg].reshape(deg, nbits, -1)
         bits = np.unpackbits(planes.view(np.uint8), axis=2, bitorder="little")[:, :, :padded]
         levels = (bits.astype(np.float64) * (2.0 ** np.arange(nbits))[None, :, None]).sum(1)
         y = levels - (2 ** nbits - 1) / 2
@@ -117,14 +118,14 @@ def test_codes_follow_incremental_adds_and_consolidation(wordnet_small):
         index.add(ds.base[lo:hi], np.arange(lo, hi))  # the later batches rewire the links of the earlier nodes
     n = index._n
     ref = _codes_from_scratch(index)
-    np.testing.assert_array_equal(index._edge_words[:n], ref._edge_words[:n])
+    np.testing.assert_array_equal(index._edge_runs[:n], ref._edge_runs[:n])
     np.testing.assert_allclose(index._edge_factors[:n], ref._edge_factors[:n], rtol=1e-5, atol=1e-6)
     index.remove(np.arange(0, 3000, 3))
     index.consolidate()
     n = index._n
     assert n == 2000
     ref = _codes_from_scratch(index)
-    np.testing.assert_array_equal(index._edge_words[:n], ref._edge_words[:n])
+    np.testing.assert_array_equal(index._edge_runs[:n], ref._edge_runs[:n])
     survivors = np.setdiff1d(np.arange(3000), np.arange(0, 3000, 3))
     _, ids = index.search(ds.queries, 10, ef=100)
     assert np.isin(ids, survivors).all()

@@ -1,6 +1,6 @@
 """Numba kernels of :class:`simdex.quant.qgraph.RaBitQGraphIndex`: coding each node's neighbours relative to the
 node (RaBitQ codes of the edge vectors, stored in the node's own rows), and the graph search that estimates
-all of a node's new neighbours from those rows while it expands the node."""
+all of a node's neighbours at once from those rows (FastScan look-ups) while it expands the node."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from ..core.beam import next_tag, next_unexpanded, pool_offer, pool_scratch, poo
 from ..core.graph import GROUND, descend
 from ..core.lists import offer
 from ..core.scorer import prefetch, query, score
-from ._rabitq_kernels import code_dot, encode_row, quantize_query
+from ._fastscan_kernels import GROUP_VECTORS, lookup_add, query_table
+from ._rabitq_kernels import encode_row
 
 # per-edge factors: the estimate's scale, its scale times the code's bit count, and the edge's constant term
 FACTORS = 3
@@ -70,10 +71,10 @@ def rotate_rows(x, center, signs, out):
 
 @kernel(parallel=True)
 def encode_edges(rot, pos, cdot, links0, rows, l2, bits, words, fac):
-    """Code the layer-0 edges of ``rows``: for node v and its j-th neighbour u, the edge ``r = u - v`` in the
-    rotated space (``rot[pos[x]]``: the rotated, centred vector of node x, (D,) float32) becomes a RaBitQ code of
-    ``bits`` planes in ``words[v, j]`` (bits * D / 64 uint64; :func:`~simdex.quant._rabitq_kernels.encode_row`)
-    and three factors in ``fac[v, j]``:
+    """Code the layer-0 edges of ``rows``: for the i-th row's node v and its j-th neighbour u, the edge
+    ``r = u - v`` in the rotated space (``rot[pos[x]]``: the rotated, centred vector of node x, (D,) float32)
+    becomes a RaBitQ code of ``bits`` planes in ``words[i, j]`` (bits * D / 64 uint64;
+    :func:`~simdex.quant._rabitq_kernels.encode_row`) and three factors in ``fac[v, j]``:
 
     - ``a = |r| / (|y| <y/|y|, r/|r|>)``, so that ``<r, q> ~ a <y, q>`` (RaBitQ's unbiased estimator; ``y`` the
       code's centred levels);
@@ -108,7 +109,7 @@ def encode_edges(rot, pos, cdot, links0, rows, l2, bits, words, fac):
                         if yu[64 * w + b] > yv[64 * w + b]:
                             word |= np.uint64(1) << np.uint64(b)
                             ones += 1
-                    words[v, j, w] = word
+                    words[ri, j, w] = word
                 a = norm2 / (0.5 * abs_sum) if abs_sum > 0 else 0.0
                 ysum = np.float64(ones)
             else:
@@ -116,55 +117,61 @@ def encode_edges(rot, pos, cdot, links0, rows, l2, bits, words, fac):
                     unit[i] = (yu[i] - yv[i]) / norm if norm > 0 else np.float32(0.0)
                 if norm == 0:
                     unit[0] = np.float32(1.0)  # a duplicate neighbour: any direction (its scale is 0)
-                fcos, ynorm, ysum = encode_row(unit, bits, words[v, j].reshape((bits, nwords)))
+                fcos, ynorm, ysum = encode_row(unit, bits, words[ri, j].reshape((bits, nwords)))
                 a = norm / (ynorm * max(fcos, 1e-6))
             fac[v, j, 0] = a
             fac[v, j, 1] = a * ysum
             fac[v, j, 2] = norm2 + 2.0 * cross if l2 else -(cdot[pos[u]] - cdot[pos[v]])
         for j in range(deg, words.shape[1]):
             for w in range(words.shape[2]):
-                words[v, j, w] = np.uint64(0)
+                words[ri, j, w] = np.uint64(0)
             for f in range(FACTORS):
                 fac[v, j, f] = np.float32(0.0)
 
 
 @kernel
-def search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_offset, entry, max_level, bits, words,
-               fac, block, deleted, ef, visited, tag, pool_d, pool_i, pool_done, res_d, res_i, out_d, out_i):
+def search_one(sc, q, table, low, delta, offset, twice, links0, links_up, up_offset, entry, max_level, bits, runs,
+               fac, block, deleted, ef, visited, tag, pool_d, pool_i, pool_done, sums, res_d, res_i, out_d, out_i):
     """k-NN (k = ``out_d.shape[0]``) of one query on the graph, ``sc`` scoring nodes exactly (float32 vectors).
 
     Upper layers: greedy, exact. Layer 0: a beam search whose pool of size ef is ordered by *estimated* distances;
     expanding a node computes its exact distance (it enters the results, a max-heap of k, unless ``deleted``) and
     estimates all its unvisited neighbours from the node's own code rows: ``d_u ~ d_v + e - m <q - c, r>``
-    (``m`` = 2 with ``twice``, else 1), the inner product from the 4-bit query levels ``qplanes`` (``low``,
-    ``delta``; ``offset`` = h (delta sum u + D low); codes of ``bits`` planes). So one expansion reads one node's
-    rows, sequentially, and never the neighbours' vectors. ``block`` is ``words`` viewed as one row per node (for
-    prefetching).
+    (``m`` = 2 with ``twice``, else 1), the inner product from the 4-bit query levels in FastScan ``table``
+    (``low``, ``delta``; ``offset`` = h (delta sum u + D low); codes of ``bits`` planes in ``runs`` (n, groups,
+    bits, run bytes), :func:`~simdex.quant._fastscan_kernels.fastscan_layout`). So one expansion reads one node's
+    rows, sequentially, and never the neighbours' vectors. ``block`` is ``runs`` viewed as one row per node;
+    ``sums`` (groups * 16,) uint32 scratch.
     """
     k = out_d.shape[0]
     ep, ep_d = descend(sc, q, links_up, up_offset, entry, max_level, GROUND)
     m = np.float32(2.0) if twice else np.float32(1.0)
-    nwords = words.shape[2] // bits
+    run_bytes = runs.shape[3]
     size = pool_start(pool_d, pool_i, pool_done, visited, tag, ep, ep_d)
     n_res = np.int64(0)
     cur = 0
     while cur < size:
         pool_done[cur] = True
         v = pool_i[cur]
-        if v >= words.shape[0]:  # a node an add linked after this search took the code arrays: not coded yet
+        if v >= runs.shape[0]:  # a node an add linked after this search took the code arrays: not coded yet
             cur = next_unexpanded(pool_done, size, cur, size)
             continue
         dv = ep_d if v == ep else score(sc, q, v)
         if deleted[v] == 0:
             n_res = offer(res_d, res_i, n_res, k, dv, v)
         lowest = size
-        for j in range(links0[v, 0]):
+        deg = links0[v, 0]
+        row = block[v]
+        sums[:] = 0
+        for g in range((deg + GROUP_VECTORS - 1) // GROUP_VECTORS):
+            for a in range(bits):
+                lookup_add(row, (g * bits + a) * run_bytes, table, sums, GROUP_VECTORS * g, a)
+        for j in range(deg):
             u = links0[v, 1 + j]
             if visited[u] == tag:
                 continue
             visited[u] = tag
-            s = code_dot(qplanes, words[v], j, bits, nwords)
-            inner = fac[v, j, 0] * (delta * np.float32(s) - offset) + fac[v, j, 1] * low
+            inner = fac[v, j, 0] * (delta * np.float32(sums[j]) - offset) + fac[v, j, 1] * low
             est = dv + fac[v, j, 2] - m * inner
             size, lowest = pool_offer(pool_d, pool_i, pool_done, size, ef, est, u, lowest)
         cur = next_unexpanded(pool_done, size, cur, lowest)
@@ -178,23 +185,24 @@ def search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_o
 
 
 @kernel
-def search_rows(sc, center, signs, twice, links0, links_up, up_offset, entry, max_level, bits, words, fac, block,
+def search_rows(sc, center, signs, twice, links0, links_up, up_offset, entry, max_level, bits, runs, fac, block,
                 deleted, ef, out_d, out_i, visited, tags, t, lo, hi):
     """:func:`search_one` for queries lo..hi-1 of ``sc`` on thread slot t, each rotated (:func:`rotate`)."""
     pool_d, pool_i, pool_done, _ = pool_scratch(1, ef, 1)
     k = out_d.shape[1]
     res_d = np.empty(k, np.float32)
     res_i = np.empty(k, np.int32)
-    qplanes = np.empty((4, words.shape[2] // bits), np.uint64)
+    table = np.empty(4 * signs.shape[1], np.uint8)
+    sums = np.empty(runs.shape[1] * GROUP_VECTORS, np.uint32)
     h = np.float32((2 ** bits - 1) / 2)
     qrot = np.empty(signs.shape[1], np.float32)
     dim_p = np.float32(qrot.shape[0])
     for qi in range(lo, hi):
         q = query(sc, qi, t)
         rotate(q, center, signs, qrot)
-        low, delta, sum_u = quantize_query(qrot, qplanes)
+        low, delta, sum_u = query_table(qrot, table)
         offset = h * (delta * sum_u + dim_p * low)
         tag = next_tag(visited, tags, t)
-        search_one(sc, q, qplanes, low, delta, offset, twice, links0, links_up, up_offset, entry, max_level, bits,
-                   words, fac, block, deleted, ef, visited[t], tag, pool_d[0], pool_i[0], pool_done[0], res_d, res_i,
-                   out_d[qi], out_i[qi])
+        search_one(sc, q, table, low, delta, offset, twice, links0, links_up, up_offset, entry, max_level, bits,
+                   runs, fac, block, deleted, ef, visited[t], tag, pool_d[0], pool_i[0], pool_done[0], sums, res_d,
+                   res_i, out_d[qi], out_i[qi])

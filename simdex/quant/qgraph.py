@@ -43,6 +43,7 @@ from ..errors import CorruptFileError
 from ..index import meta_int
 from ..metrics import L2
 from . import _qgraph_kernels as QK
+from ._fastscan_kernels import fastscan_layout
 from .codec import expect_array, training_sample
 
 # rows coded per pass: the rotated vectors of a pass's nodes and their neighbours are a temporary array
@@ -80,7 +81,7 @@ class RaBitQGraphIndex(HNSWIndex):
         self.center = np.zeros(self.dim, np.float32)
         self.trained = False
         self.signs = np.ones((QK.ROUNDS, self.padded), np.float32)
-        self._edge_words = np.zeros((0, self.M0, self.bits * words), np.uint64)
+        self._edge_runs = self._no_runs()
         self._edge_factors = np.zeros((0, self.M0, QK.FACTORS), np.float32)
         self._stale = np.zeros(0, np.bool_)  # rows whose links changed since their codes were made
         self._any_stale = False
@@ -92,21 +93,26 @@ class RaBitQGraphIndex(HNSWIndex):
     @property
     def nbytes(self) -> int:
         """Bytes held in RAM: the HNSW index's arrays plus the edge codes."""
-        return super().nbytes + int(self._edge_words.nbytes + self._edge_factors.nbytes + self._stale.nbytes)
+        return super().nbytes + int(self._edge_runs.nbytes + self._edge_factors.nbytes + self._stale.nbytes)
 
     # ---- edge codes ----------------------------------------------------------------------------------------------
+    def _no_runs(self) -> np.ndarray:
+        """An empty array of edge codes in FastScan runs: per node, ceil(2M / 16) groups of 16 neighbours, each
+        ``bits`` runs of D / 8 bytes per neighbour."""
+        return fastscan_layout(np.zeros((0, self.M0, self.bits * (self.padded // 64)), np.uint64), self.bits)
+
     def _fit_codes(self) -> None:
         """Give the code arrays the graph's capacity (after growth, compaction or a rebuild)."""
         capacity = self._vectors.shape[0]
-        if self._edge_words.shape[0] == capacity:
+        if self._edge_runs.shape[0] == capacity:
             return
-        keep = min(capacity, self._edge_words.shape[0])
-        words = np.zeros((capacity,) + self._edge_words.shape[1:], np.uint64)
+        keep = min(capacity, self._edge_runs.shape[0])
+        runs = np.zeros((capacity,) + self._edge_runs.shape[1:], np.uint8)
         factors = np.zeros((capacity,) + self._edge_factors.shape[1:], np.float32)
         stale = np.ones(capacity, np.bool_)
-        words[:keep], factors[:keep], stale[:keep] = (self._edge_words[:keep], self._edge_factors[:keep],
-                                                      self._stale[:keep])
-        self._edge_words, self._edge_factors, self._stale = words, factors, stale
+        runs[:keep], factors[:keep], stale[:keep] = (self._edge_runs[:keep], self._edge_factors[:keep],
+                                                     self._stale[:keep])
+        self._edge_runs, self._edge_factors, self._stale = runs, factors, stale
 
     def _mark_all_stale(self) -> None:
         self._fit_codes()
@@ -169,8 +175,10 @@ class RaBitQGraphIndex(HNSWIndex):
                     vectors = np.asarray(self._vectors[needed], np.float32)
                     rotated = self.rotate(vectors)
                     cdot = (vectors @ self.center).astype(np.float64)
+                    words = np.empty((chunk.shape[0], self.M0, self.bits * (self.padded // 64)), np.uint64)
                     QK.encode_edges(rotated, pos, cdot, self._links0, chunk.astype(np.int64),
-                                    self._metric_code == L2, self.bits, self._edge_words, self._edge_factors)
+                                    self._metric_code == L2, self.bits, words, self._edge_factors)
+                    self._edge_runs[chunk] = fastscan_layout(words, self.bits)
             self._stale[:n] = False
             self._stale[n:] = True
             self._any_stale = False
@@ -183,18 +191,18 @@ class RaBitQGraphIndex(HNSWIndex):
             return
         if self._any_stale:
             self._encode_stale()
-        words, factors = self._edge_words, self._edge_factors
+        runs, factors = self._edge_runs, self._edge_factors
         scratch = self._scratch.take(nthreads, self._n)
         try:
             run_threads(QK.search_rows, q.shape[0], nthreads, Vectors(self._metric_code, q, self._vectors),
-                        self.center, self.signs, self._metric_code == L2, *self._graph(), self.bits, words, factors,
-                        words.reshape(words.shape[0], -1), self._deleted, ef, out_d, out_s, *scratch)
+                        self.center, self.signs, self._metric_code == L2, *self._graph(), self.bits, runs, factors,
+                        runs.reshape(runs.shape[0], -1), self._deleted, ef, out_d, out_s, *scratch)
         finally:
             self._scratch.give(scratch)
 
     # ---- copies and persistence ----------------------------------------------------------------------------------
     def _copy_extra(self, clone: HNSWIndex) -> None:
-        clone._edge_words = np.array(self._edge_words)
+        clone._edge_runs = np.array(self._edge_runs)
         clone._edge_factors = np.array(self._edge_factors)
         clone._stale = np.array(self._stale)
 
@@ -210,7 +218,7 @@ class RaBitQGraphIndex(HNSWIndex):
         index.bits = meta_int(meta, "bits", 1) if "bits" in meta else 1
         if index.bits > 8:
             raise CorruptFileError(f"bits {index.bits} out of range (1-8)")
-        index._edge_words = np.zeros((0, index.M0, index.bits * (index.padded // 64)), np.uint64)
+        index._edge_runs = index._no_runs()
         try:
             index.center = np.array(expect_array(arrays, "center", (index.dim,), np.float32))
             index.signs = np.array(expect_array(arrays, "signs", (QK.ROUNDS, index.padded), np.float32))
