@@ -105,10 +105,27 @@ def test_recall_matches_the_float32_graph_and_distances_are_exact(built):
 
 
 def _codes_from_scratch(index):
+    """The index's edges coded again, every row at once (its filled rows as they are)."""
     fresh = index.copy()
     fresh._mark_all_stale()
-    fresh._encode_stale()
+    fresh._encode_stale(refill=False)
     return fresh
+
+
+def _check_filled_rows(index, rows):
+    """Each row's edges: its layer-0 links, then the nodes two hops away nearest to it, as many as fill the row."""
+    x = np.asarray(index._vectors[:index._n], np.float64)
+    for v in rows:
+        deg = index._links0[v, 0]
+        links = index._links0[v, 1:deg + 1]
+        count = index._edges[v, 0]
+        np.testing.assert_array_equal(index._edges[v, 1:deg + 1], links)
+        hops = np.setdiff1d(np.concatenate([index._links0[u, 1:index._links0[u, 0] + 1] for u in links]),
+                            np.append(links, v))
+        assert count == min(index.M0, deg + hops.size)
+        extra = index._edges[v, deg + 1:count + 1]
+        d = ((x[hops] - x[v]) ** 2).sum(1) if index.metric == "l2" else -(x[hops] @ x[v])
+        np.testing.assert_array_equal(np.sort(extra), np.sort(hops[np.argsort(d, kind="stable")[:extra.size]]))
 
 
 def test_codes_follow_incremental_adds_and_consolidation(wordnet_small):
@@ -120,6 +137,14 @@ def test_codes_follow_incremental_adds_and_consolidation(wordnet_small):
     ref = _codes_from_scratch(index)
     np.testing.assert_array_equal(index._edge_runs[:n], ref._edge_runs[:n])
     np.testing.assert_allclose(index._edge_factors[:n], ref._edge_factors[:n], rtol=1e-5, atol=1e-6)
+    # every row's edges start with its current links (a row whose links change is filled again)
+    starts = np.arange(1, index.M0 + 1)[None, :] <= index._links0[:n, :1]
+    np.testing.assert_array_equal(np.where(starts, index._edges[:n, 1:], 0), np.where(starts, index._links0[:n, 1:], 0))
+    assert (index._edges[:n, 0] > index._links0[:n, 0]).mean() > 0.5  # most rows had empty slots to fill
+    refilled = index.copy()
+    refilled._mark_all_stale()
+    refilled._encode_stale()
+    _check_filled_rows(refilled, range(0, n, 37))
     index.remove(np.arange(0, 3000, 3))
     index.consolidate()
     n = index._n

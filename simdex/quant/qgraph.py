@@ -83,6 +83,7 @@ class RaBitQGraphIndex(HNSWIndex):
         self.signs = np.ones((QK.ROUNDS, self.padded), np.float32)
         self._edge_runs = self._no_runs()
         self._edge_factors = np.zeros((0, self.M0, QK.FACTORS), np.float32)
+        self._edges = np.zeros((0, self.M0 + 1), np.int32)  # the links0 rows with their empty slots filled
         self._stale = np.zeros(0, np.bool_)  # rows whose links changed since their codes were made
         self._any_stale = False
 
@@ -93,7 +94,8 @@ class RaBitQGraphIndex(HNSWIndex):
     @property
     def nbytes(self) -> int:
         """Bytes held in RAM: the HNSW index's arrays plus the edge codes."""
-        return super().nbytes + int(self._edge_runs.nbytes + self._edge_factors.nbytes + self._stale.nbytes)
+        return super().nbytes + int(self._edge_runs.nbytes + self._edge_factors.nbytes + self._edges.nbytes
+                                    + self._stale.nbytes)
 
     # ---- edge codes ----------------------------------------------------------------------------------------------
     def _no_runs(self) -> np.ndarray:
@@ -108,11 +110,13 @@ class RaBitQGraphIndex(HNSWIndex):
             return
         keep = min(capacity, self._edge_runs.shape[0])
         runs = np.zeros((capacity,) + self._edge_runs.shape[1:], np.uint8)
+        edges = np.zeros((capacity, self.M0 + 1), np.int32)
+        edges[:keep] = self._edges[:keep]
         factors = np.zeros((capacity,) + self._edge_factors.shape[1:], np.float32)
         stale = np.ones(capacity, np.bool_)
         runs[:keep], factors[:keep], stale[:keep] = (self._edge_runs[:keep], self._edge_factors[:keep],
                                                      self._stale[:keep])
-        self._edge_runs, self._edge_factors, self._stale = runs, factors, stale
+        self._edge_runs, self._edge_factors, self._edges, self._stale = runs, factors, edges, stale
 
     def _mark_all_stale(self) -> None:
         self._fit_codes()
@@ -156,9 +160,10 @@ class RaBitQGraphIndex(HNSWIndex):
         QK.rotate_rows(x, self.center, self.signs, out)
         return out
 
-    def _encode_stale(self, threads: int | None = None) -> None:
+    def _encode_stale(self, threads: int | None = None, refill: bool = True) -> None:
         """Code the edges of every stale row, a chunk of rows at a time (their rotated vectors and their
-        neighbours' are made per chunk)."""
+        neighbours' are made per chunk). A stale row's empty slots are filled again first, unless not
+        ``refill``."""
         with self._write_lock:
             if not self._any_stale:
                 return
@@ -168,15 +173,18 @@ class RaBitQGraphIndex(HNSWIndex):
             # row of each node in a pass's rotated array; a pass sets, and the kernel reads, only its own nodes'
             pos = np.empty(n, np.int64)
             with num_threads(threads):
+                if refill:
+                    QK.fill_edges(self._vectors, self._links0, rows.astype(np.int64), self._metric_code == L2,
+                                  self._edges)
                 for start in range(0, rows.shape[0], _ENCODE_CHUNK):
                     chunk = rows[start:start + _ENCODE_CHUNK]
-                    needed = np.union1d(chunk, _linked(self._links0[chunk]))
+                    needed = np.union1d(chunk, _linked(self._edges[chunk]))
                     pos[needed] = np.arange(needed.shape[0])
                     vectors = np.asarray(self._vectors[needed], np.float32)
                     rotated = self.rotate(vectors)
                     cdot = (vectors @ self.center).astype(np.float64)
                     words = np.empty((chunk.shape[0], self.M0, self.bits * (self.padded // 64)), np.uint64)
-                    QK.encode_edges(rotated, pos, cdot, self._links0, chunk.astype(np.int64),
+                    QK.encode_edges(rotated, pos, cdot, self._edges, chunk.astype(np.int64),
                                     self._metric_code == L2, self.bits, words, self._edge_factors)
                     self._edge_runs[chunk] = fastscan_layout(words, self.bits)
             self._stale[:n] = False
@@ -195,7 +203,8 @@ class RaBitQGraphIndex(HNSWIndex):
         scratch = self._scratch.take(nthreads, self._n)
         try:
             run_threads(QK.search_rows, q.shape[0], nthreads, Vectors(self._metric_code, q, self._vectors),
-                        self.center, self.signs, self._metric_code == L2, *self._graph(), self.bits, runs, factors,
+                        self.center, self.signs, self._metric_code == L2, self._edges, *self._graph()[1:], self.bits,
+                        runs, factors,
                         runs.reshape(runs.shape[0], -1), self._deleted, ef, out_d, out_s, *scratch)
         finally:
             self._scratch.give(scratch)
@@ -203,6 +212,7 @@ class RaBitQGraphIndex(HNSWIndex):
     # ---- copies and persistence ----------------------------------------------------------------------------------
     def _copy_extra(self, clone: HNSWIndex) -> None:
         clone._edge_runs = np.array(self._edge_runs)
+        clone._edges = np.array(self._edges)
         clone._edge_factors = np.array(self._edge_factors)
         clone._stale = np.array(self._stale)
 
