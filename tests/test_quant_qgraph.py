@@ -12,6 +12,7 @@ from simdex.dense import HNSWIndex
 from simdex.index import load
 from simdex.quant import RaBitQGraphIndex
 from simdex.quant._fastscan_kernels import packed_layout
+from simdex.quant._qgraph_kernels import FILL_SOURCES
 from simdex.quant.rabitq import EPS0
 
 
@@ -113,14 +114,16 @@ def _codes_from_scratch(index):
 
 
 def _check_filled_rows(index, rows):
-    """Each row's edges: its layer-0 links, then the nodes two hops away nearest to it, as many as fill the row."""
+    """Each row's edges: its layer-0 links, then the nodes two hops away (through its first FILL_SOURCES links)
+    nearest to it, as many as fill the row."""
     x = np.asarray(index._vectors[:index._n], np.float64)
     for v in rows:
         deg = index._links0[v, 0]
         links = index._links0[v, 1:deg + 1]
         count = index._edges[v, 0]
         np.testing.assert_array_equal(index._edges[v, 1:deg + 1], links)
-        hops = np.setdiff1d(np.concatenate([index._links0[u, 1:index._links0[u, 0] + 1] for u in links]),
+        hops = np.setdiff1d(np.concatenate([index._links0[u, 1:index._links0[u, 0] + 1]
+                                            for u in links[:FILL_SOURCES]]),
                             np.append(links, v))
         assert count == min(index.M0, deg + hops.size)
         extra = index._edges[v, deg + 1:count + 1]

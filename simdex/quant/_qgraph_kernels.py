@@ -20,6 +20,8 @@ from ._rabitq_kernels import encode_row
 FACTORS = 3
 # rounds of (random signs, Walsh-Hadamard transform of a power-of-two block) in the rotation
 ROUNDS = 4
+# neighbours whose own links are the candidates that fill a row's empty slots
+FILL_SOURCES = 8
 
 
 # the 8 x 8 Hadamard matrix (Sylvester's order: entry (t, c) is -1 where t & c has an odd number of bits)
@@ -83,15 +85,20 @@ def rotate_rows(x, center, signs, out):
         rotate(x[v], center, signs, out[v])
 
 
-@kernel(parallel=True)
-def fill_edges(vectors, links0, rows, l2, edges):
-    """``edges[v]`` (degree first, then nodes) of each node v of ``rows``: v's layer-0 links, then as many of the
-    nodes two hops away as fill the row (``edges.shape[1] - 1``), nearest to v first (``vectors`` (n, dim) float32;
-    squared L2 with ``l2``, else minus the inner product). A search estimates a whole group of 16 neighbours for
-    the price of one, so slots the graph leaves empty (a third of them on WordNet) are filled with the candidates its
-    pruning dropped: more of the neighbourhood is seen per expansion (SymphonyQG fills its rows likewise)."""
+@kernel
+def fill_edges(vectors, links0, rows, l2, edges, marks, t, lo, hi):
+    """``edges[v]`` (degree first, then nodes) of each node v of ``rows[lo:hi]``: v's layer-0 links, then as many
+    of the nodes two hops away as fill the row (``edges.shape[1] - 1``), nearest to v first (``vectors`` (n, dim)
+    float32; squared L2 with ``l2``, else minus the inner product). A search estimates a whole group of 16
+    neighbours for the price of one, so slots the graph leaves empty (a third of them on WordNet) are filled with
+    the candidates its pruning dropped: more of the neighbourhood is seen per expansion (SymphonyQG fills its rows
+    likewise). ``marks[t]`` (n,) int64: thread t's record of the last row that saw each node (for
+    :func:`~simdex._numba.run_threads`; zeros at first)."""
     width = edges.shape[1] - 1
-    for ri in prange(rows.shape[0]):
+    seen = marks[t]
+    best_d = np.empty(width, np.float32)
+    best_i = np.empty(width, np.int32)
+    for ri in range(lo, hi):
         v = rows[ri]
         deg = links0[v, 0]
         for j in range(deg + 1):
@@ -99,39 +106,35 @@ def fill_edges(vectors, links0, rows, l2, edges):
         room = width - deg
         if room <= 0 or deg == 0:
             continue
-        hops = np.empty(deg * (links0.shape[1] - 1), np.int32)
-        n = 0
+        stamp = ri + 1
+        seen[v] = stamp
         for j in range(deg):
-            u = links0[v, 1 + j]
-            for i in range(links0[u, 0]):
-                hops[n] = links0[u, 1 + i]
-                n += 1
-        hops = np.unique(hops[:n])
-        own = np.sort(links0[v, 1:deg + 1])
-        dist = np.empty(hops.shape[0], np.float32)
-        cand = np.empty(hops.shape[0], np.int32)
-        m = 0
+            seen[links0[v, 1 + j]] = stamp
         x = vectors[v]
-        for w in hops:
-            if w == v or own[min(np.searchsorted(own, w), deg - 1)] == w:
-                continue
-            y = vectors[w]
-            d = np.float32(0.0)
-            if l2:
-                for i in range(x.shape[0]):
-                    t = x[i] - y[i]
-                    d += t * t
-            else:
-                for i in range(x.shape[0]):
-                    d -= x[i] * y[i]
-            dist[m] = d
-            cand[m] = w
-            m += 1
-        take = min(room, m)
-        order = np.argsort(dist[:m])[:take]
-        for j in range(take):
-            edges[v, 1 + deg + j] = cand[order[j]]
-        edges[v, 0] = deg + take
+        n_best = np.int64(0)
+        for j in range(min(deg, FILL_SOURCES)):
+            u = links0[v, 1 + j]
+            for i in range(links0[u, 0]):  # the two-hop rows are random reads: start them all first
+                prefetch_row(vectors, links0[u, 1 + i], 2)
+            for i in range(links0[u, 0]):
+                w = links0[u, 1 + i]
+                if seen[w] == stamp:
+                    continue
+                seen[w] = stamp
+                y = vectors[w]
+                d = np.float32(0.0)
+                if l2:
+                    for c in range(x.shape[0]):
+                        diff = x[c] - y[c]
+                        d += diff * diff
+                else:
+                    for c in range(x.shape[0]):
+                        d -= x[c] * y[c]
+                n_best = offer(best_d[:room], best_i[:room], n_best, room, d, w)
+        heap_sort_ascending(best_d[:n_best], best_i[:n_best])
+        for j in range(n_best):
+            edges[v, 1 + deg + j] = best_i[j]
+        edges[v, 0] = deg + n_best
 
 
 @kernel(parallel=True)

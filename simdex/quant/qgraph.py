@@ -172,10 +172,10 @@ class RaBitQGraphIndex(HNSWIndex):
             rows = np.flatnonzero(self._stale[:n])
             # row of each node in a pass's rotated array; a pass sets, and the kernel reads, only its own nodes'
             pos = np.empty(n, np.int64)
-            with num_threads(threads):
+            with num_threads(threads) as nthreads:
                 if refill:
-                    QK.fill_edges(self._vectors, self._links0, rows.astype(np.int64), self._metric_code == L2,
-                                  self._edges)
+                    run_threads(QK.fill_edges, rows.shape[0], nthreads, self._vectors, self._links0, rows,
+                                self._metric_code == L2, self._edges, np.zeros((nthreads, n), np.int64))
                 for start in range(0, rows.shape[0], _ENCODE_CHUNK):
                     chunk = rows[start:start + _ENCODE_CHUNK]
                     needed = np.union1d(chunk, _linked(self._edges[chunk]))
