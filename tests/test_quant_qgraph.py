@@ -175,3 +175,27 @@ def test_saved_index_answers_as_before(wordnet_small, tmp_path):
         after = again.search(ds.queries, 10, ef=50)
         np.testing.assert_array_equal(after[1], before[1])
         np.testing.assert_allclose(after[0], before[0], rtol=1e-6)
+
+
+def test_unfilled_rows_hold_the_links_alone_and_the_choice_is_saved(wordnet_small, tmp_path):
+    ds = wordnet_small
+    index = RaBitQGraphIndex(ds.dim, ds.metric, M=8, ef_construction=64, fill=False)
+    index.add(ds.base[:1500])
+    before = index.search(ds.queries, 10, ef=50)
+    n = index._n
+    np.testing.assert_array_equal(index._edges[:n], index._links0[:n])
+    index.save(tmp_path / "plain.sdx")
+    again = load(tmp_path / "plain.sdx")
+    assert again.fill is False
+    after = again.search(ds.queries, 10, ef=50)
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(again._edges[:n], again._links0[:n])
+    filled = RaBitQGraphIndex(ds.dim, ds.metric, M=8, ef_construction=64)
+    filled.add(ds.base[:1500])
+    filled.save(tmp_path / "filled.sdx")
+    assert load(tmp_path / "filled.sdx").fill is True
+    truth = datasets.brute_force_knn(ds.base[:1500], ds.queries, 10, ds.metric)
+    recall = {name: np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ix.search(ds.queries, 10, ef=20)[1],
+                                                                               truth)])
+              for name, ix in (("plain", index), ("filled", filled))}
+    assert recall["filled"] >= recall["plain"] - 0.01, recall

@@ -66,8 +66,10 @@ class RaBitQGraphIndex(HNSWIndex):
 
     Parameters are :class:`~simdex.dense.HNSWIndex`'s: the ground layer's degree ``2 * M`` is the number of
     neighbour codes per node (SymphonyQG's degree 32 is ``M=16``). ``bits`` (1-8) per dimension of an edge code;
-    default ``min(4, 256 // D)``, at least 1 (D: dim rounded up to 64). ``search(ef=...)`` sizes the pool of
-    estimated candidates; results carry exact distances.
+    default ``min(4, 256 // D)``, at least 1 (D: dim rounded up to 64). ``fill``: fill each node's empty edge
+    slots with its nearest two-hop nodes (recall@10 at ef 64: WordNet 0.966 -> 0.973, GloVe-50 higher too;
+    Fashion-MNIST a little lower, 0.9698 -> 0.9684 at ef 32, so ``fill=False`` there). ``search(ef=...)`` sizes
+    the pool of estimated candidates; results carry exact distances.
 
     Filtered searches (a ``filter`` that allows part of the index) traverse the float32 graph as
     :class:`~simdex.dense.HNSWIndex` does; deleted vectors alone do not.
@@ -77,13 +79,14 @@ class RaBitQGraphIndex(HNSWIndex):
 
     def __init__(self, dim: int, metric: str = "l2", M: int = 16, ef_construction: int = 200,
                  ef_search: int = 64, seed: int = 0, consolidate_threshold: float = 0.1,
-                 bits: int | None = None) -> None:
+                 bits: int | None = None, fill: bool = True) -> None:
         super().__init__(dim, metric, M=M, ef_construction=ef_construction, ef_search=ef_search, seed=seed,
                          consolidate_threshold=consolidate_threshold)
         words = -(-self.dim // 64)
         self.padded = 64 * words  # the rotated dimension: whole words of bits
         self.bits = max(1, min(4, 256 // self.padded)) if bits is None else check_positive_int(bits, "bits",
                                                                                                 maximum=8)
+        self.fill = bool(fill)
         self.center = np.zeros(self.dim, np.float32)
         self.trained = False
         self.signs = np.ones((QK.ROUNDS, self.padded), np.float32)
@@ -168,8 +171,8 @@ class RaBitQGraphIndex(HNSWIndex):
 
     def _encode_stale(self, threads: int | None = None, refill: bool = True) -> None:
         """Code the edges of every stale row, a chunk of rows at a time (their rotated vectors and their
-        neighbours' are made per chunk). A stale row's empty slots are filled again first, unless not
-        ``refill``."""
+        neighbours' are made per chunk). A stale row's empty slots are filled again first (with ``fill``),
+        unless not ``refill``."""
         with self._write_lock:
             if not self._any_stale:
                 return
@@ -179,7 +182,9 @@ class RaBitQGraphIndex(HNSWIndex):
             # row of each node in a pass's rotated array; a pass sets, and the kernel reads, only its own nodes'
             pos = np.empty(n, np.int64)
             with num_threads(threads) as nthreads:
-                if refill:
+                if refill and not self.fill:
+                    self._edges[rows] = self._links0[rows]
+                elif refill:
                     run_threads(QK.fill_edges, rows.shape[0], nthreads, self._vectors, self._links0, rows,
                                 self._metric_code == L2, self._edges, np.zeros((nthreads, n), np.int64))
                 for start in range(0, rows.shape[0], _ENCODE_CHUNK):
@@ -224,7 +229,7 @@ class RaBitQGraphIndex(HNSWIndex):
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta, arrays = super()._state()
-        meta.update({"trained": self.trained, "bits": self.bits})
+        meta.update({"trained": self.trained, "bits": self.bits, "fill": self.fill})
         arrays.update({"center": self.center, "signs": self.signs})
         return meta, arrays
 
@@ -235,6 +240,7 @@ class RaBitQGraphIndex(HNSWIndex):
         if index.bits > 8:
             raise CorruptFileError(f"bits {index.bits} out of range (1-8)")
         index._edge_runs = index._no_runs()
+        index.fill = meta.get("fill", False) is True
         try:
             index.center = np.array(expect_array(arrays, "center", (index.dim,), np.float32))
             index.signs = np.array(expect_array(arrays, "signs", (QK.ROUNDS, index.padded), np.float32))
