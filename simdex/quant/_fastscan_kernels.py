@@ -30,7 +30,15 @@ TABLE_STEP_BYTES = 64  # table bytes per step: two 32-byte registers (low and hi
 # steps per call: a lane of the 16-bit accumulator gains at most 2 * 60 per step
 MAX_STEPS = 512
 
-HAVE_AVX2 = bool(llvm_binding.get_host_cpu_features().get("avx2", False))
+
+def _host_has_avx2() -> bool:
+    try:
+        return bool(llvm_binding.get_host_cpu_features().get("avx2", False))
+    except RuntimeError:  # LLVM cannot read this host's features: take the plain loop
+        return False
+
+
+HAVE_AVX2 = _host_has_avx2()
 
 _I8, _I16, _I32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
 _BYTES32 = ir.VectorType(_I8, 32)
