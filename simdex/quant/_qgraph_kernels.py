@@ -8,12 +8,13 @@ import numpy as np
 from numba import prange
 
 from .._heap import copy_padded, heap_sort_ascending
-from .._numba import kernel, prefetch_row
+from .._numba import inlined, kernel, prefetch_row
 from ..core.beam import next_tag, next_unexpanded, pool_offer, pool_scratch, pool_start
 from ..core.graph import GROUND, descend
 from ..core.lists import offer
 from ..core.scorer import prefetch, query, score
 from ._fastscan_kernels import GROUP_VECTORS, lookup_add, query_table
+from ..metrics import distance
 from ._rabitq_kernels import encode_row
 
 # per-edge factors: the estimate's scale, its scale times the code's bit count, and the edge's constant term
@@ -22,6 +23,8 @@ FACTORS = 3
 ROUNDS = 4
 # neighbours whose own links are the candidates that fill a row's empty slots
 FILL_SOURCES = 8
+
+_distance = inlined(distance)
 
 
 # the 8 x 8 Hadamard matrix (Sylvester's order: entry (t, c) is -1 where t & c has an odd number of bits)
@@ -86,16 +89,16 @@ def rotate_rows(x, center, signs, out):
 
 
 @kernel
-def fill_edges(vectors, links0, rows, l2, edges, marks, t, lo, hi):
+def fill_edges(vectors, metric, links0, rows, edges, visited, tags, t, lo, hi):
     """``edges[v]`` (degree first, then nodes) of each node v of ``rows[lo:hi]``: v's layer-0 links, then as many
-    of the nodes two hops away as fill the row (``edges.shape[1] - 1``), nearest to v first (``vectors`` (n, dim)
-    float32; squared L2 with ``l2``, else minus the inner product). A search estimates a whole group of 16
+    of the nodes two hops away (through its first FILL_SOURCES links) as fill the row (``edges.shape[1] - 1``),
+    nearest to v first (``vectors`` (n, dim) float32, internal ``metric``). A search estimates a whole group of 16
     neighbours for the price of one, so slots the graph leaves empty (a third of them on WordNet) are filled with
     the candidates its pruning dropped: more of the neighbourhood is seen per expansion (SymphonyQG fills its rows
-    likewise). ``marks[t]`` (n,) int64: thread t's record of the last row that saw each node (for
-    :func:`~simdex._numba.run_threads`; zeros at first)."""
+    likewise). ``visited``, ``tags``: the per-thread marks of :mod:`simdex.core.beam` (thread slot t of
+    :func:`~simdex._numba.run_threads`)."""
     width = edges.shape[1] - 1
-    seen = marks[t]
+    seen = visited[t]
     best_d = np.empty(width, np.float32)
     best_i = np.empty(width, np.int32)
     for ri in range(lo, hi):
@@ -106,7 +109,7 @@ def fill_edges(vectors, links0, rows, l2, edges, marks, t, lo, hi):
         room = width - deg
         if room <= 0 or deg == 0:
             continue
-        stamp = ri + 1
+        stamp = next_tag(visited, tags, t)
         seen[v] = stamp
         for j in range(deg):
             seen[links0[v, 1 + j]] = stamp
@@ -121,16 +124,7 @@ def fill_edges(vectors, links0, rows, l2, edges, marks, t, lo, hi):
                 if seen[w] == stamp:
                     continue
                 seen[w] = stamp
-                y = vectors[w]
-                d = np.float32(0.0)
-                if l2:
-                    for c in range(x.shape[0]):
-                        diff = x[c] - y[c]
-                        d += diff * diff
-                else:
-                    for c in range(x.shape[0]):
-                        d -= x[c] * y[c]
-                n_best = offer(best_d[:room], best_i[:room], n_best, room, d, w)
+                n_best = offer(best_d[:room], best_i[:room], n_best, room, _distance(metric, x, vectors[w]), w)
         heap_sort_ascending(best_d[:n_best], best_i[:n_best])
         for j in range(n_best):
             edges[v, 1 + deg + j] = best_i[j]

@@ -185,8 +185,12 @@ class RaBitQGraphIndex(HNSWIndex):
                 if refill and not self.fill:
                     self._edges[rows] = self._links0[rows]
                 elif refill:
-                    run_threads(QK.fill_edges, rows.shape[0], nthreads, self._vectors, self._links0, rows,
-                                self._metric_code == L2, self._edges, np.zeros((nthreads, n), np.int64))
+                    marks = self._scratch.take(nthreads, n)
+                    try:
+                        run_threads(QK.fill_edges, rows.shape[0], nthreads, self._vectors, self._metric_code,
+                                    self._links0, rows, self._edges, *marks)
+                    finally:
+                        self._scratch.give(marks)
                 for start in range(0, rows.shape[0], _ENCODE_CHUNK):
                     chunk = rows[start:start + _ENCODE_CHUNK]
                     needed = np.union1d(chunk, _linked(self._edges[chunk]))
