@@ -686,3 +686,26 @@ def test_search_rows_come_from_memory_and_follow_writes(tmp_path, records):
         for _ in range(3):
             assert col.search_batch(queries, 10) == expected
             assert meta._rows_bytes <= meta.row_cache_bytes
+
+
+def test_rabitq_graph_collection_takes_bits_and_fill(tmp_path, records):
+    """A rabitq-graph collection passes ``bits`` and ``fill`` to its index, keeps them across a restart, and refuses
+    a ``fill`` that is not a bool or ``bits`` out of 1-8 without creating anything."""
+    ids, vectors, _, _, queries = records
+    with _open(tmp_path / "db") as db:
+        col = db.create_collection("plain", dim=384, index="rabitq-graph", fill=False, bits=2)
+        col.upsert(ids[:600], vectors[:600])
+        db.optimize()
+        main = col._vectors.main
+        assert main.fill is False and main.bits == 2
+        got = col.search_batch(queries, k=10, include=["distances"])
+        for bad in ({"fill": "no"}, {"fill": 1}, {"bits": 9}, {"bits": 0}):
+            with pytest.raises(InvalidInputError, match="fill|bits"):
+                db.create_collection("bad", dim=384, index="rabitq-graph", **bad)
+        assert "bad" not in db.list_collections()
+    with _open(tmp_path / "db") as db:
+        col = db.get_collection("plain")
+        main = col._vectors.main
+        assert main.fill is False and main.bits == 2
+        assert [[h["id"] for h in hits] for hits in col.search_batch(queries, k=10, include=["distances"])] == \
+            [[h["id"] for h in hits] for hits in got]

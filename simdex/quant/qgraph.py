@@ -45,7 +45,7 @@ from .._numba import num_threads, run_threads
 from .._validate import check_positive_int
 from ..core.scorer import Vectors
 from ..dense.hnsw import HNSWIndex
-from ..errors import CorruptFileError
+from ..errors import CorruptFileError, InvalidTypeError
 from ..index import meta_int
 from ..metrics import L2
 from . import _qgraph_kernels as QK
@@ -86,6 +86,8 @@ class RaBitQGraphIndex(HNSWIndex):
         self.padded = 64 * words  # the rotated dimension: whole words of bits
         self.bits = max(1, min(4, 256 // self.padded)) if bits is None else check_positive_int(bits, "bits",
                                                                                                 maximum=8)
+        if not isinstance(fill, (bool, np.bool_)):
+            raise InvalidTypeError(f"fill must be True or False; got {type(fill).__name__} {fill!r}")
         self.fill = bool(fill)
         self.center = np.zeros(self.dim, np.float32)
         self.trained = False

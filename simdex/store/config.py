@@ -51,7 +51,8 @@ MAIN_INDEXES: dict[str, MainKind] = {
                           trained=True, fresh_consolidation=True),
     # the HNSW graph with 1-bit RaBitQ codes of every node's edges beside its links (SymphonyQG's layout): a hop
     # estimates all new neighbours from one node's rows; float32 vectors in memory score the expanded nodes
-    "rabitq-graph": MainKind("simdex.quant:RaBitQGraphIndex", {}, HNSW_PARAMS, fresh_consolidation=True),
+    "rabitq-graph": MainKind("simdex.quant:RaBitQGraphIndex", {}, HNSW_PARAMS + ("bits", "fill"),
+                             fresh_consolidation=True),
     # IVF over PQ codes of the residuals, the float32 vectors in a file for re-ranking: RAM per record is the
     # code (dim / 8 bytes by default) plus a few ids
     "ivf-pq": MainKind("simdex.quant:IVFIndex", {"vectors": "disk"}, IVF_PARAMS, breadth="nprobe", trained=True),

@@ -283,7 +283,8 @@ class Database(DatabaseAPI):
         :class:`~simdex.quant.VamanaDiskIndex`), "spann" (:class:`~simdex.quant.SPANNIndex`, built once: new rows
         wait in the exactly searched growing segment until they are a tenth of the index, then a merge builds a
         new one from every row; :mod:`simdex.store.buildonce`), or "flat" (exact search over every row).
-        ``params`` go to the index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for the IVF
+        ``params`` go to the index (M, ef_construction, ef_search, seed; for the code kinds also rerank; for
+        rabitq-graph also bits and fill; for the IVF
         kinds nlist, nprobe, codec, rerank, reads, seed; for the Vamana kinds R, L_build, L_search, alpha, seed, and
         codec on disk; for spann list_size, nprobe, eps, rerank, codec, max_replicas, closure_eps, seed). With
         ``text`` the records' documents are also indexed for BM25, for ``search(text=...)`` and hybrid search. With
