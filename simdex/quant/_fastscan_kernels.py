@@ -23,6 +23,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from .._numba import kernel
+from ._rabitq_kernels import query_grid, query_level
 
 GROUP_VECTORS = 16  # vectors in a run
 STEP_BYTES = 32  # run bytes per look-up step (4 groups of 4 dimensions)
@@ -137,21 +138,15 @@ def lookup_add_plain(run, start, table, out, at, shift):
 def query_table(qp, table):
     """Quantise ``qp`` (D,) float32 (D a multiple of 16) to levels u in [0, 15] (``qp ~ low + delta * u``) and
     write the FastScan table of u into ``table`` (4 D,) uint8; returns (low, delta, sum of u), as
-    :func:`simdex.quant._rabitq_kernels.quantize_query` does for its bit planes (the same levels)."""
-    low = qp[0]
-    high = qp[0]
-    for i in range(qp.shape[0]):
-        low = min(low, qp[i])
-        high = max(high, qp[i])
-    delta = (high - low) / 15 if high > low else np.float32(1.0)
-    inv = np.float32(1.0) / delta
+    :func:`simdex.quant._rabitq_kernels.quantize_query` does for its bit planes (the same grid and levels)."""
+    low, delta, inv = query_grid(qp)
     total = 0
     for g in range(qp.shape[0] // 4):
         at = TABLE_STEP_BYTES * (g >> 2) + 32 * (g & 1) + GROUP_VECTORS * ((g >> 1) & 1)
-        u0 = np.uint8(min(np.int64((qp[4 * g] - low) * inv + np.float32(0.5)), 15))
-        u1 = np.uint8(min(np.int64((qp[4 * g + 1] - low) * inv + np.float32(0.5)), 15))
-        u2 = np.uint8(min(np.int64((qp[4 * g + 2] - low) * inv + np.float32(0.5)), 15))
-        u3 = np.uint8(min(np.int64((qp[4 * g + 3] - low) * inv + np.float32(0.5)), 15))
+        u0 = np.uint8(query_level(qp[4 * g], low, inv))
+        u1 = np.uint8(query_level(qp[4 * g + 1], low, inv))
+        u2 = np.uint8(query_level(qp[4 * g + 2], low, inv))
+        u3 = np.uint8(query_level(qp[4 * g + 3], low, inv))
         total += np.int64(u0) + np.int64(u1) + np.int64(u2) + np.int64(u3)
         table[at] = 0
         table[at + 1] = u0

@@ -13,8 +13,8 @@ from ..core.beam import next_tag, next_unexpanded, pool_offer, pool_scratch, poo
 from ..core.graph import GROUND, descend
 from ..core.lists import offer
 from ..core.scorer import prefetch, query, score
-from ._fastscan_kernels import GROUP_VECTORS, lookup_add, query_table
 from ..metrics import distance
+from ._fastscan_kernels import GROUP_VECTORS, lookup_add, query_table
 from ._rabitq_kernels import encode_row
 
 # per-edge factors: the estimate's scale, its scale times the code's bit count, and the edge's constant term

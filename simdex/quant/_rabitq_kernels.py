@@ -13,6 +13,7 @@ from ._binary_kernels import popcount64
 # the query's coordinates are quantised to this many bits per list it scans (RaBitQ's B_q); code_dot reads
 # exactly 4 planes
 QUERY_BITS = 4
+QUERY_TOP = (1 << QUERY_BITS) - 1  # the highest level
 SCALES = 64  # scales tried per vector by a multi-bit encoding
 
 
@@ -85,19 +86,32 @@ def encode_row(row, bits, planes):
     return dot / np.sqrt(sq), np.sqrt(sq), total
 
 
-@kernel
-def quantize_query(qp, planes):
-    """Quantise ``qp`` (D,) float32 to levels u in [0, 15] (``qp ~ low + delta * u``) written as QUERY_BITS planes
-    of packed words ``planes`` (QUERY_BITS, D / 64); returns (low, delta, sum of u). Branch-free: each word of
-    each plane is assembled in a register."""
+@kernel(inline="always")
+def query_grid(qp):
+    """The grid a query ``qp`` (D,) float32 is quantised on: (low, delta, 1 / delta), ``qp ~ low + delta * u``
+    for levels u in [0, QUERY_TOP]. Every query quantisation (bit planes here, FastScan tables in
+    :mod:`simdex.quant._fastscan_kernels`) takes its levels from this grid and :func:`query_level`."""
     low = qp[0]
     high = qp[0]
     for i in range(qp.shape[0]):
         low = min(low, qp[i])
         high = max(high, qp[i])
-    top = (1 << QUERY_BITS) - 1
-    delta = (high - low) / top if high > low else np.float32(1.0)
-    inv = np.float32(1.0) / delta
+    delta = (high - low) / QUERY_TOP if high > low else np.float32(1.0)
+    return low, delta, np.float32(1.0) / delta
+
+
+@kernel(inline="always")
+def query_level(x, low, inv):
+    """The level in [0, QUERY_TOP] of a query coordinate ``x`` on the grid (low, 1 / delta) of :func:`query_grid`."""
+    return min(np.int64((x - low) * inv + np.float32(0.5)), QUERY_TOP)
+
+
+@kernel
+def quantize_query(qp, planes):
+    """Quantise ``qp`` (D,) float32 to levels u in [0, 15] (``qp ~ low + delta * u``) written as QUERY_BITS planes
+    of packed words ``planes`` (QUERY_BITS, D / 64); returns (low, delta, sum of u). Branch-free: each word of
+    each plane is assembled in a register."""
+    low, delta, inv = query_grid(qp)
     total = 0
     for w in range(planes.shape[1]):
         p0 = np.uint64(0)
@@ -105,7 +119,7 @@ def quantize_query(qp, planes):
         p2 = np.uint64(0)
         p3 = np.uint64(0)
         for b in range(64):
-            u = np.uint64(min(np.int64((qp[64 * w + b] - low) * inv + np.float32(0.5)), top))
+            u = np.uint64(query_level(qp[64 * w + b], low, inv))
             total += u
             sh = np.uint64(b)
             p0 |= (u & np.uint64(1)) << sh
