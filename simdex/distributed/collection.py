@@ -1141,22 +1141,20 @@ class DistributedCollection(CollectionAPI):
         return k, include, [hits for hits, _ in found.values()], notes
 
     def add_field(self, name: str, spec: dict[str, Any] | None = None, *, embedder: Any = None) -> dict[str, Any]:
-        try:
-            done = self._write("add_field", lambda s: (name, spec), {"embedder": embedder}, list(range(self.shards)))
-        finally:
-            self._embedder_fields = None  # (asked again: the fields changed)
-        return done[0]
+        return self._change_fields("add_field", (name, spec), {"embedder": embedder})[0]
 
     def use_field(self, name: str, *, force: bool = False) -> None:
-        try:
-            self._write("use_field", lambda s: (name,), {"force": force}, list(range(self.shards)))
-        finally:
-            self._embedder_fields = None
+        self._change_fields("use_field", (name,), {"force": force})
 
     def drop_field(self, name: str) -> None:
         if name == MAIN_FIELD:
             raise InvalidInputError(f"{MAIN_FIELD!r} is the main vector; it cannot be dropped")
+        self._change_fields("drop_field", (name,), {})
+
+    def _change_fields(self, method: str, args: tuple, kwargs: dict[str, Any]) -> dict[int, Any]:
+        """Write a change of the named fields to every shard; the fields with embedders are asked of a replica
+        again afterwards (:meth:`_fields_with_embedders`), even when the write failed part way."""
         try:
-            self._write("drop_field", lambda s: (name,), {}, list(range(self.shards)))
+            return self._write(method, lambda s: args, kwargs, list(range(self.shards)))
         finally:
             self._embedder_fields = None
