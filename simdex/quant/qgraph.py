@@ -14,9 +14,9 @@ inner products of all 16 come from two byte shuffles per 4 groups of 4 dimension
 same however many of its slots hold a neighbour, the slots the HNSW pruning leaves empty (a third on WordNet) are
 filled with the node's nearest two-hop nodes (:func:`~simdex.quant._qgraph_kernels.fill_edges`), as SymphonyQG
 fills its rows: the search sees more of the neighbourhood per expansion (WordNet, ef 64: recall@10 0.966 ->
-0.973). (SymphonyQG quantises ``q - v``
-at every hop instead of ``q - c`` once; here the query is prepared once per search, and the estimate's error is
-that of a code of the whole vector: on WordNet an edge is about as long as a vector's distance to the centre.)
+0.973). (SymphonyQG quantises ``q - v`` at every hop instead of ``q - c`` once; here the query is prepared once
+per search, and the estimate's error is that of a code of the whole vector: on WordNet an edge is about as long
+as a vector's distance to the centre.)
 
 Every node that is expanded is scored exactly, so the results need no separate re-ranking and the estimator's
 error bound has no decision left to make: an estimate only decides which nodes are expanded.
@@ -221,8 +221,7 @@ class RaBitQGraphIndex(HNSWIndex):
         try:
             run_threads(QK.search_rows, q.shape[0], nthreads, Vectors(self._metric_code, q, self._vectors),
                         self.center, self.signs, self._metric_code == L2, self._edges, *self._graph()[1:], self.bits,
-                        runs, factors,
-                        runs.reshape(runs.shape[0], -1), self._deleted, ef, out_d, out_s, *scratch)
+                        runs, factors, runs.reshape(runs.shape[0], -1), self._deleted, ef, out_d, out_s, *scratch)
         finally:
             self._scratch.give(scratch)
 
