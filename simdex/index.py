@@ -222,10 +222,13 @@ class Index(BaseIndex):
     def _check_search(self, queries: Any, k: Any, filter: Any, threads: Any
                       ) -> tuple[np.ndarray, int, np.ndarray | None, int | None]:
         q = check_vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
-        if self.ntotal == 0:
+        n = len(self._idmap)
+        if n == 0:
             raise InvalidInputError("the index is empty; add vectors before searching")
-        k = check_k(k, self.ntotal)
-        threads = check_threads(threads)
+        if type(k) is not int or not 0 < k <= n:  # (the common case without a call: one query per call)
+            k = check_k(k, n)
+        if threads is not None:
+            threads = check_threads(threads)
         allowed = None if filter is None else self._idmap.allowed_mask(filter)
         return q, k, allowed, threads
 

@@ -89,12 +89,13 @@ def public_results(metric_code: int, internal: np.ndarray, slots: np.ndarray, sl
     as :func:`to_public` does, and the ids of ``slots`` (int, same shape) read from ``slot_ids``, -1 where a slot
     is negative ("no result"). One compiled pass: numpy's where/take/add cost a single query 5 us."""
     ids = np.empty(slots.shape, np.int64)
-    _public_results(metric_code, internal.reshape(-1), slots.reshape(-1), slot_ids, ids.reshape(-1))
+    public_into(metric_code, internal.reshape(-1), slots.reshape(-1), slot_ids, ids.reshape(-1))
     return internal, ids
 
 
 @kernel
-def _public_results(metric_code, internal, slots, slot_ids, ids):
+def public_into(metric_code, internal, slots, slot_ids, ids):
+    """:func:`public_results` of flat arrays, writing ``ids``: for kernels that end a search with it."""
     for i in range(slots.shape[0]):
         s = slots[i]
         ids[i] = slot_ids[s] if s >= 0 else -1

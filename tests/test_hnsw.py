@@ -124,7 +124,9 @@ def test_tiny_and_duplicate_inputs():
     assert len(set(i[0])) == 10 and np.allclose(d, 0, atol=1e-6)
 
 
-def test_concurrent_python_threads_search(wordnet_small):
+@pytest.mark.parametrize("per_call", ["batch", "one query"])
+def test_concurrent_python_threads_search(wordnet_small, per_call):
+    # one query per call takes its visited marks from the pool without the lock: threads must never share a set
     ds = wordnet_small
     index = HNSWIndex(ds.dim, ds.metric)
     index.add(ds.base)
@@ -133,7 +135,10 @@ def test_concurrent_python_threads_search(wordnet_small):
 
     def worker(j):
         try:
-            results[j] = index.search(ds.queries, 10, threads=1)[1]
+            if per_call == "batch":
+                results[j] = index.search(ds.queries, 10, threads=1)[1]
+            else:
+                results[j] = np.concatenate([index.search(q[None], 10)[1] for q in ds.queries])
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -145,6 +150,19 @@ def test_concurrent_python_threads_search(wordnet_small):
     assert not errors
     for r in results:
         np.testing.assert_array_equal(r, expected)
+
+
+def test_one_query_per_call_after_the_index_grows(wordnet_small):
+    # the pooled visited marks of one-query searches are sized for the index when taken: after adds, a set too
+    # small must not be reused (its marks would be read past their end)
+    ds = wordnet_small
+    index = HNSWIndex(ds.dim, ds.metric)
+    index.add(ds.base[:200])
+    for q in ds.base[:20]:
+        index.search(q[None], 5)
+    index.add(ds.base[200:])
+    found = np.concatenate([index.search(v[None], 1, ef=64)[1] for v in ds.base[-50:]])[:, 0]
+    assert (found == np.arange(ds.base.shape[0] - 50, ds.base.shape[0])).mean() >= 0.95
 
 
 def test_mmap_load_with_tombstones(wordnet_small, tmp_path):

@@ -665,6 +665,7 @@ def test_search_rows_come_from_memory_and_follow_writes(tmp_path, records):
         assert all(len(row) == 1 for row in meta._rows.values())
         assert col.search_batch(queries, 10) == truth_records  # ids-only rows are read again with contents
         assert col.search_batch(queries, 10, include=["distances"]) == truth_ids  # served from memory
+        assert [col.search(q, 10, include=["distances"]) for q in queries] == truth_ids  # one query per call
         hit = truth_records[0][0]
         rid = col._meta.current_rids([hit["id"]])[hit["id"]]
         cached = meta._rows[rid]
@@ -674,6 +675,8 @@ def test_search_rows_come_from_memory_and_follow_writes(tmp_path, records):
         assert rid not in meta._rows and meta.fetch([rid]) == {}  # the old row version is gone
         top = col.search(queries[0], 1)[0]
         assert (top["id"], top["metadata"], top["document"]) == (hit["id"], {"pos": "replaced"}, "new text")
+        # fewer matches than k: the ids-only hits skip the "no hit" slots
+        assert [h["id"] for h in col.search(queries[0], 10, {"pos": "replaced"}, ["distances"])] == [hit["id"]]
         new_rid = col._meta.current_rids([hit["id"]])[hit["id"]]
         assert new_rid in meta._rows
         col.delete([hit["id"]])

@@ -28,6 +28,7 @@ import numpy as np
 
 from .._heap import copy_padded, heap_sort_ascending
 from .._numba import kernel, run_threads
+from ..metrics import public_into
 from .beam import (candidate_pop, consider, gather_unvisited, next_tag, next_unexpanded, open_range, pair_scratch,
                    pool_offer, pool_scratch, pool_start, record)
 from .scorer import finish, implement, prefetch, query, score, score4
@@ -191,7 +192,7 @@ def search_layer_heap(sc, q, links0, links_up, up_offset, layer, ep, ep_d, ef, u
 
 @kernel
 def search_rows(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, expanded, out_d, out_i, visited,
-                tags, t, lo, hi):
+                tags, metric, slot_ids, ids, t, lo, hi):
     """k-NN of queries lo..hi-1 of ``sc`` on thread slot t (see :func:`search_batch`)."""
     pool_d, pool_i, pool_done, fresh = pool_scratch(1, ef, links0.shape[1])
     exp_d, exp_i = pair_scratch(1, 4 * ef + 16 if expanded else 0)
@@ -206,16 +207,25 @@ def search_rows(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, e
             finish(fin, qi, t, ed, ei, n_exp, out_d[qi, :k], out_i[qi, :k])
         else:
             finish(fin, qi, t, pool_d[0], pool_i[0], size, out_d[qi, :k], out_i[qi, :k])
+        public_into(metric, out_d[qi], out_i[qi], slot_ids, ids[qi])
 
 
 def search_batch(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, expanded, out_d, out_i, visited,
-                 tags) -> None:
+                 tags, metric, slot_ids, ids) -> None:
     """k-NN of every query of ``sc``: descend the upper layers, beam-search the ground layer with a pool of ef,
     and let the finisher ``fin`` write row qi of ``out_d``/``out_i`` (nq, k) from the pool, or with ``expanded``
     from the expanded nodes in order (see :func:`search_layer`). The queries are spread over one thread per row
-    of ``visited``/``tags`` (:func:`simdex._numba.run_threads`)."""
+    of ``visited``/``tags`` (:func:`simdex._numba.run_threads`).
+
+    The answer is written in its public form (:func:`simdex.metrics.public_results` for the internal ``metric``
+    code): distances in ``out_d``, the ``slot_ids`` of the slots in ``ids`` (nq, k) int64; ``out_i`` holds the
+    slots. Converting inside the kernel spares one query per call a second kernel call and its Python layer."""
+    if visited.shape[0] == 1:  # one thread: straight to the kernel (run_threads' layer is 1.5 us of a query)
+        search_rows(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, expanded, out_d, out_i, visited,
+                    tags, metric, slot_ids, ids, 0, 0, out_d.shape[0])
+        return
     run_threads(search_rows, out_d.shape[0], visited.shape[0], sc, fin, links0, links_up, up_offset, entry,
-                max_level, k, ef, expanded, out_d, out_i, visited, tags)
+                max_level, k, ef, expanded, out_d, out_i, visited, tags, metric, slot_ids, ids)
 
 
 @kernel
@@ -236,20 +246,22 @@ def filtered_query(sc, fin, qi, t, links0, links_up, up_offset, entry, max_level
 
 @kernel
 def filtered_rows(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, allowed, invert, out_d, out_i,
-                  visited, tags, t, lo, hi):
+                  visited, tags, metric, slot_ids, ids, t, lo, hi):
     """:func:`filtered_query` for queries lo..hi-1 on thread slot t (see :func:`search_batch_filtered`)."""
     res_d, res_i, _, fresh = pool_scratch(1, ef, links0.shape[1])
     for qi in range(lo, hi):
         filtered_query(sc, fin, qi, t, links0, links_up, up_offset, entry, max_level, k, ef, allowed, invert,
                        visited, tags, fresh[0], res_d[0], res_i[0], out_d[qi], out_i[qi])
+        public_into(metric, out_d[qi], out_i[qi], slot_ids, ids[qi])
 
 
 def search_batch_filtered(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, allowed, invert, out_d,
-                          out_i, visited, tags) -> None:
+                          out_i, visited, tags, metric, slot_ids, ids) -> None:
     """k-NN of every query restricted to slots with ``allowed[slot] != 0`` (``== 0`` with ``invert``), the
-    queries spread over one thread per row of ``visited``/``tags`` (:func:`filtered_query`)."""
+    queries spread over one thread per row of ``visited``/``tags`` (:func:`filtered_query`); the answer in its
+    public form, as :func:`search_batch` writes it."""
     run_threads(filtered_rows, out_d.shape[0], visited.shape[0], sc, fin, links0, links_up, up_offset, entry,
-                max_level, k, ef, allowed, invert, out_d, out_i, visited, tags)
+                max_level, k, ef, allowed, invert, out_d, out_i, visited, tags, metric, slot_ids, ids)
 
 
 @kernel

@@ -278,9 +278,10 @@ class HNSWIndex(RecallCalibrated, Index):
                 allowed = (allowed == 0).view(np.uint8)
             with num_threads(threads):
                 out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], allowed, k)
-        else:
-            self._search_graph(q, k, ef, ef, allowed, invert, batch_threads(threads, nq), out_d, out_s)
-        return self._results(out_d, out_s)
+            return self._results(out_d, out_s)
+        ids = np.empty((nq, k), np.int64)
+        self._search_graph(q, k, ef, ef, allowed, invert, batch_threads(threads, nq), out_d, out_s, ids)
+        return out_d, ids
 
     def _search_slot_ranges(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int
                             ) -> tuple[np.ndarray, np.ndarray]:
@@ -304,16 +305,19 @@ class HNSWIndex(RecallCalibrated, Index):
                               *scratch)
 
     def _search_graph(self, q: np.ndarray, k: int, ef: int, n_rerank: int, allowed: np.ndarray | None,
-                      invert: bool, nthreads: int, out_d: np.ndarray, out_s: np.ndarray) -> None:
-        """Graph search of every query, writing internal distances and slots to ``out_d``/``out_s`` (nq, k): all
-        slots, or those with ``allowed[slot] != 0`` (``== 0`` with ``invert``)."""
+                      invert: bool, nthreads: int, out_d: np.ndarray, out_s: np.ndarray, ids: np.ndarray) -> None:
+        """Graph search of every query among all slots, or those with ``allowed[slot] != 0`` (``== 0`` with
+        ``invert``), writing the public distances to ``out_d`` and the ids to ``ids`` (nq, k); ``out_s`` takes the
+        slots."""
         sc, fin = self._searcher(q, ef, n_rerank, nthreads)
         scratch = self._scratch.take(nthreads, self._n)
+        public = (self._metric_code, self._idmap.slot_ids, ids)
         try:
             if allowed is None:
-                G.search_batch(sc, fin, *self._graph(), k, ef, False, out_d, out_s, *scratch)
+                G.search_batch(sc, fin, *self._graph(), k, ef, False, out_d, out_s, *scratch, *public)
             else:
-                G.search_batch_filtered(sc, fin, *self._graph(), k, ef, allowed, invert, out_d, out_s, *scratch)
+                G.search_batch_filtered(sc, fin, *self._graph(), k, ef, allowed, invert, out_d, out_s, *scratch,
+                                        *public)
         finally:
             self._scratch.give(scratch)
 

@@ -411,13 +411,14 @@ class VamanaIndex(RecallCalibrated, Index):
                     allowed = (g.state == LIVE).view(np.uint8)
                 else:
                     L = min(int(np.ceil(L / live_share)), MAX_RESULTS)
-            out_d, out_s = self._search_graph(g, q, k, L, allowed, threads)
-            return public_results(self._metric_code, out_d, out_s, g.slot_ids)
+            return self._search_graph(g, q, k, L, allowed, threads)
         finally:
             self._leave(epoch)
 
     def _search_graph(self, g: _Graph, q: np.ndarray, k: int, L: int, allowed: np.ndarray | None,
                       threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The public (distances, ids) (nq, k) of a search of graph ``g`` among all live slots, or those with
+        ``allowed[slot] != 0``."""
         nq = q.shape[0]
         out_d = np.empty((nq, k), np.float32)
         out_s = np.empty((nq, k), np.int32)
@@ -426,19 +427,21 @@ class VamanaIndex(RecallCalibrated, Index):
         if allowed is not None and self._prefer_exact(n_allowed, L, n_allowed / self._walked()):
             with num_threads(threads):
                 out_d[:], out_s[:] = exact_knn_subset(self.metric, q, g.vectors, allowed, k)
-            return out_d, out_s
+            return public_results(self._metric_code, out_d, out_s, g.slot_ids)
         nthreads = batch_threads(threads, nq)
         scratch = self._scratch.take(nthreads, cap)
+        ids = np.empty((nq, k), np.int64)
         try:
             # tombstones still route: the finisher drops them from the results
             sc, fin, graph = Vectors(self._metric_code, q, g.vectors), G.LiveTopK(g.state), self._graph(g)
+            public = (self._metric_code, g.slot_ids, ids)
             if allowed is None:
-                G.search_batch(sc, fin, *graph, k, L, False, out_d, out_s, *scratch)
+                G.search_batch(sc, fin, *graph, k, L, False, out_d, out_s, *scratch, *public)
             else:
-                G.search_batch_filtered(sc, fin, *graph, k, L, allowed, False, out_d, out_s, *scratch)
+                G.search_batch_filtered(sc, fin, *graph, k, L, allowed, False, out_d, out_s, *scratch, *public)
         finally:
             self._scratch.give(scratch)
-        return out_d, out_s
+        return out_d, ids
 
     @staticmethod
     def _graph(g: _Graph) -> tuple:

@@ -13,7 +13,7 @@ from ..core.beam import next_tag, next_unexpanded, pool_offer, pool_scratch, poo
 from ..core.graph import GROUND, descend
 from ..core.lists import offer
 from ..core.scorer import prefetch, query, score
-from ..metrics import distance
+from ..metrics import distance, public_into
 from ._fastscan_kernels import GROUP_VECTORS, lookup_add, query_table
 from ._rabitq_kernels import encode_row
 
@@ -248,8 +248,9 @@ def search_one(sc, q, table, low, delta, offset, twice, links0, links_up, up_off
 
 @kernel
 def search_rows(sc, center, signs, twice, links0, links_up, up_offset, entry, max_level, bits, runs, fac, block,
-                deleted, ef, out_d, out_i, visited, tags, t, lo, hi):
-    """:func:`search_one` for queries lo..hi-1 of ``sc`` on thread slot t, each rotated (:func:`rotate`)."""
+                deleted, ef, out_d, out_i, visited, tags, metric, slot_ids, ids, t, lo, hi):
+    """:func:`search_one` for queries lo..hi-1 of ``sc`` on thread slot t, each rotated (:func:`rotate`); the
+    answer in its public form, as :func:`simdex.core.graph.search_batch` writes it."""
     pool_d, pool_i, pool_done, _ = pool_scratch(1, ef, 1)
     k = out_d.shape[1]
     res_d = np.empty(k, np.float32)
@@ -268,3 +269,4 @@ def search_rows(sc, center, signs, twice, links0, links_up, up_offset, entry, ma
         search_one(sc, q, table, low, delta, offset, twice, links0, links_up, up_offset, entry, max_level, bits,
                    runs, fac, block, deleted, ef, visited[t], tag, pool_d[0], pool_i[0], pool_done[0], sums, res_d,
                    res_i, out_d[qi], out_i[qi])
+        public_into(metric, out_d[qi], out_i[qi], slot_ids, ids[qi])

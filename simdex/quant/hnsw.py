@@ -265,9 +265,10 @@ class HNSWQuantIndex(InVectorFile, TrainedOnFirstRows, HNSWIndex):
         if allowed is not None and not invert and self._prefer_exact(int(np.count_nonzero(allowed)), ef):
             with num_threads(threads):
                 out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], allowed, k)
-        else:
-            self._search_graph(q, k, ef, n_rerank, allowed, invert, batch_threads(threads, nq), out_d, out_s)
-        return self._results(out_d, out_s)
+            return self._results(out_d, out_s)
+        ids = np.empty((nq, k), np.int64)
+        self._search_graph(q, k, ef, n_rerank, allowed, invert, batch_threads(threads, nq), out_d, out_s, ids)
+        return out_d, ids
 
     def _ranges_kernel(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int,
                        dist: np.ndarray, slots: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]) -> None:

@@ -210,9 +210,9 @@ class RaBitQGraphIndex(HNSWIndex):
 
     # ---- search --------------------------------------------------------------------------------------------------
     def _search_graph(self, q: np.ndarray, k: int, ef: int, n_rerank: int, allowed: np.ndarray | None,
-                      invert: bool, nthreads: int, out_d: np.ndarray, out_s: np.ndarray) -> None:
+                      invert: bool, nthreads: int, out_d: np.ndarray, out_s: np.ndarray, ids: np.ndarray) -> None:
         if allowed is not None and not invert:  # a filter: the float32 graph search, which collects allowed nodes
-            super()._search_graph(q, k, ef, n_rerank, allowed, invert, nthreads, out_d, out_s)
+            super()._search_graph(q, k, ef, n_rerank, allowed, invert, nthreads, out_d, out_s, ids)
             return
         if self._any_stale:
             self._encode_stale()
@@ -221,7 +221,8 @@ class RaBitQGraphIndex(HNSWIndex):
         try:
             run_threads(QK.search_rows, q.shape[0], nthreads, Vectors(self._metric_code, q, self._vectors),
                         self.center, self.signs, self._metric_code == L2, self._edges, *self._graph()[1:], self.bits,
-                        runs, factors, runs.reshape(runs.shape[0], -1), self._deleted, ef, out_d, out_s, *scratch)
+                        runs, factors, runs.reshape(runs.shape[0], -1), self._deleted, ef, out_d, out_s, *scratch,
+                        self._metric_code, self._idmap.slot_ids, ids)
         finally:
             self._scratch.give(scratch)
 

@@ -205,11 +205,13 @@ class VamanaDiskIndex(TrainedOnFirstRows, VamanaIndex):
         fin = ExactExpanded(self._metric_code, q, g.vectors, g.state, 4 * L + 16)
         nthreads = batch_threads(threads, nq)
         scratch = self._scratch.take(nthreads, g.vectors.shape[0])
+        ids = np.empty((nq, k), np.int64)
         try:
-            G.search_batch(sc, fin, *self._graph(g), k, L, True, out_d, out_s, *scratch)
+            G.search_batch(sc, fin, *self._graph(g), k, L, True, out_d, out_s, *scratch, self._metric_code,
+                           g.slot_ids, ids)
         finally:
             self._scratch.give(scratch)
-        return out_d, out_s
+        return out_d, ids
 
     # ---- persistence ---------------------------------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:

@@ -380,12 +380,26 @@ class Collection(Durable, FieldOps, CollectionAPI):
     def _queries(self, vectors: Any, name: str) -> np.ndarray:
         return check_vectors(vectors, self.dim, name, normalize=self.metric == "cosine")
 
+    def _one_query(self, vector: Any) -> np.ndarray:
+        """``search``'s vector, (dim,) or (1, dim), checked as a (1, dim) batch."""
+        arr = vector if isinstance(vector, np.ndarray) else np.asarray(vector)
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2 or arr.shape[0] != 1:
+            raise InvalidInputError(f"search takes one vector; got shape {arr.shape} (use search_batch)")
+        return self._queries(arr, "vectors")
+
     def search(self, vector: Any = None, k: int = 10, where: Any = None, include: Any = None,
                ef: int | None = None, *, text: str | None = None, mode: str | None = None, fusion: str = "rrf",
                alpha: float = 0.5, norm: str = "minmax", depth: int | None = None,
                target_recall: float | None = None, field: str | None = None,
                queries: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """See :meth:`CollectionAPI.search`."""
+        if text is None and queries is None and field is None and mode is None and vector is not None:
+            # the plain vector query, the one a server or a RAG loop makes per call: no notes to warn of, and
+            # the fewest Python layers between the caller and the index
+            self._check_readable()
+            return self._search_vectors(self._one_query(vector), k, where, include, ef, target_recall)[0]
         hits, notes = self.search_with_notes(vector, k, where, include, ef, text=text, mode=mode, fusion=fusion,
                                              alpha=alpha, norm=norm, depth=depth, target_recall=target_recall,
                                              field=field, queries=queries)
@@ -409,12 +423,7 @@ class Collection(Durable, FieldOps, CollectionAPI):
                 raise InvalidInputError("mode applies to text queries; give text=...")
             if vector is None:
                 raise InvalidInputError("search needs a vector, a text, or both")
-            arr = np.asarray(vector) if not isinstance(vector, np.ndarray) else vector
-            if arr.ndim == 1:
-                arr = arr.reshape(1, -1)
-            if arr.ndim != 2 or arr.shape[0] != 1:
-                raise InvalidInputError(f"search takes one vector; got shape {arr.shape} (use search_batch)")
-            return self._search_vectors(self._queries(arr, "vectors"), k, where, include, ef, target_recall)[0], notes
+            return self._search_vectors(self._one_query(vector), k, where, include, ef, target_recall)[0], notes
         from ..sparse.fusion import check_options, fuse
         if not isinstance(text, str):
             raise InvalidTypeError(f"text must be a str; got {type(text).__name__}")
@@ -535,12 +544,12 @@ class Collection(Durable, FieldOps, CollectionAPI):
               ) -> list[list[dict[str, Any]]]:
         """Result rows -> records; ``values`` go under ``key`` ("distance" only if included)."""
         rid_rows = rids.tolist()  # (Python lists: a single query's ten hits cost less than numpy's masking)
-        found_list = [rid for row in rid_rows for rid in row if rid >= 0]
         contents = "metadatas" in include or "documents" in include
-        rows = self._meta.fetch(found_list, contents) if found_list else {}
         with_value = key != "distance" or "distances" in include
         if not contents and "embeddings" not in include and "fields" not in include:
-            return self._id_hits(rid_rows, values.tolist(), rows, key if with_value else None)
+            return self._id_hits(rid_rows, values.tolist(), key if with_value else None)
+        found_list = [rid for row in rid_rows for rid in row if rid >= 0]
+        rows = self._meta.fetch(found_list, contents) if found_list else {}
         vectors = self._vectors.vectors_of(np.array(found_list, np.int64)) \
             if "embeddings" in include and found_list else None
         vec_of = {} if vectors is None else dict(zip(found_list, vectors))
@@ -559,19 +568,15 @@ class Collection(Durable, FieldOps, CollectionAPI):
             out.append(hits)
         return out
 
-    @staticmethod
-    def _id_hits(rids: list[list[int]], values: list[list[float]], rows: dict[int, tuple], key: str | None
+    def _id_hits(self, rids: list[list[int]], values: list[list[float]], key: str | None
                  ) -> list[list[dict[str, Any]]]:
         """:meth:`_hits` of a search that returns ids (and ``values`` under ``key`` unless it is None) only: what
         a server or a RAG loop asks one query at a time, built without the general records' steps."""
         out = []
         for row_values, row_rids in zip(values, rids):
-            hits = []
-            for value, rid in zip(row_values, row_rids):
-                row = rows.get(rid)  # (none for -1, "no hit")
-                if row is not None:
-                    hits.append({"id": row[0]} if key is None else {"id": row[0], key: value})
-            out.append(hits)
+            ids = self._meta.fetch_ids(row_rids)  # (None for -1, "no hit")
+            out.append([{"id": id_} for id_ in ids if id_ is not None] if key is None else
+                       [{"id": id_, key: value} for id_, value in zip(ids, row_values) if id_ is not None])
         return out
 
     def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,
@@ -629,10 +634,13 @@ class Collection(Durable, FieldOps, CollectionAPI):
         ef = None if ef is None else check_positive_int(ef, "ef")
         threads = 1 if q.shape[0] < 8 else None
         with self._rw.read():
-            how, arg = plan_where(where, self.window_field if self._window_side else None,
-                                  self.label_field if self._label_side else None)
+            how, arg = ("all", None) if where is None else \
+                plan_where(where, self.window_field if self._window_side else None,
+                           self.label_field if self._label_side else None)
             graph = self._label_side.graph_for(arg) if how == "label" else None
-            if how == "window":
+            if how == "all":
+                dist, rids = self._vectors.search(q, k, None, ef, threads, target_recall)
+            elif how == "window":
                 if target_recall is not None:
                     raise InvalidInputError("target_recall does not apply to a range filter on the window field "
                                             "(the window index keeps no recall curve); give ef")
@@ -641,8 +649,7 @@ class Collection(Durable, FieldOps, CollectionAPI):
                 dist, rids = graph.search(q, min(k, len(graph)), ef=ef, threads=threads,
                                           target_recall=target_recall)
             else:
-                dist, rids = self._vectors.search(q, k, None if where is None else self._allowed(where), ef, threads,
-                                                  target_recall)
+                dist, rids = self._vectors.search(q, k, self._allowed(where), ef, threads, target_recall)
             if rids.shape[1] == 0:
                 return [[] for _ in range(q.shape[0])]
             return self._hits(rids, dist, include, "distance")

@@ -267,6 +267,17 @@ class MetadataStore:
             conn.close()
 
     # ---- reader side ---------------------------------------------------------------------------------------------
+    def fetch_ids(self, rids: list[int]) -> list[str]:
+        """The id of each of ``rids`` (Python ints of rows that exist, or -1: None), in order: :meth:`fetch`
+        without contents, as a list, and straight from memory when every row was read before (a search's ids, one
+        query per call)."""
+        cache = self._rows
+        try:
+            return [cache[rid][0] if rid >= 0 else None for rid in rids]
+        except KeyError:
+            rows = self.fetch([rid for rid in rids if rid >= 0], False)
+            return [rows[rid][0] if rid >= 0 else None for rid in rids]
+
     def rids_where(self, where: Any, writer: bool = False) -> np.ndarray:
         sql, params = compile_where(where)
         conn = self._writer if writer else self._reader()

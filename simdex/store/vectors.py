@@ -135,8 +135,9 @@ class RecordVectors(SideIndex):
         parts = []
         if allowed is None or allowed.any():
             main = self.main
-            if main is not None and len(main):
-                kk = min(k, len(main))
+            n_main = 0 if main is None else len(main)
+            if n_main:
+                kk = min(k, n_main)
                 options: dict[str, Any] = {} if ef is None else {MAIN_INDEXES[self.index_kind].breadth: ef}
                 if target_recall is not None:
                     options["target_recall"] = target_recall
