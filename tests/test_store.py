@@ -666,6 +666,10 @@ def test_search_rows_come_from_memory_and_follow_writes(tmp_path, records):
         assert col.search_batch(queries, 10) == truth_records  # ids-only rows are read again with contents
         assert col.search_batch(queries, 10, include=["distances"]) == truth_ids  # served from memory
         assert [col.search(q, 10, include=["distances"]) for q in queries] == truth_ids  # one query per call
+        assert not meta._decoded  # nested metadata ("tags") is decoded for each search, never kept
+        mine = col.search(queries[0], 10)
+        mine[0]["metadata"]["tags"]["even"] = "changed by the caller"
+        assert mine != truth_records[0] and col.search(queries[0], 10) == truth_records[0]
         hit = truth_records[0][0]
         rid = col._meta.current_rids([hit["id"]])[hit["id"]]
         cached = meta._rows[rid]
@@ -689,6 +693,28 @@ def test_search_rows_come_from_memory_and_follow_writes(tmp_path, records):
         for _ in range(3):
             assert col.search_batch(queries, 10) == expected
             assert meta._rows_bytes <= meta.row_cache_bytes
+
+
+def test_flat_metadata_is_kept_decoded_and_handed_out_as_copies(tmp_path, records):
+    """Metadata without nested values is decoded once and kept beside its cached row: every search gets its own
+    copy, and a replaced record's kept metadata is dropped with its row."""
+    ids, vectors, metas, docs, queries = records
+    flat = [{k: v for k, v in m.items() if k != "tags"} for m in metas[:300]]
+    with _open(tmp_path / "db") as db:
+        col = db.create_collection("flat", dim=384, metric="cosine", index="flat")
+        col.upsert(ids[:300], vectors[:300], flat, docs[:300])
+        meta = col._meta
+        first = col.search(queries[0], 10)
+        assert [h["metadata"] for h in first] == [flat[ids.index(h["id"])] for h in first]
+        assert len(meta._decoded) == 10
+        first[0]["metadata"]["pos"] = "changed by the caller"
+        again = col.search(queries[0], 10)
+        assert [h["metadata"] for h in again] == [flat[ids.index(h["id"])] for h in again]
+        assert again[0]["metadata"] is not first[0]["metadata"]
+        top = again[0]["id"]
+        col.upsert([top], vectors[[ids.index(top)]], [{"pos": "replaced"}], ["new text"])
+        assert len(meta._decoded) == 9  # the old row's metadata went with it
+        assert col.search(queries[0], 1)[0]["metadata"] == {"pos": "replaced"}
 
 
 def test_rabitq_graph_collection_takes_bits_and_fill(tmp_path, records):

@@ -220,12 +220,12 @@ def search_batch(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, 
     The answer is written in its public form (:func:`simdex.metrics.public_results` for the internal ``metric``
     code): distances in ``out_d``, the ``slot_ids`` of the slots in ``ids`` (nq, k) int64; ``out_i`` holds the
     slots. Converting inside the kernel spares one query per call a second kernel call and its Python layer."""
+    args = (sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, expanded, out_d, out_i, visited, tags,
+            metric, slot_ids, ids)
     if visited.shape[0] == 1:  # one thread: straight to the kernel (run_threads' layer is 1.5 us of a query)
-        search_rows(sc, fin, links0, links_up, up_offset, entry, max_level, k, ef, expanded, out_d, out_i, visited,
-                    tags, metric, slot_ids, ids, 0, 0, out_d.shape[0])
-        return
-    run_threads(search_rows, out_d.shape[0], visited.shape[0], sc, fin, links0, links_up, up_offset, entry,
-                max_level, k, ef, expanded, out_d, out_i, visited, tags, metric, slot_ids, ids)
+        search_rows(*args, 0, 0, out_d.shape[0])
+    else:
+        run_threads(search_rows, out_d.shape[0], visited.shape[0], *args)
 
 
 @kernel

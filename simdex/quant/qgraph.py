@@ -219,10 +219,13 @@ class RaBitQGraphIndex(HNSWIndex):
         runs, factors = self._edge_runs, self._edge_factors
         scratch = self._scratch.take(nthreads, self._n)
         try:
-            run_threads(QK.search_rows, q.shape[0], nthreads, Vectors(self._metric_code, q, self._vectors),
-                        self.center, self.signs, self._metric_code == L2, self._edges, *self._graph()[1:], self.bits,
-                        runs, factors, runs.reshape(runs.shape[0], -1), self._deleted, ef, out_d, out_s, *scratch,
-                        self._metric_code, self._idmap.slot_ids, ids)
+            args = (Vectors(self._metric_code, q, self._vectors), self.center, self.signs, self._metric_code == L2,
+                    self._edges, *self._graph()[1:], self.bits, runs, factors, runs.reshape(runs.shape[0], -1),
+                    self._deleted, ef, out_d, out_s, *scratch, self._metric_code, self._idmap.slot_ids, ids)
+            if nthreads == 1:  # straight to the kernel, as core.graph.search_batch
+                QK.search_rows(*args, 0, 0, q.shape[0])
+            else:
+                run_threads(QK.search_rows, q.shape[0], nthreads, *args)
         finally:
             self._scratch.give(scratch)
 

@@ -554,8 +554,7 @@ class Collection(Durable, FieldOps, CollectionAPI):
             if "embeddings" in include and found_list else None
         vec_of = {} if vectors is None else dict(zip(found_list, vectors))
         fields_of = self._field_values(found_list) if "fields" in include else None
-        metas = dict(zip(rows, rec.decode_metadatas([row[1] for row in rows.values()]))) \
-            if "metadatas" in include else {}
+        metas = self._meta.metadatas(rows) if "metadatas" in include else {}
         out = []
         for row_values, row_rids in zip(values.tolist(), rid_rows):
             hits = []
