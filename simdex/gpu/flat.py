@@ -222,6 +222,18 @@ class GPUFlatIndex:
     def remove(self, ids: Any) -> int:
         """Remove the vectors of ``ids`` (unknown ids raise UnknownIdError and nothing is removed); returns how
         many. The rows after them move up (one pass over the stored rows on the device)."""
+        count, keep = self._rows_to_keep(ids)
+        if not count:
+            return 0
+        with self._device_memory(f"removing {count:,} vectors", self._row_bytes * self._n):
+            kept = (self._x[:self._n][keep], self._sqnorms[:self._n][keep], self._ids[:self._n][keep])
+        self._x, self._sqnorms, self._ids = kept
+        self._n = int(kept[2].shape[0])
+        return count
+
+    def _rows_to_keep(self, ids: Any) -> tuple[int, Any]:
+        """For a removal of ``ids``: how many, and a bool tensor over the stored rows, True for those that stay.
+        Unknown ids raise UnknownIdError (nothing is removed)."""
         torch = _torch()
         gone = np.unique(check_ids(ids))
         stored = self._ids[:self._n].cpu().numpy()
@@ -230,14 +242,7 @@ class GPUFlatIndex:
             missing = np.setdiff1d(gone, stored[hit])
             raise UnknownIdError(f"id {int(missing[0])} is not in the index ({missing.shape[0]} unknown id(s)); "
                                  f"nothing was removed")
-        if not gone.shape[0]:
-            return 0
-        keep = torch.from_numpy(~hit).to(self.device)
-        with self._device_memory(f"removing {gone.shape[0]:,} vectors", self._row_bytes * self._n):
-            kept = (self._x[:self._n][keep], self._sqnorms[:self._n][keep], self._ids[:self._n][keep])
-        self._x, self._sqnorms, self._ids = kept
-        self._n = int(kept[2].shape[0])
-        return int(gone.shape[0])
+        return int(gone.shape[0]), torch.from_numpy(~hit).to(self.device)
 
     # ---- persistence ---------------------------------------------------------------------------------------------
     #: the constructor's parameters and the tensors that make up the index, saved as they are

@@ -148,9 +148,31 @@ class GPUIVFIndex(GPUFlatIndex):
         return new_ids
 
     def remove(self, ids: Any) -> int:
-        """Not built for IVF lists: refused, so that the flat index's removal cannot reorder them."""
-        raise NotImplementedError("GPUIVFIndex cannot remove vectors yet: build a new one from the vectors to "
-                                  "keep (GPUFlatIndex.remove works)")
+        """Remove the vectors of ``ids`` from their lists (unknown ids raise UnknownIdError and nothing is
+        removed); returns how many. The lists close up in one pass over their entries on the device: every entry
+        keeps its list and its order, so the codes and the trained quantizers stay as they were."""
+        torch = _torch()
+        count, keep = self._rows_to_keep(ids)
+        if not count:
+            return 0
+        n = self._n
+        with self._device_memory(f"removing {count:,} vectors", n * (
+                self.m + 24 + (self.dim * self._x.element_size() if self._keeps_vectors else 0))):
+            renumber = torch.cumsum(keep.to(torch.int64), 0) - 1  # old row -> new row (for the rows kept)
+            kept = keep[self._entry_rows]  # entries (list order) whose row stays
+            labels = self._labels[kept]
+            offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=self.device),
+                                 torch.cumsum(torch.bincount(labels, minlength=self.nlist), 0)])
+            entry_rows = renumber[self._entry_rows[kept]]
+            codes = self._codes[kept].contiguous() if self.m else self._codes
+            stored = (self._x[:n][keep], self._sqnorms[:n][keep]) if self._keeps_vectors else \
+                (self._x, self._sqnorms)
+            ids_kept = self._ids[:n][keep]
+        self._labels, self._offsets, self._entry_rows, self._codes = labels, offsets, entry_rows, codes
+        self._x, self._sqnorms = stored
+        self._ids = ids_kept
+        self._n = int(ids_kept.shape[0])
+        return count
 
     def _add_checked(self, x: Any, new_ids: np.ndarray) -> None:
         """:meth:`add` of checked rows: every new tensor is made first, then they replace the index's together
