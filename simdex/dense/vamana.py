@@ -60,6 +60,10 @@ _REBUILD_FRACTION = 0.5
 # slack): pruning is O(R^2) distances, so pruning at every overflow would make each insert prune ~R lists
 _SLACK = 1.3
 
+# the upper layers a flat graph passes to the graph search (:func:`simdex.core.graph.flat_layers`), made once:
+# the kernel that makes them costs a single query about a microsecond
+_NO_UPPER = (np.zeros((1, 1), np.int32), np.zeros(1, np.int32))
+
 LIVE, DELETED, FREE = 0, 1, 2
 
 
@@ -446,7 +450,7 @@ class VamanaIndex(RecallCalibrated, Index):
     @staticmethod
     def _graph(g: _Graph) -> tuple:
         """The graph arguments of the search kernels (:mod:`simdex.core.graph`): one flat layer."""
-        return (g.adj, *G.flat_layers(), g.entry, 0)
+        return (g.adj, *_NO_UPPER, g.entry, 0)
 
     @staticmethod
     def _filter_mask(g: _Graph, flt: Any) -> np.ndarray:
