@@ -222,13 +222,11 @@ class Index(BaseIndex):
     def _check_search(self, queries: Any, k: Any, filter: Any, threads: Any
                       ) -> tuple[np.ndarray, int, np.ndarray | None, int | None]:
         q = check_vectors(queries, self.dim, "queries", normalize=self.metric == "cosine")
-        n = len(self._idmap)
+        n = self.ntotal
         if n == 0:
             raise InvalidInputError("the index is empty; add vectors before searching")
-        if type(k) is not int or not 0 < k <= n:  # (the common case without a call: one query per call)
-            k = check_k(k, n)
-        if threads is not None:
-            threads = check_threads(threads)
+        k = check_k(k, n)
+        threads = check_threads(threads)
         allowed = None if filter is None else self._idmap.allowed_mask(filter)
         return q, k, allowed, threads
 

@@ -100,6 +100,11 @@ class GPUIVFIndex(GPUFlatIndex):
     def _keeps_vectors(self) -> bool:
         return not self.m or self.rerank > 0
 
+    @property
+    def _entry_bytes(self) -> int:
+        """Device bytes a stored vector takes: its code, list label and id, and its float row if kept."""
+        return self.m + 16 + (self.dim * self._x.element_size() if self._keeps_vectors else 0)
+
     # ---- training ------------------------------------------------------------------------------------------------
     def train(self, vectors: Any, *, centroids: Any = None, iters: int = 20) -> None:
         """Train the lists' centroids (k-means, or the given ``centroids`` (nlist, dim)) and, with PQ lists, the
@@ -142,8 +147,7 @@ class GPUIVFIndex(GPUFlatIndex):
         """Add vectors (n, dim) to their nearest lists (training first if needed); returns their int64 ids."""
         x = self._rows(vectors, "vectors")
         new_ids = self._new_ids(ids, x.shape[0])
-        with self._device_memory(f"adding {x.shape[0]:,} vectors", (self._n + x.shape[0]) * (
-                self.m + 16 + (self.dim * self._x.element_size() if self._keeps_vectors else 0))):
+        with self._device_memory(f"adding {x.shape[0]:,} vectors", (self._n + x.shape[0]) * self._entry_bytes):
             self._add_checked(x, new_ids)
         return new_ids
 
@@ -156,8 +160,7 @@ class GPUIVFIndex(GPUFlatIndex):
         if not count:
             return 0
         n = self._n
-        with self._device_memory(f"removing {count:,} vectors", n * (
-                self.m + 24 + (self.dim * self._x.element_size() if self._keeps_vectors else 0))):
+        with self._device_memory(f"removing {count:,} vectors", n * (self._entry_bytes + 8)):  # (+ renumber)
             renumber = torch.cumsum(keep.to(torch.int64), 0) - 1  # old row -> new row (for the rows kept)
             kept = keep[self._entry_rows]  # entries (list order) whose row stays
             labels = self._labels[kept]

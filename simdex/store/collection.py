@@ -633,13 +633,10 @@ class Collection(Durable, FieldOps, CollectionAPI):
         ef = None if ef is None else check_positive_int(ef, "ef")
         threads = 1 if q.shape[0] < 8 else None
         with self._rw.read():
-            how, arg = ("all", None) if where is None else \
-                plan_where(where, self.window_field if self._window_side else None,
-                           self.label_field if self._label_side else None)
+            how, arg = plan_where(where, self.window_field if self._window_side else None,
+                                  self.label_field if self._label_side else None)
             graph = self._label_side.graph_for(arg) if how == "label" else None
-            if how == "all":
-                dist, rids = self._vectors.search(q, k, None, ef, threads, target_recall)
-            elif how == "window":
+            if how == "window":
                 if target_recall is not None:
                     raise InvalidInputError("target_recall does not apply to a range filter on the window field "
                                             "(the window index keeps no recall curve); give ef")
@@ -648,7 +645,8 @@ class Collection(Durable, FieldOps, CollectionAPI):
                 dist, rids = graph.search(q, min(k, len(graph)), ef=ef, threads=threads,
                                           target_recall=target_recall)
             else:
-                dist, rids = self._vectors.search(q, k, self._allowed(where), ef, threads, target_recall)
+                dist, rids = self._vectors.search(q, k, None if where is None else self._allowed(where), ef, threads,
+                                                  target_recall)
             if rids.shape[1] == 0:
                 return [[] for _ in range(q.shape[0])]
             return self._hits(rids, dist, include, "distance")

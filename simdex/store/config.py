@@ -130,8 +130,6 @@ def new_main_index(dim: int, metric: str, index: str, params: dict[str, Any],
 def check_include(include: Any, default: tuple[str, ...]) -> tuple[str, ...]:
     if include is None:
         return default
-    if type(include) is list and len(include) == 1 and include[0] in INCLUDE_CHOICES:
-        return (include[0],)  # (the common case without the general checks: one query per call)
     if isinstance(include, str):
         include = [include]
     bad = [i for i in include if i not in INCLUDE_CHOICES]

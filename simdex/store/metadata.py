@@ -327,9 +327,7 @@ class MetadataStore:
                 rid, found = row[0], row[1:]
                 out[rid] = cache[rid] = found
                 grown += _ROW_OVERHEAD + sum(len(v) for v in found if v is not None)
-        self._rows_bytes += grown
-        if self._rows_bytes > self.row_cache_bytes:
-            self._forget_all()
+        self._count_cached(grown)
         return out
 
     def metadatas(self, rows: dict[int, tuple]) -> dict[int, dict[str, Any]]:
@@ -355,10 +353,14 @@ class MetadataStore:
             if rid in cache and all(type(v) in _FLAT_TYPES for v in decoded.values()):
                 kept[rid] = decoded.copy()
                 grown += _DECODED_OVERHEAD + 2 * len(rows[rid][1])
-        self._rows_bytes += grown
+        self._count_cached(grown)
+        return out
+
+    def _count_cached(self, nbytes: int) -> None:
+        """Count ``nbytes`` more held by the fetch cache; past ``row_cache_bytes`` the cache starts again."""
+        self._rows_bytes += nbytes
         if self._rows_bytes > self.row_cache_bytes:
             self._forget_all()
-        return out
 
     def _forget_all(self) -> None:
         self._rows.clear()  # (whole: a cache that starts again costs no bookkeeping per hit)
