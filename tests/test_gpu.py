@@ -74,7 +74,9 @@ import numpy as np
 from simdex.gpu import GPUFlatIndex
 folder, metric, k, dtype, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 base, queries = np.load(folder + "/base.npy"), np.load(folder + "/queries.npy")
-index = GPUFlatIndex(base.shape[1], metric, dtype=dtype, device=device, kernel="triton")
+import simdex.gpu.flat
+simdex.gpu.flat._STREAM_TILE_BYTES = base.shape[1] * 4 * 48  # storage="host": tiles of 48 float32 rows
+index = GPUFlatIndex(base.shape[1], metric, dtype=dtype, device=device, kernel="triton", storage=sys.argv[6])
 index.add(base, ids=np.arange(base.shape[0]) * 7 + 3)
 d, i = index.search(queries, k)
 np.save(folder + "/d.npy", d)
@@ -83,11 +85,15 @@ np.save(folder + "/i.npy", i)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("metric, k, dtype", [("l2", 10, "float32"), ("cosine", 20, "float16")])
-def test_fused_kernel_equals_brute_force(tmp_path, metric, k, dtype, device):
+@pytest.mark.parametrize("metric, k, dtype, storage", [("l2", 10, "float32", "device"),
+                                                      ("cosine", 20, "float16", "device"),
+                                                      ("l2", 10, "float16", "host")])
+def test_fused_kernel_equals_brute_force(tmp_path, metric, k, dtype, storage, device):
     """The Triton kernel: several chunks of several tiles each, a dimension that is not a multiple of its
-    block (glove's 50 as 64), k not a power of two, half-precision storage. On the CPU it runs in a process of
-    its own started with ``TRITON_INTERPRET=1``: the interpreter must be chosen before triton is first imported."""
+    block (glove's 50 as 64), k not a power of two, half-precision storage, and vectors kept in host memory and
+    streamed to the device in tiles (the kernel's answers for each tile merged). On the CPU it runs in a process
+    of its own started with ``TRITON_INTERPRET=1``: the interpreter must be chosen before triton is first
+    imported."""
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
     n = 160 if device == "cpu" else 20000
@@ -95,15 +101,57 @@ def test_fused_kernel_equals_brute_force(tmp_path, metric, k, dtype, device):
     np.save(tmp_path / "base.npy", base)
     np.save(tmp_path / "queries.npy", queries)
     env = {**os.environ, "TRITON_INTERPRET": "1" if device == "cpu" else "0"}
-    done = subprocess.run([sys.executable, "-c", _KERNEL_RUN, str(tmp_path), metric, str(k), dtype, device],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", _KERNEL_RUN, str(tmp_path), metric, str(k), dtype, device,
+                           storage], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     d, i = np.load(tmp_path / "d.npy"), np.load(tmp_path / "i.npy")
-    stored = base if dtype == "float32" else (
-        base / np.linalg.norm(base, axis=1, keepdims=True)).astype(np.float16).astype(np.float32)
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True) if metric == "cosine" else base
+    stored = base if dtype == "float32" else unit.astype(np.float16).astype(np.float32)
     d_ref, i_ref = numpy_knn(stored, queries, k, metric)
     assert (i == i_ref * 7 + 3).mean() >= 0.99
     np.testing.assert_allclose(d, d_ref, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(d_ref).max())))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_host_storage_streams_tiles_and_answers_as_brute_force(monkeypatch, tmp_path, metric, device):
+    """storage="host": the vectors stay in host memory (the device holds norms and ids only) and each search
+    brings them to the device a tile at a time (here tiles of 700 rows, adds checked 900 rows at a time, so a
+    search crosses four tiles and an add four chunks); a bad row in a later chunk of an add leaves the index as it
+    was; removal and a save loaded back on the device, or in host memory again, answer the same."""
+    import simdex.gpu.flat as flat
+    base, queries = _data(metric, 3000, 30)
+    dim = base.shape[1]
+    monkeypatch.setattr(flat, "_STREAM_TILE_BYTES", dim * 4 * 700)
+    monkeypatch.setattr(flat, "_ADD_CHUNK_ROWS_BYTES", dim * 4 * 900)
+    index = GPUFlatIndex(dim, metric, device=device, kernel="torch", storage="host")
+    index.add(base)
+    assert index.info()["storage"] == "host" and index._x.device.type == "cpu"
+    assert index.nbytes <= 12 * 3000 * 1.5 < index.host_nbytes
+    _check(index, base, queries, 10, metric)
+    _check(index, base, queries, 100, metric)
+    before = index.search(queries, 10)
+    bad = base[:2000].copy()
+    bad[1500, 3] = np.nan
+    with pytest.raises(InvalidInputError, match=r"row 1500"):
+        index.add(bad)
+    assert len(index) == 3000
+    np.testing.assert_array_equal(index.search(queries, 10)[1], before[1])
+    assert index.remove(np.arange(0, 3000, 3)) == 1000
+    kept = np.arange(3000)[np.arange(3000) % 3 != 0]
+    d_ref, i_ref = numpy_knn(base[kept], queries, 10, metric)
+    d, i = index.search(queries, 10)
+    assert (i == kept[i_ref]).mean() >= 0.99
+    index.save(tmp_path / "host.sdx")
+    for storage in ("host", "device"):
+        loaded = GPUFlatIndex.load(tmp_path / "host.sdx", device=device, storage=storage)
+        assert loaded.storage == storage
+        np.testing.assert_array_equal(loaded.search(queries, 10)[1], i)
+    with pytest.raises(InvalidInputError, match="storage must be one of"):
+        GPUFlatIndex(dim, metric, device=device, storage="disk")
+    from simdex.gpu import GPUIVFIndex
+    with pytest.raises(InvalidInputError, match="GPUIVFIndex keeps its lists in the device's memory"):
+        GPUIVFIndex(dim, metric, device=device, storage="host")
 
 
 def test_torch_tensors_in_and_out_and_bad_input():
@@ -141,10 +189,13 @@ def test_gpu_bench_runs_on_the_device_it_finds(tmp_path):
 
     from simdex.bench import __main__ as bench_main
     assert bench_main.main(["gpu", "--n", "3000", "--dim", "32", "--batch", "8", "--k", "5", "--repeats", "1",
-                            "--out", str(tmp_path)]) == 0
+                            "--stream", "--stream-n", "2500", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu.json").read_text())
     (point,) = report["points"]
     assert report["n"] == 3000 and point["k"] == 5 and point["batch_qps"] > 0 and point["single_bytes_per_s"] > 0
+    streamed = report["streamed"]
+    assert streamed["n"] == 2500 and [p["batch"] for p in streamed["points"]] == [1, 8]
+    assert all(p["qps"] > 0 and p["share_of_copy"] > 0 for p in streamed["points"])
     assert report["command"].startswith("python -m simdex.bench gpu")
 
 

@@ -294,6 +294,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     gpu.add_argument("--k", default="10,100", help="comma-separated k values")
     gpu.add_argument("--repeats", type=int, default=5)
     gpu.add_argument("--device", default="auto")
+    gpu.add_argument("--stream", action="store_true",
+                     help="also GPUFlatIndex(storage='host'): vectors in host memory streamed to the device")
+    gpu.add_argument("--stream-n", type=int, default=4_000_000, help="vectors of the --stream index")
     gpu.add_argument("--ivf", action="store_true", help="also IVF-PQ on synthetic clustered data (--ivf-n x 96)")
     gpu.add_argument("--ivf-n", type=int, default=10_000_000)
     gpu.add_argument("--fashion-mnist", default=None, metavar="PACK",
@@ -405,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         report = gpu_bench.run(args.n, args.dim, args.dtype, args.batch, tuple(int(k) for k in args.k.split(",")),
                                args.repeats, args.device)
+        if args.stream:
+            report["streamed"] = gpu_bench.run_streamed(args.stream_n, args.dim, args.dtype, (1, args.batch),
+                                                        repeats=args.repeats, device=args.device)
         if args.ivf:
             report["ivf"] = gpu_bench.run_ivf(n=args.ivf_n, repeats=args.repeats, device=args.device)
         if args.fashion_mnist:

@@ -6,6 +6,9 @@ On one device, with synthetic data made there (no host transfer; the GPU machine
   device-to-device copy of the same tensor (the card's reachable bandwidth, timed in the same run);
 - **batch 1,024**: queries per second of ``GPUFlatIndex`` (fused kernel) against naive torch (``q @ x.T`` then
   ``torch.topk`` on the full distance matrix), k = 10 and 100;
+- **vectors in host memory** (``--stream``): :func:`run_streamed`, ``GPUFlatIndex(storage="host")`` whose
+  searches copy the vectors to the device tile by tile, against a plain copy of the same bytes from page-locked
+  host memory to the device (the link's reachable rate);
 - **IVF-PQ** (``--ivf``): :func:`run_ivf` on synthetic clustered data, and with ``--fashion-mnist PACK``
   :func:`run_ivf_fashion_mnist` on real data carried as uint8 (``--pack-fashion-mnist PACK`` writes it here).
 
@@ -74,6 +77,59 @@ def run(n: int = 1_000_000, dim: int = 384, dtype: str = "float16", batch: int =
                                  "batch_qps": batch / batch_s, "naive_batch_qps": batch / naive_s,
                                  "batch_speedup_over_naive": naive_s / batch_s})
     return report
+
+
+def run_streamed(n: int = 4_000_000, dim: int = 384, dtype: str = "float16", batches: tuple[int, ...] = (1, 1024),
+                 k: int = 10, repeats: int = 3, device: str = "auto") -> dict[str, Any]:
+    """``GPUFlatIndex(storage="host")`` over n x dim synthetic vectors: per batch size, the search's seconds and
+    the bytes of vectors it brings to the device per second, against copying the same bytes from page-locked host
+    memory into one device buffer tile after tile (no search: the rate the link gives), timed in the same run."""
+    import torch
+
+    from ..gpu import GPUFlatIndex
+    from ..gpu.flat import _STREAM_TILE_BYTES, resolve_device
+    dev, choice = resolve_device(device)
+    if dev.type == "cpu":
+        n = min(n, 20_000)
+    gen = torch.Generator(device=dev).manual_seed(2)
+    index = GPUFlatIndex(dim, "l2", dtype=dtype, device=str(dev), storage="host")
+    for start in range(0, n, 1 << 20):  # (made on the device a part at a time: n may exceed its memory)
+        part = torch.randn((min(n, start + (1 << 20)) - start, dim), generator=gen, device=dev)
+        index.add(part)
+    q = torch.randn((max(batches), dim), generator=gen, device=dev)
+    host = index._x[:n]
+    vector_bytes = n * dim * host.element_size()
+    tile_rows = _STREAM_TILE_BYTES // (dim * host.element_size())
+    buffer = torch.empty((min(n, tile_rows), dim), dtype=host.dtype, device=dev)
+
+    def copy_all() -> None:
+        for start in range(0, n, tile_rows):
+            stop = min(n, start + tile_rows)
+            buffer[:stop - start].copy_(host[start:stop], non_blocking=True)
+
+    copy_s = _timed(torch, dev, copy_all, repeats)
+    report: dict[str, Any] = {"n": n, "dim": dim, "dtype": dtype, "k": k, "device": str(dev),
+                              "device_choice": choice, "pinned": dev.type == "cuda" and bool(host.is_pinned()),
+                              "host_gib": index.host_nbytes / 2**30, "device_mib": index.nbytes / 2**20,
+                              "copy_bytes_per_s": vector_bytes / copy_s, "points": []}
+    for batch in batches:
+        qb = q[:batch]
+        s = _timed(torch, dev, lambda: index.search(qb, k, output="torch"), repeats)
+        report["points"].append({"batch": batch, "ms": s * 1e3, "qps": batch / s, "bytes_per_s": vector_bytes / s,
+                                 "share_of_copy": copy_s / s})
+    return report
+
+
+def format_streamed_report(report: dict[str, Any]) -> str:
+    lines = [f"GPUFlatIndex(storage='host'), {report['n']:,} x {report['dim']} {report['dtype']} "
+             f"({report['host_gib']:.1f} GiB in {'page-locked ' if report['pinned'] else ''}host memory, "
+             f"{report['device_mib']:.0f} MiB on {report['device']}), k={report['k']}; host-to-device copy "
+             f"{report['copy_bytes_per_s'] / 1e9:.1f} GB/s",
+             "| batch | ms | vectors GB/s | share of copy | QPS |", "|---:|---:|---:|---:|---:|"]
+    for p in report["points"]:
+        lines.append(f"| {p['batch']} | {p['ms']:.1f} | {p['bytes_per_s'] / 1e9:.1f} | {p['share_of_copy']:.0%} | "
+                     f"{p['qps']:,.0f} |")
+    return "\n".join(lines)
 
 
 def run_ivf(n: int = 10_000_000, dim: int = 96, nlist: int = 4096, codec: str = "pq48", rerank: int = 64,
@@ -189,9 +245,11 @@ def format_ivf_report(report: dict[str, Any]) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    if "ivf" in report or "ivf_fashion_mnist" in report:
-        return "\n\n".join([format_report({k: v for k, v in report.items() if not k.startswith("ivf")})] +
-                           [format_ivf_report(report[key]) for key in ("ivf", "ivf_fashion_mnist") if key in report])
+    extra = ("ivf", "ivf_fashion_mnist", "streamed")
+    if any(key in report for key in extra):
+        return "\n\n".join([format_report({k: v for k, v in report.items() if k not in extra})] +
+                           [format_ivf_report(report[key]) for key in extra[:2] if key in report] +
+                           ([format_streamed_report(report["streamed"])] if "streamed" in report else []))
     lines = [f"GPUFlatIndex, {report['n']:,} x {report['dim']} {report['dtype']} on {report['device_name']} "
              f"({report['device_choice']}, kernel {report['kernel']}); device-to-device copy "
              f"{report['copy_bytes_per_s'] / 1e9:.1f} GB/s",

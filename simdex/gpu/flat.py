@@ -17,9 +17,14 @@ from .._validate import check_dim, check_ids, check_metric, check_positive_int
 from ._kernels import NO_KEY, pow2_block, scan_topk_kernel, unpack_keys
 
 DTYPES = ("float32", "float16", "bfloat16")
+STORAGES = ("device", "host")
 # the fused kernel's k-selection keeps k keys per query in registers: beyond this k the torch path selects
 MAX_KERNEL_K = 128
 _TILE_BYTES = 256 << 20  # of float32 distances per tile on the torch path
+# storage="host": the stored vectors copied to the device per tile of this many bytes, into two buffers (one
+# copied while the other is searched)
+_STREAM_TILE_BYTES = 128 << 20
+_ADD_CHUNK_ROWS_BYTES = 64 << 20  # an add checks and stores its float32 rows on the device this many at a time
 
 
 def _torch() -> Any:
@@ -71,6 +76,11 @@ class GPUFlatIndex:
         How a search runs: "triton" is the fused scan-and-select kernel (:mod:`simdex.gpu._kernels`; on the CPU
         only under ``TRITON_INTERPRET=1``), "torch" a tiled matrix product and ``torch.topk`` per tile; "auto"
         picks the kernel on CUDA for k <= 128, torch otherwise.
+    storage : {"device", "host"}
+        Where the vectors live. "host": in host memory (page-locked when the device is CUDA), for an index larger
+        than the device's memory; a search copies them to the device a tile of 128 MiB at a time, the next tile
+        copied while the last is searched, so it runs at the host-to-device copy rate (PCIe or NVLink) rather
+        than the device memory's. Norms and ids stay on the device (12 bytes a row).
 
     ``add`` and ``search`` take numpy arrays or torch tensors. A tensor already on the index's device is used
     where it is (no copy through the host); a tensor on another device is refused, naming both. Search returns
@@ -79,7 +89,7 @@ class GPUFlatIndex:
     """
 
     def __init__(self, dim: int, metric: str = "l2", *, dtype: str = "float32", device: str = "auto",
-                 kernel: str = "auto") -> None:
+                 kernel: str = "auto", storage: str = "device") -> None:
         torch = _torch()
         self.dim = check_dim(dim)
         self.metric = check_metric(metric)
@@ -87,11 +97,14 @@ class GPUFlatIndex:
             raise InvalidInputError(f"dtype must be one of {DTYPES}; got {dtype!r}")
         if kernel not in ("auto", "triton", "torch"):
             raise InvalidInputError(f"kernel must be 'auto', 'triton' or 'torch'; got {kernel!r}")
+        if storage not in STORAGES:
+            raise InvalidInputError(f"storage must be one of {STORAGES}; got {storage!r}")
         self.dtype = dtype
         self.kernel = kernel
+        self.storage = storage
         self.device, self.device_choice = resolve_device(device)
         self._torch_dtype = getattr(torch, dtype)
-        self._x = torch.empty((0, self.dim), dtype=self._torch_dtype, device=self.device)
+        self._x = self._vector_rows(0)
         self._sqnorms = torch.empty(0, dtype=torch.float32, device=self.device)
         self._ids = torch.empty(0, dtype=torch.int64, device=self.device)
         self._n = 0
@@ -105,18 +118,41 @@ class GPUFlatIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of device memory held: vectors (with spare capacity), norms and ids."""
-        return int(sum(t.element_size() * t.numel() for t in (self._x, self._sqnorms, self._ids)))
+        """Bytes of device memory held: vectors (with spare capacity; none with ``storage="host"``), norms and
+        ids."""
+        tensors = (self._sqnorms, self._ids) if self.storage == "host" else (self._x, self._sqnorms, self._ids)
+        return int(sum(t.element_size() * t.numel() for t in tensors))
+
+    @property
+    def host_nbytes(self) -> int:
+        """Bytes of host memory the vectors take with ``storage="host"`` (spare capacity included), else 0."""
+        return int(self._x.element_size() * self._x.numel()) if self.storage == "host" else 0
 
     def info(self) -> dict[str, Any]:
         return {"kind": "GPUFlatIndex", "dim": self.dim, "metric": self.metric, "dtype": self.dtype,
                 "count": self._n, "device": str(self.device), "device_choice": self.device_choice,
-                "kernel": self.kernel, "nbytes": self.nbytes}
+                "kernel": self.kernel, "storage": self.storage, "nbytes": self.nbytes,
+                "host_nbytes": self.host_nbytes}
+
+    def _vector_rows(self, rows: int) -> Any:
+        """An empty (rows, dim) tensor of the storage dtype where the vectors live: on the device, or in host
+        memory, page-locked when the device is CUDA (only such memory copies to the device asynchronously)."""
+        torch = _torch()
+        if self.storage == "host":
+            return torch.empty((rows, self.dim), dtype=self._torch_dtype, pin_memory=self.device.type == "cuda")
+        return torch.empty((rows, self.dim), dtype=self._torch_dtype, device=self.device)
+
+    def _as_stored_vectors(self, t: Any) -> Any:
+        """``t`` (vectors of the storage dtype) where the vectors live (:meth:`_vector_rows`)."""
+        if self.storage != "host":
+            return t.to(self.device)
+        t = t.cpu()
+        return t.pin_memory() if self.device.type == "cuda" and not t.is_pinned() else t
 
     # ---- input ---------------------------------------------------------------------------------------------------
-    def _rows(self, x: Any, name: str) -> Any:
+    def _rows(self, x: Any, name: str, first_row: int = 0) -> Any:
         """``x`` (n, dim) as a float tensor on the index's device, checked: finite, of this dimension; numpy
-        arrays are copied to the device, tensors elsewhere are refused."""
+        arrays are copied to the device, tensors elsewhere are refused. Errors count rows from ``first_row``."""
         torch = _torch()
         if isinstance(x, torch.Tensor):
             if x.device != self.device:
@@ -140,7 +176,7 @@ class GPUFlatIndex:
         bad = ~torch.isfinite(t).all(dim=1)
         if bool(bad.any()):
             row = int(torch.nonzero(bad)[0, 0])
-            raise InvalidInputError(f"{name} hold NaN or inf (row {row})")
+            raise InvalidInputError(f"{name} hold NaN or inf (row {first_row + row})")
         t = t.to(torch.float32)
         if self.metric == "cosine":
             norms = torch.linalg.vector_norm(t, dim=1, keepdim=True)
@@ -151,16 +187,31 @@ class GPUFlatIndex:
 
     # ---- writes --------------------------------------------------------------------------------------------------
     def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
-        """Add vectors (n, dim); returns their int64 ids (``ids``, or the next free ones)."""
-        x = self._rows(vectors, "vectors")
-        new_ids = self._new_ids(ids, x.shape[0])
-        with self._device_memory(f"adding {x.shape[0]:,} vectors", self._row_bytes * (self._n + x.shape[0])):
-            self._append(x, new_ids)
+        """Add vectors (n, dim); returns their int64 ids (``ids``, or the next free ones). The rows are checked
+        and stored 64 MiB at a time, so an add larger than the device's memory works with ``storage="host"``;
+        a bad row anywhere leaves the index as it was."""
+        torch = _torch()
+        rows = vectors if isinstance(vectors, torch.Tensor) else np.asarray(vectors)
+        if rows.ndim != 2:
+            rows = self._rows(rows, "vectors")  # (one row as (1, dim); any other shape is refused here)
+        new_ids = self._new_ids(ids, rows.shape[0])
+        step = max(1, _ADD_CHUNK_ROWS_BYTES // (4 * self.dim))
+        n_before = self._n
+        try:
+            for start in range(0, rows.shape[0], step):
+                x = self._rows(rows[start:start + step], "vectors", first_row=start)
+                with self._device_memory(f"adding {rows.shape[0]:,} vectors",
+                                         self._row_bytes * (self._n + rows.shape[0] - start)):
+                    self._append(x, new_ids[start:start + step])
+        except BaseException:
+            self._n = n_before  # (rows past the count are spare: the index holds what it held)
+            raise
         return new_ids
 
     @property
     def _row_bytes(self) -> int:
-        return self.dim * self._x.element_size() + 12  # the vector, its squared norm and its id
+        """Device bytes a stored row takes: its vector unless kept in host memory, its squared norm and id."""
+        return (0 if self.storage == "host" else self.dim * self._x.element_size()) + 12
 
     @contextlib.contextmanager
     def _device_memory(self, what: str, nbytes: int) -> Iterator[None]:
@@ -196,7 +247,7 @@ class GPUFlatIndex:
         stored, norms, ids = self._stored(x, new_ids)
         if n + m > self._x.shape[0]:
             rows = max(n + m, self._x.shape[0] * 3 // 2)
-            grown = (torch.empty((rows, self.dim), dtype=self._torch_dtype, device=self.device),
+            grown = (self._vector_rows(rows),
                      torch.empty(rows, dtype=torch.float32, device=self.device),
                      torch.empty(rows, dtype=torch.int64, device=self.device))
             for new, old in zip(grown, (self._x, self._sqnorms, self._ids)):
@@ -226,7 +277,8 @@ class GPUFlatIndex:
         if not count:
             return 0
         with self._device_memory(f"removing {count:,} vectors", self._row_bytes * self._n):
-            kept = (self._x[:self._n][keep], self._sqnorms[:self._n][keep], self._ids[:self._n][keep])
+            kept = (self._as_stored_vectors(self._x[:self._n][keep.to(self._x.device)]),
+                    self._sqnorms[:self._n][keep], self._ids[:self._n][keep])
         self._x, self._sqnorms, self._ids = kept
         self._n = int(kept[2].shape[0])
         return count
@@ -246,7 +298,7 @@ class GPUFlatIndex:
 
     # ---- persistence ---------------------------------------------------------------------------------------------
     #: the constructor's parameters and the tensors that make up the index, saved as they are
-    _PARAMS: tuple[str, ...] = ("dim", "metric", "dtype", "kernel")
+    _PARAMS: tuple[str, ...] = ("dim", "metric", "dtype", "kernel", "storage")
     _TENSORS: tuple[str, ...] = ("_x", "_sqnorms", "_ids")
 
     def save(self, path: str | os.PathLike) -> None:
@@ -264,18 +316,23 @@ class GPUFlatIndex:
         fileformat.save_arrays(path, type(self).__name__, meta, arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto", kernel: str | None = None) -> GPUFlatIndex:
+    def load(cls, path: str | os.PathLike, device: str = "auto", kernel: str | None = None,
+             storage: str | None = None) -> GPUFlatIndex:
         """An index saved by :meth:`save`, on ``device`` (any: a file saved from a GPU loads on the CPU and back);
-        ``kernel`` overrides the saved one. A file that is not such an index raises CorruptFileError."""
+        ``kernel`` and ``storage`` override the saved ones (an index saved from a larger device may be loaded
+        with ``storage="host"``). A file that is not such an index raises CorruptFileError."""
         torch = _torch()
         kind, meta, arrays = fileformat.load_arrays(path, mmap=False, expected_kind=cls.__name__)
+        defaults = {"storage": "device"}  # (files saved before storage was a parameter have none)
         try:
-            params = {p: meta[p] for p in cls._PARAMS}
+            params = {p: meta[p] if p in meta or p not in defaults else defaults[p] for p in cls._PARAMS}
             n = meta["count"]
         except KeyError as exc:
             raise CorruptFileError(f"{path}: {kind} header lacks {exc}") from None
         if kernel is not None:
             params["kernel"] = kernel
+        if storage is not None:
+            params["storage"] = storage
         try:
             index = cls(**params, device=device)
         except (InvalidInputError, InvalidTypeError) as exc:
@@ -288,7 +345,8 @@ class GPUFlatIndex:
                     torch.from_numpy(arr[:0]).dtype != stored_dtype:
                 raise CorruptFileError(f"{path}: array {name!r} is missing or not {tuple(empty.shape[1:])} rows "
                                        f"of {stored_dtype}")
-            t = torch.from_numpy(arr).to(index.device)
+            t = torch.from_numpy(arr)
+            t = index._as_stored_vectors(t) if name == "_x" else t.to(index.device)
             setattr(index, name, t.view(torch.bfloat16) if empty.dtype == torch.bfloat16 else t)
         if not isinstance(n, int) or n < 0 or index._ids.shape[0] != n:
             raise CorruptFileError(f"{path}: the header's count {n!r} does not match its {index._ids.shape[0]} ids")
@@ -309,8 +367,14 @@ class GPUFlatIndex:
         k, use_kernel = self._check_search(k, output, k)
         q = self._rows(queries, "queries")
         scratch = q.shape[0] * min(self._n, max(k, _TILE_BYTES // (4 * q.shape[0]))) * 4
-        with torch.no_grad(), self._device_memory(f"searching {q.shape[0]:,} queries", scratch):
-            dist, rows = (self._search_kernel if use_kernel else self._search_torch)(q, k)
+        scan = self._search_kernel if use_kernel else self._search_torch
+        with torch.no_grad():
+            if self.storage == "host":
+                with self._device_memory(f"searching {q.shape[0]:,} queries", scratch + 2 * _STREAM_TILE_BYTES):
+                    dist, rows = self._search_streamed(q, k, scan)
+            else:
+                with self._device_memory(f"searching {q.shape[0]:,} queries", scratch):
+                    dist, rows = scan(q, k, self._x[:self._n], self._sqnorms[:self._n])
             return self._results(q, dist, rows, output)
 
     def _check_search(self, k: Any, output: str, keep: int | None = None) -> tuple[int, bool]:
@@ -346,31 +410,83 @@ class GPUFlatIndex:
         prod = (q.to(tile.dtype) @ tile.T).to(torch.float32)
         return sqnorms[None, :] - 2.0 * prod if self.metric == "l2" else -prod
 
-    def _search_torch(self, q: Any, k: int) -> tuple[Any, Any]:
-        """Tiles of rows: a matrix product, then the k best of the tile and the k best so far."""
-        torch = _torch()
-        nq = q.shape[0]
-        tile_rows = max(k, _TILE_BYTES // (4 * max(nq, 1)))
-        best_d = torch.full((nq, 0), float("inf"), device=self.device)
-        best_r = torch.full((nq, 0), -1, dtype=torch.int64, device=self.device)
-        for start in range(0, self._n, tile_rows):
-            stop = min(self._n, start + tile_rows)
-            d = self._internal(q, self._x[start:stop], self._sqnorms[start:stop])
-            kk = min(k, stop - start)
-            td, tr = torch.topk(d, kk, dim=1, largest=False)
-            best_d = torch.cat([best_d, td], dim=1)
-            best_r = torch.cat([best_r, tr + start], dim=1)
-            if best_d.shape[1] > k:
-                best_d, at = torch.topk(best_d, k, dim=1, largest=False)
-                best_r = torch.gather(best_r, 1, at)
-        order = torch.argsort(best_d, dim=1, stable=True)
-        return torch.gather(best_d, 1, order), torch.gather(best_r, 1, order)
+    def _search_torch(self, q: Any, k: int, x: Any, sqnorms: Any) -> tuple[Any, Any]:
+        """The k best of the rows ``x`` (with their squared norms) by tiles of rows: a matrix product, then the
+        k best of the tile and the k best so far."""
+        tile_rows = max(k, _TILE_BYTES // (4 * max(q.shape[0], 1)))
+        best = self._no_best(q.shape[0])
+        for start in range(0, x.shape[0], tile_rows):
+            stop = min(x.shape[0], start + tile_rows)
+            best = self._merge_tile(best, self._internal(q, x[start:stop], sqnorms[start:stop]), start, k)
+        return self._sorted(best)
 
-    def _search_kernel(self, q: Any, k: int) -> tuple[Any, Any]:
-        """The fused kernel (:mod:`simdex.gpu._kernels`): each program's k best of a chunk of rows, then the k
-        best of the chunks' keys."""
+    def _no_best(self, nq: int) -> tuple[Any, Any]:
         torch = _torch()
-        nq = q.shape[0]
+        return (torch.full((nq, 0), float("inf"), device=self.device),
+                torch.full((nq, 0), -1, dtype=torch.int64, device=self.device))
+
+    @staticmethod
+    def _merge_tile(best: tuple[Any, Any], d: Any, start: int, k: int, rows: Any = None) -> tuple[Any, Any]:
+        """The k best so far and a tile's distances ``d`` (of rows ``start`` on; or, given, its k best ``d``
+        and their tile ``rows``): the k best of both."""
+        torch = _torch()
+        if rows is None:
+            d, rows = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
+        best_d, best_r = torch.cat([best[0], d], dim=1), torch.cat([best[1], rows + start], dim=1)
+        if best_d.shape[1] > k:
+            best_d, at = torch.topk(best_d, k, dim=1, largest=False)
+            best_r = torch.gather(best_r, 1, at)
+        return best_d, best_r
+
+    @staticmethod
+    def _sorted(best: tuple[Any, Any]) -> tuple[Any, Any]:
+        torch = _torch()
+        order = torch.argsort(best[0], dim=1, stable=True)
+        return torch.gather(best[0], 1, order), torch.gather(best[1], 1, order)
+
+    def _search_streamed(self, q: Any, k: int, scan: Any) -> tuple[Any, Any]:
+        """``storage="host"``: ``scan`` (:meth:`_search_kernel` or :meth:`_search_torch`) of each tile of the
+        vectors as :meth:`_streamed_tiles` brings it to the device, the tiles' k best merged."""
+        best = self._no_best(q.shape[0])
+        for start, tile in self._streamed_tiles(max(k, _STREAM_TILE_BYTES // (self.dim * self._x.element_size()))):
+            stop = start + tile.shape[0]
+            d, rows = scan(q, min(k, tile.shape[0]), tile, self._sqnorms[start:stop])
+            best = self._merge_tile(best, d, start, k, rows)
+        return self._sorted(best)
+
+    def _streamed_tiles(self, tile_rows: int) -> Iterator[tuple[int, Any]]:
+        """(first row, the rows on the device) of each tile of ``tile_rows`` of the host-kept vectors. On CUDA
+        the copies run on a stream of their own into two device buffers: tile i + 1 is copied while tile i is
+        searched, and a buffer is copied into again only once the search of the tile it held is done (events,
+        not host waits: the loop only queues work). On the CPU the host memory is the device's: views."""
+        torch = _torch()
+        n = self._n
+        if self.device.type != "cuda":
+            for start in range(0, n, tile_rows):
+                yield start, self._x[start:min(n, start + tile_rows)]
+            return
+        compute = torch.cuda.current_stream(self.device)
+        copier = torch.cuda.Stream(self.device)
+        buffers = [torch.empty((min(tile_rows, n), self.dim), dtype=self._torch_dtype, device=self.device)
+                   for _ in range(min(2, math.ceil(n / tile_rows)))]
+        searched: list[Any] = [None] * len(buffers)  # per buffer: the event of its last tile's search
+        for i, start in enumerate(range(0, n, tile_rows)):
+            stop = min(n, start + tile_rows)
+            b = i % len(buffers)
+            tile = buffers[b][:stop - start]
+            with torch.cuda.stream(copier):
+                if searched[b] is not None:
+                    copier.wait_event(searched[b])
+                tile.copy_(self._x[start:stop], non_blocking=True)
+            compute.wait_stream(copier)
+            yield start, tile
+            searched[b] = compute.record_event()
+
+    def _search_kernel(self, q: Any, k: int, x: Any, sqnorms: Any) -> tuple[Any, Any]:
+        """The fused kernel (:mod:`simdex.gpu._kernels`) over the rows ``x``: each program's k best of a chunk
+        of rows, then the k best of the chunks' keys."""
+        torch = _torch()
+        nq, n = q.shape[0], x.shape[0]
         kk = pow2_block(k)  # a power of two for tl.topk
         block_q = 16 if nq <= 16 else 32
         block_n = kk  # the kernel's tile of rows
@@ -379,14 +495,14 @@ class GPUFlatIndex:
         # enough programs to occupy the device: a single query splits the rows over about 4 per core
         cores = torch.cuda.get_device_properties(self.device).multi_processor_count \
             if self.device.type == "cuda" else 2
-        chunks = max(1, min(math.ceil(self._n / block_n), math.ceil(4 * cores / q_blocks)))
-        rows_per_chunk = math.ceil(math.ceil(self._n / chunks) / block_n) * block_n
-        chunks = math.ceil(self._n / rows_per_chunk)
+        chunks = max(1, min(math.ceil(n / block_n), math.ceil(4 * cores / q_blocks)))
+        rows_per_chunk = math.ceil(math.ceil(n / chunks) / block_n) * block_n
+        chunks = math.ceil(n / rows_per_chunk)
         qd = q.to(self._torch_dtype).contiguous()
-        x = self._x[:self._n].contiguous()
+        x = x.contiguous()
         part = torch.empty((nq, chunks, kk), dtype=torch.int64, device=self.device)
         scan_topk_kernel()[(q_blocks, chunks)](
-            qd, x, self._sqnorms, part, nq, self._n, self.dim, rows_per_chunk, chunks, qd.stride(0), x.stride(0),
+            qd, x, sqnorms.contiguous(), part, nq, n, self.dim, rows_per_chunk, chunks, qd.stride(0), x.stride(0),
             IS_L2=self.metric == "l2", K=kk, BLOCK_Q=block_q, BLOCK_D=block_d,
             IEEE=self.dtype == "float32", EMPTY=NO_KEY)
         keys = torch.topk(part.reshape(nq, chunks * kk), k, dim=1, largest=False, sorted=True).values

@@ -35,6 +35,9 @@ class GPUIVFIndex(GPUFlatIndex):
     rerank : int
         With PQ lists: re-score this many candidates exactly from the float vectors, which are then kept on the
         device too (0: return the code distances).
+    storage : "device"
+        The lists live in the device's memory (only :class:`~simdex.gpu.GPUFlatIndex` streams vectors kept in
+        host memory); PQ lists are how more vectors fit on a device.
 
     The first ``add`` trains the quantizers on (a sample of) its rows, or :meth:`train` does. ``centroids`` may be
     given to :meth:`train` (e.g. those of a CPU :class:`~simdex.quant.IVFIndex`) to search the same lists.
@@ -42,7 +45,11 @@ class GPUIVFIndex(GPUFlatIndex):
 
     def __init__(self, dim: int, metric: str = "l2", *, nlist: int = 1024, codec: str = "flat", nprobe: int = 16,
                  rerank: int = 0, dtype: str = "float32", device: str = "auto", kernel: str = "auto",
-                 seed: int = 0) -> None:
+                 seed: int = 0, storage: str = "device") -> None:
+        if storage != "device":
+            raise InvalidInputError(f"GPUIVFIndex keeps its lists in the device's memory (storage='device'); got "
+                                    f"storage={storage!r}: use PQ lists ('pq<m>') to fit more vectors, or a "
+                                    f"GPUFlatIndex with storage='host'")
         super().__init__(dim, metric, dtype=dtype, device=device, kernel=kernel)
         torch = _torch()
         self.nlist = check_positive_int(nlist, "nlist", maximum=1 << 22)
