@@ -260,9 +260,20 @@ class HNSWIndex(RecallCalibrated, Index):
         -------
         distances : float32 (nq, k), ascending; ids : int64 (nq, k). Missing results are (inf, -1).
         """
+        return self._search(queries, k, ef, None, filter, threads, target_recall)
+
+    def _rerank_count(self, k: int, ef: int, rerank: int | None) -> int:
+        """Candidates a search re-scores at the end: a float32 graph's pool is scored exactly already."""
+        return ef
+
+    def _search(self, queries: Any, k: int, ef: int | None, rerank: int | None, filter: Any, threads: int | None,
+                target_recall: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search`, and :class:`~simdex.quant.HNSWQuantIndex`'s with its ``rerank``: an exact scan when
+        few slots are allowed, else the graph search."""
         q, k, allowed, threads = self._check_search(queries, k, filter, threads)
         ef = self._effort_for(target_recall, k, ef)
         ef = max(k, self.ef_search if ef is None else check_positive_int(ef, "ef", maximum=MAX_RESULTS))
+        n_rerank = self._rerank_count(k, ef, rerank)
         nq = q.shape[0]
         out_d = np.empty((nq, k), np.float32)
         out_s = np.empty((nq, k), np.int32)
@@ -280,7 +291,7 @@ class HNSWIndex(RecallCalibrated, Index):
                 out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], allowed, k)
             return self._results(out_d, out_s)
         ids = np.empty((nq, k), np.int64)
-        self._search_graph(q, k, ef, ef, allowed, invert, batch_threads(threads, nq), out_d, out_s, ids)
+        self._search_graph(q, k, ef, n_rerank, allowed, invert, batch_threads(threads, nq), out_d, out_s, ids)
         return out_d, ids
 
     def _search_slot_ranges(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int

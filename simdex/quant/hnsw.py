@@ -23,9 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .._numba import batch_threads, num_threads
 from .._validate import MAX_RESULTS, check_positive_int
-from ..core.exact import exact_knn_subset
 from ..dense.hnsw import HNSWIndex
 from ..errors import CorruptFileError, InvalidInputError
 from ..idmap import IdMap
@@ -248,27 +246,10 @@ class HNSWQuantIndex(InVectorFile, TrainedOnFirstRows, HNSWIndex):
         distances : float32 (nq, k), ascending; ids : int64 (nq, k). Missing results are (inf, -1). Distances
         are exact with ``rerank_from="vectors"``.
         """
-        q, k, allowed, threads = self._check_search(queries, k, filter, threads)
-        ef = self._effort_for(target_recall, k, ef)
-        ef = max(k, self.ef_search if ef is None else check_positive_int(ef, "ef", maximum=MAX_RESULTS))
-        n_rerank = max(k, self.rerank if rerank is None else check_positive_int(rerank, "rerank",
-                                                                                maximum=MAX_RESULTS))
-        nq = q.shape[0]
-        out_d = np.empty((nq, k), np.float32)
-        out_s = np.empty((nq, k), np.int32)
-        invert = False
-        if self._n_deleted:
-            if allowed is None:
-                allowed, invert = self._deleted[:self._n], True
-            else:
-                allowed = allowed & (self._deleted[:self._n] == 0)
-        if allowed is not None and not invert and self._prefer_exact(int(np.count_nonzero(allowed)), ef):
-            with num_threads(threads):
-                out_d[:], out_s[:] = exact_knn_subset(self.metric, q, self._vectors[:self._n], allowed, k)
-            return self._results(out_d, out_s)
-        ids = np.empty((nq, k), np.int64)
-        self._search_graph(q, k, ef, n_rerank, allowed, invert, batch_threads(threads, nq), out_d, out_s, ids)
-        return out_d, ids
+        return self._search(queries, k, ef, rerank, filter, threads, target_recall)
+
+    def _rerank_count(self, k: int, ef: int, rerank: int | None) -> int:
+        return max(k, self.rerank if rerank is None else check_positive_int(rerank, "rerank", maximum=MAX_RESULTS))
 
     def _ranges_kernel(self, q: np.ndarray, rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, k: int, ef: int,
                        dist: np.ndarray, slots: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]) -> None:
