@@ -13,6 +13,8 @@ this times per query:
 - ``collection ids``: ``Collection.search(q, k, ef=..., include=["distances"])``, which returns records (their
   ids read from SQLite);
 - ``collection records``: the same with ``include=["metadatas", "documents", "distances"]``;
+- ``collection batch``: ``Collection.search_batch(queries, k, ef=..., include=["distances"])``, every query in
+  one call: a collection's throughput, against ``library batch``;
 - for ``hnsw``, hnswlib at the same M, ef_construction and ef, single and batch: the reference.
 
 The variants run interleaved, ``rounds`` times over the queries; each figure is the fastest of its rounds (the
@@ -40,7 +42,8 @@ KINDS = ("hnsw", "hnsw-lvq8", "hnsw-int8", "rabitq-graph", "ivf-pq", "vamana", "
 BUILD = {"hnsw": {"M": 16, "ef_construction": 200}, "hnsw-lvq8": {"M": 16, "ef_construction": 200},
          "hnsw-int8": {"M": 16, "ef_construction": 200}, "rabitq-graph": {"M": 16, "ef_construction": 200},
          "vamana": {"R": 32}, "vamana-disk": {"R": 32}}
-VARIANTS = ("library batch", "library single", "store layer", "collection ids", "collection records")
+VARIANTS = ("library batch", "library single", "store layer", "collection ids", "collection records",
+            "collection batch")
 
 
 def _records(n_base: int, n_queries: int) -> tuple[np.ndarray, np.ndarray, list[str], list[dict], list[str]]:
@@ -71,6 +74,7 @@ def _timed(variants: dict[str, Callable[[], Any]], n_queries: int, rounds: int) 
 def _kind_variants(col: Any, queries: np.ndarray, k: int, effort: int) -> tuple[dict[str, Callable], Any]:
     """The timed calls of one collection at one effort, and a function giving the library's and the
     collection's ids of the first queries (to check that they answer the same)."""
+    from .._numba import num_threads
     from ..store.config import MAIN_INDEXES
     side = col._vectors
     main = side.main
@@ -103,6 +107,10 @@ def _kind_variants(col: Any, queries: np.ndarray, k: int, effort: int) -> tuple[
         for q in queries:
             col.search(q, k, ef=effort, include=records)
 
+    def collection_batch() -> None:
+        with num_threads(1):  # (a collection searches a batch on numba's threads: one, as the library here)
+            col.search_batch(queries, k, ef=effort, include=ids_only)
+
     def same_answers(n: int = 50) -> float:
         rid_to_id = {}
         agree = 0
@@ -118,7 +126,8 @@ def _kind_variants(col: Any, queries: np.ndarray, k: int, effort: int) -> tuple[
         return agree / len(checked_queries)
 
     variants = {"library batch": library_batch, "library single": library_single, "store layer": store_layer,
-                "collection ids": collection_ids, "collection records": collection_records}
+                "collection ids": collection_ids, "collection records": collection_records,
+                "collection batch": collection_batch}
     return variants, same_answers
 
 
@@ -170,7 +179,8 @@ def run(kinds: tuple[str, ...] = KINDS, n_base: int = 20_000, n_queries: int = 1
                 point = {"effort": effort, "us_per_query": us, "same_answers": same_answers(),
                          "library_overhead_us": us["library single"] - us["library batch"],
                          "collection_ids_vs_library_qps": us["library single"] / us["collection ids"],
-                         "collection_records_vs_library_qps": us["library single"] / us["collection records"]}
+                         "collection_records_vs_library_qps": us["library single"] / us["collection records"],
+                         "collection_batch_vs_library_qps": us["library batch"] / us["collection batch"]}
                 if "hnswlib single" in us:
                     point["hnswlib_overhead_us"] = us["hnswlib single"] - us["hnswlib batch"]
                     point["library_single_vs_hnswlib_latency"] = us["library single"] / us["hnswlib single"]
@@ -189,18 +199,20 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"one query per call, {report['dataset']} {report['n_base']:,} records, {report['n_queries']} queries, "
              f"k={report['k']}, 1 thread; microseconds per query (fastest of {report['rounds']} interleaved rounds)",
              "| kind | effort | library batch | library single | overhead | store layer | collection ids | "
-             "collection records | collection ids / library QPS | records / library QPS |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "collection records | collection ids / library QPS | records / library QPS | collection batch | "
+             "batch / library batch QPS |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for kind, points in report["kinds"].items():
         for p in points:
             us = p["us_per_query"]
             lines.append(f"| {kind} | {p['effort']} | {us['library batch']:.1f} | {us['library single']:.1f} | "
                          f"{p['library_overhead_us']:.1f} | {us['store layer']:.1f} | {us['collection ids']:.1f} | "
                          f"{us['collection records']:.1f} | {p['collection_ids_vs_library_qps']:.2f} | "
-                         f"{p['collection_records_vs_library_qps']:.2f} |")
+                         f"{p['collection_records_vs_library_qps']:.2f} | {us['collection batch']:.1f} | "
+                         f"{p['collection_batch_vs_library_qps']:.2f} |")
             if "hnswlib single" in us:
                 lines.append(f"| hnswlib | {p['effort']} | {us['hnswlib batch']:.1f} | {us['hnswlib single']:.1f} | "
-                             f"{p['hnswlib_overhead_us']:.1f} | | | | | |")
+                             f"{p['hnswlib_overhead_us']:.1f} | | | | | | | |")
     return "\n".join(lines)
 
 
