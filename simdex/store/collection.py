@@ -547,7 +547,8 @@ class Collection(Durable, FieldOps, CollectionAPI):
         contents = "metadatas" in include or "documents" in include
         with_value = key != "distance" or "distances" in include
         if not contents and "embeddings" not in include and "fields" not in include:
-            return self._id_hits(rid_rows, values.tolist(), key if with_value else None)
+            # (ids only: what a server or a RAG loop asks one query at a time, without the records' steps)
+            return self._meta.id_hits(rid_rows, values.tolist(), key if with_value else None)
         found_list = [rid for row in rid_rows for rid in row if rid >= 0]
         rows = self._meta.fetch(found_list, contents) if found_list else {}
         vectors = self._vectors.vectors_of(np.array(found_list, np.int64)) \
@@ -565,17 +566,6 @@ class Collection(Durable, FieldOps, CollectionAPI):
                                                vec_of.get(rid), v if with_value else None, key,
                                                None if fields_of is None else fields_of.get(rid, {})))
             out.append(hits)
-        return out
-
-    def _id_hits(self, rids: list[list[int]], values: list[list[float]], key: str | None
-                 ) -> list[list[dict[str, Any]]]:
-        """:meth:`_hits` of a search that returns ids (and ``values`` under ``key`` unless it is None) only: what
-        a server or a RAG loop asks one query at a time, built without the general records' steps."""
-        out = []
-        for row_values, row_rids in zip(values, rids):
-            ids = self._meta.fetch_ids(row_rids)  # (None for -1, "no hit")
-            out.append([{"id": id_} for id_ in ids if id_ is not None] if key is None else
-                       [{"id": id_, key: value} for id_, value in zip(ids, row_values) if id_ is not None])
         return out
 
     def search_batch(self, vectors: Any = None, k: int = 10, where: Any = None, include: Any = None,

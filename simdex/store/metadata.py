@@ -76,6 +76,16 @@ def copy_database(source: sqlite3.Connection, target: str | Path) -> None:
         dst.close()
         source.close()
 
+def _id_dicts(rows: dict[int, tuple], rids: list[list[int]], values: list[list[float]], key: str | None
+              ) -> list[list[dict[str, Any]]]:
+    """:meth:`MetadataStore.id_hits` from ``rows`` (rid -> a tuple whose first item is the id), one comprehension
+    a result row: a hit's dict is built as its id is read (KeyError: a row not in ``rows``)."""
+    if key is None:
+        return [[{"id": rows[rid][0]} for rid in row if rid >= 0] for row in rids]
+    return [[{"id": rows[rid][0], key: value} for rid, value in zip(row, row_values) if rid >= 0]
+            for row, row_values in zip(rids, values)]
+
+
 class MetadataStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -273,16 +283,16 @@ class MetadataStore:
             conn.close()
 
     # ---- reader side ---------------------------------------------------------------------------------------------
-    def fetch_ids(self, rids: list[int]) -> list[str]:
-        """The id of each of ``rids`` (Python ints of rows that exist, or -1: None), in order: :meth:`fetch`
-        without contents, as a list, and straight from memory when every row was read before (a search's ids, one
-        query per call)."""
-        cache = self._rows
+    def id_hits(self, rids: list[list[int]], values: list[list[float]], key: str | None
+                ) -> list[list[dict[str, Any]]]:
+        """The hits of a search that returns ids only: per row of ``rids`` (Python ints; -1, "no hit", is skipped)
+        a ``{"id": ...}`` dict per hit, with its value of ``values`` under ``key`` unless it is None. Straight from
+        memory when every row was read before (a search's ids, one query per call), else after one read of
+        them all."""
         try:
-            return [cache[rid][0] if rid >= 0 else None for rid in rids]
+            return _id_dicts(self._rows, rids, values, key)
         except KeyError:
-            rows = self.fetch([rid for rid in rids if rid >= 0], False)
-            return [rows[rid][0] if rid >= 0 else None for rid in rids]
+            return _id_dicts(self.fetch([rid for row in rids for rid in row if rid >= 0], False), rids, values, key)
 
     def rids_where(self, where: Any, writer: bool = False) -> np.ndarray:
         sql, params = compile_where(where)
