@@ -192,8 +192,8 @@ class GPUFlatIndex:
         a bad row anywhere leaves the index as it was."""
         torch = _torch()
         rows = vectors if isinstance(vectors, torch.Tensor) else np.asarray(vectors)
-        if rows.ndim != 2:
-            rows = self._rows(rows, "vectors")  # (one row as (1, dim); any other shape is refused here)
+        if rows.ndim != 2 or rows.shape[0] == 0:
+            rows = self._rows(rows, "vectors")  # (one row as (1, dim); no rows checked for their dimension)
         new_ids = self._new_ids(ids, rows.shape[0])
         step = max(1, _ADD_CHUNK_ROWS_BYTES // (4 * self.dim))
         n_before = self._n
