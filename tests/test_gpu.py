@@ -499,6 +499,63 @@ def test_a_flat_collection_on_a_device_answers_as_on_the_cpu_and_follows_writes(
         _same(gpu.search_batch(queries, 10, include=["distances"]), cpu.search_batch(queries, 10, include=["distances"]))
 
 
+def test_an_ivf_pq_collection_on_a_device_searches_its_own_lists_and_follows_writes(tmp_path, monkeypatch):
+    """An ivf-pq collection with device="auto" (torch's CPU device standing in for CUDA, the same code): below the
+    rows its lists need, searches stay on the CPU and say why; then a GPUIVFIndex trained on the collection's rows
+    answers plain searches, probing ``ef`` lists (recall at one list below recall at all of them, which reaches
+    brute force's); it is retrained once the collection has grown four times; deleted records never come back,
+    new ones are found, a ``where`` goes to the CPU index; after reopening it is built again. Bad device
+    parameters are refused."""
+    import simdex
+    from simdex.store import device as store_device
+    monkeypatch.setattr(store_device, "MIRROR_DEVICE_TYPES", ("cuda", "cpu"))
+    base, queries = _data("cosine", 3000, 30)
+    ids = [f"r{i}" for i in range(3000)]
+    metas = [{"half": i % 2} for i in range(3000)]
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+
+    def recall(col, ef, alive=None):
+        hits = col.search_batch(queries, 10, ef=ef, include=["distances"])
+        keep = np.arange(3000) if alive is None else alive
+        _, truth = numpy_knn(unit[keep], queries, 10, "cosine")
+        return np.mean([len({ids[keep[t]] for t in row} & {h["id"] for h in got}) / 10
+                        for row, got in zip(truth, hits)])
+
+    with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
+        col = db.create_collection("g", 384, index="ivf-pq", device="auto")
+        col.upsert(ids[:100], base[:100], metas[:100])
+        assert len(col.search(queries[0], 5)) == 5
+        info = col.stats()["device"]
+        assert info["index"] == "IVFIndex" and "until the collection has 256 rows" in info["note"]
+        col.upsert(ids[100:700], base[100:700], metas[100:700])
+        col.merge()
+        col.search(queries[0], 5)
+        mirror = col._vectors.mirror
+        assert col.stats()["device"]["index"] == "GPUIVFIndex" and mirror._built_rows == 700
+        col.upsert(ids[700:], base[700:], metas[700:])  # past four times the rows it was trained on
+        col.merge()
+        nlist = mirror.index.nlist
+        assert recall(col, 10_000) >= 0.95
+        assert mirror._built_rows == 3000 and mirror.index.nlist > nlist  # retrained, lists sized anew
+        assert recall(col, 1) < recall(col, 10_000) - 0.1
+        col.delete(ids[:1000])
+        col.upsert(["new"], base[2999:3000] * 2.0)
+        assert len(mirror.index) == 2001 == col.count()
+        assert recall(col, 10_000, np.arange(1000, 3000)) >= 0.95
+        assert [h["id"] for h in col.search(base[2999], 2, ef=10_000)] in (["r2999", "new"], ["new", "r2999"])
+        hits = col.search_batch(queries, 5, where={"half": 1}, include=["metadatas"])
+        assert all(h["metadata"]["half"] == 1 for row in hits for h in row)
+    with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
+        col = db.get_collection("g")
+        assert recall(col, 10_000, np.arange(1000, 3000)) >= 0.95
+        assert col.stats()["device"]["index"] == "GPUIVFIndex"
+        with pytest.raises(InvalidInputError, match="device applies to flat and ivf-pq collections"):
+            db.create_collection("h", 384, index="hnsw", device="auto")
+        with pytest.raises(InvalidInputError, match="codec 'pq' or 'pq<m>' with m dividing its dimension 384"):
+            db.create_collection("h", 384, index="ivf-pq", device="auto", codec="pq7")
+        assert "h" not in db.list_collections()
+
+
 def test_device_cuda_falls_back_to_the_cpu_and_says_why(tmp_path):
     import simdex
     base, queries = _data("cosine", 500, 5)
@@ -513,7 +570,7 @@ def test_device_cuda_falls_back_to_the_cpu_and_says_why(tmp_path):
             assert info["index"] == "FlatIndex" and "torch sees no CUDA device" in info["note"]
         with pytest.raises(InvalidInputError, match="device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got 'tpu'"):
             db.create_collection("bad", 384, index="flat", device="tpu")
-        with pytest.raises(InvalidInputError, match="device applies to flat collections"):
+        with pytest.raises(InvalidInputError, match="device applies to flat and ivf-pq collections"):
             db.create_collection("bad", 384, index="hnsw", device="cuda")
         assert sorted(db.list_collections()) == ["cpu", "gpu"]
 

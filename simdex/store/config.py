@@ -73,6 +73,9 @@ MAIN_INDEXES: dict[str, MainKind] = {
 }
 INDEX_KINDS = (*MAIN_INDEXES, "flat")
 IVF_KINDS = {"ivf-pq": "pq", "ivf-rabitq": "rabitq"}  # the IVF kinds and their default codecs
+# the kinds whose collections may search on a GPU (``device=``): a mirror of their rows on the device answers their
+# plain searches (:mod:`simdex.store.device`): exact for "flat", inverted lists of PQ codes for "ivf-pq"
+DEVICE_KINDS = ("flat", "ivf-pq")
 TRAINED_KINDS = tuple(kind for kind, spec in MAIN_INDEXES.items() if spec.trained)
 # the float32 rows an IVF collection's merge trains its lists and codec on (a sample of at most this many bytes;
 # the index's own limit, 200,000 rows, too): bounded memory and time, 65,536 rows at 384-d (52 per list at 1,265
@@ -92,8 +95,8 @@ def sized_params(index: str, params: dict[str, Any], rows: int) -> dict[str, Any
     """``params`` with the defaults that depend on the collection's size filled in: an IVF collection's
     ``nlist`` (about 2 sqrt(rows), 16 to 65,536) and ``nprobe`` (a quarter of the lists, at least 16), unless set."""
     if index not in IVF_KINDS:
-        return dict(params)
-    out = dict(params)
+        return {k: v for k, v in params.items() if k != "device"}  # (device: the mirror's, not the index's)
+    out = {k: v for k, v in params.items() if k != "device"}
     nlist = out.setdefault("nlist", int(min(max(round(2 * math.sqrt(max(rows, 1))), 16), 1 << 16)))
     out.setdefault("nprobe", max(16, nlist // 4))
     out.setdefault("codec", IVF_KINDS[index])
@@ -145,13 +148,16 @@ def check_config(dim: Any, metric: Any, index: Any, params: dict[str, Any], text
     metric = check_metric(metric)
     if index not in INDEX_KINDS:
         raise InvalidInputError(f"index must be one of {INDEX_KINDS}; got {index!r}")
-    allowed = MAIN_INDEXES[index].params if index in MAIN_INDEXES else ("device",)
+    allowed = (MAIN_INDEXES[index].params if index in MAIN_INDEXES else ()) + \
+        (("device",) if index in DEVICE_KINDS else ())
     if "device" in params:
-        if index != "flat":
-            raise InvalidInputError(f"device applies to flat collections (exact search on a GPU); a {index} "
-                                    f"collection searches on the CPU")
-        from .device import check_device
+        if index not in DEVICE_KINDS:
+            raise InvalidInputError(f"device applies to {' and '.join(DEVICE_KINDS)} collections (searched on a "
+                                    f"GPU); a {index} collection searches on the CPU")
+        from .device import check_device, mirror_pq
         check_device(params["device"])
+        if index == "ivf-pq":
+            mirror_pq(dim, params.get("codec", IVF_KINDS[index]))
     unknown = set(params) - set(allowed)
     if unknown:
         raise InvalidInputError(f"unknown parameter(s) for a {index} index: {sorted(unknown)}; it takes "

@@ -19,7 +19,7 @@ from ..dense.calibration import check_target_recall
 from ..errors import InvalidInputError
 from ..dense import FlatIndex
 from . import buildonce
-from .config import IVF_KINDS, MAIN_INDEXES, TRAINED_KINDS, new_main_index, retrain
+from .config import DEVICE_KINDS, IVF_KINDS, MAIN_INDEXES, TRAINED_KINDS, new_main_index, retrain
 from .device import DeviceMirror
 from .sides import SideIndex, remove_present
 
@@ -63,9 +63,9 @@ class RecordVectors(SideIndex):
         self.building: str | None = None  # the folder a build-once index is being built into
         self.growing = FlatIndex(dim, metric)
         self.last_write = time.monotonic()
-        # a flat collection with device=: its rows mirrored on a GPU, which answers its plain searches
-        device = params.get("device", "cpu") if index_kind == "flat" else "cpu"
-        self.mirror = DeviceMirror(dim, metric, device) if device != "cpu" else None
+        # a collection with device=: its rows mirrored on a GPU, which answers its plain searches
+        device = params.get("device", "cpu") if index_kind in DEVICE_KINDS else "cpu"
+        self.mirror = DeviceMirror(dim, metric, device, index_kind, params) if device != "cpu" else None
 
     def reset(self, main: Any = None, growing: FlatIndex | None = None) -> None:
         self.main, self.growing = main, growing if growing is not None else FlatIndex(self.dim, self.metric)
@@ -85,8 +85,8 @@ class RecordVectors(SideIndex):
         in_growing = self.growing._idmap.lookup(rids) >= 0
         if in_growing.any():
             self.growing.remove(rids[in_growing])
-            if self.mirror is not None:
-                self.mirror.remove(rids[in_growing])
+        if self.mirror is not None:
+            self.mirror.remove(rids)
         rest = rids[~in_growing]
         if rest.size and self.main is not None:
             remove_present(self.main, rest)
@@ -95,6 +95,11 @@ class RecordVectors(SideIndex):
     # ---- reads (under the read side) --------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.growing) + (len(self.main) if self.main is not None else 0)
+
+    def row_ids(self) -> np.ndarray:
+        """Every row id (int64), the main index's then the growing segment's."""
+        parts = [self.growing.ids] if self.main is None else [self.main.ids, self.growing.ids]
+        return np.concatenate(parts).astype(np.int64, copy=False)
 
     def vectors_of(self, rids: np.ndarray) -> np.ndarray:
         out = np.empty((rids.shape[0], self.dim), np.float32)
@@ -114,11 +119,12 @@ class RecordVectors(SideIndex):
             if self.index_kind in MAIN_INDEXES and not MAIN_INDEXES[self.index_kind].calibrated:
                 raise InvalidInputError(f"a {self.index_kind} collection does not search by target_recall (its "
                                         f"index has no recall curve); give ef")
-        gpu = self.mirror.ensure(self.growing.rows) if self.mirror is not None and allowed is None else None
+        gpu = self.mirror.ensure(self.row_ids, self.vectors_of) \
+            if self.mirror is not None and allowed is None and target_recall is None else None
         if gpu is not None:
             if not len(gpu):
                 return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
-            return gpu.search(q, min(k, len(gpu)))
+            return self.mirror.search(q, k, ef)
         with already_checked(q):  # by the collection
             parts = self._search_parts(q, k, allowed, ef, threads, target_recall)
         if not parts:
