@@ -46,8 +46,8 @@ def mirror_pq(dim: int, codec: Any) -> int:
 
 
 def check_device(device: Any) -> str:
-    """``device`` of a flat or ivf-pq collection: "cpu" (the default: no mirror), "cuda", "cuda:N" or "auto" (CUDA when torch
-    sees one, else the CPU, without a warning)."""
+    """``device`` of a flat or ivf-pq collection: "cpu" (the default: no mirror), "cuda", "cuda:N" or "auto" (CUDA
+    when torch sees one, else the CPU, without a warning)."""
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
         raise InvalidInputError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got {device!r}")
     return device
