@@ -83,9 +83,9 @@ class DeviceMirror:
     def _stale(self, index: Any) -> bool:
         return self.kind != "flat" and len(index) > 4 * self._built_rows
 
-    def search(self, q: np.ndarray, k: int, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, rids) of the mirror (built), ``ef`` the lists an IVF mirror probes."""
-        index = self.index
+    def search(self, index: Any, q: np.ndarray, k: int, ef: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, rids) of ``index``, the mirror :meth:`ensure` gave (another search may be replacing it),
+        ``ef`` the lists an IVF mirror probes."""
         k = min(k, len(index))
         return index.search(q, k) if self.kind == "flat" or ef is None else index.search(q, k, nprobe=ef)
 

@@ -124,7 +124,7 @@ class RecordVectors(SideIndex):
         if gpu is not None:
             if not len(gpu):
                 return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
-            return self.mirror.search(q, k, ef)
+            return self.mirror.search(gpu, q, k, ef)
         with already_checked(q):  # by the collection
             parts = self._search_parts(q, k, allowed, ef, threads, target_recall)
         if not parts:
