@@ -522,7 +522,7 @@ def test_an_ivf_pq_collection_on_a_device_searches_its_own_lists_and_follows_wri
                         for row, got in zip(truth, hits)])
 
     with simdex.connect(tmp_path / "db", background=False, sync="off") as db:
-        col = db.create_collection("g", 384, index="ivf-pq", device="auto")
+        col = db.create_collection("g", 384, index="ivf-pq", device="auto", codec="pq16")  # (16 k-means, not 48)
         col.upsert(ids[:100], base[:100], metas[:100])
         assert len(col.search(queries[0], 5)) == 5
         info = col.stats()["device"]
