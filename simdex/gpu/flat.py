@@ -368,13 +368,11 @@ class GPUFlatIndex:
         q = self._rows(queries, "queries")
         scratch = q.shape[0] * min(self._n, max(k, _TILE_BYTES // (4 * q.shape[0]))) * 4
         scan = self._search_kernel if use_kernel else self._search_torch
-        with torch.no_grad():
-            if self.storage == "host":
-                with self._device_memory(f"searching {q.shape[0]:,} queries", scratch + 2 * _STREAM_TILE_BYTES):
-                    dist, rows = self._search_streamed(q, k, scan)
-            else:
-                with self._device_memory(f"searching {q.shape[0]:,} queries", scratch):
-                    dist, rows = scan(q, k, self._x[:self._n], self._sqnorms[:self._n])
+        streamed = self.storage == "host"  # (two tile buffers on the device besides)
+        with torch.no_grad(), self._device_memory(f"searching {q.shape[0]:,} queries",
+                                                  scratch + (2 * _STREAM_TILE_BYTES if streamed else 0)):
+            dist, rows = self._search_streamed(q, k, scan) if streamed else \
+                scan(q, k, self._x[:self._n], self._sqnorms[:self._n])
             return self._results(q, dist, rows, output)
 
     def _check_search(self, k: Any, output: str, keep: int | None = None) -> tuple[int, bool]:
@@ -413,11 +411,14 @@ class GPUFlatIndex:
     def _search_torch(self, q: Any, k: int, x: Any, sqnorms: Any) -> tuple[Any, Any]:
         """The k best of the rows ``x`` (with their squared norms) by tiles of rows: a matrix product, then the
         k best of the tile and the k best so far."""
+        torch = _torch()
         tile_rows = max(k, _TILE_BYTES // (4 * max(q.shape[0], 1)))
         best = self._no_best(q.shape[0])
         for start in range(0, x.shape[0], tile_rows):
             stop = min(x.shape[0], start + tile_rows)
-            best = self._merge_tile(best, self._internal(q, x[start:stop], sqnorms[start:stop]), start, k)
+            d = self._internal(q, x[start:stop], sqnorms[start:stop])
+            d, rows = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
+            best = self._merge_tile(best, d, rows + start, k)
         return self._sorted(best)
 
     def _no_best(self, nq: int) -> tuple[Any, Any]:
@@ -426,13 +427,10 @@ class GPUFlatIndex:
                 torch.full((nq, 0), -1, dtype=torch.int64, device=self.device))
 
     @staticmethod
-    def _merge_tile(best: tuple[Any, Any], d: Any, start: int, k: int, rows: Any = None) -> tuple[Any, Any]:
-        """The k best so far and a tile's distances ``d`` (of rows ``start`` on; or, given, its k best ``d``
-        and their tile ``rows``): the k best of both."""
+    def _merge_tile(best: tuple[Any, Any], d: Any, rows: Any, k: int) -> tuple[Any, Any]:
+        """The k best of the k best so far and a tile's best distances ``d`` with their ``rows``."""
         torch = _torch()
-        if rows is None:
-            d, rows = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False)
-        best_d, best_r = torch.cat([best[0], d], dim=1), torch.cat([best[1], rows + start], dim=1)
+        best_d, best_r = torch.cat([best[0], d], dim=1), torch.cat([best[1], rows], dim=1)
         if best_d.shape[1] > k:
             best_d, at = torch.topk(best_d, k, dim=1, largest=False)
             best_r = torch.gather(best_r, 1, at)
@@ -451,7 +449,7 @@ class GPUFlatIndex:
         for start, tile in self._streamed_tiles(max(k, _STREAM_TILE_BYTES // (self.dim * self._x.element_size()))):
             stop = start + tile.shape[0]
             d, rows = scan(q, min(k, tile.shape[0]), tile, self._sqnorms[start:stop])
-            best = self._merge_tile(best, d, start, k, rows)
+            best = self._merge_tile(best, d, rows + start, k)
         return self._sorted(best)
 
     def _streamed_tiles(self, tile_rows: int) -> Iterator[tuple[int, Any]]:

@@ -119,8 +119,9 @@ class RecordVectors(SideIndex):
             if self.index_kind in MAIN_INDEXES and not MAIN_INDEXES[self.index_kind].calibrated:
                 raise InvalidInputError(f"a {self.index_kind} collection does not search by target_recall (its "
                                         f"index has no recall curve); give ef")
-        gpu = self.mirror.ensure(self.row_ids, self.vectors_of) \
-            if self.mirror is not None and allowed is None and target_recall is None else None
+        # (an IVF mirror has no recall curve; a flat one is exact, whatever recall is asked)
+        gpu = self.mirror.ensure(self.row_ids, self.vectors_of) if self.mirror is not None and allowed is None \
+            and (target_recall is None or self.index_kind == "flat") else None
         if gpu is not None:
             if not len(gpu):
                 return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
