@@ -2,8 +2,8 @@
 
 The collection keeps its rows as always (its CPU index, log and checkpoints); an index on the device mirrors them
 and answers its plain searches (no ``where``; for an IVF mirror, no ``target_recall``): a
-:class:`~simdex.gpu.GPUFlatIndex` for a flat collection (exact, the same hits), a :class:`~simdex.gpu.GPUIVFIndex` of PQ lists for an ``ivf-pq`` one (its own
-lists and codebooks, trained on the device by k-means with the collection's number of lists, PQ codes and
+:class:`~simdex.gpu.GPUFlatIndex` for a flat collection (exact, the same hits), a
+:class:`~simdex.gpu.GPUIVFIndex` of PQ lists for an ``ivf-pq`` one (its own lists and codebooks, trained on the device by k-means with the collection's number of lists, PQ codes and
 re-ranking; ``ef`` is the lists it probes). The mirror is built from the rows on the first search after the
 collection opens (an IVF mirror once the collection has the rows to train on, and again, retrained, when the
 collection has grown four times past them), and then follows every write under the collection's write lock.
