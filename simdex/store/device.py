@@ -2,13 +2,14 @@
 
 The collection keeps its rows as always (its CPU index, log and checkpoints); an index on the device mirrors them
 and answers its plain searches (no ``where``; for an IVF mirror, no ``target_recall``): a
-:class:`~simdex.gpu.GPUFlatIndex` for a flat collection (exact, the same hits), a
-:class:`~simdex.gpu.GPUIVFIndex` of PQ lists for an ``ivf-pq`` one (its own lists and codebooks, trained on the device by k-means with the collection's number of lists, PQ codes and
-re-ranking; ``ef`` is the lists it probes). The mirror is built from the rows on the first search after the
-collection opens (an IVF mirror once the collection has the rows to train on, and again, retrained, when the
-collection has grown four times past them), and then follows every write under the collection's write lock.
-Where it cannot run (no torch, no CUDA device, the device out of memory), searches go to the CPU index as before:
-a write never fails because of the mirror. ``stats()["device"]`` says where searches run and why.
+:class:`~simdex.gpu.GPUFlatIndex` for a flat collection (exact, the same hits), a :class:`~simdex.gpu.GPUIVFIndex`
+of PQ lists for an ``ivf-pq`` one (its own lists and codebooks, trained on the device by k-means with the
+collection's number of lists, PQ codes and re-ranking; ``ef`` is the lists it probes). The mirror is built from the
+rows on the first search after the collection opens (an IVF mirror once the collection has the rows to train on, and
+again, retrained, when the collection has grown four times past them), and then follows every write under the
+collection's write lock. Where it cannot run (no torch, no CUDA device, the device out of memory), searches go to
+the CPU index as before: a write never fails because of the mirror. ``stats()["device"]`` says where searches run
+and why.
 """
 
 from __future__ import annotations
